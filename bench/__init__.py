@@ -1,0 +1,1 @@
+"""Benchmarks of kale-magics, run as ``python -m bench.<name>``."""

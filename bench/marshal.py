@@ -1,0 +1,251 @@
+"""Benchmark the step data-passing layer against pickle protocol 5 and Kale's formats.
+
+Run ``python -m bench.marshal [--quick] [--json PATH] [--repeat N] [--dir DIR]``.
+
+For each object and each method (kale-magics ``marshal``, plain ``pickle``
+protocol 5 to one file, and Kale's format: ``np.save``/``np.load`` for arrays,
+``DataFrame.to_pickle``/``pd.read_pickle`` for frames, ``dill`` for the rest)
+the value is saved and loaded back, the methods taking turns within each
+repetition. Every variant writes a fresh file in the same temporary directory;
+dirty pages are flushed (``os.sync``, not timed) before each save and each
+load, so the kernel's write-back of one run does not slow the next. The
+table reports the median of the repetitions (3, or 1 with ``--quick``, which
+also shrinks the objects about 50 times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import dill
+import numpy as np
+import pandas as pd
+
+from kale_magics.runtime import marshal
+
+METHODS = ("kale-magics", "pickle5", "kale")
+
+
+class Experiment:
+    """A user object of a class defined in ``__main__`` (when run with ``python -m``)."""
+
+    def __init__(self, name: str, history: list[float]) -> None:
+        self.name = name
+        self.params = {"lr": 0.01, "layers": [64, 32], "seed": 0}
+        self.history = history
+
+    def best(self) -> float:
+        """The lowest value of ``history``."""
+        return min(self.history)
+
+
+@dataclass
+class Result:
+    """Median timings of one method on one object, in seconds, and the payload size in bytes."""
+
+    obj: str
+    method: str
+    save_s: float
+    load_s: float
+    total_s: float
+    payload_bytes: int
+    runs: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def gb_per_s(self) -> float:
+        """Payload gigabytes passed per second: the object saved and loaded back once."""
+        return self.payload_bytes / self.total_s / 1e9
+
+
+def make_objects(scale: float) -> tuple[dict[str, Any], list[str]]:
+    """The benchmark objects, sizes multiplied by ``scale``, and notes on skipped ones."""
+    rng = np.random.default_rng(0)
+    rows = int(10_000_000 * scale)
+    objects: dict[str, Any] = {
+        "float64 array 512 MiB": rng.random(int((512 << 20) * scale) // 8),
+        "DataFrame 10M rows f/i/str": pd.DataFrame({
+            "f": rng.random(rows), "i": np.arange(rows, dtype=np.int64),
+            "s": pd.Series(np.arange(rows)).astype("str").radd("id-")}),
+        "dict of 10 arrays 8 MiB": {f"a{i}": rng.random(int((8 << 20) * scale) // 8)
+                                    for i in range(10)},
+        "__main__ class instance": Experiment("run-1", rng.random(int(1_000_000 * scale)).tolist()),
+    }
+    notes = []
+    try:
+        from sklearn.datasets import make_classification
+        from sklearn.ensemble import RandomForestClassifier
+
+        features, labels = make_classification(n_samples=2000, n_features=20, random_state=0)
+        forest = RandomForestClassifier(n_estimators=max(5, int(100 * min(1.0, scale * 10))),
+                                        random_state=0, n_jobs=1)
+        objects["sklearn RandomForest"] = forest.fit(features, labels)
+    except ImportError:
+        notes.append("sklearn RandomForest: skipped, scikit-learn is not installed")
+    return objects, notes
+
+
+def kale_format(value: Any) -> tuple[Callable[[Any, str], None], Callable[[str], Any]]:
+    """Kale's save and load for ``value``: np.save, DataFrame.to_pickle, else dill."""
+    if isinstance(value, np.ndarray):
+        return (lambda v, p: np.save(p, v)), (lambda p: np.load(p))
+    if isinstance(value, (pd.DataFrame, pd.Series)):
+        return (lambda v, p: v.to_pickle(p)), pd.read_pickle
+
+    def dill_save(v: Any, p: str) -> None:
+        with open(p, "wb") as file:
+            dill.dump(v, file)
+
+    def dill_load(p: str) -> Any:
+        with open(p, "rb") as file:
+            return dill.load(file)
+
+    return dill_save, dill_load
+
+
+def pickle_save(value: Any, path: str) -> None:
+    """Plain pickle, protocol 5, to one file."""
+    with open(path, "wb") as file:
+        pickle.dump(value, file, protocol=5)
+
+
+def pickle_load(path: str) -> Any:
+    """Plain ``pickle.load`` of one file."""
+    with open(path, "rb") as file:
+        return pickle.load(file)
+
+
+def method_functions(method: str, value: Any) -> tuple[Callable[[Any, str], Any], Callable[[str], Any]]:
+    """``(save, load)`` of ``method`` for ``value``; paths name a file (or our directory)."""
+    if method == "kale-magics":
+        return (lambda v, p: marshal.save(v, p, "x")), (lambda p: marshal.load(p, "x"))
+    if method == "pickle5":
+        return pickle_save, pickle_load
+    return kale_format(value)
+
+
+def timed(function: Callable[[], Any]) -> tuple[float, Any]:
+    """``(seconds, result)`` of calling ``function`` once."""
+    start = time.perf_counter()
+    result = function()
+    return time.perf_counter() - start, result
+
+
+def same(a: Any, b: Any) -> bool:
+    """Whether the loaded value ``b`` equals the original ``a`` (cheap checks for big objects)."""
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and np.array_equal(a, b)
+    if isinstance(a, pd.DataFrame):
+        return a.equals(b) and list(a.dtypes) == list(b.dtypes)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    if isinstance(a, Experiment):
+        return a.history == b.history and a.best() == b.best()
+    return type(a).__qualname__ == type(b).__qualname__
+
+
+def run_once(method: str, value: Any, directory: str, check: bool) -> tuple[float, float]:
+    """Save and load ``value`` once with ``method`` in a fresh path; return the two durations."""
+    save, load = method_functions(method, value)
+    path = os.path.join(directory, f"{method}.out")
+    os.sync()
+    save_s, _ = timed(lambda: save(value, path))
+    if method == "kale" and isinstance(value, np.ndarray):
+        path += ".npy"  # np.save adds the suffix
+    os.sync()
+    load_s, loaded = timed(lambda: load(path))
+    if check and not same(value, loaded):
+        raise AssertionError(f"{method} did not round-trip the value")
+    del loaded
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    return save_s, load_s
+
+
+def payload_bytes(value: Any, directory: str) -> int:
+    """Size of the value's pickle (protocol 5): the bytes each method has to move."""
+    path = os.path.join(directory, "size.pkl")
+    pickle_save(value, path)
+    size = os.path.getsize(path)
+    os.remove(path)
+    return size
+
+
+def bench_object(name: str, value: Any, repeat: int, directory: str) -> list[Result]:
+    """Time every method on ``value``, taking turns, ``repeat`` times after an untimed warm-up."""
+    runs: dict[str, list[tuple[float, float]]] = {method: [] for method in METHODS}
+    for method in METHODS:  # imports, first allocations, checks of the loaded value
+        run_once(method, value, directory, check=True)
+    for _ in range(repeat):
+        for method in METHODS:
+            runs[method].append(run_once(method, value, directory, check=False))
+    size = payload_bytes(value, directory)
+    return [Result(name, method, statistics.median(s for s, _ in times),
+                   statistics.median(l for _, l in times),
+                   statistics.median(s + l for s, l in times), size, times)
+            for method, times in runs.items()]
+
+
+def print_table(results: list[Result], notes: list[str]) -> None:
+    """Print one row per object and method, ratios on the kale-magics row."""
+    header = (f"{'object':28} {'method':12} {'save s':>8} {'load s':>8} {'total s':>8} "
+              f"{'GB/s':>6} {'ours/pickle5':>12} {'kale/ours':>9}")
+    print(header)
+    print("-" * len(header))
+    by_key = {(r.obj, r.method): r for r in results}
+    for r in results:
+        ratios = ""
+        if r.method == "kale-magics":
+            pickle5, kale = by_key[(r.obj, "pickle5")], by_key[(r.obj, "kale")]
+            ratios = f"{r.total_s / pickle5.total_s:12.2f} {kale.total_s / r.total_s:9.2f}"
+        print(f"{r.obj:28} {r.method:12} {r.save_s:8.3f} {r.load_s:8.3f} {r.total_s:8.3f} "
+              f"{r.gb_per_s:6.2f} {ratios}")
+    for note in notes:
+        print(note)
+    print("GB/s: pickle-5 size of the object / (save + load); "
+          "ours/pickle5 and kale/ours: ratios of total seconds")
+
+
+def to_json(results: list[Result], notes: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """The figures as a JSON-ready dict."""
+    rows = [{**asdict(r), "gb_per_s": r.gb_per_s} for r in results]
+    by_key = {(r.obj, r.method): r for r in results}
+    ratios = {obj: {"ours_over_pickle5": r.total_s / by_key[(obj, "pickle5")].total_s,
+                    "kale_over_ours": by_key[(obj, "kale")].total_s / r.total_s}
+              for (obj, method), r in by_key.items() if method == "kale-magics"}
+    return {"quick": args.quick, "repeat": args.repeat, "cpus": os.cpu_count(),
+            "results": rows, "ratios": ratios, "notes": notes}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the options, run the benchmark, print the table (and write JSON)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.marshal", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="~1/50 sizes and 1 repetition")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    parser.add_argument("--repeat", type=int, help="repetitions (default 3, 1 with --quick)")
+    parser.add_argument("--dir", default="/tmp", help="parent of the temporary directory")
+    parser.add_argument("--only", metavar="TEXT", help="only the objects whose name contains TEXT")
+    args = parser.parse_args(argv)
+    args.repeat = args.repeat or (1 if args.quick else 3)
+    objects, notes = make_objects(1 / 50 if args.quick else 1.0)
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="bench-marshal-", dir=args.dir) as directory:
+        for name, value in objects.items():
+            if args.only and args.only not in name:
+                continue
+            results += bench_object(name, value, args.repeat, directory)
+    print_table(results, notes)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as file:
+            json.dump(to_json(results, notes, args), file, indent=1)
+
+
+if __name__ == "__main__":
+    main()

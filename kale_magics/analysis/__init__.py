@@ -1,0 +1,1 @@
+"""Static analysis: names each cell reads and writes, and the pipeline plan."""

@@ -1,0 +1,505 @@
+"""Which names a piece of notebook code reads and which it binds.
+
+A pipeline step is made of one or more notebook cells. To pass variables
+between steps we need, for the code of a step,
+
+* the names it *reads* before binding them itself (they must come from an
+  earlier step), and
+* the names it *binds* at module level (it may produce them for later steps).
+
+The analysis uses the :mod:`ast` module only. Execution order is approximated
+by statement order and the analysis is flow-insensitive: a binding anywhere
+earlier in the code counts, even inside an ``if`` branch.
+
+Function bodies are not executed when they are defined, so the free variables
+of a function (or lambda) are *deferred reads*: they count as reads only if
+the code never binds that name at module level, before or after the ``def``.
+
+Builtins (``print``, ``len``, ``get_ipython``...) are reported like any other
+name; the caller filters them.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["NameUse", "python_source", "scan", "scan_blocks"]
+
+
+@dataclass(frozen=True)
+class NameUse:
+    """Names used by a piece of code.
+
+    Attributes
+    ----------
+    reads : tuple of str
+        Names read before the code binds them, in order of first read.
+    writes : tuple of str
+        Names bound at module level, in order of first binding.
+    imports : tuple of str
+        Top-level module names imported anywhere in the code (``"sklearn"``
+        for ``import sklearn.ensemble as ens``, ``"os"`` for
+        ``from os import path``), in order, without duplicates. Relative
+        imports are excluded.
+    """
+
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    imports: tuple[str, ...]
+
+
+# --------------------------------------------------------------------------
+# IPython source -> plain Python
+# --------------------------------------------------------------------------
+
+
+def python_source(cell_source: str) -> str:
+    """Turn the IPython source of a cell into plain Python.
+
+    Uses IPython's own ``TransformerManager().transform_cell``, so ``!ls``
+    becomes ``get_ipython().system('ls')``, ``%time f()`` becomes
+    ``get_ipython().run_line_magic('time', 'f()')``, ``x = !ls`` becomes
+    ``x = get_ipython().getoutput('ls')`` and a ``%%bash`` cell becomes one
+    ``get_ipython().run_cell_magic(...)`` call.
+
+    Parameters
+    ----------
+    cell_source : str
+        The source of one notebook cell, possibly using IPython syntax.
+
+    Returns
+    -------
+    str
+        Plain Python source, ending with a newline. Line numbers are kept:
+        the result has as many lines as the input and every remaining line of
+        code stays on its line. IPython drops leading blank lines and joins a
+        backslash-continued ``!cmd \\`` onto one line; both are compensated
+        with blank lines. A cell magic (``%%bash``) becomes a single call
+        followed by blank lines.
+
+    Notes
+    -----
+    Magic arguments become string literals, so the names they mention are
+    invisible to :func:`scan`: ``%time f(x)`` turns into
+    ``get_ipython().run_line_magic('time', 'f(x)')`` whose only read is
+    ``get_ipython``; neither ``f`` nor ``x`` is reported. The same holds for
+    the body of a cell magic such as ``%%time``.
+
+    This function never raises: if IPython fails on the cell, the cell is
+    returned unchanged (so that :func:`scan` reports the syntax error with
+    the right line number).
+    """
+    lines = cell_source.splitlines(keepends=True)
+    leading = 0
+    while leading < len(lines) and lines[leading].isspace():
+        leading += 1
+    body = "".join(lines[leading:])
+    if not body:
+        return "\n" * len(lines)
+    try:
+        out = _transformer_manager().transform_cell(body)
+    except Exception:  # noqa: BLE001 - IPython must never break the analysis
+        out = body if body.endswith("\n") else body + "\n"
+    out = "\n" * leading + out
+    missing = len(lines) - len(out.splitlines())
+    return out + "\n" * missing if missing > 0 else out
+
+
+@functools.lru_cache(maxsize=1)
+def _transformer_manager() -> Any:
+    """Return a shared IPython TransformerManager that keeps line numbers."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    manager = TransformerManager()
+    manager.token_transformers = [
+        _line_preserving(cls) for cls in manager.token_transformers
+    ]
+    return manager
+
+
+def _line_preserving(cls: type) -> type:
+    """Subclass an IPython token transformer so it never removes lines.
+
+    A transformer replaces lines ``start..end`` (a backslash-continued
+    ``!cmd``, for instance) by one line; blank lines are inserted after it to
+    keep the following code on its original line numbers.
+    """
+
+    class LinePreserving(cls):  # type: ignore[misc, valid-type]
+        def transform(self, lines: list[str]) -> list[str]:
+            new_lines = super().transform(lines)
+            missing = len(lines) - len(new_lines)
+            if missing > 0:
+                at = self.start_line + 1
+                new_lines[at:at] = ["\n"] * missing
+            return new_lines
+
+    LinePreserving.__name__ = LinePreserving.__qualname__ = cls.__name__
+    return LinePreserving
+
+
+# --------------------------------------------------------------------------
+# Name analysis
+# --------------------------------------------------------------------------
+
+
+def scan(source: str) -> NameUse:
+    """Analyse plain Python source.
+
+    Parameters
+    ----------
+    source : str
+        Plain Python (use :func:`python_source` first for IPython syntax).
+
+    Returns
+    -------
+    NameUse
+        The names the code reads, binds and the modules it imports.
+
+    Raises
+    ------
+    SyntaxError
+        The error raised by :func:`ast.parse`, with its ``lineno``, if the
+        code is not valid Python.
+    """
+    return scan_blocks([source])
+
+
+def scan_blocks(sources: Sequence[str]) -> NameUse:
+    """Analyse blocks of plain Python run one after the other in one namespace.
+
+    A name bound in block 1 and read in block 2 is not a read; deferred reads
+    (free variables of functions) are resolved against the module-level
+    bindings of all blocks.
+
+    Parameters
+    ----------
+    sources : sequence of str
+        Plain Python blocks, e.g. the cells of one pipeline step, in order.
+
+    Returns
+    -------
+    NameUse
+        The names the blocks read, bind and the modules they import.
+
+    Raises
+    ------
+    SyntaxError
+        The error raised by :func:`ast.parse` on the first invalid block; its
+        ``lineno`` is relative to that block.
+    """
+    visitor = _NameVisitor()
+    for source in sources:
+        visitor.visit(_parse(source))
+    return visitor.result()
+
+
+def _parse(source: str) -> ast.Module:
+    """Parse source, turning the ValueError for NUL bytes into SyntaxError."""
+    try:
+        return ast.parse(source)
+    except ValueError as error:  # Python < 3.12: "source code ... null bytes"
+        raise SyntaxError(str(error)) from error
+
+
+_MODULE = "module"
+_FUNCTION = "function"
+_CLASS = "class"
+_COMPREHENSION = "comprehension"
+
+
+@dataclass(eq=False)
+class _Scope:
+    """One scope of the scope stack.
+
+    ``pending`` is only used by function scopes: the names read in the
+    function (or in scopes nested in it) that are resolved when the function
+    ends, since any binding in a function makes a name local to it.
+    """
+
+    kind: str
+    bound: set[str] = field(default_factory=set)
+    declared_global: set[str] = field(default_factory=set)
+    declared_nonlocal: set[str] = field(default_factory=set)
+    pending: list[str] = field(default_factory=list)
+
+
+def _base_name(node: ast.expr) -> str | None:
+    """Return ``df`` for ``df.loc[0, "a"]``, None if the base is no name."""
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _parameters(args: ast.arguments) -> Iterable[ast.arg]:
+    """Yield every parameter of a function or lambda."""
+    yield from args.posonlyargs
+    yield from args.args
+    if args.vararg is not None:
+        yield args.vararg
+    yield from args.kwonlyargs
+    if args.kwarg is not None:
+        yield args.kwarg
+
+
+class _NameVisitor(ast.NodeVisitor):
+    """Walk module code, keeping an explicit stack of scopes."""
+
+    def __init__(self) -> None:
+        self._module = _Scope(_MODULE)
+        self._stack: list[_Scope] = [self._module]
+        self._writes: dict[str, None] = {}
+        self._imports: dict[str, None] = {}
+        self._events: list[tuple[str, bool]] = []  # (name, deferred)
+        self._lazy_annotations = False  # from __future__ import annotations
+
+    def result(self) -> NameUse:
+        """Resolve deferred reads against all module bindings."""
+        reads: dict[str, None] = {}
+        for name, deferred in self._events:
+            if not (deferred and name in self._module.bound):
+                reads.setdefault(name)
+        return NameUse(tuple(reads), tuple(self._writes), tuple(self._imports))
+
+    # -- reads and bindings ------------------------------------------------
+
+    def _read(self, name: str) -> None:
+        self._lookup(name, len(self._stack) - 1, deferred=False, see_class=True)
+
+    def _lookup(self, name: str, index: int, *, deferred: bool, see_class: bool) -> None:
+        """Resolve a read of ``name`` from scope ``index`` outwards.
+
+        Class scopes are only visible to code directly in their body, never
+        to nested functions, comprehensions or classes.
+        """
+        for i in range(index, -1, -1):
+            scope = self._stack[i]
+            if scope.kind == _CLASS and not (see_class and i == index):
+                continue
+            if scope.kind == _MODULE or name in scope.declared_global:
+                deferred = deferred or scope.kind == _FUNCTION
+                break
+            if scope.kind == _FUNCTION:
+                scope.pending.append(name)
+                return
+            if name in scope.bound:
+                return
+        self._module_read(name, deferred)
+
+    def _module_read(self, name: str, deferred: bool) -> None:
+        if deferred or name not in self._module.bound:
+            self._events.append((name, deferred))
+
+    def _bind(self, name: str, index: int = -1) -> None:
+        scope = self._stack[index]
+        if scope is self._module or name in scope.declared_global:
+            self._module.bound.add(name)
+            self._writes.setdefault(name)
+        elif name not in scope.declared_nonlocal:
+            scope.bound.add(name)
+
+    def _bind_base(self, target: ast.expr) -> None:
+        """``df["a"] = 1`` at module level modifies, hence binds, ``df``."""
+        base = _base_name(target)
+        if base is not None and self._stack[-1] is self._module:
+            self._bind(base)
+
+    def _annotations_evaluated(self) -> bool:
+        return not self._lazy_annotations
+
+    # -- names, assignments ------------------------------------------------
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, ast.Load):
+            self._read(node.id)
+        elif isinstance(node.ctx, ast.Store):
+            self._bind(node.id)
+        else:  # del x: x must exist, and is changed
+            self._read(node.id)
+            self._bind(node.id)
+
+    def _visit_accessor(self, node: ast.Attribute | ast.Subscript) -> None:
+        self.generic_visit(node)
+        if not isinstance(node.ctx, ast.Load):
+            self._bind_base(node)
+
+    visit_Attribute = _visit_accessor
+    visit_Subscript = _visit_accessor
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        self.visit(node.value)
+        for target in node.targets:
+            self.visit(target)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        if isinstance(node.target, ast.Name):
+            self._read(node.target.id)
+            self.visit(node.value)
+            self._bind(node.target.id)
+        else:
+            self.generic_visit(node.target)
+            self.visit(node.value)
+            self._bind_base(node.target)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        if node.value is not None:
+            self.visit(node.value)
+        if not isinstance(node.target, ast.Name):
+            self.generic_visit(node.target)
+        if self._annotations_evaluated() and self._stack[-1].kind != _FUNCTION:
+            self.visit(node.annotation)
+        if node.value is None:
+            return
+        if isinstance(node.target, ast.Name):
+            self._bind(node.target.id)
+        else:
+            self._bind_base(node.target)
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        self.visit(node.value)
+        index = len(self._stack) - 1
+        while self._stack[index].kind == _COMPREHENSION:
+            index -= 1
+        self._bind(node.target.id, index)
+
+    # -- statements ---------------------------------------------------------
+
+    def visit_For(self, node: ast.For | ast.AsyncFor) -> None:
+        self.visit(node.iter)
+        self.visit(node.target)
+        for stmt in node.body + node.orelse:
+            self.visit(stmt)
+
+    visit_AsyncFor = visit_For
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        if node.type is not None:
+            self.visit(node.type)
+        if node.name:
+            self._bind(node.name)
+        for stmt in node.body:
+            self.visit(stmt)
+
+    def visit_Global(self, node: ast.Global) -> None:
+        self._stack[-1].declared_global.update(node.names)
+
+    def visit_Nonlocal(self, node: ast.Nonlocal) -> None:
+        self._stack[-1].declared_nonlocal.update(node.names)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            top = alias.name.partition(".")[0]
+            self._imports.setdefault(top)
+            self._bind(alias.asname or top)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.level == 0 and node.module:
+            self._imports.setdefault(node.module.partition(".")[0])
+            if node.module == "__future__":
+                names = {alias.name for alias in node.names}
+                self._lazy_annotations |= "annotations" in names
+        for alias in node.names:
+            if alias.name != "*":
+                self._bind(alias.asname or alias.name)
+
+    # -- match patterns -----------------------------------------------------
+
+    def visit_MatchAs(self, node: ast.MatchAs) -> None:
+        if node.pattern is not None:
+            self.visit(node.pattern)
+        if node.name:
+            self._bind(node.name)
+
+    def visit_MatchStar(self, node: ast.MatchStar) -> None:
+        if node.name:
+            self._bind(node.name)
+
+    def visit_MatchMapping(self, node: ast.MatchMapping) -> None:
+        for child in [*node.keys, *node.patterns]:
+            self.visit(child)
+        if node.rest:
+            self._bind(node.rest)
+
+    # -- functions and classes ----------------------------------------------
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        for decorator in node.decorator_list:
+            self.visit(decorator)
+        self._visit_signature(node.args, node.returns)
+        self._bind(node.name)
+        self._visit_function_body(node.args, node.body)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        self._visit_signature(node.args, None)
+        self._visit_function_body(node.args, [node.body])
+
+    def _visit_signature(self, args: ast.arguments, returns: ast.expr | None) -> None:
+        """Defaults and annotations are evaluated when the function is defined."""
+        for default in [*args.defaults, *args.kw_defaults]:
+            if default is not None:
+                self.visit(default)
+        if not self._annotations_evaluated():
+            return
+        annotations = [param.annotation for param in _parameters(args)]
+        for annotation in [*annotations, returns]:
+            if annotation is not None:
+                self.visit(annotation)
+
+    def _visit_function_body(self, args: ast.arguments, body: list[Any]) -> None:
+        scope = _Scope(_FUNCTION, bound={param.arg for param in _parameters(args)})
+        self._stack.append(scope)
+        for node in body:
+            self.visit(node)
+        self._stack.pop()
+        parent = len(self._stack) - 1
+        for name in dict.fromkeys(scope.pending):
+            if name in scope.declared_global:
+                self._module_read(name, deferred=True)
+            elif name not in scope.bound:
+                self._lookup(name, parent, deferred=True, see_class=False)
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        keywords = [keyword.value for keyword in node.keywords]
+        for expr in [*node.decorator_list, *node.bases, *keywords]:
+            self.visit(expr)
+        self._stack.append(_Scope(_CLASS))
+        for stmt in node.body:
+            self.visit(stmt)
+        self._stack.pop()
+        self._bind(node.name)
+
+    # -- comprehensions -----------------------------------------------------
+
+    def _visit_comprehension(
+        self, generators: list[ast.comprehension], *elements: ast.expr
+    ) -> None:
+        """The first iterable is evaluated outside; the rest in a new scope."""
+        self.visit(generators[0].iter)
+        self._stack.append(_Scope(_COMPREHENSION))
+        for i, generator in enumerate(generators):
+            if i:
+                self.visit(generator.iter)
+            self.visit(generator.target)
+            for condition in generator.ifs:
+                self.visit(condition)
+        for element in elements:
+            self.visit(element)
+        self._stack.pop()
+
+    def visit_ListComp(self, node: ast.ListComp) -> None:
+        self._visit_comprehension(node.generators, node.elt)
+
+    def visit_SetComp(self, node: ast.SetComp) -> None:
+        self._visit_comprehension(node.generators, node.elt)
+
+    def visit_GeneratorExp(self, node: ast.GeneratorExp) -> None:
+        self._visit_comprehension(node.generators, node.elt)
+
+    def visit_DictComp(self, node: ast.DictComp) -> None:
+        self._visit_comprehension(node.generators, node.key, node.value)

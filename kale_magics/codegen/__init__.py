@@ -1,0 +1,1 @@
+"""Code generation: the KFP DSL module and its compiled IR YAML."""

@@ -1,0 +1,127 @@
+"""Write the DSL module and compile it to KFP IR YAML with ``kfp.compiler.Compiler``."""
+
+from __future__ import annotations
+
+import importlib.util
+import linecache
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from kale_magics.codegen.pipeline import render_module
+from kale_magics.errors import CompileError
+from kale_magics.model import Plan
+
+
+@dataclass(frozen=True)
+class CompiledPipeline:
+    """The files compilation produced.
+
+    Attributes
+    ----------
+    plan:
+        The plan that was compiled.
+    dsl_path:
+        The generated KFP DSL module (``<pipeline>.py``).
+    yaml_path:
+        The compiled KFP IR (``<pipeline>.yaml``).
+    warnings:
+        Things the user should know that did not stop compilation.
+    """
+
+    plan: Plan
+    dsl_path: str
+    yaml_path: str
+    warnings: tuple[str, ...] = ()
+
+
+def compile_plan(plan: Plan, output_dir: str,
+                 artifact_types: Mapping[str, str] | None = None) -> CompiledPipeline:
+    """Generate ``<output_dir>/<name>.py`` and compile it to ``<output_dir>/<name>.yaml``.
+
+    Both files are written atomically and are byte-identical for the same plan
+    (apart from the ``sdkVersion`` field KFP writes into the YAML).
+
+    Raises
+    ------
+    CompileError
+        The output folder cannot be written or the KFP compiler rejects the
+        generated module (a bug: the message says to report it).
+    """
+    source, warnings = render_module(plan, artifact_types)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as error:
+        raise CompileError(f"cannot create output folder {output_dir}: {error}; pass another "
+                           "folder with -o") from None
+    dsl_path = os.path.join(output_dir, f"{plan.name}.py")
+    yaml_path = os.path.join(output_dir, f"{plan.name}.yaml")
+    _write_atomic(dsl_path, source)
+    _compile_module(plan, dsl_path, yaml_path)
+    return CompiledPipeline(plan=plan, dsl_path=dsl_path, yaml_path=yaml_path,
+                            warnings=tuple(warnings))
+
+
+def _write_atomic(path: str, text: str) -> None:
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".py")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _compile_module(plan: Plan, dsl_path: str, yaml_path: str) -> None:
+    """Import the generated module fresh and compile its ``pipeline`` function."""
+    from kfp import compiler
+
+    module_name = f"_kale_magics_dsl_{plan.name.replace('-', '_')}"
+    linecache.checkcache(dsl_path)
+    linecache.cache.pop(dsl_path, None)
+    spec = importlib.util.spec_from_file_location(module_name, dsl_path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    tmp = yaml_path[:-len(".yaml")] + ".tmp.yaml"
+    try:
+        spec.loader.exec_module(module)
+        compiler.Compiler().compile(module.pipeline, tmp)
+        _repair_header(tmp, module.pipeline)
+        os.replace(tmp, yaml_path)
+    except Exception as error:
+        raise CompileError(f"the KFP compiler rejected the generated module {dsl_path}: "
+                           f"{type(error).__name__}: {error}. This is a kale-magics bug; please "
+                           "report it with the notebook") from error
+    finally:
+        sys.modules.pop(module_name, None)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _repair_header(path: str, pipeline: Any) -> None:
+    """Comment out every line of the header KFP writes above the IR.
+
+    KFP 2.17 writes parameter defaults and the description into a ``#`` comment
+    header verbatim, so a default or description with a newline continues
+    outside the comment and the YAML no longer parses (for KFP too). The header
+    is recomputed with KFP's own function and each of its lines made a comment.
+    """
+    from google.protobuf import json_format
+    from kfp.compiler.pipeline_spec_builder import extract_comments_from_pipeline_spec
+
+    header = extract_comments_from_pipeline_spec(
+        json_format.MessageToDict(pipeline.pipeline_spec), pipeline.description)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if not text.startswith(header):
+        return
+    fixed = "".join(line if line.startswith("#") else f"#    {line}"
+                    for line in header.splitlines(keepends=True))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(fixed + text[len(header):])

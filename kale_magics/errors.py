@@ -1,0 +1,70 @@
+"""Typed errors raised by the kale-magics core.
+
+Every error carries the data a front end needs to explain it (the cell, the
+step, the option) and a message that names the problem and the fix. Front ends
+turn them into what their user sees: an IPython ``UsageError`` in a magic, one
+line and a non-zero exit code in the CLI.
+
+The shape follows nbclient's ``CellExecutionError``: the exception holds its
+fields as attributes, and ``str(error)`` is the complete user-facing message.
+"""
+
+from __future__ import annotations
+
+
+class KaleError(Exception):
+    """Base class of every error kale-magics raises on purpose.
+
+    Parameters
+    ----------
+    message:
+        The complete user-facing message: what is wrong and how to fix it.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class AnnotationError(KaleError):
+    """A ``%%kale`` or ``%kale`` line is malformed.
+
+    Parameters
+    ----------
+    message:
+        What is wrong with the line and how to fix it.
+    line:
+        The offending magic line, as written.
+    cell:
+        The notebook cell index (0-based) when known, else None.
+    """
+
+    def __init__(self, message: str, line: str = "", cell: int | None = None) -> None:
+        where = f"cell {cell}: " if cell is not None else ""
+        super().__init__(f"{where}{message}")
+        self.line = line
+        self.cell = cell
+
+
+class NotebookError(KaleError):
+    """The notebook file cannot be read (missing, not JSON, wrong nbformat)."""
+
+
+class AnalysisError(KaleError):
+    """The notebook's annotations do not describe a valid pipeline.
+
+    Raised at compile time for a name no earlier step provides, a cycle, an
+    unknown ``--after`` step, duplicate step names or a non-literal parameters
+    cell. The message names the cell (index and first line) and the fix.
+    """
+
+
+class CompileError(KaleError):
+    """Code generation or the KFP compiler failed on a valid analysis."""
+
+
+class RunError(KaleError):
+    """A pipeline run could not be started or its result could not be read."""

@@ -1,0 +1,1 @@
+"""Reading notebooks and their ``%%kale`` annotations."""

@@ -1,0 +1,191 @@
+"""The one grammar of kale-magics annotations.
+
+Both the ``%%kale`` cell magic running in a kernel and the notebook reader
+parse magic lines with :func:`parse_cell_line` and :func:`parse_pipeline_line`,
+so a line means the same thing wherever it is read.
+
+Cell annotations (the first line of a code cell)::
+
+    %%kale imports | functions | parameters | metrics | skip
+    %%kale step NAME [--after STEP ...] [--inputs NAME ...] [--outputs NAME ...]
+
+Pipeline settings (a line anywhere in a code cell)::
+
+    %kale pipeline [--name NAME] [--experiment E] [--description D] [--image IMAGE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import keyword
+import re
+import shlex
+from typing import NoReturn, Sequence
+
+from kale_magics.errors import AnnotationError
+from kale_magics.model import CELL_KINDS, Annotation, PipelineSettings
+
+CELL_PREFIX = "%%kale"
+LINE_PREFIX = "%kale"
+
+#: Step names: lowercase Python identifiers, so the same name is a valid DSL
+#: function, KFP component and task name (KFP lowercases and dashes names).
+STEP_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+#: Pipeline names as KFP accepts them in ``pipeline_info.name``.
+PIPELINE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
+#: Names the generated DSL module defines itself.
+RESERVED_STEP_NAMES = frozenset({"dsl", "pipeline", "compiler"})
+VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises AnnotationError instead of printing and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise AnnotationError(f"{self.prog}: {message}. Usage: {self.format_usage().strip()}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise AnnotationError(message or f"{self.prog}: invalid arguments")
+
+
+def _step_parser() -> _Parser:
+    parser = _Parser(prog="%%kale step", add_help=False,
+                     description="Mark the cell as a pipeline step (one KFP component).")
+    parser.add_argument("name", help="step name: lowercase letters, digits and _, starting with a letter")
+    parser.add_argument("--after", nargs="+", default=[], metavar="STEP",
+                        help="run after these steps even without a data dependency")
+    parser.add_argument("--inputs", nargs="+", default=[], metavar="NAME",
+                        help="variables read from earlier steps that analysis cannot see")
+    parser.add_argument("--outputs", nargs="+", default=[], metavar="NAME",
+                        help="variables passed on that analysis cannot see (e.g. changed in place)")
+    return parser
+
+
+def _pipeline_parser() -> _Parser:
+    parser = _Parser(prog="%kale pipeline", add_help=False,
+                     description="Pipeline settings; later lines override earlier ones.")
+    parser.add_argument("--name", help="KFP pipeline name: lowercase letters, digits and -")
+    parser.add_argument("--experiment", help="KFP experiment for remote runs")
+    parser.add_argument("--description", help="pipeline description")
+    parser.add_argument("--image", help="base image of every step, e.g. python:3.11")
+    return parser
+
+
+STEP_PARSER = _step_parser()
+PIPELINE_PARSER = _pipeline_parser()
+
+
+def split_args(text: str) -> list[str]:
+    """Split the arguments of a magic line like a shell; raise AnnotationError on bad quoting."""
+    try:
+        return shlex.split(text)
+    except ValueError as error:
+        raise AnnotationError(f"cannot read `{text}`: {error}; close the quote", line=text) from None
+
+
+def check_step_name(name: str, option: str = "step name") -> str:
+    """Return ``name`` if it is a valid step name, else raise AnnotationError with the fix."""
+    if not STEP_NAME.fullmatch(name) or keyword.iskeyword(name) or keyword.issoftkeyword(name):
+        hint = re.sub(r"[^a-z0-9_]", "_", name.lower()).lstrip("_0123456789")[:63] or "step1"
+        raise AnnotationError(
+            f"invalid {option} {name!r}: use 1-63 lowercase letters, digits and _, starting with "
+            f"a letter, not a Python keyword (for example {hint!r})", line=name)
+    if name in RESERVED_STEP_NAMES or name.startswith("kale"):
+        raise AnnotationError(
+            f"{option} {name!r} is reserved by the generated pipeline module; choose another name "
+            f"(for example {name + '_step'!r})", line=name)
+    return name
+
+
+def _check_variables(names: Sequence[str], option: str) -> tuple[str, ...]:
+    for name in names:
+        if not VARIABLE_NAME.fullmatch(name) or keyword.iskeyword(name):
+            raise AnnotationError(f"{option} {name!r} is not a Python variable name; "
+                                  f"list variable names, for example `{option} df model`", line=name)
+    return tuple(dict.fromkeys(names))
+
+
+def parse_cell_line(line: str) -> Annotation:
+    """Parse a ``%%kale KIND ...`` line (with or without the ``%%kale`` prefix).
+
+    Parameters
+    ----------
+    line:
+        The magic line, e.g. ``"%%kale step train --after load"``, or only its
+        arguments, ``"step train --after load"``, as IPython passes them.
+
+    Returns
+    -------
+    Annotation
+        The parsed annotation.
+
+    Raises
+    ------
+    AnnotationError
+        Unknown kind, bad option, invalid step name or bad quoting; the message
+        says how to fix it.
+    """
+    text = line.strip()
+    if text.startswith(CELL_PREFIX):
+        text = text[len(CELL_PREFIX):]
+    args = split_args(text)
+    if not args:
+        raise AnnotationError(f"`%%kale` needs a kind: one of {', '.join(CELL_KINDS)} "
+                              "(for example `%%kale step train`)", line=line)
+    kind, rest = args[0], args[1:]
+    if kind not in CELL_KINDS:
+        raise AnnotationError(f"unknown annotation kind {kind!r}; use one of {', '.join(CELL_KINDS)}",
+                              line=line)
+    if kind != "step":
+        if rest:
+            raise AnnotationError(f"`%%kale {kind}` takes no arguments, got {' '.join(rest)!r}",
+                                  line=line)
+        return Annotation(kind=kind)
+    ns = STEP_PARSER.parse_args(rest)
+    name = check_step_name(ns.name)
+    after = tuple(dict.fromkeys(check_step_name(a, "--after step") for a in ns.after))
+    if name in after:
+        raise AnnotationError(f"step {name!r} cannot run --after itself; remove it from --after",
+                              line=line)
+    return Annotation(kind="step", name=name, after=after,
+                      inputs=_check_variables(ns.inputs, "--inputs"),
+                      outputs=_check_variables(ns.outputs, "--outputs"))
+
+
+def parse_pipeline_line(line: str) -> PipelineSettings:
+    """Parse a ``%kale pipeline ...`` line (with or without the ``%kale pipeline`` prefix).
+
+    Raises
+    ------
+    AnnotationError
+        Unknown option, bad quoting or an invalid pipeline name.
+    """
+    text = line.strip()
+    for prefix in (LINE_PREFIX, "pipeline"):
+        if text.startswith(prefix):
+            text = text[len(prefix):].strip()
+    ns = PIPELINE_PARSER.parse_args(split_args(text))
+    if ns.name is not None and not PIPELINE_NAME.fullmatch(ns.name):
+        raise AnnotationError(
+            f"invalid pipeline name {ns.name!r}: use lowercase letters, digits and -, starting with "
+            f"a letter or digit (for example {pipeline_name_from(ns.name)!r})", line=line)
+    return PipelineSettings(name=ns.name, experiment=ns.experiment,
+                            description=ns.description, image=ns.image)
+
+
+def is_cell_annotation(first_line: str) -> bool:
+    """True when ``first_line`` is a ``%%kale`` magic line."""
+    stripped = first_line.strip()
+    return stripped == CELL_PREFIX or stripped.startswith(CELL_PREFIX + " ")
+
+
+def is_pipeline_line(line: str) -> bool:
+    """True when ``line`` is a ``%kale pipeline ...`` line."""
+    args = line.strip().split(None, 2)
+    return len(args) >= 2 and args[0] == LINE_PREFIX and args[1] == "pipeline"
+
+
+def pipeline_name_from(text: str) -> str:
+    """Make a KFP-safe pipeline name from any text (e.g. a notebook's file stem)."""
+    name = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:128]
+    return name or "pipeline"

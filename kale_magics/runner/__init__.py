@@ -1,0 +1,1 @@
+"""Pipeline runners (local through kfp.local) and the run status model."""

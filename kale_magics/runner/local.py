@@ -1,0 +1,208 @@
+"""Run a compiled pipeline on this machine with ``kfp.local`` (no cluster).
+
+The compiled IR YAML is what runs, with three changes that only make sense
+locally, applied to a copy (:func:`local_ir`):
+
+- KFP's ``pip install`` preamble is removed from every executor command, so a
+  local run never installs into the user's environment (``kfp.local`` with
+  ``SubprocessRunner(use_venv=False)`` would otherwise ``pip install kfp`` and
+  every ``packages_to_install`` into the current environment, about 0.3 s per
+  step even when nothing changes);
+- steps run in the notebook's folder (``KALE_MAGICS_WORKDIR``), as the notebook does;
+- ``TMPDIR`` points at a run-scoped folder removed afterwards, so the
+  temporary files of KFP's executor do not pile up in /tmp.
+
+Step states come from the step runtime's event lines in the output that
+``kfp.local`` streams; each step's log is kept without ANSI codes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import copy
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import warnings
+from typing import Any, Iterator, Mapping, TextIO
+
+from kale_magics.codegen.compile import CompiledPipeline
+from kale_magics.errors import RunError
+from kale_magics.runner.status import FAILED, RUNNING, SUCCEEDED, RunHooks, RunStatus, StepStatus
+from kale_magics.runtime.step import EVENT_MARKER, WORKDIR_ENV
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def local_ir(ir: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Return a copy of the IR for a local run: no pip installs, extra environment variables.
+
+    Parameters
+    ----------
+    ir:
+        The compiled pipeline (the YAML document as a dict).
+    env:
+        Environment variables to set in every step.
+    """
+    local = copy.deepcopy(ir)
+    for executor in local.get("deploymentSpec", {}).get("executors", {}).values():
+        container = executor.get("container")
+        if not container:
+            continue
+        command = container.get("command", [])
+        # KFP's lightweight component: ["sh", "-c", "<pip install ...> && "$0" "$@"", "sh", "-ec", ...]
+        if command[:2] == ["sh", "-c"] and "pip install" in command[2] and command[3:4] == ["sh"]:
+            container["command"] = command[3:]
+        container["env"] = [*container.get("env", []),
+                            *({"name": k, "value": v} for k, v in sorted(env.items()))]
+    return local
+
+
+class _EventSink(io.TextIOBase):
+    """Stands in for stdout while kfp.local runs: finds step events, keeps logs."""
+
+    def __init__(self, status: RunStatus, echo: TextIO | None, real_stdout: TextIO) -> None:
+        self.status = status
+        self.echo = echo
+        self.real_stdout = real_stdout
+        self.print = builtins.print  # kfp.local indents builtins.print while a task runs
+        self.current: StepStatus | None = None
+        self.run_log: list[str] = []
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._partial += text
+        *lines, self._partial = self._partial.split("\n")
+        for line in lines:
+            self._line(ANSI.sub("", line).rstrip())
+        return len(text)
+
+    def _line(self, line: str) -> None:
+        if self.echo is not None:
+            print(line, file=self.echo)
+        marker = line.strip()
+        if marker.startswith(EVENT_MARKER):
+            self._event(json.loads(marker[len(EVENT_MARKER):]))
+        elif self.current is not None:
+            self.current.log.append(line[4:] if line.startswith("    ") else line)
+        else:
+            self.run_log.append(line)
+
+    def _event(self, event: dict[str, Any]) -> None:
+        with contextlib.redirect_stdout(self.real_stdout), _plain_print(self.print):
+            if event["event"] == "start":
+                self.current = self.status.update_step(event["step"], state=RUNNING,
+                                                       start=event["time"])
+                return
+            self.current = None
+            self.status.update_step(
+                event["step"], state=event["state"], end=event["time"],
+                duration_s=event.get("duration_s"), error=event.get("error", ""),
+                cell=event.get("cell", ""), line=event.get("line", 0),
+                artifacts=event.get("outputs", {}), metrics=event.get("metrics", {}))
+
+
+@contextlib.contextmanager
+def _plain_print(original: Any) -> Iterator[None]:
+    """Give hooks the real ``print`` back while kfp.local has replaced it."""
+    patched, builtins.print = builtins.print, original
+    try:
+        yield
+    finally:
+        builtins.print = patched
+
+
+def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = None,
+              pipeline_root: str | None = None, workdir: str | None = None,
+              hooks: RunHooks | None = None, echo: TextIO | None = None) -> RunStatus:
+    """Run ``compiled`` with ``kfp.local.SubprocessRunner(use_venv=False)``.
+
+    Parameters
+    ----------
+    compiled:
+        The compiled pipeline (its YAML is what runs).
+    arguments:
+        Pipeline parameter values, already typed; missing ones take their defaults.
+    pipeline_root:
+        Folder for the run's artifacts; default ``<output folder>/local_runs``.
+    workdir:
+        The steps' working directory; default the notebook's folder.
+    hooks:
+        Subscribers to the run's status changes.
+    echo:
+        When given, every line of kfp.local's output is also written here.
+
+    Returns
+    -------
+    RunStatus
+        The final state of the run and of every step. A failed step does not raise.
+
+    Raises
+    ------
+    RunError
+        The compiled YAML cannot be read, or kfp.local failed outside any step.
+    """
+    import yaml
+
+    plan = compiled.plan
+    root = os.path.abspath(pipeline_root or os.path.join(os.path.dirname(compiled.yaml_path),
+                                                         "local_runs"))
+    status = RunStatus(pipeline=plan.name, pipeline_root=root, hooks=hooks or RunHooks(),
+                       steps={s.name: StepStatus(name=s.name, inputs=[i.name for i in s.inputs],
+                                                 outputs=list(s.outputs)) for s in plan.steps})
+    try:
+        with open(compiled.yaml_path, encoding="utf-8") as f:
+            ir = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as error:
+        raise RunError(f"cannot read compiled pipeline {compiled.yaml_path}: {error}; "
+                       "compile the notebook again") from None
+    tmp = tempfile.mkdtemp(prefix="kale-magics-run-")
+    env = {WORKDIR_ENV: os.path.abspath(workdir or os.path.dirname(plan.notebook) or "."),
+           "TMPDIR": tmp}
+    try:
+        _execute(local_ir(ir, env), dict(arguments or {}), root, status, echo)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return status
+
+
+def _execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: RunStatus,
+             echo: TextIO | None) -> None:
+    import yaml
+    from kfp import components, local
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root,
+               raise_on_error=False)
+    pipeline = components.load_component_from_text(yaml.safe_dump(ir, sort_keys=True))
+    real_stdout = sys.stdout
+    sink = _EventSink(status, echo, real_stdout)
+    status.hooks.run_hook("on_status", status)
+    try:
+        with contextlib.redirect_stdout(sink), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipeline(**arguments)
+        sink.run_log.extend(f"warning: {w.message}" for w in caught)
+    except Exception as error:  # kfp.local failing outside a step (bad arguments, ...)
+        status.finish(FAILED, f"kfp.local failed: {type(error).__name__}: {error}")
+        return
+    failed = any(s.state != SUCCEEDED for s in status.steps.values())
+    error = "" if not failed else _run_error(status, sink.run_log)
+    status.finish(FAILED if failed else SUCCEEDED, error)
+
+
+def _run_error(status: RunStatus, run_log: list[str]) -> str:
+    failed = status.failed_steps
+    if failed:
+        step = failed[0]
+        return f"step {step.name!r} failed: {step.error}" + (f" ({step.cell}, line {step.line})"
+                                                             if step.cell else "")
+    tail = "\n".join(line for line in run_log[-15:] if line.strip())
+    return f"kfp.local did not run every step; its log ends with:\n{tail}"

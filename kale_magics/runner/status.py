@@ -1,0 +1,179 @@
+"""The one status model of a pipeline run, shared by local and remote runs.
+
+A runner owns a :class:`RunStatus` and changes it only through
+:meth:`RunStatus.update_step` and :meth:`RunStatus.finish`, which call the
+subscribed :class:`RunHooks` (the CLI, the magics, the widget). The hook shape
+follows nbclient's ``on_cell_*`` hooks: optional callables, each called with
+the changed object, an exception in a hook never breaking the run.
+
+States follow KFP's ``V2beta1RuntimeState``: PENDING, RUNNING, SUCCEEDED,
+SKIPPED, FAILED, CANCELING, CANCELED, PAUSED.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional
+
+PENDING, RUNNING, SUCCEEDED, SKIPPED, FAILED = "PENDING", "RUNNING", "SUCCEEDED", "SKIPPED", "FAILED"
+CANCELING, CANCELED, PAUSED = "CANCELING", "CANCELED", "PAUSED"
+TERMINAL_STATES = frozenset({SUCCEEDED, SKIPPED, FAILED, CANCELED})
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepStatus:
+    """State of one step.
+
+    Attributes
+    ----------
+    name:
+        The step name.
+    state:
+        A V2beta1RuntimeState name.
+    start, end:
+        Wall-clock times (seconds since the epoch), None until known.
+    duration_s:
+        Seconds the step's code, inputs and outputs took, None until done.
+    inputs, outputs:
+        Variables read from earlier steps and passed on.
+    error:
+        ``"ZeroDivisionError: division by zero"`` for a failed step, else "".
+    cell, line:
+        Where the error happened: the cell's filename and line (1-based).
+    log:
+        The step's log lines (stdout and stderr, without ANSI codes).
+    artifacts:
+        Per output variable: format, size and location, as the step saved it.
+    metrics:
+        Metric values the step logged.
+    """
+
+    name: str
+    state: str = PENDING
+    start: Optional[float] = None
+    end: Optional[float] = None
+    duration_s: Optional[float] = None
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    error: str = ""
+    cell: str = ""
+    line: int = 0
+    log: list[str] = field(default_factory=list)
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def log_tail(self, lines: int = 20) -> list[str]:
+        """The last ``lines`` lines of the step's log."""
+        return self.log[-lines:]
+
+
+@dataclass
+class RunHooks:
+    """Callbacks a front end subscribes to; each is optional.
+
+    Attributes
+    ----------
+    on_step:
+        Called with the :class:`StepStatus` whenever a step changes state.
+    on_status:
+        Called with the :class:`RunStatus` whenever anything changes.
+    on_done:
+        Called once with the final :class:`RunStatus`.
+    """
+
+    on_step: Optional[Callable[[StepStatus], Any]] = None
+    on_status: Optional[Callable[["RunStatus"], Any]] = None
+    on_done: Optional[Callable[["RunStatus"], Any]] = None
+
+    def run_hook(self, name: str, *args: Any) -> None:
+        """Call hook ``name`` if set; log and swallow its exceptions."""
+        hook = getattr(self, name)
+        if hook is None:
+            return
+        try:
+            hook(*args)
+        except Exception:  # a broken subscriber must not break the run
+            log.exception("kale-magics hook %s failed", name)
+
+
+@dataclass
+class RunStatus:
+    """State of a whole run.
+
+    Attributes
+    ----------
+    pipeline:
+        Pipeline name.
+    state:
+        A V2beta1RuntimeState name.
+    steps:
+        Per-step status, in the pipeline's step order.
+    pipeline_root:
+        Where artifacts are written (a local folder for local runs).
+    run_id, url:
+        The KFP run's id and UI link for remote runs, else "".
+    error:
+        Why the run failed, when it failed outside any step.
+    """
+
+    pipeline: str
+    state: str = PENDING
+    steps: dict[str, StepStatus] = field(default_factory=dict)
+    start: float = field(default_factory=time.time)
+    end: Optional[float] = None
+    pipeline_root: str = ""
+    run_id: str = ""
+    url: str = ""
+    error: str = ""
+    hooks: RunHooks = field(default_factory=RunHooks, repr=False, compare=False)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """All metrics logged by the steps."""
+        return {k: v for s in self.steps.values() for k, v in s.metrics.items()}
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds from start to end (or to now while running)."""
+        return (self.end or time.time()) - self.start
+
+    @property
+    def failed_steps(self) -> list[StepStatus]:
+        """Steps in state FAILED."""
+        return [s for s in self.steps.values() if s.state == FAILED]
+
+    def update_step(self, name: str, **changes: Any) -> StepStatus:
+        """Change step ``name`` and notify the hooks."""
+        step = self.steps[name]
+        for key, value in changes.items():
+            setattr(step, key, value)
+        if self.state == PENDING:
+            self.state = RUNNING
+        self.hooks.run_hook("on_step", step)
+        self.hooks.run_hook("on_status", self)
+        return step
+
+    def finish(self, state: str, error: str = "") -> None:
+        """Mark the run done; steps that never started become SKIPPED."""
+        for step in self.steps.values():
+            if step.state == PENDING:
+                step.state = SKIPPED
+            elif step.state == RUNNING:
+                step.state = FAILED
+                step.error = step.error or "the step's process ended without reporting; see its log"
+        self.state, self.error, self.end = state, error, time.time()
+        self.hooks.run_hook("on_status", self)
+        self.hooks.run_hook("on_done", self)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON shape of ``kale-magics run --json``."""
+        steps = {n: {k: v for k, v in asdict(s).items() if k not in ("name", "log")}
+                 for n, s in self.steps.items()}
+        return {"pipeline": self.pipeline, "state": self.state, "steps": steps,
+                "metrics": self.metrics, "pipeline_root": self.pipeline_root,
+                "duration_s": round(self.duration_s, 3), "run_id": self.run_id,
+                "url": self.url, "error": self.error}

@@ -1,0 +1,161 @@
+"""Run one pipeline step: load inputs, run the notebook code, save outputs, log metrics.
+
+This module runs inside the pipeline step (it is embedded in every generated
+component, see ``codegen.embedding``), so it imports only the standard library
+and its sibling runtime modules. User code is compiled with a filename naming
+the notebook cell and step, so a traceback points at the notebook; its stdout
+and stderr go to the step log unchanged.
+
+Progress is reported as one JSON line per event, prefixed with
+:data:`EVENT_MARKER`, on stdout: ``start`` before the step's code runs and
+``end`` after (with state, duration, outputs and metrics, or the error).
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import linecache
+import os
+import sys
+import time
+import traceback
+from typing import Any, Mapping, Sequence
+
+from kale_magics.runtime import marshal, shell
+
+#: Prefix of the event lines the step prints on stdout.
+EVENT_MARKER = "##kale-magics-event##"
+#: Environment variable naming the working directory of a local run's steps.
+WORKDIR_ENV = "KALE_MAGICS_WORKDIR"
+
+
+class StepFailed(Exception):
+    """The step's code, an output or a metric failed; already reported in the log."""
+
+
+def emit(event: str, step: str, **fields: Any) -> None:
+    """Print one event line: ``##kale-magics-event## {"event": ..., "step": ..., ...}``."""
+    record = {"event": event, "step": step, "time": time.time(), **fields}
+    sys.stdout.write(f"{EVENT_MARKER} {json.dumps(record, default=str)}\n")
+    sys.stdout.flush()
+
+
+def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str, Any],
+             inputs: Mapping[str, Any], outputs: Mapping[str, Any],
+             metrics: Mapping[str, str], metrics_artifact: Any = None) -> None:
+    """Run a step; on failure print the user's traceback and exit with status 1.
+
+    Parameters
+    ----------
+    step:
+        The step's name.
+    code:
+        ``(filename, source)`` blocks run in order in one namespace: the
+        imports and functions cells, then the step's cells. ``filename`` names
+        the notebook cell, e.g. ``"titanic.ipynb, cell 7 (step train)"``.
+    parameters:
+        Pipeline parameter values the step reads, by name.
+    inputs:
+        KFP input artifacts (objects with ``.path``), by variable name.
+    outputs:
+        KFP output artifacts (``.path`` and ``.metadata``), by variable name.
+    metrics:
+        Metric key -> Python expression, evaluated after the code ran.
+    metrics_artifact:
+        The KFP ``Metrics`` output artifact (``log_metric``), or None.
+
+    Raises
+    ------
+    SystemExit
+        With status 1 when the step fails, after printing what failed.
+    """
+    workdir = os.environ.get(WORKDIR_ENV)
+    if workdir:
+        os.chdir(workdir)
+    started = time.time()
+    emit("start", step)
+    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+    try:
+        namespace.update(parameters)
+        for name, artifact in inputs.items():
+            namespace[name] = marshal.load(artifact.path, name)
+        _run_code(code, namespace)
+        saved = {n: _save(step, n, namespace, a) for n, a in outputs.items()}
+        values = _log_metrics(step, metrics, namespace, metrics_artifact)
+    except (StepFailed, marshal.MarshalError) as error:
+        if isinstance(error, marshal.MarshalError):
+            print(f"step {step!r}: {error}", file=sys.stderr)
+        emit("end", step, state="FAILED", duration_s=time.time() - started, **_describe(error))
+        sys.stderr.flush()
+        raise SystemExit(1) from None
+    emit("end", step, state="SUCCEEDED", duration_s=time.time() - started,
+         outputs=saved, metrics=values)
+
+
+def _run_code(code: Sequence[tuple[str, str]], namespace: dict[str, Any]) -> None:
+    filenames = {filename for filename, _ in code}
+    for filename, source in code:
+        lines = source.splitlines(keepends=True)
+        linecache.cache[filename] = (len(source), None, lines, filename)
+        shell.install(namespace, filename)
+        try:
+            compiled = compile(source, filename, "exec")
+            exec(compiled, namespace)
+        except BaseException as error:  # user code may raise anything, SystemExit included
+            _print_user_traceback(error, filenames)
+            raise StepFailed(*_location(error, filenames, filename)) from error
+
+
+def _print_user_traceback(error: BaseException, filenames: set[str]) -> None:
+    """Print the traceback from the first frame in notebook code, as Jupyter shows it."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename not in filenames:
+        tb = tb.tb_next
+    sys.stdout.flush()
+    traceback.print_exception(type(error), error, tb, file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _location(error: BaseException, filenames: set[str], fallback: str) -> tuple[str, str, int]:
+    """``(message, filename, line)`` of the deepest frame in notebook code."""
+    where, line = fallback, getattr(error, "lineno", 0) or 0
+    for frame, lineno in traceback.walk_tb(error.__traceback__):
+        if frame.f_code.co_filename in filenames:
+            where, line = frame.f_code.co_filename, lineno
+    return f"{type(error).__name__}: {error}", where, line
+
+
+def _save(step: str, name: str, namespace: Mapping[str, Any], artifact: Any) -> dict[str, Any]:
+    if name not in namespace:
+        message = (f"step {step!r} should pass `{name}` to later steps but never assigned it; "
+                   "check that the assignment runs, or remove the name from --outputs")
+        print(message, file=sys.stderr)
+        raise StepFailed(message, "", 0)
+    metadata = marshal.save(namespace[name], artifact.path, name)
+    artifact.metadata.update(metadata)
+    return metadata
+
+
+def _log_metrics(step: str, metrics: Mapping[str, str], namespace: dict[str, Any],
+                 artifact: Any) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for key, expression in metrics.items():
+        try:
+            value = eval(compile(expression, f"<metric {key}>", "eval"), namespace)
+            values[key] = float(value)
+        except Exception as error:
+            message = (f"metric `{key}` of step {step!r} failed: {type(error).__name__}: {error}; "
+                       "a metric must evaluate to a number")
+            print(message, file=sys.stderr)
+            raise StepFailed(message, "", 0) from None
+        if artifact is not None:
+            artifact.log_metric(key, values[key])
+    return values
+
+
+def _describe(error: Exception) -> dict[str, Any]:
+    if isinstance(error, StepFailed) and len(error.args) == 3:
+        message, where, line = error.args
+        return {"error": message, "cell": where, "line": line}
+    return {"error": str(error), "cell": "", "line": 0}

@@ -1,0 +1,57 @@
+"""Reading annotations from notebook files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kale_magics.errors import AnnotationError, NotebookError
+from kale_magics.notebook.reader import read_notebook
+
+
+def test_cells_above_first_annotation_are_left_out(notebook) -> None:
+    path = notebook("x = 1", "%%kale step a\ny = 2", "z = 3")
+    cells = read_notebook(path).cells
+    assert [c.index for c in cells] == [1, 2]
+    assert [c.explicit for c in cells] == [True, False]
+
+
+def test_unannotated_cell_continues_the_one_above(notebook) -> None:
+    path = notebook("%%kale step a\nx = 1", "#md some text", "y = x", "%%kale skip\nprint(y)", "w = 1")
+    cells = read_notebook(path).cells
+    assert [(c.index, c.annotation.kind, c.annotation.name) for c in cells] == [
+        (0, "step", "a"), (2, "step", "a"), (3, "skip", None), (4, "skip", None)]
+
+
+def test_magic_line_becomes_an_empty_line(notebook) -> None:
+    path = notebook("%%kale step a\nx = 1\ny = 2")
+    assert read_notebook(path).cells[0].source == "\nx = 1\ny = 2"
+
+
+def test_pipeline_settings_from_any_cell_later_wins(notebook) -> None:
+    path = notebook("%load_ext kale_magics\n%kale pipeline --name one --experiment e",
+                    "%%kale step a\nx = 1", "%kale pipeline --name two")
+    settings = read_notebook(path).settings
+    assert (settings.name, settings.experiment) == ("two", "e")
+
+
+def test_bad_annotation_names_the_cell(notebook) -> None:
+    path = notebook("x = 1", "%%kale step Bad\nx = 2")
+    with pytest.raises(AnnotationError, match=r"^cell 1: invalid step name 'Bad'"):
+        read_notebook(path)
+
+
+def test_bad_pipeline_line_names_the_cell(notebook) -> None:
+    path = notebook("%kale pipeline --nme x")
+    with pytest.raises(AnnotationError, match=r"^cell 0: .*unrecognized arguments"):
+        read_notebook(path)
+
+
+def test_missing_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(NotebookError, match="notebook not found"):
+        read_notebook(tmp_path / "nope.ipynb")
+    bad = tmp_path / "bad.ipynb"
+    bad.write_text("{not json")
+    with pytest.raises(NotebookError, match="is not a valid Jupyter notebook"):
+        read_notebook(bad)
