@@ -12,15 +12,17 @@ import json
 import os
 from typing import Any, Mapping
 
+from kale_magics.analysis.parameters import MAX_EXACT_INT
 from kale_magics.analysis.plan import build_plan
 from kale_magics.codegen.compile import CompiledPipeline, compile_plan
+from kale_magics.codegen.parameters import kfp_arguments
 from kale_magics.errors import KaleError
 from kale_magics.model import Plan
 from kale_magics.notebook.reader import read_notebook
 from kale_magics.runner import local
 from kale_magics.runner.status import RunHooks, RunStatus
 
-__all__ = ["CompiledPipeline", "RunHooks", "RunStatus", "coerce_arguments", "compile_notebook",
+__all__ = ["CompiledPipeline", "KaleError", "RunHooks", "RunStatus", "coerce_arguments", "compile_notebook",
            "default_output_dir", "read_plan", "run_local"]
 
 
@@ -93,8 +95,13 @@ def _coerce(name: str, kind: str, text: str) -> Any:
         if kind == "bool":
             return {"true": True, "1": True, "yes": True,
                     "false": False, "0": False, "no": False}[text.strip().lower()]
-        if kind in ("int", "float"):
-            return {"int": int, "float": float}[kind](text)
+        if kind == "int":
+            value = int(text)
+            if abs(value) > MAX_EXACT_INT:
+                raise ValueError(text)
+            return value
+        if kind == "float":
+            return float(text)
         value = _structured(text)
         if type(value).__name__ != kind:
             raise ValueError(kind)
@@ -148,4 +155,5 @@ def run_local(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline,
     compiled = (notebook_or_compiled if isinstance(notebook_or_compiled, CompiledPipeline)
                 else compile_notebook(notebook_or_compiled, output_dir))
     typed = coerce_arguments(compiled.plan, arguments or {})
-    return local.run_local(compiled, typed, pipeline_root=pipeline_root, hooks=hooks)
+    return local.run_local(compiled, kfp_arguments(compiled.plan, typed),
+                           pipeline_root=pipeline_root, hooks=hooks)

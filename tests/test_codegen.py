@@ -84,8 +84,9 @@ def test_ir_shape(notebook, tmp_path: Path) -> None:
     params = ir["root"]["inputDefinitions"]["parameters"]
     assert params["RATE"]["defaultValue"] == -0.25
     assert params["LABEL"]["defaultValue"] == "it's \"quoted\"\nand \\ more"
-    assert params["SIZES"]["parameterType"] == "LIST"
-    assert params["OPTS"]["parameterType"] == "STRUCT"
+    # lists and dicts travel as JSON text, so ints stay ints (KFP's LIST would make them floats)
+    assert (params["SIZES"]["parameterType"], params["SIZES"]["defaultValue"]) == ("STRING", "[1, 2]")
+    assert (params["OPTS"]["parameterType"], params["OPTS"]["defaultValue"]) == ("STRING", '{"a": 1}')
     assert ir["pipelineInfo"]["description"] == 'a "golden" test'
 
 
@@ -108,7 +109,7 @@ def test_user_text_enters_only_as_literals(notebook, tmp_path: Path) -> None:
     tree = ast.parse(dsl)
     strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)
                and isinstance(n.value, str)]
-    assert "\n" + nasty in strings  # the cell's code, exactly, as one literal
+    assert "\n" + nasty + "\n" in strings  # the cell's code, exactly, as one literal
 
 
 def test_text_literal_round_trips() -> None:

@@ -144,6 +144,8 @@ def test_pipeline_name_defaults_to_notebook_stem(notebook) -> None:
     (["%%kale parameters\nN = None", "%%kale step a\nx = N"], "`N` is NoneType"),
     (["%%kale parameters\nprint(1)", "%%kale step a\nx = 1"], "only `NAME = literal`"),
     (["%%kale parameters\nD = {1: 2}", "%%kale step a\nx = D"], "needs string keys"),
+    (["%%kale parameters\nBIG = 2**60", "%%kale step a\nx = BIG"], "not a literal"),
+    (["%%kale parameters\nBIG = 1152921504606846976", "%%kale step a\nx = BIG"], "larger than 2**53"),
     (["%%kale step a\nx = (", "y = 1"], "SyntaxError at line 2"),
     (["%%kale step a\nacc = 1", "%%kale metrics\nacc +"], "is not a Python expression"),
     (["%%kale step a\nacc = 1", "%%kale metrics\nlen([])"], "reads no variable an earlier step"),

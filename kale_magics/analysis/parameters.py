@@ -9,6 +9,9 @@ from kale_magics.analysis.names import python_source
 from kale_magics.errors import AnalysisError
 from kale_magics.model import Cell, Parameter
 
+#: KFP carries int parameters as doubles: larger integers would change on the way.
+MAX_EXACT_INT = 2**53
+
 #: Python literal types and the parameter type each becomes (bool before int).
 _TYPES: tuple[tuple[type, str], ...] = (
     (bool, "bool"), (int, "int"), (float, "float"), (str, "str"), (list, "list"), (dict, "dict"),
@@ -64,6 +67,9 @@ def _type_of(cell: Cell, node: ast.stmt, name: str, value: Any) -> str:
         if isinstance(value, python_type):
             if kind == "dict" and not all(isinstance(k, str) for k in value):
                 raise _not_literal(cell, node, f"dict parameter `{name}` needs string keys")
+            if kind == "int" and abs(value) > MAX_EXACT_INT:
+                raise _not_literal(cell, node, f"`{name}` is larger than 2**53, which KFP cannot "
+                                               "pass exactly; make it a string")
             return kind
     raise _not_literal(cell, node, f"`{name}` is {type(value).__name__}; parameters are "
                                    "int, float, str, bool, list or dict")

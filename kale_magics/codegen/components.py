@@ -13,6 +13,7 @@ from typing import Mapping
 
 from kale_magics.analysis.names import python_source
 from kale_magics.codegen.literals import text_literal
+from kale_magics.codegen.parameters import JSON_TYPES, kfp_type
 from kale_magics.errors import CompileError
 from kale_magics.model import Cell, Parameter, Plan, Step
 
@@ -38,7 +39,7 @@ def signature(step: Step, parameters: Mapping[str, Parameter],
         Two arguments would have the same name (a parameter called like an
         artifact argument, e.g. ``in_df``); the message says which to rename.
     """
-    args = [f"{name}: {parameters[name].type}" for name in step.parameters]
+    args = [f"{name}: {kfp_type(parameters[name])}" for name in step.parameters]
     args += [f"in_{i.name}: Input[{_artifact_class(i.name, artifact_types)}]" for i in step.inputs]
     args += [f"out_{n}: Output[{_artifact_class(n, artifact_types)}]" for n in step.outputs]
     if step.metrics:
@@ -75,12 +76,17 @@ def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str]) 
         f"        step={step.name!r},\n"
         f"        code=_kale_prelude() + [\n{code}        ],\n"
         f"        parameters={_mapping(step.parameters, '')},\n"
+        f"        json_parameters={_json_names(step, parameters)!r},\n"
         f"        inputs={_mapping([i.name for i in step.inputs], 'in_')},\n"
         f"        outputs={_mapping(step.outputs, 'out_')},\n"
         f"        metrics={ {m.key: m.expression for m in step.metrics}!r},\n"
         f"        metrics_artifact={METRICS_ARTIFACT if step.metrics else None},\n"
         "    )\n"
     )
+
+
+def _json_names(step: Step, parameters: Mapping[str, Parameter]) -> list[str]:
+    return [name for name in step.parameters if parameters[name].type in JSON_TYPES]
 
 
 def _mapping(names: tuple[str, ...] | list[str], prefix: str) -> str:

@@ -18,6 +18,7 @@ from kale_magics.analysis.names import python_source, scan_blocks
 from kale_magics.codegen.components import render_component, render_prelude
 from kale_magics.codegen.embedding import runtime_function
 from kale_magics.codegen.packages import step_packages
+from kale_magics.codegen.parameters import kfp_type, kfp_value
 from kale_magics.model import Plan, Step
 
 
@@ -77,7 +78,8 @@ def _header(plan: Plan) -> str:
 
 
 def _pipeline_function(plan: Plan) -> str:
-    params = "".join(f"    {p.name}: {p.type} = {p.value!r},\n" for p in plan.parameters)
+    params = "".join(f"    {p.name}: {kfp_type(p)} = {kfp_value(p, p.value)!r},\n"
+                     for p in plan.parameters)
     description = plan.settings.description
     decorator = f"@dsl.pipeline(name={plan.name!r}"
     decorator += f", description={description!r})" if description else ")"

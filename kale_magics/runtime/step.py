@@ -43,7 +43,8 @@ def emit(event: str, step: str, **fields: Any) -> None:
 
 def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str, Any],
              inputs: Mapping[str, Any], outputs: Mapping[str, Any],
-             metrics: Mapping[str, str], metrics_artifact: Any = None) -> None:
+             metrics: Mapping[str, str], metrics_artifact: Any = None,
+             json_parameters: Sequence[str] = ()) -> None:
     """Run a step; on failure print the user's traceback and exit with status 1.
 
     Parameters
@@ -64,6 +65,8 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
         Metric key -> Python expression, evaluated after the code ran.
     metrics_artifact:
         The KFP ``Metrics`` output artifact (``log_metric``), or None.
+    json_parameters:
+        Names of list and dict parameters, which KFP carries as JSON text.
 
     Raises
     ------
@@ -78,6 +81,7 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
     try:
         namespace.update(parameters)
+        namespace.update({name: json.loads(parameters[name]) for name in json_parameters})
         for name, artifact in inputs.items():
             namespace[name] = marshal.load(artifact.path, name)
         _run_code(code, namespace)
@@ -134,7 +138,7 @@ def _save(step: str, name: str, namespace: Mapping[str, Any], artifact: Any) -> 
         raise StepFailed(message, "", 0)
     metadata = marshal.save(namespace[name], artifact.path, name)
     artifact.metadata.update(metadata)
-    return metadata
+    return {**metadata, "path": artifact.path}
 
 
 def _log_metrics(step: str, metrics: Mapping[str, str], namespace: dict[str, Any],

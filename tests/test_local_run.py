@@ -1,0 +1,150 @@
+"""Local runs through kfp.local: real pipelines, real subprocesses, no stubs."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kale_magics import api
+from kale_magics.runner.local import local_ir
+from tests.conftest import write_notebook
+
+pytestmark = pytest.mark.integration
+
+LABEL = "it's \"quoted\"\nline two \\ ünï"
+
+FEATURES = (
+    "%load_ext kale_magics\n%kale pipeline --name features",
+    "%%kale imports\nimport numpy as np",
+    "%%kale functions\nclass Point:\n    def __init__(self, x):\n        self.x = x\nOFFSET = 10",
+    f"%%kale parameters\nLABEL = {LABEL!r}\nN = 3\nRATE = -0.5\nITEMS = [1, 'two']\nOPTS = {{'k': [1]}}",
+    "%%kale step make\n%matplotlib inline\n!echo shell says hi\n"
+    "points = [Point(i) for i in range(N)]\narr = np.arange(N) * RATE\nprint('made', len(points))",
+    "%%kale step left\nleft = sum(p.x for p in points) + OFFSET",
+    "%%kale step right\nright = float(arr.sum())\nprint('label is', repr(LABEL), ITEMS, OPTS)",
+    "%%kale step join\ntotal = np.float64(left + right)",
+    "%%kale metrics\ntotal\nleft",
+)
+
+
+@pytest.fixture(scope="module")
+def features_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("features")
+    path = write_notebook(folder / "features.ipynb", FEATURES)
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "kale-magics-run-*")))
+    events = []
+    hooks = api.RunHooks(on_step=lambda s: events.append((s.name, s.state)))
+    status = api.run_local(path, {"N": "4"}, hooks=hooks)
+    after = set(glob.glob(os.path.join(tempfile.gettempdir(), "kale-magics-run-*")))
+    return status, events, after - before
+
+
+def test_pipeline_succeeds_with_metrics(features_run) -> None:
+    status, _, _ = features_run
+    assert status.state == "SUCCEEDED", status.error
+    # N=4 from the command line: left = 0+1+2+3 + 10, right = -0.5 * (0+1+2+3)
+    assert status.metrics == {"total": 16.0 - 3.0, "left": 16.0}
+    assert all(s.state == "SUCCEEDED" for s in status.steps.values())
+
+
+def test_events_in_order(features_run) -> None:
+    _, events, _ = features_run
+    assert events[:2] == [("make", "RUNNING"), ("make", "SUCCEEDED")]
+    assert events[-2:] == [("join", "RUNNING"), ("join", "SUCCEEDED")]
+    assert len(events) == 8
+
+
+def test_user_output_and_ipython_syntax_reach_the_log(features_run) -> None:
+    status, _, _ = features_run
+    log = "\n".join(status.steps["make"].log)
+    assert "made 4" in log
+    assert "shell says hi" in log
+    assert "skipped notebook-only magic in the pipeline step: %matplotlib inline" in log
+
+
+def test_string_parameter_arrives_unchanged(features_run) -> None:
+    status, _, _ = features_run
+    log = "\n".join(status.steps["right"].log)
+    assert f"label is {LABEL!r} [1, 'two'] {{'k': [1]}}" in log
+
+
+def test_artifacts_have_formats_and_temp_folders_are_removed(features_run) -> None:
+    status, _, leftover = features_run
+    artifacts = status.steps["make"].artifacts
+    assert set(artifacts) == {"arr", "points"}
+    assert artifacts["arr"]["kale_format"] != artifacts["points"]["kale_format"]
+    assert all(Path(a["path"]).exists() for a in artifacts.values())
+    assert artifacts["arr"]["path"].startswith(status.pipeline_root)
+    assert leftover == set()
+
+
+def test_to_json_shape(features_run) -> None:
+    data = features_run[0].to_json()
+    assert data["pipeline"] == "features" and data["state"] == "SUCCEEDED"
+    step = data["steps"]["left"]
+    assert step["inputs"] == ["points"] and step["outputs"] == ["left"]
+    assert isinstance(step["duration_s"], float)
+
+
+def test_failing_step_reports_cell_line_and_traceback(notebook) -> None:
+    path = notebook("%%kale step ok\nx = 1",
+                    "%%kale step boom\ny = x + 1\nz = y / 0",
+                    "%%kale step later\nw = z", name="failing")
+    status = api.run_local(path)
+    assert status.state == "FAILED"
+    boom = status.steps["boom"]
+    assert boom.state == "FAILED"
+    assert boom.error == "ZeroDivisionError: division by zero"
+    assert (boom.cell, boom.line) == ("failing.ipynb, cell 1 (step boom)", 3)
+    log = "\n".join(boom.log)
+    assert 'File "failing.ipynb, cell 1 (step boom)", line 3' in log
+    assert "z = y / 0" in log
+    assert "\x1b[" not in log
+    assert "kale_magics/runtime" not in log  # the runtime's own frames are hidden
+    assert status.steps["later"].state == "SKIPPED"
+    assert "step 'boom' failed" in status.error
+
+
+def test_unpicklable_output_names_variable_and_step(notebook) -> None:
+    path = notebook("%%kale step make\ngen = (i for i in range(3))",
+                    "%%kale step use\nprint(list(gen))", name="unpicklable")
+    status = api.run_local(path)
+    make = status.steps["make"]
+    assert make.state == "FAILED"
+    assert "`gen`" in make.error and "generator" in make.error
+
+
+def test_local_ir_removes_pip_install_and_keeps_the_program() -> None:
+    command = ["sh", "-c", "python3 -m pip install --quiet 'kfp==2.17.0' && \"$0\" \"$@\"\n",
+               "sh", "-ec", "program", "source"]
+    ir = {"deploymentSpec": {"executors": {"exec-a": {"container": {
+        "image": "python:3.11", "command": command, "args": ["--x"]}}}}}
+    local = local_ir(ir, {"B": "2", "A": "1"})
+    container = local["deploymentSpec"]["executors"]["exec-a"]["container"]
+    assert container["command"] == ["sh", "-ec", "program", "source"]
+    assert container["env"] == [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]
+    assert ir["deploymentSpec"]["executors"]["exec-a"]["container"]["command"] == command
+
+
+def test_compiled_example_has_pip_installs_that_local_runs_drop(tmp_path) -> None:
+    compiled = api.compile_notebook("notebooks/wine.ipynb", str(tmp_path))
+    ir = yaml.safe_load(Path(compiled.yaml_path).read_text())
+    commands = [e["container"]["command"] for e in ir["deploymentSpec"]["executors"].values()]
+    assert all("pip install" in c[2] and re.search(r"scikit-learn==\S+", c[2]) for c in commands)
+    local = local_ir(ir, {})
+    assert not any("pip" in " ".join(e["container"]["command"][:3])
+                   for e in local["deploymentSpec"]["executors"].values())
+
+
+def test_bad_argument_is_a_clear_error(notebook) -> None:
+    path = notebook("%%kale parameters\nN = 1", "%%kale step a\nx = N", name="args")
+    with pytest.raises(api.KaleError, match="parameter 'N' is int, but 'x' is not a valid int"):
+        api.run_local(path, {"N": "x"})
+    with pytest.raises(api.KaleError, match="unknown parameter 'M'; the pipeline's parameters are: N"):
+        api.run_local(path, {"M": "1"})
