@@ -79,7 +79,10 @@ class KaleMagics(Magics):
         """Run ``cell`` in the user namespace; return the last expression's value."""
         shell = self.shell
         source = "\n" + cell  # keep the cell's own line numbers in tracebacks
-        transformed = shell.transform_cell(source)
+        lines = source.splitlines(keepends=True)
+        blank = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
+        # IPython drops leading blank lines when transforming; put them back
+        transformed = "\n" * blank + shell.transform_cell(source)
         filename = shell.compile.cache(source, shell.execution_count)
         tree = shell.transform_ast(shell.compile.ast_parse(transformed, filename=filename))
         last = None
