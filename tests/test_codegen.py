@@ -47,7 +47,7 @@ def normalise(ir: dict[str, Any]) -> dict[str, Any]:
 def _normalise_text(text: str) -> str:
     text = re.sub(r"'([A-Za-z0-9_.\-]+)==[^']+'", r"'\1==<pinned>'", text)
     text = re.sub(r"'kfp==[^']+'", "'kfp==<sdk>'", text)
-    start = text.find("def _kale_runtime():")
+    start = text.find("def _kale_runtime():")  # the runtime blob changes with any runtime edit
     if start >= 0:
         end = text.find('return sys.modules["kale_magics.runtime.step"]', start)
         text = text[:start] + "<kale_runtime>" + text[end:]

@@ -70,6 +70,9 @@ def _write_atomic(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; this is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -7,26 +7,38 @@ therefore travel inside every component: the DSL module defines a function
 ``dsl.component(additional_funcs=[...])`` (KFP embeds the source of additional
 functions in the component's command). Called in the step, it executes the
 sources as the modules ``kale_magics.runtime.*`` and returns the ``step`` module.
-The embedding is plain text, so it is deterministic (KFP's own
-``embedded_artifact_path`` tars with timestamps and is not).
+The embedding is deterministic (KFP's own ``embedded_artifact_path`` tars with
+timestamps and is not).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import zlib
 from importlib import resources
 
-from kale_magics.codegen.literals import text_literal
+from kale_magics import __version__
 
 #: Runtime modules in dependency order.
 RUNTIME_MODULES = ("marshal", "shell", "step")
 
 _LOADER = '''\
 def _kale_runtime():
-    """Load the kale-magics step runtime embedded below and return its `step` module."""
+    """Load the embedded kale-magics step runtime and return its `step` module.
+
+    The blob holds kale_magics/runtime/{{marshal,shell,step}}.py of kale-magics {version}
+    as zlib-compressed JSON in base64 (sha256 of the JSON: {digest}).
+    """
+    import base64
+    import json
     import sys
     import types
+    import zlib
 
-    sources = {sources}
+    blob = {blob}
+    sources = json.loads(zlib.decompress(base64.b64decode(blob)))
     for name in ("kale_magics", "kale_magics.runtime"):
         package = types.ModuleType(name)
         package.__path__ = []
@@ -48,7 +60,13 @@ def runtime_sources() -> dict[str, str]:
 
 
 def runtime_function() -> str:
-    """Source of the ``_kale_runtime`` function embedded in every component."""
-    items = "".join(f"        {name!r}: {text_literal(source, ' ' * 12)},\n"
-                    for name, source in runtime_sources().items())
-    return _LOADER.format(sources="{\n" + items + "    }")
+    """Source of the ``_kale_runtime`` function embedded in every component.
+
+    The sources are compressed: the runtime is repeated in every component of
+    the IR, and KFP servers limit the size of a pipeline spec.
+    """
+    data = json.dumps(runtime_sources(), sort_keys=True).encode("utf-8")
+    encoded = base64.b64encode(zlib.compress(data, 9)).decode("ascii")
+    chunks = [encoded[i:i + 88] for i in range(0, len(encoded), 88)]
+    blob = "(\n" + "".join(f"        {c!r}\n" for c in chunks) + "    )"
+    return _LOADER.format(version=__version__, digest=hashlib.sha256(data).hexdigest(), blob=blob)

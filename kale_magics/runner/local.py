@@ -160,7 +160,7 @@ def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = 
                                                  outputs=list(s.outputs)) for s in plan.steps})
     try:
         with open(compiled.yaml_path, encoding="utf-8") as f:
-            ir = yaml.safe_load(f)
+            ir = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (OSError, yaml.YAMLError) as error:
         raise RunError(f"cannot read compiled pipeline {compiled.yaml_path}: {error}; "
                        "compile the notebook again") from None
@@ -181,7 +181,8 @@ def _execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: R
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root,
                raise_on_error=False)
-    pipeline = components.load_component_from_text(yaml.safe_dump(ir, sort_keys=True))
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    pipeline = components.load_component_from_text(yaml.dump(ir, Dumper=dumper, sort_keys=True))
     real_stdout = sys.stdout
     sink = _EventSink(status, echo, real_stdout)
     status.hooks.run_hook("on_status", status)
