@@ -1,12 +1,12 @@
 """Benchmark the step data-passing layer against pickle protocol 5 and Kale's formats.
 
-Run ``python -m bench.marshal [--quick] [--json PATH] [--repeat N] [--dir DIR]``.
+Run ``python -m bench.marshal [--quick] [--json PATH] [--repeat N] [--dir DIR] [--only TEXT]``.
 
 For each object and each method (kale-magics ``marshal``, plain ``pickle``
 protocol 5 to one file, and Kale's format: ``np.save``/``np.load`` for arrays,
 ``DataFrame.to_pickle``/``pd.read_pickle`` for frames, ``dill`` for the rest)
 the value is saved and loaded back, the methods taking turns within each
-repetition. Every variant writes a fresh file in the same temporary directory;
+repetition, after one untimed warm-up round (imports, checks of the result). Every variant writes a fresh file in the same temporary directory;
 dirty pages are flushed (``os.sync``, not timed) before each save and each
 load, so the kernel's write-back of one run does not slow the next. The
 table reports the median of the repetitions (3, or 1 with ``--quick``, which
@@ -33,6 +33,8 @@ import pandas as pd
 from kale_magics.runtime import marshal
 
 METHODS = ("kale-magics", "pickle5", "kale")
+Saver = Callable[[Any, str], Any]
+Loader = Callable[[str], Any]
 
 
 class Experiment:
@@ -93,7 +95,7 @@ def make_objects(scale: float) -> tuple[dict[str, Any], list[str]]:
     return objects, notes
 
 
-def kale_format(value: Any) -> tuple[Callable[[Any, str], None], Callable[[str], Any]]:
+def kale_format(value: Any) -> tuple[Saver, Loader]:
     """Kale's save and load for ``value``: np.save, DataFrame.to_pickle, else dill."""
     if isinstance(value, np.ndarray):
         return (lambda v, p: np.save(p, v)), (lambda p: np.load(p))
@@ -123,7 +125,7 @@ def pickle_load(path: str) -> Any:
         return pickle.load(file)
 
 
-def method_functions(method: str, value: Any) -> tuple[Callable[[Any, str], Any], Callable[[str], Any]]:
+def method_functions(method: str, value: Any) -> tuple[Saver, Loader]:
     """``(save, load)`` of ``method`` for ``value``; paths name a file (or our directory)."""
     if method == "kale-magics":
         return (lambda v, p: marshal.save(v, p, "x")), (lambda p: marshal.load(p, "x"))
@@ -165,7 +167,10 @@ def run_once(method: str, value: Any, directory: str, check: bool) -> tuple[floa
     if check and not same(value, loaded):
         raise AssertionError(f"{method} did not round-trip the value")
     del loaded
-    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
     return save_s, load_s
 
 
@@ -226,7 +231,8 @@ def to_json(results: list[Result], notes: list[str], args: argparse.Namespace) -
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the options, run the benchmark, print the table (and write JSON)."""
-    parser = argparse.ArgumentParser(prog="python -m bench.marshal", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.marshal",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="~1/50 sizes and 1 repetition")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     parser.add_argument("--repeat", type=int, help="repetitions (default 3, 1 with --quick)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -88,7 +89,8 @@ def test_npy_artifact_is_a_standard_npy_file(tmp_path: Path) -> None:
     assert plain.flags.f_contiguous
 
 
-def test_large_array_is_read_by_parallel_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_large_array_is_read_by_parallel_threads(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(marshal, "_PARALLEL_MIN", 1)
     monkeypatch.setattr(marshal, "_CHUNK", 4096)  # many chunks, read by several threads
     array = np.random.default_rng(0).random(100_003)
@@ -144,8 +146,10 @@ def arrow_frames() -> dict[str, pd.DataFrame]:
         "multiindex rows": pd.DataFrame(
             {"v": range(n)}, index=pd.MultiIndex.from_product([["a"], range(n)], names=["k", "j"])),
         "multiindex columns": pd.DataFrame(
-            np.arange(10).reshape(5, 2), columns=pd.MultiIndex.from_tuples([("a", "x"), ("a", "y")])),
-        "no rows": pd.DataFrame({"a": pd.Series([], dtype="float64"), "s": pd.Series([], dtype="str")}),
+            np.arange(10).reshape(5, 2),
+            columns=pd.MultiIndex.from_tuples([("a", "x"), ("a", "y")])),
+        "no rows": pd.DataFrame({"a": pd.Series([], dtype="float64"),
+                                 "s": pd.Series([], dtype="str")}),
     }
 
 
@@ -356,6 +360,20 @@ def test_save_to_a_missing_parent_raises_marshal_error(tmp_path: Path) -> None:
         save(1, str(tmp_path / "no" / "x"), "x")
 
 
+@pytest.mark.parametrize("value", [np.arange(10), {"big": np.zeros(1 << 18)}], ids=["npy", "pickle"])
+def test_full_disk_raises_marshal_error_and_cleans_up(value: Any, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(*args: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(marshal, "_write_views", full)
+    with pytest.raises(MarshalError) as caught:
+        save(value, str(tmp_path / "x"), "x")
+    assert "No space left on device" in str(caught.value) and "free space" in str(caught.value)
+    assert "dill" not in str(caught.value)  # a storage failure is not retried with dill
+    assert not (tmp_path / "x").exists()
+
+
 def test_interrupted_save_leaves_no_loadable_artifact(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     def killed(*args: Any) -> None:
@@ -486,4 +504,5 @@ def test_module_uses_only_stdlib_at_top_level() -> None:
 def test_python_type_uses_the_public_name(tmp_path: Path) -> None:
     assert save(pd.Series([1]), str(tmp_path / "s"), "s")["python_type"] == "pandas.Series"
     assert save(_Marker(), str(tmp_path / "m"), "m")["python_type"] == f"{__name__}._Marker"
-    assert save(len, str(tmp_path / "f"), "f")["python_type"] == "builtins.builtin_function_or_method"
+    assert save(len, str(tmp_path / "f"), "f")["python_type"] == \
+        "builtins.builtin_function_or_method"

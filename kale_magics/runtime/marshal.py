@@ -12,9 +12,9 @@ that names the format. The manifest is written last and atomically, so a
 step killed while saving never leaves an artifact that loads. Formats:
 
 ``npy``
-    A numpy ``ndarray`` without Python objects: ``data.npy`` in the ``.npy``
-    format, its data written straight from the array's buffer and read into a
-    preallocated array.
+    A numpy ``ndarray`` (or ``memmap``, loaded as an ``ndarray``) without
+    Python objects: ``data.npy`` in the ``.npy`` format, its data written
+    straight from the array's buffer and read into a preallocated buffer.
 ``arrow``
     A pandas ``DataFrame`` or ``Series`` that Arrow stores exactly: an
     uncompressed Arrow IPC file (Feather v2), ``data.arrow``.
@@ -89,41 +89,33 @@ def save(value: object, path: str, variable: str) -> dict[str, Any]:
     value:
         Any Python value.
     path:
-        The artifact directory. Its parent must exist; ``path`` is created, or
-        may exist empty (or holding a previous kale-magics artifact, replaced).
+        The artifact directory: created (its parent must exist), or existing
+        empty or holding a previous kale-magics artifact (replaced).
     variable:
         The variable's name, for the manifest and error messages.
 
     Returns
     -------
     dict
-        ``{"kale_format": str, "kale_format_version": int, "python_type": str,
-        "bytes": int}``: the format, :data:`FORMAT_VERSION`, the type as
-        ``module.qualname`` (e.g. ``"pandas.DataFrame"``) and the total bytes
-        written (data files and manifest).
+        ``kale_format`` (str), ``kale_format_version`` (:data:`FORMAT_VERSION`),
+        ``python_type`` (``module.qualname``, e.g. ``"pandas.DataFrame"``), and
+        ``bytes``, the total written (data files and manifest).
 
     Raises
     ------
     MarshalError
-        When neither cloudpickle nor dill can serialise ``value``, or the
-        directory cannot be written. No partial artifact is left behind.
+        When neither cloudpickle nor dill can serialise ``value``, or ``path``
+        cannot be written; no partial artifact is left behind.
     """
     python_type = _qualified_name(type(value))
     type_name = _display_name(python_type)
+    created = _prepare_directory(path, variable, type_name)
     try:
-        created = _prepare_directory(path, variable, type_name)
-    except OSError as error:
-        raise _storage_error(error, path, variable, type_name) from error
-    try:
-        kale_format, files, extras = _write_data(value, path, variable, type_name)
-        manifest = {"kale_format": kale_format, "kale_format_version": FORMAT_VERSION,
-                    "python_type": python_type, "variable": variable, "files": files,
-                    "python": platform.python_version(), **extras}
-        total = sum(files.values()) + _write_manifest(path, manifest)
+        kale_format, total = _write_artifact(value, path, variable, python_type)
     except OSError as error:
         _discard(path, created)
         raise _storage_error(error, path, variable, type_name) from error
-    except BaseException:
+    except BaseException:  # KeyboardInterrupt too: leave no partial artifact
         _discard(path, created)
         raise
     return {"kale_format": kale_format, "kale_format_version": FORMAT_VERSION,
@@ -167,7 +159,7 @@ def load(path: str, variable: str) -> object:
 
 def _qualified_name(cls: type) -> str:
     """``module.qualname`` of ``cls``, by its shortest import path (``pandas.DataFrame``)."""
-    parts = cls.__module__.split(".")
+    parts = str(getattr(cls, "__module__", None) or "builtins").split(".")
     for end in range(1, len(parts)):
         module = sys.modules.get(".".join(parts[:end]))
         if module is None:
@@ -192,9 +184,12 @@ def _prepare_directory(path: str, variable: str, type_name: str) -> bool:
         return True
     except FileExistsError:
         pass
+    except OSError as error:  # no parent, no permission, read-only volume
+        raise _storage_error(error, path, variable, type_name) from error
     if not os.path.isdir(path):
-        raise MarshalError(f"cannot save `{variable}` ({type_name}): {path} exists and is not a "
-                           "directory; remove it or choose another output path", variable, type_name)
+        raise MarshalError(f"cannot save `{variable}` ({type_name}): {path} exists and is not "
+                           "a directory; remove it or choose another output path",
+                           variable, type_name)
     foreign = set(os.listdir(path)) - {MANIFEST, _MANIFEST_TEMP, *_DATA_FILES}
     if foreign:
         raise MarshalError(f"cannot save `{variable}` ({type_name}): {path} is not empty (it holds "
@@ -234,7 +229,7 @@ def _write_manifest(path: str, manifest: dict[str, Any]) -> int:
 
 
 def _read_manifest(path: str, variable: str) -> dict[str, Any]:
-    """Read and validate ``kale.json``; raise MarshalError when absent, corrupt or of another version."""
+    """Read and check ``kale.json``; raise MarshalError if absent, corrupt or of another version."""
     where = f"cannot load `{variable}`: {path}"
     try:
         with open(os.path.join(path, MANIFEST), "rb") as file:
@@ -244,9 +239,9 @@ def _read_manifest(path: str, variable: str) -> dict[str, Any]:
                            f"produces `{variable}` did not finish saving it; rerun that step",
                            variable, "unknown") from None
     except (OSError, ValueError) as error:
-        raise MarshalError(f"{where} has an unreadable {MANIFEST} ({type(error).__name__}: {error}); "
-                           f"the artifact is corrupt, rerun the step that produces `{variable}`",
-                           variable, "unknown") from error
+        raise MarshalError(f"{where} has an unreadable {MANIFEST} ({type(error).__name__}: "
+                           f"{error}); the artifact is corrupt, rerun the step that produces "
+                           f"`{variable}`", variable, "unknown") from error
     if not isinstance(manifest, dict):
         raise MarshalError(f"{where} has an invalid {MANIFEST} (not a JSON object); rerun the step "
                            f"that produces `{variable}`", variable, "unknown")
@@ -321,7 +316,8 @@ def _read_into(path: str, offset: int, views: list[memoryview]) -> None:
     """Fill the writable ``views`` with consecutive bytes of ``path`` from ``offset``.
 
     Large reads are split into chunks read by parallel threads (``os.preadv``
-    releases the GIL), which roughly halves the time on two or more CPUs.
+    releases the GIL, and the page faults and copies run side by side): about
+    1.6 times faster on two CPUs.
 
     Raises
     ------
@@ -331,7 +327,8 @@ def _read_into(path: str, offset: int, views: list[memoryview]) -> None:
     jobs = []
     for view in views:
         view = view.cast("B")
-        jobs += [(view[start:start + _CHUNK], offset + start) for start in range(0, len(view), _CHUNK)]
+        jobs += [(view[start:start + _CHUNK], offset + start)
+                 for start in range(0, len(view), _CHUNK)]
         offset += len(view)
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -372,6 +369,15 @@ def _allocate(size: int) -> mmap.mmap:
 
 
 # -- choosing and writing a format --------------------------------------------------------
+
+
+def _write_artifact(value: object, path: str, variable: str, python_type: str) -> tuple[str, int]:
+    """Write the data files, then the manifest; return the format and the bytes written."""
+    kale_format, files, extras = _write_data(value, path, variable, _display_name(python_type))
+    manifest = {"kale_format": kale_format, "kale_format_version": FORMAT_VERSION,
+                "python_type": python_type, "variable": variable, "files": files,
+                "python": platform.python_version(), **extras}
+    return kale_format, sum(files.values()) + _write_manifest(path, manifest)
 
 
 def _write_data(value: object, path: str, variable: str, type_name: str) -> Written:
@@ -416,7 +422,7 @@ def _write_pickled(value: object, path: str, variable: str, type_name: str) -> W
 
 
 def _write_cloudpickle(value: object, path: str) -> Written:
-    """Pickle ``value`` (protocol 5) to ``data.pkl``, its large buffers out of band to ``buffers.bin``."""
+    """Pickle ``value`` (protocol 5) to ``data.pkl``, big buffers out of band to ``buffers.bin``."""
     import cloudpickle
 
     buffers: list[memoryview] = []
@@ -538,7 +544,8 @@ def _write_arrow(value: Any, path: str) -> Written | None:
     """Write a DataFrame or Series as ``data.arrow``; None unless Arrow stores it exactly."""
     pandas = sys.modules["pandas"]
     if type(value) is pandas.Series and (value.name is None or type(value.name) in (str, int)):
-        frame, extras = value.to_frame(name="series"), {"pandas": "Series", "series_name": value.name}
+        frame = value.to_frame(name="series")
+        extras = {"pandas": "Series", "series_name": value.name}
     elif type(value) is pandas.DataFrame:
         frame, extras = value, {"pandas": "DataFrame"}
     else:
@@ -599,7 +606,8 @@ def _read_arrow(path: str, manifest: dict[str, Any]) -> Any:
     """Read ``data.arrow`` into one buffer and convert it to the saved DataFrame or Series.
 
     Columns pandas keeps in Arrow memory (e.g. the default ``str`` dtype) are
-    views into that buffer, as with ``pandas.read_feather``.
+    views into that buffer, as with ``pandas.read_feather``: while one lives,
+    the whole buffer stays allocated.
     """
     import pyarrow
 
