@@ -71,7 +71,7 @@ def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str]) 
         "    additional_funcs=[_kale_prelude, _kale_runtime],\n"
         ")\n"
         f"def {step.name}(\n{args}):\n"
-        f"    \"\"\"Step {step.name!r}: notebook cells {cells}.\"\"\"\n"
+        f"    \"\"\"Step {step.name!r}: notebook cell{'s' if len(step.cells) > 1 else ''} {cells}.\"\"\"\n"
         "    _kale_runtime().run_step(\n"
         f"        step={step.name!r},\n"
         f"        code=_kale_prelude() + [\n{code}        ],\n"
