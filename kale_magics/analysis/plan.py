@@ -14,7 +14,7 @@ import ast
 import builtins
 import difflib
 import graphlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from kale_magics.analysis.names import NameUse, python_source, scan, scan_blocks
@@ -33,7 +33,6 @@ class _StepDraft:
     """A step while the analysis fills it in."""
 
     cells: list[Cell]
-    use: NameUse | None = None
     inputs: dict[str, str] = field(default_factory=dict)
     parameters: set[str] = field(default_factory=set)
     metrics: list[Metric] = field(default_factory=list)
@@ -137,10 +136,10 @@ def _link(cells: Sequence[Cell], drafts: list[_StepDraft], provided: set[str],
     for cell in cells:
         draft = by_head.get(cell.index)
         if draft is not None:
-            draft.use = _scan(draft.cells)
-            for name in (*draft.use.reads, *cell.annotation.inputs):
+            use = _scan(draft.cells)
+            for name in (*use.reads, *cell.annotation.inputs):
                 _resolve(draft, name, writers, provided, param_names, cells)
-            for name in (*draft.use.writes, *cell.annotation.outputs):
+            for name in (*use.writes, *cell.annotation.outputs):
                 writers[name] = draft
         elif cell.annotation.kind == "metrics":
             _attach_metrics(cell, writers, provided, param_names, cells)
@@ -232,4 +231,4 @@ def _order(drafts: Sequence[_StepDraft], outputs: dict[str, set[str]]) -> tuple[
         ready = sorted(sorter.get_ready(), key=position.__getitem__)
         order.extend(steps[name] for name in ready)
         sorter.done(*ready)
-    return tuple(replace(step) for step in order)
+    return tuple(order)

@@ -33,9 +33,8 @@ class StepShell:
     """
 
     def __init__(self, namespace: dict[str, Any], filename: str = "<step>") -> None:
-        self.namespace = namespace
-        self.filename = filename
         self.user_ns = namespace
+        self.filename = filename
 
     def system(self, cmd: str) -> int:
         """Run ``cmd`` in a shell (``!cmd``); its output goes to the step log."""
@@ -43,7 +42,7 @@ class StepShell:
         sys.stderr.flush()
         code = subprocess.call(cmd, shell=True, stdout=sys.stdout.fileno()
                                if _has_fileno(sys.stdout) else None)
-        self.namespace["_exit_code"] = code
+        self.user_ns["_exit_code"] = code
         return code
 
     def getoutput(self, cmd: str, split: bool = True, depth: int = 0) -> Any:
@@ -80,12 +79,12 @@ class StepShell:
 
     def _timed(self, code: str, mode: str) -> Any:
         start = time.perf_counter()
-        result = eval(compile(code, self.filename, mode), self.namespace)
+        result = eval(compile(code, self.filename, mode), self.user_ns)
         print(f"Wall time: {time.perf_counter() - start:.3f} s")
         return result
 
     def _exec(self, code: str) -> None:
-        exec(compile(code, self.filename, "exec"), self.namespace)
+        exec(compile(code, self.filename, "exec"), self.user_ns)
 
 
 def display(*objects: Any, **kwargs: Any) -> None:
