@@ -10,20 +10,29 @@ from __future__ import annotations
 import ast
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from kale_magics.analysis.parameters import MAX_EXACT_INT
 from kale_magics.analysis.plan import build_plan
 from kale_magics.codegen.compile import CompiledPipeline, compile_plan
 from kale_magics.codegen.parameters import kfp_arguments
-from kale_magics.errors import KaleError
+from kale_magics.atomic import write_text_atomic
+from kale_magics.errors import KaleError, NotebookError
 from kale_magics.model import Plan
-from kale_magics.notebook.reader import read_notebook
+from kale_magics.analysis.live import LiveValue, artifact_types, describe
+from kale_magics.analysis.preflight import CheckReport, preflight
+from kale_magics.notebook import kale_tags
+from kale_magics.notebook.annotations import split_args
+from kale_magics.notebook.locate import locate_notebook
+from kale_magics.notebook.reader import AnnotatedNotebook, load_notebook, read_notebook
+from kale_magics.notebook.registry import ExecutedCell
 from kale_magics.runner import local
 from kale_magics.runner.status import RunHooks, RunStatus
 
-__all__ = ["CompiledPipeline", "KaleError", "RunHooks", "RunStatus", "coerce_arguments", "compile_notebook",
-           "default_output_dir", "read_plan", "run_local"]
+__all__ = ["CheckReport", "CompiledPipeline", "KaleError", "LiveValue", "RunHooks", "RunStatus",
+           "artifact_types", "check", "coerce_arguments", "compile_notebook", "default_output_dir",
+           "describe", "export_kale_tags", "live_values", "locate_notebook", "parse_param",
+           "read_annotated", "read_plan", "run_local", "split_args"]
 
 
 def read_plan(notebook: str | os.PathLike[str]) -> Plan:
@@ -35,8 +44,40 @@ def read_plan(notebook: str | os.PathLike[str]) -> Plan:
         The file cannot be read, an annotation is malformed, or the steps do
         not form a valid pipeline; the message names the cell and the fix.
     """
+    return read_annotated(notebook)[1]
+
+
+def read_annotated(notebook: str | os.PathLike[str]) -> tuple[AnnotatedNotebook, Plan]:
+    """Read ``notebook`` and analyse it: its annotated cells and its plan.
+
+    Raises
+    ------
+    NotebookError, AnnotationError, AnalysisError
+    """
     annotated = read_notebook(notebook)
-    return build_plan(annotated.cells, annotated.settings, annotated.path)
+    return annotated, build_plan(annotated.cells, annotated.settings, annotated.path)
+
+
+def check(notebook: str | os.PathLike[str], namespace: Mapping[str, Any],
+          executed: Iterable[ExecutedCell] = ()) -> CheckReport:
+    """Pre-flight check of ``notebook`` against a live kernel's ``namespace``.
+
+    Serialises every variable passed between steps with the step runtime's
+    marshal layer (in a temporary folder, removed afterwards) and compares the
+    cells the kernel ran (``executed``) with the saved notebook.
+
+    Raises
+    ------
+    NotebookError, AnnotationError, AnalysisError
+    """
+    annotated, plan = read_annotated(notebook)
+    return preflight(plan, namespace, annotated.cells, executed)
+
+
+def live_values(plan: Plan, namespace: Mapping[str, Any]) -> dict[str, LiveValue]:
+    """Type, size and artifact class of each passed variable the kernel holds."""
+    passed = {name for step in plan.steps for name in (*step.outputs, *(i.name for i in step.inputs))}
+    return {name: describe(namespace[name]) for name in sorted(passed) if name in namespace}
 
 
 def default_output_dir(notebook: str | os.PathLike[str]) -> str:
@@ -123,6 +164,44 @@ def _structured(text: str) -> Any:
         return ast.literal_eval(text)
 
 
+def parse_param(text: str) -> tuple[str, str]:
+    """Split ``--param NAME=VALUE`` text into ``(NAME, VALUE)``.
+
+    Raises
+    ------
+    KaleError
+        The text has no ``=`` or no name.
+    """
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise KaleError(f"--param {text!r} is not NAME=VALUE; for example --param N_ESTIMATORS=50")
+    return name.strip(), value
+
+
+def export_kale_tags(notebook: str | os.PathLike[str], out: str | os.PathLike[str]) -> str:
+    """Write a copy of ``notebook`` annotated with Kale's cell tags to ``out``, atomically.
+
+    Raises
+    ------
+    NotebookError
+        ``out`` is the notebook itself, or cannot be written.
+    AnnotationError, AnalysisError
+        The notebook's annotations are invalid.
+    """
+    import nbformat
+
+    if os.path.abspath(out) == os.path.abspath(notebook):
+        raise NotebookError(f"refusing to overwrite the source notebook {notebook}; "
+                            "choose another output path")
+    plan = read_plan(notebook)
+    tagged = kale_tags.to_kale_tags(load_notebook(notebook), plan)
+    try:
+        write_text_atomic(out, nbformat.writes(tagged))
+    except OSError as error:
+        raise NotebookError(f"cannot write {out}: {error}; choose a writable path") from None
+    return os.fspath(out)
+
+
 def run_local(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline,
               arguments: Mapping[str, Any] | None = None, pipeline_root: str | None = None,
               hooks: RunHooks | None = None, output_dir: str | None = None) -> RunStatus:
@@ -157,3 +236,165 @@ def run_local(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline,
     typed = coerce_arguments(compiled.plan, arguments or {})
     return local.run_local(compiled, kfp_arguments(compiled.plan, typed),
                            pipeline_root=pipeline_root, hooks=hooks)
+
+
+# =============================================================================================
+# Remote runs on a KFP server (issue 4). Front ends: `kale-magics run --host`, `status`,
+# `cancel`, `schedules`; the magics and the widget call the same functions.
+# =============================================================================================
+
+from kale_magics.runner import remote as _remote  # noqa: E402
+from kale_magics.runner import watch as _watch  # noqa: E402
+from kale_magics.runner.connection import KfpSession, open_session, resolve_connection  # noqa: E402
+from kale_magics.runner.remote import Schedule, ScheduleInfo, Submission  # noqa: E402
+from kale_magics.runner.transport import RetryPolicy  # noqa: E402
+
+__all__ += ["KfpSession", "Schedule", "ScheduleInfo", "Submission", "cancel_remote", "connect",
+            "delete_schedule", "list_schedules", "remote_status", "submit", "watch_remote"]
+
+
+def connect(host: str | None = None, namespace: str | None = None, token: str | None = None,
+            cookies: str | None = None, *, settings: Any = None,
+            connect_timeout_s: float | None = None) -> KfpSession:
+    """Find, probe and connect to the KFP server.
+
+    The host comes from ``host``, else the notebook's ``%kale pipeline --host``
+    (``settings``), else ``$KF_PIPELINES_ENDPOINT``, else the user config file
+    (``~/.config/kale-magics/config.json``); the namespace, token and cookies
+    likewise (see :mod:`kale_magics.runner.connection`). The health endpoint is
+    probed with a ``connect_timeout_s`` (default 5 s) timeout before
+    ``kfp.Client`` is built, so a wrong host fails in seconds.
+
+    Raises
+    ------
+    KaleError
+        No host configured, or a malformed one.
+    KfpConnectionError
+        ``cannot reach KFP at URL: <reason>; check --host ...``.
+    KfpAuthError
+        The server wants (other) credentials; the message says what to set.
+    """
+    return open_session(resolve_connection(host, namespace, token, cookies, settings=settings,
+                                           connect_timeout_s=connect_timeout_s))
+
+
+def submit(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline, session: KfpSession,
+           arguments: Mapping[str, Any] | None = None, *, experiment: str | None = None,
+           run_name: str | None = None, enable_caching: bool = True,
+           schedule: Schedule | None = None, pipeline_root: str | None = None,
+           output_dir: str | None = None) -> Submission:
+    """Compile (when given a notebook), upload and run the pipeline on a KFP server.
+
+    The pipeline is created once by name; each distinct compiled IR becomes one
+    pipeline version named after its content, so resubmitting unchanged code
+    adds no version. With ``schedule`` a recurring run is created instead.
+
+    Parameters
+    ----------
+    arguments:
+        Parameter values by name; strings are typed with :func:`coerce_arguments`.
+    experiment:
+        Experiment name (created when missing); default the notebook's, else ``Default``.
+    enable_caching:
+        Let KFP reuse results of identical earlier task executions.
+
+    Returns
+    -------
+    Submission
+        Ids of the pipeline, version, experiment and run (or recurring run) and the UI link.
+
+    Raises
+    ------
+    KaleError, RunError, KfpConnectionError, KfpAuthError
+    """
+    compiled = (notebook_or_compiled if isinstance(notebook_or_compiled, CompiledPipeline)
+                else compile_notebook(notebook_or_compiled, output_dir))
+    typed = coerce_arguments(compiled.plan, arguments or {})
+    return _remote.submit(session, compiled, kfp_arguments(compiled.plan, typed),
+                          experiment=experiment, run_name=run_name, enable_caching=enable_caching,
+                          schedule=schedule, pipeline_root=pipeline_root)
+
+
+def remote_status(session: KfpSession, run_id: str, plan: Plan | None = None,
+                  hooks: RunHooks | None = None) -> RunStatus:
+    """The current state of a remote run and of each step (one request, no waiting).
+
+    Steps come from ``plan`` when given, else from the run's pipeline spec.
+
+    Raises
+    ------
+    RunError
+        No such run; KfpConnectionError, KfpAuthError.
+    """
+    run = _watch.get_run(session, run_id)
+    status = _watch.new_status(session, run, plan, hooks)
+    _watch.apply_run(status, run)
+    return status
+
+
+def watch_remote(session: KfpSession, run_id: str, hooks: RunHooks | None = None, *,
+                 plan: Plan | None = None, interval_s: float = 5.0, timeout_s: float | None = None,
+                 max_outage_s: float = 120.0) -> RunStatus:
+    """Follow a remote run to its end, calling ``hooks`` as steps change state.
+
+    Parameters
+    ----------
+    interval_s:
+        Seconds between polls.
+    timeout_s:
+        Give up watching after this many seconds (the run goes on); None: no limit.
+    max_outage_s:
+        How long the server may fail to answer (refused, 502/503/504, timeouts)
+        before the watch ends with an error.
+
+    Returns
+    -------
+    RunStatus
+        Final state (SUCCEEDED, FAILED, CANCELED, SKIPPED) of the run and every step.
+
+    Raises
+    ------
+    KfpConnectionError, KfpAuthError, RunError
+    """
+    run = _watch.get_run(session, run_id)
+    status = _watch.new_status(session, run, plan, hooks)
+    policy = RetryPolicy(max_outage_s=max_outage_s, backoff_max_s=max(1.0, min(20.0, max_outage_s / 4)))
+    return _watch.watch_run(session, status, _watch.WatchOptions(interval_s, timeout_s, policy))
+
+
+def cancel_remote(session: KfpSession, run_id: str, *, wait_s: float = 60.0,
+                  hooks: RunHooks | None = None, plan: Plan | None = None,
+                  interval_s: float = 1.0) -> RunStatus:
+    """Terminate a remote run and wait up to ``wait_s`` seconds for it to be CANCELED.
+
+    Returns
+    -------
+    RunStatus
+        CANCELED, or CANCELING when the server has not finished within ``wait_s``
+        (0: do not wait), or the state it had already ended in.
+
+    Raises
+    ------
+    RunError, KfpConnectionError, KfpAuthError
+    """
+    _remote.terminate(session, run_id)
+    status = remote_status(session, run_id, plan, hooks)
+    if wait_s <= 0 or status.state in _watch.TERMINAL_STATES:
+        return status
+    try:
+        return _watch.watch_run(session, status, _watch.WatchOptions(interval_s, wait_s))
+    except KaleError:
+        if status.state in _watch.TERMINAL_STATES:
+            raise
+        return status
+
+
+def list_schedules(session: KfpSession, experiment: str | None = None) -> list[ScheduleInfo]:
+    """The recurring runs on the server (in the session's namespace, or one experiment)."""
+    experiment_id = _remote.ensure_experiment(session, experiment) if experiment else None
+    return _remote.list_schedules(session, experiment_id)
+
+
+def delete_schedule(session: KfpSession, recurring_run_id: str) -> None:
+    """Delete a recurring run; the runs it already started stay."""
+    _remote.delete_schedule(session, recurring_run_id)

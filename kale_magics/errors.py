@@ -68,3 +68,19 @@ class CompileError(KaleError):
 
 class RunError(KaleError):
     """A pipeline run could not be started or its result could not be read."""
+
+
+class KfpConnectionError(RunError):
+    """The KFP server cannot be reached, or stopped answering while a run was watched.
+
+    The message names the URL, the reason (refused, timed out, HTTP 503, ...)
+    and what to check; it never contains credentials.
+    """
+
+
+class KfpAuthError(RunError):
+    """The KFP server refused the request for lack of valid credentials (HTTP 401 or 403).
+
+    The message says which credentials were used (never their value) and what
+    to set: ``KF_PIPELINES_TOKEN`` / ``--token`` or session cookies.
+    """

@@ -61,12 +61,18 @@ class PipelineSettings:
         Pipeline description.
     image:
         Base image of every step (a stock ``python:3.X`` image by default).
+    host:
+        KFP API endpoint for remote runs, e.g. ``http://127.0.0.1:8888``.
+    notebook:
+        Path of the notebook file, for kernels that cannot tell (nbclient, papermill).
     """
 
     name: str | None = None
     experiment: str | None = None
     description: str | None = None
     image: str | None = None
+    host: str | None = None
+    notebook: str | None = None
 
     def merged(self, other: "PipelineSettings") -> "PipelineSettings":
         """Return these settings with every field ``other`` sets overriding."""

@@ -1,11 +1,9 @@
-"""Every example notebook runs as a local pipeline and gives the metrics the notebook gives.
-
-The reference is the notebook executed top to bottom in a real kernel with
-nbclient (the ``%%kale`` cell magics run each cell as written).
-"""
+"""Every example notebook, executed top to bottom in a real kernel with nbclient, then run as a
+pipeline from the same kernel with ``%kale run``: the pipeline's metrics equal the notebook's."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -19,25 +17,30 @@ from tests.conftest import EXAMPLES
 pytestmark = pytest.mark.integration
 
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
+LAST_RUN = ("import json\nrun = get_ipython().magics_manager.registry['KaleMagics'].last_run\n"
+            "print(json.dumps({'state': run.state, 'metrics': run.metrics}))")
 
 
-def notebook_metrics(path: Path, keys: list[str]) -> dict[str, float]:
-    """Execute ``path`` top to bottom in a kernel, then evaluate the metric expressions."""
+def execute(path: Path, extra: list[str]) -> list[str]:
+    """Run ``path`` top to bottom plus ``extra`` cells in a kernel; return the extras' stdout."""
     nb = nbformat.read(path, as_version=4)
-    probe = f"import json\nprint(json.dumps({{k: float(eval(k)) for k in {keys!r}}}))"
-    nb.cells.append(nbformat.v4.new_code_cell(probe))
-    NotebookClient(nb, timeout=300, kernel_name="python3",
+    nb.cells.extend(nbformat.v4.new_code_cell(source) for source in extra)
+    NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
-    return json.loads(nb.cells[-1].outputs[0]["text"])
+    return ["".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+            for cell in nb.cells[-len(extra):]]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_example_runs_locally_with_the_notebooks_metrics(path: Path, tmp_path: Path) -> None:
-    before = path.read_bytes()
-    status = api.run_local(path, output_dir=str(tmp_path / "out"))
-    assert status.state == "SUCCEEDED", status.error
-    assert path.read_bytes() == before  # compile and run only read the notebook
-    keys = list(status.metrics)
+def test_kale_run_in_the_kernel_gives_the_notebooks_metrics(path: Path) -> None:
+    keys = [m.key for s in api.read_plan(path).steps for m in s.metrics]
     assert len(keys) >= 2
-    expected = notebook_metrics(path, keys)
-    assert status.metrics == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    notebook_probe = f"import json\nprint(json.dumps({{k: float(eval(k)) for k in {keys!r}}}))"
+    outputs = execute(path, [notebook_probe, f"%kale run --notebook {path.name}", LAST_RUN])
+    expected = json.loads(outputs[0])
+    run = json.loads(outputs[2])
+    assert run["state"] == "SUCCEEDED"
+    assert run["metrics"] == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    assert "SUCCEEDED" in outputs[1]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest  # the notebook is only read

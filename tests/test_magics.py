@@ -1,62 +1,244 @@
-"""The %%kale cell magic runs the cell as if the magic line were not there."""
+"""The %kale / %%kale magics in an in-process IPython shell that re-raises nothing silently."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import nbformat
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+from kale_magics.magics import STEP_MIME, KaleMagics
+from tests.conftest import write_notebook
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def shell():
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "kale_magics")
+    magics = ip.magics_manager.registry["KaleMagics"]
+    magics.__init__(ip)  # a fresh registry and settings for each test
     yield ip
     ip.run_line_magic("unload_ext", "kale_magics")
+    ip.user_ns.pop("__vsc_ipynb_file__", None)
 
+
+def kale(ip: InteractiveShell) -> KaleMagics:
+    return ip.magics_manager.registry["KaleMagics"]
+
+
+def run(ip: InteractiveShell, cell: str):
+    result = ip.run_cell(cell)
+    if result.error_before_exec or result.error_in_exec:
+        raise result.error_before_exec or result.error_in_exec
+    return result
+
+
+# -- the cell magic runs the cell faithfully -------------------------------------------------
 
 def test_body_runs_in_user_namespace_and_returns_last_value(shell) -> None:
-    result = shell.run_cell("%%kale step a\nx = 20\nx + 1")
-    assert result.success
-    assert result.result == 21
-    assert shell.user_ns["x"] == 20
+    result = run(shell, "%%kale step a\nx = 20\nx + 1")
+    assert result.result == 21 and shell.user_ns["x"] == 20
+    assert shell.user_ns["_"] == 21
 
 
-def test_trailing_semicolon_and_statements_return_nothing(shell) -> None:
-    assert shell.run_cell("%%kale step a\ny = 1").result is None
+@pytest.mark.parametrize("kind", ["imports", "functions", "parameters", "metrics", "skip"])
+def test_every_kind_runs_its_body(shell, kind) -> None:
+    run(shell, f"%%kale {kind}\nran_{kind} = True")
+    assert shell.user_ns[f"ran_{kind}"] is True
+
+
+def test_statements_return_nothing(shell) -> None:
+    assert run(shell, "%%kale step a\ny = 1").result is None
 
 
 def test_ipython_syntax_in_body(shell) -> None:
-    result = shell.run_cell("%%kale step a\nout = !echo hi\n%time z = 5")
-    assert result.success
+    run(shell, "%%kale step a\nout = !echo hi\n%time z = 5")
     assert list(shell.user_ns["out"]) == ["hi"] and shell.user_ns["z"] == 5
 
 
-def test_exception_points_at_the_cells_own_line(shell, capsys) -> None:
-    result = shell.run_cell("%%kale step a\nok = 1\n1 / 0")
+def test_exception_points_at_the_cells_own_line(shell) -> None:
+    result = shell.run_cell("%%kale step a\nok = 1\n\n1 / 0")
     assert isinstance(result.error_in_exec, ZeroDivisionError)
     tb = result.error_in_exec.__traceback__
     while tb.tb_next:
         tb = tb.tb_next
-    assert tb.tb_lineno == 3  # line 3 of the cell, the magic line being line 1
+    assert tb.tb_lineno == 4  # line 4 of the cell, the magic line being line 1
 
 
-@pytest.mark.parametrize("line", ["%%kale stepp a", "%%kale step Bad", "%%kale step a --nope"])
+@pytest.mark.parametrize("line", ["stepp a", "step Bad", "step a --nope", "step b --after ghost"])
 def test_bad_line_raises_usage_error_and_body_does_not_run(shell, line) -> None:
     shell.user_ns.pop("ran", None)
     with pytest.raises(UsageError):
-        shell.run_cell_magic("kale", line.removeprefix("%%kale "), "ran = True")
+        shell.run_cell_magic("kale", line, "ran = True")
     assert "ran" not in shell.user_ns
 
 
+def test_step_cell_shows_a_compact_line_with_live_types(shell) -> None:
+    run(shell, "%%kale step load\nrows = [1, 2, 3]")
+    with capture_output() as captured:
+        run(shell, "%%kale step total --after load\nsize = len(rows)\nlabel = 'n'")
+    data = captured.outputs[0].data
+    assert data["text/plain"] == ("step total  <- rows: list len 3 (load)  -> size: int, "
+                                  "label: str len 1")
+    assert data[STEP_MIME] == {"kind": "step", "name": "total", "after": ["load"],
+                               "inputs": {"rows": "load"}, "outputs": ["size", "label"],
+                               "types": {"rows": "list", "size": "int", "label": "str"}}
+
+
+def test_registry_keyed_by_cell_id(shell) -> None:
+    class Kernel:
+        cell = "cell-1"
+
+        def get_parent(self):
+            return {"metadata": {"cellId": self.cell}}
+
+    shell.kernel = Kernel()
+    try:
+        run(shell, "%%kale step a\nx = 1")
+        run(shell, "%%kale step a\nx = 2")  # the same cell run again replaces its entry
+        shell.kernel.cell = "cell-2"
+        run(shell, "%%kale skip\nprint(x)")
+    finally:
+        del shell.kernel
+    cells = kale(shell).registry.cells()
+    assert [(c.key, c.annotation.kind) for c in cells] == [("cell-1", "step"), ("cell-2", "skip")]
+    assert cells[0].source.strip() == "x = 2"
+
+
+def test_loading_twice_is_harmless_and_help_lists_the_grammar(shell) -> None:
+    shell.run_line_magic("load_ext", "kale_magics")
+    shell.run_line_magic("reload_ext", "kale_magics")
+    doc = shell.find_cell_magic("kale").__doc__
+    for fragment in ("--after STEP", "%kale pipeline", "imports | functions", "%kale run",
+                     "%kale check", "--kale-tags"):
+        assert fragment in doc
+
+
+# -- line magics --------------------------------------------------------------------------------
+
+SMALL = ("%load_ext kale_magics",
+         "%%kale parameters\nN = 3",
+         "%%kale step make\nitems = list(range(N))",
+         "%%kale step total\nsize = sum(items)",
+         "%%kale metrics\nsize")
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Path:
+    return write_notebook(tmp_path / "small.ipynb", SMALL)
+
+
+def run_notebook_cells(ip: InteractiveShell, path: Path) -> None:
+    for cell in nbformat.read(path, as_version=4).cells:
+        run(ip, cell.source)
+
+
 def test_pipeline_line_magic(shell) -> None:
-    shell.run_line_magic("kale", "pipeline --name demo --experiment e")
+    run(shell, "%kale pipeline --name demo --experiment e --notebook x.ipynb")
+    assert (kale(shell).settings.name, kale(shell).settings.notebook) == ("demo", "x.ipynb")
     with pytest.raises(UsageError, match="invalid pipeline name"):
         shell.run_line_magic("kale", "pipeline --name Bad_Name")
-    with pytest.raises(UsageError, match="unknown action"):
+    with pytest.raises(UsageError, match="unknown action 'frobnicate'"):
         shell.run_line_magic("kale", "frobnicate")
+    with pytest.raises(UsageError, match="unrecognized arguments: --bogus"):
+        shell.run_line_magic("kale", "show --bogus")
 
 
-def test_help_lists_the_grammar(shell) -> None:
-    doc = shell.find_cell_magic("kale").__doc__
-    assert "--after STEP" in doc and "%kale pipeline" in doc and "imports | functions" in doc
+def test_show_text_and_html_with_live_types(shell, small) -> None:
+    run_notebook_cells(shell, small)
+    with capture_output() as captured:
+        shell.run_line_magic("kale", f"show --notebook {small}")
+    data = captured.outputs[0].data
+    assert "step total  cells 3   after: make" in data["text/plain"]
+    assert "<svg" in data["text/html"] and "items: list len 3 (make)" in data["text/html"]
+
+
+def test_check_reports_formats_and_unpicklable_values(shell, small) -> None:
+    run_notebook_cells(shell, small)
+    with capture_output() as captured:
+        shell.run_line_magic("kale", f"check --notebook {small}")
+    assert "ok    items" in captured.outputs[0].data["text/plain"]
+    shell.user_ns["items"] = (i for i in range(3))
+    with capture_output() as captured, pytest.raises(UsageError, match="cannot be passed"):
+        shell.run_line_magic("kale", f"check --notebook {small}")
+    text = captured.outputs[0].data["text/plain"]
+    assert "FAIL  items" in text and "step 'make'" in text and "generator" in text
+
+
+def test_notebook_found_from_vscode_and_missing_notebook_says_pass_it(shell, small) -> None:
+    with pytest.raises(UsageError, match="pass it: `%kale pipeline --notebook PATH.ipynb`"):
+        shell.run_line_magic("kale", "show")
+    shell.user_ns["__vsc_ipynb_file__"] = str(small)
+    with capture_output() as captured:
+        shell.run_line_magic("kale", "show")
+    assert "pipeline small" in captured.outputs[0].data["text/plain"]
+
+
+def test_compile_uses_live_artifact_types(shell, small, tmp_path) -> None:
+    run_notebook_cells(shell, small)
+    shell.run_line_magic("kale", f"pipeline --notebook {small}")
+    with capture_output() as captured:
+        shell.run_line_magic("kale", f"compile -o {tmp_path / 'out'}")
+    assert "small.yaml" in captured.stdout
+    dsl = (tmp_path / "out" / "small.py").read_text()
+    assert "out_items: Output[Artifact]" in dsl  # a list is a plain Artifact
+    shell.user_ns["items"] = __import__("numpy").arange(3)
+    shell.run_line_magic("kale", f"compile -o {tmp_path / 'out'}")
+    assert "out_items: Output[Dataset]" in (tmp_path / "out" / "small.py").read_text()
+
+
+@pytest.mark.integration
+def test_run_and_status(shell, small) -> None:
+    run_notebook_cells(shell, small)
+    with pytest.raises(UsageError, match="no run yet"):
+        shell.run_line_magic("kale", "status")
+    with capture_output() as captured:
+        shell.run_line_magic("kale", f"run --notebook {small} --param N=5")
+    assert kale(shell).last_run.metrics == {"size": 10.0}
+    assert "<svg" in captured.outputs[-1].data["text/html"]
+    assert "SUCCEEDED" in captured.outputs[-1].data["text/html"]
+    with capture_output() as captured:
+        shell.run_line_magic("kale", "status")
+    assert "pipeline small SUCCEEDED" in captured.stdout and "size = 10" in captured.stdout
+
+
+def test_export_kale_tags_writes_a_copy_and_refuses_the_source(shell, small, tmp_path) -> None:
+    out = tmp_path / "tagged.ipynb"
+    before = small.read_bytes()
+    shell.run_line_magic("kale", f"export --notebook {small} --kale-tags {out}")
+    tagged = nbformat.read(out, as_version=4)
+    tags = [c.metadata.get("tags") for c in tagged.cells]
+    assert tags == [[], ["pipeline-parameters"], ["step:make"], ["step:total", "prev:make"],
+                    ["pipeline-metrics"]]
+    assert tagged.cells[4].source == "print(size)" and tagged.cells[0].source == ""
+    assert tagged.metadata["kubeflow_notebook"]["pipeline_name"] == "small"
+    with pytest.raises(UsageError, match="refusing to overwrite the source notebook"):
+        shell.run_line_magic("kale", f"export --notebook {small} --kale-tags {small}")
+    assert small.read_bytes() == before
+
+
+def test_check_warns_about_unsaved_cells(shell, small) -> None:
+    class Kernel:
+        cell = None
+
+        def get_parent(self):
+            return {"metadata": {"cellId": self.cell}}
+
+    ids = [c.id for c in nbformat.read(small, as_version=4).cells]
+    shell.kernel = Kernel()
+    try:
+        for cell_id, source in zip(ids, SMALL):
+            shell.kernel.cell = cell_id
+            run(shell, source.replace("range(N)", "range(N + 1)"))
+        shell.kernel.cell = "new-cell"
+        run(shell, "%%kale skip\npass")
+    finally:
+        del shell.kernel
+    with capture_output() as captured:
+        shell.run_line_magic("kale", f"check --notebook {small}")
+    text = captured.outputs[0].data["text/plain"]
+    assert "warning: cell 2 ('items = list(range(N))') differs from what this kernel ran" in text
+    assert "ran in this kernel but is not in the saved notebook" in text

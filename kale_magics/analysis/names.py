@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["NameUse", "python_source", "scan", "scan_blocks"]
+__all__ = ["NameUse", "python_source", "scan", "scan_blocks", "scan_trees"]
 
 
 @dataclass(frozen=True)
@@ -192,9 +192,14 @@ def scan_blocks(sources: Sequence[str]) -> NameUse:
         The error raised by :func:`ast.parse` on the first invalid block; its
         ``lineno`` is relative to that block.
     """
+    return scan_trees([_parse(source) for source in sources])
+
+
+def scan_trees(trees: Sequence[ast.Module]) -> NameUse:
+    """Like :func:`scan_blocks`, for blocks already parsed with :func:`ast.parse`."""
     visitor = _NameVisitor()
-    for source in sources:
-        visitor.visit(_parse(source))
+    for tree in trees:
+        visitor.visit(tree)
     return visitor.result()
 
 

@@ -6,10 +6,10 @@ import importlib.util
 import linecache
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from kale_magics.atomic import write_text_atomic
 from kale_magics.codegen.pipeline import render_module
 from kale_magics.errors import CompileError
 from kale_magics.model import Plan
@@ -58,26 +58,10 @@ def compile_plan(plan: Plan, output_dir: str,
                            "folder with -o") from None
     dsl_path = os.path.join(output_dir, f"{plan.name}.py")
     yaml_path = os.path.join(output_dir, f"{plan.name}.yaml")
-    _write_atomic(dsl_path, source)
+    write_text_atomic(dsl_path, source)
     _compile_module(plan, dsl_path, yaml_path)
     return CompiledPipeline(plan=plan, dsl_path=dsl_path, yaml_path=yaml_path,
                             warnings=tuple(warnings))
-
-
-def _write_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".py")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; this is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _compile_module(plan: Plan, dsl_path: str, yaml_path: str) -> None:

@@ -12,6 +12,7 @@ Cell annotations (the first line of a code cell)::
 Pipeline settings (a line anywhere in a code cell)::
 
     %kale pipeline [--name NAME] [--experiment E] [--description D] [--image IMAGE]
+                   [--host URL] [--notebook PATH]
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ RESERVED_STEP_NAMES = frozenset({"dsl", "pipeline", "compiler"})
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-class _Parser(argparse.ArgumentParser):
+class GrammarParser(argparse.ArgumentParser):
     """argparse that raises AnnotationError instead of printing and exiting."""
 
     def error(self, message: str) -> NoReturn:
@@ -48,8 +49,8 @@ class _Parser(argparse.ArgumentParser):
         raise AnnotationError(message or f"{self.prog}: invalid arguments")
 
 
-def _step_parser() -> _Parser:
-    parser = _Parser(prog="%%kale step", add_help=False,
+def _step_parser() -> GrammarParser:
+    parser = GrammarParser(prog="%%kale step", add_help=False,
                      description="Mark the cell as a pipeline step (one KFP component).")
     parser.add_argument("name", help="step name: lowercase letters, digits and _, starting with a letter")
     parser.add_argument("--after", nargs="+", default=[], metavar="STEP",
@@ -61,13 +62,16 @@ def _step_parser() -> _Parser:
     return parser
 
 
-def _pipeline_parser() -> _Parser:
-    parser = _Parser(prog="%kale pipeline", add_help=False,
+def _pipeline_parser() -> GrammarParser:
+    parser = GrammarParser(prog="%kale pipeline", add_help=False,
                      description="Pipeline settings; later lines override earlier ones.")
     parser.add_argument("--name", help="KFP pipeline name: lowercase letters, digits and -")
     parser.add_argument("--experiment", help="KFP experiment for remote runs")
     parser.add_argument("--description", help="pipeline description")
     parser.add_argument("--image", help="base image of every step, e.g. python:3.11")
+    parser.add_argument("--host", help="KFP API endpoint for remote runs, e.g. http://kfp:8888")
+    parser.add_argument("--notebook", help="path of this notebook, where the kernel cannot tell "
+                        "(nbclient, papermill)")
     return parser
 
 
@@ -169,8 +173,8 @@ def parse_pipeline_line(line: str) -> PipelineSettings:
         raise AnnotationError(
             f"invalid pipeline name {ns.name!r}: use lowercase letters, digits and -, starting with "
             f"a letter or digit (for example {pipeline_name_from(ns.name)!r})", line=line)
-    return PipelineSettings(name=ns.name, experiment=ns.experiment,
-                            description=ns.description, image=ns.image)
+    return PipelineSettings(name=ns.name, experiment=ns.experiment, description=ns.description,
+                            image=ns.image, host=ns.host, notebook=ns.notebook)
 
 
 def is_cell_annotation(first_line: str) -> bool:

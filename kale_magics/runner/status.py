@@ -118,6 +118,9 @@ class RunStatus:
         The KFP run's id and UI link for remote runs, else "".
     error:
         Why the run failed, when it failed outside any step.
+    metrics_note:
+        Why :attr:`metrics` is empty when the runner cannot read metric values
+        (a remote run: KFP's REST API does not expose them), else "".
     """
 
     pipeline: str
@@ -130,6 +133,7 @@ class RunStatus:
     url: str = ""
     error: str = ""
     hooks: RunHooks = field(default_factory=RunHooks, repr=False, compare=False)
+    metrics_note: str = ""
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -157,15 +161,35 @@ class RunStatus:
         self.hooks.run_hook("on_status", self)
         return step
 
-    def finish(self, state: str, error: str = "") -> None:
-        """Mark the run done; steps that never started become SKIPPED."""
+    def set_state(self, state: str, error: str = "") -> None:
+        """Change the run's state while it is not finished (e.g. RUNNING, CANCELING); notify on change."""
+        if (state, error or self.error) == (self.state, self.error):
+            return
+        self.state, self.error = state, error or self.error
+        self.hooks.run_hook("on_status", self)
+
+    def finish(self, state: str, error: str = "", *, end: Optional[float] = None,
+               running_state: str = FAILED) -> None:
+        """Mark the run done; steps that never started become SKIPPED.
+
+        Parameters
+        ----------
+        state, error:
+            The run's final state and, for a failure outside any step, why.
+        end:
+            When the run ended (seconds since the epoch); default now.
+        running_state:
+            What a step still RUNNING becomes: FAILED (default; its process
+            ended without reporting) or e.g. CANCELED for a terminated run.
+        """
         for step in self.steps.values():
             if step.state == PENDING:
                 step.state = SKIPPED
             elif step.state == RUNNING:
-                step.state = FAILED
-                step.error = step.error or "the step's process ended without reporting; see its log"
-        self.state, self.error, self.end = state, error, time.time()
+                step.state = running_state
+                if running_state == FAILED:
+                    step.error = step.error or "the step's process ended without reporting; see its log"
+        self.state, self.error, self.end = state, error, end or time.time()
         self.hooks.run_hook("on_status", self)
         self.hooks.run_hook("on_done", self)
 
@@ -176,4 +200,4 @@ class RunStatus:
         return {"pipeline": self.pipeline, "state": self.state, "steps": steps,
                 "metrics": self.metrics, "pipeline_root": self.pipeline_root,
                 "duration_s": round(self.duration_s, 3), "run_id": self.run_id,
-                "url": self.url, "error": self.error}
+                "url": self.url, "error": self.error, "metrics_note": self.metrics_note}

@@ -1,0 +1,88 @@
+"""What the kernel has executed: the annotations of the ``%%kale`` cells run in this kernel.
+
+The magics record every annotated cell they run, keyed by the front end's cell
+id when it sends one (JupyterLab, Notebook 7 and VS Code send ``cellId`` with
+each execute request), else by the annotation itself. ``%kale check`` compares
+these sources with the saved notebook, and the magics validate ``--after``
+against the steps known here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kale_magics.analysis.names import NameUse
+from kale_magics.model import Annotation
+
+
+@dataclass(frozen=True)
+class ExecutedCell:
+    """One annotated cell as this kernel last ran it.
+
+    Attributes
+    ----------
+    key:
+        The front end's cell id, or a key derived from the annotation.
+    annotation:
+        The parsed ``%%kale`` line.
+    source:
+        The whole cell as executed, the ``%%kale`` line included.
+    order:
+        Position in execution order (0 for the first cell run).
+    use:
+        Names the cell's body reads and binds.
+    """
+
+    key: str
+    annotation: Annotation
+    source: str
+    order: int
+    use: NameUse
+
+
+class Registry:
+    """Annotated cells executed in this kernel, the latest run of each cell kept."""
+
+    def __init__(self) -> None:
+        self._cells: dict[str, ExecutedCell] = {}
+        self._count = 0
+
+    def record(self, cell_id: str | None, annotation: Annotation, source: str,
+               use: NameUse) -> ExecutedCell:
+        """Record a run of an annotated cell and return the entry."""
+        key = cell_id or f"{annotation.kind}:{annotation.name or source}"
+        if cell_id is None and annotation.kind == "step":
+            # without cell ids, a step is known by its name: drop an older cell of that name
+            self._cells = {k: c for k, c in self._cells.items()
+                           if c.annotation.name != annotation.name}
+        entry = ExecutedCell(key=key, annotation=annotation, source=source, order=self._count,
+                             use=use)
+        self._count += 1
+        self._cells[key] = entry
+        return entry
+
+    def cells(self) -> list[ExecutedCell]:
+        """Every recorded cell, in the order of their latest runs."""
+        return sorted(self._cells.values(), key=lambda c: c.order)
+
+    def producers(self, exclude: str) -> dict[str, str]:
+        """Variable -> the step that last bound it, among the steps run here other than ``exclude``."""
+        found: dict[str, str] = {}
+        for cell in self.cells():
+            if cell.key != exclude and cell.annotation.kind == "step":
+                found.update(dict.fromkeys(cell.use.writes, cell.annotation.name or ""))
+        return found
+
+    def provided(self) -> set[str]:
+        """Names bound by the imports, functions and parameters cells run here."""
+        return {name for cell in self.cells() for name in cell.use.writes
+                if cell.annotation.kind in ("imports", "functions", "parameters")}
+
+    def step_names(self) -> set[str]:
+        """Names of the steps executed in this kernel."""
+        return {c.annotation.name for c in self._cells.values() if c.annotation.name}
+
+    def source(self, cell_id: str) -> str | None:
+        """The source this kernel last ran for ``cell_id``, or None."""
+        cell = self._cells.get(cell_id)
+        return cell.source if cell else None
