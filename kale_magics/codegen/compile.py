@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from kale_magics.atomic import write_text_atomic
 from kale_magics.codegen.pipeline import render_module
-from kale_magics.errors import CompileError
+from kale_magics.errors import CompileError, RunError
 from kale_magics.model import Plan
 
 
@@ -35,6 +35,24 @@ class CompiledPipeline:
     dsl_path: str
     yaml_path: str
     warnings: tuple[str, ...] = ()
+
+
+def read_ir(compiled: CompiledPipeline) -> dict[str, Any]:
+    """Load the compiled IR YAML (its first document, the PipelineSpec) as a dict.
+
+    Raises
+    ------
+    RunError
+        The file is missing or is not YAML; the message says to compile again.
+    """
+    import yaml
+
+    try:
+        with open(compiled.yaml_path, encoding="utf-8") as f:
+            return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, yaml.YAMLError) as error:
+        raise RunError(f"cannot read compiled pipeline {compiled.yaml_path}: {error}; "
+                       "compile the notebook again") from None
 
 
 def compile_plan(plan: Plan, output_dir: str,

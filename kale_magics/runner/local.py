@@ -31,8 +31,7 @@ import tempfile
 import warnings
 from typing import Any, Iterator, Mapping, TextIO
 
-from kale_magics.codegen.compile import CompiledPipeline
-from kale_magics.errors import RunError
+from kale_magics.codegen.compile import CompiledPipeline, read_ir
 from kale_magics.runner.status import FAILED, RUNNING, SUCCEEDED, RunHooks, RunStatus, StepStatus
 from kale_magics.runtime.step import EVENT_MARKER, WORKDIR_ENV
 
@@ -150,20 +149,13 @@ def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = 
     RunError
         The compiled YAML cannot be read, or kfp.local failed outside any step.
     """
-    import yaml
-
     plan = compiled.plan
     root = os.path.abspath(pipeline_root or os.path.join(os.path.dirname(compiled.yaml_path),
                                                          "local_runs"))
     status = RunStatus(pipeline=plan.name, pipeline_root=root, hooks=hooks or RunHooks(),
                        steps={s.name: StepStatus(name=s.name, inputs=[i.name for i in s.inputs],
                                                  outputs=list(s.outputs)) for s in plan.steps})
-    try:
-        with open(compiled.yaml_path, encoding="utf-8") as f:
-            ir = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except (OSError, yaml.YAMLError) as error:
-        raise RunError(f"cannot read compiled pipeline {compiled.yaml_path}: {error}; "
-                       "compile the notebook again") from None
+    ir = read_ir(compiled)
     tmp = tempfile.mkdtemp(prefix="kale-magics-run-")
     env = {WORKDIR_ENV: os.path.abspath(workdir or os.path.dirname(plan.notebook) or "."),
            "TMPDIR": tmp}
