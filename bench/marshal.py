@@ -72,13 +72,14 @@ def make_objects(scale: float) -> tuple[dict[str, Any], list[str]]:
     """The benchmark objects, sizes multiplied by ``scale``, and notes on skipped ones."""
     rng = np.random.default_rng(0)
     rows = int(10_000_000 * scale)
+    array_mib, dict_mib = 512 * scale, 8 * scale
     objects: dict[str, Any] = {
-        "float64 array 512 MiB": rng.random(int((512 << 20) * scale) // 8),
-        "DataFrame 10M rows f/i/str": pd.DataFrame({
+        f"float64 array {array_mib:g} MiB": rng.random(int((512 << 20) * scale) // 8),
+        f"DataFrame {rows:,} rows f/i/str": pd.DataFrame({
             "f": rng.random(rows), "i": np.arange(rows, dtype=np.int64),
             "s": pd.Series(np.arange(rows)).astype("str").radd("id-")}),
-        "dict of 10 arrays 8 MiB": {f"a{i}": rng.random(int((8 << 20) * scale) // 8)
-                                    for i in range(10)},
+        f"dict of 10 arrays {dict_mib:g} MiB": {f"a{i}": rng.random(int((8 << 20) * scale) // 8)
+                                               for i in range(10)},
         "__main__ class instance": Experiment("run-1", rng.random(int(1_000_000 * scale)).tolist()),
     }
     notes = []
