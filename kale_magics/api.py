@@ -356,9 +356,9 @@ def watch_remote(session: KfpSession, run_id: str, hooks: RunHooks | None = None
     ------
     KfpConnectionError, KfpAuthError, RunError
     """
-    run = _watch.get_run(session, run_id)
-    status = _watch.new_status(session, run, plan, hooks)
     policy = RetryPolicy(max_outage_s=max_outage_s, backoff_max_s=max(1.0, min(20.0, max_outage_s / 4)))
+    run = _watch.get_run(session, run_id, policy)
+    status = _watch.new_status(session, run, plan, hooks)
     return _watch.watch_run(session, status, _watch.WatchOptions(interval_s, timeout_s, policy))
 
 
@@ -379,20 +379,15 @@ def cancel_remote(session: KfpSession, run_id: str, *, wait_s: float = 60.0,
     """
     _remote.terminate(session, run_id)
     status = remote_status(session, run_id, plan, hooks)
-    if wait_s <= 0 or status.state in _watch.TERMINAL_STATES:
-        return status
-    try:
-        return _watch.watch_run(session, status, _watch.WatchOptions(interval_s, wait_s))
-    except KaleError:
-        if status.state in _watch.TERMINAL_STATES:
-            raise
-        return status
+    return _watch.wait_for_end(session, status, wait_s, interval_s)
 
 
 def list_schedules(session: KfpSession, experiment: str | None = None) -> list[ScheduleInfo]:
     """The recurring runs on the server (in the session's namespace, or one experiment)."""
-    experiment_id = _remote.ensure_experiment(session, experiment) if experiment else None
-    return _remote.list_schedules(session, experiment_id)
+    if experiment is None:
+        return _remote.list_schedules(session)
+    experiment_id = _remote.find_experiment(session, experiment)
+    return _remote.list_schedules(session, experiment_id) if experiment_id else []
 
 
 def delete_schedule(session: KfpSession, recurring_run_id: str) -> None:

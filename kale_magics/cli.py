@@ -1,16 +1,17 @@
-"""The ``kale-magics`` command line: compile, show and run annotated notebooks.
+"""The ``kale-magics`` command line: compile, show and run annotated notebooks, locally or on KFP.
 
 A thin front end: it parses arguments, calls :mod:`kale_magics.api`, and turns
 a :class:`~kale_magics.errors.KaleError` into one line on stderr and exit code 2.
-A pipeline that runs and fails exits with 1.
+A pipeline that runs and fails (or is canceled) exits with 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from kale_magics import __version__
 from kale_magics.errors import KaleError
@@ -38,6 +39,8 @@ def _run(args: argparse.Namespace) -> int:
     from kale_magics import api
     from kale_magics.report import run_summary, step_line
 
+    if args.host or args.remote:
+        return _run_remote(args)
     arguments = dict(_param(p) for p in args.param)
     compiled = api.compile_notebook(args.notebook, args.output)
     hooks = api.RunHooks()
@@ -52,11 +55,179 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if status.state == "SUCCEEDED" else 1
 
 
+def _session(args: argparse.Namespace, settings: Any = None) -> Any:
+    from kale_magics import api
+
+    return api.connect(args.host, args.namespace, args.token, args.cookies, settings=settings,
+                       connect_timeout_s=args.connect_timeout)
+
+
+def _schedule(args: argparse.Namespace) -> Any:
+    from kale_magics import api
+
+    if args.schedule is None:
+        return None
+    return api.Schedule(cron=args.schedule, max_concurrency=args.max_concurrency,
+                        start_time=_when(args.start_time, "--start-time"),
+                        end_time=_when(args.end_time, "--end-time"))
+
+
+def _run_remote(args: argparse.Namespace) -> int:
+    from kale_magics import api
+
+    arguments = dict(_param(p) for p in args.param)
+    compiled = api.compile_notebook(args.notebook, args.output)
+    plan, schedule = compiled.plan, _schedule(args)
+    session = _session(args, plan.settings)
+    say = (lambda text: None) if args.json else (lambda text: print(text, flush=True))
+    say(f"submitting {plan.name} to {session.connection.host} ({len(plan.steps)} steps)")
+    submission = api.submit(compiled, session, arguments, experiment=args.experiment,
+                            run_name=args.run_name, enable_caching=not args.no_cache,
+                            schedule=schedule, pipeline_root=args.pipeline_root)
+    verb = "uploaded new" if submission.new_version else "reusing unchanged"
+    say(f"pipeline {submission.pipeline}: {verb} version {submission.version_name}; "
+        f"experiment {submission.experiment}")
+    if schedule is not None:
+        return _scheduled(args, submission, schedule)
+    say(f"run {submission.run_id}: {submission.url}")
+    if args.no_watch:
+        if args.json:
+            print(json.dumps(vars(submission)))
+        return 0
+    return _follow(args, session, submission.run_id, plan)
+
+
+def _scheduled(args: argparse.Namespace, submission: Any, schedule: Any) -> int:
+    if args.json:
+        print(json.dumps(vars(submission)))
+    else:
+        print(f"recurring run {submission.recurring_run_id} created (cron '{schedule.kfp_cron()}', "
+              f"max concurrency {schedule.max_concurrency}): {submission.url}")
+    return 0
+
+
+def _follow(args: argparse.Namespace, session: Any, run_id: str, plan: Any = None) -> int:
+    """Stream a remote run's step states to its end; print the summary; exit code by state."""
+    from kale_magics import api
+    from kale_magics.report import run_summary, step_line
+
+    hooks = api.RunHooks()
+    if not args.json:
+        hooks.on_step = lambda step: print(step_line(step), flush=True)
+    try:
+        status = api.watch_remote(session, run_id, hooks, plan=plan, interval_s=args.interval,
+                                  timeout_s=args.timeout, max_outage_s=args.max_outage)
+    except KeyboardInterrupt:
+        print(f"kale-magics: stopped watching; run {run_id} goes on on the server "
+              f"(cancel it with `kale-magics cancel {run_id}`)", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(status.to_json(), default=str))
+    else:
+        print(run_summary(status))
+        if not status.metrics and status.metrics_note:
+            print(f"metrics: {status.metrics_note}")
+    return 0 if status.state == "SUCCEEDED" else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    from kale_magics import api
+    from kale_magics.runner.status_text import status_text
+
+    session = _session(args)
+    if args.watch:
+        return _follow(args, session, args.run_id)
+    status = api.remote_status(session, args.run_id)
+    print(json.dumps(status.to_json(), default=str) if args.json else status_text(status))
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from kale_magics import api
+    from kale_magics.runner.status_text import status_text
+
+    session = _session(args)
+    status = api.cancel_remote(session, args.run_id, wait_s=args.wait)
+    print(status_text(status))
+    return 0 if status.state in ("CANCELED", "CANCELING") else 1
+
+
+def _schedules(args: argparse.Namespace) -> int:
+    from kale_magics import api
+    from kale_magics.runner.status_text import schedules_text
+
+    session = _session(args)
+    for recurring_run_id in args.delete:
+        api.delete_schedule(session, recurring_run_id)
+        print(f"deleted recurring run {recurring_run_id}")
+    if not args.delete:
+        print(schedules_text(api.list_schedules(session, args.experiment)))
+    return 0
+
+
 def _param(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise KaleError(f"--param {text!r} is not NAME=VALUE; for example --param N_ESTIMATORS=50")
     return name.strip(), value
+
+
+def _when(text: str | None, option: str) -> datetime.datetime | None:
+    """An ISO 8601 time; a time without a zone is local time."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise KaleError(f"{option} {text!r} is not an ISO 8601 time; for example "
+                        f"{option} 2030-01-31T06:00 or {option} 2030-01-31T06:00+00:00") from None
+    return moment.astimezone(datetime.timezone.utc)
+
+
+def _connection_options(cmd: argparse.ArgumentParser) -> None:
+    group = cmd.add_argument_group("KFP server (see README: Running on a KFP server)")
+    group.add_argument("--host", help="KFP API endpoint, e.g. http://localhost:8080 (default: "
+                       "%%kale pipeline --host, $KF_PIPELINES_ENDPOINT, the config file)")
+    group.add_argument("--namespace", help="namespace of a multi-user KFP "
+                       "(default: $KF_PIPELINES_NAMESPACE, the config file)")
+    group.add_argument("--token", help="bearer token (prefer $KF_PIPELINES_TOKEN: options are "
+                       "visible to other users of the machine)")
+    group.add_argument("--cookies", help="session cookies, e.g. 'authservice_session=...' "
+                       "(or $KF_PIPELINES_COOKIES)")
+    group.add_argument("--connect-timeout", type=float, metavar="S",
+                       help="seconds to wait for the server to answer the health check (default 5)")
+
+
+def _watch_options(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--interval", type=float, default=5.0, metavar="S",
+                     help="seconds between status polls (default 5)")
+    cmd.add_argument("--timeout", type=float, metavar="S",
+                     help="stop watching after S seconds (the run goes on)")
+    cmd.add_argument("--max-outage", type=float, default=120.0, metavar="S",
+                     help="give up when the server does not answer for S seconds (default 120)")
+    cmd.add_argument("--json", action="store_true", help="print one JSON object with the result")
+
+
+def _add_run_options(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="override a pipeline parameter (repeatable)")
+    run.add_argument("--pipeline-root", help="folder (local) or URI (remote) for the run's artifacts "
+                     "(default: .kale/local_runs next to the notebook; the server's default)")
+    remote = run.add_argument_group("remote runs (with --host or --remote)")
+    remote.add_argument("--remote", action="store_true", help="run on the KFP server configured by "
+                        "%%kale pipeline --host, $KF_PIPELINES_ENDPOINT or the config file")
+    remote.add_argument("--experiment", help="KFP experiment (default: the notebook's, else Default)")
+    remote.add_argument("--run-name", help="display name of the run (default: pipeline and time)")
+    remote.add_argument("--no-cache", action="store_true", help="do not reuse cached task results")
+    remote.add_argument("--no-watch", action="store_true", help="print the run's link and exit")
+    remote.add_argument("--schedule", metavar="CRON", help="create a recurring run instead, e.g. "
+                        "'0 6 * * *' (5 fields) or KFP's 6 fields with seconds first")
+    remote.add_argument("--max-concurrency", type=int, default=1, metavar="N",
+                        help="runs of the schedule that may run at once (1-10, default 1)")
+    remote.add_argument("--start-time", metavar="ISO", help="schedule start, e.g. 2030-01-31T06:00")
+    remote.add_argument("--end-time", metavar="ISO", help="schedule end")
+    _connection_options(run)
+    _watch_options(run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
         "compile": (_compile, "write the KFP DSL module and IR YAML"),
         "show": (_show, "print the steps, their edges and each step's inputs with producers"),
-        "run": (_run, "compile and run the pipeline locally with kfp.local (no cluster)"),
+        "run": (_run, "compile and run the pipeline locally with kfp.local, or on a KFP server "
+                "with --host"),
     }
     for name, (handler, help_text) in commands.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
@@ -78,13 +250,31 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "show":
             cmd.add_argument("-o", "--output", help="folder for generated files (default: .kale/ "
                              "next to the notebook)")
-    run = sub.choices["run"]
-    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                     help="override a pipeline parameter (repeatable)")
-    run.add_argument("--json", action="store_true", help="print one JSON object with the result")
-    run.add_argument("--pipeline-root", help="folder for the run's artifacts "
-                     "(default: .kale/local_runs next to the notebook)")
+    _add_run_options(sub.choices["run"])
+    _add_remote_commands(sub)
     return parser
+
+
+def _add_remote_commands(sub: Any) -> None:
+    status = sub.add_parser("status", help="state of a KFP run and of each step",
+                            description="state of a KFP run and of each step")
+    status.add_argument("run_id", metavar="RUN_ID")
+    status.add_argument("--watch", action="store_true", help="follow the run to its end")
+    status.set_defaults(handler=_status)
+    cancel = sub.add_parser("cancel", help="terminate a KFP run", description="terminate a KFP run")
+    cancel.add_argument("run_id", metavar="RUN_ID")
+    cancel.add_argument("--wait", type=float, default=60.0, metavar="S",
+                        help="seconds to wait for CANCELED (default 60; 0: do not wait)")
+    cancel.set_defaults(handler=_cancel)
+    schedules = sub.add_parser("schedules", help="list (or --delete) recurring runs",
+                               description="list recurring runs on the KFP server, or delete them")
+    schedules.add_argument("--experiment", help="only this experiment's recurring runs")
+    schedules.add_argument("--delete", action="append", default=[], metavar="ID",
+                           help="delete this recurring run (repeatable)")
+    schedules.set_defaults(handler=_schedules)
+    for cmd in (status, cancel, schedules):
+        _connection_options(cmd)
+    _watch_options(status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

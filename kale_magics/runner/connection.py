@@ -101,7 +101,8 @@ class Connection:
 
     def redact(self, text: str) -> str:
         """``text`` with the token and cookie values replaced by ``***``."""
-        for secret in (self.token, self.cookies, *self.cookies.split(";")):
+        cookie_values = [part.partition("=")[2] for part in self.cookies.split(";")]
+        for secret in sorted({self.token, self.cookies, *cookie_values}, key=len, reverse=True):
             secret = secret.strip()
             if len(secret) >= 4:
                 text = text.replace(secret, "***")

@@ -194,17 +194,24 @@ def upload(session: KfpSession, compiled: CompiledPipeline,
     return pipeline_id, version.pipeline_version_id, version_name, True
 
 
-def ensure_experiment(session: KfpSession, name: str) -> str:
-    """The id of experiment ``name`` in the session's namespace, created when missing."""
-    import kfp_server_api
-
+def find_experiment(session: KfpSession, name: str) -> Optional[str]:
+    """The id of experiment ``name`` in the session's namespace, or None."""
     conn, api = session.connection, session.client.experiments
     kwargs = {"namespace": conn.namespace} if conn.namespace else {}
     found = call(conn, f"looking up experiment {name!r}", api.experiment_service_list_experiments,
                  filter=_equals("display_name", name), page_size=100, **kwargs)
-    for experiment in found.experiments or []:
-        if experiment.display_name == name:
-            return experiment.experiment_id
+    ids = [e.experiment_id for e in found.experiments or [] if e.display_name == name]
+    return ids[0] if ids else None
+
+
+def ensure_experiment(session: KfpSession, name: str) -> str:
+    """The id of experiment ``name`` in the session's namespace, created when missing."""
+    import kfp_server_api
+
+    found = find_experiment(session, name)
+    if found is not None:
+        return found
+    conn, api = session.connection, session.client.experiments
     body = kfp_server_api.V2beta1Experiment(display_name=name, namespace=conn.namespace or None)
     return call(conn, f"creating experiment {name!r}", api.experiment_service_create_experiment,
                 body, idempotent=False).experiment_id

@@ -111,7 +111,22 @@ def run_steps(session: KfpSession, run: Any) -> list[str]:
                        pipeline_version_id=reference.pipeline_version_id)
         spec = version.pipeline_spec
     spec = (spec or {}).get("pipeline_spec", spec or {})  # {pipeline_spec, platform_spec} wrapper
-    return [step_name(name) for name in spec.get("root", {}).get("dag", {}).get("tasks", {})]
+    tasks = spec.get("root", {}).get("dag", {}).get("tasks", {})
+    return [step_name(name) for name in _topological(
+        {name: set(task.get("dependentTasks", [])) for name, task in tasks.items()})]
+
+
+def _topological(upstream: dict[str, set[str]]) -> list[str]:
+    """Task names so that each comes after the tasks it depends on (ties by name)."""
+    order: list[str] = []
+    remaining = dict(upstream)
+    while remaining:
+        ready = sorted(n for n, deps in remaining.items() if not deps & remaining.keys())
+        ready = ready or sorted(remaining)[:1]  # a cycle cannot come from KFP; do not loop forever
+        order.extend(ready)
+        for name in ready:
+            del remaining[name]
+    return order
 
 
 def new_status(session: KfpSession, run: Any, plan: Optional[Plan] = None,
@@ -196,3 +211,22 @@ def watch_run(session: KfpSession, status: RunStatus, options: WatchOptions = Wa
                            f"{options.timeout_s:g} s; it goes on on the server: follow it with "
                            f"`kale-magics status {status.run_id} --watch` or at {status.url}")
         sleep(options.interval_s)
+
+
+def wait_for_end(session: KfpSession, status: RunStatus, wait_s: float, interval_s: float = 1.0,
+                 sleep: Callable[[float], None] = time.sleep) -> RunStatus:
+    """Poll for at most ``wait_s`` seconds until the run ends; return ``status`` either way.
+
+    Unlike :func:`watch_run`, running out of time is not an error (used after
+    a terminate request, where CANCELING is an acceptable answer).
+
+    Raises
+    ------
+    KfpConnectionError, KfpAuthError, RunError
+        As :func:`get_run`.
+    """
+    deadline = time.monotonic() + wait_s
+    while status.state not in TERMINAL_STATES and time.monotonic() < deadline:
+        sleep(interval_s)
+        apply_run(status, get_run(session, status.run_id, sleep=sleep))
+    return status

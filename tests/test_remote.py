@@ -1,0 +1,160 @@
+"""Remote runs end to end: the real ``kfp.Client`` against the KFP API test server.
+
+The server (``tests/kfp_server``) speaks KFP's v2beta1 REST API, requires a
+bearer token and executes every run for real with kfp.local in a worker
+process, reporting task states as KFP does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from kale_magics import api, cli
+from tests.conftest import EXAMPLES
+from tests.kfp_server.fixtures import SECRET_TOKEN, kfp_server  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.integration
+
+QUICK = ("%kale pipeline --name quick --experiment quick-exp",
+         "%%kale parameters\nN = 3",
+         "%%kale step make\nitems = list(range(N))",
+         "%%kale step total\nresult = sum(items)\nprint('total', result)",
+         "%%kale metrics\nresult")
+
+SLOW = ("%kale pipeline --name slow",
+        "%%kale imports\nimport time",
+        "%%kale step wait\ntime.sleep(60)\ndone = True",
+        "%%kale step after_wait\nprint(done)")
+
+FAILING = ("%kale pipeline --name failing",
+           "%%kale step ok_step\nx = 1",
+           "%%kale step broken\ny = x / 0",
+           "%%kale step never\nz = y")
+
+
+@pytest.fixture
+def token_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Credentials from the environment (as users should pass them), no user config file."""
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", SECRET_TOKEN)
+    monkeypatch.setenv("KALE_MAGICS_CONFIG", str(tmp_path / "no-config.json"))
+    monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
+
+
+@pytest.fixture
+def session(kfp_server, token_env):  # noqa: F811
+    return api.connect(kfp_server.url)
+
+
+def assert_no_token(*texts: str, folder: Path | None = None) -> None:
+    for text in texts:
+        assert SECRET_TOKEN not in text
+    for path in (folder.rglob("*") if folder else []):
+        if path.is_file():
+            assert SECRET_TOKEN not in path.read_text(errors="replace"), path
+
+
+def test_example_notebook_end_to_end_through_the_cli(kfp_server, token_env, tmp_path, capsys) -> None:  # noqa: F811
+    """The "done means" command: run URL, step states streamed to SUCCEEDED, exit 0."""
+    code = cli.main(["run", str(EXAMPLES / "wine.ipynb"), "-o", str(tmp_path / "out"),
+                     "--host", kfp_server.url, "--interval", "0.5", "--param", "N_ESTIMATORS=20"])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    run_id = next(line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("run "))
+    assert f"{kfp_server.url}/#/runs/details/{run_id}" in out
+    steps = ["load_data", "split_data", "train_logreg", "train_forest", "train_svm", "evaluate"]
+    events = [tuple(line.split()[:2]) for line in out.splitlines() if line.split()[:1] in [[s] for s in steps]]
+    assert sorted(events) == sorted([(s, st) for s in steps for st in ("RUNNING", "SUCCEEDED")])
+    for step in steps:  # each step starts before it ends, after the steps it reads from
+        assert events.index((step, "RUNNING")) < events.index((step, "SUCCEEDED"))
+    assert events[:2] == [("load_data", "RUNNING"), ("load_data", "SUCCEEDED")]
+    assert events[-2:] == [("evaluate", "RUNNING"), ("evaluate", "SUCCEEDED")]
+    assert "pipeline wine-classifier SUCCEEDED" in out
+    assert "metrics: metric values are not available through the KFP REST API" in out
+    parameters = kfp_server.run_json(run_id)["runtime_config"]["parameters"]
+    assert parameters == {"N_ESTIMATORS": 20}
+    assert_no_token(out, err, folder=tmp_path / "out")
+
+
+def test_api_events_in_order_and_resubmission_adds_no_version(kfp_server, session, notebook) -> None:  # noqa: F811
+    path = notebook(*QUICK, name="quick")
+    events, done = [], []
+    first = api.submit(path, session, {"N": "4"})
+    hooks = api.RunHooks(on_step=lambda s: events.append((s.name, s.state)), on_done=done.append)
+    status = api.watch_remote(session, first.run_id, hooks, plan=api.read_plan(path), interval_s=0.3)
+    assert status.state == "SUCCEEDED" and done == [status]
+    assert events == [("make", "RUNNING"), ("make", "SUCCEEDED"),
+                      ("total", "RUNNING"), ("total", "SUCCEEDED")]
+    assert all(s.start and s.end and s.duration_s > 0 for s in status.steps.values())
+    assert status.metrics == {} and "KFP UI" in status.metrics_note
+    assert first.experiment == "quick-exp" and first.new_version
+    again = api.submit(path, session)
+    assert not again.new_version and again.version_id == first.version_id
+    assert again.run_id != first.run_id
+    versions = kfp_server.store.versions_of(first.pipeline_id)
+    assert len(versions) == 1
+    no_cache = api.submit(path, session, enable_caching=False)
+    assert no_cache.new_version and len(kfp_server.store.versions_of(first.pipeline_id)) == 2
+    spec = kfp_server.store.versions[no_cache.version_id]["pipeline_spec"]
+    assert {t["cachingOptions"]["enableCache"] for t in spec["root"]["dag"]["tasks"].values()} == {False}
+
+
+def test_cancel_a_running_run(kfp_server, session, notebook, capsys) -> None:  # noqa: F811
+    path = notebook(*SLOW, name="slow")
+    submission = api.submit(path, session)
+    kfp_server.wait_for_task(submission.run_id, "RUNNING")
+    code = cli.main(["cancel", submission.run_id, "--host", kfp_server.url, "--wait", "30"])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert f"run {submission.run_id} slow" in out and ": CANCELED" in out.splitlines()[0]
+    status = api.remote_status(session, submission.run_id)
+    assert status.state == "CANCELED"
+    assert (status.steps["wait"].state, status.steps["after_wait"].state) == ("CANCELED", "SKIPPED")
+    assert kfp_server.run_json(submission.run_id)["state"] == "CANCELED"
+
+
+def test_failed_step_reports_its_error_and_exit_code_1(kfp_server, token_env, notebook, capsys) -> None:  # noqa: F811
+    path = notebook(*FAILING, name="failing")
+    code = cli.main(["run", str(path), "--host", kfp_server.url, "--interval", "0.3"])
+    out, err = capsys.readouterr()
+    assert code == 1, out + err
+    assert "broken  FAILED" in out and "Error (exit code 1)" in out
+    assert "pipeline failing FAILED" in out
+    run_id = next(line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("run "))
+    code = cli.main(["status", run_id, "--host", kfp_server.url])
+    out, _ = capsys.readouterr()
+    lines = out.splitlines()
+    assert code == 0 and ": FAILED" in lines[0]
+    assert [line.split()[:2] for line in lines[2:]] == [
+        ["ok_step", "SUCCEEDED"], ["broken", "FAILED"], ["error:", "Error"], ["never", "SKIPPED"]]
+
+
+def test_recurring_run_is_created_listed_and_deleted(kfp_server, token_env, notebook, capsys) -> None:  # noqa: F811
+    path = notebook(*QUICK, name="quick")
+    code = cli.main(["run", str(path), "--host", kfp_server.url, "--schedule", "0 6 * * *",
+                     "--max-concurrency", "2", "--start-time", "2030-01-31T06:00+00:00",
+                     "--end-time", "2031-01-31T06:00+00:00", "--param", "N=7"])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    recurring_id = out.split("recurring run ")[1].split()[0]
+    stored = kfp_server.store.recurring_runs[recurring_id]
+    assert stored["trigger"]["cron_schedule"]["cron"] == "0 0 6 * * *"
+    assert stored["trigger"]["cron_schedule"]["start_time"].startswith("2030-01-31T06:00:00")
+    assert stored["max_concurrency"] == "2" and stored["runtime_config"]["parameters"] == {"N": 7}
+    assert cli.main(["schedules", "--host", kfp_server.url]) == 0
+    listed = capsys.readouterr().out
+    assert recurring_id in listed and "cron '0 0 6 * * *'" in listed and "ENABLED" in listed
+    assert cli.main(["schedules", "--host", kfp_server.url, "--delete", recurring_id]) == 0
+    capsys.readouterr()
+    assert recurring_id not in kfp_server.store.recurring_runs
+    assert [s.recurring_run_id for s in api.list_schedules(api.connect(kfp_server.url))] == [
+        r for r in kfp_server.store.recurring_runs]
+
+
+def test_token_reaches_the_server_only_as_a_header(kfp_server, session) -> None:  # noqa: F811
+    assert session.connection.auth == "$KF_PIPELINES_TOKEN"
+    assert SECRET_TOKEN not in repr(session)
+    assert all(SECRET_TOKEN not in request for request in kfp_server.requests)
+    assert os.environ["KF_PIPELINES_TOKEN"] == SECRET_TOKEN
