@@ -222,6 +222,8 @@ class KaleMagics(Magics):
             handle.update({"text/plain": "\n".join(report.step_line(s) for s in status.steps.values()),
                            "text/html": report.run_html(status, compiled.plan)}, raw=True)
 
+        for notice in api.local_notices(compiled):
+            print(f"notice: {notice}")
         handle = display({"text/plain": f"running {compiled.plan.name} locally"}, raw=True,
                          display_id=True)
         hooks = api.RunHooks(on_status=show)

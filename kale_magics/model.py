@@ -9,6 +9,7 @@ kernel) without copying.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,100 @@ CELL_KINDS = ("imports", "functions", "parameters", "step", "metrics", "skip")
 
 #: Kinds whose code is prepended to every step (Kale semantics).
 PRELUDE_KINDS = ("imports", "functions")
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How a step runs: resources, image, retries, environment. None or empty means "not set".
+
+    Given on ``%%kale step`` lines and, as defaults for every step, on
+    ``%kale pipeline`` lines; :meth:`over` lays a step's own values over the
+    defaults. Values are validated and normalised by the grammar: CPU and
+    memory as Kubernetes quantities (``"500m"``, ``"4Gi"``), durations in
+    seconds.
+
+    Attributes
+    ----------
+    cpu, cpu_limit:
+        CPU request and limit (``"2"``, ``"500m"``).
+    memory, memory_limit:
+        Memory request and limit (``"4Gi"``).
+    gpu:
+        Number of accelerators (KFP accelerator limit).
+    accelerator:
+        Accelerator type, e.g. ``"nvidia.com/gpu"`` (the default when ``gpu`` is set).
+    image:
+        The step's base image.
+    retries:
+        Times KFP retries the step after a failure.
+    backoff_s:
+        Seconds before the first retry.
+    timeout_s:
+        The pod's active deadline in seconds (kfp-kubernetes ``set_timeout``).
+    cache:
+        KFP caching on (True) or off (False) for the step.
+    env:
+        ``(NAME, VALUE)`` environment variables.
+    secrets:
+        ``(SECRET, KEY, ENV_NAME)``: a Kubernetes secret's key as an environment variable.
+    volumes:
+        ``(PVC, MOUNT_PATH)``: existing persistent volume claims to mount.
+    node_selector:
+        ``(LABEL, VALUE)`` node labels the pod must match.
+    tolerations:
+        ``(KEY, VALUE, EFFECT)`` taints the pod tolerates.
+    packages:
+        Requirements that add to or override the derived ones (``"torch==2.1"``).
+    """
+
+    cpu: str | None = None
+    cpu_limit: str | None = None
+    memory: str | None = None
+    memory_limit: str | None = None
+    gpu: int | None = None
+    accelerator: str | None = None
+    image: str | None = None
+    retries: int | None = None
+    backoff_s: float | None = None
+    timeout_s: int | None = None
+    cache: bool | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    secrets: tuple[tuple[str, str, str], ...] = ()
+    volumes: tuple[tuple[str, str], ...] = ()
+    node_selector: tuple[tuple[str, str], ...] = ()
+    tolerations: tuple[tuple[str, str, str], ...] = ()
+    packages: tuple[str, ...] = ()
+
+    def over(self, defaults: "StepSettings") -> "StepSettings":
+        """These settings laid over ``defaults``: a value set here wins; lists are merged,
+        an entry here replacing a default entry with the same key (env name, mount path, ...)."""
+        values = {}
+        for name, value in vars(self).items():
+            base = getattr(defaults, name)
+            if isinstance(value, tuple):
+                mine = {_entry_key(name, v): v for v in value}
+                values[name] = tuple(v for v in base if _entry_key(name, v) not in mine) + value
+            else:
+                values[name] = base if value is None else value
+        return StepSettings(**values)
+
+
+def requirement_name(requirement: str) -> str:
+    """The normalised distribution name of a pip requirement: ``"Scikit_Learn>=1"`` -> ``"scikit-learn"``."""
+    return re.split(r"[<>=!~\[ ;@]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _entry_key(field_name: str, entry: object) -> object:
+    """What makes two list entries the same setting (the later one replaces the earlier)."""
+    if field_name == "packages":
+        return requirement_name(str(entry))
+    if field_name in ("env", "node_selector"):
+        return entry[0]  # type: ignore[index]
+    if field_name == "volumes":
+        return entry[1]  # type: ignore[index]
+    if field_name == "secrets":
+        return entry[2]  # type: ignore[index]
+    return entry
 
 
 @dataclass(frozen=True)
@@ -37,6 +132,8 @@ class Annotation:
     outputs:
         ``--outputs`` override: names the step passes on in addition to those
         later steps are found to read. Empty when not given.
+    settings:
+        The step's own execution settings (resources, image, retries, ...).
     """
 
     kind: str
@@ -44,6 +141,7 @@ class Annotation:
     after: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
+    settings: StepSettings = field(default_factory=StepSettings)
 
 
 @dataclass(frozen=True)
@@ -59,24 +157,34 @@ class PipelineSettings:
         KFP experiment name for remote runs.
     description:
         Pipeline description.
-    image:
-        Base image of every step (a stock ``python:3.X`` image by default).
     host:
         KFP API endpoint for remote runs, e.g. ``http://127.0.0.1:8888``.
     notebook:
         Path of the notebook file, for kernels that cannot tell (nbclient, papermill).
+    pip_index_urls, pip_trusted_hosts:
+        Where steps install packages from on the cluster (a mirror, a private index).
+    step_defaults:
+        Execution settings every step gets unless it sets its own.
     """
 
     name: str | None = None
     experiment: str | None = None
     description: str | None = None
-    image: str | None = None
     host: str | None = None
     notebook: str | None = None
+    pip_index_urls: tuple[str, ...] = ()
+    pip_trusted_hosts: tuple[str, ...] = ()
+    step_defaults: StepSettings = field(default_factory=StepSettings)
+
+    @property
+    def image(self) -> str | None:
+        """The base image of every step (``--image`` on the pipeline line), or None."""
+        return self.step_defaults.image
 
     def merged(self, other: "PipelineSettings") -> "PipelineSettings":
-        """Return these settings with every field ``other`` sets overriding."""
-        values = {k: v for k, v in vars(other).items() if v is not None}
+        """Return these settings with every field ``other`` sets overriding (step defaults merged)."""
+        values = {k: v for k, v in vars(other).items() if v is not None and v != ()}
+        values["step_defaults"] = other.step_defaults.over(self.step_defaults)
         return PipelineSettings(**{**vars(self), **values})
 
 
@@ -182,6 +290,8 @@ class Step:
         Names of the pipeline parameters the step reads, sorted.
     metrics:
         Metrics this step logs after its code ran.
+    settings:
+        The step's execution settings, pipeline defaults included.
     """
 
     name: str
@@ -191,6 +301,7 @@ class Step:
     outputs: tuple[str, ...] = ()
     parameters: tuple[str, ...] = ()
     metrics: tuple[Metric, ...] = ()
+    settings: StepSettings = field(default_factory=StepSettings)
 
     @property
     def upstream(self) -> tuple[str, ...]:

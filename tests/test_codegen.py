@@ -6,6 +6,7 @@ Set KALE_UPDATE_GOLDEN=1 to rewrite the golden files after an intended change.
 from __future__ import annotations
 
 import ast
+import copy
 import os
 import re
 from pathlib import Path
@@ -36,7 +37,7 @@ CELLS = (
 
 def normalise(ir: dict[str, Any]) -> dict[str, Any]:
     """Drop what legitimately varies: the SDK version, pinned versions, the embedded runtime."""
-    ir = dict(ir)
+    ir = copy.deepcopy(ir)
     ir.pop("sdkVersion", None)
     for executor in ir["deploymentSpec"]["executors"].values():
         command = executor["container"]["command"]

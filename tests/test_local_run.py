@@ -123,7 +123,7 @@ def test_unpicklable_output_names_variable_and_step(notebook) -> None:
 def test_local_ir_removes_pip_install_and_keeps_the_program() -> None:
     command = ["sh", "-c", "python3 -m pip install --quiet 'kfp==2.17.0' && \"$0\" \"$@\"\n",
                "sh", "-ec", "program", "source"]
-    ir = {"deploymentSpec": {"executors": {"exec-a": {"container": {
+    ir = {"pipelineInfo": {"name": "p"}, "deploymentSpec": {"executors": {"exec-a": {"container": {
         "image": "python:3.11", "command": command, "args": ["--x"]}}}}}
     local = local_ir(ir, {"B": "2", "A": "1"})
     container = local["deploymentSpec"]["executors"]["exec-a"]["container"]
@@ -148,3 +148,10 @@ def test_bad_argument_is_a_clear_error(notebook) -> None:
         api.run_local(path, {"N": "x"})
     with pytest.raises(api.KaleError, match="unknown parameter 'M'; the pipeline's parameters are: N"):
         api.run_local(path, {"M": "1"})
+
+
+def test_pipeline_named_like_a_step_runs_every_step(notebook) -> None:
+    path = notebook("%%kale step same\nx = 1", "%%kale step other\ny = x + 1", name="same")
+    status = api.run_local(path)
+    assert status.state == "SUCCEEDED", status.error
+    assert [s.state for s in status.steps.values()] == ["SUCCEEDED", "SUCCEEDED"]

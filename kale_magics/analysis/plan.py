@@ -20,7 +20,8 @@ from typing import Sequence
 from kale_magics.analysis.names import NameUse, python_source, scan, scan_blocks
 from kale_magics.analysis.parameters import read_parameters
 from kale_magics.errors import AnalysisError
-from kale_magics.model import PRELUDE_KINDS, Cell, Input, Metric, Parameter, PipelineSettings, Plan, Step
+from kale_magics.model import (PRELUDE_KINDS, Cell, Input, Metric, Parameter, PipelineSettings, Plan,
+                               Step, StepSettings)
 from kale_magics.notebook.annotations import pipeline_name_from
 
 #: Names every step has without a producer: Python's builtins and the names
@@ -71,7 +72,7 @@ def build_plan(cells: Sequence[Cell], settings: PipelineSettings, notebook: str 
     prelude = tuple(c for c in cells if c.annotation.kind in PRELUDE_KINDS)
     provided = set(_scan(prelude).writes) | {p.name for p in parameters}
     _link(cells, drafts, provided, parameters)
-    steps = _order(drafts, _outputs(drafts))
+    steps = _order(drafts, _outputs(drafts), settings.step_defaults)
     name = settings.name or pipeline_name_from(_stem(notebook) or "pipeline")
     return Plan(name=name, settings=settings, parameters=parameters, prelude=prelude,
                 steps=steps, notebook=notebook)
@@ -211,13 +212,15 @@ def _outputs(drafts: Sequence[_StepDraft]) -> dict[str, set[str]]:
     return outputs
 
 
-def _order(drafts: Sequence[_StepDraft], outputs: dict[str, set[str]]) -> tuple[Step, ...]:
+def _order(drafts: Sequence[_StepDraft], outputs: dict[str, set[str]],
+           defaults: StepSettings) -> tuple[Step, ...]:
     """Freeze the drafts into Steps in a topological order, notebook order on ties."""
     steps = {d.name: Step(
         name=d.name, cells=tuple(d.cells), after=d.head.annotation.after,
         inputs=tuple(Input(n, p) for n, p in sorted(d.inputs.items())),
         outputs=tuple(sorted(outputs[d.name])), parameters=tuple(sorted(d.parameters)),
-        metrics=tuple(d.metrics)) for d in drafts}
+        metrics=tuple(d.metrics), settings=d.head.annotation.settings.over(defaults))
+        for d in drafts}
     position = {d.name: i for i, d in enumerate(drafts)}
     sorter = graphlib.TopologicalSorter({s.name: s.upstream for s in steps.values()})
     try:

@@ -6,7 +6,7 @@ import importlib.util
 import linecache
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from kale_magics.atomic import write_text_atomic
@@ -29,16 +29,22 @@ class CompiledPipeline:
         The compiled KFP IR (``<pipeline>.yaml``).
     warnings:
         Things the user should know that did not stop compilation.
+    packages:
+        Pinned requirements each step installs on the cluster, by step name.
     """
 
     plan: Plan
     dsl_path: str
     yaml_path: str
     warnings: tuple[str, ...] = ()
+    packages: Mapping[str, list[str]] = field(default_factory=dict)
 
 
-def read_ir(compiled: CompiledPipeline) -> dict[str, Any]:
-    """Load the compiled IR YAML (its first document, the PipelineSpec) as a dict.
+def read_ir(compiled: CompiledPipeline) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load the compiled IR YAML: the PipelineSpec and the PlatformSpec (``{}`` when absent).
+
+    kfp-kubernetes settings (timeouts, secrets, volumes, ...) live in the
+    PlatformSpec, the YAML's second document.
 
     Raises
     ------
@@ -49,8 +55,9 @@ def read_ir(compiled: CompiledPipeline) -> dict[str, Any]:
 
     try:
         with open(compiled.yaml_path, encoding="utf-8") as f:
-            return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except (OSError, yaml.YAMLError) as error:
+            documents = list(yaml.load_all(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+        return documents[0], (documents[1] if len(documents) > 1 else {})
+    except (OSError, yaml.YAMLError, IndexError) as error:
         raise RunError(f"cannot read compiled pipeline {compiled.yaml_path}: {error}; "
                        "compile the notebook again") from None
 
@@ -68,7 +75,7 @@ def compile_plan(plan: Plan, output_dir: str,
         The output folder cannot be written or the KFP compiler rejects the
         generated module (a bug: the message says to report it).
     """
-    source, warnings = render_module(plan, artifact_types)
+    rendered = render_module(plan, artifact_types)
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as error:
@@ -76,10 +83,10 @@ def compile_plan(plan: Plan, output_dir: str,
                            "folder with -o") from None
     dsl_path = os.path.join(output_dir, f"{plan.name}.py")
     yaml_path = os.path.join(output_dir, f"{plan.name}.yaml")
-    write_text_atomic(dsl_path, source)
+    write_text_atomic(dsl_path, rendered.source)
     _compile_module(plan, dsl_path, yaml_path)
     return CompiledPipeline(plan=plan, dsl_path=dsl_path, yaml_path=yaml_path,
-                            warnings=tuple(warnings))
+                            warnings=tuple(rendered.warnings), packages=rendered.packages)
 
 
 def _compile_module(plan: Plan, dsl_path: str, yaml_path: str) -> None:

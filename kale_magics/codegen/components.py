@@ -57,20 +57,28 @@ def _artifact_class(name: str, artifact_types: Mapping[str, str]) -> str:
     return kind if kind in ARTIFACT_CLASSES else "Artifact"
 
 
-def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str]) -> str:
-    """Source of the ``@dsl.component`` function for ``step``."""
+def _decorator(plan: Plan, step: Step, packages: list[str]) -> str:
+    image = repr(step.settings.image) if step.settings.image else "BASE_IMAGE"
+    lines = [f"base_image={image}", f"packages_to_install={packages!r}"]
+    if plan.settings.pip_index_urls:
+        lines.append(f"pip_index_urls={list(plan.settings.pip_index_urls)!r}")
+    if plan.settings.pip_trusted_hosts:
+        lines.append(f"pip_trusted_hosts={list(plan.settings.pip_trusted_hosts)!r}")
+    lines.append("additional_funcs=[_kale_prelude, _kale_runtime]")
+    return "@dsl.component(\n" + "".join(f"    {line},\n" for line in lines) + ")\n"
+
+
+def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str],
+                     packages: list[str]) -> str:
+    """Source of the ``@dsl.component`` function for ``step``, installing ``packages``."""
     parameters = {p.name: p for p in plan.parameters}
     args = "".join(f"    {a},\n" for a in signature(step, parameters, artifact_types))
     cells = ", ".join(str(c.index) for c in step.cells)
     code = "".join(f"            ({cell_filename(plan, c)!r}, {text_literal(python_source(c.source), ' ' * 16)}),\n"
                    for c in step.cells)
     return (
-        "@dsl.component(\n"
-        "    base_image=BASE_IMAGE,\n"
-        "    packages_to_install=PACKAGES,\n"
-        "    additional_funcs=[_kale_prelude, _kale_runtime],\n"
-        ")\n"
-        f"def {step.name}(\n{args}):\n"
+        _decorator(plan, step, packages)
+        + f"def {step.name}(\n{args}):\n"
         f"    \"\"\"Step {step.name!r}: notebook cell{'s' if len(step.cells) > 1 else ''} {cells}.\"\"\"\n"
         "    _kale_runtime().run_step(\n"
         f"        step={step.name!r},\n"

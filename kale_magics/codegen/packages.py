@@ -13,6 +13,8 @@ import sys
 from importlib import metadata
 from typing import Iterable
 
+from kale_magics.model import requirement_name
+
 #: Distributions the step runtime itself needs on the cluster.
 RUNTIME_DISTRIBUTIONS = ("cloudpickle", "dill")
 #: Extra distributions the runtime needs when a module is used (DataFrames travel as Arrow).
@@ -55,3 +57,11 @@ def _pin(distribution: str) -> str:
         return f"{distribution}=={metadata.version(distribution)}"
     except metadata.PackageNotFoundError:
         return distribution
+
+
+def with_overrides(derived: Iterable[str], overrides: Iterable[str]) -> list[str]:
+    """``derived`` requirements with ``overrides`` (``--packages``) added or replacing the same
+    distribution, sorted by name."""
+    chosen = {requirement_name(r): r for r in derived}
+    chosen.update({requirement_name(r): r for r in overrides})
+    return [chosen[name] for name in sorted(chosen)]

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from kale_magics import __version__
 from kale_magics.analysis.names import python_source, scan_blocks
 from kale_magics.codegen.components import render_component, render_prelude
 from kale_magics.codegen.embedding import runtime_function
-from kale_magics.codegen.packages import step_packages
+from kale_magics.codegen.packages import step_packages, with_overrides
 from kale_magics.codegen.parameters import kfp_type, kfp_value
+from kale_magics.codegen.settings import settings_lines, uses_kubernetes
 from kale_magics.model import Plan, Step
 
 
@@ -27,7 +29,26 @@ def default_image() -> str:
     return f"python:{sys.version_info.major}.{sys.version_info.minor}"
 
 
-def render_module(plan: Plan, artifact_types: Mapping[str, str] | None = None) -> tuple[str, list[str]]:
+@dataclass(frozen=True)
+class RenderedModule:
+    """The generated DSL module and what the compile learned while writing it.
+
+    Attributes
+    ----------
+    source:
+        The module's text.
+    packages:
+        Pinned requirements each step installs on the cluster, by step name.
+    warnings:
+        Imports no installed distribution provides.
+    """
+
+    source: str
+    packages: dict[str, list[str]]
+    warnings: list[str]
+
+
+def render_module(plan: Plan, artifact_types: Mapping[str, str] | None = None) -> RenderedModule:
     """Render the DSL module for ``plan``.
 
     Parameters
@@ -37,31 +58,29 @@ def render_module(plan: Plan, artifact_types: Mapping[str, str] | None = None) -
     artifact_types:
         Optional KFP artifact class per passed variable (``"Dataset"``,
         ``"Model"`` or ``"Artifact"``, the default), e.g. from live kernel types.
-
-    Returns
-    -------
-    tuple of (str, list of str)
-        The module source, and warnings (imports no installed package provides).
     """
     types = dict(artifact_types or {})
-    packages, unknown = step_packages(_imports(plan))
-    warnings = [f"no installed package provides module {m!r}; install it here or add it to the "
-                "step image" for m in unknown]
+    packages, unknown = {}, []
+    for step in plan.steps:
+        derived, missing = step_packages(_imports(plan, step))
+        packages[step.name] = with_overrides(derived, step.settings.packages)
+        unknown += [m for m in missing if m not in unknown]
+    warnings = [f"no installed package provides module {m!r}; install it here, or name its "
+                "package with --packages" for m in unknown]
     parts = [
         _header(plan),
-        f"BASE_IMAGE = {(plan.settings.image or default_image())!r}\n"
-        f"PACKAGES = {packages!r}\n",
+        f"BASE_IMAGE = {(plan.settings.image or default_image())!r}\n",
         render_prelude(plan),
         runtime_function(),
-        *(render_component(plan, step, types) for step in plan.steps),
+        *(render_component(plan, step, types, packages[step.name]) for step in plan.steps),
         _pipeline_function(plan),
     ]
-    return "\n\n".join(parts), warnings
+    return RenderedModule("\n\n".join(parts), packages, warnings)
 
 
-def _imports(plan: Plan) -> Iterable[str]:
-    cells = (*plan.prelude, *(c for s in plan.steps for c in s.cells))
-    return scan_blocks([python_source(c.source) for c in cells]).imports
+def _imports(plan: Plan, step: Step) -> Iterable[str]:
+    """Modules the step imports, its prelude (imports and functions cells) included."""
+    return scan_blocks([python_source(c.source) for c in (*plan.prelude, *step.cells)]).imports
 
 
 def _header(plan: Plan) -> str:
@@ -73,7 +92,8 @@ def _header(plan: Plan) -> str:
         "through the embedded kale-magics step runtime (`_kale_runtime`).\n"
         '"""\n'
         "from kfp import dsl\n"
-        "from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output\n"
+        + ("from kfp import kubernetes\n" if uses_kubernetes(plan.steps) else "")
+        + "from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output\n"
     )
 
 
@@ -90,7 +110,7 @@ def _pipeline_function(plan: Plan) -> str:
 def _task_lines(step: Step) -> str:
     args = [f"{name}={name}" for name in step.parameters]
     args += [f"in_{i.name}={i.producer}_task.outputs['out_{i.name}']" for i in step.inputs]
-    line = f"    {step.name}_task = {step.name}({', '.join(args)})\n"
+    lines = [f"{step.name}_task = {step.name}({', '.join(args)})"]
     if step.after:
-        line += f"    {step.name}_task.after({', '.join(f'{a}_task' for a in step.after)})\n"
-    return line
+        lines.append(f"{step.name}_task.after({', '.join(f'{a}_task' for a in step.after)})")
+    return "".join(f"    {line}\n" for line in (*lines, *settings_lines(step)))

@@ -7,12 +7,16 @@ so a line means the same thing wherever it is read.
 Cell annotations (the first line of a code cell)::
 
     %%kale imports | functions | parameters | metrics | skip
-    %%kale step NAME [--after STEP ...] [--inputs NAME ...] [--outputs NAME ...]
+    %%kale step NAME [--after STEP ...] [--inputs NAME ...] [--outputs NAME ...] [OPTIONS]
 
 Pipeline settings (a line anywhere in a code cell)::
 
-    %kale pipeline [--name NAME] [--experiment E] [--description D] [--image IMAGE]
-                   [--host URL] [--notebook PATH]
+    %kale pipeline [--name NAME] [--experiment E] [--description D] [--host URL]
+                   [--notebook PATH] [--pip-index-url URL] [--pip-trusted-host HOST] [OPTIONS]
+
+OPTIONS are the step execution options of ``notebook.step_options`` (``--cpu``,
+``--memory``, ``--gpu``, ``--image``, ``--retries``, ``--timeout``, ``--env``,
+``--volume``, ...); on the pipeline line they are defaults for every step.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import shlex
 from typing import NoReturn, Sequence
 
 from kale_magics.errors import AnnotationError
+from kale_magics.notebook import step_options
 from kale_magics.model import CELL_KINDS, Annotation, PipelineSettings
 
 CELL_PREFIX = "%%kale"
@@ -59,6 +64,7 @@ def _step_parser() -> GrammarParser:
                         help="variables read from earlier steps that analysis cannot see")
     parser.add_argument("--outputs", nargs="+", default=[], metavar="NAME",
                         help="variables passed on that analysis cannot see (e.g. changed in place)")
+    step_options.add_options(parser)
     return parser
 
 
@@ -68,7 +74,11 @@ def _pipeline_parser() -> GrammarParser:
     parser.add_argument("--name", help="KFP pipeline name: lowercase letters, digits and -")
     parser.add_argument("--experiment", help="KFP experiment for remote runs")
     parser.add_argument("--description", help="pipeline description")
-    parser.add_argument("--image", help="base image of every step, e.g. python:3.11")
+    step_options.add_options(parser)
+    parser.add_argument("--pip-index-url", action="append", default=[], metavar="URL",
+                        help="package index the steps install from (repeatable)")
+    parser.add_argument("--pip-trusted-host", action="append", default=[], metavar="HOST",
+                        help="index host to trust without HTTPS (repeatable)")
     parser.add_argument("--host", help="KFP API endpoint for remote runs, e.g. http://kfp:8888")
     parser.add_argument("--notebook", help="path of this notebook, where the kernel cannot tell "
                         "(nbclient, papermill)")
@@ -153,7 +163,8 @@ def parse_cell_line(line: str) -> Annotation:
                               line=line)
     return Annotation(kind="step", name=name, after=after,
                       inputs=_check_variables(ns.inputs, "--inputs"),
-                      outputs=_check_variables(ns.outputs, "--outputs"))
+                      outputs=_check_variables(ns.outputs, "--outputs"),
+                      settings=step_options.settings_from(ns))
 
 
 def parse_pipeline_line(line: str) -> PipelineSettings:
@@ -173,8 +184,11 @@ def parse_pipeline_line(line: str) -> PipelineSettings:
         raise AnnotationError(
             f"invalid pipeline name {ns.name!r}: use lowercase letters, digits and -, starting with "
             f"a letter or digit (for example {pipeline_name_from(ns.name)!r})", line=line)
+    defaults = step_options.settings_from(ns)
     return PipelineSettings(name=ns.name, experiment=ns.experiment, description=ns.description,
-                            image=ns.image, host=ns.host, notebook=ns.notebook)
+                            host=ns.host, notebook=ns.notebook,
+                            pip_index_urls=tuple(ns.pip_index_url),
+                            pip_trusted_hosts=tuple(ns.pip_trusted_host), step_defaults=defaults)
 
 
 def is_cell_annotation(first_line: str) -> bool:

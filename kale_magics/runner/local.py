@@ -1,6 +1,6 @@
 """Run a compiled pipeline on this machine with ``kfp.local`` (no cluster).
 
-The compiled IR YAML is what runs, with three changes that only make sense
+The compiled IR YAML is what runs, with changes that only make sense
 locally, applied to a copy (:func:`local_ir`):
 
 - KFP's ``pip install`` preamble is removed from every executor command, so a
@@ -10,7 +10,9 @@ locally, applied to a copy (:func:`local_ir`):
   step even when nothing changes);
 - steps run in the notebook's folder (``KALE_MAGICS_WORKDIR``), as the notebook does;
 - ``TMPDIR`` points at a run-scoped folder removed afterwards, so the
-  temporary files of KFP's executor do not pile up in /tmp.
+  temporary files of KFP's executor do not pile up in /tmp;
+- a pipeline named like one of its steps is renamed, or KFP would load it as
+  that one step.
 
 Step states come from the step runtime's event lines in the output that
 ``kfp.local`` streams; each step's log is kept without ANSI codes.
@@ -29,9 +31,13 @@ import shutil
 import sys
 import tempfile
 import warnings
+from importlib import metadata
 from typing import Any, Iterator, Mapping, TextIO
 
 from kale_magics.codegen.compile import CompiledPipeline, read_ir
+from kale_magics.codegen.settings import local_noops
+from kale_magics.errors import RunError
+from kale_magics.model import requirement_name
 from kale_magics.runner.status import FAILED, RUNNING, SUCCEEDED, RunHooks, RunStatus, StepStatus
 from kale_magics.runtime.step import EVENT_MARKER, WORKDIR_ENV
 
@@ -49,6 +55,7 @@ def local_ir(ir: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         Environment variables to set in every step.
     """
     local = copy.deepcopy(ir)
+    local["pipelineInfo"]["name"] = _unambiguous_name(local)
     for executor in local.get("deploymentSpec", {}).get("executors", {}).values():
         container = executor.get("container")
         if not container:
@@ -60,6 +67,20 @@ def local_ir(ir: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         container["env"] = [*container.get("env", []),
                             *({"name": k, "value": v} for k, v in sorted(env.items()))]
     return local
+
+
+def _unambiguous_name(ir: dict[str, Any]) -> str:
+    """The pipeline's name, made different from every component's.
+
+    KFP loads a YAML whose pipeline is named like one of its components
+    (``comp-<name>``) as that single component, so a notebook ``train.ipynb``
+    with a step ``train`` would run one step only (``kfp.dsl.structures.
+    ComponentSpec.from_ir_dicts``).
+    """
+    name = ir["pipelineInfo"]["name"]
+    while "comp-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") in ir.get("components", {}):
+        name += "-pipeline"
+    return name
 
 
 class _EventSink(io.TextIOBase):
@@ -119,6 +140,52 @@ def _plain_print(original: Any) -> Iterator[None]:
         builtins.print = patched
 
 
+def local_notices(compiled: CompiledPipeline) -> list[str]:
+    """What a local run cannot honour: the settings ``kfp.local`` ignores, and package versions
+    that differ from the ones installed here.
+
+    Retries, caching options and environment variables are applied locally
+    (``kfp.local`` honours them from the IR); resources, images, timeouts,
+    secrets, volumes, node selectors and tolerations are not.
+    """
+    ignored = [f"{step.name} {' '.join(noops)}" for step in compiled.plan.steps
+               if (noops := local_noops(step))]
+    notices = [f"ignored locally (kfp.local runs every step here, in this Python): "
+               f"{'; '.join(ignored)}"] if ignored else []
+    for step, requirements in compiled.packages.items():
+        for requirement in requirements:
+            wanted = requirement.partition("==")[2]
+            installed = _installed_version(requirement_name(requirement))
+            if wanted and installed and installed != wanted:
+                notices.append(f"step {step} wants {requirement}; the local run uses "
+                               f"{installed}, installed here")
+    return notices
+
+
+def missing_packages(compiled: CompiledPipeline) -> dict[str, list[str]]:
+    """Requirements of each step that are not installed here (a local run installs nothing)."""
+    missing = {step: [r for r in requirements if _installed_version(requirement_name(r)) is None]
+               for step, requirements in compiled.packages.items()}
+    return {step: reqs for step, reqs in missing.items() if reqs}
+
+
+def _installed_version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _check_packages(compiled: CompiledPipeline) -> None:
+    missing = missing_packages(compiled)
+    if missing:
+        listed = "; ".join(f"{step}: {', '.join(reqs)}" for step, reqs in missing.items())
+        every = sorted({r for reqs in missing.values() for r in reqs})
+        raise RunError(f"steps need packages that are not installed here ({listed}); a local run "
+                       f"never installs anything: run `pip install {' '.join(every)}` first, or "
+                       "run on a cluster")
+
+
 def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = None,
               pipeline_root: str | None = None, workdir: str | None = None,
               hooks: RunHooks | None = None, echo: TextIO | None = None) -> RunStatus:
@@ -147,15 +214,18 @@ def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = 
     Raises
     ------
     RunError
-        The compiled YAML cannot be read, or kfp.local failed outside any step.
+        The compiled YAML cannot be read, or a step needs a package that is not
+        installed here (nothing is installed; the message lists them).
     """
+    _check_packages(compiled)
     plan = compiled.plan
     root = os.path.abspath(pipeline_root or os.path.join(os.path.dirname(compiled.yaml_path),
                                                          "local_runs"))
     status = RunStatus(pipeline=plan.name, pipeline_root=root, hooks=hooks or RunHooks(),
                        steps={s.name: StepStatus(name=s.name, inputs=[i.name for i in s.inputs],
-                                                 outputs=list(s.outputs)) for s in plan.steps})
-    ir = read_ir(compiled)
+                                                 outputs=list(s.outputs)) for s in plan.steps},
+                       notices=local_notices(compiled))
+    ir, _ = read_ir(compiled)  # the platform spec (kfp-kubernetes) has no local effect
     tmp = tempfile.mkdtemp(prefix="kale-magics-run-")
     env = {WORKDIR_ENV: os.path.abspath(workdir or os.path.dirname(plan.notebook) or "."),
            "TMPDIR": tmp}

@@ -118,6 +118,9 @@ class RunStatus:
         The KFP run's id and UI link for remote runs, else "".
     error:
         Why the run failed, when it failed outside any step.
+    notices:
+        Things the user should know before the run starts (e.g. settings a
+        local run ignores).
     metrics_note:
         Why :attr:`metrics` is empty when the runner cannot read metric values
         (a remote run: KFP's REST API does not expose them), else "".
@@ -134,6 +137,7 @@ class RunStatus:
     error: str = ""
     hooks: RunHooks = field(default_factory=RunHooks, repr=False, compare=False)
     metrics_note: str = ""
+    notices: list[str] = field(default_factory=list)
 
     @property
     def metrics(self) -> dict[str, float]:

@@ -1,0 +1,174 @@
+"""Execution options of a step: declared once, accepted on ``%%kale step`` and ``%kale pipeline``.
+
+Values are checked here, when the line is read, so a bad one is an
+:class:`~kale_magics.errors.AnnotationError` naming the option and a valid
+example, never a KFP compiler error later. The accepted forms are KFP's own:
+CPU ``2``, ``0.5`` or ``500m`` and memory ``4Gi``, ``512M`` or ``1000000``
+(``kfp.dsl.PipelineTask.set_cpu_request`` / ``set_memory_request``); durations
+``90s``, ``30m``, ``2h``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any, Callable
+
+from kale_magics.errors import AnnotationError
+from kale_magics.model import StepSettings
+
+CPU = re.compile(r"([0-9]*[.])?[0-9]+m?")
+MEMORY = re.compile(r"[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?")
+DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(s|m|h)")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def _bad(option: str, value: str, example: str, why: str = "") -> AnnotationError:
+    reason = f" ({why})" if why else ""
+    return AnnotationError(f"{option} {value!r} is not valid{reason}; for example {option} {example}",
+                           line=value)
+
+
+def cpu(value: str, option: str = "--cpu") -> str:
+    """A Kubernetes CPU quantity: ``2``, ``0.5`` or ``500m``."""
+    if not CPU.fullmatch(value):
+        raise _bad(option, value, "2 (or 500m)")
+    return value
+
+
+def memory(value: str, option: str = "--memory") -> str:
+    """A Kubernetes memory quantity: ``4Gi``, ``512Mi``, ``1G``."""
+    if not MEMORY.fullmatch(value):
+        raise _bad(option, value, "4Gi (or 512Mi)")
+    return value
+
+
+def seconds(value: str, option: str) -> float:
+    """A duration ``90s``, ``30m`` or ``2h`` in seconds."""
+    match = DURATION.fullmatch(value)
+    if not match:
+        raise _bad(option, value, "30m (or 90s, 2h)")
+    return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+def count(value: str, option: str) -> int:
+    """A whole number >= 0."""
+    if not value.isdigit():
+        raise _bad(option, value, "1")
+    return int(value)
+
+
+def pair(value: str, option: str, example: str, separator: str = "=") -> tuple[str, str]:
+    """``NAME=VALUE`` (or ``A:B``) split in two; both parts non-empty."""
+    left, sep, right = value.partition(separator)
+    if not sep or not left or not right:
+        raise _bad(option, value, example)
+    return left, right
+
+
+def env(value: str) -> tuple[str, str]:
+    """``--env NAME=VALUE``: NAME an environment variable name, VALUE any text."""
+    name, _, text = value.partition("=")
+    if "=" not in value or not ENV_NAME.fullmatch(name):
+        raise _bad("--env", value, "LOG_LEVEL=debug")
+    return name, text
+
+
+def secret(value: str) -> tuple[str, str, str]:
+    """``--secret SECRET:KEY:ENV_NAME``."""
+    parts = value.split(":")
+    if len(parts) != 3 or not K8S_NAME.fullmatch(parts[0]) or not parts[1] \
+            or not ENV_NAME.fullmatch(parts[2]):
+        raise _bad("--secret", value, "db-creds:password:DB_PASSWORD")
+    return parts[0], parts[1], parts[2]
+
+
+def volume(value: str) -> tuple[str, str]:
+    """``--volume PVC:/mount/path`` (an existing persistent volume claim)."""
+    pvc, path = pair(value, "--volume", "data:/data", ":")
+    if not K8S_NAME.fullmatch(pvc) or not path.startswith("/"):
+        raise _bad("--volume", value, "data:/data", "a PVC name, then an absolute path")
+    return pvc, path
+
+
+def node_selector(value: str) -> tuple[str, str]:
+    """``--node-selector LABEL=VALUE``."""
+    return pair(value, "--node-selector", "cloud.google.com/gke-nodepool=gpu-pool")
+
+
+def toleration(value: str) -> tuple[str, str, str]:
+    """``--toleration KEY=VALUE:EFFECT`` (or ``KEY:EFFECT`` to tolerate any value)."""
+    taint, sep, effect = value.rpartition(":")
+    key, _, taint_value = taint.partition("=")
+    if not sep or not key or effect not in EFFECTS:
+        raise _bad("--toleration", value, "gpu=true:NoSchedule",
+                   f"the effect is one of {', '.join(EFFECTS)}")
+    return key, taint_value, effect
+
+
+def package(value: str) -> str:
+    """``--packages`` entries: pip requirements such as ``torch==2.1`` (checked with packaging)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        Requirement(value)
+    except InvalidRequirement as error:
+        raise _bad("--packages", value, "scikit-learn==1.5.2", str(error)) from None
+    return value
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """Declare the execution options on ``parser`` (a step line or the pipeline line)."""
+    add = parser.add_argument
+    add("--cpu", help="CPU request, e.g. 2 or 500m")
+    add("--cpu-limit", help="CPU limit")
+    add("--memory", help="memory request, e.g. 4Gi")
+    add("--memory-limit", help="memory limit")
+    add("--gpu", help="number of accelerators (GPUs)")
+    add("--accelerator", help="accelerator type (default nvidia.com/gpu)")
+    add("--image", help="base image, e.g. python:3.11")
+    add("--retries", help="retries after a failure")
+    add("--backoff", help="wait before the first retry, e.g. 30s")
+    add("--timeout", help="deadline of the step's pod, e.g. 2h")
+    add("--cache", action=argparse.BooleanOptionalAction, default=None,
+        help="KFP caching for the step (--no-cache to turn it off)")
+    add("--env", action="append", default=[], metavar="NAME=VALUE", help="environment variable")
+    add("--secret", action="append", default=[], metavar="SECRET:KEY:ENV",
+        help="Kubernetes secret key as an environment variable")
+    add("--volume", action="append", default=[], metavar="PVC:/PATH", help="mount an existing PVC")
+    add("--node-selector", action="append", default=[], metavar="LABEL=VALUE",
+        help="node label the step's pod must match")
+    add("--toleration", action="append", default=[], metavar="KEY=VALUE:EFFECT",
+        help="taint the step's pod tolerates")
+    add("--packages", nargs="+", default=[], metavar="REQ", help="packages to add or pin, e.g. torch==2.1")
+
+
+def _optional(value: str | None, convert: Callable[[str], Any]) -> Any:
+    return None if value is None else convert(value)
+
+
+def settings_from(ns: argparse.Namespace) -> StepSettings:
+    """Validate the parsed options into :class:`StepSettings`.
+
+    Raises
+    ------
+    AnnotationError
+        A value of the wrong form; the message names the option and a valid example.
+    """
+    gpu = _optional(ns.gpu, lambda v: count(v, "--gpu"))
+    return StepSettings(
+        cpu=_optional(ns.cpu, cpu), cpu_limit=_optional(ns.cpu_limit, lambda v: cpu(v, "--cpu-limit")),
+        memory=_optional(ns.memory, memory),
+        memory_limit=_optional(ns.memory_limit, lambda v: memory(v, "--memory-limit")),
+        gpu=gpu, accelerator=ns.accelerator or ("nvidia.com/gpu" if gpu else None),
+        image=ns.image, retries=_optional(ns.retries, lambda v: count(v, "--retries")),
+        backoff_s=_optional(ns.backoff, lambda v: seconds(v, "--backoff")),
+        timeout_s=_optional(ns.timeout, lambda v: int(seconds(v, "--timeout"))),
+        cache=ns.cache, env=tuple(env(v) for v in ns.env),
+        secrets=tuple(secret(v) for v in ns.secret), volumes=tuple(volume(v) for v in ns.volume),
+        node_selector=tuple(node_selector(v) for v in ns.node_selector),
+        tolerations=tuple(toleration(v) for v in ns.toleration),
+        packages=tuple(package(v) for v in ns.packages))
