@@ -27,12 +27,13 @@ from kale_magics.notebook.locate import locate_notebook
 from kale_magics.notebook.reader import AnnotatedNotebook, load_notebook, read_notebook
 from kale_magics.notebook.registry import ExecutedCell
 from kale_magics.runner import local
+from kale_magics.runner.local import local_notices
 from kale_magics.runner.status import RunHooks, RunStatus
 
 __all__ = ["CheckReport", "CompiledPipeline", "KaleError", "LiveValue", "RunHooks", "RunStatus",
            "artifact_types", "check", "coerce_arguments", "compile_notebook", "default_output_dir",
-           "describe", "export_kale_tags", "live_values", "locate_notebook", "parse_param",
-           "read_annotated", "read_plan", "run_local", "split_args"]
+           "describe", "export_kale_tags", "live_values", "local_notices", "locate_notebook",
+           "parse_param", "read_annotated", "read_plan", "run_local", "split_args"]
 
 
 def read_plan(notebook: str | os.PathLike[str]) -> Plan:
