@@ -84,12 +84,12 @@ class Execution:
         with self._lock:
             if self.outcome:
                 return self._finish(None)
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "tests.kfp_server.worker", str(self.folder / "pipeline.yaml"),
-                 str(self.folder / "arguments.json"), str(self.folder / "root")],
-                cwd=ROOT, stdout=subprocess.PIPE, stderr=open(self.folder / "log.txt", "wb"),
-                text=True, start_new_session=True,
-                env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+            with open(self.folder / "log.txt", "wb") as log:  # the worker keeps its own copy
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "tests.kfp_server.worker", str(self.folder / "pipeline.yaml"),
+                     str(self.folder / "arguments.json"), str(self.folder / "root")],
+                    cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
+                    env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
         done_error: Optional[str] = None
         assert self.process.stdout is not None
         for line in self.process.stdout:  # ends when the worker exits or is killed
@@ -102,6 +102,7 @@ class Execution:
                     self.run.task_ended(event["task"], event["state"], error)
                 else:
                     done_error = event["error"]
+        self.process.stdout.close()
         self.process.wait()
         self._finish(done_error)
 
