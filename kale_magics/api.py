@@ -281,7 +281,7 @@ def connect(host: str | None = None, namespace: str | None = None, token: str | 
 
 def submit(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline, session: KfpSession,
            arguments: Mapping[str, Any] | None = None, *, experiment: str | None = None,
-           run_name: str | None = None, enable_caching: bool = True,
+           run_name: str | None = None, enable_caching: bool | None = None,
            schedule: Schedule | None = None, pipeline_root: str | None = None,
            output_dir: str | None = None) -> Submission:
     """Compile (when given a notebook), upload and run the pipeline on a KFP server.
@@ -297,7 +297,8 @@ def submit(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline, sess
     experiment:
         Experiment name (created when missing); default the notebook's, else ``Default``.
     enable_caching:
-        Let KFP reuse results of identical earlier task executions.
+        None keeps each step's caching option (on unless the step says
+        ``--no-cache``); False turns caching off for every task, True on.
 
     Returns
     -------

@@ -82,7 +82,7 @@ def _run_remote(args: argparse.Namespace) -> int:
     say = (lambda text: None) if args.json else (lambda text: print(text, flush=True))
     say(f"submitting {plan.name} to {session.connection.host} ({len(plan.steps)} steps)")
     submission = api.submit(compiled, session, arguments, experiment=args.experiment,
-                            run_name=args.run_name, enable_caching=not args.no_cache,
+                            run_name=args.run_name, enable_caching=False if args.no_cache else None,
                             schedule=schedule, pipeline_root=args.pipeline_root)
     verb = "uploaded new" if submission.new_version else "reusing unchanged"
     say(f"pipeline {submission.pipeline}: {verb} version {submission.version_name}; "

@@ -216,3 +216,18 @@ def test_settings_apply_locally_env_and_retries(notebook, tmp_path) -> None:
     assert "fastyes" in "\n".join(status.steps["use"].log)
     assert status.notices == ["ignored locally (kfp.local runs every step here, in this Python): "
                               "flaky --memory 1Gi"]
+
+
+def test_remote_package_keeps_platform_spec_and_step_caching(compiled) -> None:
+    from kale_magics.runner.remote import package
+
+    result, _ = compiled
+    text, version = package(result, None)
+    documents = list(yaml.safe_load_all(text))
+    assert len(documents) == 2 and "kubernetes" in documents[1]["platforms"]
+    tasks = documents[0]["root"]["dag"]["tasks"]
+    assert tasks["nocache"]["cachingOptions"] == {} and tasks["cpu"]["cachingOptions"]["enableCache"]
+    off, off_version = package(result, False)
+    assert all(not t["cachingOptions"]["enableCache"]
+               for t in list(yaml.safe_load_all(off))[0]["root"]["dag"]["tasks"].values())
+    assert off_version != version and package(result, None)[1] == version

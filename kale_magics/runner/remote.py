@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from kale_magics.codegen.compile import CompiledPipeline
+from kale_magics.codegen.compile import CompiledPipeline, read_ir
 from kale_magics.errors import KaleError, RunError
 from kale_magics.runner.connection import KfpSession
 from kale_magics.runner.transport import call
@@ -108,8 +108,13 @@ class Submission:
     url: str = ""
 
 
-def package(compiled: CompiledPipeline, enable_caching: bool) -> tuple[str, str]:
-    """The IR to upload (caching set in every task) and its content-derived version name.
+def package(compiled: CompiledPipeline, enable_caching: Optional[bool]) -> tuple[str, str]:
+    """The IR to upload and its content-derived version name.
+
+    Both YAML documents are kept: the PipelineSpec and, when steps use
+    kfp-kubernetes settings (timeouts, secrets, volumes, ...), the PlatformSpec.
+    ``enable_caching`` None keeps each step's compiled caching option; True or
+    False sets it for every task.
 
     Raises
     ------
@@ -118,19 +123,17 @@ def package(compiled: CompiledPipeline, enable_caching: bool) -> tuple[str, str]
     """
     import yaml
 
-    try:
-        with open(compiled.yaml_path, encoding="utf-8") as f:
-            ir = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except (OSError, yaml.YAMLError) as error:
-        raise RunError(f"cannot read compiled pipeline {compiled.yaml_path}: {error}; "
-                       "compile the notebook again") from None
+    ir, platform = read_ir(compiled)
     ir = copy.deepcopy(ir)
-    for task in ir.get("root", {}).get("dag", {}).get("tasks", {}).values():
-        task.setdefault("cachingOptions", {})["enableCache"] = enable_caching
-    hashed = {k: v for k, v in ir.items() if k != "sdkVersion"}
+    if enable_caching is not None:
+        for task in ir.get("root", {}).get("dag", {}).get("tasks", {}).values():
+            task.setdefault("cachingOptions", {})["enableCache"] = enable_caching
+    hashed = [{k: v for k, v in ir.items() if k != "sdkVersion"}, platform]
     digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    return yaml.dump(ir, Dumper=dumper, sort_keys=True), f"{compiled.plan.name}-{digest[:12]}"
+    documents = [ir, platform] if platform else [ir]
+    text = yaml.dump_all(documents, Dumper=dumper, sort_keys=True)
+    return text, f"{compiled.plan.name}-{digest[:12]}"
 
 
 def _equals(key: str, value: str) -> str:
@@ -157,7 +160,7 @@ def find_version(session: KfpSession, pipeline_id: str, version_name: str) -> Op
 
 
 def upload(session: KfpSession, compiled: CompiledPipeline,
-           enable_caching: bool = True) -> tuple[str, str, str, bool]:
+           enable_caching: Optional[bool] = None) -> tuple[str, str, str, bool]:
     """Make sure the server has this exact pipeline version.
 
     Returns
@@ -265,7 +268,7 @@ def create_schedule(session: KfpSession, ids: tuple[str, str, str], name: str,
 
 def submit(session: KfpSession, compiled: CompiledPipeline, arguments: Mapping[str, Any], *,
            experiment: Optional[str] = None, run_name: Optional[str] = None,
-           enable_caching: bool = True, schedule: Optional[Schedule] = None,
+           enable_caching: Optional[bool] = None, schedule: Optional[Schedule] = None,
            pipeline_root: Optional[str] = None) -> Submission:
     """Upload (when changed) and run ``compiled``, or schedule it.
 
@@ -278,7 +281,8 @@ def submit(session: KfpSession, compiled: CompiledPipeline, arguments: Mapping[s
     run_name:
         Display name of the run or recurring run; default ``<pipeline> <UTC time>``.
     enable_caching:
-        Whether KFP may reuse the results of identical earlier task executions.
+        None keeps each step's caching option (``--cache``/``--no-cache``, on by
+        default); True or False sets it for every task.
     schedule:
         Create a recurring run instead of one run.
     pipeline_root:
