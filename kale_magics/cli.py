@@ -21,8 +21,7 @@ def _compile(args: argparse.Namespace) -> int:
     from kale_magics import api
 
     compiled = api.compile_notebook(args.notebook, args.output)
-    for warning in compiled.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    _warn(compiled.warnings)
     print(f"DSL:  {compiled.dsl_path}\nYAML: {compiled.yaml_path}")
     return 0
 
@@ -41,8 +40,10 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.host or args.remote:
         return _run_remote(args)
-    arguments = dict(_param(p) for p in args.param)
+    arguments = dict(api.parse_param(p) for p in args.param)
     compiled = api.compile_notebook(args.notebook, args.output)
+    _warn(compiled.warnings)
+    _warn(api.local_notices(compiled), "notice")
     hooks = api.RunHooks()
     if not args.json:
         print(f"running {compiled.plan.name} locally ({len(compiled.plan.steps)} steps)", flush=True)
@@ -75,7 +76,7 @@ def _schedule(args: argparse.Namespace) -> Any:
 def _run_remote(args: argparse.Namespace) -> int:
     from kale_magics import api
 
-    arguments = dict(_param(p) for p in args.param)
+    arguments = dict(api.parse_param(p) for p in args.param)
     compiled = api.compile_notebook(args.notebook, args.output)
     plan, schedule = compiled.plan, _schedule(args)
     session = _session(args, plan.settings)
@@ -165,11 +166,10 @@ def _schedules(args: argparse.Namespace) -> int:
     return 0
 
 
-def _param(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise KaleError(f"--param {text!r} is not NAME=VALUE; for example --param N_ESTIMATORS=50")
-    return name.strip(), value
+def _warn(messages: Sequence[str], kind: str = "warning") -> None:
+    """Print each message on stderr (stdout stays clean for --json)."""
+    for message in messages:
+        print(f"{kind}: {message}", file=sys.stderr)
 
 
 def _when(text: str | None, option: str) -> datetime.datetime | None:

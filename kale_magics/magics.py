@@ -33,6 +33,7 @@ from kale_magics.notebook.annotations import (
     parse_pipeline_line,
 )
 from kale_magics.notebook.registry import ExecutedCell, Registry
+from kale_magics.runner.status_text import status_text
 
 STEP_MIME = "application/vnd.kale-magics.step+json"
 #: Kinds whose names the kernel tracks: steps (inputs, outputs) and what steps may read.
@@ -48,17 +49,37 @@ def _action_parser(name: str, description: str, *options: tuple[tuple[str, ...],
     return parser
 
 
+_REMOTE_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (("--host",), {"help": "KFP endpoint; default: %%kale pipeline --host, then $KF_PIPELINES_ENDPOINT"}),
+    (("--namespace",), {"help": "KFP namespace (multi-user installs)"}),
+    (("--token",), {"help": "bearer token (better: $KF_PIPELINES_TOKEN, not saved in the notebook)"}),
+)
+
 ACTION_PARSERS: dict[str, GrammarParser] = {
     "show": _action_parser("show", "Show the steps, edges, inputs with producers and live types."),
     "check": _action_parser("check", "Serialise every passed variable now; warn about unsaved cells."),
     "compile": _action_parser("compile", "Write the KFP DSL module and IR YAML.",
                               (("-o", "--output"), {"help": "output folder (default .kale/)"})),
-    "run": _action_parser("run", "Compile and run the pipeline locally with kfp.local.",
+    "run": _action_parser("run", "Compile and run the pipeline: locally with kfp.local, or on a "
+                          "KFP server with --host (or --remote to use the configured host).",
                           (("--param",), {"action": "append", "default": [],
                                           "metavar": "NAME=VALUE", "help": "parameter value"}),
-                          (("--pipeline-root",), {"help": "folder for the run's artifacts"}),
-                          (("-o", "--output"), {"help": "output folder (default .kale/)"})),
-    "status": _action_parser("status", "Show the last run's steps and states."),
+                          (("--pipeline-root",), {"help": "where the run's artifacts go"}),
+                          (("-o", "--output"), {"help": "output folder (default .kale/)"}),
+                          (("--remote",), {"action": "store_true",
+                                           "help": "run on the configured KFP server"}),
+                          (("--experiment",), {"help": "KFP experiment (remote runs)"}),
+                          (("--no-cache",), {"action": "store_true",
+                                             "help": "turn KFP caching off for every step"}),
+                          (("--interval",), {"type": float, "default": 2.0,
+                                             "help": "seconds between status polls (remote)"}),
+                          *_REMOTE_OPTIONS),
+    "status": _action_parser("status", "Show the last run's steps and states, or a KFP run's.",
+                             (("run_id",), {"nargs": "?", "help": "a KFP run id"}),
+                             *_REMOTE_OPTIONS),
+    "cancel": _action_parser("cancel", "Cancel the last remote run, or a KFP run by id.",
+                             (("run_id",), {"nargs": "?", "help": "a KFP run id"}),
+                             *_REMOTE_OPTIONS),
     "export": _action_parser("export", "Write a copy of the notebook annotated with Kale's tags.",
                              (("--kale-tags",), {"required": True, "metavar": "OUT.ipynb",
                                                  "help": "where to write the copy"})),
@@ -91,9 +112,11 @@ class KaleMagics(Magics):
         self.registry = Registry()
         self.settings = PipelineSettings()
         self.last_run: api.RunStatus | None = None
+        self.session: Any = None  # the KFP connection of the last remote action
         self.actions: dict[str, Callable[[argparse.Namespace], Any]] = {
             "show": self._show, "check": self._check, "compile": self._compile,
-            "run": self._run, "status": self._status, "export": self._export}
+            "run": self._run, "status": self._status, "cancel": self._cancel,
+            "export": self._export}
 
     @line_cell_magic
     def kale(self, line: str, cell: str | None = None) -> Any:
@@ -218,25 +241,59 @@ class KaleMagics(Magics):
     def _run(self, args: argparse.Namespace) -> None:
         compiled = self._compiled(args)
         arguments = dict(api.parse_param(p) for p in args.param)
+        remote = bool(args.host or args.remote)
+        for notice in ([] if remote else api.local_notices(compiled)):
+            print(f"notice: {notice}")
+        handle = display({"text/plain": f"running {compiled.plan.name}"}, raw=True, display_id=True)
+
         def show(status: api.RunStatus) -> None:
             handle.update({"text/plain": "\n".join(report.step_line(s) for s in status.steps.values()),
                            "text/html": report.run_html(status, compiled.plan)}, raw=True)
 
-        for notice in api.local_notices(compiled):
-            print(f"notice: {notice}")
-        handle = display({"text/plain": f"running {compiled.plan.name} locally"}, raw=True,
-                         display_id=True)
         hooks = api.RunHooks(on_status=show)
-        status = api.run_local(compiled, arguments, pipeline_root=args.pipeline_root, hooks=hooks)
+        if remote:
+            status = self._run_remote(args, compiled, arguments, hooks)
+        else:
+            status = api.run_local(compiled, arguments, pipeline_root=args.pipeline_root,
+                                   hooks=hooks)
         self.last_run = status
         print(report.run_summary(status))
         if status.state != "SUCCEEDED":
             raise UsageError(status.error or f"pipeline {status.pipeline} {status.state}")
 
+    def _connect(self, args: argparse.Namespace, settings: PipelineSettings | None = None) -> Any:
+        if args.host or args.namespace or args.token or self.session is None:
+            merged = (settings or PipelineSettings()).merged(self.settings)
+            self.session = api.connect(args.host, args.namespace, args.token, settings=merged)
+        return self.session
+
+    def _run_remote(self, args: argparse.Namespace, compiled: api.CompiledPipeline,
+                    arguments: dict[str, str], hooks: api.RunHooks) -> api.RunStatus:
+        session = self._connect(args, compiled.plan.settings)
+        submission = api.submit(compiled, session, arguments, experiment=args.experiment,
+                                enable_caching=False if args.no_cache else None,
+                                pipeline_root=args.pipeline_root)
+        print(f"run {submission.run_id}: {submission.url}")
+        return api.watch_remote(session, submission.run_id, hooks, plan=compiled.plan,
+                                interval_s=args.interval)
+
     def _status(self, args: argparse.Namespace) -> None:
-        if self.last_run is None:
-            raise UsageError("no run yet in this kernel; start one with `%kale run`")
-        print(report.run_summary(self.last_run))
+        run_id = args.run_id or (self.last_run.run_id if self.last_run else "")
+        if run_id:
+            self.last_run = api.remote_status(self._connect(args), run_id)
+            print(status_text(self.last_run))
+        elif self.last_run is None:
+            raise UsageError("no run yet in this kernel; start one with `%kale run`, or give a "
+                             "KFP run id: `%kale status RUN_ID --host URL`")
+        else:
+            print(report.run_summary(self.last_run))
+
+    def _cancel(self, args: argparse.Namespace) -> None:
+        run_id = args.run_id or (self.last_run.run_id if self.last_run else "")
+        if not run_id:
+            raise UsageError("no remote run to cancel; give its id: `%kale cancel RUN_ID --host URL`")
+        status = api.cancel_remote(self._connect(args), run_id)
+        print(f"run {run_id}: {status.state}")
 
     def _export(self, args: argparse.Namespace) -> None:
         written = api.export_kale_tags(self._notebook(args), args.kale_tags)

@@ -1,0 +1,59 @@
+"""%kale run --host, %kale status and %kale cancel against the KFP API test server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.utils.capture import capture_output
+
+from tests.conftest import write_notebook
+from tests.kfp_server.fixtures import SECRET_TOKEN, kfp_server  # noqa: F401
+from tests.test_magics import kale, shell  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def token_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", SECRET_TOKEN)
+    monkeypatch.setenv("KALE_MAGICS_CONFIG", str(tmp_path / "no-config.json"))
+    monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
+
+
+def test_run_on_the_server_then_status(shell, kfp_server, token_env, tmp_path) -> None:  # noqa: F811
+    path = write_notebook(tmp_path / "remote.ipynb", (
+        "%%kale parameters\nN = 2", "%%kale step make\nitems = list(range(N))",
+        "%%kale step total\nsize = sum(items)"))
+    with capture_output() as captured:
+        shell.run_line_magic("kale", f"run --notebook {path} --host {kfp_server.url} "
+                                     "--param N=4 --interval 0.3")
+    assert f"{kfp_server.url}/#/runs/details/" in captured.stdout
+    run = kale(shell).last_run
+    assert run.state == "SUCCEEDED" and run.run_id
+    assert [s.state for s in run.steps.values()] == ["SUCCEEDED", "SUCCEEDED"]
+    assert "<svg" in captured.outputs[-1].data["text/html"]
+    with capture_output() as captured:
+        shell.run_line_magic("kale", "status")
+    lines = captured.stdout.splitlines()
+    assert lines[0].startswith(f"run {run.run_id}") and ": SUCCEEDED" in lines[0]
+    assert [line.split()[:2] for line in lines[2:]] == [["make", "SUCCEEDED"], ["total", "SUCCEEDED"]]
+    assert SECRET_TOKEN not in captured.stdout
+
+
+def test_cancel_a_running_remote_run(shell, kfp_server, token_env, tmp_path) -> None:  # noqa: F811
+    from kale_magics import api
+
+    path = write_notebook(tmp_path / "slow.ipynb", (
+        "%%kale imports\nimport time", "%%kale step wait\ntime.sleep(60)\ndone = True",
+        "%%kale step after\nprint(done)"))
+    session = api.connect(kfp_server.url)
+    submission = api.submit(path, session)
+    kfp_server.wait_for_task(submission.run_id, "RUNNING")
+    with capture_output() as captured:
+        shell.run_line_magic("kale", f"cancel {submission.run_id} --host {kfp_server.url}")
+    assert f"run {submission.run_id}: CANCELED" in captured.stdout
+    with pytest.raises(UsageError, match="no remote run to cancel"):
+        kale(shell).__init__(shell)
+        shell.run_line_magic("kale", "cancel")
