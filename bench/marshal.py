@@ -21,6 +21,7 @@ import os
 import pickle
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -68,6 +69,20 @@ class Result:
         return self.payload_bytes / self.total_s / 1e9
 
 
+def main_class(cls: type) -> type:
+    """Make ``cls`` a class of ``__main__``, as a class defined in a notebook is.
+
+    cloudpickle and dill pickle ``__main__`` classes by value (the class travels
+    with the object), which is what a notebook's classes need; when this module
+    is imported (``python -m bench``) rather than run, the class is moved there.
+    """
+    main = sys.modules["__main__"]
+    if cls.__module__ != "__main__":
+        cls.__module__ = "__main__"
+        setattr(main, cls.__qualname__, cls)
+    return cls
+
+
 def make_objects(scale: float) -> tuple[dict[str, Any], list[str]]:
     """The benchmark objects, sizes multiplied by ``scale``, and notes on skipped ones."""
     rng = np.random.default_rng(0)
@@ -80,7 +95,7 @@ def make_objects(scale: float) -> tuple[dict[str, Any], list[str]]:
             "s": pd.Series(np.arange(rows)).astype("str").radd("id-")}),
         f"dict of 10 arrays {dict_mib:g} MiB": {f"a{i}": rng.random(int((8 << 20) * scale) // 8)
                                                for i in range(10)},
-        "__main__ class instance": Experiment("run-1", rng.random(int(1_000_000 * scale)).tolist()),
+        "__main__ class instance": main_class(Experiment)("run-1", rng.random(int(1_000_000 * scale)).tolist()),
     }
     notes = []
     try:
@@ -219,15 +234,45 @@ def print_table(results: list[Result], notes: list[str]) -> None:
           "ours/pickle5 and kale/ours: ratios of total seconds")
 
 
-def to_json(results: list[Result], notes: list[str], args: argparse.Namespace) -> dict[str, Any]:
+def to_json(results: list[Result], notes: list[str], quick: bool, repeat: int) -> dict[str, Any]:
     """The figures as a JSON-ready dict."""
     rows = [{**asdict(r), "gb_per_s": r.gb_per_s} for r in results]
     by_key = {(r.obj, r.method): r for r in results}
     ratios = {obj: {"ours_over_pickle5": r.total_s / by_key[(obj, "pickle5")].total_s,
                     "kale_over_ours": by_key[(obj, "kale")].total_s / r.total_s}
               for (obj, method), r in by_key.items() if method == "kale-magics"}
-    return {"quick": args.quick, "repeat": args.repeat, "cpus": os.cpu_count(),
+    return {"quick": quick, "repeat": repeat, "cpus": os.cpu_count(),
             "results": rows, "ratios": ratios, "notes": notes}
+
+
+def measure(quick: bool = False, repeat: int | None = None, parent: str = "/tmp",
+            only: str | None = None) -> tuple[list[Result], list[str]]:
+    """Time every method on every object (``quick``: about 1/50 sizes, 1 repetition).
+
+    Parameters
+    ----------
+    repeat:
+        Timed repetitions per object and method; default 3, or 1 when ``quick``.
+    parent:
+        Folder in which a temporary directory holds the files (removed afterwards).
+    only:
+        Only the objects whose name contains this text.
+
+    Returns
+    -------
+    tuple
+        The results (one per object and method) and notes on skipped objects.
+    """
+    repeat = repeat or (1 if quick else 3)
+    objects, notes = make_objects(1 / 50 if quick else 1.0)
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="bench-marshal-", dir=parent) as directory:
+        for name in list(objects):
+            value = objects.pop(name)  # dropped after its turn: the full-size objects are large
+            if not only or only in name:
+                results += bench_object(name, value, repeat, directory)
+            del value
+    return results, notes
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -240,18 +285,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", default="/tmp", help="parent of the temporary directory")
     parser.add_argument("--only", metavar="TEXT", help="only the objects whose name contains TEXT")
     args = parser.parse_args(argv)
-    args.repeat = args.repeat or (1 if args.quick else 3)
-    objects, notes = make_objects(1 / 50 if args.quick else 1.0)
-    results: list[Result] = []
-    with tempfile.TemporaryDirectory(prefix="bench-marshal-", dir=args.dir) as directory:
-        for name, value in objects.items():
-            if args.only and args.only not in name:
-                continue
-            results += bench_object(name, value, args.repeat, directory)
+    repeat = args.repeat or (1 if args.quick else 3)
+    results, notes = measure(args.quick, repeat, args.dir, args.only)
     print_table(results, notes)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as file:
-            json.dump(to_json(results, notes, args), file, indent=1)
+            json.dump(to_json(results, notes, args.quick, repeat), file, indent=1)
 
 
 if __name__ == "__main__":
