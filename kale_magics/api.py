@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+from dataclasses import replace
 from typing import Any, Iterable, Mapping
 
 from kale_magics.analysis.parameters import MAX_EXACT_INT
@@ -21,7 +22,7 @@ from kale_magics.errors import KaleError, NotebookError
 from kale_magics.model import Plan
 from kale_magics.analysis.live import LiveValue, artifact_types, describe
 from kale_magics.analysis.preflight import CheckReport, preflight
-from kale_magics.notebook import kale_tags
+from kale_magics.notebook import convert as convert_notebook
 from kale_magics.notebook.annotations import split_args
 from kale_magics.notebook.locate import locate_notebook
 from kale_magics.notebook.reader import AnnotatedNotebook, load_notebook, read_notebook
@@ -31,7 +32,7 @@ from kale_magics.runner.local import local_notices
 from kale_magics.runner.status import RunHooks, RunStatus
 
 __all__ = ["CheckReport", "CompiledPipeline", "KaleError", "LiveValue", "RunHooks", "RunStatus",
-           "artifact_types", "check", "coerce_arguments", "compile_notebook", "default_output_dir",
+           "artifact_types", "check", "coerce_arguments", "compile_notebook", "convert", "default_output_dir",
            "describe", "export_kale_tags", "live_values", "local_notices", "locate_notebook",
            "parse_param", "read_annotated", "read_plan", "run_local", "split_args"]
 
@@ -56,7 +57,8 @@ def read_annotated(notebook: str | os.PathLike[str]) -> tuple[AnnotatedNotebook,
     NotebookError, AnnotationError, AnalysisError
     """
     annotated = read_notebook(notebook)
-    return annotated, build_plan(annotated.cells, annotated.settings, annotated.path)
+    plan = build_plan(annotated.cells, annotated.settings, annotated.path)
+    return annotated, replace(plan, warnings=annotated.warnings)
 
 
 def check(notebook: str | os.PathLike[str], namespace: Mapping[str, Any],
@@ -179,13 +181,20 @@ def parse_param(text: str) -> tuple[str, str]:
     return name.strip(), value
 
 
-def export_kale_tags(notebook: str | os.PathLike[str], out: str | os.PathLike[str]) -> str:
-    """Write a copy of ``notebook`` annotated with Kale's cell tags to ``out``, atomically.
+def convert(notebook: str | os.PathLike[str], out: str | os.PathLike[str],
+            to: str) -> tuple[str, list[str]]:
+    """Write ``notebook`` converted to Kale's tags (``to="kale-tags"``) or to ``%%kale`` lines
+    (``to="magics"``) as ``out``, atomically; never over the source.
+
+    Returns
+    -------
+    tuple of (str, list of str)
+        The path written, and warnings (what the target cannot express, tags ignored).
 
     Raises
     ------
     NotebookError
-        ``out`` is the notebook itself, or cannot be written.
+        ``out`` is the notebook itself, cannot be written, or ``to`` is unknown.
     AnnotationError, AnalysisError
         The notebook's annotations are invalid.
     """
@@ -194,13 +203,24 @@ def export_kale_tags(notebook: str | os.PathLike[str], out: str | os.PathLike[st
     if os.path.abspath(out) == os.path.abspath(notebook):
         raise NotebookError(f"refusing to overwrite the source notebook {notebook}; "
                             "choose another output path")
-    plan = read_plan(notebook)
-    tagged = kale_tags.to_kale_tags(load_notebook(notebook), plan)
+    if to == "kale-tags":
+        converted, warnings = convert_notebook.to_kale_tags(load_notebook(notebook),
+                                                            read_plan(notebook))
+    elif to == "magics":
+        read_plan(notebook)  # the tags must describe a valid pipeline
+        converted, warnings = convert_notebook.to_magics(load_notebook(notebook))
+    else:
+        raise NotebookError(f"cannot convert to {to!r}; use --to magics or --to kale-tags")
     try:
-        write_text_atomic(out, nbformat.writes(tagged))
+        write_text_atomic(out, nbformat.writes(converted))
     except OSError as error:
         raise NotebookError(f"cannot write {out}: {error}; choose a writable path") from None
-    return os.fspath(out)
+    return os.fspath(out), warnings
+
+
+def export_kale_tags(notebook: str | os.PathLike[str], out: str | os.PathLike[str]) -> str:
+    """``convert(notebook, out, "kale-tags")``, returning only the path written."""
+    return convert(notebook, out, "kale-tags")[0]
 
 
 def run_local(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline,

@@ -30,7 +30,18 @@ def _show(args: argparse.Namespace) -> int:
     from kale_magics import api
     from kale_magics.report import plan_text
 
-    print(plan_text(api.read_plan(args.notebook)))
+    plan = api.read_plan(args.notebook)
+    _warn(plan.warnings)
+    print(plan_text(plan))
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from kale_magics import api
+
+    written, warnings = api.convert(args.notebook, args.output, args.to)
+    _warn(warnings)
+    print(f"wrote {written}")
     return 0
 
 
@@ -252,6 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "next to the notebook)")
     _add_run_options(sub.choices["run"])
     _add_remote_commands(sub)
+    convert = sub.add_parser("convert", help="rewrite Kale's cell tags as %%kale lines, or back",
+                             description="write a copy of NOTEBOOK annotated the other way: "
+                             "--to magics (%%kale lines) or --to kale-tags (Kale 2.3's tags)")
+    convert.add_argument("notebook", help="the notebook to convert (never written)")
+    convert.add_argument("--to", required=True, choices=["magics", "kale-tags"])
+    convert.add_argument("-o", "--output", required=True, metavar="OUT.ipynb",
+                         help="where to write the converted copy")
+    convert.set_defaults(handler=_convert)
     return parser
 
 

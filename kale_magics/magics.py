@@ -296,8 +296,9 @@ class KaleMagics(Magics):
         print(f"run {run_id}: {status.state}")
 
     def _export(self, args: argparse.Namespace) -> None:
-        written = api.export_kale_tags(self._notebook(args), args.kale_tags)
-        print(f"wrote {written} (annotated with Kale's cell tags)")
+        written, warnings = api.convert(self._notebook(args), args.kale_tags, "kale-tags")
+        print("\n".join([*(f"warning: {w}" for w in warnings),
+                         f"wrote {written} (annotated with Kale's cell tags)"]))
 
 
 KaleMagics.kale.__doc__ = _help()

@@ -62,6 +62,8 @@ class StepSettings:
         ``(KEY, VALUE, EFFECT)`` taints the pod tolerates.
     packages:
         Requirements that add to or override the derived ones (``"torch==2.1"``).
+    labels, annotations:
+        ``(KEY, VALUE)`` Kubernetes labels and annotations of the step's pod.
     """
 
     cpu: str | None = None
@@ -81,6 +83,8 @@ class StepSettings:
     node_selector: tuple[tuple[str, str], ...] = ()
     tolerations: tuple[tuple[str, str, str], ...] = ()
     packages: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
 
     def over(self, defaults: "StepSettings") -> "StepSettings":
         """These settings laid over ``defaults``: a value set here wins; lists are merged,
@@ -105,7 +109,7 @@ def _entry_key(field_name: str, entry: object) -> object:
     """What makes two list entries the same setting (the later one replaces the earlier)."""
     if field_name == "packages":
         return requirement_name(str(entry))
-    if field_name in ("env", "node_selector"):
+    if field_name in ("env", "node_selector", "labels", "annotations"):
         return entry[0]  # type: ignore[index]
     if field_name == "volumes":
         return entry[1]  # type: ignore[index]

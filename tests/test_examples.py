@@ -37,7 +37,8 @@ def test_kale_run_in_the_kernel_gives_the_notebooks_metrics(path: Path) -> None:
     assert len(keys) >= 2
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     notebook_probe = f"import json\nprint(json.dumps({{k: float(eval(k)) for k in {keys!r}}}))"
-    outputs = execute(path, [notebook_probe, f"%kale run --notebook {path.name}", LAST_RUN])
+    outputs = execute(path, [notebook_probe, f"%load_ext kale_magics\n%kale run --notebook {path.name}",
+                             LAST_RUN])
     expected = json.loads(outputs[0])
     run = json.loads(outputs[2])
     assert run["state"] == "SUCCEEDED"

@@ -211,7 +211,7 @@ def test_export_kale_tags_writes_a_copy_and_refuses_the_source(shell, small, tmp
     shell.run_line_magic("kale", f"export --notebook {small} --kale-tags {out}")
     tagged = nbformat.read(out, as_version=4)
     tags = [c.metadata.get("tags") for c in tagged.cells]
-    assert tags == [[], ["pipeline-parameters"], ["step:make"], ["step:total", "prev:make"],
+    assert tags == [None, ["pipeline-parameters"], ["step:make"], ["step:total", "prev:make"],
                     ["pipeline-metrics"]]
     assert tagged.cells[4].source == "print(size)" and tagged.cells[0].source == ""
     assert tagged.metadata["kubeflow_notebook"]["pipeline_name"] == "small"

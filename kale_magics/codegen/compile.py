@@ -86,7 +86,8 @@ def compile_plan(plan: Plan, output_dir: str,
     write_text_atomic(dsl_path, rendered.source)
     _compile_module(plan, dsl_path, yaml_path)
     return CompiledPipeline(plan=plan, dsl_path=dsl_path, yaml_path=yaml_path,
-                            warnings=tuple(rendered.warnings), packages=rendered.packages)
+                            warnings=(*plan.warnings, *rendered.warnings),
+                            packages=rendered.packages)
 
 
 def _compile_module(plan: Plan, dsl_path: str, yaml_path: str) -> None:

@@ -39,6 +39,10 @@ def _kubernetes_lines(task: str, s: StepSettings) -> list[str]:
               for pvc, path in s.volumes]
     lines += [f"kubernetes.add_node_selector({task}, label_key={key!r}, label_value={value!r})"
               for key, value in s.node_selector]
+    lines += [f"kubernetes.add_pod_label({task}, label_key={key!r}, label_value={value!r})"
+              for key, value in s.labels]
+    lines += [f"kubernetes.add_pod_annotation({task}, annotation_key={key!r}, "
+              f"annotation_value={value!r})" for key, value in s.annotations]
     lines += [f"kubernetes.add_toleration({task}, key={key!r}, "
               f"operator={'Equal' if value else 'Exists'!r}, value={value or None!r}, "
               f"effect={effect!r})" for key, value, effect in s.tolerations]
@@ -68,4 +72,6 @@ def local_noops(step: Step) -> list[str]:
     found += [f"--volume {pvc}:{path}" for pvc, path in s.volumes]
     found += [f"--node-selector {k}={v}" for k, v in s.node_selector]
     found += [f"--toleration {k}{'=' + v if v else ''}:{e}" for k, v, e in s.tolerations]
+    found += [f"--label {k}={v}" for k, v in s.labels]
+    found += [f"--annotation {k}={v}" for k, v in s.annotations]
     return found

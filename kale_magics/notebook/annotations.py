@@ -207,3 +207,31 @@ def pipeline_name_from(text: str) -> str:
     """Make a KFP-safe pipeline name from any text (e.g. a notebook's file stem)."""
     name = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:128]
     return name or "pipeline"
+
+
+def cell_line(annotation: Annotation) -> str:
+    """The ``%%kale`` line that parses to ``annotation``: the inverse of :func:`parse_cell_line`."""
+    if annotation.kind != "step":
+        return f"{CELL_PREFIX} {annotation.kind}"
+    words = ["step", annotation.name or ""]
+    for option, names in (("--after", annotation.after), ("--inputs", annotation.inputs),
+                          ("--outputs", annotation.outputs)):
+        if names:
+            words += [option, *names]
+    return " ".join([CELL_PREFIX, *words, *step_options.options_text(annotation.settings)])
+
+
+def pipeline_line(settings: PipelineSettings) -> str:
+    """The ``%kale pipeline`` line that parses to ``settings`` (inverse of :func:`parse_pipeline_line`)."""
+    words = []
+    for option, value in (("--name", settings.name), ("--experiment", settings.experiment),
+                          ("--description", settings.description), ("--host", settings.host),
+                          ("--notebook", settings.notebook)):
+        if value is not None:
+            words += [option, shlex.quote(value)]
+    for option, values in (("--pip-index-url", settings.pip_index_urls),
+                           ("--pip-trusted-host", settings.pip_trusted_hosts)):
+        for value in values:
+            words += [option, shlex.quote(value)]
+    words += step_options.options_text(settings.step_defaults)
+    return " ".join([LINE_PREFIX, "pipeline", *words])

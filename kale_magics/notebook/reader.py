@@ -1,9 +1,11 @@
-"""Read a notebook file's ``%%kale`` annotations with nbformat.
+"""Read a notebook file's annotations with nbformat: ``%%kale`` lines and Kale's cell tags.
 
 The reader never writes the notebook. It returns the annotated code cells (each
-with its effective annotation: a cell without a ``%%kale`` line continues the
-annotation of the code cell above it, as in Kale) and the pipeline settings
-merged from every ``%kale pipeline`` line, in notebook order.
+with its effective annotation: a cell without one continues the annotation of
+the code cell above it, as in Kale), the pipeline settings (Kale's
+``kubeflow_notebook`` metadata, then every ``%kale pipeline`` line in notebook
+order), and warnings about Kale tags and keys it ignored. A notebook may mix
+``%%kale`` lines and Kale tags, but not in one cell.
 """
 
 from __future__ import annotations
@@ -14,12 +16,23 @@ from typing import Any, Iterable
 
 from kale_magics.errors import AnnotationError, NotebookError
 from kale_magics.model import Annotation, Cell, PipelineSettings
+from kale_magics.notebook import kale_tags
 from kale_magics.notebook.annotations import (
     is_cell_annotation,
     is_pipeline_line,
     parse_cell_line,
     parse_pipeline_line,
 )
+
+
+@dataclass(frozen=True)
+class CodeCell:
+    """A code cell as the file holds it: position, source, id and ``metadata.tags``."""
+
+    index: int
+    source: str
+    cell_id: str | None = None
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -34,29 +47,44 @@ class AnnotatedNotebook:
         Code cells inside the pipeline (at or below the first annotation), each
         with its effective annotation, in notebook order.
     settings:
-        Pipeline settings merged from all ``%kale pipeline`` lines.
+        Pipeline settings: Kale's ``kubeflow_notebook`` metadata, overridden by
+        the ``%kale pipeline`` lines.
+    warnings:
+        Unknown Kale tags and metadata keys, ignored.
     """
 
     path: str
     cells: tuple[Cell, ...]
     settings: PipelineSettings
+    warnings: tuple[str, ...] = ()
 
 
 def read_notebook(path: str | os.PathLike[str]) -> AnnotatedNotebook:
-    """Read the annotations of the notebook at ``path``.
+    """Read the annotations of the notebook at ``path``: ``%%kale`` lines and Kale's tags.
 
     Raises
     ------
     NotebookError
         The file is missing or is not a valid nbformat-4 notebook.
     AnnotationError
-        A ``%%kale`` or ``%kale pipeline`` line is malformed; the message names the cell.
+        A ``%%kale`` or ``%kale pipeline`` line is malformed, or a cell has both
+        a ``%%kale`` line and Kale tags; the message names the cell.
     """
     nb = load_notebook(path)
-    cells = [(i, cell.get("source", ""), cell.get("id")) for i, cell in enumerate(nb.cells)
-             if cell.get("cell_type") == "code"]
-    return AnnotatedNotebook(path=os.fspath(path), cells=annotate_cells(cells),
-                             settings=read_settings(cells))
+    cells = code_cells(nb)
+    annotated, warnings = annotate_cells(cells)
+    settings, meta_warnings = kale_tags.settings_from_metadata(
+        dict(nb.metadata.get("kubeflow_notebook") or {}))
+    return AnnotatedNotebook(path=os.fspath(path), cells=annotated,
+                             settings=settings.merged(read_settings(cells)),
+                             warnings=tuple(meta_warnings + warnings))
+
+
+def code_cells(nb: Any) -> list[CodeCell]:
+    """The code cells of an nbformat notebook."""
+    return [CodeCell(i, cell.get("source", ""), cell.get("id"),
+                     tuple(t for t in cell.get("metadata", {}).get("tags", []) if isinstance(t, str)))
+            for i, cell in enumerate(nb.cells) if cell.get("cell_type") == "code"]
 
 
 def load_notebook(path: str | os.PathLike[str]) -> Any:
@@ -76,45 +104,57 @@ def load_notebook(path: str | os.PathLike[str]) -> Any:
                             "open and re-save it in Jupyter") from None
 
 
-def annotate_cells(cells: Iterable[tuple[int, str, str | None]]) -> tuple[Cell, ...]:
-    """Give each code cell its effective annotation.
+def _own_annotation(cell: CodeCell) -> tuple[Annotation | None, str, list[str]]:
+    """The cell's own annotation (from its ``%%kale`` line or its Kale tags), its code, warnings."""
+    first, _, body = cell.source.partition("\n")
+    magic = is_cell_annotation(first)
+    kale, warnings = kale_tags.annotation_from_tags(list(cell.tags), cell.index)
+    if magic and (kale is not None or any(kale_tags.is_kale_tag(t) for t in cell.tags)):
+        raise AnnotationError(f"the cell has both a `%%kale` line and Kale tags "
+                              f"({', '.join(cell.tags)}); keep one of them", cell=cell.index)
+    if magic:
+        try:
+            return parse_cell_line(first), "\n" + body, warnings
+        except AnnotationError as error:
+            raise AnnotationError(error.message, line=first, cell=cell.index) from None
+    if kale is not None and kale.kind == "metrics":
+        return kale, kale_tags.metrics_from_kale(cell.source, cell.index), warnings
+    return kale, cell.source, warnings
 
-    Parameters
-    ----------
-    cells:
-        ``(index, source, cell_id)`` of each code cell, in notebook order.
+
+def annotate_cells(cells: Iterable[CodeCell]) -> tuple[tuple[Cell, ...], list[str]]:
+    """Give each code cell its effective annotation.
 
     Returns
     -------
-    tuple of Cell
-        The cells at or below the first annotated cell; a cell with no
-        ``%%kale`` line continues the annotation above it (Kale semantics).
+    tuple of (tuple of Cell, list of str)
+        The cells at or below the first annotated cell (a cell with no
+        annotation continues the one above it, as in Kale), and warnings.
     """
     result: list[Cell] = []
+    warnings: list[str] = []
     current: Annotation | None = None
-    for index, source, cell_id in cells:
-        first, _, body = source.partition("\n")
-        if is_cell_annotation(first):
-            try:
-                current = parse_cell_line(first)
-            except AnnotationError as error:
-                raise AnnotationError(error.message, line=first, cell=index) from None
-            result.append(Cell(index=index, source="\n" + body, annotation=current,
-                               explicit=True, cell_id=cell_id))
-        elif current is not None and source.strip():
-            result.append(Cell(index=index, source=source, annotation=current,
-                               explicit=False, cell_id=cell_id))
-    return tuple(result)
+    for cell in cells:
+        own, source, found = _own_annotation(cell)
+        warnings += found
+        if own is not None:
+            current = own
+            result.append(Cell(index=cell.index, source=source, annotation=own, explicit=True,
+                               cell_id=cell.cell_id))
+        elif current is not None and cell.source.strip():
+            result.append(Cell(index=cell.index, source=cell.source, annotation=current,
+                               explicit=False, cell_id=cell.cell_id))
+    return tuple(result), warnings
 
 
-def read_settings(cells: Iterable[tuple[int, str, str | None]]) -> PipelineSettings:
+def read_settings(cells: Iterable[CodeCell]) -> PipelineSettings:
     """Merge the ``%kale pipeline`` lines of ``cells`` in order (later lines win)."""
     settings = PipelineSettings()
-    for index, source, _ in cells:
-        for line in source.splitlines():
+    for cell in cells:
+        for line in cell.source.splitlines():
             if is_pipeline_line(line):
                 try:
                     settings = settings.merged(parse_pipeline_line(line))
                 except AnnotationError as error:
-                    raise AnnotationError(error.message, line=line, cell=index) from None
+                    raise AnnotationError(error.message, line=line, cell=cell.index) from None
     return settings

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 from typing import Any, Callable
 
 from kale_magics.errors import AnnotationError
@@ -144,6 +145,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     add("--toleration", action="append", default=[], metavar="KEY=VALUE:EFFECT",
         help="taint the step's pod tolerates")
     add("--packages", nargs="+", default=[], metavar="REQ", help="packages to add or pin, e.g. torch==2.1")
+    add("--label", action="append", default=[], metavar="KEY=VALUE", help="pod label")
+    add("--annotation", action="append", default=[], metavar="KEY=VALUE", help="pod annotation")
 
 
 def _optional(value: str | None, convert: Callable[[str], Any]) -> Any:
@@ -171,4 +174,45 @@ def settings_from(ns: argparse.Namespace) -> StepSettings:
         secrets=tuple(secret(v) for v in ns.secret), volumes=tuple(volume(v) for v in ns.volume),
         node_selector=tuple(node_selector(v) for v in ns.node_selector),
         tolerations=tuple(toleration(v) for v in ns.toleration),
-        packages=tuple(package(v) for v in ns.packages))
+        packages=tuple(package(v) for v in ns.packages),
+        labels=tuple(pair(v, "--label", "team=ml") for v in ns.label),
+        annotations=tuple(pair(v, "--annotation", "owner=alice") for v in ns.annotation))
+
+
+def _seconds_text(value: float) -> str:
+    return f"{value:g}s"
+
+
+def options_text(s: StepSettings) -> list[str]:
+    """The options that give ``s`` when parsed: the inverse of :func:`settings_from`.
+
+    Returns
+    -------
+    list of str
+        Shell-quoted ``--option value`` words, e.g. ``["--cpu", "2", "--env", "'A=b c'"]``.
+    """
+    words: list[str] = []
+    singles = (("--cpu", s.cpu), ("--cpu-limit", s.cpu_limit), ("--memory", s.memory),
+               ("--memory-limit", s.memory_limit), ("--gpu", s.gpu),
+               ("--accelerator", s.accelerator if s.accelerator != "nvidia.com/gpu" else None),
+               ("--image", s.image), ("--retries", s.retries),
+               ("--backoff", None if s.backoff_s is None else _seconds_text(s.backoff_s)),
+               ("--timeout", None if s.timeout_s is None else _seconds_text(s.timeout_s)))
+    for option, value in singles:
+        if value is not None:
+            words += [option, str(value)]
+    if s.cache is not None:
+        words.append("--cache" if s.cache else "--no-cache")
+    repeated = (("--env", [f"{k}={v}" for k, v in s.env]),
+                ("--secret", [":".join(t) for t in s.secrets]),
+                ("--volume", [f"{p}:{m}" for p, m in s.volumes]),
+                ("--node-selector", [f"{k}={v}" for k, v in s.node_selector]),
+                ("--toleration", [f"{k}{'=' + v if v else ''}:{e}" for k, v, e in s.tolerations]),
+                ("--label", [f"{k}={v}" for k, v in s.labels]),
+                ("--annotation", [f"{k}={v}" for k, v in s.annotations]))
+    for option, values in repeated:
+        for value in values:
+            words += [option, value]
+    if s.packages:
+        words += ["--packages", *s.packages]
+    return [shlex.quote(w) for w in words]
