@@ -225,7 +225,8 @@ def export_kale_tags(notebook: str | os.PathLike[str], out: str | os.PathLike[st
 
 def run_local(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline,
               arguments: Mapping[str, Any] | None = None, pipeline_root: str | None = None,
-              hooks: RunHooks | None = None, output_dir: str | None = None) -> RunStatus:
+              hooks: RunHooks | None = None, output_dir: str | None = None,
+              enable_caching: bool = True, from_step: str | None = None) -> RunStatus:
     """Compile (when given a notebook) and run the pipeline locally with kfp.local.
 
     Parameters
@@ -240,6 +241,11 @@ def run_local(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline,
         Subscribers to step and run state changes.
     output_dir:
         Where to compile a notebook to; default ``.kale/`` next to it.
+    enable_caching:
+        Reuse outputs of unchanged steps from earlier runs into the same
+        pipeline root (steps with ``--no-cache`` always run).
+    from_step:
+        Run this step and everything downstream even when cached.
 
     Returns
     -------
@@ -256,7 +262,8 @@ def run_local(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline,
                 else compile_notebook(notebook_or_compiled, output_dir))
     typed = coerce_arguments(compiled.plan, arguments or {})
     return local.run_local(compiled, kfp_arguments(compiled.plan, typed),
-                           pipeline_root=pipeline_root, hooks=hooks)
+                           pipeline_root=pipeline_root, hooks=hooks,
+                           enable_caching=enable_caching, from_step=from_step)
 
 
 # =============================================================================================
@@ -415,3 +422,54 @@ def list_schedules(session: KfpSession, experiment: str | None = None) -> list[S
 def delete_schedule(session: KfpSession, recurring_run_id: str) -> None:
     """Delete a recurring run; the runs it already started stay."""
     _remote.delete_schedule(session, recurring_run_id)
+
+
+# =============================================================================================
+# Deploy panel (issue 5): the settings the panel edits, applied through the one grammar.
+# Front end: kale_widgets.DeployPanel; nothing here is specific to widgets.
+# =============================================================================================
+
+from kale_magics.model import PipelineSettings  # noqa: E402
+from kale_magics.notebook.annotations import parse_pipeline_line  # noqa: E402
+
+__all__ += ["PipelineSettings", "compile_with_settings", "parse_pipeline_settings",
+            "read_plan_with_settings"]
+
+
+def parse_pipeline_settings(options: str) -> PipelineSettings:
+    """Parse ``%kale pipeline`` options (``"--name wine --image python:3.12 --no-cache"``).
+
+    Raises
+    ------
+    AnnotationError
+        An unknown option, bad quoting or an invalid value; the message names the fix.
+    """
+    return parse_pipeline_line(options)
+
+
+def read_plan_with_settings(notebook: str | os.PathLike[str],
+                            overrides: PipelineSettings | None = None) -> Plan:
+    """:func:`read_plan`, with ``overrides`` laid over the notebook's ``%kale pipeline`` settings.
+
+    Raises
+    ------
+    NotebookError, AnnotationError, AnalysisError
+    """
+    annotated = read_notebook(notebook)
+    settings = annotated.settings.merged(overrides or PipelineSettings())
+    plan = build_plan(annotated.cells, settings, annotated.path)
+    return replace(plan, warnings=annotated.warnings)
+
+
+def compile_with_settings(notebook: str | os.PathLike[str],
+                          overrides: PipelineSettings | None = None,
+                          output_dir: str | None = None,
+                          artifact_types: Mapping[str, str] | None = None) -> CompiledPipeline:
+    """:func:`compile_notebook`, with ``overrides`` laid over the notebook's pipeline settings.
+
+    Raises
+    ------
+    NotebookError, AnnotationError, AnalysisError, CompileError
+    """
+    plan = read_plan_with_settings(notebook, overrides)
+    return compile_plan(plan, output_dir or default_output_dir(notebook), artifact_types)

@@ -59,7 +59,8 @@ def _run(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"running {compiled.plan.name} locally ({len(compiled.plan.steps)} steps)", flush=True)
         hooks.on_step = lambda step: print(step_line(step), flush=True)
-    status = api.run_local(compiled, arguments, pipeline_root=args.pipeline_root, hooks=hooks)
+    status = api.run_local(compiled, arguments, pipeline_root=args.pipeline_root, hooks=hooks,
+                           enable_caching=not args.no_cache, from_step=args.from_step)
     if args.json:
         print(json.dumps(status.to_json(), default=str))
     else:
@@ -224,12 +225,16 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
                      help="override a pipeline parameter (repeatable)")
     run.add_argument("--pipeline-root", help="folder (local) or URI (remote) for the run's artifacts "
                      "(default: .kale/local_runs next to the notebook; the server's default)")
+    run.add_argument("--no-cache", action="store_true",
+                     help="run every step; do not reuse cached results of unchanged steps")
+    run.add_argument("--from", dest="from_step", metavar="STEP",
+                     help="run STEP and everything downstream, reusing cached upstream results "
+                     "(local runs)")
     remote = run.add_argument_group("remote runs (with --host or --remote)")
     remote.add_argument("--remote", action="store_true", help="run on the KFP server configured by "
                         "%%kale pipeline --host, $KF_PIPELINES_ENDPOINT or the config file")
     remote.add_argument("--experiment", help="KFP experiment (default: the notebook's, else Default)")
     remote.add_argument("--run-name", help="display name of the run (default: pipeline and time)")
-    remote.add_argument("--no-cache", action="store_true", help="do not reuse cached task results")
     remote.add_argument("--no-watch", action="store_true", help="print the run's link and exit")
     remote.add_argument("--schedule", metavar="CRON", help="create a recurring run instead, e.g. "
                         "'0 6 * * *' (5 fields) or KFP's 6 fields with seconds first")

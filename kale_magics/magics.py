@@ -70,7 +70,9 @@ ACTION_PARSERS: dict[str, GrammarParser] = {
                                            "help": "run on the configured KFP server"}),
                           (("--experiment",), {"help": "KFP experiment (remote runs)"}),
                           (("--no-cache",), {"action": "store_true",
-                                             "help": "turn KFP caching off for every step"}),
+                                             "help": "run every step; reuse no cached results"}),
+                          (("--from",), {"dest": "from_step", "metavar": "STEP",
+                                         "help": "run STEP and what depends on it (local)"}),
                           (("--interval",), {"type": float, "default": 2.0,
                                              "help": "seconds between status polls (remote)"}),
                           *_REMOTE_OPTIONS),
@@ -255,7 +257,8 @@ class KaleMagics(Magics):
             status = self._run_remote(args, compiled, arguments, hooks)
         else:
             status = api.run_local(compiled, arguments, pipeline_root=args.pipeline_root,
-                                   hooks=hooks)
+                                   hooks=hooks, enable_caching=not args.no_cache,
+                                   from_step=args.from_step)
         self.last_run = status
         print(report.run_summary(status))
         if status.state != "SUCCEEDED":

@@ -51,6 +51,8 @@ def plan_text(plan: Plan) -> str:
 def step_line(step: StepStatus) -> str:
     """One line for a step's state change: ``train  SUCCEEDED  1.23 s``."""
     line = f"{step.name}  {step.state}"
+    if step.cached:
+        return f"{line}  (cached)"
     if step.duration_s is not None:
         line += f"  {step.duration_s:.2f} s"
     if step.state == FAILED and step.error:

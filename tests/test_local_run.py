@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,8 @@ FEATURES = (
     "%%kale functions\nclass Point:\n    def __init__(self, x):\n        self.x = x\nOFFSET = 10",
     f"%%kale parameters\nLABEL = {LABEL!r}\nN = 3\nRATE = -0.5\nITEMS = [1, 'two']\nOPTS = {{'k': [1]}}",
     "%%kale step make\n%matplotlib inline\n!echo shell says hi\n"
-    "points = [Point(i) for i in range(N)]\narr = np.arange(N) * RATE\nprint('made', len(points))",
+    "points = [Point(i) for i in range(N)]\narr = np.arange(N) * RATE\nprint('made', len(points))\n"
+    "import os, tempfile\nprint('tmpdir', os.environ['TMPDIR'], tempfile.gettempdir())",
     "%%kale step left\nleft = sum(p.x for p in points) + OFFSET",
     "%%kale step right\nright = float(arr.sum())\nprint('label is', repr(LABEL), ITEMS, OPTS)",
     "%%kale step join\ntotal = np.float64(left + right)",
@@ -37,12 +36,11 @@ FEATURES = (
 def features_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("features")
     path = write_notebook(folder / "features.ipynb", FEATURES)
-    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "kale-magics-run-*")))
     events = []
     hooks = api.RunHooks(on_step=lambda s: events.append((s.name, s.state)))
+    before = os.environ.get("TMPDIR")
     status = api.run_local(path, {"N": "4"}, hooks=hooks)
-    after = set(glob.glob(os.path.join(tempfile.gettempdir(), "kale-magics-run-*")))
-    return status, events, after - before
+    return status, events, (before, os.environ.get("TMPDIR"))
 
 
 def test_pipeline_succeeds_with_metrics(features_run) -> None:
@@ -75,13 +73,17 @@ def test_string_parameter_arrives_unchanged(features_run) -> None:
 
 
 def test_artifacts_have_formats_and_temp_folders_are_removed(features_run) -> None:
-    status, _, leftover = features_run
+    status, _, (tmpdir_before, tmpdir_after) = features_run
     artifacts = status.steps["make"].artifacts
     assert set(artifacts) == {"arr", "points"}
     assert artifacts["arr"]["kale_format"] != artifacts["points"]["kale_format"]
     assert all(Path(a["path"]).exists() for a in artifacts.values())
     assert artifacts["arr"]["path"].startswith(status.pipeline_root)
-    assert leftover == set()
+    line = next(line for line in status.steps["make"].log if line.startswith("tmpdir "))
+    step_tmpdir, step_tempdir = line.split()[1:]
+    assert step_tmpdir == step_tempdir and "kale-magics-run-" in step_tmpdir
+    assert not os.path.exists(step_tmpdir)  # the run's temporary folder is gone
+    assert tmpdir_after == tmpdir_before  # and this process's TMPDIR is restored
 
 
 def test_to_json_shape(features_run) -> None:

@@ -9,8 +9,7 @@ locally, applied to a copy (:func:`local_ir`):
   every ``packages_to_install`` into the current environment, about 0.3 s per
   step even when nothing changes);
 - steps run in the notebook's folder (``KALE_MAGICS_WORKDIR``), as the notebook does;
-- ``TMPDIR`` points at a run-scoped folder removed afterwards, so the
-  temporary files of KFP's executor do not pile up in /tmp;
+- steps bypass the cache from ``--from STEP`` on (see ``runner.local_cache``);
 - a pipeline named like one of its steps is renamed, or KFP would load it as
   that one step.
 
@@ -38,6 +37,7 @@ from kale_magics.codegen.compile import CompiledPipeline, read_ir
 from kale_magics.codegen.settings import local_noops
 from kale_magics.errors import RunError
 from kale_magics.model import requirement_name
+from kale_magics.runner import local_cache
 from kale_magics.runner.status import FAILED, RUNNING, SUCCEEDED, RunHooks, RunStatus, StepStatus
 from kale_magics.runtime.step import EVENT_MARKER, WORKDIR_ENV
 
@@ -116,6 +116,12 @@ class _EventSink(io.TextIOBase):
         else:
             self.run_log.append(line)
 
+    def cached(self, step: str, outputs: dict[str, Any]) -> None:
+        """Report ``step`` as done from the cache, with the outputs the cache recorded."""
+        with contextlib.redirect_stdout(self.real_stdout), _plain_print(self.print):
+            self.status.update_step(step, state=SUCCEEDED, cached=True, duration_s=0.0,
+                                    artifacts=outputs["artifacts"], metrics=outputs["metrics"])
+
     def _event(self, event: dict[str, Any]) -> None:
         with contextlib.redirect_stdout(self.real_stdout), _plain_print(self.print):
             if event["event"] == "start":
@@ -188,7 +194,8 @@ def _check_packages(compiled: CompiledPipeline) -> None:
 
 def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = None,
               pipeline_root: str | None = None, workdir: str | None = None,
-              hooks: RunHooks | None = None, echo: TextIO | None = None) -> RunStatus:
+              hooks: RunHooks | None = None, echo: TextIO | None = None,
+              enable_caching: bool = True, from_step: str | None = None) -> RunStatus:
     """Run ``compiled`` with ``kfp.local.SubprocessRunner(use_venv=False)``.
 
     Parameters
@@ -205,6 +212,12 @@ def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = 
         Subscribers to the run's status changes.
     echo:
         When given, every line of kfp.local's output is also written here.
+    enable_caching:
+        Reuse the outputs of steps that did not change since an earlier run
+        into the same pipeline root (``kfp.local``'s cache under
+        ``<pipeline_root>/.kfp_cache``); steps with ``--no-cache`` always run.
+    from_step:
+        Run this step and everything downstream even when cached.
 
     Returns
     -------
@@ -226,30 +239,53 @@ def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = 
                                                  outputs=list(s.outputs)) for s in plan.steps},
                        notices=local_notices(compiled))
     ir, _ = read_ir(compiled)  # the platform spec (kfp-kubernetes) has no local effect
-    tmp = tempfile.mkdtemp(prefix="kale-magics-run-")
-    env = {WORKDIR_ENV: os.path.abspath(workdir or os.path.dirname(plan.notebook) or "."),
-           "TMPDIR": tmp}
-    try:
-        _execute(local_ir(ir, env), dict(arguments or {}), root, status, echo)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if from_step is not None:
+        ir = local_cache.rerun(ir, local_cache.downstream(plan, from_step))
+    env = {WORKDIR_ENV: os.path.abspath(workdir or os.path.dirname(plan.notebook) or ".")}
+    with _private_tmpdir():
+        _execute(local_ir(ir, env), dict(arguments or {}), root, status, echo, enable_caching)
     return status
 
 
+@contextlib.contextmanager
+def _private_tmpdir() -> Iterator[None]:
+    """Point the steps' TMPDIR at a folder removed after the run.
+
+    KFP's executor writes each step's program with ``mktemp -d`` and never
+    removes it. TMPDIR is set in this process's environment (which the step
+    processes inherit), not in the IR, so it stays out of kfp.local's cache keys.
+    """
+    tmp = tempfile.mkdtemp(prefix="kale-magics-run-")
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = tmp
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: RunStatus,
-             echo: TextIO | None) -> None:
+             echo: TextIO | None, enable_caching: bool) -> None:
     import yaml
     from kfp import components, local
 
+    cache_root = os.path.join(root, local_cache.CACHE_FOLDER)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root,
-               raise_on_error=False)
+               raise_on_error=False, enable_caching=enable_caching, cache_root=cache_root)
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     pipeline = components.load_component_from_text(yaml.dump(ir, Dumper=dumper, sort_keys=True))
     real_stdout = sys.stdout
     sink = _EventSink(status, echo, real_stdout)
+    hits = local_cache.CacheHits(list(status.steps), lambda step, key: sink.cached(
+        step, local_cache.cached_outputs(cache_root, key)))
     status.hooks.run_hook("on_status", status)
     try:
-        with contextlib.redirect_stdout(sink), warnings.catch_warnings(record=True) as caught:
+        with contextlib.redirect_stdout(sink), warnings.catch_warnings(record=True) as caught, \
+                local_cache.listening(hits):
             warnings.simplefilter("always")
             pipeline(**arguments)
         sink.run_log.extend(f"warning: {w.message}" for w in caught)

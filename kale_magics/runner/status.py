@@ -50,6 +50,8 @@ class StepStatus:
         Per output variable: format, size and location, as the step saved it.
     metrics:
         Metric values the step logged.
+    cached:
+        True when the step's outputs came from the cache (it did not run).
     """
 
     name: str
@@ -65,6 +67,7 @@ class StepStatus:
     log: list[str] = field(default_factory=list)
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
 
     def log_tail(self, lines: int = 20) -> list[str]:
         """The last ``lines`` lines of the step's log."""

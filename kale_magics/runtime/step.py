@@ -155,6 +155,12 @@ def _log_metrics(step: str, metrics: Mapping[str, str], namespace: dict[str, Any
             raise StepFailed(message, "", 0) from None
         if artifact is not None:
             artifact.log_metric(key, values[key])
+    if artifact is not None and getattr(artifact, "path", None):
+        # KFP keeps metrics in the artifact's metadata only; a file at its path makes the
+        # artifact real, so kfp.local's cache (which checks that output files exist) can reuse it
+        os.makedirs(os.path.dirname(artifact.path) or ".", exist_ok=True)
+        with open(artifact.path, "w", encoding="utf-8") as f:
+            json.dump(values, f, sort_keys=True)
     return values
 
 
