@@ -85,6 +85,8 @@ ACTION_PARSERS: dict[str, GrammarParser] = {
     "export": _action_parser("export", "Write a copy of the notebook annotated with Kale's tags.",
                              (("--kale-tags",), {"required": True, "metavar": "OUT.ipynb",
                                                  "help": "where to write the copy"})),
+    "panel": _action_parser("panel", "Show the deploy panel: settings, Check, Compile, Run, "
+                            "Cancel, and the DAG with every step's state, live."),
 }
 
 
@@ -118,7 +120,7 @@ class KaleMagics(Magics):
         self.actions: dict[str, Callable[[argparse.Namespace], Any]] = {
             "show": self._show, "check": self._check, "compile": self._compile,
             "run": self._run, "status": self._status, "cancel": self._cancel,
-            "export": self._export}
+            "export": self._export, "panel": self._panel}
 
     @line_cell_magic
     def kale(self, line: str, cell: str | None = None) -> Any:
@@ -302,6 +304,16 @@ class KaleMagics(Magics):
         written, warnings = api.convert(self._notebook(args), args.kale_tags, "kale-tags")
         print("\n".join([*(f"warning: {w}" for w in warnings),
                          f"wrote {written} (annotated with Kale's cell tags)"]))
+
+    def _panel(self, args: argparse.Namespace) -> None:
+        """The deploy panel (``kale_widgets``); shown again, it is the same panel and run."""
+        from kale_widgets import DeployPanel
+
+        notebook = self._notebook(args)
+        panels = self.__dict__.setdefault("_panels", {})
+        if notebook not in panels:
+            panels[notebook] = DeployPanel(notebook, shell=self.shell)
+        display(panels[notebook])
 
 
 KaleMagics.kale.__doc__ = _help()

@@ -425,10 +425,19 @@ def test_python_source_shell_command() -> None:
     assert scan(code).reads == ("get_ipython",)
 
 
-def test_python_source_line_magic_hides_its_arguments() -> None:
-    code = python_source("%time f(x)")
-    assert code.strip() == "get_ipython().run_line_magic('time', 'f(x)')"
-    # The magic's argument is a string: f and x are not seen as reads.
+def test_time_magic_code_is_analysed() -> None:
+    code = python_source("%time y = f(x)")
+    assert code.strip() == "get_ipython().run_line_magic('time', 'y = f(x)')"
+    # %time runs its code in the user namespace, so its names are the cell's
+    use = scan(code)
+    assert use.reads == ("get_ipython", "f", "x") and use.writes == ("y",)
+    cell = scan(python_source("%%time\nz = w + 1"))
+    assert cell.reads == ("get_ipython", "w") and cell.writes == ("z",)
+
+
+def test_other_magics_hide_their_arguments() -> None:
+    code = python_source("%timeit f(x)\n%matplotlib inline")
+    # these arguments are strings the magic interprets: f and x are not seen as reads
     assert scan(code).reads == ("get_ipython",)
 
 

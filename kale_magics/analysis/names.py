@@ -211,6 +211,32 @@ def _parse(source: str) -> ast.Module:
         raise SyntaxError(str(error)) from error
 
 
+#: Magics whose argument (line magic) or body (cell magic) is code run in the user namespace.
+_CODE_MAGICS = {"run_line_magic": ("time",), "run_cell_magic": ("time", "capture")}
+
+
+def _magic_code(node: ast.Call) -> list[ast.Module]:
+    """The parsed code of ``get_ipython().run_line_magic('time', 'CODE')`` and similar calls.
+
+    IPython's transformer turns ``%time y = f(x)`` into such a call, so the
+    code is a string the plain AST cannot see; it runs in the caller's
+    namespace, so its names count as the caller's.
+    """
+    func = node.func
+    if not (isinstance(func, ast.Attribute) and func.attr in _CODE_MAGICS
+            and isinstance(func.value, ast.Call) and getattr(func.value.func, "id", "") == "get_ipython"
+            and node.args and isinstance(node.args[0], ast.Constant)
+            and node.args[0].value in _CODE_MAGICS[func.attr]):
+        return []
+    code = node.args[-1]
+    if not isinstance(code, ast.Constant) or not isinstance(code.value, str):
+        return []
+    try:
+        return [ast.parse(code.value)]
+    except SyntaxError:  # it fails when it runs, with the user's own traceback
+        return []
+
+
 _MODULE = "module"
 _FUNCTION = "function"
 _CLASS = "class"
@@ -363,6 +389,13 @@ class _NameVisitor(ast.NodeVisitor):
             self._bind(node.target.id)
         else:
             self._bind_base(node.target)
+
+    def visit_Call(self, node: ast.Call) -> None:
+        """Also analyse the code that ``%time``/``%%time``/``%%capture`` run in this namespace."""
+        self.generic_visit(node)
+        for tree in _magic_code(node):
+            for statement in tree.body:
+                self.visit(statement)
 
     def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
         self.visit(node.value)

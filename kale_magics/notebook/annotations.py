@@ -44,11 +44,16 @@ RESERVED_STEP_NAMES = frozenset({"dsl", "pipeline", "compiler"})
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+_EXAMPLES = {"%%kale step": "`%%kale step train --after load --memory 4Gi`",
+             "%kale pipeline": "`%kale pipeline --name my-pipeline --experiment demo`"}
+
+
 class GrammarParser(argparse.ArgumentParser):
     """argparse that raises AnnotationError instead of printing and exiting."""
 
     def error(self, message: str) -> NoReturn:
-        raise AnnotationError(f"{self.prog}: {message}. Usage: {self.format_usage().strip()}")
+        raise AnnotationError(f"{self.prog}: {message}; `%kale?` lists the options, e.g. "
+                              f"{_EXAMPLES.get(self.prog, self.prog)}")
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         raise AnnotationError(message or f"{self.prog}: invalid arguments")

@@ -154,6 +154,23 @@ def metrics_from_kale(source: str, index: int) -> str:
     return "\n".join(lines)
 
 
+#: The type each ``kubeflow_notebook`` key must have.
+_METADATA_TYPES: dict[str, type | tuple[type, ...]] = {
+    "pipeline_name": str, "experiment_name": str, "experiment": dict, "pipeline_description": str,
+    "base_image": str, "docker_image": str, "enable_caching": bool, "volumes": list,
+    "steps_defaults": (list, dict), "kfp_host": (str, type(None))}
+
+
+def _check_types(meta: dict[str, Any]) -> None:
+    for key, expected in _METADATA_TYPES.items():
+        if key in meta and not isinstance(meta[key], expected):
+            names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple)
+                                                     else (expected,)))
+            raise AnnotationError(f"kubeflow_notebook: {key} must be {names}, got "
+                                  f"{type(meta[key]).__name__} {meta[key]!r}; fix the notebook's "
+                                  "metadata (or convert it with kale-magics convert)")
+
+
 def settings_from_metadata(meta: dict[str, Any]) -> tuple[PipelineSettings, list[str]]:
     """Pipeline settings from ``metadata.kubeflow_notebook``; warnings for what is ignored.
 
@@ -161,7 +178,13 @@ def settings_from_metadata(meta: dict[str, Any]) -> tuple[PipelineSettings, list
     ``pipeline_description``, ``base_image`` (or Kale 1.x's ``docker_image``),
     ``enable_caching``, ``volumes`` (type ``pvc`` is mounted on every step),
     ``steps_defaults`` (a list of tags) and ``kfp_host``.
+
+    Raises
+    ------
+    AnnotationError
+        A key of the wrong type, or a malformed tag in ``steps_defaults``.
     """
+    _check_types(meta)
     warnings = [f"kubeflow_notebook: key {k!r} ignored" for k in sorted(meta)
                 if k not in _METADATA_READERS or k in IGNORED_KEYS]
     experiment = meta.get("experiment_name") or (meta.get("experiment") or {}).get("name")
@@ -170,6 +193,9 @@ def settings_from_metadata(meta: dict[str, Any]) -> tuple[PipelineSettings, list
         warnings.append("kubeflow_notebook: steps_defaults is not a list of tags; ignored")
     volumes = []
     for volume in meta.get("volumes") or []:
+        if not isinstance(volume, dict):
+            raise AnnotationError(f"kubeflow_notebook: each volume must be an object with name, "
+                                  f"mount_point and type, got {volume!r}; fix the notebook's metadata")
         if volume.get("type") == "pvc" and volume.get("name") and volume.get("mount_point"):
             volumes.append((volume["name"], volume["mount_point"]))
         else:

@@ -117,7 +117,8 @@ def package(value: str) -> str:
     try:
         Requirement(value)
     except InvalidRequirement as error:
-        raise _bad("--packages", value, "scikit-learn==1.5.2", str(error)) from None
+        raise _bad("--packages", value, "scikit-learn==1.5.2",
+                   str(error).splitlines()[0]) from None
     return value
 
 
