@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import linecache
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -117,24 +118,34 @@ def _compile_module(plan: Plan, dsl_path: str, yaml_path: str) -> None:
             os.unlink(tmp)
 
 
+#: Characters YAML does not allow, even in a comment (PyYAML's ``Reader.NON_PRINTABLE``).
+_NON_PRINTABLE = re.compile("[^\x09\x0A\x0D\x20-\x7E\x85\xA0-\uD7FF\uE000-\uFFFD"
+                            "\U00010000-\U0010ffff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
 def _repair_header(path: str, pipeline: Any) -> None:
     """Comment out every line of the header KFP writes above the IR.
 
     KFP 2.17 writes parameter defaults and the description into a ``#`` comment
     header verbatim, so a default or description with a newline continues
-    outside the comment and the YAML no longer parses (for KFP too). The header
-    is recomputed with KFP's own function and each of its lines made a comment.
+    outside the comment, or a control character makes it invalid, and the YAML
+    no longer parses (for KFP too). The header is recomputed with KFP's own
+    function, characters YAML forbids are escaped and each line made a comment.
     """
     from google.protobuf import json_format
     from kfp.compiler.pipeline_spec_builder import extract_comments_from_pipeline_spec
 
     header = extract_comments_from_pipeline_spec(
         json_format.MessageToDict(pipeline.pipeline_spec), pipeline.description)
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", newline="") as f:  # keep a "\r" in a default as it is
         text = f.read()
     if not text.startswith(header):
         return
     fixed = "".join(line if line.startswith("#") else f"#    {line}"
-                    for line in header.splitlines(keepends=True))
-    with open(path, "w", encoding="utf-8") as f:
+                    for line in _NON_PRINTABLE.sub(_escape, header).splitlines(keepends=True))
+    with open(path, "w", encoding="utf-8", newline="") as f:
         f.write(fixed + text[len(header):])
