@@ -1,0 +1,259 @@
+"""The deploy panel's logic through its buttons (``Button.click()``), without a browser:
+real local runs (kfp.local in the panel's child process) and runs on the KFP API test server."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import ipywidgets as w
+import pytest
+from IPython.utils.capture import capture_output
+
+from kale_widgets import DeployPanel
+from kale_widgets.form import AUTH_TOKEN, REMOTE
+from tests.conftest import write_notebook
+from tests.kfp_server.fixtures import SECRET_TOKEN, kfp_server  # noqa: F401
+from tests.test_magics import kale, run, shell  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+FLOW = ("%%kale parameters\nN = 3\nSCALE = 0.5\nFLAG = True\nNAMES = ['a', 'b']",
+        "%%kale imports\nimport time",
+        "%%kale step make\nitems = list(range(N))",
+        "%%kale step total\nsize = sum(items) * SCALE + len(NAMES) + FLAG",
+        "%%kale metrics\nsize")
+
+
+@pytest.fixture
+def token_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", SECRET_TOKEN)
+    monkeypatch.setenv("KALE_MAGICS_CONFIG", str(tmp_path / "no-config.json"))
+    monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
+
+
+@pytest.fixture
+def panels():
+    made: list[DeployPanel] = []
+    yield made
+    for panel in made:
+        panel.close()
+
+
+def make_panel(panels, path: Path, shell, **kwargs) -> DeployPanel:  # noqa: F811
+    panel = DeployPanel(str(path), shell=shell, interval_s=0.3, **kwargs)
+    panels.append(panel)
+    return panel
+
+
+def states(panel: DeployPanel) -> dict[str, str]:
+    return {name: step.state for name, step in panel.control.status.steps.items()}
+
+
+def test_form_is_filled_from_the_notebook_and_typed(shell, panels, tmp_path) -> None:  # noqa: F811
+    path = write_notebook(tmp_path / "flow.ipynb", (
+        "%kale pipeline --name my-flow --experiment exp1 --image python:3.11-slim --no-cache "
+        "--host http://kfp.example:8888", *FLOW))
+    panel = make_panel(panels, path, shell, warm_worker=False)
+    form = panel.form
+    assert (form.name.value, form.experiment.value, form.image.value) == ("my-flow", "exp1",
+                                                                          "python:3.11-slim")
+    assert form.caching.value is False and form.host.value == "http://kfp.example:8888"
+    kinds = {name: type(widget) for name, (_, widget) in form.parameters.items()}
+    assert kinds == {"N": w.IntText, "SCALE": w.FloatText, "FLAG": w.Checkbox, "NAMES": w.Text}
+    assert form.parameters["NAMES"][1].value == '["a", "b"]'
+    assert form.options() == "--name my-flow --experiment exp1 --image python:3.11-slim --no-cache"
+    assert form.remote_box.layout.display == "none"
+    form.target.value = REMOTE
+    assert form.remote_box.layout.display == ""
+    assert form.secret not in form.remote_box.children
+    form.auth.value = AUTH_TOKEN
+    form.secret.value = "typed-token"
+    target = form.chosen_target()
+    assert (target.remote, target.host, target.token, target.cookies) == (
+        True, "http://kfp.example:8888", "typed-token", None)
+
+
+def test_run_locally_shows_every_step_and_metrics(shell, panels, tmp_path) -> None:  # noqa: F811
+    path = write_notebook(tmp_path / "flow.ipynb", FLOW)
+    panel = make_panel(panels, path, shell)
+    assert panel.cancel_button.disabled and not panel.run_button.disabled
+    panel.form.parameters["N"][1].value = 5
+    panel.form.parameters["NAMES"][1].value = '["a", "b", "c"]'
+    seen: list[tuple[str, str]] = []
+    panel.dag_html.observe(lambda change: seen.extend(
+        (s, st) for s, st in _node_states(change["new"])), names="value")
+    panel.run_button.click()
+    assert panel.control.active and panel.run_button.disabled and panel.form.name.disabled
+    status = panel.control.wait(120)
+    panel.refresh()
+    assert status.state == "SUCCEEDED", panel.message.value
+    assert states(panel) == {"make": "SUCCEEDED", "total": "SUCCEEDED"}
+    assert status.metrics == {"size": 10 * 0.5 + 3 + 1}
+    assert "<td class='kale-metric-value' style='text-align:right'>9</td>" in panel.metrics_html.value
+    assert ("make", "RUNNING") in seen and ("total", "SUCCEEDED") in seen  # updates while running
+    assert not panel.run_button.disabled and panel.cancel_button.disabled
+    assert "kale-error" not in panel.message.value
+    assert panel.control.all_succeeded_at is not None
+
+
+def _node_states(svg: str) -> list[tuple[str, str]]:
+    import re
+
+    return re.findall(r'data-step="([^"]+)" data-state="([^"]*)"', svg)
+
+
+def test_second_run_is_refused_while_one_is_active(shell, panels, tmp_path) -> None:  # noqa: F811
+    path = write_notebook(tmp_path / "slow.ipynb", (
+        "%%kale imports\nimport time", "%%kale step wait\ntime.sleep(4)\ndone = 1",
+        "%%kale step after\nx = done"))
+    panel = make_panel(panels, path, shell)
+    panel.run_button.click()
+    first = panel.control._thread
+    panel.run()  # the button is disabled; the handler refuses too
+    assert panel.control._thread is first
+    assert "already active" in panel.message.value
+    assert panel.control.start_run.__self__ is panel.control
+    status = panel.control.wait(60)
+    panel.refresh()
+    assert status.state == "SUCCEEDED" and "already active" not in panel.message.value
+
+
+def test_cancel_a_local_run(shell, panels, tmp_path) -> None:  # noqa: F811
+    path = write_notebook(tmp_path / "slow.ipynb", (
+        "%%kale imports\nimport time", "%%kale step wait\ntime.sleep(60)\ndone = 1",
+        "%%kale step after\nx = done"))
+    panel = make_panel(panels, path, shell)
+    panel.run_button.click()
+    deadline = time.time() + 60
+    while time.time() < deadline and states(panel)["wait"] != "RUNNING":
+        time.sleep(0.1)
+    panel.refresh()
+    assert not panel.cancel_button.disabled
+    started = time.time()
+    panel.cancel_button.click()
+    status = panel.control.wait(30)
+    assert time.time() - started < 10
+    assert status.state == "CANCELED"
+    assert states(panel) == {"wait": "CANCELED", "after": "SKIPPED"}
+    panel.refresh()
+    assert "canceled" in panel.dag_html.value
+
+
+def test_failed_step_shows_error_and_log_tail(shell, panels, tmp_path) -> None:  # noqa: F811
+    path = write_notebook(tmp_path / "bad.ipynb", (
+        "%%kale step make\nitems = [1, 2]", "%%kale step divide\nprint('about to divide')\nr = 1 / 0"))
+    panel = make_panel(panels, path, shell)
+    panel.run_button.click()
+    status = panel.control.wait(120)
+    panel.refresh()
+    assert status.state == "FAILED"
+    assert "kale-error" in panel.message.value and "divide" in panel.message.value
+    assert "Traceback" not in panel.message.value
+    assert panel.step_choice.value == "divide"  # the failed step is selected
+    assert "ZeroDivisionError" in panel.detail_html.value
+    assert "about to divide" in panel.detail_html.value
+
+
+def test_check_and_compile_buttons(shell, panels, tmp_path) -> None:  # noqa: F811
+    path = write_notebook(tmp_path / "flow.ipynb", FLOW)
+    for cell in FLOW:
+        run(shell, cell)
+    panel = make_panel(panels, path, shell, warm_worker=False)
+    panel.check_button.click()
+    assert "data-ok='true'" in panel.message.value and "items" in panel.message.value
+    panel.form.name.value = "renamed-flow"
+    panel.compile_button.click()
+    compiled = panel.control.compiled
+    assert compiled.plan.name == "renamed-flow"
+    assert Path(compiled.dsl_path).is_file() and Path(compiled.yaml_path).is_file()
+    assert compiled.yaml_path in panel.message.value
+    panel.form.name.value = "Not Valid!"
+    panel.compile_button.click()
+    assert "kale-error" in panel.message.value and "invalid pipeline name" in panel.message.value
+
+
+def test_bad_annotation_is_one_red_message(shell, panels, tmp_path) -> None:  # noqa: F811
+    path = write_notebook(tmp_path / "broken.ipynb", ("%%kale step\nx = 1",))
+    panel = make_panel(panels, path, shell, warm_worker=False)
+    assert "kale-error" in panel.message.value and "Traceback" not in panel.message.value
+    panel.run_button.click()
+    assert panel.control.status is None
+
+
+def test_bad_parameter_value_names_the_parameter(shell, panels, tmp_path) -> None:  # noqa: F811
+    path = write_notebook(tmp_path / "flow.ipynb", FLOW)
+    panel = make_panel(panels, path, shell, warm_worker=False)
+    panel.form.parameters["NAMES"][1].value = "[1, 2"
+    panel.run_button.click()
+    assert "NAMES" in panel.message.value and "kale-error" in panel.message.value
+    assert not panel.control.active and not panel.run_button.disabled
+
+
+def test_magic_shows_the_same_panel_again(shell, tmp_path) -> None:  # noqa: F811
+    path = write_notebook(tmp_path / "flow.ipynb", FLOW)
+    with capture_output() as first:
+        shell.run_line_magic("kale", f"panel --notebook {path}")
+    with capture_output() as second:
+        shell.run_line_magic("kale", f"panel --notebook {path}")
+    panels = kale(shell).__dict__["_panels"]
+    panel = panels[str(path)]
+    model = panel.model_id
+    assert all(f"'model_id': '{model}'" in str(c.outputs[0].data) for c in (first, second))
+    panel.close()
+
+
+def test_run_on_the_kfp_test_server(shell, panels, kfp_server, token_env, tmp_path) -> None:  # noqa: F811
+    path = write_notebook(tmp_path / "flow.ipynb", FLOW)
+    panel = make_panel(panels, path, shell, warm_worker=False)
+    panel.form.target.value = REMOTE
+    panel.form.host.value = kfp_server.url
+    panel.form.parameters["N"][1].value = 4
+    panel.run_button.click()
+    status = panel.control.wait(120)
+    panel.refresh()
+    assert status.state == "SUCCEEDED", panel.message.value
+    assert states(panel) == {"make": "SUCCEEDED", "total": "SUCCEEDED"}
+    assert status.url.startswith(f"{kfp_server.url}/#/runs/details/")
+    assert f"href='{status.url}'" in panel.status_html.value
+    assert "KFP UI" in panel.metrics_html.value
+    shown = panel.status_html.value + panel.message.value + panel.dag_html.value
+    assert SECRET_TOKEN not in shown
+
+
+def test_remote_errors_are_one_red_line(shell, panels, kfp_server, token_env, tmp_path) -> None:  # noqa: F811
+    path = write_notebook(tmp_path / "flow.ipynb", FLOW)
+    panel = make_panel(panels, path, shell, warm_worker=False)
+    panel.form.target.value = REMOTE
+    panel.form.host.value = "http://127.0.0.1:9"  # nothing listens on the discard port
+    panel.run_button.click()
+    panel.control.wait(30)
+    panel.refresh()
+    assert "cannot reach KFP at http://127.0.0.1:9" in panel.message.value
+    panel.form.host.value = kfp_server.url
+    panel.form.auth.value = AUTH_TOKEN
+    panel.form.secret.value = "wrong-token-123"
+    panel.run_button.click()
+    panel.control.wait(30)
+    panel.refresh()
+    assert "KfpAuthError" in panel.message.value and "kale-error" in panel.message.value
+    assert "wrong-token-123" not in panel.message.value
+
+
+def test_cancel_a_remote_run(shell, panels, kfp_server, token_env, tmp_path) -> None:  # noqa: F811
+    path = write_notebook(tmp_path / "slow.ipynb", (
+        "%%kale imports\nimport time", "%%kale step wait\ntime.sleep(60)\ndone = 1",
+        "%%kale step after\nx = done"))
+    panel = make_panel(panels, path, shell, warm_worker=False)
+    panel.form.target.value = REMOTE
+    panel.form.host.value = kfp_server.url
+    panel.run_button.click()
+    deadline = time.time() + 60
+    while time.time() < deadline and not (panel.control.status and
+                                          states(panel)["wait"] == "RUNNING"):
+        time.sleep(0.1)
+    panel.refresh()
+    assert panel.control.can_cancel and not panel.cancel_button.disabled
+    panel.cancel_button.click()
+    status = panel.control.wait(60)
+    assert status.state == "CANCELED"

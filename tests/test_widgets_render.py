@@ -1,0 +1,135 @@
+"""The deploy panel's pure renderers: every step state, the status line, metrics, details, errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from kale_magics import api
+from kale_magics.analysis.preflight import CheckReport
+from kale_magics.runner.status import RunStatus, StepStatus
+from kale_widgets import render
+from tests.conftest import write_notebook
+
+NOW = 1_000_000.0
+
+
+@pytest.fixture
+def plan(tmp_path: Path):
+    path = write_notebook(tmp_path / "flow.ipynb", (
+        "%%kale parameters\nN = 3", "%%kale step make\nitems = list(range(N))",
+        "%%kale step total\nsize = sum(items)", "%%kale step other --after make\nz = 1",
+        "%%kale metrics\nsize"))
+    return api.read_plan(path)
+
+
+def status_of(plan, **states: StepStatus) -> RunStatus:
+    steps = {s.name: states.get(s.name, StepStatus(name=s.name)) for s in plan.steps}
+    return RunStatus(pipeline=plan.name, steps=steps, start=NOW - 12)
+
+
+def node_states(svg: str) -> dict[str, tuple[str, str]]:
+    """``step -> (data-state, second line)`` of each DAG node."""
+    nodes = re.findall(r'data-step="([^"]+)" data-state="([^"]*)">.*?</text><text[^>]*>([^<]*)</text>',
+                       svg)
+    return {name: (state, note) for name, state, note in nodes}
+
+
+@pytest.mark.parametrize("step, note", [
+    (None, "not started"),
+    (StepStatus("s"), "pending"),
+    (StepStatus("s", state="RUNNING", start=NOW - 3.2), "running 3.2 s"),
+    (StepStatus("s", state="RUNNING", start=NOW - 42), "running 42 s"),
+    (StepStatus("s", state="SUCCEEDED", duration_s=1.234), "succeeded 1.2 s"),
+    (StepStatus("s", state="SUCCEEDED", duration_s=125), "succeeded 2 min 5 s"),
+    (StepStatus("s", state="FAILED", duration_s=0.5), "failed 0.5 s"),
+    (StepStatus("s", state="FAILED"), "failed"),
+    (StepStatus("s", state="SKIPPED"), "skipped"),
+    (StepStatus("s", state="CANCELED", start=NOW - 9, end=NOW - 4), "canceled 5.0 s"),
+    (StepStatus("s", state="CANCELING"), "canceling"),
+])
+def test_step_note_for_every_state(step, note) -> None:
+    assert render.step_note(step, NOW) == note
+
+
+def test_cached_step_says_so() -> None:
+    step = StepStatus("s", state="SUCCEEDED", duration_s=0.1)
+    step.cached = True  # the status model marks steps whose outputs came from the cache
+    assert render.step_note(step, NOW) == "succeeded (cached)"
+
+
+def test_dag_before_a_run_shows_every_step_not_started(plan) -> None:
+    nodes = node_states(render.dag_html(plan, None, NOW))
+    assert nodes == {name: ("", "not started") for name in ("make", "total", "other")}
+
+
+def test_dag_colours_and_labels_each_state(plan) -> None:
+    status = status_of(plan, make=StepStatus("make", state="SUCCEEDED", duration_s=2.0),
+                       total=StepStatus("total", state="RUNNING", start=NOW - 4),
+                       other=StepStatus("other", state="FAILED", duration_s=0.3))
+    svg = render.dag_html(plan, status, NOW)
+    assert node_states(svg) == {"make": ("SUCCEEDED", "succeeded 2.0 s"),
+                                "total": ("RUNNING", "running 4.0 s"),
+                                "other": ("FAILED", "failed 0.3 s")}
+    assert 'fill="#e8f5e9"' in svg and 'fill="#e3f2fd"' in svg and 'fill="#ffebee"' in svg
+
+
+def test_status_line_before_during_and_after(plan) -> None:
+    assert "press Run" in render.status_line_html(None, NOW)
+    assert ">compiling<" in render.status_line_html(None, NOW, "compiling")
+    status = status_of(plan)
+    status.state = "RUNNING"
+    line = render.status_line_html(status, NOW, started=NOW - 20)
+    assert "data-state='RUNNING'" in line and "<span class='kale-elapsed'>20 s</span>" in line
+    assert "kale-run-link" not in line
+    status.state, status.end = "SUCCEEDED", NOW - 2
+    status.run_id, status.url = "r-1", "http://kfp:8888/#/runs/details/r-1"
+    line = render.status_line_html(status, NOW + 100, started=NOW - 20)
+    assert "<span class='kale-elapsed'>18 s</span>" in line  # stops at the end
+    assert "href='http://kfp:8888/#/runs/details/r-1'" in line and "run r-1 in the KFP UI" in line
+
+
+def test_metrics_table_and_remote_note(plan) -> None:
+    status = status_of(plan, total=StepStatus("total", state="SUCCEEDED",
+                                              metrics={"size": 3.0, "acc": 0.98148148}))
+    table = render.metrics_html(status)
+    assert re.findall(r"kale-metric-name'>([^<]+)</td><td class='kale-metric-value'[^>]*>([^<]+)<",
+                      table) == [("size", "3"), ("acc", "0.981481")]
+    remote = status_of(plan)
+    remote.metrics_note = "metric values are not available; see them in the KFP UI: http://h/#/runs/x"
+    assert render.metrics_html(remote) == ""  # not before the run ends
+    remote.state = "SUCCEEDED"
+    assert "<a href='http://h/#/runs/x'" in render.metrics_html(remote)
+    assert render.metrics_html(None) == ""
+
+
+def test_step_detail_of_a_failed_step_has_error_cell_and_log_tail(plan) -> None:
+    failed = StepStatus("total", state="FAILED", error="ZeroDivisionError: division by zero",
+                        cell="cell 3", line=2, log=[f"line {i}" for i in range(30)] + ["<boom>"])
+    detail = render.step_detail_html(plan.step("total"), failed)
+    assert "items (from make)" in detail and "size" in detail
+    assert "ZeroDivisionError: division by zero (cell 3, line 2)" in detail
+    assert "kale-log-tail" in detail and "&lt;boom&gt;" in detail
+    assert "line 15" not in detail.split("kale-log-tail")[1]  # only the tail
+    ok = render.step_detail_html(plan.step("make"), StepStatus(
+        "make", state="SUCCEEDED", duration_s=1, artifacts={"items": {
+            "kale_format": "pickle", "python_type": "list", "bytes": 2048}}))
+    assert "items: list, pickle, 2.0 KiB" in ok and "kale-step-error" not in ok
+    assert "not started" in render.step_detail_html(plan.step("other"), None)
+
+
+def test_error_message_is_escaped_and_red() -> None:
+    html_text = render.error_html("AnnotationError: cell 2: bad <option>; use --after")
+    assert "kale-error" in html_text and "#c62828" in html_text
+    assert "&lt;option&gt;" in html_text and "Traceback" not in html_text
+
+
+def test_compile_and_check_views(plan, tmp_path) -> None:
+    compiled = api.compile_notebook(tmp_path / "flow.ipynb", str(tmp_path / "out"))
+    view = render.compile_html(compiled)
+    assert compiled.dsl_path in view and compiled.yaml_path in view
+    ok = render.check_html(CheckReport(variables=(), warnings=("save the notebook",)))
+    assert "data-ok='true'" in ok and "every passed variable serialises" in ok
+    assert "save the notebook" in ok

@@ -1,0 +1,150 @@
+"""The panel's settings form: pipeline settings, target and parameter values as ipywidgets.
+
+Filled from the notebook's ``%kale pipeline`` settings and parameters; what the
+user edits is turned back into ``%kale pipeline`` options (parsed by the one
+grammar, :func:`kale_magics.api.parse_pipeline_settings`) and into parameter
+values typed from their defaults (:func:`kale_magics.api.coerce_arguments`).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import ipywidgets as w
+
+from kale_magics import api
+from kale_magics.model import Parameter, Plan
+
+LOCAL, REMOTE = "Local (kfp.local)", "KFP server"
+#: Auth choices: where the credentials come from (a typed secret is never saved).
+AUTH_DEFAULT, AUTH_TOKEN, AUTH_COOKIES = ("environment / config file", "bearer token",
+                                          "session cookies")
+_WIDE = w.Layout(width="28em")
+_STYLE = {"description_width": "9em"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to run: locally, or on a KFP server with a namespace and credentials.
+
+    ``token`` and ``cookies`` are None unless typed into the panel; then the
+    connection falls back to ``$KF_PIPELINES_TOKEN``, the config file, or the
+    mounted service-account token, as ``%kale run --host`` does.
+    """
+
+    remote: bool
+    host: Optional[str] = None
+    namespace: Optional[str] = None
+    token: Optional[str] = None
+    cookies: Optional[str] = None
+
+
+def parameter_widget(parameter: Parameter) -> w.Widget:
+    """A field typed from the parameter's default: int, float, bool, str; list/dict as JSON."""
+    common = {"description": parameter.name, "style": _STYLE, "layout": _WIDE}
+    if parameter.type == "bool":
+        return w.Checkbox(value=bool(parameter.value), indent=True, **common)
+    if parameter.type == "int":
+        return w.IntText(value=parameter.value, **common)
+    if parameter.type == "float":
+        return w.FloatText(value=parameter.value, **common)
+    if parameter.type == "str":
+        return w.Text(value=parameter.value, **common)
+    return w.Text(value=json.dumps(parameter.value), placeholder="JSON", **common)
+
+
+class SettingsForm:
+    """The editable settings of one notebook's pipeline.
+
+    Parameters
+    ----------
+    plan:
+        The notebook's plan; gives the defaults and the parameter fields.
+    """
+
+    def __init__(self, plan: Optional[Plan]) -> None:
+        settings = plan.settings if plan is not None else api.PipelineSettings()
+        text = lambda name, value, **kw: w.Text(value=value or "", description=name,  # noqa: E731
+                                                style=_STYLE, layout=_WIDE, **kw)
+        self.name = text("pipeline", plan.name if plan is not None else "")
+        self.experiment = text("experiment", settings.experiment, placeholder="Default")
+        self.image = text("base image", settings.image, placeholder="python:3.X of this kernel")
+        self.caching = w.Checkbox(value=settings.step_defaults.cache is not False,
+                                  description="caching", style=_STYLE, indent=True)
+        self.target = w.Dropdown(options=[LOCAL, REMOTE], value=LOCAL, description="target",
+                                 style=_STYLE, layout=_WIDE)
+        self.host = text("KFP host", settings.host, placeholder="http://localhost:8888")
+        self.namespace = text("namespace", "", placeholder="(single-user KFP: leave empty)")
+        self.auth = w.Dropdown(options=[AUTH_DEFAULT, AUTH_TOKEN, AUTH_COOKIES],
+                               value=AUTH_DEFAULT, description="auth", style=_STYLE, layout=_WIDE)
+        self.secret = w.Password(description="secret", style=_STYLE, layout=_WIDE)
+        for css, field in (("kale-pipeline-name", self.name), ("kale-experiment", self.experiment),
+                           ("kale-image", self.image), ("kale-caching", self.caching),
+                           ("kale-target", self.target), ("kale-host", self.host),
+                           ("kale-namespace", self.namespace), ("kale-auth", self.auth),
+                           ("kale-secret", self.secret)):
+            field.add_class(css)
+        self.remote_box = w.VBox([self.host, self.namespace, self.auth])
+        self.parameters: dict[str, tuple[Parameter, w.Widget]] = {}
+        self.parameter_box = w.VBox([])
+        self.widget = w.VBox([self.name, self.experiment, self.image, self.caching, self.target,
+                              self.remote_box, w.HTML("<b>parameters</b>"), self.parameter_box])
+        self.target.observe(lambda _: self._show_target(), names="value")
+        self.auth.observe(lambda _: self._show_target(), names="value")
+        self._show_target()
+        if plan is not None:
+            self.sync_parameters(plan)
+
+    def _show_target(self) -> None:
+        remote = self.target.value == REMOTE
+        self.remote_box.layout.display = "" if remote else "none"
+        needs_secret = self.auth.value != AUTH_DEFAULT
+        self.remote_box.children = ([self.host, self.namespace, self.auth, self.secret]
+                                    if needs_secret else [self.host, self.namespace, self.auth])
+
+    def sync_parameters(self, plan: Plan) -> None:
+        """Show one field per parameter of ``plan``, keeping the values of fields already there."""
+        fields = {}
+        for parameter in plan.parameters:
+            old = self.parameters.get(parameter.name)
+            keep = old is not None and old[0].type == parameter.type
+            fields[parameter.name] = old if keep else (parameter, parameter_widget(parameter))
+        self.parameters = fields
+        self.parameter_box.children = [widget for _, widget in fields.values()] or [
+            w.HTML("<i>none (no %%kale parameters cell)</i>")]
+
+    def options(self) -> str:
+        """The form's pipeline settings as ``%kale pipeline`` options (empty fields: the notebook's)."""
+        parts = []
+        for flag, field in (("--name", self.name), ("--experiment", self.experiment),
+                            ("--image", self.image)):
+            if field.value.strip():
+                parts += [flag, field.value.strip()]
+        if not self.caching.value:
+            parts.append("--no-cache")
+        return " ".join(shlex.quote(p) for p in parts)
+
+    def arguments(self) -> dict[str, Any]:
+        """Parameter values by name: numbers and booleans as typed, text as written
+        (lists and dicts as JSON text, typed by :func:`kale_magics.api.coerce_arguments`)."""
+        return {name: widget.value for name, (_, widget) in self.parameters.items()}
+
+    def chosen_target(self) -> Target:
+        """Where the user chose to run."""
+        if self.target.value != REMOTE:
+            return Target(remote=False)
+        secret = self.secret.value or None
+        return Target(remote=True, host=self.host.value.strip() or None,
+                      namespace=self.namespace.value.strip() or None,
+                      token=secret if self.auth.value == AUTH_TOKEN else None,
+                      cookies=secret if self.auth.value == AUTH_COOKIES else None)
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Lock the form while a run is active (its settings are the run's)."""
+        for field in (self.name, self.experiment, self.image, self.caching, self.target,
+                      self.host, self.namespace, self.auth, self.secret,
+                      *(widget for _, widget in self.parameters.values())):
+            field.disabled = not enabled

@@ -1,0 +1,227 @@
+"""The deploy panel: an ipywidgets view over :class:`~kale_widgets.run_control.RunControl`.
+
+Only standard ipywidgets 8 widgets (``HTML``, ``Button``, ``Dropdown``, ...), so
+it renders in Notebook 7, JupyterLab 4 and VS Code without a front-end build.
+Widget values are set from the run's background thread; ipykernel sends comm
+messages through its thread-safe IOPub socket, and the browser test checks
+that they arrive. One panel is one set of widget models: displaying it again
+(or in a second output) shows the same, current state.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Optional
+
+import ipywidgets as w
+
+from kale_magics import api
+from kale_magics.model import Plan
+from kale_widgets import render
+from kale_widgets.form import SettingsForm
+from kale_widgets.run_control import RunControl, RunRequest
+
+_NO_STEP = "(choose a step)"
+_BUSY = "a run is already active: wait for it, or Cancel it"
+
+
+def _shell(shell: Any) -> Any:
+    if shell is not None:
+        return shell
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is a dependency
+        return None
+    return get_ipython()
+
+
+def _kale_magics(shell: Any) -> Any:
+    """The kernel's ``KaleMagics`` instance (its registry and settings), if loaded."""
+    manager = getattr(shell, "magics_manager", None)
+    return manager.registry.get("KaleMagics") if manager is not None else None
+
+
+class DeployPanel(w.VBox):
+    """Compile, check and run a notebook's pipeline, and watch its steps live.
+
+    Parameters
+    ----------
+    notebook:
+        The .ipynb path; None finds it as the magics do (``%kale pipeline --notebook``,
+        VS Code, the Jupyter server, ``JPY_SESSION_NAME``).
+    shell:
+        The IPython shell whose namespace holds the live values; default the running one.
+    interval_s:
+        Seconds between polls of a remote run.
+    warm_worker:
+        Start the process of the next local run ahead of time (saves ~2 s per run).
+    """
+
+    def __init__(self, notebook: Optional[str] = None, *, shell: Any = None,
+                 interval_s: float = 1.0, warm_worker: bool = True) -> None:
+        super().__init__()
+        self.add_class("kale-panel")
+        self._lock = threading.RLock()
+        self._ticker: Optional[threading.Thread] = None
+        shell = _shell(shell)
+        magics = _kale_magics(shell)
+        namespace = shell.user_ns if shell is not None else {}
+        self.control: Optional[RunControl] = None
+        self.plan: Optional[Plan] = None
+        error = ""
+        try:
+            path = api.locate_notebook(notebook or (magics.settings.notebook if magics else None),
+                                       namespace)
+            self.control = RunControl(path, namespace, magics.registry.cells if magics else tuple,
+                                      self.refresh, interval_s=interval_s, warm_worker=warm_worker)
+            self.plan = self.control.plan()
+        except api.KaleError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        self.form = SettingsForm(self.plan)
+        self._build(path=self.control.notebook if self.control else "")
+        self.message.value = render.error_html(error) if error else ""
+        self.refresh()
+
+    # -- layout -----------------------------------------------------------------------------
+
+    def _build(self, path: str) -> None:
+        def button(text: str, css: str, style: str, tip: str, handler: Callable[[], None]) -> w.Button:
+            b = w.Button(description=text, button_style=style, tooltip=tip)
+            b.add_class(css)
+            b.on_click(lambda _: self._safely(handler))
+            return b
+
+        self.check_button = button("Check", "kale-check-button", "", "pre-flight check", self.check)
+        self.compile_button = button("Compile", "kale-compile-button", "",
+                                     "write the KFP DSL and YAML", self.compile)
+        self.run_button = button("Run", "kale-run-button", "success",
+                                 "compile and run on the chosen target", self.run)
+        self.cancel_button = button("Cancel", "kale-cancel-button", "danger",
+                                    "stop the active run", self.cancel)
+        self.status_html, self.dag_html, self.metrics_html = w.HTML(), w.HTML(), w.HTML()
+        self.message, self.detail_html = w.HTML(), w.HTML()
+        self.step_choice = w.Dropdown(options=[_NO_STEP], value=_NO_STEP, description="step")
+        self.step_choice.observe(lambda _: self._safely(self.refresh), names="value")
+        title = w.HTML(f"<b>Kale deploy panel</b> <code>{render.html.escape(path)}</code>")
+        view = w.VBox([self.status_html, self.dag_html, self.metrics_html, self.step_choice,
+                       self.detail_html],
+                      layout=w.Layout(flex="1 1 auto", min_width="22em", overflow="auto"))
+        settings = w.VBox([w.HTML("<b>settings</b>"), self.form.widget],
+                          layout=w.Layout(flex="0 0 auto", width="29em"))
+        self.children = [title, w.HBox([self.check_button, self.compile_button, self.run_button,
+                                        self.cancel_button]),
+                         self.message, w.HBox([settings, view])]
+
+    # -- buttons ----------------------------------------------------------------------------
+
+    def _safely(self, handler: Callable[[], None]) -> None:
+        """Run a handler; a failure becomes the panel's red message, never a traceback."""
+        try:
+            handler()
+        except api.KaleError as error:
+            self.message.value = render.error_html(f"{type(error).__name__}: {error}")
+        except Exception as error:
+            self.message.value = render.error_html(f"unexpected {type(error).__name__}: {error}")
+        self.refresh()
+
+    def _reload(self) -> Plan:
+        """Re-read the saved notebook (the user may have changed it) with the form's settings."""
+        assert self.control is not None
+        self.plan = self.control.plan(self.form.options())
+        self.form.sync_parameters(self.plan)
+        return self.plan
+
+    def check(self) -> None:
+        """Pre-flight check: serialise every passed variable now; warn about unsaved cells."""
+        if self._ready():
+            self.message.value = render.check_html(self.control.check())
+
+    def compile(self) -> None:
+        """Compile; show where the DSL and the YAML went."""
+        if self._ready():
+            self._reload()
+            self.message.value = render.compile_html(self.control.compile(self.form.options()))
+
+    def run(self) -> None:
+        """Compile and run on the chosen target; refused while a run is active."""
+        if not self._ready():
+            return
+        if self.control.active:
+            self.message.value = render.info_html([_BUSY])
+            return
+        self.message.value = ""
+        self._reload()
+        request = RunRequest(self.form.options(), self.form.arguments(), self.form.chosen_target(),
+                             self.form.caching.value)
+        if self.control.start_run(request):
+            self._start_ticker()
+
+    def cancel(self) -> None:
+        """Stop the active run."""
+        if self.control is not None and self.control.can_cancel:
+            self.control.cancel()
+            self.message.value = render.info_html(["canceling ..."])
+
+    def _ready(self) -> bool:
+        return self.control is not None
+
+    # -- view -------------------------------------------------------------------------------
+
+    def _start_ticker(self) -> None:
+        """Refresh once a second while the run is active, for the running steps' elapsed time."""
+        def tick() -> None:
+            while self.control is not None and self.control.active:
+                time.sleep(1.0)
+                self.refresh()
+            self.refresh()
+
+        self._ticker = threading.Thread(target=tick, name="kale-panel-ticker", daemon=True)
+        self._ticker.start()
+
+    def refresh(self) -> None:
+        """Render the current state into the widgets (safe to call from any thread)."""
+        with self._lock:
+            control, now = self.control, time.time()
+            status = control.status if control else None
+            active = bool(control and control.active)
+            self.status_html.value = render.status_line_html(
+                status, now, control.activity if control else "", control.started if control else None)
+            if self.plan is not None:
+                self.dag_html.value = render.dag_html(self._shown_plan(), status, now)
+                self._refresh_steps(status)
+            self.metrics_html.value = render.metrics_html(status)
+            if not active and self.message.value == render.info_html([_BUSY]):
+                self.message.value = ""
+            if control is not None and control.error and not active:
+                self.message.value = render.error_html(control.error)
+                control.error = ""
+            self.run_button.disabled = active or control is None
+            self.check_button.disabled = self.compile_button.disabled = active or control is None
+            self.cancel_button.disabled = not (control and control.can_cancel)
+            self.form.set_enabled(not active)
+
+    def _shown_plan(self) -> Plan:
+        compiled = self.control.compiled if self.control else None
+        return compiled.plan if compiled is not None and self.control.status is not None else self.plan
+
+    def _refresh_steps(self, status: Any) -> None:
+        plan = self._shown_plan()
+        names = [_NO_STEP, *(s.name for s in plan.steps)]
+        if list(self.step_choice.options) != names:
+            self.step_choice.options = names
+        failed = status.failed_steps if status is not None else []
+        if failed and self.step_choice.value == _NO_STEP:
+            self.step_choice.value = failed[0].name
+        chosen = self.step_choice.value
+        if chosen == _NO_STEP or chosen is None:
+            self.detail_html.value = ""
+            return
+        step_status = status.steps.get(chosen) if status is not None else None
+        self.detail_html.value = render.step_detail_html(plan.step(chosen), step_status)
+
+    def close(self) -> None:
+        """Close the widgets and stop the panel's waiting run process."""
+        if self.control is not None:
+            self.control.close()
+        super().close()
