@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from kale_magics.codegen.compile import CompiledPipeline, read_ir
-from kale_magics.errors import KaleError, RunError
+from kale_magics.errors import KaleError
 from kale_magics.runner.connection import KfpSession
 from kale_magics.runner.transport import call
 

@@ -408,7 +408,7 @@ def _native_writer(value: object) -> Callable[[Any, str], Written | None] | None
 def _write_pickled(value: object, path: str, variable: str, type_name: str) -> Written:
     """Pickle ``value`` with cloudpickle, else dill; raise MarshalError when both fail."""
     failures = []
-    for name, writer in (("cloudpickle", _write_cloudpickle), ("dill", _write_dill)):
+    for writer in (_write_cloudpickle, _write_dill):
         try:
             return writer(value, path)
         except Exception as error:
