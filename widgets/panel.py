@@ -102,6 +102,7 @@ class DeployPanel(w.VBox):
         self.status_html, self.dag_html, self.metrics_html = w.HTML(), w.HTML(), w.HTML()
         self.message, self.detail_html = w.HTML(), w.HTML()
         self.step_choice = w.Dropdown(options=[_NO_STEP], value=_NO_STEP, description="step")
+        self.step_choice.add_class("kale-step-choice")
         self.step_choice.observe(lambda _: self._safely(self.refresh), names="value")
         title = w.HTML(f"<b>Kale deploy panel</b> <code>{render.html.escape(path)}</code>")
         view = w.VBox([self.status_html, self.dag_html, self.metrics_html, self.step_choice,

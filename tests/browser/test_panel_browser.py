@@ -120,15 +120,21 @@ def _example(root: Path, name: str) -> str:
     return f"{name}.ipynb"
 
 
-def _shot(locator: object, name: str) -> Path:
+def _say(report: list, line: str) -> None:
+    """Print ``line`` and keep it for the test summary (tests/browser/conftest.py)."""
+    print(line)
+    report.append(line)
+
+
+def _shot(locator: object, name: str, report: list) -> Path:
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
     locator.screenshot(path=str(path))  # type: ignore[attr-defined]
-    print(f"screenshot: {path}")
+    _say(report, f"screenshot: {path}")
     return path
 
 
-def _open_and_run_all(browser: object, url: str) -> object:
+def _open_and_run_all(browser: object, url: str, report: list) -> object:
     page = browser.new_page(viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
     page.goto(url)
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
@@ -137,7 +143,7 @@ def _open_and_run_all(browser: object, url: str) -> object:
     try:
         page.wait_for_selector(".kale-panel .kale-dag", timeout=180_000)
     except Exception:
-        _shot(page, "failed-page")
+        _shot(page, "failed-page", report)
         errors = page.locator(".jp-OutputArea-output").all_inner_texts()
         raise AssertionError(f"no panel; cell outputs: {errors[-3:]}") from None
     return page
@@ -163,33 +169,38 @@ def _expected_metrics(page: object) -> dict[str, float]:
     return json.loads(text.split("EXPECTED=", 1)[1].strip().splitlines()[0])
 
 
-def _press_run_and_wait(page: object, label: str) -> float:
+def _press_run_and_wait(page: object, label: str, report: list) -> float:
     """Press Run; screenshot while a step runs and when done; return seconds to all green."""
     panel = page.locator(".kale-panel")  # type: ignore[attr-defined]
     started = time.time()
     page.click(".kale-panel .kale-run-button")  # type: ignore[attr-defined]
     page.wait_for_selector(".kale-panel g.kale-step[data-state=RUNNING]", timeout=120_000)  # type: ignore[attr-defined]
-    _shot(panel, f"{label}-running")
+    _shot(panel, f"{label}-running", report)
     page.wait_for_function(  # type: ignore[attr-defined]
         "n => document.querySelectorAll('.kale-panel g.kale-step[data-state=SUCCEEDED]').length === n",
         arg=WINE_STEPS, timeout=180_000, polling=100)
     seconds = time.time() - started
-    print(f"{label}: {seconds:.1f} s from pressing Run to the last step turning green")
+    _say(report, f"{label}: {seconds:.1f} s from pressing Run to the last step turning green")
     page.wait_for_selector(".kale-panel .kale-status[data-state=SUCCEEDED]", timeout=30_000)  # type: ignore[attr-defined]
     return seconds
 
 
-def test_local_run_in_notebook7(jupyter, browser) -> None:
+def test_local_run_in_notebook7(jupyter, browser, browser_report) -> None:
     base, root = jupyter
-    page = _open_and_run_all(browser, f"{base}/notebooks/{_example(root, 'wine_local')}?token={TOKEN}")
+    page = _open_and_run_all(browser, f"{base}/notebooks/{_example(root, 'wine_local')}?token={TOKEN}",
+                             browser_report)
     try:
         panel = page.locator(".kale-panel")
         assert panel.locator("g.kale-step").count() == WINE_STEPS
         assert panel.locator("g.kale-step[data-state='']").count() == WINE_STEPS  # not started
-        _shot(panel, "local-before")
-        _press_run_and_wait(page, "local")
+        _shot(panel, "local-before", browser_report)
+        _press_run_and_wait(page, "local", browser_report)
         page.wait_for_selector(".kale-panel table.kale-metrics", timeout=30_000)
-        _shot(panel, "local-done")
+        panel.locator(".kale-step-choice select").select_option("evaluate")
+        detail = panel.locator(".kale-step-detail[data-step=evaluate]")
+        detail.wait_for(timeout=30_000)
+        assert "X_test (from split_data)" in detail.inner_text()
+        _shot(panel, "local-done", browser_report)
         shown = {row.locator(".kale-metric-name").inner_text():
                  float(row.locator(".kale-metric-value").inner_text())
                  for row in panel.locator("table.kale-metrics tbody tr").all()}
@@ -202,21 +213,23 @@ def test_local_run_in_notebook7(jupyter, browser) -> None:
         page.close()
 
 
-def test_remote_run_on_the_kfp_test_server(jupyter, browser, kfp_server) -> None:  # noqa: F811
+def test_remote_run_on_the_kfp_test_server(jupyter, browser, kfp_server,  # noqa: F811
+                                           browser_report) -> None:
     base, root = jupyter
-    page = _open_and_run_all(browser, f"{base}/notebooks/{_example(root, 'wine_remote')}?token={TOKEN}")
+    page = _open_and_run_all(browser, f"{base}/notebooks/{_example(root, 'wine_remote')}?token={TOKEN}",
+                             browser_report)
     try:
         panel = page.locator(".kale-panel")
         panel.locator(".kale-target select").select_option(label="KFP server")
         panel.locator(".kale-host input").fill(kfp_server.url)
-        _shot(panel, "remote-before")
-        _press_run_and_wait(page, "remote")
+        _shot(panel, "remote-before", browser_report)
+        _press_run_and_wait(page, "remote", browser_report)
         link = panel.locator("a.kale-run-link")
         assert link.get_attribute("href").startswith(f"{kfp_server.url}/#/runs/details/")
         note = panel.locator(".kale-metrics-note")
         note.wait_for(timeout=30_000)
         assert "KFP UI" in note.inner_text()
-        _shot(panel, "remote-done")
+        _shot(panel, "remote-done", browser_report)
         assert SECRET_TOKEN not in page.content()
         assert panel.locator(".kale-error").count() == 0
     finally:
