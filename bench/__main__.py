@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from bench import compile_latency, local_run, magic_overhead, marshal, plots, tables, targets
 from bench.kale_env import DEFAULT_VENV, KaleEnv, kale_env
-from bench.machine import machine_info
+from bench.machine import load_average, machine_info
 from bench.notebooks import write_synthetic
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -115,16 +115,17 @@ def _guarded(name: str, section: Callable[[], dict[str, Any]]) -> dict[str, Any]
 def run(mode: Mode, out: Path, kale_venv: Path, use_kale: bool = True,
         only: set[str] | None = None) -> dict[str, Any]:
     """Run the benchmarks, write ``out/latest.json`` and the plots; return the results."""
-    started = time.perf_counter()
+    started, machine = time.perf_counter(), machine_info()
     kale = (kale_env(kale_venv, may_install=not mode.quick) if use_kale
             else KaleEnv(kale_venv, note="Kale not measured: --no-kale"))
     with tempfile.TemporaryDirectory(prefix="kale-magics-bench-") as folder:
         sections = run_sections(mode, kale, Path(folder), set(only or SECTION_NAMES))
     results: dict[str, Any] = {
         "mode": mode.name, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "machine": machine,
         "kale": {"venv": str(kale.venv), "version": kale.version, "note": kale.note},
-        "sections": sections, "notes": [kale.note] if kale.note else []}
+        "sections": sections, "load_average_end": load_average(),
+        "notes": [kale.note] if kale.note else []}
     results["targets"] = [t.as_dict() for t in targets.check_all(results)]
     out.mkdir(parents=True, exist_ok=True)
     results["plots"], plot_note = plots.save_plots(results, out)

@@ -131,7 +131,8 @@ def summarise_ours(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return {}
     keys = ("total_s", "import_s", "compile_s", "run_s", "step_sum_s", "overhead_per_step_s",
             "bookkeeping_per_step_s")
-    return {"steps": ok[0]["steps"], **{key: median([r[key] for r in ok]) for key in keys}}
+    return {"steps": ok[0]["steps"], **{key: median([r[key] for r in ok]) for key in keys},
+            "largest_gap_s": median([max(r["gaps_s"]) for r in ok])}
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -149,6 +150,7 @@ def worker(notebook: Path, out: Path) -> dict[str, Any]:
     imported = time.perf_counter()
     compiled = api.compile_notebook(notebook, str(out))
     compiled_at = time.perf_counter()
+    run_start_epoch = time.time()
     status = api.run_local(compiled, pipeline_root=str(out / "root"))
     run_s = time.perf_counter() - compiled_at
     run_end_epoch = time.time()
@@ -158,10 +160,22 @@ def worker(notebook: Path, out: Path) -> dict[str, Any]:
                "import_s": imported - start, "compile_s": compiled_at - imported,
                "run_s": run_s, "run_end_epoch": run_end_epoch, "step_sum_s": step_sum,
                "overhead_per_step_s": (run_s - step_sum) / steps,
-               "durations": {n: s.duration_s for n, s in status.steps.items()}}
+               "durations": {n: s.duration_s for n, s in status.steps.items()},
+               "gaps_s": step_gaps(status, run_start_epoch, run_end_epoch)}
     if status.state == "SUCCEEDED":
         figures["bookkeeping_per_step_s"] = bookkeeping_per_step(compiled, status)
     return figures
+
+
+def step_gaps(status: Any, run_start: float, run_end: float) -> list[float]:
+    """Seconds outside every step's runtime, in order: before the first step, between steps
+    (the previous step's process exit plus the next one's start), after the last.
+
+    kfp.local runs the steps one after another, so these add up to the overhead.
+    """
+    marks = [run_start] + [t for s in sorted(status.steps.values(), key=lambda s: s.start or 0)
+                           for t in (s.start, s.end) if t is not None] + [run_end]
+    return [round(b - a, 4) for a, b in zip(marks[::2], marks[1::2])]
 
 
 def bookkeeping_per_step(compiled: Any, status: Any) -> float:

@@ -18,7 +18,16 @@ def machine_info() -> dict[str, Any]:
     """The machine and software the figures were measured with."""
     return {"cpus": os.cpu_count(), "memory_gib": _memory_gib(),
             "python": platform.python_version(), "implementation": sys.implementation.name,
-            "platform": platform.platform(), "packages": _versions(), "commit": _commit()}
+            "platform": platform.platform(), "packages": _versions(), "commit": _commit(),
+            "load_average": load_average()}
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (other work on the machine skews timings)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _versions() -> dict[str, str | None]:

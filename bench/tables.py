@@ -63,10 +63,10 @@ def local_run(section: dict[str, Any]) -> str:
         ours = r["ours"]
         rows.append((r["notebook"], ours.get("steps"), ours.get("total_s"), ours.get("compile_s"),
                      ours.get("run_s"), ours.get("step_sum_s"), ours.get("overhead_per_step_s"),
-                     ours.get("bookkeeping_per_step_s"), r["nbclient_s"], r["kale_total_s"],
+                     ours.get("bookkeeping_per_step_s"), ours.get("largest_gap_s"), r["nbclient_s"], r["kale_total_s"],
                      r["ours_over_nbclient"], r["kale_over_ours"]))
     text = table(("notebook", "steps", "ours s", "compile", "run", "in steps", "ovh/step",
-                  "bookkeep/step", "nbclient s", "Kale s", "ours/nbcl", "Kale/ours"), rows)
+                  "bookkeep/step", "max gap", "nbclient s", "Kale s", "ours/nbcl", "Kale/ours"), rows)
     notes = [f"  {r['notebook']}: {note}" for r in section.get("notebooks", [])
              for note in ([r["kale_note"]] if r.get("kale_note") else []) + r.get("errors", [])]
     return "\n".join([text, *notes])
@@ -120,7 +120,8 @@ def render(results: dict[str, Any]) -> str:
     machine = results["machine"]
     parts = [f"kale-magics benchmarks ({results['mode']} mode), {machine['cpus']} cores, "
              f"{machine['memory_gib']} GiB, Python {machine['python']}, commit {machine['commit']}, "
-             f"Kale {results['kale'].get('version') or 'not available'}"]
+             f"Kale {results['kale'].get('version') or 'not available'}, load average "
+             f"{machine.get('load_average')} at start, {results.get('load_average_end')} at end"]
     for key, title, render_section in SECTIONS:
         section = results["sections"].get(key)
         if section is None:

@@ -56,6 +56,7 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Warning)\b")
 
 
@@ -66,10 +67,10 @@ def error_summary(stderr: str, limit: int = 300) -> str:
     they are joined with `` | ``. For a ``SyntaxError`` the offending source
     line (the one above the caret) is added. Falls back to the last line.
     """
-    lines = stderr.splitlines()
+    lines = _ANSI.sub("", stderr).splitlines()
     starts = [i for i, line in enumerate(lines) if _EXCEPTION.match(line)]
     if not starts:
-        return last_line(stderr)[:limit]
+        return last_line(_ANSI.sub("", stderr))[:limit]
     start = starts[-1]
     message = " | ".join(line.strip() for line in lines[start:] if line.strip())
     carets = [i for i in range(start) if lines[i].strip() and set(lines[i].strip()) == {"^"}]
