@@ -18,10 +18,11 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.timing import error_summary, last_line
+from bench.timing import error_summary, last_line, strip_ansi
 
 DEFAULT_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / \
     "kale-magics-bench" / "kale-venv"
@@ -128,18 +129,39 @@ def compile_with_kale(env: KaleEnv, tagged: Path) -> tuple[Path | None, str]:
     return None, "Kale printed no dsl_script_path"
 
 
+def private_dsl(dsl: Path, root: Path) -> Path:
+    """A copy of Kale's DSL whose data folder is private to this run.
+
+    Kale's steps keep their data in a fixed ``/tmp/marshal`` (``set_data_dir``
+    in the DSL). On a cluster every pod has its own ``/tmp``; under kfp.local
+    all runs share it, and files left by an earlier pipeline make a later one
+    fail (``Found multiple files/folders with name X_test_artifact``). The copy
+    points every step at ``ROOT/marshal`` instead, which emulates the pods.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    copy = root / dsl.name
+    copy.write_text(dsl.read_text().replace('"/tmp/marshal"', json.dumps(str(root / "marshal"))))
+    return copy
+
+
 def run_kale_dsl(env: KaleEnv, dsl: Path, cwd: Path, root: Path) -> dict[str, object]:
     """Run Kale's DSL with ``kfp.local`` (``SubprocessRunner(use_venv=False)``) in Kale's venv.
+
+    The DSL runs from a copy with a private data folder (:func:`private_dsl`);
+    kfp.local's pipeline root is ``root``.
 
     Returns
     -------
     dict
         ``run_s`` (seconds of the pipeline call), ``state`` and ``error``.
     """
-    result = subprocess.run([env.python, "-c", DRIVER, str(dsl), str(root)], cwd=cwd,
-                            capture_output=True, text=True, timeout=3600)
+    with tempfile.TemporaryDirectory(prefix="kale-run-", dir=root.parent) as private:
+        copy = private_dsl(dsl, Path(private))
+        result = subprocess.run([env.python, "-c", DRIVER, str(copy), str(root)], cwd=cwd,
+                                capture_output=True, text=True, timeout=3600)
     for line in result.stdout.splitlines():
         if line.startswith("KALE_BENCH "):
-            return json.loads(line[len("KALE_BENCH "):])
+            figures = json.loads(line[len("KALE_BENCH "):])
+            return {**figures, "error": strip_ansi(figures["error"])}
     return {"run_s": None, "state": "FAILED",
             "error": error_summary(result.stderr) or f"exit code {result.returncode}"}

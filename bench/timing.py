@@ -60,6 +60,11 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Warning)\b")
 
 
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal colour codes (kfp.local colours task names)."""
+    return _ANSI.sub("", text)
+
+
 def error_summary(stderr: str, limit: int = 300) -> str:
     """The message of the last exception in a traceback, on one line.
 
@@ -67,10 +72,10 @@ def error_summary(stderr: str, limit: int = 300) -> str:
     they are joined with `` | ``. For a ``SyntaxError`` the offending source
     line (the one above the caret) is added. Falls back to the last line.
     """
-    lines = _ANSI.sub("", stderr).splitlines()
+    lines = strip_ansi(stderr).splitlines()
     starts = [i for i, line in enumerate(lines) if _EXCEPTION.match(line)]
     if not starts:
-        return last_line(_ANSI.sub("", stderr))[:limit]
+        return last_line(strip_ansi(stderr))[:limit]
     start = starts[-1]
     message = " | ".join(line.strip() for line in lines[start:] if line.strip())
     carets = [i for i in range(start) if lines[i].strip() and set(lines[i].strip()) == {"^"}]
