@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import ipywidgets as w
 
@@ -36,10 +36,10 @@ class Target:
     """
 
     remote: bool
-    host: Optional[str] = None
-    namespace: Optional[str] = None
-    token: Optional[str] = None
-    cookies: Optional[str] = None
+    host: str | None = None
+    namespace: str | None = None
+    token: str | None = None
+    cookies: str | None = None
 
 
 def parameter_widget(parameter: Parameter) -> w.Widget:
@@ -65,10 +65,12 @@ class SettingsForm:
         The notebook's plan; gives the defaults and the parameter fields.
     """
 
-    def __init__(self, plan: Optional[Plan]) -> None:
+    def __init__(self, plan: Plan | None) -> None:
         settings = plan.settings if plan is not None else api.PipelineSettings()
-        text = lambda name, value, **kw: w.Text(value=value or "", description=name,  # noqa: E731
-                                                style=_STYLE, layout=_WIDE, **kw)
+
+        def text(name: str, value: str | None, **kw: Any) -> w.Text:
+            return w.Text(value=value or "", description=name, style=_STYLE, layout=_WIDE, **kw)
+
         self.name = text("pipeline", plan.name if plan is not None else "")
         self.experiment = text("experiment", settings.experiment, placeholder="Default")
         self.image = text("base image", settings.image, placeholder="python:3.X of this kernel")

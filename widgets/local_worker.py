@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import IO, Any, Optional
+from typing import IO, Any
 
 from kale_magics import api
 from kale_magics.runner.status import CANCELED, FAILED, RunStatus, StepStatus
@@ -42,7 +42,7 @@ class Job:
 
     compiled: api.CompiledPipeline
     arguments: dict[str, Any]
-    pipeline_root: Optional[str] = None
+    pipeline_root: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,7 +98,7 @@ class LocalWorker:
         The child's working directory (runs use the notebook's folder anyway).
     """
 
-    def __init__(self, cwd: Optional[str] = None) -> None:
+    def __init__(self, cwd: str | None = None) -> None:
         self.log = tempfile.NamedTemporaryFile(prefix="kale-panel-run-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "kale_widgets.local_worker"], stdin=subprocess.PIPE,

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import ipywidgets as w
-
-from kale_magics import api
-from kale_magics.model import Plan
 from kale_widgets import render
 from kale_widgets.form import SettingsForm
 from kale_widgets.run_control import RunControl, RunRequest
+
+from kale_magics import api
+from kale_magics.model import Plan
 
 _NO_STEP = "(choose a step)"
 _BUSY = "a run is already active: wait for it, or Cancel it"
@@ -58,17 +59,17 @@ class DeployPanel(w.VBox):
         Start the process of the next local run ahead of time (saves ~2 s per run).
     """
 
-    def __init__(self, notebook: Optional[str] = None, *, shell: Any = None,
+    def __init__(self, notebook: str | None = None, *, shell: Any = None,
                  interval_s: float = 1.0, warm_worker: bool = True) -> None:
         super().__init__()
         self.add_class("kale-panel")
         self._lock = threading.RLock()
-        self._ticker: Optional[threading.Thread] = None
+        self._ticker: threading.Thread | None = None
         shell = _shell(shell)
         magics = _kale_magics(shell)
         namespace = shell.user_ns if shell is not None else {}
-        self.control: Optional[RunControl] = None
-        self.plan: Optional[Plan] = None
+        self.control: RunControl | None = None
+        self.plan: Plan | None = None
         error = ""
         try:
             path = api.locate_notebook(notebook or (magics.settings.notebook if magics else None),

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import html
 import time
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 from kale_magics import report
-from kale_magics.analysis.preflight import CheckReport
-from kale_magics.codegen.compile import CompiledPipeline
+from kale_magics.api import CheckReport, CompiledPipeline
 from kale_magics.dag import dag_svg
 from kale_magics.model import Plan, Step
-from kale_magics.runner.status import FAILED, RUNNING, TERMINAL_STATES, RunStatus, StepStatus
+from kale_magics.runner.status import (
+    FAILED,
+    RUNNING,
+    TERMINAL_STATES,
+    RunStatus,
+    StepStatus,
+)
 
 #: How each state reads on a DAG node and in the status line.
 STATE_WORDS = {None: "not started", "PENDING": "pending", "RUNNING": "running",
@@ -37,7 +42,7 @@ def seconds_text(seconds: float) -> str:
     return f"{minutes} min {rest} s"
 
 
-def step_note(step: Optional[StepStatus], now: float) -> str:
+def step_note(step: StepStatus | None, now: float) -> str:
     """The second line of a DAG node: ``running 3 s``, ``succeeded 1.2 s``, ``not started``.
 
     Parameters
@@ -61,7 +66,7 @@ def step_note(step: Optional[StepStatus], now: float) -> str:
     return word
 
 
-def dag_html(plan: Plan, status: Optional[RunStatus], now: float) -> str:
+def dag_html(plan: Plan, status: RunStatus | None, now: float) -> str:
     """The pipeline's DAG as SVG, each step coloured and labelled by its state.
 
     Before a run (``status`` None) every step is "not started".
@@ -72,8 +77,8 @@ def dag_html(plan: Plan, status: Optional[RunStatus], now: float) -> str:
     return f"<div class='kale-dag-view'>{dag_svg(report.dag_steps(plan), states, notes)}</div>"
 
 
-def status_line_html(status: Optional[RunStatus], now: float, activity: str = "",
-                     started: Optional[float] = None) -> str:
+def status_line_html(status: RunStatus | None, now: float, activity: str = "",
+                     started: float | None = None) -> str:
     """The run's state, elapsed time and (remote runs) the link to the KFP UI.
 
     Parameters
@@ -105,7 +110,7 @@ def status_line_html(status: Optional[RunStatus], now: float, activity: str = ""
             + " &middot; ".join(parts) + "</div>")
 
 
-def metrics_html(status: Optional[RunStatus]) -> str:
+def metrics_html(status: RunStatus | None) -> str:
     """The run's final metrics as a small table (or why there are none)."""
     if status is None:
         return ""
@@ -131,7 +136,7 @@ def _linked(text: str) -> str:
     return html.escape(text)
 
 
-def step_detail_html(step: Step, status: Optional[StepStatus], log_lines: int = 15) -> str:
+def step_detail_html(step: Step, status: StepStatus | None, log_lines: int = 15) -> str:
     """One step's inputs (with producers), outputs, parameters and state; when it failed,
     the error with the notebook cell and line, and the log tail."""
     inputs = ", ".join(f"{i.name} (from {i.producer})" for i in step.inputs) or "none"

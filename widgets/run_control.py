@@ -14,15 +14,17 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any
+
+from kale_widgets.form import Target
+from kale_widgets.local_worker import Job, LocalWorker, run_options
 
 from kale_magics import api
 from kale_magics.model import Plan
 from kale_magics.notebook.registry import ExecutedCell
 from kale_magics.runner.status import SUCCEEDED, RunStatus, StepStatus
-from kale_widgets.form import Target
-from kale_widgets.local_worker import Job, LocalWorker, run_options
 
 
 @dataclass(frozen=True)
@@ -72,19 +74,19 @@ class RunControl:
                  warm_worker: bool = True) -> None:
         self.notebook, self.namespace, self.executed = notebook, namespace, executed
         self.on_change, self.interval_s, self.warm_worker = on_change, interval_s, warm_worker
-        self.status: Optional[RunStatus] = None
-        self.compiled: Optional[api.CompiledPipeline] = None
+        self.status: RunStatus | None = None
+        self.compiled: api.CompiledPipeline | None = None
         self.activity = ""
         self.error = ""
-        self.started: Optional[float] = None
-        self.all_succeeded_at: Optional[float] = None
+        self.started: float | None = None
+        self.all_succeeded_at: float | None = None
         self.session: Any = None
         self.run_id = ""
         self._lock = threading.Lock()
         self._active = False
-        self._thread: Optional[threading.Thread] = None
-        self._worker: Optional[LocalWorker] = None
-        self._running_worker: Optional[LocalWorker] = None
+        self._thread: threading.Thread | None = None
+        self._worker: LocalWorker | None = None
+        self._running_worker: LocalWorker | None = None
         if warm_worker:
             self._worker = self._new_worker()
 
@@ -155,7 +157,7 @@ class RunControl:
             threading.Thread(target=self._guarded, name="kale-panel-cancel", daemon=True,
                              args=(self._cancel_remote, self.session, self.run_id, False)).start()
 
-    def wait(self, timeout: Optional[float] = None) -> Optional[RunStatus]:
+    def wait(self, timeout: float | None = None) -> RunStatus | None:
         """Block until the active run has ended (tests, scripts); return its status."""
         if self._thread is not None:
             self._thread.join(timeout)

@@ -139,7 +139,7 @@ def _open_and_run_all(browser: object, url: str, report: list) -> object:
     page.goto(url)
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status=idle]", timeout=60_000)
-    _run_all_cells(page)
+    _run_all_cells(page, report)
     try:
         page.wait_for_selector(".kale-panel .kale-dag", timeout=180_000)
     except Exception:
@@ -149,19 +149,32 @@ def _open_and_run_all(browser: object, url: str, report: list) -> object:
     return page
 
 
-def _run_all_cells(page: object, attempts: int = 4) -> None:
+def _run_all_cells(page: object, report: list, attempts: int = 4) -> None:
     """Run > Run All Cells; again when no cell started (the kernel was not connected yet:
-    Notebook 7 then drops the request, and shows the kernel idle before it is connected)."""
+    Notebook 7 then drops the request, and shows the kernel idle before it is connected).
+    A dialog in the way (e.g. "Select Kernel" when the kernel was slow to start on a busy
+    machine) is named in the report and accepted."""
     started = page.locator(".jp-InputArea-prompt", has_text=re.compile(r"\[(\*|\d+)\]"))  # type: ignore[attr-defined]
     for _ in range(attempts):
-        page.get_by_role("menuitem", name="Run", exact=True).click()  # type: ignore[attr-defined]
-        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()  # type: ignore[attr-defined]
+        _accept_dialogs(page, report)
         try:
+            page.get_by_role("menuitem", name="Run", exact=True).click(timeout=10_000)  # type: ignore[attr-defined]
+            page.get_by_role("menuitem", name="Run All Cells", exact=True).click(timeout=10_000)  # type: ignore[attr-defined]
             started.first.wait_for(timeout=15_000)
             return
         except playwright_api.TimeoutError:
-            continue
+            page.keyboard.press("Escape")  # type: ignore[attr-defined]
+    _shot(page, "failed-page", report)
     raise AssertionError(f"no cell started after {attempts} times Run All Cells")
+
+
+def _accept_dialogs(page: object, report: list) -> None:
+    dialogs = page.locator(".jp-Dialog")  # type: ignore[attr-defined]
+    while dialogs.count():
+        text = " ".join(dialogs.first.inner_text().split())
+        _say(report, f"dialog in the way, accepted: {text[:200]}")
+        dialogs.first.locator(".jp-Dialog-button.jp-mod-accept").first.click(timeout=10_000)
+        page.wait_for_timeout(500)  # type: ignore[attr-defined]
 
 
 def _expected_metrics(page: object) -> dict[str, float]:
