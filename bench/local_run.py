@@ -102,7 +102,7 @@ def compare(notebook: Path, kale: KaleEnv, runs: int, kale_runs: int,
     for index in range(max(1, runs)):
         ours_runs.append(run_ours(notebook, workdir / "ours" / f"{notebook.stem}-{index}"))
         seconds, error = run_nbclient(notebook)
-        nbclient_runs.append(seconds)
+        nbclient_runs += [] if error else [seconds]
         errors += [f"nbclient: {error}"] if error else []
     errors += [f"ours: {r['error']}" for r in ours_runs if r.get("state") != "SUCCEEDED"]
     kale_note = kale.note or ("" if kale_runs else "Kale's local run skipped in quick mode "
