@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
 from tests.conftest import write_notebook
-from tests.kfp_server.fixtures import SECRET_TOKEN, kfp_server  # noqa: F401
+from tests.kfp_server.fixtures import SECRET_TOKEN, kfp_server, token_env  # noqa: F401
 from tests.test_magics import kale, shell  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def token_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("KF_PIPELINES_TOKEN", SECRET_TOKEN)
-    monkeypatch.setenv("KALE_MAGICS_CONFIG", str(tmp_path / "no-config.json"))
-    monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
 
 
 def test_run_on_the_server_then_status(shell, kfp_server, token_env, tmp_path) -> None:  # noqa: F811

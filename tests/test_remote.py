@@ -14,7 +14,7 @@ import pytest
 
 from kale_magics import api, cli
 from tests.conftest import EXAMPLES
-from tests.kfp_server.fixtures import SECRET_TOKEN, kfp_server  # noqa: F401  (fixture)
+from tests.kfp_server.fixtures import SECRET_TOKEN, kfp_server, token_env  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +35,6 @@ FAILING = ("%kale pipeline --name failing",
            "%%kale step never\nz = y")
 
 
-@pytest.fixture
-def token_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Credentials from the environment (as users should pass them), no user config file."""
-    monkeypatch.setenv("KF_PIPELINES_TOKEN", SECRET_TOKEN)
-    monkeypatch.setenv("KALE_MAGICS_CONFIG", str(tmp_path / "no-config.json"))
-    monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from IPython.utils.capture import capture_output
 from kale_widgets import DeployPanel
 from kale_widgets.form import AUTH_TOKEN, REMOTE
 from tests.conftest import write_notebook
-from tests.kfp_server.fixtures import SECRET_TOKEN, kfp_server  # noqa: F401
+from tests.kfp_server.fixtures import SECRET_TOKEN, kfp_server, token_env  # noqa: F401
 from tests.test_magics import kale, run, shell  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -25,11 +25,6 @@ FLOW = ("%%kale parameters\nN = 3\nSCALE = 0.5\nFLAG = True\nNAMES = ['a', 'b']"
         "%%kale metrics\nsize")
 
 
-@pytest.fixture
-def token_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("KF_PIPELINES_TOKEN", SECRET_TOKEN)
-    monkeypatch.setenv("KALE_MAGICS_CONFIG", str(tmp_path / "no-config.json"))
-    monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
 
 
 @pytest.fixture

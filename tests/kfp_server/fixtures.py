@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -18,3 +19,11 @@ def kfp_server(request: pytest.FixtureRequest) -> Iterator[KfpTestServer]:
     server = KfpTestServer(token=SECRET_TOKEN).start()
     request.addfinalizer(server.stop)
     yield server
+
+
+@pytest.fixture
+def token_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Credentials from the environment (as users should pass them), no user config file."""
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", SECRET_TOKEN)
+    monkeypatch.setenv("KALE_MAGICS_CONFIG", str(tmp_path / "no-config.json"))
+    monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
