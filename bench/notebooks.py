@@ -69,7 +69,7 @@ def write_synthetic(folder: Path, steps: int) -> Path:
 def kale_tagged(notebook: Path, folder: Path) -> tuple[Path | None, str]:
     """Export ``notebook`` with Kale's cell tags into ``folder``: ``(path, "")`` or ``(None, why)``.
 
-    Uses :func:`kale_magics.api.export_kale_tags`, the conversion behind
+    Uses :func:`kale_magics.api.convert` with ``to="kale-tags"``, the conversion behind
     ``kale-magics convert --to kale-tags``.
     """
     from kale_magics import api
@@ -77,7 +77,7 @@ def kale_tagged(notebook: Path, folder: Path) -> tuple[Path | None, str]:
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / notebook.name
     try:
-        api.export_kale_tags(notebook, out)
+        api.convert(notebook, out, "kale-tags")
     except api.KaleError as error:
         return None, f"export to Kale tags failed: {error}"
     return out, ""

@@ -33,7 +33,7 @@ from kale_magics.runner.status import RunHooks, RunStatus
 
 __all__ = ["CheckReport", "CompiledPipeline", "KaleError", "LiveValue", "RunHooks", "RunStatus",
            "artifact_types", "check", "coerce_arguments", "compile_notebook", "convert", "default_output_dir",
-           "describe", "export_kale_tags", "live_values", "local_notices", "locate_notebook",
+           "describe", "live_values", "local_notices", "locate_notebook",
            "parse_param", "read_annotated", "read_plan", "run_local", "split_args"]
 
 
@@ -216,11 +216,6 @@ def convert(notebook: str | os.PathLike[str], out: str | os.PathLike[str],
     except OSError as error:
         raise NotebookError(f"cannot write {out}: {error}; choose a writable path") from None
     return os.fspath(out), warnings
-
-
-def export_kale_tags(notebook: str | os.PathLike[str], out: str | os.PathLike[str]) -> str:
-    """``convert(notebook, out, "kale-tags")``, returning only the path written."""
-    return convert(notebook, out, "kale-tags")[0]
 
 
 def run_local(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline,
