@@ -22,7 +22,6 @@ from kale_magics.errors import KaleError, NotebookError
 from kale_magics.model import Plan
 from kale_magics.analysis.live import LiveValue, artifact_types, describe
 from kale_magics.analysis.preflight import CheckReport, preflight
-from kale_magics.notebook import convert as convert_notebook
 from kale_magics.notebook.annotations import split_args
 from kale_magics.notebook.locate import locate_notebook
 from kale_magics.notebook.reader import AnnotatedNotebook, load_notebook, read_notebook
@@ -199,6 +198,8 @@ def convert(notebook: str | os.PathLike[str], out: str | os.PathLike[str],
         The notebook's annotations are invalid.
     """
     import nbformat
+
+    from kale_magics.notebook import convert as convert_notebook
 
     if os.path.abspath(out) == os.path.abspath(notebook):
         raise NotebookError(f"refusing to overwrite the source notebook {notebook}; "

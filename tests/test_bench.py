@@ -165,3 +165,16 @@ def test_table_aligns_numbers_right_and_text_left() -> None:
     text = table(("name", "seconds"), [("a", 1.5), ("longer", None)])
     assert text.splitlines() == ["name    seconds", "------  -------", "a         1.500",
                                  "longer        -"]
+
+
+@pytest.mark.integration
+def test_report_shows_a_stored_run_as_markdown(quick_run, capsys) -> None:
+    from bench import report
+
+    _, out = quick_run
+    report.main([str(out / "latest.json")])
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| target | measured | value | limit | status |"
+    ids = {row.split(" | ")[0][2:] for row in rows[1:]}
+    assert {"compile-vs-kale", "warm-10", "local-overhead", "magic-overhead"} <= ids

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +58,40 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(NotebookError, match="is not a valid Jupyter notebook"):
         read_notebook(bad)
+
+
+def test_sources_saved_as_lists_of_lines(tmp_path: Path) -> None:
+    """Jupyter saves sources as lists of lines; the JSON reader joins them as nbformat does."""
+    path = tmp_path / "lines.ipynb"
+    cell = {"cell_type": "code", "id": "c1", "metadata": {"tags": ["x", 3]}, "outputs": [],
+            "execution_count": None, "source": ["%%kale step one\n", "a = 1\n", "b = a"]}
+    path.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [cell]}))
+    (read,) = read_notebook(path).cells
+    assert (read.source, read.annotation.name, read.cell_id) == ("\na = 1\nb = a", "one", "c1")
+
+
+def test_version_3_notebook_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "v3.ipynb"
+    path.write_text(json.dumps({"nbformat": 3, "nbformat_minor": 0, "metadata": {}, "worksheets": [
+        {"cells": [{"cell_type": "code", "input": "%%kale step one\nx = 1", "language": "python",
+                    "metadata": {}, "outputs": []}]}]}))
+    (read,) = read_notebook(path).cells
+    assert (read.annotation.name, read.source) == ("one", "\nx = 1")
+
+
+def test_malformed_cell_gets_nbformats_words(tmp_path: Path) -> None:
+    path = tmp_path / "odd.ipynb"
+    path.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {},
+                                "cells": [{"cell_type": "code", "source": 7, "metadata": {}}]}))
+    with pytest.raises(NotebookError, match="odd.ipynb is not a valid Jupyter notebook"):
+        read_notebook(path)
+
+
+def test_reading_a_version_4_notebook_does_not_import_nbformat(notebook) -> None:
+    """nbformat imports jsonschema and its format checkers (about 1.8 s); compiling must not."""
+    path = notebook("%%kale step one\nx = 1")
+    code = ("import sys; from kale_magics import api; api.read_plan(sys.argv[1]); "
+            "print('nbformat' in sys.modules, 'jsonschema' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.split() == ["False", "False"]

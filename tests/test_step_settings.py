@@ -231,3 +231,41 @@ def test_remote_package_keeps_platform_spec_and_step_caching(compiled) -> None:
     assert all(not t["cachingOptions"]["enableCache"]
                for t in list(yaml.safe_load_all(off))[0]["root"]["dag"]["tasks"].values())
     assert off_version != version and package(result, None)[1] == version
+
+
+def test_ir_is_what_the_kfp_compiler_writes(compiled, tmp_path) -> None:
+    """Our libyaml writer gives the documents and header of ``kfp.compiler.Compiler().compile``."""
+    import importlib.util
+
+    from kfp import compiler
+
+    result, documents = compiled
+    spec = importlib.util.spec_from_file_location("settings_dsl", result.dsl_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    reference = tmp_path / "kfp.yaml"
+    compiler.Compiler().compile(module.pipeline, str(reference))
+    kfp_text = reference.read_text(encoding="utf-8")
+    assert list(yaml.safe_load_all(kfp_text)) == documents and len(documents) == 2
+    ours = Path(result.yaml_path).read_text(encoding="utf-8")
+    header = [line for line in kfp_text.splitlines() if line.startswith("#")]
+    assert header and [line for line in ours.splitlines() if line.startswith("#")] == header
+
+
+def test_installed_packages_match_importlib_and_are_reused(tmp_path, monkeypatch) -> None:
+    from importlib import metadata
+
+    from kale_magics.codegen.packages import installed_packages
+
+    snapshot = installed_packages()
+    expected = metadata.packages_distributions()
+    assert {m: snapshot.owner(m) for m in expected} == {m: d[0] for m, d in expected.items()}
+    assert snapshot.owner("no_such_module_here") is None
+    assert installed_packages() is snapshot
+    monkeypatch.syspath_prepend(str(tmp_path))  # what installing into a new folder looks like
+    assert installed_packages() is not snapshot
+    again = installed_packages()
+    (tmp_path / "new_dist-1.0.dist-info").mkdir()  # an install changes the folder's mtime
+    stat = tmp_path.stat()
+    os.utime(tmp_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # past the clock's tick
+    assert installed_packages() is not again

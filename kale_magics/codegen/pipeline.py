@@ -18,7 +18,7 @@ from kale_magics import __version__
 from kale_magics.analysis.names import python_source, scan_blocks
 from kale_magics.codegen.components import render_component, render_prelude
 from kale_magics.codegen.embedding import runtime_function
-from kale_magics.codegen.packages import InstalledPackages, step_packages, with_overrides
+from kale_magics.codegen.packages import installed_packages, step_packages, with_overrides
 from kale_magics.codegen.parameters import kfp_type, kfp_value
 from kale_magics.codegen.settings import settings_lines, uses_kubernetes
 from kale_magics.model import Plan, Step
@@ -60,7 +60,7 @@ def render_module(plan: Plan, artifact_types: Mapping[str, str] | None = None) -
         ``"Model"`` or ``"Artifact"``, the default), e.g. from live kernel types.
     """
     types = dict(artifact_types or {})
-    packages, unknown, installed = {}, [], InstalledPackages()
+    packages, unknown, installed = {}, [], installed_packages()
     for step in plan.steps:
         derived, missing = step_packages(_imports(plan, step), installed)
         packages[step.name] = with_overrides(derived, step.settings.packages)
