@@ -157,3 +157,16 @@ def test_pipeline_named_like_a_step_runs_every_step(notebook) -> None:
     status = api.run_local(path)
     assert status.state == "SUCCEEDED", status.error
     assert [s.state for s in status.steps.values()] == ["SUCCEEDED", "SUCCEEDED"]
+
+
+def test_file_a_step_left_open_is_complete_for_the_next_step(notebook) -> None:
+    """The step process ends with its garbage collected first (runtime.step.prepare_exit), so a
+    file left open inside a reference cycle is flushed, as a normal interpreter exit does."""
+    path = notebook("%%kale step write\nclass Holder:\n    pass\nholder = Holder()\nholder.me = holder\n"
+                    "holder.out = open('left_open.txt', 'w')\nholder.out.write('all of it')\ndone = 1",
+                    "%%kale step read\nwith open('left_open.txt') as f:\n    text = f.read()\n"
+                    "assert text == 'all of it', repr(text)\nafter = done",
+                    name="left_open")
+    status = api.run_local(path)
+    assert status.state == "SUCCEEDED", status.error
+    assert (path.parent / "left_open.txt").read_text() == "all of it"

