@@ -1,4 +1,9 @@
-"""Write the DSL module and compile it to KFP IR YAML with ``kfp.compiler.Compiler``."""
+"""Write the DSL module and compile it to KFP IR YAML.
+
+The IR is what ``kfp.compiler.Compiler().compile`` writes for the module's
+pipeline (KFP builds the spec; see :func:`ir_text`), produced without its slow
+parts: the stack walks of task configuration and the pure-Python YAML dump.
+"""
 
 from __future__ import annotations
 
