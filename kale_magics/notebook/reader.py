@@ -126,7 +126,6 @@ def _well_formed(cell: Any) -> bool:
     return (isinstance(source, str) or lines_ok) and isinstance(cell.get("metadata", {}).get("tags", []), list)
 
 
-
 def load_notebook(path: str | os.PathLike[str]) -> Any:
     """Load ``path`` with nbformat as version 4, turning every failure into NotebookError.
 

@@ -48,9 +48,30 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
              json_parameters: Sequence[str] = ()) -> None:
     """Run a step; on failure print the user's traceback and exit with status 1.
 
-    See :func:`_run_step` for the parameters. When the process is KFP's
-    executor (``python -m kfp.dsl.executor_main``, which ends once the step
-    returns), :func:`prepare_exit` runs after a successful step.
+    When the process is KFP's executor (``python -m kfp.dsl.executor_main``,
+    which ends once the step returns), :func:`prepare_exit` runs after a
+    successful step.
+
+    Parameters
+    ----------
+    step:
+        The step's name.
+    code:
+        ``(filename, source)`` blocks run in order in one namespace: the
+        imports and functions cells, then the step's cells. ``filename`` names
+        the notebook cell, e.g. ``"titanic.ipynb, cell 7 (step train)"``.
+    parameters:
+        Pipeline parameter values the step reads, by name.
+    inputs:
+        KFP input artifacts (objects with ``.path``), by variable name.
+    outputs:
+        KFP output artifacts (``.path`` and ``.metadata``), by variable name.
+    metrics:
+        Metric key -> Python expression, evaluated after the code ran.
+    metrics_artifact:
+        The KFP ``Metrics`` output artifact (``log_metric``), or None.
+    json_parameters:
+        Names of list and dict parameters, which KFP carries as JSON text.
 
     Raises
     ------
@@ -85,34 +106,7 @@ def _run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[st
               inputs: Mapping[str, Any], outputs: Mapping[str, Any],
               metrics: Mapping[str, str], metrics_artifact: Any = None,
               json_parameters: Sequence[str] = ()) -> None:
-    """Run a step (see :func:`run_step`).
-
-    Parameters
-    ----------
-    step:
-        The step's name.
-    code:
-        ``(filename, source)`` blocks run in order in one namespace: the
-        imports and functions cells, then the step's cells. ``filename`` names
-        the notebook cell, e.g. ``"titanic.ipynb, cell 7 (step train)"``.
-    parameters:
-        Pipeline parameter values the step reads, by name.
-    inputs:
-        KFP input artifacts (objects with ``.path``), by variable name.
-    outputs:
-        KFP output artifacts (``.path`` and ``.metadata``), by variable name.
-    metrics:
-        Metric key -> Python expression, evaluated after the code ran.
-    metrics_artifact:
-        The KFP ``Metrics`` output artifact (``log_metric``), or None.
-    json_parameters:
-        Names of list and dict parameters, which KFP carries as JSON text.
-
-    Raises
-    ------
-    SystemExit
-        With status 1 when the step fails, after printing what failed.
-    """
+    """The body of :func:`run_step`: the step runs here, in one namespace that ends with it."""
     workdir = os.environ.get(WORKDIR_ENV)
     if workdir:
         os.chdir(workdir)
