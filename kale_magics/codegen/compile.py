@@ -114,15 +114,15 @@ def _compile_module(plan: Plan, dsl_path: str, yaml_path: str) -> None:
     outcome: dict[str, Any] = {}
 
     def build() -> None:
-        try:
-            outcome["text"] = ir_text(_execute(plan, dsl_path).pipeline)
-        except Exception as error:  # handed to the calling thread below
-            outcome["error"] = error
+        with _KFP_CONTEXT:  # held by this thread, so an interrupted caller cannot release it
+            try:
+                outcome["text"] = ir_text(_execute(plan, dsl_path).pipeline)
+            except Exception as error:  # handed to the calling thread below
+                outcome["error"] = error
 
-    with _KFP_CONTEXT:
-        thread = threading.Thread(target=build, name="kale-magics-compile", daemon=True)
-        thread.start()
-        thread.join()
+    thread = threading.Thread(target=build, name="kale-magics-compile", daemon=True)
+    thread.start()
+    thread.join()
     if "error" in outcome:
         error = outcome["error"]
         raise CompileError(f"the KFP compiler rejected the generated module {dsl_path}: "
