@@ -14,7 +14,7 @@ import sys
 import threading
 import types
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from kale_magics.atomic import write_text_atomic
 from kale_magics.codegen.pipeline import render_module
@@ -45,6 +45,16 @@ class CompiledPipeline:
     yaml_path: str
     warnings: tuple[str, ...] = ()
     packages: Mapping[str, list[str]] = field(default_factory=dict)
+
+
+def dump_ir(documents: Sequence[dict[str, Any]]) -> str:
+    """IR documents (the PipelineSpec, then the PlatformSpec if any) as YAML text, keys sorted
+    as KFP writes them, with libyaml when PyYAML has it (about 25x faster than KFP's pure-Python
+    dump on a 7-step pipeline)."""
+    import yaml
+
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump_all(documents, Dumper=dumper, sort_keys=True)
 
 
 def read_ir(compiled: CompiledPipeline) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -154,11 +164,10 @@ def ir_text(pipeline: Any) -> str:
 
     The same documents (the PipelineSpec, then the PlatformSpec when it has
     platform settings) and the same comment header as KFP's
-    ``pipeline_spec_builder.write_pipeline_spec_to_file`` (KFP 2.17), dumped with
-    libyaml when PyYAML has it: KFP's pure-Python dump took 280 ms of a 7-step
-    compile, libyaml 10 ms. The header is made safe (see :func:`_safe_header`).
+    ``pipeline_spec_builder.write_pipeline_spec_to_file`` (KFP 2.17), dumped by
+    :func:`dump_ir`: KFP's pure-Python dump took 280 ms of a 7-step compile,
+    libyaml 10 ms. The header is made safe (see :func:`_safe_header`).
     """
-    import yaml
     from google.protobuf import json_format
     from kfp.compiler.pipeline_spec_builder import extract_comments_from_pipeline_spec
 
@@ -167,8 +176,7 @@ def ir_text(pipeline: Any) -> str:
     if pipeline.platform_spec.platforms:
         documents.append(json_format.MessageToDict(pipeline.platform_spec))
     header = _safe_header(extract_comments_from_pipeline_spec(spec, pipeline.description))
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    return header + yaml.dump_all(documents, Dumper=dumper, sort_keys=True)
+    return header + dump_ir(documents)
 
 
 #: Characters YAML does not allow, even in a comment (PyYAML's ``Reader.NON_PRINTABLE``).

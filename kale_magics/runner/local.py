@@ -33,7 +33,7 @@ import warnings
 from importlib import metadata
 from typing import Any, Iterator, Mapping, TextIO
 
-from kale_magics.codegen.compile import CompiledPipeline, read_ir
+from kale_magics.codegen.compile import CompiledPipeline, dump_ir, read_ir
 from kale_magics.codegen.settings import local_noops
 from kale_magics.errors import RunError
 from kale_magics.model import requirement_name
@@ -270,14 +270,12 @@ def _private_tmpdir() -> Iterator[None]:
 
 def _execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: RunStatus,
              echo: TextIO | None, enable_caching: bool) -> None:
-    import yaml
     from kfp import components, local
 
     cache_root = os.path.join(root, local_cache.CACHE_FOLDER)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root,
                raise_on_error=False, enable_caching=enable_caching, cache_root=cache_root)
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    pipeline = components.load_component_from_text(yaml.dump(ir, Dumper=dumper, sort_keys=True))
+    pipeline = components.load_component_from_text(dump_ir([ir]))
     real_stdout = sys.stdout
     sink = _EventSink(status, echo, real_stdout)
     hits = local_cache.CacheHits(list(status.steps), lambda step, key: sink.cached(

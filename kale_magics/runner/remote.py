@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from kale_magics.codegen.compile import CompiledPipeline, read_ir
+from kale_magics.codegen.compile import CompiledPipeline, dump_ir, read_ir
 from kale_magics.errors import KaleError
 from kale_magics.runner.connection import KfpSession
 from kale_magics.runner.transport import call
@@ -121,8 +121,6 @@ def package(compiled: CompiledPipeline, enable_caching: Optional[bool]) -> tuple
     RunError
         The compiled YAML cannot be read.
     """
-    import yaml
-
     ir, platform = read_ir(compiled)
     ir = copy.deepcopy(ir)
     if enable_caching is not None:
@@ -130,9 +128,7 @@ def package(compiled: CompiledPipeline, enable_caching: Optional[bool]) -> tuple
             task.setdefault("cachingOptions", {})["enableCache"] = enable_caching
     hashed = [{k: v for k, v in ir.items() if k != "sdkVersion"}, platform]
     digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    documents = [ir, platform] if platform else [ir]
-    text = yaml.dump_all(documents, Dumper=dumper, sort_keys=True)
+    text = dump_ir([ir, platform] if platform else [ir])
     return text, f"{compiled.plan.name}-{digest[:12]}"
 
 
