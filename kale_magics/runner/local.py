@@ -83,16 +83,11 @@ def _unambiguous_name(ir: dict[str, Any]) -> str:
     return name
 
 
-class _EventSink(io.TextIOBase):
-    """Stands in for stdout while kfp.local runs: finds step events, keeps logs."""
+class LineSink(io.TextIOBase):
+    """A stand-in for stdout that hands each complete line, without ANSI codes and trailing
+    blanks, to :meth:`_line` (what kfp.local prints arrives in pieces and coloured)."""
 
-    def __init__(self, status: RunStatus, echo: TextIO | None, real_stdout: TextIO) -> None:
-        self.status = status
-        self.echo = echo
-        self.real_stdout = real_stdout
-        self.print = builtins.print  # kfp.local indents builtins.print while a task runs
-        self.current: StepStatus | None = None
-        self.run_log: list[str] = []
+    def __init__(self) -> None:
         self._partial = ""
 
     def writable(self) -> bool:
@@ -104,6 +99,22 @@ class _EventSink(io.TextIOBase):
         for line in lines:
             self._line(ANSI.sub("", line).rstrip())
         return len(text)
+
+    def _line(self, line: str) -> None:
+        raise NotImplementedError
+
+
+class _EventSink(LineSink):
+    """Stands in for stdout while kfp.local runs: finds step events, keeps logs."""
+
+    def __init__(self, status: RunStatus, echo: TextIO | None, real_stdout: TextIO) -> None:
+        super().__init__()
+        self.status = status
+        self.echo = echo
+        self.real_stdout = real_stdout
+        self.print = builtins.print  # kfp.local indents builtins.print while a task runs
+        self.current: StepStatus | None = None
+        self.run_log: list[str] = []
 
     def _line(self, line: str) -> None:
         if self.echo is not None:

@@ -19,7 +19,6 @@ temporary working directory, as a fresh container would.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import re
@@ -28,28 +27,19 @@ import tempfile
 import time
 from typing import Any, TextIO
 
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+from kale_magics.runner.local import LineSink
+
 STARTED = re.compile(r"Executing task '([^']+)'")
 FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 
 
-class LogSink(io.TextIOBase):
+class LogSink(LineSink):
     """Stands in for stdout while kfp.local runs; writes task events to ``events``."""
 
     def __init__(self, events: TextIO, log: TextIO) -> None:
+        super().__init__()
         self.events = events
         self.log = log
-        self._partial = ""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        self._partial += text
-        *lines, self._partial = self._partial.split("\n")
-        for line in lines:
-            self._line(ANSI.sub("", line).rstrip())
-        return len(text)
 
     def _line(self, line: str) -> None:
         self.log.write(line + "\n")
