@@ -136,23 +136,34 @@ def _equals(key: str, value: str) -> str:
     return json.dumps({"predicates": [{"operation": "EQUALS", "key": key, "stringValue": value}]})
 
 
+def _find_id(session: KfpSession, what: str, name: str, list_call: Any, kind: str,
+             **kwargs: Any) -> Optional[str]:
+    """The id of the first ``kind`` (``"pipeline"``: its ``pipelines`` listed, ``pipeline_id``)
+    that ``list_call`` lists with display name ``name``, or None. The server filters by name;
+    the names are compared again here."""
+    found = call(session.connection, f"looking up {what} {name!r}", list_call,
+                 filter=_equals("display_name", name), page_size=100, **kwargs)
+    items = getattr(found, f"{kind}s") or []
+    ids = [getattr(item, f"{kind}_id") for item in items if item.display_name == name]
+    return ids[0] if ids else None
+
+
+def _namespaced(session: KfpSession) -> dict[str, str]:
+    namespace = session.connection.namespace
+    return {"namespace": namespace} if namespace else {}
+
+
 def find_pipeline(session: KfpSession, name: str) -> Optional[str]:
     """The id of the pipeline called ``name``, or None."""
-    conn, api = session.connection, session.client.pipelines
-    kwargs = {"namespace": conn.namespace} if conn.namespace else {}
-    found = call(conn, f"looking up pipeline {name!r}", api.pipeline_service_list_pipelines,
-                 filter=_equals("display_name", name), page_size=100, **kwargs)
-    ids = [p.pipeline_id for p in found.pipelines or [] if p.display_name == name]
-    return ids[0] if ids else None
+    return _find_id(session, "pipeline", name, session.client.pipelines.pipeline_service_list_pipelines,
+                    "pipeline", **_namespaced(session))
 
 
 def find_version(session: KfpSession, pipeline_id: str, version_name: str) -> Optional[str]:
     """The id of the pipeline's version called ``version_name``, or None."""
-    conn, api = session.connection, session.client.pipelines
-    found = call(conn, f"looking up version {version_name!r}", api.pipeline_service_list_pipeline_versions,
-                 pipeline_id=pipeline_id, filter=_equals("display_name", version_name), page_size=100)
-    ids = [v.pipeline_version_id for v in found.pipeline_versions or [] if v.display_name == version_name]
-    return ids[0] if ids else None
+    return _find_id(session, "version", version_name,
+                    session.client.pipelines.pipeline_service_list_pipeline_versions,
+                    "pipeline_version", pipeline_id=pipeline_id)
 
 
 def upload(session: KfpSession, compiled: CompiledPipeline,
@@ -195,12 +206,9 @@ def upload(session: KfpSession, compiled: CompiledPipeline,
 
 def find_experiment(session: KfpSession, name: str) -> Optional[str]:
     """The id of experiment ``name`` in the session's namespace, or None."""
-    conn, api = session.connection, session.client.experiments
-    kwargs = {"namespace": conn.namespace} if conn.namespace else {}
-    found = call(conn, f"looking up experiment {name!r}", api.experiment_service_list_experiments,
-                 filter=_equals("display_name", name), page_size=100, **kwargs)
-    ids = [e.experiment_id for e in found.experiments or [] if e.display_name == name]
-    return ids[0] if ids else None
+    return _find_id(session, "experiment", name,
+                    session.client.experiments.experiment_service_list_experiments,
+                    "experiment", **_namespaced(session))
 
 
 def ensure_experiment(session: KfpSession, name: str) -> str:
