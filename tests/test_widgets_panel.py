@@ -98,10 +98,15 @@ def _node_states(svg: str) -> list[tuple[str, str]]:
     return re.findall(r'data-step="([^"]+)" data-state="([^"]*)"', svg)
 
 
-def test_second_run_is_refused_while_one_is_active(shell, panels, tmp_path) -> None:  # noqa: F811
-    path = write_notebook(tmp_path / "slow.ipynb", (
-        "%%kale imports\nimport time", "%%kale step wait\ntime.sleep(4)\ndone = 1",
+def slow_notebook(tmp_path, seconds: int):
+    """A notebook whose first step sleeps ``seconds``, then a step after it."""
+    return write_notebook(tmp_path / "slow.ipynb", (
+        "%%kale imports\nimport time", f"%%kale step wait\ntime.sleep({seconds})\ndone = 1",
         "%%kale step after\nx = done"))
+
+
+def test_second_run_is_refused_while_one_is_active(shell, panels, tmp_path) -> None:  # noqa: F811
+    path = slow_notebook(tmp_path, seconds=4)
     panel = make_panel(panels, path, shell)
     panel.run_button.click()
     first = panel.control._thread
@@ -114,9 +119,7 @@ def test_second_run_is_refused_while_one_is_active(shell, panels, tmp_path) -> N
 
 
 def test_cancel_a_local_run(shell, panels, tmp_path) -> None:  # noqa: F811
-    path = write_notebook(tmp_path / "slow.ipynb", (
-        "%%kale imports\nimport time", "%%kale step wait\ntime.sleep(60)\ndone = 1",
-        "%%kale step after\nx = done"))
+    path = slow_notebook(tmp_path, seconds=60)
     panel = make_panel(panels, path, shell)
     panel.run_button.click()
     deadline = time.time() + 60
@@ -235,9 +238,7 @@ def test_remote_errors_are_one_red_line(shell, panels, kfp_server, token_env, tm
 
 
 def test_cancel_a_remote_run(shell, panels, kfp_server, token_env, tmp_path) -> None:  # noqa: F811
-    path = write_notebook(tmp_path / "slow.ipynb", (
-        "%%kale imports\nimport time", "%%kale step wait\ntime.sleep(60)\ndone = 1",
-        "%%kale step after\nx = done"))
+    path = slow_notebook(tmp_path, seconds=60)
     panel = make_panel(panels, path, shell, warm_worker=False)
     panel.form.target.value = REMOTE
     panel.form.host.value = kfp_server.url
