@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench.tables import render
+from bench.tables import limit_text, measured_text, render
 
 LATEST = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -20,9 +20,7 @@ def markdown_targets(rows: Sequence[dict[str, Any]]) -> str:
     """The targets as a Markdown table: target, what is measured, value, limit, status."""
     lines = ["| target | measured | value | limit | status |", "|---|---|---|---|---|"]
     for t in rows:
-        value = "-" if t["measured"] is None else f"{t['measured']:.3g}{t['unit']}"
-        limit = f"{'<=' if t['at_most'] else '>='} {t['limit']:g}{t['unit']}"
-        lines.append(f"| {t['id']} | {t['what']} | {value} | {limit} | {t['status']} |")
+        lines.append(f"| {t['id']} | {t['what']} | {measured_text(t)} | {limit_text(t)} | {t['status']} |")
     return "\n".join(lines)
 
 

@@ -94,16 +94,20 @@ def magic(section: dict[str, Any]) -> str:
             f"overhead {section['overhead_ms']:.3f} ms")
 
 
+def limit_text(target: dict[str, Any]) -> str:
+    """A target's limit as shown: ``<= 0.15s``, ``>= 4x``."""
+    return f"{'<=' if target['at_most'] else '>='} {target['limit']:g}{target['unit']}"
+
+
+def measured_text(target: dict[str, Any]) -> str:
+    """A target's measured value as shown, ``-`` when not measured."""
+    return "-" if target["measured"] is None else f"{target['measured']:.3g}{target['unit']}"
+
+
 def targets(rows: Sequence[dict[str, Any]]) -> str:
     """One line per target: measured, limit, status."""
-    def limit(t: dict[str, Any]) -> str:
-        return f"{'<=' if t['at_most'] else '>='} {t['limit']:g}{t['unit']}"
-
-    def measured(t: dict[str, Any]) -> str:
-        return "-" if t["measured"] is None else f"{t['measured']:.3g}{t['unit']}"
-
     return table(("target", "measured", "limit", "status", "detail"),
-                 [(t["id"], measured(t), limit(t), t["status"], t["detail"]) for t in rows])
+                 [(t["id"], measured_text(t), limit_text(t), t["status"], t["detail"]) for t in rows])
 
 
 SECTIONS = (("compile_process", "1. Compile latency, whole process (median seconds)",
