@@ -141,8 +141,9 @@ def test_pinned_packages_from_imports(notebook, tmp_path) -> None:
                     name="imports")
     result = api.compile_notebook(path, str(tmp_path / "out"))
     names = {step: [r.split("==")[0] for r in reqs] for step, reqs in result.packages.items()}
+    # b receives x from a, so it also installs what a installs (to load what a may pass)
     assert names == {"a": ["cloudpickle", "dill", "numpy", "pandas", "pyarrow"],
-                     "b": ["cloudpickle", "dill", "numpy", "scikit-learn"]}
+                     "b": ["cloudpickle", "dill", "numpy", "pandas", "pyarrow", "scikit-learn"]}
     assert all("==" in r for reqs in result.packages.values() for r in reqs)
     assert "scikit-learn==" + _version("scikit-learn") in result.packages["b"]
 

@@ -130,6 +130,32 @@ def step_packages(modules: Iterable[str], installed: InstalledPackages) -> tuple
     return sorted(installed.pin(d) for d in wanted - PROVIDED), unknown
 
 
+def with_producers(own: Iterable[str], producers: Iterable[Iterable[str]]) -> list[str]:
+    """A consumer step's requirements: ``own`` plus every requirement of the steps producing its
+    inputs that ``own`` does not name, sorted by name.
+
+    Loading a received value needs what made it: an Arrow DataFrame needs pandas and pyarrow,
+    an ``.npy`` array numpy, a pickled estimator its library. The value's type is not known
+    statically, but it can only be built from what its producer's code imports, so the
+    consumer installs everything its producers install (conservative: a producer importing
+    torch that passes an ``int`` makes its consumer install torch too). Pass producers'
+    final lists (what they inherited included), so values passed along a chain of steps are
+    covered. The consumer's own pin of a distribution wins, then the first producer's.
+
+    Parameters
+    ----------
+    own:
+        The consumer's requirements, from its imports.
+    producers:
+        The requirements of each step producing one of its inputs.
+    """
+    chosen = {requirement_name(r): r for r in own}
+    for requirements in producers:
+        for requirement in requirements:
+            chosen.setdefault(requirement_name(requirement), requirement)
+    return [chosen[name] for name in sorted(chosen)]
+
+
 def with_overrides(derived: Iterable[str], overrides: Iterable[str]) -> list[str]:
     """``derived`` requirements with ``overrides`` (``--packages``) added or replacing the same
     distribution, sorted by name."""

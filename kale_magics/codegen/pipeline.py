@@ -18,7 +18,8 @@ from kale_magics import __version__
 from kale_magics.analysis.names import python_source, scan_blocks
 from kale_magics.codegen.components import render_component, render_prelude
 from kale_magics.codegen.embedding import runtime_function
-from kale_magics.codegen.packages import installed_packages, step_packages, with_overrides
+from kale_magics.codegen.packages import (installed_packages, step_packages, with_overrides,
+                                          with_producers)
 from kale_magics.codegen.parameters import kfp_type, kfp_value
 from kale_magics.codegen.settings import settings_lines, uses_kubernetes
 from kale_magics.model import Plan, Step
@@ -61,8 +62,9 @@ def render_module(plan: Plan, artifact_types: Mapping[str, str] | None = None) -
     """
     types = dict(artifact_types or {})
     packages, unknown, installed = {}, [], installed_packages()
-    for step in plan.steps:
+    for step in plan.steps:  # plan order: producers come first
         derived, missing = step_packages(_imports(plan, step), installed)
+        derived = with_producers(derived, (packages[p] for p in sorted({i.producer for i in step.inputs})))
         packages[step.name] = with_overrides(derived, step.settings.packages)
         unknown += [m for m in missing if m not in unknown]
     warnings = [f"no installed package provides module {m!r}; install it here, or name its "
