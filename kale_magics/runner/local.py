@@ -36,7 +36,7 @@ from typing import Any, Iterator, Mapping, TextIO
 from kale_magics.codegen.compile import CompiledPipeline, dump_ir, read_ir
 from kale_magics.codegen.settings import local_noops
 from kale_magics.errors import RunError
-from kale_magics.model import requirement_name
+from kale_magics.model import Plan, requirement_name
 from kale_magics.runner import local_cache
 from kale_magics.runner.status import FAILED, RUNNING, SUCCEEDED, RunHooks, RunStatus, StepStatus
 from kale_magics.runtime.step import EVENT_MARKER, WORKDIR_ENV
@@ -44,7 +44,7 @@ from kale_magics.runtime.step import EVENT_MARKER, WORKDIR_ENV
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-def local_ir(ir: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+def local_ir(ir: dict[str, Any], env: Mapping[str, str], installs: bool = False) -> dict[str, Any]:
     """Return a copy of the IR for a local run: no pip installs, extra environment variables.
 
     Parameters
@@ -53,6 +53,9 @@ def local_ir(ir: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         The compiled pipeline (the YAML document as a dict).
     env:
         Environment variables to set in every step.
+    installs:
+        Keep KFP's ``pip install`` preamble (a container run, where it installs
+        into the step's own container as in a pod).
     """
     local = copy.deepcopy(ir)
     local["pipelineInfo"]["name"] = _unambiguous_name(local)
@@ -62,7 +65,8 @@ def local_ir(ir: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
             continue
         command = container.get("command", [])
         # KFP's lightweight component: ["sh", "-c", "<pip install ...> && "$0" "$@"", "sh", "-ec", ...]
-        if command[:2] == ["sh", "-c"] and "pip install" in command[2] and command[3:4] == ["sh"]:
+        if not installs and command[:2] == ["sh", "-c"] and "pip install" in command[2] \
+                and command[3:4] == ["sh"]:
             container["command"] = command[3:]
         container["env"] = [*container.get("env", []),
                             *({"name": k, "value": v} for k, v in sorted(env.items()))]
@@ -245,17 +249,23 @@ def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = 
     plan = compiled.plan
     root = os.path.abspath(pipeline_root or os.path.join(os.path.dirname(compiled.yaml_path),
                                                          "local_runs"))
-    status = RunStatus(pipeline=plan.name, pipeline_root=root, hooks=hooks or RunHooks(),
-                       steps={s.name: StepStatus(name=s.name, inputs=[i.name for i in s.inputs],
-                                                 outputs=list(s.outputs)) for s in plan.steps},
-                       notices=local_notices(compiled))
+    status = plan_status(plan, root, hooks, local_notices(compiled))
     ir, _ = read_ir(compiled)  # the platform spec (kfp-kubernetes) has no local effect
     if from_step is not None:
         ir = local_cache.rerun(ir, local_cache.downstream(plan, from_step))
     env = {WORKDIR_ENV: os.path.abspath(workdir or os.path.dirname(plan.notebook) or ".")}
     with _private_tmpdir():
-        _execute(local_ir(ir, env), dict(arguments or {}), root, status, echo, enable_caching)
+        execute(local_ir(ir, env), dict(arguments or {}), root, status, echo, enable_caching)
     return status
+
+
+def plan_status(plan: Plan, pipeline_root: str, hooks: RunHooks | None,
+                notices: list[str]) -> RunStatus:
+    """A new run's status: every step of ``plan`` PENDING, with its inputs and outputs."""
+    return RunStatus(pipeline=plan.name, pipeline_root=pipeline_root, hooks=hooks or RunHooks(),
+                     steps={s.name: StepStatus(name=s.name, inputs=[i.name for i in s.inputs],
+                                               outputs=list(s.outputs)) for s in plan.steps},
+                     notices=notices)
 
 
 @contextlib.contextmanager
@@ -279,12 +289,17 @@ def _private_tmpdir() -> Iterator[None]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: RunStatus,
-             echo: TextIO | None, enable_caching: bool) -> None:
+def execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: RunStatus,
+            echo: TextIO | None, enable_caching: bool, runner: Any = None) -> None:
+    """Run the (prepared) IR with ``kfp.local`` and follow it into ``status``.
+
+    ``runner`` is the kfp.local runner; default ``SubprocessRunner(use_venv=False)``.
+    Step states come from the step runtime's event lines in kfp.local's output.
+    """
     from kfp import components, local
 
     cache_root = os.path.join(root, local_cache.CACHE_FOLDER)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root,
+    local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=root,
                raise_on_error=False, enable_caching=enable_caching, cache_root=cache_root)
     pipeline = components.load_component_from_text(dump_ir([ir]))
     real_stdout = sys.stdout

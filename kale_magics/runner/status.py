@@ -52,6 +52,10 @@ class StepStatus:
         Metric values the step logged.
     cached:
         True when the step's outputs came from the cache (it did not run).
+    install_s:
+        Seconds from the step's container starting to the step's code starting,
+        which is installing its ``packages_to_install`` (container runs only, else None);
+        not part of :attr:`duration_s`.
     """
 
     name: str
@@ -68,6 +72,7 @@ class StepStatus:
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     cached: bool = False
+    install_s: Optional[float] = None
 
     def log_tail(self, lines: int = 20) -> list[str]:
         """The last ``lines`` lines of the step's log."""

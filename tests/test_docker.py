@@ -1,0 +1,213 @@
+"""Pipelines run in real containers (``kfp.local.DockerRunner``): every step in its base image
+with only its ``packages_to_install``, as a KFP pod runs it.
+
+Skipped where no Docker daemon answers (``DOCKER_HOST`` or the default socket) or the base
+image is missing and cannot be pulled; ``.ci/run`` starts a daemon and builds the image.
+Containers use the network ``$KALE_MAGICS_TEST_DOCKER_NETWORK`` (default ``host``: a daemon
+started with ``--bridge=none`` reaches the package index only that way).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import json
+import os
+import threading
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from kale_magics import api
+from kale_magics.codegen.pipeline import default_image
+from kale_magics.runner.docker import DockerOptions, run_docker
+from kale_magics.runner.status import RunStatus
+from tests.conftest import EXAMPLES
+from tests.test_examples import execute
+
+pytestmark = pytest.mark.integration
+NETWORK = os.environ.get("KALE_MAGICS_TEST_DOCKER_NETWORK", "host")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def docker_ready() -> None:
+    """Skip the module unless a Docker daemon answers and has (or can pull) the base image."""
+    try:
+        import docker
+    except ImportError:
+        pytest.skip("the docker Python package is not installed: pip install -e '.[test]'")
+    where = os.environ.get("DOCKER_HOST") or "the default socket"
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException:
+        pytest.skip(f"no Docker daemon reachable at {where}: start Docker, or run .ci/run, "
+                    "which starts one")
+    try:
+        client.images.get(default_image())
+    except docker.errors.ImageNotFound:
+        try:
+            client.images.pull(default_image())
+        except docker.errors.DockerException:
+            pytest.skip(f"image {default_image()} is not on the Docker at {where} and cannot be "
+                        "pulled: build it with .ci/python-image")
+    finally:
+        client.close()
+
+
+def _run(path: Path, tmp_path: Path, **options) -> tuple[RunStatus, list[str]]:
+    compiled = api.compile_notebook(path, str(tmp_path / "out"))
+    seen: list[str] = []
+    hooks = api.RunHooks(on_step=lambda s: seen.append(f"{s.name} {s.state}"))
+    caching = options.pop("enable_caching", True)
+    status = run_docker(compiled, options=DockerOptions(network=NETWORK, **options),
+                        pipeline_root=str(tmp_path / "root"), hooks=hooks, enable_caching=caching)
+    return status, seen
+
+
+def _notebook_metrics(path: Path) -> dict[str, float]:
+    keys = [m.key for s in api.read_plan(path).steps for m in s.metrics]
+    probe = f"import json\nprint(json.dumps({{k: float(eval(k)) for k in {keys!r}}}))"
+    return json.loads(execute(path, [probe])[0])
+
+
+@pytest.mark.parametrize("name, volume_map", [
+    ("wine", {}),
+    ("titanic", {"titanic-data": str(EXAMPLES / "data")}),  # the notebook reads data/titanic from /
+])
+def test_examples_in_containers_give_the_notebooks_metrics(name, volume_map, tmp_path) -> None:
+    path = EXAMPLES / f"{name}.ipynb"
+    status, seen = _run(path, tmp_path, volume_map=volume_map)
+    assert status.state == "SUCCEEDED", status.error
+    assert status.metrics == pytest.approx(_notebook_metrics(path), rel=1e-9, abs=1e-12)
+    for step in status.steps.values():
+        assert step.state == "SUCCEEDED" and step.install_s > 0 and step.duration_s > 0
+        assert f"{step.name} RUNNING" in seen
+    if name == "titanic":
+        assert "train_gboost --gpu 1" in status.notices[0]
+        assert any("train.csv" in line for line in status.steps["load_data"].log)  # !ls -l
+
+
+def test_settings_volume_secret_env_and_a_consumer_that_imports_nothing(notebook, tmp_path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.csv").write_text("x\n1\n2\n3\n")
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text("DB_PASSWORD=s3cret\n")
+    path = notebook(
+        "%%kale step load --volume data:/data --secret db:password:DB_PASSWORD --env LOG_LEVEL=debug\n"
+        "import os\nimport pandas as pd\ndf = pd.read_csv('/data/in.csv')\n"
+        "seen = [os.environ['DB_PASSWORD'], os.environ['LOG_LEVEL'], os.getcwd()]",
+        "%%kale step use --volume data:/data\n"
+        "from importlib import metadata\n"
+        "total = int(df['x'].sum())\n"
+        "kale = [d.metadata['Name'] for d in metadata.distributions() if 'kale' in d.metadata['Name']]\n"
+        "open('/data/out.txt', 'w').write(' '.join(seen + [str(total), repr(kale)]))",
+        "%%kale metrics\ntotal", name="settings")
+    status, _ = _run(path, tmp_path, volume_map={"data": str(data)}, secret_env_file=str(secrets))
+    assert status.state == "SUCCEEDED", status.error
+    # `use` imports nothing yet loads a DataFrame: it installs pandas and pyarrow from `load`;
+    # the container has no kale-magics; a step starts in the image's working directory
+    assert (data / "out.txt").read_text() == "s3cret debug / 6 []"
+    assert status.metrics == {"total": 6.0}
+
+
+def test_a_step_over_its_memory_limit_fails_out_of_memory(notebook, tmp_path) -> None:
+    path = notebook("%%kale step hog --memory-limit 512Mi\nblock = b'x' * (2 << 30)\nsize = len(block)",
+                    "%%kale step after\nprint(size)", name="hog")
+    status, _ = _run(path, tmp_path)
+    assert status.state == "FAILED"
+    hog = status.steps["hog"]
+    assert (hog.state, hog.error) == ("FAILED", "out of memory (limit 512Mi)")
+    assert status.steps["after"].state == "SKIPPED"
+    assert "step 'hog' failed: out of memory (limit 512Mi)" in status.error
+
+
+def test_an_import_the_compile_cannot_see_fails_naming_the_package(notebook, tmp_path) -> None:
+    path = notebook("%%kale step parse\nimport importlib\nloaded = importlib.import_module('yaml').__name__",
+                    name="hidden")
+    status, _ = _run(path, tmp_path)
+    parse = status.steps["parse"]
+    assert parse.state == "FAILED"
+    assert parse.error.startswith("ModuleNotFoundError: No module named 'yaml'; module 'yaml' is "
+                                  "not in the step's packages_to_install (cloudpickle==")
+    assert "add --packages PyYAML==" in parse.error and parse.error.endswith("to step 'parse'")
+    assert parse.cell.endswith("(step parse)") and parse.line == 3  # the %%kale line is 1
+
+
+@pytest.fixture
+def package_index(tmp_path) -> Iterator[tuple[str, list[str]]]:
+    """A package index on 127.0.0.1 serving one small wheel, ``kmprobe==1.0``, with the caching
+    headers PyPI sends; yields its URL and the list of paths it was asked for."""
+    wheel = _probe_wheel(tmp_path / "files")
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    asked: list[str] = []
+
+    class Index(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            if self.path.rstrip("/") == "/simple/kmprobe":
+                body = f'<a href="/files/{wheel.name}#sha256={digest}">{wheel.name}</a>'.encode()
+                self._send(body, "text/html", "max-age=600")
+            elif self.path == f"/files/{wheel.name}":
+                self._send(wheel.read_bytes(), "application/zip", "max-age=365000000, immutable")
+            else:
+                self.send_error(404)
+
+        def _send(self, body: bytes, kind: str, cache: str) -> None:
+            self.send_response(200)
+            for header, value in (("Content-Type", kind), ("Content-Length", str(len(body))),
+                                  ("Cache-Control", f"{cache}, public")):
+                self.send_header(header, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Index)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/simple", asked
+    server.shutdown()
+    server.server_close()
+
+
+def _probe_wheel(folder: Path) -> Path:
+    folder.mkdir()
+    files = {"kmprobe/__init__.py": "ANSWER = 42\n",
+             "kmprobe-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: kmprobe\nVersion: 1.0\n",
+             "kmprobe-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\n"
+                                            "Root-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{name},sha256={_b64_digest(text.encode())},{len(text)}\n"
+                     for name, text in files.items()) + "kmprobe-1.0.dist-info/RECORD,,\n"
+    wheel = folder / "kmprobe-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, text in {**files, "kmprobe-1.0.dist-info/RECORD": record}.items():
+            archive.writestr(name, text)
+    return wheel
+
+
+def _b64_digest(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def test_pip_index_options_apply_and_the_shared_cache_saves_downloads(notebook, tmp_path,
+                                                                     package_index) -> None:
+    url, asked = package_index
+    path = notebook(f"%kale pipeline --pip-index-url https://pypi.org/simple --pip-index-url {url} "
+                    "--pip-trusted-host 127.0.0.1",
+                    "%%kale step probe --packages kmprobe==1.0\nimport kmprobe\nanswer = kmprobe.ANSWER",
+                    "%%kale metrics\nanswer", name="index")
+    cache = tmp_path / "pip-cache"
+    first, _ = _run(path, tmp_path, pip_cache=str(cache))
+    assert first.state == "SUCCEEDED", first.error
+    assert first.metrics == {"answer": 42.0}
+    downloads = [p for p in asked if p.startswith("/files/")]
+    assert downloads == ["/files/kmprobe-1.0-py3-none-any.whl"]
+    second, _ = _run(path, tmp_path, pip_cache=str(cache), enable_caching=False)
+    assert second.state == "SUCCEEDED" and not second.steps["probe"].cached
+    assert [p for p in asked if p.startswith("/files/")] == downloads  # from the shared cache

@@ -1,0 +1,169 @@
+"""Container runs without Docker: how step settings become container arguments, what is refused
+before Docker is asked, how a container's output becomes step events, and the packages a
+consumer step installs (tests/test_docker.py runs real containers)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kale_magics import api
+from kale_magics.errors import RunError
+from kale_magics.runner.docker import (DockerOptions, StepLog, check_inputs, container_notices,
+                                       cpu_cores, memory_bytes, read_env_file, run_docker,
+                                       step_container)
+from kale_magics.runner.local import plan_status
+from kale_magics.runtime.step import EVENT_MARKER
+
+
+def _plan(notebook, *cells: str):
+    return api.read_plan(notebook(*cells, name="settings"))
+
+
+def test_quantities_follow_kubernetes() -> None:
+    assert memory_bytes("512Mi") == 512 * 2**20
+    assert memory_bytes("1G") == 10**9
+    assert memory_bytes("1000") == 1000
+    assert cpu_cores("500m") == 0.5
+    assert cpu_cores("2") == 2.0
+
+
+def test_step_settings_become_container_arguments(notebook, tmp_path) -> None:
+    (tmp_path / "data").mkdir()
+    plan = _plan(notebook, "%%kale step train --cpu 500m --cpu-limit 2 --memory 256Mi "
+                 "--memory-limit 1Gi --gpu 1 --label team=ml --volume data:/data "
+                 "--secret db:password:DB_PASSWORD --timeout 30m\nx = 1")
+    options = DockerOptions(volume_map={"data": str(tmp_path / "data")})
+    step = plan.steps[0]
+    without_gpu = step_container(step, options, gpus=False, secrets={"DB_PASSWORD": "s3cret"})
+    assert without_gpu.run_args == {
+        "labels": {"kale-magics.step": "train", "team": "ml"},
+        "mem_limit": 2**30, "memswap_limit": 2**30, "mem_reservation": 256 * 2**20,
+        "nano_cpus": 2 * 10**9, "cpu_shares": 512}
+    assert without_gpu.volumes == {str(tmp_path / "data"): {"bind": "/data", "mode": "rw"}}
+    assert without_gpu.environment == {"DB_PASSWORD": "s3cret"}
+    assert (without_gpu.memory_limit, without_gpu.timeout_s) == ("1Gi", 1800)
+    requests = step_container(step, options, gpus=True, secrets={"DB_PASSWORD": "s"}).run_args
+    assert [(r["Count"], r["Capabilities"]) for r in requests["device_requests"]] == [(1, [["gpu"]])]
+
+
+def test_one_notice_lists_what_containers_cannot_apply(notebook) -> None:
+    plan = _plan(notebook, "%%kale step a --gpu 1 --node-selector pool=gpu --memory 1Gi\nx = 1",
+                 "%%kale step b --annotation owner=me --toleration gpu=true:NoSchedule\ny = x")
+    assert container_notices(plan, gpus=False) == [
+        "no effect in containers (Docker here has no GPU runtime): a --gpu 1 --node-selector "
+        "pool=gpu; b --toleration gpu=true:NoSchedule --annotation owner=me"]
+    assert container_notices(plan, gpus=True) == [
+        "no effect in containers: a --node-selector pool=gpu; b --toleration gpu=true:NoSchedule "
+        "--annotation owner=me"]
+
+
+def test_unmapped_pvc_is_refused_naming_it_before_docker_is_asked(notebook, monkeypatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    compiled = api.compile_notebook(notebook("%%kale step load --volume titanic-data:/data\nx = 1",
+                                             name="pvc"))
+    with pytest.raises(RunError, match="step 'load' mounts PVC 'titanic-data' at /data, which has "
+                       "no local folder in a container run: add --volume-map titanic-data=DIR"):
+        run_docker(compiled)
+    with pytest.raises(RunError, match="--volume-map titanic-data=/nonexistent/x: no such folder"):
+        run_docker(compiled, options=DockerOptions(volume_map={"titanic-data": "/nonexistent/x"}))
+
+
+def test_secrets_come_from_the_env_file(notebook, tmp_path, monkeypatch) -> None:
+    plan = _plan(notebook, "%%kale step a --secret db:password:DB_PASSWORD\nx = 1")
+    with pytest.raises(RunError, match="step 'a' reads secret db:password as DB_PASSWORD, but no "
+                       "--secret-env-file was given: pass --secret-env-file FILE with a line "
+                       "DB_PASSWORD=VALUE"):
+        check_inputs(plan, DockerOptions())
+    env_file = tmp_path / "secrets.env"
+    env_file.write_text("# comment\n\nOTHER=1\n")
+    with pytest.raises(RunError, match=f"{env_file} has no DB_PASSWORD"):
+        check_inputs(plan, DockerOptions(secret_env_file=str(env_file)))
+    env_file.write_text("  DB_PASSWORD='a=b' \nFROM_HOST\n")
+    monkeypatch.setenv("FROM_HOST", "here")
+    assert read_env_file(str(env_file)) == {"DB_PASSWORD": "'a=b' ", "FROM_HOST": "here"}
+    assert check_inputs(plan, DockerOptions(secret_env_file=str(env_file)))["DB_PASSWORD"] == "'a=b' "
+    with pytest.raises(RunError, match="cannot read --secret-env-file /nonexistent.env"):
+        check_inputs(plan, DockerOptions(secret_env_file="/nonexistent.env"))
+
+
+def test_no_docker_daemon_is_one_clear_error(notebook, monkeypatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    compiled = api.compile_notebook(notebook("%%kale step a\nx = 1", name="nodaemon"))
+    with pytest.raises(RunError, match=r"^cannot reach Docker \(.*\): start Docker Desktop or the "
+                       "Docker daemon, or point DOCKER_HOST at its socket$"):
+        run_docker(compiled)
+
+
+def _event(event: str, step: str, **fields) -> str:
+    return f"{EVENT_MARKER} {json.dumps({'event': event, 'step': step, **fields})}"
+
+
+def _step_log(notebook, packages=("cloudpickle==3",)):
+    plan = _plan(notebook, "%%kale step train\nx = 1")
+    status = plan_status(plan, "/tmp/root", None, [])
+    lines: list[str] = []
+    return StepLog("train", 100.0, status, list(packages), out=lines.append), status, lines
+
+
+def test_install_output_goes_after_the_start_event_and_install_time_is_set(notebook) -> None:
+    log, status, lines = _step_log(notebook)
+    log.write("WARNING: Running pip as the 'root' user\n")
+    log.write(_event("start", "train", time=112.5) + "\nuser out")
+    log.write("put\n" + _event("end", "train", time=113.0, state="SUCCEEDED") + "\n")
+    log.close()
+    assert lines[1:] == ["WARNING: Running pip as the 'root' user", "user output",
+                         _event("end", "train", time=113.0, state="SUCCEEDED")]
+    assert json.loads(lines[0][len(EVENT_MARKER):])["event"] == "start"
+    assert status.steps["train"].install_s == 12.5
+
+
+def test_container_killed_for_memory_ends_the_step_failed(notebook) -> None:
+    log, _, lines = _step_log(notebook)
+    log.write(_event("start", "train", time=101.0) + "\nallocating\n")
+    log.exited(137, "out of memory (limit 512Mi)")
+    end = json.loads(lines[-1][len(EVENT_MARKER):])
+    assert (end["event"], end["state"], end["error"]) == ("end", "FAILED", "out of memory (limit 512Mi)")
+    assert lines[-2] == "kale-magics: out of memory (limit 512Mi)"
+
+
+def test_failed_install_reports_pips_error_in_the_step_log(notebook) -> None:
+    log, _, lines = _step_log(notebook)
+    log.write("ERROR: No matching distribution found for nope==9\n\n")
+    log.exited(1, "")
+    start = json.loads(lines[0][len(EVENT_MARKER):])
+    assert (start["event"], start["time"]) == ("start", 100.0)
+    assert lines[1] == "ERROR: No matching distribution found for nope==9"
+    end = json.loads(lines[-1][len(EVENT_MARKER):])
+    assert end["error"] == ("installing the step's packages failed (exit code 1): ERROR: No "
+                            "matching distribution found for nope==9")
+
+
+def test_missing_module_error_names_the_package_to_add(notebook) -> None:
+    log, _, lines = _step_log(notebook, packages=("cloudpickle==3", "dill==0.4"))
+    log.write(_event("start", "train", time=101.0) + "\n")
+    log.write(_event("end", "train", time=102.0, state="FAILED",
+                     error="ModuleNotFoundError: No module named 'yaml'") + "\n")
+    error = json.loads(lines[-1][len(EVENT_MARKER):])["error"]
+    from importlib import metadata
+
+    assert error == ("ModuleNotFoundError: No module named 'yaml'; module 'yaml' is not in the "
+                     "step's packages_to_install (cloudpickle==3, dill==0.4): add --packages "
+                     f"PyYAML=={metadata.version('PyYAML')} to step 'train'")
+
+
+@pytest.mark.parametrize("producer, value, wanted", [
+    ("import pandas as pd", "pd.DataFrame({'a': [1]})", {"pandas", "pyarrow"}),
+    ("import numpy as np", "np.arange(3)", {"numpy"}),
+    ("from sklearn.linear_model import LinearRegression", "LinearRegression()", {"scikit-learn"}),
+])
+def test_a_consumer_installs_what_loading_its_inputs_needs(notebook, tmp_path, producer, value,
+                                                           wanted) -> None:
+    path = notebook(f"%%kale step make\n{producer}\nthing = {value}",
+                    "%%kale step copy\nsame = thing",
+                    "%%kale step use\nprint(same)", name="consumer")
+    compiled = api.compile_notebook(path, str(tmp_path / "out"))
+    names = {step: {r.split("==")[0] for r in reqs} for step, reqs in compiled.packages.items()}
+    assert wanted <= names["make"] and wanted <= names["copy"] and wanted <= names["use"]
+    assert compiled.packages["use"] == compiled.packages["make"]  # pinned alike
