@@ -49,12 +49,15 @@ def plan_text(plan: Plan) -> str:
 
 
 def step_line(step: StepStatus) -> str:
-    """One line for a step's state change: ``train  SUCCEEDED  1.23 s``."""
+    """One line for a step's state change: ``train  SUCCEEDED  1.23 s``; in a container run
+    the time its packages took to install comes after: ``train  RUNNING  (installed in 8.1 s)``."""
     line = f"{step.name}  {step.state}"
     if step.cached:
         return f"{line}  (cached)"
     if step.duration_s is not None:
         line += f"  {step.duration_s:.2f} s"
+    if step.install_s is not None:
+        line += f"  (installed in {step.install_s:.1f} s)"
     if step.state == FAILED and step.error:
         line += f"  {step.error}"
     return line

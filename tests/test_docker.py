@@ -195,19 +195,55 @@ def _b64_digest(data: bytes) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def test_pip_index_options_apply_and_the_shared_cache_saves_downloads(notebook, tmp_path,
-                                                                     package_index) -> None:
-    url, asked = package_index
-    path = notebook(f"%kale pipeline --pip-index-url https://pypi.org/simple --pip-index-url {url} "
+def _probe_notebook(notebook, url: str):
+    """Two steps that each install ``kmprobe`` from the index at ``url`` (PyPI for the rest)."""
+    return notebook(f"%kale pipeline --pip-index-url https://pypi.org/simple --pip-index-url {url} "
                     "--pip-trusted-host 127.0.0.1",
                     "%%kale step probe --packages kmprobe==1.0\nimport kmprobe\nanswer = kmprobe.ANSWER",
-                    "%%kale metrics\nanswer", name="index")
-    cache = tmp_path / "pip-cache"
-    first, _ = _run(path, tmp_path, pip_cache=str(cache))
+                    "%%kale step again --packages kmprobe==1.0\nimport kmprobe\nsame = answer == kmprobe.ANSWER",
+                    "%%kale metrics\nanswer\nsame", name="index")
+
+
+@pytest.fixture
+def new_env_images_removed() -> Iterator[None]:
+    """Remove the images of installed packages a test makes (they hold its random index port)."""
+    import docker
+
+    client = docker.from_env()
+    before = {image.id for image in client.images.list(filters={"label": "kale-magics.env"})}
+    yield
+    for image in client.images.list(filters={"label": "kale-magics.env"}):
+        if image.id not in before:
+            client.images.remove(image.id, force=True)
+    client.close()
+
+
+def _downloads(asked: list[str]) -> list[str]:
+    return [p for p in asked if p.startswith("/files/")]
+
+
+def test_pip_index_options_apply_and_the_shared_pip_cache_saves_downloads(
+        notebook, tmp_path, package_index) -> None:
+    url, asked = package_index
+    path = _probe_notebook(notebook, url)
+    options = {"pip_cache": str(tmp_path / "pip-cache"), "reuse_installs": False}
+    first, _ = _run(path, tmp_path, **options)
     assert first.state == "SUCCEEDED", first.error
-    assert first.metrics == {"answer": 42.0}
-    downloads = [p for p in asked if p.startswith("/files/")]
-    assert downloads == ["/files/kmprobe-1.0-py3-none-any.whl"]
-    second, _ = _run(path, tmp_path, pip_cache=str(cache), enable_caching=False)
+    assert first.metrics == {"answer": 42.0, "same": 1.0}
+    # both steps installed kmprobe from our index; the second got it from the pip cache
+    assert _downloads(asked) == ["/files/kmprobe-1.0-py3-none-any.whl"]
+    second, _ = _run(path, tmp_path, enable_caching=False, **options)
     assert second.state == "SUCCEEDED" and not second.steps["probe"].cached
-    assert [p for p in asked if p.startswith("/files/")] == downloads  # from the shared cache
+    assert len(_downloads(asked)) == 1
+
+
+def test_each_set_of_packages_is_installed_once(notebook, tmp_path, package_index,
+                                                new_env_images_removed) -> None:
+    url, asked = package_index
+    path = _probe_notebook(notebook, url)
+    first, _ = _run(path, tmp_path, pip_cache="")  # no pip cache: every install downloads
+    assert first.state == "SUCCEEDED", first.error
+    assert len(_downloads(asked)) == 1  # installed once, for both steps
+    second, _ = _run(path, tmp_path, pip_cache="", enable_caching=False)
+    assert second.state == "SUCCEEDED" and not second.steps["again"].cached
+    assert len(_downloads(asked)) == 1

@@ -10,9 +10,10 @@ import pytest
 
 from kale_magics import api
 from kale_magics.errors import RunError
-from kale_magics.runner.docker import (DockerOptions, StepLog, check_inputs, container_notices,
-                                       cpu_cores, memory_bytes, read_env_file, run_docker,
-                                       step_container)
+from kale_magics.runner.container_run import StepLog, install_script
+from kale_magics.runner.docker import (DockerOptions, check_inputs, container_ir,
+                                       container_notices, cpu_cores, memory_bytes, read_env_file,
+                                       run_docker, step_container)
 from kale_magics.runner.local import plan_status
 from kale_magics.runtime.step import EVENT_MARKER
 
@@ -96,6 +97,21 @@ def test_no_docker_daemon_is_one_clear_error(notebook, monkeypatch) -> None:
         run_docker(compiled)
 
 
+def test_container_ir_keeps_kfps_install_and_names_each_step(notebook, tmp_path) -> None:
+    compiled = api.compile_notebook(notebook("%%kale step a\nx = 1", "%%kale step b\ny = x",
+                                             name="ir"), str(tmp_path / "out"))
+    from kale_magics.codegen.compile import read_ir
+
+    executors = container_ir(read_ir(compiled)[0], compiled.plan)["deploymentSpec"]["executors"]
+    for step in ("a", "b"):
+        container = executors[f"exec-{step}"]["container"]
+        assert {"name": "KALE_MAGICS_STEP", "value": step} in container["env"]
+        install = install_script(container["command"])
+        assert install is not None and "pip install" in install and "'dill==" in install
+        assert not install.rstrip().endswith('"$@"')  # the component itself is not run
+    assert install_script(["sh", "-ec", "python3 -m kfp.dsl.executor_main"]) is None
+
+
 def _event(event: str, step: str, **fields) -> str:
     return f"{EVENT_MARKER} {json.dumps({'event': event, 'step': step, **fields})}"
 
@@ -167,3 +183,12 @@ def test_a_consumer_installs_what_loading_its_inputs_needs(notebook, tmp_path, p
     names = {step: {r.split("==")[0] for r in reqs} for step, reqs in compiled.packages.items()}
     assert wanted <= names["make"] and wanted <= names["copy"] and wanted <= names["use"]
     assert compiled.packages["use"] == compiled.packages["make"]  # pinned alike
+
+
+def test_step_lines_show_install_time_apart_from_the_steps_own() -> None:
+    from kale_magics.report import step_line
+    from kale_magics.runner.status import StepStatus
+
+    step = StepStatus(name="train", state="SUCCEEDED", duration_s=1.234, install_s=8.06)
+    assert step_line(step) == "train  SUCCEEDED  1.23 s  (installed in 8.1 s)"
+    assert step_line(StepStatus(name="train", state="RUNNING")) == "train  RUNNING"

@@ -28,43 +28,29 @@ Step settings take effect where Docker has an equivalent:
 have no effect; one notice lists them. A shared pip cache folder is mounted into every
 container (``PIP_CACHE_DIR``), so a second run downloads nothing again.
 
-Extension point: kfp.local's ``DockerRunner`` takes ``docker run`` arguments for the whole run
-and refuses ``volumes`` (``kfp/local/config.py``, KFP 2.17). kfp.local looks up the handler of
-a DockerRunner task as ``kfp.local.docker_task_handler.DockerTaskHandler`` each time a task
-runs (``task_dispatcher.run_single_task_implementation``); for the length of a run that name is
-a subclass (:func:`_handler_class`) that runs the task's container with its step's settings and
-follows it (:class:`StepLog`). The step is named by an environment variable the run adds to
-each executor of the IR (:data:`STEP_ENV`).
+Steps run through kfp.local's orchestration (caching, retries, artifacts under the pipeline
+root, mounted at the same path) with each task's container started by
+:mod:`kale_magics.runner.container_run`, which applies the per-step settings and installs each
+distinct set of packages once.
 """
 
 from __future__ import annotations
 
-import codecs
-import contextlib
-import json
 import os
 import re
-import threading
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Mapping
 
 from kale_magics.codegen.compile import CompiledPipeline, read_ir
-from kale_magics.codegen.packages import installed_packages
 from kale_magics.codegen.settings import local_noops
 from kale_magics.errors import RunError
-from kale_magics.model import Plan, Step, requirement_name
+from kale_magics.model import Plan, Step
 from kale_magics.runner import local_cache
+from kale_magics.runner.container_run import (STEP_ENV, STEP_LABEL, ContainerRun, StepContainer,
+                                              handler_installed)
 from kale_magics.runner.local import execute, local_ir, plan_status
-from kale_magics.runner.status import FAILED, RunHooks, RunStatus
-from kale_magics.runtime.step import EVENT_MARKER
+from kale_magics.runner.status import RunHooks, RunStatus
 
-#: Environment variable naming a task's step in the IR a container run executes.
-STEP_ENV = "KALE_MAGICS_STEP"
-#: Where the shared pip cache is mounted in each container.
-PIP_CACHE_MOUNT = "/kale-magics/pip-cache"
-#: Label put on every step container (with the step's name as value).
-STEP_LABEL = "kale-magics.step"
 #: Settings Docker has no equivalent for.
 _NO_DOCKER_EQUIVALENT = ("--node-selector", "--toleration", "--annotation")
 _MEMORY_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
@@ -94,37 +80,16 @@ class DockerOptions:
         ``--secret SECRET:KEY:ENV``, or None.
     pip_cache:
         Host folder shared by every container as pip's cache; "" for none.
+    reuse_installs:
+        Install each distinct set of packages once into an image that step containers start
+        from (``kale-magics/env:<hash>``); False to install in every container, as pods do.
     """
 
     network: str | None = None
     volume_map: Mapping[str, str] = field(default_factory=dict)
     secret_env_file: str | None = None
     pip_cache: str = field(default_factory=default_pip_cache)
-
-
-@dataclass(frozen=True)
-class StepContainer:
-    """What a step's container gets beyond KFP's own arguments.
-
-    Attributes
-    ----------
-    run_args:
-        Keyword arguments of ``docker.DockerClient.containers.run`` (limits, labels, devices).
-    volumes:
-        Host folder -> ``{"bind": path, "mode": "rw"}`` (mapped PVCs).
-    environment:
-        Secret values by environment variable name.
-    memory_limit:
-        The ``--memory-limit`` as written (for the out-of-memory message), or None.
-    timeout_s:
-        Seconds after which the container is killed, or None.
-    """
-
-    run_args: dict[str, Any]
-    volumes: dict[str, dict[str, str]] = field(default_factory=dict)
-    environment: dict[str, str] = field(default_factory=dict)
-    memory_limit: str | None = None
-    timeout_s: float | None = None
+    reuse_installs: bool = True
 
 
 def memory_bytes(quantity: str) -> int:
@@ -376,249 +341,11 @@ def run_docker(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None =
     if from_step is not None:
         ir = local_cache.rerun(ir, local_cache.downstream(plan, from_step))
     run = ContainerRun({s.name: step_container(s, options, gpus, secrets) for s in plan.steps},
-                       status, compiled.packages, options.pip_cache)
+                       status, compiled.packages, options.pip_cache, options.reuse_installs)
     network = {"network_mode": options.network} if options.network else {}
     from kfp import local
 
-    with _handler_installed(run):
+    with handler_installed(run):
         execute(container_ir(ir, plan), dict(arguments or {}), root, status, echo,
                 enable_caching, runner=local.DockerRunner(**network))
     return status
-
-
-@contextlib.contextmanager
-def _handler_installed(run: "ContainerRun") -> Iterator[None]:
-    """Make kfp.local run DockerRunner tasks with :func:`_handler_class` while the block runs."""
-    from kfp.local import docker_task_handler
-
-    original = docker_task_handler.DockerTaskHandler
-    docker_task_handler.DockerTaskHandler = _handler_class(run, original)
-    try:
-        yield
-    finally:
-        docker_task_handler.DockerTaskHandler = original
-
-
-def _handler_class(run: "ContainerRun", base: type) -> type:
-    """A subclass of kfp.local's ``DockerTaskHandler`` whose ``run`` is :meth:`ContainerRun.run`."""
-    from kfp.local import status as kfp_status
-
-    class StepContainerHandler(base):  # type: ignore[misc, valid-type]
-        def run(self) -> Any:
-            step = self.env_vars.pop(STEP_ENV)
-            code = run.run(self, step)
-            return kfp_status.Status.SUCCESS if code == 0 else kfp_status.Status.FAILURE
-
-    return StepContainerHandler
-
-
-@dataclass
-class ContainerRun:
-    """Runs the containers of one pipeline run.
-
-    Attributes
-    ----------
-    containers:
-        Each step's container settings.
-    status:
-        The run's status (a step's ``install_s`` is set here).
-    packages:
-        Each step's ``packages_to_install`` (named when an import fails).
-    pip_cache:
-        Host folder mounted as pip's cache, or "".
-    """
-
-    containers: Mapping[str, StepContainer]
-    status: RunStatus
-    packages: Mapping[str, list[str]]
-    pip_cache: str
-
-    def run(self, handler: Any, step: str) -> int:
-        """Run the task of ``handler`` (a kfp.local ``DockerTaskHandler``) as ``step``'s
-        container; forward its output; return its exit code. The container is removed."""
-        import docker
-
-        spec = self.containers[step]
-        client = docker.from_env()
-        try:
-            started = time.time()
-            container = client.containers.run(
-                image=handler.image, command=handler.full_command, detach=True,
-                volumes={**handler.get_volumes_to_mount(client), **spec.volumes,
-                         **self._pip_volume()},
-                environment={**handler.env_vars, **spec.environment, **self._pip_env()},
-                **handler.runner.container_run_args, **spec.run_args)
-            log = StepLog(step, started, self.status, self.packages.get(step, []))
-            try:
-                code, killed = _follow(container, log, spec.timeout_s)
-                container.reload()
-                oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
-            finally:
-                container.remove(force=True)
-            if code != 0:
-                log.exited(code, _why(spec, oom, killed))
-            return code
-        finally:
-            client.close()
-
-    def _pip_volume(self) -> dict[str, dict[str, str]]:
-        if not self.pip_cache:
-            return {}
-        os.makedirs(self.pip_cache, exist_ok=True)
-        return {os.path.abspath(self.pip_cache): {"bind": PIP_CACHE_MOUNT, "mode": "rw"}}
-
-    def _pip_env(self) -> dict[str, str]:
-        return {"PIP_CACHE_DIR": PIP_CACHE_MOUNT} if self.pip_cache else {}
-
-
-def _follow(container: Any, log: "StepLog", timeout_s: float | None) -> tuple[int, bool]:
-    """Stream the container's output into ``log`` until it exits; kill it after ``timeout_s``.
-    Returns the exit code and whether the timeout killed it."""
-    killed = threading.Event()
-
-    def kill() -> None:
-        killed.set()
-        with contextlib.suppress(Exception):
-            container.kill()
-
-    timer = threading.Timer(timeout_s, kill) if timeout_s else None
-    if timer is not None:
-        timer.daemon = True
-        timer.start()
-    try:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        for chunk in container.logs(stream=True, follow=True):
-            log.write(decoder.decode(chunk))
-        log.write(decoder.decode(b"", final=True))
-        log.close()
-        code = int(container.wait().get("StatusCode", 1))
-    finally:
-        if timer is not None:
-            timer.cancel()
-    return code, killed.is_set()
-
-
-def _why(spec: StepContainer, oom: bool, killed: bool) -> str:
-    """Why a container failed, when the step could not say: "out of memory (limit 512Mi)"."""
-    if oom:
-        return f"out of memory (limit {spec.memory_limit})" if spec.memory_limit else "out of memory"
-    if killed:
-        return f"timed out after {spec.timeout_s:g} s (--timeout)"
-    return ""
-
-
-class StepLog:
-    """Forwards one step container's output to kfp.local's stdout, where the local runner
-    reads the step runtime's event lines (``runner.local``), and reports what the step could
-    not: a failed install, running out of memory, a timeout.
-
-    Lines before the step's code starts are the install's; they are held back and forwarded
-    right after the step's ``start`` event, so they land in the step's log.
-
-    Parameters
-    ----------
-    step:
-        The step's name.
-    started:
-        When its container started (seconds since the epoch).
-    status:
-        The run's status; the step's ``install_s`` is set just before its ``start`` event is
-        forwarded, whose update notifies the hooks.
-    packages:
-        The step's ``packages_to_install``, named when one of its imports fails.
-    out:
-        Where lines go (default ``print``, which kfp.local indents while a task runs).
-    """
-
-    def __init__(self, step: str, started: float, status: RunStatus, packages: list[str],
-                 out: Callable[[str], Any] = print) -> None:
-        self.step, self.started, self.status, self.packages = step, started, status, packages
-        self.out = out
-        self.partial = ""
-        self.held: list[str] | None = []  # None once the step's code started
-        self.ended = False
-
-    def write(self, text: str) -> None:
-        """Take the next piece of output (any number of lines, maybe partial)."""
-        self.partial += text
-        *lines, self.partial = self.partial.split("\n")
-        for line in lines:
-            self._line(line)
-
-    def close(self) -> None:
-        """The output ended: take a last unterminated line."""
-        if self.partial:
-            self._line(self.partial)
-            self.partial = ""
-
-    def _line(self, line: str) -> None:
-        event = _event(line)
-        if event is None or event.get("step") != self.step:
-            if self.held is None:
-                self.out(line)
-            else:
-                self.held.append(line)
-        elif event.get("event") == "start":
-            self.status.steps[self.step].install_s = round(event["time"] - self.started, 3)
-            self.out(line)
-            self._release()
-        else:
-            self.ended = True
-            if event.get("state") == FAILED:
-                event["error"] = missing_module_hint(event.get("error", ""), self.step,
-                                                     self.packages)
-            self.out(f"{EVENT_MARKER} {json.dumps(event)}")
-
-    def _release(self) -> None:
-        for held in self.held or []:
-            self.out(held)
-        self.held = None
-
-    def exited(self, code: int, why: str) -> None:
-        """The container exited with ``code`` != 0: end the step as FAILED unless it did."""
-        if self.ended:
-            return
-        installing = self.held is not None
-        if installing:
-            self.out(f"{EVENT_MARKER} {json.dumps({'event': 'start', 'step': self.step, 'time': self.started})}")
-            last = next((line for line in reversed(self.held or []) if line.strip()), "")
-            self._release()
-            why = (f"{why} while installing the step's packages" if why else
-                   f"installing the step's packages failed (exit code {code}): {last.strip()}")
-        why = why or f"the step's container exited with code {code} before the step ended"
-        self.out(f"kale-magics: {why}")
-        start = self.status.steps[self.step].start or self.started
-        end = {"event": "end", "step": self.step, "time": time.time(), "state": FAILED,
-               "duration_s": time.time() - start, "error": why}
-        self.out(f"{EVENT_MARKER} {json.dumps(end)}")
-        self.ended = True
-
-
-def _event(line: str) -> dict[str, Any] | None:
-    text = line.strip()
-    if not text.startswith(EVENT_MARKER):
-        return None
-    try:
-        event = json.loads(text[len(EVENT_MARKER):])
-    except ValueError:
-        return None
-    return event if isinstance(event, dict) else None
-
-
-_MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([A-Za-z0-9_]+)")
-
-
-def missing_module_hint(error: str, step: str, packages: list[str]) -> str:
-    """``error``, plus which package to add when it is an import of a module the step's
-    packages do not provide (its import was hidden from the compile, e.g. ``importlib``)."""
-    match = _MISSING_MODULE.match(error)
-    if not match:
-        return error
-    module = match.group(1)
-    owner = installed_packages().owner(module)
-    if owner is not None and requirement_name(owner) in {requirement_name(p) for p in packages}:
-        return error
-    fix = installed_packages().pin(owner) if owner else "DISTRIBUTION"
-    listed = ", ".join(packages) or "none"
-    return (f"{error}; module {module!r} is not in the step's packages_to_install ({listed}): "
-            f"add --packages {fix} to step {step!r}")
