@@ -14,7 +14,11 @@ import hashlib
 import http.server
 import json
 import os
+import pickle
+import subprocess
+import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Iterator
@@ -23,7 +27,7 @@ import pytest
 
 from kale_magics import api
 from kale_magics.codegen.pipeline import default_image
-from kale_magics.runner.docker import DockerOptions, run_docker
+from kale_magics.runner.docker import DockerOptions, container_root, run_docker, stop_containers
 from kale_magics.runner.status import RunStatus
 from tests.conftest import EXAMPLES
 from tests.test_examples import execute
@@ -247,3 +251,33 @@ def test_each_set_of_packages_is_installed_once(notebook, tmp_path, package_inde
     second, _ = _run(path, tmp_path, pip_cache="", enable_caching=False)
     assert second.state == "SUCCEEDED" and not second.steps["again"].cached
     assert len(_downloads(asked)) == 1
+
+
+def test_containers_of_a_killed_run_are_stopped(notebook, tmp_path) -> None:
+    import docker
+
+    compiled = api.compile_notebook(notebook("%%kale step nap\nimport time\ntime.sleep(120)",
+                                             name="nap"), str(tmp_path / "out"))
+    root = str(tmp_path / "root")
+    code = ("import sys, pickle; from kale_magics.runner.docker import DockerOptions, container_root, run_docker, stop_containers; "
+            "run_docker(pickle.load(sys.stdin.buffer), options=DockerOptions(network=sys.argv[1]), "
+            "pipeline_root=sys.argv[2])")
+    child = subprocess.Popen([sys.executable, "-c", code, NETWORK, root], stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child.stdin.write(pickle.dumps(compiled))
+    child.stdin.close()
+    client = docker.from_env()
+    label = {"label": f"kale-magics.run={container_root(compiled, root)}"}
+    try:
+        deadline = time.time() + 120
+        while not client.containers.list(filters={"label": [label["label"], "kale-magics.step=nap"]}):
+            assert time.time() < deadline and child.poll() is None, "the step's container never started"
+            time.sleep(0.5)
+        child.kill()  # as the panel's Cancel does: the run's process group gets SIGKILL
+        child.wait()
+        assert client.containers.list(filters=label)  # the container outlives its run
+        assert stop_containers(compiled, root) == 1
+        assert not client.containers.list(all=True, filters=label)
+    finally:
+        child.kill()
+        client.close()

@@ -45,6 +45,8 @@ PIP_CACHE_MOUNT = "/kale-magics/pip-cache"
 ENV_REPOSITORY = "kale-magics/env"
 #: Label of those images (its value: the base image) and, with the step's name, of step containers.
 ENV_LABEL, STEP_LABEL = "kale-magics.env", "kale-magics.step"
+#: Label of every container of a run, its value the run's pipeline root.
+RUN_LABEL = "kale-magics.run"
 #: How KFP's lightweight component command runs the component after its install preamble.
 _RUN_COMPONENT = '&& "$0" "$@"'
 
@@ -111,6 +113,9 @@ class ContainerRun:
         Host folder mounted as pip's cache, or "".
     reuse_installs:
         Start step containers from an image with their packages installed (module docstring).
+
+    Every container is labelled :data:`RUN_LABEL` = the run's pipeline root, so a run whose
+    process was killed can be cleaned up (:func:`remove_run_containers`).
     """
 
     containers: Mapping[str, StepContainer]
@@ -137,7 +142,8 @@ class ContainerRun:
                 volumes={**handler.get_volumes_to_mount(client), **spec.volumes,
                          **self._pip_volume()},
                 environment={**handler.env_vars, **spec.environment, **self._pip_env()},
-                **handler.runner.container_run_args, **spec.run_args)
+                **handler.runner.container_run_args,
+                **{**spec.run_args, "labels": {**spec.run_args.get("labels", {}), **self._run_label()}})
             code, oom, killed = _follow(container, log, spec.timeout_s)
             if code != 0:
                 log.exited(code, _why(spec, oom, killed))
@@ -158,9 +164,12 @@ class ContainerRun:
         container = client.containers.run(
             image=handler.image, command=["sh", "-c", install], detach=True,
             volumes=self._pip_volume(), environment=self._pip_env(),
-            labels={ENV_LABEL: handler.image}, **handler.runner.container_run_args)
+            labels={ENV_LABEL: handler.image, **self._run_label()}, **handler.runner.container_run_args)
         code, _, _ = _follow(container, log, None, commit=(ENV_REPOSITORY, tag, handler.image))
         return f"{ENV_REPOSITORY}:{tag}", code
+
+    def _run_label(self) -> dict[str, str]:
+        return {RUN_LABEL: self.status.pipeline_root}
 
     def _pip_volume(self) -> dict[str, dict[str, str]]:
         if not self.pip_cache:
@@ -217,7 +226,8 @@ def _follow(container: Any, log: "StepLog", timeout_s: float | None,
         oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
         if commit is not None and code == 0:
             repository, tag, base = commit
-            container.commit(repository=repository, tag=tag, changes=[f"LABEL {ENV_LABEL}={base}"])
+            container.commit(repository=repository, tag=tag,
+                             changes=[f"LABEL {ENV_LABEL}={base} {RUN_LABEL}="])
     finally:
         if timer is not None:
             timer.cancel()
@@ -348,3 +358,13 @@ def missing_module_hint(error: str, step: str, packages: list[str]) -> str:
     listed = ", ".join(packages) or "none"
     return (f"{error}; module {module!r} is not in the step's packages_to_install ({listed}): "
             f"add --packages {fix} to step {step!r}")
+
+
+def remove_run_containers(client: Any, pipeline_root: str) -> int:
+    """Kill and remove the containers of runs into ``pipeline_root`` (left by a run whose
+    process was killed, e.g. canceled from the panel); returns how many there were."""
+    containers = client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={pipeline_root}"})
+    for container in containers:
+        with contextlib.suppress(Exception):
+            container.remove(force=True)
+    return len(containers)

@@ -47,7 +47,7 @@ from kale_magics.errors import RunError
 from kale_magics.model import Plan, Step
 from kale_magics.runner import local_cache
 from kale_magics.runner.container_run import (STEP_ENV, STEP_LABEL, ContainerRun, StepContainer,
-                                              handler_installed)
+                                              handler_installed, remove_run_containers)
 from kale_magics.runner.local import execute, local_ir, plan_status
 from kale_magics.runner.status import RunHooks, RunStatus
 
@@ -287,6 +287,29 @@ def container_ir(ir: dict[str, Any], plan: Plan) -> dict[str, Any]:
     return prepared
 
 
+def container_root(compiled: CompiledPipeline, pipeline_root: str | None = None) -> str:
+    """The absolute pipeline root of a container run: ``pipeline_root``, else
+    ``<output folder>/container_runs``."""
+    return os.path.abspath(pipeline_root or os.path.join(os.path.dirname(compiled.yaml_path),
+                                                         "container_runs"))
+
+
+def stop_containers(compiled: CompiledPipeline, pipeline_root: str | None = None) -> int:
+    """Kill and remove the containers of a container run of ``compiled`` into ``pipeline_root``
+    (a run whose process was killed leaves them running); returns how many there were.
+
+    Raises
+    ------
+    RunError
+        Docker cannot be reached.
+    """
+    client = connect()
+    try:
+        return remove_run_containers(client, container_root(compiled, pipeline_root))
+    finally:
+        client.close()
+
+
 def run_docker(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = None, *,
                options: DockerOptions | None = None, pipeline_root: str | None = None,
                hooks: RunHooks | None = None, echo: Any = None, enable_caching: bool = True,
@@ -329,14 +352,14 @@ def run_docker(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None =
         local_cache.downstream(plan, from_step)  # a bad name fails before Docker is asked
     secrets = check_inputs(plan, options)
     ir, _ = read_ir(compiled)
+    root = container_root(compiled, pipeline_root)
     client = connect()
     try:
         gpus = has_gpu(client)
         ensure_images(client, ir)
+        remove_run_containers(client, root)
     finally:
         client.close()
-    root = os.path.abspath(pipeline_root or os.path.join(os.path.dirname(compiled.yaml_path),
-                                                         "container_runs"))
     status = plan_status(plan, root, hooks, container_notices(plan, gpus))
     if from_step is not None:
         ir = local_cache.rerun(ir, local_cache.downstream(plan, from_step))
