@@ -28,12 +28,15 @@ from kale_magics.notebook.reader import AnnotatedNotebook, load_notebook, read_n
 from kale_magics.notebook.registry import ExecutedCell
 from kale_magics.runner import local
 from kale_magics.runner.local import local_notices
+from kale_magics.runner import docker as _docker
+from kale_magics.runner.docker import DockerOptions, docker_notices, docker_options, stop_containers
 from kale_magics.runner.status import RunHooks, RunStatus
 
 __all__ = ["CheckReport", "CompiledPipeline", "KaleError", "LiveValue", "RunHooks", "RunStatus",
            "artifact_types", "check", "coerce_arguments", "compile_notebook", "convert", "default_output_dir",
            "describe", "live_values", "local_notices", "locate_notebook",
-           "parse_param", "read_annotated", "read_plan", "run_local", "split_args"]
+           "parse_param", "read_annotated", "read_plan", "run_local", "split_args",
+           "DockerOptions", "docker_notices", "docker_options", "run_docker", "stop_containers"]
 
 
 def read_plan(notebook: str | os.PathLike[str]) -> Plan:
@@ -260,6 +263,31 @@ def run_local(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline,
     return local.run_local(compiled, kfp_arguments(compiled.plan, typed),
                            pipeline_root=pipeline_root, hooks=hooks,
                            enable_caching=enable_caching, from_step=from_step)
+
+
+def run_docker(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline,
+               arguments: Mapping[str, Any] | None = None, *, options: DockerOptions | None = None,
+               pipeline_root: str | None = None, hooks: RunHooks | None = None,
+               output_dir: str | None = None, enable_caching: bool = True,
+               from_step: str | None = None) -> RunStatus:
+    """Compile (when given a notebook) and run the pipeline with every step in a container of
+    its base image, installing only its packages, as a cluster does (``kfp.local.DockerRunner``).
+
+    Parameters are those of :func:`run_local`, plus ``options`` (network, PVC folders, secrets
+    file; see :func:`docker_options`). Artifacts go to ``.kale/container_runs`` by default.
+
+    Raises
+    ------
+    KaleError
+        The notebook does not compile, the arguments are wrong, a PVC has no folder or a secret
+        no value, Docker cannot be reached, or an image is missing.
+    """
+    compiled = (notebook_or_compiled if isinstance(notebook_or_compiled, CompiledPipeline)
+                else compile_notebook(notebook_or_compiled, output_dir))
+    typed = coerce_arguments(compiled.plan, arguments or {})
+    return _docker.run_docker(compiled, kfp_arguments(compiled.plan, typed), options=options,
+                              pipeline_root=pipeline_root, hooks=hooks,
+                              enable_caching=enable_caching, from_step=from_step)
 
 
 # =============================================================================================

@@ -49,23 +49,42 @@ def _run(args: argparse.Namespace) -> int:
     from kale_magics import api
     from kale_magics.report import run_summary, step_line
 
+    _check_docker_options(args)
     if args.host or args.remote:
         return _run_remote(args)
     arguments = dict(api.parse_param(p) for p in args.param)
+    options = api.docker_options(args.docker_network, args.volume_map, args.secret_env_file,
+                                 args.fresh_installs) if args.docker else None
     compiled = api.compile_notebook(args.notebook, args.output)
     _warn(compiled.warnings)
-    _warn(api.local_notices(compiled), "notice")
+    _warn(api.docker_notices(compiled, options) if args.docker else api.local_notices(compiled),
+          "notice")
     hooks = api.RunHooks()
     if not args.json:
-        print(f"running {compiled.plan.name} locally ({len(compiled.plan.steps)} steps)", flush=True)
+        where = "in containers" if args.docker else "locally"
+        print(f"running {compiled.plan.name} {where} ({len(compiled.plan.steps)} steps)", flush=True)
         hooks.on_step = lambda step: print(step_line(step), flush=True)
-    status = api.run_local(compiled, arguments, pipeline_root=args.pipeline_root, hooks=hooks,
-                           enable_caching=not args.no_cache, from_step=args.from_step)
+    run_options = dict(pipeline_root=args.pipeline_root, hooks=hooks,
+                       enable_caching=not args.no_cache, from_step=args.from_step)
+    status = (api.run_docker(compiled, arguments, options=options, **run_options) if args.docker
+              else api.run_local(compiled, arguments, **run_options))
     if args.json:
         print(json.dumps(status.to_json(), default=str))
     else:
         print(run_summary(status))
     return 0 if status.state == "SUCCEEDED" else 1
+
+
+def _check_docker_options(args: argparse.Namespace) -> None:
+    if args.docker and (args.host or args.remote):
+        raise KaleError("--docker runs the steps in containers on this machine; leave out "
+                        "--host/--remote, or --docker to run on the KFP server")
+    given = [option for option, value in (("--docker-network", args.docker_network),
+                                          ("--volume-map", args.volume_map),
+                                          ("--secret-env-file", args.secret_env_file),
+                                          ("--fresh-installs", args.fresh_installs)) if value]
+    if given and not args.docker:
+        raise KaleError(f"{given[0]} applies to runs in containers: add --docker")
 
 
 def _session(args: argparse.Namespace, settings: Any = None) -> Any:
@@ -230,6 +249,17 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--from", dest="from_step", metavar="STEP",
                      help="run STEP and everything downstream, reusing cached upstream results "
                      "(local runs)")
+    containers = run.add_argument_group("runs in containers (see README: Running in containers)")
+    containers.add_argument("--docker", action="store_true", help="run every step in a container "
+                            "of its image, installing only its packages, as a cluster does")
+    containers.add_argument("--docker-network", metavar="MODE", help="the containers' Docker network "
+                            "(default Docker's own; 'host' where the daemon has no bridge)")
+    containers.add_argument("--volume-map", action="append", default=[], metavar="PVC=DIR",
+                            help="mount local folder DIR where a step mounts PVC (repeatable)")
+    containers.add_argument("--secret-env-file", metavar="FILE", help="ENV=VALUE lines giving each "
+                            "--secret SECRET:KEY:ENV its value")
+    containers.add_argument("--fresh-installs", action="store_true", help="install the packages in "
+                            "every step's container, as pods do (default: once per set of packages)")
     remote = run.add_argument_group("remote runs (with --host or --remote)")
     remote.add_argument("--remote", action="store_true", help="run on the KFP server configured by "
                         "%%kale pipeline --host, $KF_PIPELINES_ENDPOINT or the config file")

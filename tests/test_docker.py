@@ -281,3 +281,17 @@ def test_containers_of_a_killed_run_are_stopped(notebook, tmp_path) -> None:
     finally:
         child.kill()
         client.close()
+
+
+def test_cli_runs_in_containers_and_reports_install_time(notebook, tmp_path) -> None:
+    from tests.test_cli import cli
+
+    path = notebook("%%kale step a\nx = 40", "%%kale step b\ny = x + 2", "%%kale metrics\ny",
+                    name="clidocker")
+    result = cli("run", str(path), "--docker", "--docker-network", NETWORK, "-o",
+                 str(tmp_path / "out"), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["state"], report["metrics"]) == ("SUCCEEDED", {"y": 42.0})
+    assert report["pipeline_root"] == str(tmp_path / "out" / "container_runs")
+    assert all(step["install_s"] > 0 for step in report["steps"].values())

@@ -192,3 +192,21 @@ def test_step_lines_show_install_time_apart_from_the_steps_own() -> None:
     step = StepStatus(name="train", state="SUCCEEDED", duration_s=1.234, install_s=8.06)
     assert step_line(step) == "train  SUCCEEDED  1.23 s  (installed in 8.1 s)"
     assert step_line(StepStatus(name="train", state="RUNNING")) == "train  RUNNING"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--volume-map", "data=/tmp"], "kale-magics: error: --volume-map applies to runs in containers: add --docker"),
+    (["--docker", "--host", "http://127.0.0.1:9"], "kale-magics: error: --docker runs the steps in containers on this machine"),
+    (["--docker", "--volume-map", "data"], "kale-magics: error: --volume-map 'data' is not valid; for example --volume-map data=./data"),
+    (["--docker"], "kale-magics: error: step 'load' mounts PVC 'data' at /data, which has no local "
+     "folder in a container run: add --volume-map data=DIR"),
+])
+def test_cli_refuses_bad_container_options_in_one_line(notebook, tmp_path, monkeypatch, args,
+                                                        message) -> None:
+    from tests.test_cli import cli
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    path = notebook("%%kale step load --volume data:/data\nx = 1", name="cliopts")
+    result = cli("run", str(path), "-o", str(tmp_path / "out"), *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1

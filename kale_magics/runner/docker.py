@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from kale_magics.codegen.compile import CompiledPipeline, read_ir
 from kale_magics.codegen.settings import local_noops
@@ -90,6 +90,28 @@ class DockerOptions:
     secret_env_file: str | None = None
     pip_cache: str = field(default_factory=default_pip_cache)
     reuse_installs: bool = True
+
+
+def docker_options(network: str | None = None, volume_map: Iterable[str] = (),
+                   secret_env_file: str | None = None, fresh_installs: bool = False) -> DockerOptions:
+    """:class:`DockerOptions` from the words a user types (``--volume-map data=./data``).
+
+    Raises
+    ------
+    RunError
+        A volume map is not ``PVC=DIR``, or names a PVC twice.
+    """
+    mapped: dict[str, str] = {}
+    for entry in volume_map:
+        pvc, sep, folder = entry.partition("=")
+        if not sep or not pvc or not folder:
+            raise RunError(f"--volume-map {entry!r} is not valid; for example --volume-map "
+                           "data=./data (a PVC name, then a local folder)")
+        if pvc in mapped:
+            raise RunError(f"--volume-map maps PVC {pvc!r} twice; give one folder per PVC")
+        mapped[pvc] = os.path.abspath(os.path.expanduser(folder))
+    return DockerOptions(network=network or None, volume_map=mapped,
+                         secret_env_file=secret_env_file or None, reuse_installs=not fresh_installs)
 
 
 def memory_bytes(quantity: str) -> int:
@@ -292,6 +314,24 @@ def container_root(compiled: CompiledPipeline, pipeline_root: str | None = None)
     ``<output folder>/container_runs``."""
     return os.path.abspath(pipeline_root or os.path.join(os.path.dirname(compiled.yaml_path),
                                                          "container_runs"))
+
+
+def docker_notices(compiled: CompiledPipeline, options: DockerOptions | None = None) -> list[str]:
+    """What a container run of ``compiled`` cannot apply (:func:`container_notices`), asking the
+    daemon whether it has GPUs, after checking ``options`` as :func:`run_docker` does.
+
+    Raises
+    ------
+    RunError
+        A PVC has no folder or a secret no value (:func:`check_inputs`), or Docker cannot be
+        reached.
+    """
+    check_inputs(compiled.plan, options or DockerOptions())
+    client = connect()
+    try:
+        return container_notices(compiled.plan, has_gpu(client))
+    finally:
+        client.close()
 
 
 def stop_containers(compiled: CompiledPipeline, pipeline_root: str | None = None) -> int:
