@@ -351,10 +351,7 @@ def remote_status(session: KfpSession, run_id: str, plan: Plan | None = None,
     RunError
         No such run; KfpConnectionError, KfpAuthError.
     """
-    run = _watch.get_run(session, run_id)
-    status = _watch.new_status(session, run, plan, hooks)
-    _watch.apply_run(status, run)
-    return status
+    return _watch.start(session, run_id, plan, hooks).status
 
 
 def watch_remote(session: KfpSession, run_id: str, hooks: RunHooks | None = None, *,
@@ -382,9 +379,8 @@ def watch_remote(session: KfpSession, run_id: str, hooks: RunHooks | None = None
     KfpConnectionError, KfpAuthError, RunError
     """
     policy = RetryPolicy(max_outage_s=max_outage_s, backoff_max_s=max(1.0, min(20.0, max_outage_s / 4)))
-    run = _watch.get_run(session, run_id, policy)
-    status = _watch.new_status(session, run, plan, hooks)
-    return _watch.watch_run(session, status, _watch.WatchOptions(interval_s, timeout_s, policy))
+    follower = _watch.start(session, run_id, plan, hooks, policy)
+    return _watch.watch_run(follower, _watch.WatchOptions(interval_s, timeout_s, policy))
 
 
 def cancel_remote(session: KfpSession, run_id: str, *, wait_s: float = 60.0,
@@ -402,9 +398,7 @@ def cancel_remote(session: KfpSession, run_id: str, *, wait_s: float = 60.0,
     ------
     RunError, KfpConnectionError, KfpAuthError
     """
-    _remote.terminate(session, run_id)
-    status = remote_status(session, run_id, plan, hooks)
-    return _watch.wait_for_end(session, status, wait_s, interval_s)
+    return _watch.cancel(session, run_id, wait_s, plan, hooks, interval_s)
 
 
 def list_schedules(session: KfpSession, experiment: str | None = None) -> list[ScheduleInfo]:

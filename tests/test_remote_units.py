@@ -12,7 +12,7 @@ import urllib3
 from kale_magics import api
 from kale_magics.errors import KaleError, KfpAuthError, KfpConnectionError, RunError
 from kale_magics.model import PipelineSettings
-from kale_magics.runner import connection, remote, transport, watch
+from kale_magics.runner import connection, remote, task_map, transport, watch
 from kale_magics.runner.connection import resolve_connection
 
 TOKEN = "unit-secret-token-7d2a"
@@ -91,8 +91,9 @@ def test_version_name_is_content_derived(notebook, tmp_path: Path) -> None:
 
 
 def test_step_and_task_names_map_both_ways() -> None:
-    assert watch.task_name("train_forest") == "train-forest"
-    assert watch.step_name("train-forest") == "train_forest"
+    assert task_map.kfp_task_name("train_forest") == "train-forest"  # kfp.dsl.utils.maybe_rename_for_k8s
+    assert task_map.kfp_task_name("step_2_") == "step-2"
+    assert watch._step_of("train-forest", {"componentRef": {"name": "comp-train-forest"}}) == "train_forest"
     assert watch._topological({"c": {"b"}, "b": {"a"}, "a": set(), "d": set()}) == ["a", "d", "b", "c"]
 
 

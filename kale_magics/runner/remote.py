@@ -30,7 +30,7 @@ from typing import Any, Mapping, Optional
 
 from kale_magics.codegen.compile import CompiledPipeline, dump_ir, read_ir
 from kale_magics.errors import KaleError
-from kale_magics.runner.connection import KfpSession
+from kale_magics.runner.connection import KfpSession, config_path
 from kale_magics.runner.transport import call
 
 DEFAULT_EXPERIMENT = "Default"
@@ -224,6 +224,26 @@ def ensure_experiment(session: KfpSession, name: str) -> str:
                 body, idempotent=False).experiment_id
 
 
+def require_namespace(session: KfpSession, doing: str) -> None:
+    """Refuse, before anything is created, to work on a multi-user server without a namespace.
+
+    In multi-user mode (healthz ``multi_user``) experiments need a namespace (HTTP 400
+    without, ``server/experiment_server.go``) and a pipeline without one is shared, which
+    only KFP's admins may write (HTTP 403, ``server/pipeline_server.go``).
+
+    Raises
+    ------
+    KaleError
+        Multi-user server and no namespace from ``--namespace``, ``$KF_PIPELINES_NAMESPACE``,
+        the config file or the pod's namespace file.
+    """
+    if session.multi_user and not session.connection.namespace:
+        raise KaleError(f"KFP at {session.connection.host} is multi-user, so {doing} needs your "
+                        "namespace (your Kubeflow profile, e.g. kubeflow-user-example-com): pass "
+                        "--namespace NS, set $KF_PIPELINES_NAMESPACE or put {\"namespace\": NS} in "
+                        f"{config_path()}; nothing was created")
+
+
 def _runtime_config(arguments: Mapping[str, Any], pipeline_root: Optional[str]) -> Any:
     import kfp_server_api
 
@@ -295,8 +315,13 @@ def submit(session: KfpSession, compiled: CompiledPipeline, arguments: Mapping[s
 
     Raises
     ------
-    KaleError, RunError, KfpConnectionError, KfpAuthError
+    KaleError
+        A multi-user server and no namespace (:func:`require_namespace`), before anything is
+        created; a bad schedule.
+    RunError, KfpConnectionError, KfpAuthError
+        From the server, with its reason (an upload's error text included).
     """
+    require_namespace(session, "submitting a run")
     if schedule is not None:
         schedule.kfp_cron()  # validate before anything is uploaded
     conn, plan = session.connection, compiled.plan
@@ -330,6 +355,8 @@ class ScheduleInfo:
 
 def list_schedules(session: KfpSession, experiment_id: Optional[str] = None) -> list[ScheduleInfo]:
     """The recurring runs in the session's namespace (or one experiment), up to 200."""
+    if not experiment_id:
+        require_namespace(session, "listing recurring runs")
     conn, api = session.connection, session.client.recurring_runs
     kwargs: dict[str, Any] = {"experiment_id": experiment_id} if experiment_id else {}
     if conn.namespace and not experiment_id:
