@@ -31,6 +31,7 @@ from typing import Any, Mapping, Optional
 from kale_magics.codegen.compile import CompiledPipeline, dump_ir, read_ir
 from kale_magics.errors import KaleError
 from kale_magics.runner.connection import KfpSession, config_path
+from kale_magics.runner.task_map import kfp_task_name
 from kale_magics.runner.transport import call
 
 DEFAULT_EXPERIMENT = "Default"
@@ -244,6 +245,27 @@ def require_namespace(session: KfpSession, doing: str) -> None:
                         f"{config_path()}; nothing was created")
 
 
+def check_task_names(compiled: CompiledPipeline) -> None:
+    """Refuse a pipeline KFP's Argo backend cannot run: a step named like another step's driver.
+
+    KFP runs task ``x`` as the Argo tasks ``x-driver`` and ``x``
+    (``v2/compiler/argocompiler/container.go``), so a step ``x_driver`` (task ``x-driver``)
+    beside a step ``x`` gives the root DAG two tasks of one name.
+
+    Raises
+    ------
+    KaleError
+        Naming both steps and the fix, before anything is created.
+    """
+    steps = {kfp_task_name(step.name): step.name for step in compiled.plan.steps}
+    for task, step in steps.items():
+        other = steps.get(task[:-len("-driver")]) if task.endswith("-driver") else None
+        if other is not None:
+            raise KaleError(f"step {step!r} cannot run beside step {other!r} on KFP: KFP runs step "
+                            f"{other!r} with a driver task named {task!r}, which is also step {step!r}'s "
+                            f"task name; rename step {step!r} (for example to {step[:-7] + '_setup'!r})")
+
+
 def _runtime_config(arguments: Mapping[str, Any], pipeline_root: Optional[str]) -> Any:
     import kfp_server_api
 
@@ -316,12 +338,13 @@ def submit(session: KfpSession, compiled: CompiledPipeline, arguments: Mapping[s
     Raises
     ------
     KaleError
-        A multi-user server and no namespace (:func:`require_namespace`), before anything is
-        created; a bad schedule.
+        A multi-user server and no namespace (:func:`require_namespace`), step names KFP
+        cannot run (:func:`check_task_names`) or a bad schedule, before anything is created.
     RunError, KfpConnectionError, KfpAuthError
         From the server, with its reason (an upload's error text included).
     """
     require_namespace(session, "submitting a run")
+    check_task_names(compiled)
     if schedule is not None:
         schedule.kfp_cron()  # validate before anything is uploaded
     conn, plan = session.connection, compiled.plan

@@ -14,11 +14,13 @@ KFP 2.17 on Argo lists one task entry per node of the run's Argo workflow
 
 An entry has no parent id, pod name or error; its ``child_tasks`` are the Argo node ids of
 its children, ``<workflow>-<fnv32a(node name)>`` with node names ``<workflow>.root.X``,
-``<workflow>.root.X.executor`` (Argo's ``Workflow.NodeID``). A step's entry is the one
-named after its task; when several entries share that name (a step named ``executor``
-or ``root``, or steps ``x`` and ``x_driver``), the one whose children hold the id of the
-step's own executor node is the step's, the workflow's name being read off the workflow
-node (the entry whose children hold the id of ``<its name>.root-driver``).
+``<workflow>.root.X.executor`` (Argo's ``Workflow.NodeID``). The workflow's name is read
+off the workflow node (the entry whose children hold the id of ``<its name>.root-driver``);
+with it a step's entries are told apart from same-named ones (a step named ``executor`` or
+``root``, steps ``x`` and ``x_driver``): its driver is the ``X-driver`` entry whose children
+hold the id of ``<workflow>.root.X``, and its node the ``X`` entry whose children are at most
+its own executor. Without it (answers that do not look like KFP's), a step's entry is the
+first-started one of its name not taken by another step.
 
 A cache hit is seen as a SKIPPED ``executor`` entry starting while the step's entry ran,
 with no executor of another kind starting then; times are whole seconds, so a cache hit
@@ -121,12 +123,28 @@ def workflow_name(found: Sequence[Entry]) -> str:
     return ""
 
 
-def _pick(candidates: list[Entry], expected: set[str], taken: set[int]) -> Optional[Entry]:
-    """The candidate whose children hold an expected id; else the only (or first) one left."""
+def _pick(candidates: list[Entry], taken: set[int]) -> Optional[Entry]:
+    """Without the workflow's name: the first-started candidate not taken by another step."""
     free = [c for c in candidates if id(c) not in taken]
-    matched = [c for c in free if c.children & expected]
-    chosen = matched or free
-    return min(chosen, key=lambda c: (c.start or float("inf"))) if chosen else None
+    return min(free, key=lambda c: c.start or float("inf")) if free else None
+
+
+def _by_structure(task: str, by_name: dict[str, list[Entry]], workflow: str,
+                  prefixes: list[str]) -> tuple[Optional[Entry], Optional[Entry]]:
+    """A task's node and driver entries, told apart from same-named entries by their children.
+
+    The driver is the ``<task>-driver`` entry whose children hold the id of the task's node
+    (or, while it runs, one without children); the node exists only once that driver made
+    it, and is the ``<task>`` entry whose children are at most the task's own executor.
+    """
+    node_ids = {node_id(workflow, f"{p}.{task}") for p in prefixes}
+    executor_ids = {node_id(workflow, f"{p}.{task}.executor") for p in prefixes}
+    drivers = [e for e in by_name.get(f"{task}-driver", []) if e.children & node_ids or not e.children]
+    driver = next((d for d in drivers if d.children & node_ids), drivers[0] if drivers else None)
+    if driver is None or not driver.children & node_ids:
+        return None, driver
+    nodes = [e for e in by_name.get(task, []) if e.children <= executor_ids]
+    return next((n for n in nodes if n.children), nodes[0] if nodes else None), driver
 
 
 def step_views(steps: Sequence[str], found: Sequence[Entry]) -> dict[str, StepView]:
@@ -135,21 +153,21 @@ def step_views(steps: Sequence[str], found: Sequence[Entry]) -> dict[str, StepVi
     for entry in found:
         by_name.setdefault(entry.name, []).append(entry)
     workflow = workflow_name(found)
-    prefixes = [f"{workflow}.root"] + [f"{workflow}.root.{n}" for n in by_name if n.startswith(
-        ("condition-", "for-loop-", "exit-handler-"))] if workflow else []
-    taken: set[int] = set()
-    nodes, drivers = {}, {}
-    for step in steps:  # the steps' own nodes first, then their drivers from what is left
+    groups = [n for n in by_name if n.startswith(("condition-", "for-loop-", "exit-handler-"))]
+    prefixes = [f"{workflow}.root", *(f"{workflow}.root.{g}" for g in groups)]
+    pairs, taken = {}, set()
+    for step in steps:  # without the workflow's name: the steps' nodes first, then their drivers
         task = kfp_task_name(step)
-        expected = {node_id(workflow, f"{p}.{task}.executor") for p in prefixes}
-        nodes[step] = _pick(by_name.get(task, []), expected, taken)
-        taken |= {id(nodes[step])} if nodes[step] else set()
-    for step in steps:
-        task = kfp_task_name(step)
-        expected = {node_id(workflow, f"{p}.{task}") for p in prefixes}
-        drivers[step] = _pick(by_name.get(f"{task}-driver", []), expected, taken)
+        if workflow:
+            pairs[step] = _by_structure(task, by_name, workflow, prefixes)
+        else:
+            pairs[step] = (_pick(by_name.get(task, []), taken), None)
+        taken |= {id(pairs[step][0])} if pairs[step][0] else set()
+    if not workflow:
+        pairs = {s: (node, _pick(by_name.get(f"{kfp_task_name(s)}-driver", []), taken))
+                 for s, (node, _) in pairs.items()}
     executors = [e for e in found if re.fullmatch(r"executor(\(\d+\))?", e.name) and id(e) not in taken]
-    return {step: _view(nodes[step], drivers[step], executors) for step in steps}
+    return {step: _view(node, driver, executors) for step, (node, driver) in pairs.items()}
 
 
 def _view(node: Optional[Entry], driver: Optional[Entry], executors: list[Entry]) -> StepView:

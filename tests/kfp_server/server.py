@@ -27,7 +27,6 @@ from __future__ import annotations
 import atexit
 import http.server
 import json
-import os
 import shutil
 import socket
 import tempfile
@@ -223,7 +222,7 @@ class KfpTestServer:
             execution.drop()
         for execution in list(self.executions.values()):
             execution.thread.join(timeout=10)
-        shutil.rmtree(self.folder, ignore_errors=True) if not os.environ.get("KEEP") else None
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> "KfpTestServer":
         return self.start()
