@@ -349,7 +349,8 @@ def remote_status(session: KfpSession, run_id: str, plan: Plan | None = None,
     Raises
     ------
     RunError
-        No such run; KfpConnectionError, KfpAuthError.
+        No such run, or KFP cannot report it (it answers the run's ids and an error only).
+    KfpConnectionError, KfpAuthError
     """
     return _watch.start(session, run_id, plan, hooks).status
 
@@ -386,13 +387,17 @@ def watch_remote(session: KfpSession, run_id: str, hooks: RunHooks | None = None
 def cancel_remote(session: KfpSession, run_id: str, *, wait_s: float = 60.0,
                   hooks: RunHooks | None = None, plan: Plan | None = None,
                   interval_s: float = 1.0) -> RunStatus:
-    """Terminate a remote run and wait up to ``wait_s`` seconds for it to be CANCELED.
+    """Terminate a remote run and wait up to ``wait_s`` seconds for it to end.
+
+    KFP ends a terminated run FAILED (``resource/resource_manager.go`` TerminateRun); a run
+    this session terminated is reported CANCELED (see :mod:`kale_magics.runner.watch`).
 
     Returns
     -------
     RunStatus
-        CANCELED, or CANCELING when the server has not finished within ``wait_s``
-        (0: do not wait), or the state it had already ended in.
+        CANCELED, or CANCELING when the run has not ended within ``wait_s`` (0: do not
+        wait), or the state it ended in before the cancel took effect (a finished run is
+        not touched).
 
     Raises
     ------

@@ -403,6 +403,12 @@ def delete_schedule(session: KfpSession, recurring_run_id: str) -> None:
 
 
 def terminate(session: KfpSession, run_id: str) -> None:
-    """Ask the server to terminate a run (repeat-safe, so retried through outages)."""
+    """Ask the server to terminate a run (retried through outages).
+
+    KFP sets the run CANCELING and stops its Argo workflow; the run then ends FAILED. A run
+    that has finished or is already terminating gets HTTP 400 "Row not found"
+    (``storage/run_store.go`` TerminateRun), raised as RunError, which
+    :func:`kale_magics.runner.watch.cancel` expects.
+    """
     call(session.connection, f"terminating run {run_id}",
          session.client.runs.run_service_terminate_run, run_id=run_id)
