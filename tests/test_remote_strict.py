@@ -225,3 +225,20 @@ def test_a_step_named_like_another_steps_driver_is_refused(kfp_server, token_env
     with pytest.raises(KaleError, match="step 'x_driver' cannot run beside step 'x' on KFP.*rename step"):
         api.submit(path, api.connect(kfp_server.url))
     assert not any(p["display_name"] == "clash" for p in kfp_server.store.pipelines.values())
+
+
+def test_a_retried_step_shows_its_attempts_and_ends_succeeded(kfp_server, token_env, notebook) -> None:  # noqa: F811
+    """Argo runs a retried executor as a Retry node with ``executor(N)`` attempts (argocompiler)."""
+    path = notebook("%kale pipeline --name strict-retry", "%%kale imports\nimport os",
+                    "%%kale step flaky --retries 1\nif not os.path.exists('tried'):\n"
+                    "    open('tried', 'w').close()\n    raise RuntimeError('first try')\nvalue = 1",
+                    name="retry")
+    session = api.connect(kfp_server.url)
+    events: list = []
+    submission = api.submit(path, session)
+    status = api.watch_remote(session, submission.run_id, api.RunHooks(
+        on_step=lambda s: events.append((s.name, s.state))), interval_s=0.3)
+    assert status.state == "SUCCEEDED" and events == [("flaky", "RUNNING"), ("flaky", "SUCCEEDED")]
+    entries = kfp_server.run_json(submission.run_id)["run_details"]["task_details"]
+    attempts = {e["display_name"]: e["state"] for e in entries if e["display_name"].startswith("executor(")}
+    assert attempts == {"executor(0)": "FAILED", "executor(1)": "SUCCEEDED"}
