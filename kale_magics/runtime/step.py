@@ -147,8 +147,10 @@ def write_termination_message(step: str, error: str, cell: str, line: int) -> No
     workflow/controller/operator.go ``inferFailedReason``), which KFP keeps in the run's
     workflow manifest (the v1beta1 run detail), where the client reads it back. The message
     is :data:`ERROR_MARKER` and one line of JSON (``step``, ``error``, ``cell``, ``line``),
-    under Kubernetes' 4096-byte limit. The file is written only where it already exists
-    (Kubernetes mounts it); nothing is created anywhere else.
+    under Kubernetes' 4096-byte limit. It is written only in a KFP executor pod (KFP sets
+    ``KFP_POD_NAME`` there, ``argocompiler`` ``commonEnvs``), or to the file named by
+    :data:`TERMINATION_LOG_ENV`, and only when the file already exists (Kubernetes mounts
+    it): a local run, even inside a notebook pod, never touches the pod's file.
 
     Parameters
     ----------
@@ -157,8 +159,9 @@ def write_termination_message(step: str, error: str, cell: str, line: int) -> No
     error, cell, line:
         ``"ZeroDivisionError: division by zero"``, the cell's filename, the 1-based line.
     """
-    path = os.environ.get(TERMINATION_LOG_ENV) or TERMINATION_LOG
-    if not os.path.isfile(path):
+    in_kfp_pod = bool(os.environ.get("KFP_POD_NAME"))
+    path = os.environ.get(TERMINATION_LOG_ENV) or (TERMINATION_LOG if in_kfp_pod else "")
+    if not path or not os.path.isfile(path):
         return
     summary = {"step": step, "error": error[:800], "cell": cell[:150], "line": line}
     try:
