@@ -159,6 +159,19 @@ def test_false_condition_is_streamed_straight_to_skipped_and_cache_hits_as_cache
     assert watch.status.state == "SUCCEEDED"
 
 
+def test_a_failed_driver_fails_its_step_before_it_ran() -> None:
+    flow = make_workflow({"load": TaskSpec()})
+    events: list = []
+    watch, _ = follower(flow, ["load"], events)
+    flow.fail_driver("load", T0 + 1)
+    flow.finish("Failed", T0 + 2)
+    watch.apply(as_run(flow, "FAILED"))
+    assert events == [("load", "FAILED", False)]
+    assert watch.status.steps["load"].error == (
+        "KFP's driver failed before the step ran; its log is in the KFP UI: "
+        "http://kfp.test/#/runs/details/r1 (node 'load-driver')")
+
+
 def test_failed_step_gets_its_error_cell_line_and_where_its_log_is() -> None:
     flow = make_workflow({"train": TaskSpec(retries=1)})
     events: list = []

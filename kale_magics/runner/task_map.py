@@ -43,7 +43,10 @@ FAILED_STATES = frozenset({"FAILED"})
 
 
 def kfp_task_name(step: str) -> str:
-    """The KFP task name of a step: ``kfp.dsl.utils.maybe_rename_for_k8s`` (``train_forest`` -> ``train-forest``)."""
+    """The KFP task name of a step (``train_forest`` -> ``train-forest``).
+
+    KFP's rule, ``kfp.dsl.utils.maybe_rename_for_k8s``.
+    """
     return re.sub("-+", "-", re.sub("[^-0-9a-z]+", "-", step.lower())).strip("-")
 
 

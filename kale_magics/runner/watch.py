@@ -159,6 +159,7 @@ class Follower:
         self.cancel_seen = False
         self.facts: Optional[WorkflowFacts] = None
         self._facts_readable = True
+        self._driver_failed: set[str] = set()
 
     @property
     def canceled(self) -> bool:
@@ -179,6 +180,8 @@ class Follower:
             The server cannot convert the run: it answered only its ids and an error.
         """
         state = str(run.state or "")
+        if self.status.state in TERMINAL_STATES:  # reported once; later answers change nothing
+            return
         if run.error is not None and state in ("", "RUNTIME_STATE_UNSPECIFIED"):
             raise RunError(f"KFP at {self.session.connection.host} cannot report run {run.run_id}: "
                            f"{run.error.message or 'no reason given'}; its state is unknown here, "
@@ -215,7 +218,7 @@ class Follower:
             if not cache_hit and (view.state in (PENDING, step.state) or step.state in TERMINAL_STATES):
                 continue
             now = time.time()
-            direct = view.state == SKIPPED or view.cached
+            direct = view.state == SKIPPED or view.cached or view.driver_failed
             if step.state == PENDING and not direct:
                 changes.append((view.start or now, name, {"state": RUNNING, "start": view.start}))
             if view.state != RUNNING:
@@ -230,12 +233,15 @@ class Follower:
         if view.state == SKIPPED or view.cached:
             change["start"] = view.start
         if view.state == FAILED:
-            change.update(self._failure(name, view.driver_failed))
+            if view.driver_failed:
+                self._driver_failed.add(name)
+            change.update(self._failure(name))
         return change
 
-    def _failure(self, name: str, driver_failed: bool = False) -> dict[str, Any]:
+    def _failure(self, name: str) -> dict[str, Any]:
         """State, error text, cell and line of a failed step."""
         facts = (self.facts.steps.get(name) if self.facts else None) or StepFacts()
+        driver_failed = name in self._driver_failed
         task = kfp_task_name(name)
         node = f"'{task}-driver'" if driver_failed else f"'{facts.node or task + ' > executor'}'"
         where = (f"its log is in the KFP UI: {self.status.url} (node {node}"
@@ -254,8 +260,9 @@ class Follower:
             facts = self.facts.steps.get(name) if self.facts else None
             if facts is not None and facts.cached and step.state == SUCCEEDED:
                 step.cached, step.duration_s = True, 0.0
-            if step.state == FAILED and (canceled or (facts and facts.error and not step.cell)):
-                self.status.update_step(name, **self._failure(name))
+            target = self._failure(name) if step.state == FAILED else None
+            if target and (target["state"], target["error"]) != (step.state, step.error):
+                self.status.update_step(name, **target)
         final = CANCELED if canceled else state
         error = ""
         if state == FAILED and not canceled and not self.status.failed_steps:

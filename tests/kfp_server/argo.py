@@ -190,6 +190,10 @@ class Workflow:
                          [driver["id"]], when, phase="Skipped")
         node["message"] = "when 'false != false' evaluated false"
 
+    def fail_driver(self, task: str, when: float, message: str = "Error (exit code 1)") -> None:
+        """KFP's driver fails (resolving inputs, the pod spec): the task's node is never made."""
+        self._end(self._driver(task, when), "Failed", when, message)
+
     def end_task(self, task: str, succeeded: bool, when: float, message: str = "") -> None:
         """The current attempt ended; the task ends unless a retry follows."""
         prefix = f"{self._prefix(task)}.{task}"

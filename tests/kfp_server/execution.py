@@ -169,6 +169,7 @@ class Execution:
             if done_error is None or done_error or failed:
                 reason = done_error or f"workflow executor exited with code {self.process.returncode}"
                 workflow.finish("Failed", now, "child failed" if failed else reason)
-                return run.set_state("FAILED", f"task {failed[0]!r} failed: {POD_ERROR}" if failed else reason)
+                return run.set_state("FAILED", f"task {failed[0]!r} failed: {POD_ERROR}" if failed
+                                     else reason)
             workflow.finish("Succeeded", now)
             run.set_state("SUCCEEDED")

@@ -173,7 +173,10 @@ class KfpTestServer:
         return answer
 
     def _refuse_unknown_fields(self, request: Request) -> None:
-        """Strict mode: a JSON body with a field the API does not define is HTTP 400 (DiscardUnknown false)."""
+        """Strict mode: a JSON body with a field the API does not define is HTTP 400.
+
+        (``DiscardUnknown: false``, ``common/utils.go``.)
+        """
         operation = self.spec.operation(request.method, request.path) if self.spec else None
         schema = self.spec.request_schema(operation) if operation else None
         if schema is not None:

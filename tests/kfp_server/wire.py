@@ -71,7 +71,7 @@ class Spec:
         """Dotted names of the fields in ``value`` that ``schema`` does not define."""
         schema = self._resolve(schema)
         if isinstance(value, list) and "items" in schema:
-            return [f for i, item in enumerate(value) for f in self.unknown_fields(schema["items"], item, where)]
+            return [f for item in value for f in self.unknown_fields(schema["items"], item, where)]
         if not isinstance(value, dict) or "properties" not in schema:
             return []
         found = []
