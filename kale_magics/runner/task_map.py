@@ -22,10 +22,12 @@ hold the id of ``<workflow>.root.X``, and its node the ``X`` entry whose childre
 its own executor. Without it (answers that do not look like KFP's), a step's entry is the
 first-started one of its name not taken by another step.
 
-A cache hit is seen as a SKIPPED ``executor`` entry starting while the step's entry ran,
-with no executor of another kind starting then; times are whole seconds, so a cache hit
-next to a concurrently started step is missed here and found later in the workflow
-manifest (:mod:`.workflow`).
+An executor entry does not say whose it is, so a cache hit (a SUCCEEDED step whose
+executor is SKIPPED) is inferred: every succeeded step is one when there are as many
+SKIPPED executors as succeeded steps; otherwise a step is one when a SKIPPED executor, and
+no executor that ran, started while the step's entry ran. Times are whole seconds, so a
+cache hit next to a concurrently started step is missed here and found in the run's Argo
+workflow when the run ends (:mod:`.workflow`).
 """
 
 from __future__ import annotations
@@ -170,16 +172,21 @@ def step_views(steps: Sequence[str], found: Sequence[Entry]) -> dict[str, StepVi
         pairs = {s: (node, _pick(by_name.get(f"{kfp_task_name(s)}-driver", []), taken))
                  for s, (node, _) in pairs.items()}
     executors = [e for e in found if re.fullmatch(r"executor(\(\d+\))?", e.name) and id(e) not in taken]
-    return {step: _view(node, driver, executors) for step, (node, driver) in pairs.items()}
+    succeeded = [node for node, _ in pairs.values() if node is not None and node.state == SUCCEEDED]
+    all_cached = bool(succeeded) and sum(e.state == SKIPPED and e.name == "executor"
+                                         for e in executors) == len(succeeded)
+    return {step: _view(node, driver, executors, all_cached) for step, (node, driver) in pairs.items()}
 
 
-def _view(node: Optional[Entry], driver: Optional[Entry], executors: list[Entry]) -> StepView:
+def _view(node: Optional[Entry], driver: Optional[Entry], executors: list[Entry],
+          all_cached: bool) -> StepView:
+    """``all_cached``: there are as many SKIPPED executors as succeeded steps, so each is a cache hit."""
     if node is None or not node.state:
         if driver is not None and driver.state in FAILED_STATES:
             return StepView("FAILED", driver.start, driver.end, driver_failed=True)
         return StepView()
-    return StepView(node.state, node.start, node.end,
-                    cached=node.state == SUCCEEDED and _cache_hit(node, executors))
+    return StepView(node.state, node.start, node.end, cached=node.state == SUCCEEDED and (
+        all_cached or _cache_hit(node, executors)))
 
 
 def _cache_hit(node: Entry, executors: list[Entry]) -> bool:
