@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import ast
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +74,8 @@ class NameUse:
         Names whose last binding is a top-level import statement, with the
         statements that give the name its value (``("import email.mime.text",)``
         for ``email``): a later step replays them.
+    classes : tuple of str
+        Names bound by a top-level ``class`` statement, sorted.
     """
 
     reads: tuple[str, ...]
@@ -83,6 +85,7 @@ class NameUse:
     conditional: tuple[str, ...] = ()
     globals_of: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     imported: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    classes: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------
@@ -209,7 +212,7 @@ def scan(source: str) -> NameUse:
 
 
 def scan_blocks(sources: Sequence[str], callees: Callees | None = None,
-                star_names: StarNames | None = None) -> NameUse:
+                star_names: StarNames | None = None, classes: Collection[str] = ()) -> NameUse:
     """Analyse blocks of plain Python run one after the other in one namespace.
 
     A name bound in block 1 and read in block 2 is not a read; deferred reads
@@ -227,6 +230,9 @@ def scan_blocks(sources: Sequence[str], callees: Callees | None = None,
     star_names : callable, optional
         ``star_names(module)`` gives the names ``from module import *`` binds
         (None when unknown); without it a star import binds nothing.
+    classes : collection of str, optional
+        Which of ``callees`` are classes: ``m = Meter()`` makes calling ``m``'s
+        methods read what ``Meter``'s methods read.
 
     Returns
     -------
@@ -239,13 +245,13 @@ def scan_blocks(sources: Sequence[str], callees: Callees | None = None,
         The error raised by :func:`ast.parse` on the first invalid block; its
         ``lineno`` is relative to that block.
     """
-    return scan_trees([_parse(source) for source in sources], callees, star_names)
+    return scan_trees([_parse(source) for source in sources], callees, star_names, classes)
 
 
 def scan_trees(trees: Sequence[ast.Module], callees: Callees | None = None,
-               star_names: StarNames | None = None) -> NameUse:
+               star_names: StarNames | None = None, classes: Collection[str] = ()) -> NameUse:
     """Like :func:`scan_blocks`, for blocks already parsed with :func:`ast.parse`."""
-    visitor = _NameVisitor(callees or {}, star_names)
+    visitor = _NameVisitor(callees or {}, star_names, classes)
     definite: set[str] = set()
     for tree in trees:
         visitor.visit(tree)
@@ -418,7 +424,8 @@ def _parameters(args: ast.arguments) -> Iterable[ast.arg]:
 class _NameVisitor(ast.NodeVisitor):
     """Walk module code, keeping an explicit stack of scopes."""
 
-    def __init__(self, callees: Callees, star_names: StarNames | None) -> None:
+    def __init__(self, callees: Callees, star_names: StarNames | None,
+                 classes: Collection[str]) -> None:
         self._module = _Scope(_MODULE)
         self._stack: list[_Scope] = [self._module]
         self._writes: dict[str, None] = {}
@@ -433,6 +440,8 @@ class _NameVisitor(ast.NodeVisitor):
         self._statement_bound: list[str] = []
         self._globals_of: dict[str, tuple[str, ...]] = {}
         self._imported: dict[str, tuple[str, ...]] = {}
+        self._classes: set[str] = set()
+        self._callee_classes = classes
 
     def result(self, definite: set[str]) -> NameUse:
         """Resolve deferred reads against all module bindings."""
@@ -444,7 +453,7 @@ class _NameVisitor(ast.NodeVisitor):
                              if not (deferred and name in self._module.bound) and name not in reads)
         return NameUse(tuple(reads), tuple(self._writes), tuple(self._imports), tuple(soft),
                        tuple(n for n in self._writes if n not in definite),
-                       dict(self._globals_of), dict(self._imported))
+                       dict(self._globals_of), dict(self._imported), tuple(sorted(self._classes)))
 
     def visit_Module(self, node: ast.Module) -> None:
         """Visit each top-level statement, noting what the functions it binds read when called."""
@@ -453,6 +462,7 @@ class _NameVisitor(ast.NodeVisitor):
             start = len(self._events)
             self.visit(statement)
             deferred = tuple(dict.fromkeys(n for n, d in self._events[start:] if d))
+            deferred += self._instance_of(statement)
             for name in self._statement_bound:
                 self._globals_of[name] = deferred
                 if not deferred:
@@ -488,6 +498,17 @@ class _NameVisitor(ast.NodeVisitor):
         if deferred or name not in self._module.bound:
             (self._soft_events if self._soft else self._events).append((name, deferred))
             self._callee_reads(name, deferred)
+
+    def _instance_of(self, statement: ast.stmt) -> tuple[str, ...]:
+        """``m = Meter()``: calling ``m``'s methods reads what the class's methods read."""
+        value = getattr(statement, "value", None)
+        if not (isinstance(statement, ast.Assign) and isinstance(value, ast.Call)
+                and isinstance(value.func, ast.Name)):
+            return ()
+        cls = value.func.id
+        if cls in self._classes:
+            return self._globals_of.get(cls, ())
+        return tuple(self._callees.get(cls, ())) if cls in self._callee_classes else ()
 
     def _callee_reads(self, name: str, deferred: bool) -> None:
         """Reading a function defined elsewhere soft-reads the globals it reads, transitively."""
@@ -719,6 +740,8 @@ class _NameVisitor(ast.NodeVisitor):
             self.visit(stmt)
         self._stack.pop()
         self._bind(node.name)
+        if self._stack[-1] is self._module:
+            self._classes.add(node.name)
 
     # -- comprehensions -----------------------------------------------------
 
