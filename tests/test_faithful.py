@@ -67,6 +67,20 @@ def test_case03_alias_passed_through_another_step(tmp_path: Path) -> None:
          "%%kale step c\nprint('lr', params['lr'], cfg['lr'], params is cfg)")
 
 
+def test_case03_change_in_place_reaches_the_alias_in_a_later_step(tmp_path: Path) -> None:
+    same(tmp_path, "%%kale step a\ncfg = {'lr': 1}\nparams = cfg",
+         "%%kale step b\ncfg['lr'] = 2",
+         "%%kale step c\nprint('lr', params['lr'])")
+
+
+def test_case03_shared_parts_are_a_run_time_warning(tmp_path: Path) -> None:
+    path = notebook_of(tmp_path, "%%kale step a\nrates = [1]\nconfig = {'rates': rates}",
+                       "%%kale step b\nrates.append(2)\nprint(config['rates'])")
+    status = api.run_local(path, enable_caching=False)
+    warning = next(w for w in status.warnings if "share a list" in w)
+    assert "`config` and `rates`" in warning and "step 'a'" in warning
+
+
 # -- case 4: a parameters cell below a step that assigns the same name ------------------------
 
 

@@ -173,7 +173,10 @@ def cell_effects(tree: ast.Module, aliases: Mapping[str, str]) -> Effects:
                          if base == prefix or base.startswith(prefix + ".")), None)
             if kind is not None:
                 state.append(Effect(f"{ast.unparse(target)} = ...", kind, node.lineno))
-    return Effects(tuple(state), tuple(magics), tuple(reads), _handles(tree, aliases))
+    def by_line(found: list[Effect]) -> tuple[Effect, ...]:
+        return tuple(sorted(found, key=lambda e: e.line))
+
+    return Effects(by_line(state), by_line(magics), by_line(reads), _handles(tree, aliases))
 
 
 def _assigned(node: ast.AST) -> list[ast.expr]:

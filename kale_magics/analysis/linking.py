@@ -87,8 +87,21 @@ class Linker:
         self.writers = Writers()
         self.callees: dict[str, tuple[str, ...]] = {}
         self.classes: set[str] = set()
+        self.same: dict[str, frozenset[str]] = {}  # names that are one object (`params = cfg`)
         self.warnings: list[str] = []
         self._uses: dict[str, NameUse] = {}
+        self._everywhere = self._prelude_and_parameters()
+
+    def _prelude_and_parameters(self) -> dict[str, Writer]:
+        """The first assignment of each name in a prelude or parameters cell, wherever it is."""
+        found: dict[str, Writer] = {}
+        for cell in self.cells:
+            kind = cell.annotation.kind
+            if kind in (*PRELUDE_KINDS, "parameters"):
+                writer = Writer(PARAMETERS if kind == "parameters" else PRELUDE, cell)
+                for name in scan_cells([cell]).writes:
+                    found.setdefault(name, writer)
+        return found
 
     # -- walking the notebook ---------------------------------------------------------------
 
@@ -139,7 +152,26 @@ class Linker:
                 conditional=name in use.conditional or name not in use.writes,
                 imported=tuple(use.imported.get(name, ())),
                 handle=f"{handle.kind} (`{handle.what}`, line {handle.line})" if handle else ""))
+        for name in self._note_aliases(use):  # changed in place through another name
+            if name not in use.writes:
+                self.writers.add(name, Writer(STEP, draft.head, draft, conditional=True))
         self._note_callees(use)
+
+    def _note_aliases(self, use: NameUse) -> set[str]:
+        """Follow which names are one object; return the other names of objects ``use`` changes
+        in place (``cfg["lr"] = 2`` changes ``params`` too after ``params = cfg``)."""
+        changed: set[str] = set()
+        for name in use.writes:
+            if name in use.changed_in_place:
+                changed |= self.same.get(name, frozenset()) - {name}
+                continue
+            for other in self.same.pop(name, frozenset()) - {name}:
+                self.same[other] = self.same[other] - {name}
+            source = use.aliases.get(name)
+            if source is not None:
+                group = self.same.get(source, frozenset({source})) | {name}
+                self.same.update(dict.fromkeys(group, group))
+        return changed
 
     # -- resolving one read -----------------------------------------------------------------
 
@@ -176,7 +208,7 @@ class Linker:
 
     def _from_skipped(self, draft: Any, name: str, soft: bool, skipped: Writer) -> None:
         earlier = self.writers.nearest(name, skipped.cell.index)
-        instead = f"from {earlier.describe()}" if earlier else "no value"
+        instead = f"the value from {earlier.describe()}" if earlier else "no value"
         if earlier is not None or not soft:
             self.warnings.append(
                 f"{draft.head.describe()}: step {draft.name!r} reads `{name}`, which "
@@ -189,7 +221,7 @@ class Linker:
         """No assignment above: a builtin, a prelude or parameter below the step (warn), or an error."""
         if name in KNOWN_NAMES or soft:
             return
-        below = self.writers.anywhere(name, (PRELUDE, PARAMETERS))
+        below = self._everywhere.get(name)
         if below is None:
             raise self.missing(name, f"step {draft.name!r}", draft.head)
         if below.kind == PARAMETERS:

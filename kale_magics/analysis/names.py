@@ -76,6 +76,12 @@ class NameUse:
         for ``email``): a later step replays them.
     classes : tuple of str
         Names bound by a top-level ``class`` statement, sorted.
+    aliases : mapping of str to str
+        ``{"params": "cfg"}`` for a last binding ``params = cfg`` at the top
+        level: after it both names are one object.
+    changed_in_place : tuple of str
+        Names in :attr:`writes` only changed in place (``cfg["lr"] = 2``),
+        never bound to a new object: every other name of that object changes too.
     """
 
     reads: tuple[str, ...]
@@ -86,6 +92,8 @@ class NameUse:
     globals_of: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     imported: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     classes: tuple[str, ...] = ()
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    changed_in_place: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------
@@ -442,6 +450,9 @@ class _NameVisitor(ast.NodeVisitor):
         self._imported: dict[str, tuple[str, ...]] = {}
         self._classes: set[str] = set()
         self._callee_classes = classes
+        self._aliases: dict[str, str] = {}
+        self._mutated: set[str] = set()  # changed in place (`cfg["lr"] = 2`)
+        self._plain: set[str] = set()  # bound by a plain binding
 
     def result(self, definite: set[str]) -> NameUse:
         """Resolve deferred reads against all module bindings."""
@@ -453,7 +464,9 @@ class _NameVisitor(ast.NodeVisitor):
                              if not (deferred and name in self._module.bound) and name not in reads)
         return NameUse(tuple(reads), tuple(self._writes), tuple(self._imports), tuple(soft),
                        tuple(n for n in self._writes if n not in definite),
-                       dict(self._globals_of), dict(self._imported), tuple(sorted(self._classes)))
+                       dict(self._globals_of), dict(self._imported), tuple(sorted(self._classes)),
+                       dict(self._aliases), tuple(n for n in self._writes
+                                                  if n in self._mutated and n not in self._plain))
 
     def visit_Module(self, node: ast.Module) -> None:
         """Visit each top-level statement, noting what the functions it binds read when called."""
@@ -531,6 +544,8 @@ class _NameVisitor(ast.NodeVisitor):
             self._writes.setdefault(name)
             self._statement_bound.append(name)
             self._imported.pop(name, None)
+            self._aliases.pop(name, None)
+            self._plain.add(name)
         elif name not in scope.declared_nonlocal:
             scope.bound.add(name)
 
@@ -538,7 +553,11 @@ class _NameVisitor(ast.NodeVisitor):
         """``df["a"] = 1`` at module level modifies, hence binds, ``df``."""
         base = _base_name(target)
         if base is not None and self._stack[-1] is self._module:
+            plain = base in self._plain
             self._bind(base)
+            self._mutated.add(base)
+            if not plain:
+                self._plain.discard(base)
 
     def _annotations_evaluated(self) -> bool:
         return not self._lazy_annotations
@@ -566,6 +585,10 @@ class _NameVisitor(ast.NodeVisitor):
         self.visit(node.value)
         for target in node.targets:
             self.visit(target)
+        if (node is self._statement and isinstance(node.value, ast.Name)
+                and all(isinstance(t, ast.Name) for t in node.targets)):
+            for target in node.targets:  # `params = cfg`: one object under two names
+                self._aliases[target.id] = node.value.id  # type: ignore[union-attr]
 
     def visit_AugAssign(self, node: ast.AugAssign) -> None:
         if isinstance(node.target, ast.Name):

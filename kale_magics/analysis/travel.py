@@ -70,7 +70,7 @@ def _state_warning(cell: Cell, step: Any, state: Sequence[Effect], later: Sequen
                 f"cells see the change, but no pipeline step does (skipped cells do not run): "
                 f"steps {_steps(later)} start without it; move it to the imports or functions "
                 "cell, or into the steps that rely on it")
-    return (f"{cell.describe()}: step {step.name!r} changes {what}, which stays in that step's "
-            f"own process: later steps {_steps(later)} start without the change, while in the "
+    return (f"{cell.describe()}: step {step.name!r} changes {what}; such changes stay in the "
+            f"step's own process: later steps {_steps(later)} start without them, while in the "
             "notebook every later cell sees it; repeat it in the steps that rely on it, or move "
             "it to the imports or functions cell, which every step runs first")

@@ -49,12 +49,12 @@ class Writer:
     handle: str = ""
 
     def describe(self) -> str:
-        """``step 'load' (cell 3 ('df = ...'))`` or ``the parameters cell 1 (...)``."""
+        """``step 'load' (cell 3 ('df = ...'))`` or ``the parameters cell 1 ('N = 1')``."""
         if self.kind == STEP:
             return f"step {self.step.name!r} ({self.cell.describe()})"
-        label = {PARAMETERS: "the parameters cell", SKIP: "the skipped cell",
-                 PRELUDE: f"the {self.cell.annotation.kind} cell"}[self.kind]
-        return f"{label} {self.cell.describe()}"
+        label = {PARAMETERS: "parameters", SKIP: "skipped"}.get(self.kind,
+                                                                 self.cell.annotation.kind)
+        return f"the {label} {self.cell.describe()}"
 
 
 @dataclass
@@ -75,10 +75,6 @@ class Writers:
             if not kinds or writer.kind in kinds:
                 return writer
         return None
-
-    def anywhere(self, name: str, kinds: tuple[str, ...]) -> Writer | None:
-        """The first assignment of ``name`` of ``kinds`` anywhere in the notebook."""
-        return next((w for w in self._by_name.get(name, []) if w.kind in kinds), None)
 
     def step_names(self) -> list[str]:
         """Names some step assigns (for "did you mean" hints)."""

@@ -39,7 +39,7 @@ from kale_magics.errors import RunError
 from kale_magics.model import requirement_name
 from kale_magics.runner import local_cache
 from kale_magics.runner.status import FAILED, RUNNING, SUCCEEDED, RunHooks, RunStatus, StepStatus
-from kale_magics.runtime.step import EVENT_MARKER, WORKDIR_ENV
+from kale_magics.runtime.step import EVENT_MARKER, WARNING_PREFIX, WORKDIR_ENV
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -278,10 +278,16 @@ def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = 
     with _private_tmpdir():
         _execute(in_plan_order(local_ir(ir, env), [s.name for s in plan.steps]),
                  dict(arguments or {}), root, status, echo, enable_caching)
-    stale = local_cache.stale_warnings(plan, status)
-    status.warnings.extend(stale)
-    status.notices.extend(stale)  # the panel shows notices
+    found = [*local_cache.stale_warnings(plan, status), *step_warnings(status)]
+    status.warnings.extend(found)
+    status.notices.extend(found)  # the panel shows notices
     return status
+
+
+def step_warnings(status: RunStatus) -> list[str]:
+    """The warnings steps printed in their logs (``runtime.step.warn``), in step order."""
+    return [line.strip()[len(WARNING_PREFIX):] for step in status.steps.values()
+            for line in step.log if line.strip().startswith(WARNING_PREFIX)]
 
 
 @contextlib.contextmanager

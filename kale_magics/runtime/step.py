@@ -21,7 +21,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 from kale_magics.runtime import marshal, shell
 
@@ -245,6 +245,57 @@ def _load_inputs(step: str, inputs: Mapping[str, Any], namespace: dict[str, Any]
     return received
 
 
+#: Prefix of a warning the step prints in its log (runners list them with the run's warnings).
+WARNING_PREFIX = "[kale-magics] warning: "
+#: Objects looked at per output when checking what outputs share.
+_SHARED_LIMIT = 10_000
+
+
+def warn(message: str) -> None:
+    """Print a warning in the step's log, where runners find it by :data:`WARNING_PREFIX`."""
+    sys.stdout.flush()
+    print(f"{WARNING_PREFIX}{message}", file=sys.stderr, flush=True)
+
+
+def _mutable_parts(value: Any) -> Iterator[Any]:
+    """The lists, dicts, sets and notebook-class instances in ``value`` (itself included),
+    following containers and instance attributes, at most :data:`_SHARED_LIMIT` objects."""
+    todo, seen = [value], set()
+    while todo and len(seen) < _SHARED_LIMIT:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            todo.extend(obj)
+        elif isinstance(obj, dict):
+            todo.extend(obj.values())
+        elif getattr(type(obj), "__module__", None) == "__main__" and hasattr(obj, "__dict__"):
+            todo.extend(vars(obj).values())
+        else:
+            continue
+        if not isinstance(obj, (tuple, frozenset)):
+            yield obj
+
+
+def _warn_shared(step: str, names: Sequence[str], namespace: Mapping[str, Any]) -> None:
+    """Warn about outputs that share a mutable part without being one object: each is saved on
+    its own, so a later step gets separate copies (one object under two names is kept)."""
+    owner: dict[int, str] = {}
+    warned = set()
+    for name in sorted(names):
+        value = namespace[name]
+        for part in _mutable_parts(value):
+            other = owner.setdefault(id(part), name)
+            if other == name or namespace[other] is value or (other, name) in warned:
+                continue
+            warned.add((other, name))
+            warn(f"step {step!r} passes `{other}` and `{name}`, which share a "
+                 f"{type(part).__name__}: later steps get a separate copy of each, so a change "
+                 "made in place through one is not seen through the other there; pass one of "
+                 "them and make the other from it in the step that uses both")
+
+
 #: Artifact metadata: the ``name@step`` origins of the object (see :func:`_origins`).
 ORIGINS_KEY = "kale_same_object_as"
 #: Artifact metadata: the index of the producing step's first cell.
@@ -296,6 +347,7 @@ def _save_outputs(step: str, position: int, outputs: Mapping[str, Any],
         metadata[POSITION_KEY] = position
         artifact.metadata.update(metadata)
         saved[name] = {**metadata, "path": artifact.path}
+    _warn_shared(step, list(outputs), namespace)
     return saved
 
 
