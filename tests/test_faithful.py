@@ -285,3 +285,37 @@ def test_case16_cached_step_reading_a_file_says_so(tmp_path: Path) -> None:
     summary = run_summary(status)
     line = next(line for line in summary.splitlines() if "from the cache" in line)
     assert "load" in line and "open(...)" in line and "--no-cache" in line and "--from load" in line
+
+
+# -- cases found beyond the issue's list ------------------------------------------------------
+
+
+def test_object_changed_by_a_method_in_a_later_step(tmp_path: Path) -> None:
+    """`model.fit(X, y)` in its own step: the next step sees the fitted model, as in the kernel."""
+    same(tmp_path, "%%kale step make\nclass Model:\n    def __init__(self):\n        self.w = 0\n"
+         "    def fit(self, k):\n        self.w = k\nmodel = Model()\nitems = [1]",
+         "%%kale step train\nmodel.fit(3)\nitems.append(2)",
+         "%%kale step use\nprint('w', model.w, items)")
+
+
+def test_prelude_class_instances_are_instances_of_the_steps_class(tmp_path: Path) -> None:
+    same(tmp_path, "%%kale functions\nclass Point:\n    def __init__(self, x):\n        self.x = x",
+         "%%kale step a\np = Point(2)",
+         "%%kale step b\nprint('point', isinstance(p, Point), type(p) is Point, p.x)")
+
+
+def test_star_import_in_a_step_is_replayed_in_a_later_one(tmp_path: Path) -> None:
+    result = compare(notebook_of(tmp_path, "%%kale step a\nfrom math import *\nx = 1",
+                                 "%%kale step b\nprint('root', sqrt(x + 15))"))
+    assert result.same_prints(), result.explain()
+    assert [s for _, s in result.plan.step("b").imports] == ["from math import sqrt"]
+
+
+def test_module_inside_a_value_is_imported_again_with_its_submodules(tmp_path: Path) -> None:
+    same(tmp_path, "%%kale step a\nimport email.mime.text\nmods = {'email': email}",
+         "%%kale step b\nprint(mods['email'].mime.text.MIMEText('x')['Content-Type'])")
+
+
+def test_expanded_names_in_shell_lines_are_passed(tmp_path: Path) -> None:
+    same(tmp_path, "%%kale step a\nword = 'hello'\nfolder = '.'",
+         "%%kale step b\n!echo {word.upper()} $word\nfiles = !ls {folder}\nprint('listed', 'nb.ipynb' in files)")

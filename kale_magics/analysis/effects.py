@@ -68,7 +68,6 @@ _HANDLE_CALLS = {
     "tempfile.TemporaryFile": "an open file", "tempfile.NamedTemporaryFile": "an open file",
     "socket.socket": "a socket", "socket.create_connection": "a socket",
     "urllib.request.urlopen": "an open connection", "subprocess.Popen": "a running process",
-    "threading.Lock": "a lock", "threading.RLock": "a lock", "multiprocessing.Lock": "a lock",
     "sqlite3.connect": "a database connection", "psycopg2.connect": "a database connection",
     "psycopg.connect": "a database connection", "pymysql.connect": "a database connection",
     "MySQLdb.connect": "a database connection", "pyodbc.connect": "a database connection",

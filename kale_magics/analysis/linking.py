@@ -126,7 +126,8 @@ class Linker:
     def _record_cell(self, cell: Cell, kind: str) -> None:
         use = scan_cells([cell], self.callees, self.star_names, self.classes)
         for name in use.writes:
-            self.writers.add(name, Writer(kind, cell, conditional=name in use.conditional))
+            self.writers.add(name, Writer(kind, cell, conditional=name in use.conditional,
+                                          imported=tuple(use.imported.get(name, ()))))
         if kind == PRELUDE:  # every step has the prelude's functions; a skipped cell's, none
             self._note_callees(use)
 
@@ -152,10 +153,21 @@ class Linker:
                 conditional=name in use.conditional or name not in use.writes,
                 imported=tuple(use.imported.get(name, ())),
                 handle=f"{handle.kind} (`{handle.what}`, line {handle.line})" if handle else ""))
-        for name in self._note_aliases(use):  # changed in place through another name
-            if name not in use.writes:
+        for name in self._note_aliases(use) | self._changed_by_methods(draft, use):
+            if name not in use.writes:  # changed in place, so passed on from this step
                 self.writers.add(name, Writer(STEP, draft.head, draft, conditional=True))
         self._note_callees(use)
+
+    def _changed_by_methods(self, draft: Any, use: NameUse) -> set[str]:
+        """Values (not modules, functions or classes) whose methods the step calls as statements
+        (``model.fit(X, y)``), with their other names: they may be changed in place."""
+        changed: set[str] = set()
+        for name in use.maybe_changed:
+            above = self.writers.nearest(name, draft.head.index)
+            if above is None or above.imported or self.callees.get(name) or name in self.classes:
+                continue
+            changed |= self.same.get(name, frozenset()) | {name}
+        return changed
 
     def _note_aliases(self, use: NameUse) -> set[str]:
         """Follow which names are one object; return the other names of objects ``use`` changes
@@ -208,8 +220,13 @@ class Linker:
 
     def _from_skipped(self, draft: Any, name: str, soft: bool, skipped: Writer) -> None:
         earlier = self.writers.nearest(name, skipped.cell.index)
+        if earlier is None and not soft and name not in KNOWN_NAMES:
+            raise AnalysisError(
+                f"{draft.head.describe()}: step {draft.name!r} reads `{name}`, which only "
+                f"{skipped.describe()} assigns, and the pipeline does not run skipped cells; "
+                "move the assignment into a step (or remove `%%kale skip`)")
         instead = f"the value from {earlier.describe()}" if earlier else "no value"
-        if earlier is not None or not soft:
+        if earlier is not None:
             self.warnings.append(
                 f"{draft.head.describe()}: step {draft.name!r} reads `{name}`, which "
                 f"{skipped.describe()} assigns last, but the pipeline does not run skipped "

@@ -82,6 +82,10 @@ class NameUse:
     changed_in_place : tuple of str
         Names in :attr:`writes` only changed in place (``cfg["lr"] = 2``),
         never bound to a new object: every other name of that object changes too.
+    maybe_changed : tuple of str
+        Names not in :attr:`writes` whose method is called as a statement at the
+        top level (``model.fit(X, y)``, ``items.append(x)``): the call's result
+        is dropped, so it may change the object in place.
     """
 
     reads: tuple[str, ...]
@@ -94,6 +98,7 @@ class NameUse:
     classes: tuple[str, ...] = ()
     aliases: Mapping[str, str] = field(default_factory=dict)
     changed_in_place: tuple[str, ...] = ()
+    maybe_changed: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------
@@ -453,6 +458,7 @@ class _NameVisitor(ast.NodeVisitor):
         self._aliases: dict[str, str] = {}
         self._mutated: set[str] = set()  # changed in place (`cfg["lr"] = 2`)
         self._plain: set[str] = set()  # bound by a plain binding
+        self._method_called: dict[str, None] = {}
 
     def result(self, definite: set[str]) -> NameUse:
         """Resolve deferred reads against all module bindings."""
@@ -466,7 +472,8 @@ class _NameVisitor(ast.NodeVisitor):
                        tuple(n for n in self._writes if n not in definite),
                        dict(self._globals_of), dict(self._imported), tuple(sorted(self._classes)),
                        dict(self._aliases), tuple(n for n in self._writes
-                                                  if n in self._mutated and n not in self._plain))
+                                                  if n in self._mutated and n not in self._plain),
+                       tuple(n for n in self._method_called if n not in self._writes))
 
     def visit_Module(self, node: ast.Module) -> None:
         """Visit each top-level statement, noting what the functions it binds read when called."""
@@ -628,6 +635,16 @@ class _NameVisitor(ast.NodeVisitor):
         captured = _captured_name(node)
         if captured:
             self._bind(captured)
+
+    def visit_Expr(self, node: ast.Expr) -> None:
+        """``model.fit(X, y)`` as a statement: its result is dropped, so it may change ``model``."""
+        self.generic_visit(node)
+        call = node.value
+        if (self._stack[-1] is self._module and isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Attribute)):
+            base = _base_name(call.func.value)
+            if base is not None:
+                self._method_called.setdefault(base)
 
     def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
         self.visit(node.value)

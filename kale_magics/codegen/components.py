@@ -75,8 +75,9 @@ def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str],
     args = "".join(f"    {a},\n" for a in signature(step, parameters, artifact_types))
     cells = ", ".join(str(c.index) for c in step.cells)
     code = _blocks(plan, step.cells, " " * 12)
-    imports = "".join(f"            ({string_literal(cell_filename(plan, cell))}, {string_literal(statement)}),\n"
-                      for cell, statement in step.imports)
+    imports = "".join(f"\n            ({string_literal(cell_filename(plan, cell))}, "
+                      f"{string_literal(statement)})," for cell, statement in step.imports)
+    imports += "\n        " if imports else ""
     return (
         _decorator(plan, step, packages)
         + f"def {step.name}(\n{args}):\n"
@@ -84,7 +85,7 @@ def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str],
         "    _kale_runtime().run_step(\n"
         f"        step={step.name!r},\n"
         "        prelude=_kale_prelude(),\n"
-        f"        imports=[{imports and chr(10) + imports + ' ' * 8}],\n"
+        f"        imports=[{imports}],\n"
         f"        code=[\n{code}        ],\n"
         f"        parameters={_mapping(step.parameters, '')},\n"
         f"        json_parameters={_json_names(step, parameters)!r},\n"
