@@ -319,3 +319,14 @@ def test_module_inside_a_value_is_imported_again_with_its_submodules(tmp_path: P
 def test_expanded_names_in_shell_lines_are_passed(tmp_path: Path) -> None:
     same(tmp_path, "%%kale step a\nword = 'hello'\nfolder = '.'",
          "%%kale step b\n!echo {word.upper()} $word\nfiles = !ls {folder}\nprint('listed', 'nb.ipynb' in files)")
+
+
+def test_function_returned_by_a_notebook_function_reads_the_callers_globals(tmp_path: Path) -> None:
+    same(tmp_path, "%%kale step a\nSCALE = 1\ndef outer():\n    def inner():\n        return SCALE\n"
+         "    return inner\nh = outer()", "%%kale step a2\nSCALE = 3", "%%kale step b\nprint('h', h())")
+
+
+def test_module_written_by_an_earlier_step_imports_in_a_later_one(tmp_path: Path) -> None:
+    same(tmp_path, "%%kale step a\n%%writefile helper_mod.py\nVALUE = 7",
+         "%%kale step b\nimport helper_mod\nprint('value', helper_mod.VALUE)",
+         "%%kale step c\nprint('again', helper_mod.VALUE + 1)")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import ast
 import builtins
 import difflib
-from typing import Any, Collection, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from kale_magics.analysis.effects import Effects
 from kale_magics.analysis.names import NameUse, StarNames, python_source, scan, scan_blocks
@@ -37,7 +37,7 @@ KNOWN_NAMES = frozenset(dir(builtins)) | {"get_ipython", "display", "__name__"}
 
 
 def scan_cells(cells: Sequence[Cell], callees: Mapping[str, Sequence[str]] | None = None,
-               star_names: StarNames | None = None, classes: Collection[str] = ()) -> NameUse:
+               star_names: StarNames | None = None) -> NameUse:
     """The names ``cells`` (run one after the other) read and bind.
 
     Raises
@@ -55,7 +55,7 @@ def scan_cells(cells: Sequence[Cell], callees: Mapping[str, Sequence[str]] | Non
                                 f"{error.msg}; fix the cell (IPython syntax such as `!cmd` "
                                 "and `%magic` is fine)") from None
         sources.append(source)
-    return scan_blocks(sources, callees, star_names, classes)
+    return scan_blocks(sources, callees, star_names)
 
 
 class Linker:
@@ -124,7 +124,7 @@ class Linker:
                 self._record_cell(cell, SKIP)
 
     def _record_cell(self, cell: Cell, kind: str) -> None:
-        use = scan_cells([cell], self.callees, self.star_names, self.classes)
+        use = scan_cells([cell], self.callees, self.star_names)
         for name in use.writes:
             self.writers.add(name, Writer(kind, cell, conditional=name in use.conditional,
                                           imported=tuple(use.imported.get(name, ()))))
@@ -138,7 +138,7 @@ class Linker:
         self.classes = (self.classes - set(use.writes)) | set(use.classes)
 
     def _link_step(self, draft: Any) -> None:
-        use = scan_cells(draft.cells, self.callees, self.star_names, self.classes)
+        use = scan_cells(draft.cells, self.callees, self.star_names)
         self._uses[draft.name] = use
         annotation = draft.head.annotation
         for name in (*use.reads, *annotation.inputs):

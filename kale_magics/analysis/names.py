@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import ast
 import functools
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,7 +225,7 @@ def scan(source: str) -> NameUse:
 
 
 def scan_blocks(sources: Sequence[str], callees: Callees | None = None,
-                star_names: StarNames | None = None, classes: Collection[str] = ()) -> NameUse:
+                star_names: StarNames | None = None) -> NameUse:
     """Analyse blocks of plain Python run one after the other in one namespace.
 
     A name bound in block 1 and read in block 2 is not a read; deferred reads
@@ -243,9 +243,6 @@ def scan_blocks(sources: Sequence[str], callees: Callees | None = None,
     star_names : callable, optional
         ``star_names(module)`` gives the names ``from module import *`` binds
         (None when unknown); without it a star import binds nothing.
-    classes : collection of str, optional
-        Which of ``callees`` are classes: ``m = Meter()`` makes calling ``m``'s
-        methods read what ``Meter``'s methods read.
 
     Returns
     -------
@@ -258,13 +255,13 @@ def scan_blocks(sources: Sequence[str], callees: Callees | None = None,
         The error raised by :func:`ast.parse` on the first invalid block; its
         ``lineno`` is relative to that block.
     """
-    return scan_trees([_parse(source) for source in sources], callees, star_names, classes)
+    return scan_trees([_parse(source) for source in sources], callees, star_names)
 
 
 def scan_trees(trees: Sequence[ast.Module], callees: Callees | None = None,
-               star_names: StarNames | None = None, classes: Collection[str] = ()) -> NameUse:
+               star_names: StarNames | None = None) -> NameUse:
     """Like :func:`scan_blocks`, for blocks already parsed with :func:`ast.parse`."""
-    visitor = _NameVisitor(callees or {}, star_names, classes)
+    visitor = _NameVisitor(callees or {}, star_names)
     definite: set[str] = set()
     for tree in trees:
         visitor.visit(tree)
@@ -437,8 +434,7 @@ def _parameters(args: ast.arguments) -> Iterable[ast.arg]:
 class _NameVisitor(ast.NodeVisitor):
     """Walk module code, keeping an explicit stack of scopes."""
 
-    def __init__(self, callees: Callees, star_names: StarNames | None,
-                 classes: Collection[str]) -> None:
+    def __init__(self, callees: Callees, star_names: StarNames | None) -> None:
         self._module = _Scope(_MODULE)
         self._stack: list[_Scope] = [self._module]
         self._writes: dict[str, None] = {}
@@ -454,7 +450,6 @@ class _NameVisitor(ast.NodeVisitor):
         self._globals_of: dict[str, tuple[str, ...]] = {}
         self._imported: dict[str, tuple[str, ...]] = {}
         self._classes: set[str] = set()
-        self._callee_classes = classes
         self._aliases: dict[str, str] = {}
         self._mutated: set[str] = set()  # changed in place (`cfg["lr"] = 2`)
         self._plain: set[str] = set()  # bound by a plain binding
@@ -520,15 +515,16 @@ class _NameVisitor(ast.NodeVisitor):
             self._callee_reads(name, deferred)
 
     def _instance_of(self, statement: ast.stmt) -> tuple[str, ...]:
-        """``m = Meter()``: calling ``m``'s methods reads what the class's methods read."""
+        """``m = Meter()`` or ``h = make()``: what ``m``'s methods (or the function ``make``
+        returns) read when called is what the class's methods (or ``make``) read."""
         value = getattr(statement, "value", None)
         if not (isinstance(statement, ast.Assign) and isinstance(value, ast.Call)
                 and isinstance(value.func, ast.Name)):
             return ()
-        cls = value.func.id
-        if cls in self._classes:
-            return self._globals_of.get(cls, ())
-        return tuple(self._callees.get(cls, ())) if cls in self._callee_classes else ()
+        maker = value.func.id
+        if maker in self._globals_of:
+            return self._globals_of[maker]
+        return tuple(self._callees.get(maker, ())) if maker not in self._module.bound else ()
 
     def _callee_reads(self, name: str, deferred: bool) -> None:
         """Reading a function defined elsewhere soft-reads the globals it reads, transitively."""

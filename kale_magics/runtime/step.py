@@ -165,6 +165,8 @@ def _run_step(step: str, blocks: _Blocks, parameters: Mapping[str, Any],
     workdir = os.environ.get(WORKDIR_ENV)
     if workdir:
         os.chdir(workdir)
+    if "" not in sys.path:  # as in a kernel: modules in the working directory import
+        sys.path.insert(0, "")
     started = time.time()
     emit("start", step)
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
