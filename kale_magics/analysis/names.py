@@ -391,6 +391,18 @@ def _definite_one(node: ast.stmt, bound: set[str]) -> set[str]:
     return set()
 
 
+#: Methods called as statements only to show or save something (``df.head()`` as a cell's last
+#: line): calling them does not make the object "maybe changed in place".
+_READ_ONLY = frozenset({
+    "head", "tail", "describe", "info", "plot", "hist", "show", "display", "print", "summary",
+    "to_csv", "to_parquet", "to_json", "to_pickle", "to_excel", "to_feather", "savefig", "save",
+    "predict", "predict_proba", "score", "transform", "evaluate", "copy", "count", "mean", "sum",
+    "min", "max", "std", "value_counts", "nunique", "isna", "isnull", "corr", "keys", "values",
+    "items", "get", "join", "format", "startswith", "endswith", "split", "strip", "read",
+    "exists", "is_file", "is_dir", "log", "debug", "warning", "error", "write_text",
+    "write_bytes"})
+
+
 _MODULE = "module"
 _FUNCTION = "function"
 _CLASS = "class"
@@ -637,7 +649,7 @@ class _NameVisitor(ast.NodeVisitor):
         self.generic_visit(node)
         call = node.value
         if (self._stack[-1] is self._module and isinstance(call, ast.Call)
-                and isinstance(call.func, ast.Attribute)):
+                and isinstance(call.func, ast.Attribute) and call.func.attr not in _READ_ONLY):
             base = _base_name(call.func.value)
             if base is not None:
                 self._method_called.setdefault(base)

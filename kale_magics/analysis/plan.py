@@ -1,11 +1,14 @@
 """Build the pipeline :class:`~kale_magics.model.Plan` from annotated cells.
 
-The producer of a variable a step reads is the nearest step ABOVE it in
-notebook order that binds it: exactly the value the notebook sees when run top
-to bottom. Producers become data edges; ``--after`` edges are kept as written
-(Kale drops them) and independent steps stay parallel (Kale serialises them).
-Every problem is an :class:`~kale_magics.errors.AnalysisError` raised here, at
-compile time, naming the cell and the fix.
+A step receives, for each name it reads, the value of the nearest assignment
+ABOVE it in notebook order (a step, a parameters cell, the prelude, a skipped
+cell: see :mod:`~kale_magics.analysis.linking`): exactly the value the notebook
+sees when run top to bottom. Producing steps become data edges; ``--after``
+edges are kept as written (Kale drops them) and independent steps stay parallel
+(Kale serialises them). Every problem is an
+:class:`~kale_magics.errors.AnalysisError` raised here, at compile time, naming
+the cell and the fix; what cannot be made faithful (process state, skipped
+magics, skipped cells) becomes a warning in :attr:`Plan.warnings`.
 """
 
 from __future__ import annotations

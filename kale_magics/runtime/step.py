@@ -6,6 +6,13 @@ and its sibling runtime modules. User code is compiled with a filename naming
 the notebook cell and step, so a traceback points at the notebook; its stdout
 and stderr go to the step log unchanged.
 
+The step sees what the notebook sees at its cells (README, "What a step
+sees"): the imports and functions cells run first, then the imports replayed
+from earlier steps, then the parameters and inputs are bound (they win over
+the prelude), then the step's cells. Inputs that were one object in the
+notebook (artifact metadata :data:`ORIGINS_KEY`) are bound to one object;
+outputs sharing a part are a run-time warning (:func:`warn`).
+
 Progress is reported as one JSON line per event, prefixed with
 :data:`EVENT_MARKER`, on stdout: ``start`` before the step's code runs and
 ``end`` after (with state, duration, outputs and metrics, or the error).
