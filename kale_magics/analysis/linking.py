@@ -193,6 +193,8 @@ class Linker:
         forced = name in draft.head.annotation.inputs
         below = draft.head.index if below is None else below
         writer = self.writers.nearest(name, below, (STEP,) if forced else ())
+        if writer is None and forced:
+            raise self.missing(name, f"step {draft.name!r}", draft.head)
         if writer is None:
             self._unassigned(draft, name, soft)
         elif writer.kind == SKIP:

@@ -72,5 +72,5 @@ def _state_warning(cell: Cell, step: Any, state: Sequence[Effect], later: Sequen
                 "cell, or into the steps that rely on it")
     return (f"{cell.describe()}: step {step.name!r} changes {what}; such changes stay in the "
             f"step's own process: later steps {_steps(later)} start without them, while in the "
-            "notebook every later cell sees it; repeat it in the steps that rely on it, or move "
-            "it to the imports or functions cell, which every step runs first")
+            "notebook every later cell sees them; repeat them in the steps that rely on them, or move "
+            "them to the imports or functions cell, which every step runs first")
