@@ -48,7 +48,7 @@ from kale_magics.model import Plan, Step
 from kale_magics.runner import local_cache
 from kale_magics.runner.container_run import (STEP_ENV, STEP_LABEL, ContainerRun, StepContainer,
                                               handler_installed, remove_run_containers)
-from kale_magics.runner.local import execute, local_ir, plan_status
+from kale_magics.runner.local import execute_plan, local_ir, plan_status
 from kale_magics.runner.status import RunHooks, RunStatus
 
 #: Settings Docker has no equivalent for.
@@ -409,6 +409,6 @@ def run_docker(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None =
     from kfp import local
 
     with handler_installed(run):
-        execute(container_ir(ir, plan), dict(arguments or {}), root, status, echo,
-                enable_caching, runner=local.DockerRunner(**network))
+        execute_plan(plan, container_ir(ir, plan), dict(arguments or {}), status, echo,
+                     enable_caching, runner=local.DockerRunner(**network))
     return status

@@ -39,7 +39,7 @@ from kale_magics.errors import RunError
 from kale_magics.model import Plan, requirement_name
 from kale_magics.runner import local_cache
 from kale_magics.runner.status import FAILED, RUNNING, SUCCEEDED, RunHooks, RunStatus, StepStatus
-from kale_magics.runtime.step import EVENT_MARKER, WORKDIR_ENV
+from kale_magics.runtime.step import EVENT_MARKER, WARNING_PREFIX, WORKDIR_ENV
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -71,6 +71,28 @@ def local_ir(ir: dict[str, Any], env: Mapping[str, str], installs: bool = False)
         container["env"] = [*container.get("env", []),
                             *({"name": k, "value": v} for k, v in sorted(env.items()))]
     return local
+
+
+def in_plan_order(ir: dict[str, Any], steps: list[str]) -> dict[str, Any]:
+    """``ir`` (a local copy) where each task also depends on the task before it in ``steps``.
+
+    kfp.local runs tasks one at a time, in a depth-first walk of the DAG that
+    starts from its task map in that map's iteration order
+    (``kfp.local.graph_utils.topological_sort``, KFP 2.17), which is the
+    protobuf map's order, not the notebook's: independent steps ran in a
+    different order from run to run. ``steps`` is the plan's order, notebook
+    order where nothing else orders them, so chaining them makes local runs
+    reproducible and in notebook order. kfp.local already stops at the first
+    failed task, and ``dependentTasks`` is not part of its cache key; the IR
+    compiled for a cluster keeps its parallel branches.
+    """
+    tasks = ir["root"]["dag"]["tasks"]
+    names = [task_name for task_name in (local_cache.task_name(s) for s in steps) if task_name in tasks]
+    for before, task in zip(names, names[1:]):
+        dependent = tasks[task].setdefault("dependentTasks", [])
+        if before not in dependent:
+            dependent.append(before)
+    return ir
 
 
 def _unambiguous_name(ir: dict[str, Any]) -> str:
@@ -255,7 +277,7 @@ def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = 
         ir = local_cache.rerun(ir, local_cache.downstream(plan, from_step))
     env = {WORKDIR_ENV: os.path.abspath(workdir or os.path.dirname(plan.notebook) or ".")}
     with _private_tmpdir():
-        execute(local_ir(ir, env), dict(arguments or {}), root, status, echo, enable_caching)
+        execute_plan(plan, local_ir(ir, env), dict(arguments or {}), status, echo, enable_caching)
     return status
 
 
@@ -266,6 +288,27 @@ def plan_status(plan: Plan, pipeline_root: str, hooks: RunHooks | None,
                      steps={s.name: StepStatus(name=s.name, inputs=[i.name for i in s.inputs],
                                                outputs=list(s.outputs)) for s in plan.steps},
                      notices=notices)
+
+
+def execute_plan(plan: Plan, ir: dict[str, Any], arguments: dict[str, Any], status: RunStatus,
+                 echo: TextIO | None, enable_caching: bool, runner: Any = None) -> None:
+    """Run the prepared local copy ``ir`` of ``plan`` with ``kfp.local`` into ``status.pipeline_root``
+    and follow it into ``status``: steps in plan order (:func:`in_plan_order`), then the warnings of
+    steps taken from the cache and of the steps' logs.
+
+    ``runner`` is the kfp.local runner; default ``SubprocessRunner(use_venv=False)``.
+    """
+    _execute(in_plan_order(ir, [s.name for s in plan.steps]), arguments, status.pipeline_root,
+             status, echo, enable_caching, runner)
+    found = [*local_cache.stale_warnings(plan, status), *step_warnings(status)]
+    status.warnings.extend(found)
+    status.notices.extend(found)  # the panel shows notices
+
+
+def step_warnings(status: RunStatus) -> list[str]:
+    """The warnings steps printed in their logs (``runtime.step.warn``), in step order."""
+    return [line.strip()[len(WARNING_PREFIX):] for step in status.steps.values()
+            for line in step.log if line.strip().startswith(WARNING_PREFIX)]
 
 
 @contextlib.contextmanager
@@ -289,13 +332,8 @@ def _private_tmpdir() -> Iterator[None]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: RunStatus,
-            echo: TextIO | None, enable_caching: bool, runner: Any = None) -> None:
-    """Run the (prepared) IR with ``kfp.local`` and follow it into ``status``.
-
-    ``runner`` is the kfp.local runner; default ``SubprocessRunner(use_venv=False)``.
-    Step states come from the step runtime's event lines in kfp.local's output.
-    """
+def _execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: RunStatus,
+             echo: TextIO | None, enable_caching: bool, runner: Any = None) -> None:
     from kfp import components, local
 
     cache_root = os.path.join(root, local_cache.CACHE_FOLDER)
