@@ -210,3 +210,14 @@ def test_cli_refuses_bad_container_options_in_one_line(notebook, tmp_path, monke
     result = cli("run", str(path), "-o", str(tmp_path / "out"), *args)
     assert result.returncode == 2
     assert result.stderr.startswith(message) and result.stderr.count("\n") == 1
+
+
+def test_a_task_that_is_no_step_has_its_output_forwarded_as_it_comes(notebook) -> None:
+    plan = _plan(notebook, "%%kale step train\nx = 1")
+    status = plan_status(plan, "/tmp/root", None, [])
+    lines: list[str] = []
+    log = StepLog("kale-runtime", 100.0, status, [], out=lines.append)
+    log.write("pip output\n" + _event("start", "train", time=101.0) + "\n")
+    log.exited(1, "")
+    assert lines == ["pip output", _event("start", "train", time=101.0)]
+    assert status.steps["train"].install_s is None

@@ -129,7 +129,7 @@ class ContainerRun:
         container; forward its output; return its exit code. Containers are removed."""
         import docker
 
-        spec = self.containers[step]
+        spec = self.containers.get(step) or StepContainer(run_args={"labels": {STEP_LABEL: step}})
         client = docker.from_env()
         try:
             log = StepLog(step, time.time(), self.status, self.packages.get(step, []))
@@ -272,7 +272,9 @@ class StepLog:
         self.step, self.started, self.status, self.packages = step, started, status, packages
         self.out = out
         self.partial = ""
-        self.held: list[str] | None = []  # None once the step's code started
+        # lines held back until the step's code starts; a task that is no step (e.g. one that
+        # prepares something for the steps) has its output forwarded as it comes
+        self.held: list[str] | None = [] if step in status.steps else None
         self.ended = False
 
     def write(self, text: str) -> None:
@@ -290,7 +292,7 @@ class StepLog:
 
     def _line(self, line: str) -> None:
         event = _event(line)
-        if event is None or event.get("step") != self.step:
+        if event is None or event.get("step") != self.step or self.step not in self.status.steps:
             if self.held is None:
                 self.out(line)
             else:
@@ -313,7 +315,7 @@ class StepLog:
 
     def exited(self, code: int, why: str) -> None:
         """The container exited with ``code`` != 0: end the step as FAILED unless it did."""
-        if self.ended:
+        if self.ended or self.step not in self.status.steps:
             return
         if self.held is not None:  # the step's code never started
             self.out(f"{EVENT_MARKER} {json.dumps({'event': 'start', 'step': self.step, 'time': self.started})}")

@@ -298,14 +298,15 @@ def ensure_images(client: Any, ir: Mapping[str, Any]) -> None:
 
 def container_ir(ir: dict[str, Any], plan: Plan) -> dict[str, Any]:
     """A copy of the IR for a container run: KFP's pip installs kept, each executor naming its
-    step in :data:`STEP_ENV`, no working-directory change (a step starts in the image's)."""
+    step (or, for a task that is no step, the task) in :data:`STEP_ENV`, no working-directory
+    change (a step starts in the image's)."""
     prepared = local_ir(ir, {}, installs=True)
-    tasks = prepared["root"]["dag"]["tasks"]
-    for step in plan.steps:
-        component = prepared["components"][tasks[local_cache.task_name(step.name)]
-                                           ["componentRef"]["name"]]
+    steps = {local_cache.task_name(step.name): step.name for step in plan.steps}
+    for task_name, task in prepared["root"]["dag"]["tasks"].items():
+        component = prepared["components"][task["componentRef"]["name"]]
         container = prepared["deploymentSpec"]["executors"][component["executorLabel"]]["container"]
-        container["env"] = [*container.get("env", []), {"name": STEP_ENV, "value": step.name}]
+        container["env"] = [*container.get("env", []),
+                            {"name": STEP_ENV, "value": steps.get(task_name, task_name)}]
     return prepared
 
 
