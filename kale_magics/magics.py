@@ -55,6 +55,16 @@ _REMOTE_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--token",), {"help": "bearer token (better: $KF_PIPELINES_TOKEN, not saved in the notebook)"}),
 )
 
+_CONTAINER_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (("--docker",), {"action": "store_true", "help": "run every step in a container of its image, "
+                     "installing only its packages, as a cluster does"}),
+    (("--docker-network",), {"metavar": "MODE", "help": "the containers' Docker network"}),
+    (("--volume-map",), {"action": "append", "default": [], "metavar": "PVC=DIR",
+                         "help": "local folder mounted where a step mounts PVC"}),
+    (("--secret-env-file",), {"metavar": "FILE", "help": "ENV=VALUE lines for --secret"}),
+    (("--fresh-installs",), {"action": "store_true", "help": "install in every step's container"}),
+)
+
 ACTION_PARSERS: dict[str, GrammarParser] = {
     "show": _action_parser("show", "Show the steps, edges, inputs with producers and live types."),
     "check": _action_parser("check", "Serialise every passed variable now; warn about unsaved cells."),
@@ -75,7 +85,7 @@ ACTION_PARSERS: dict[str, GrammarParser] = {
                                          "help": "run STEP and what depends on it (local)"}),
                           (("--interval",), {"type": float, "default": 2.0,
                                              "help": "seconds between status polls (remote)"}),
-                          *_REMOTE_OPTIONS),
+                          *_REMOTE_OPTIONS, *_CONTAINER_OPTIONS),
     "status": _action_parser("status", "Show the last run's steps and states, or a KFP run's.",
                              (("run_id",), {"nargs": "?", "help": "a KFP run id"}),
                              *_REMOTE_OPTIONS),
@@ -248,7 +258,11 @@ class KaleMagics(Magics):
         remote = bool(args.host or args.remote)
         for warning in compiled.warnings:
             print(f"warning: {warning}")
-        for notice in ([] if remote else api.local_notices(compiled)):
+        options = api.docker_options(args.docker_network, args.volume_map, args.secret_env_file,
+                                     args.fresh_installs) if args.docker and not remote else None
+        notices = ([] if remote else api.docker_notices(compiled, options) if options
+                   else api.local_notices(compiled))
+        for notice in notices:
             print(f"notice: {notice}")
         handle = display({"text/plain": f"running {compiled.plan.name}"}, raw=True, display_id=True)
 
@@ -259,6 +273,10 @@ class KaleMagics(Magics):
         hooks = api.RunHooks(on_status=show)
         if remote:
             status = self._run_remote(args, compiled, arguments, hooks)
+        elif options is not None:
+            status = api.run_docker(compiled, arguments, options=options,
+                                    pipeline_root=args.pipeline_root, hooks=hooks,
+                                    enable_caching=not args.no_cache, from_step=args.from_step)
         else:
             status = api.run_local(compiled, arguments, pipeline_root=args.pipeline_root,
                                    hooks=hooks, enable_caching=not args.no_cache,

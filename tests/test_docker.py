@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from IPython.utils.capture import capture_output
 
 from kale_magics import api
 from kale_magics.codegen.pipeline import default_image
@@ -31,6 +32,7 @@ from kale_magics.runner.docker import DockerOptions, container_root, run_docker,
 from kale_magics.runner.status import RunStatus
 from tests.conftest import EXAMPLES
 from tests.test_examples import execute
+from tests.test_magics import kale, shell  # noqa: F401  (shell: the IPython shell fixture)
 
 pytestmark = pytest.mark.integration
 NETWORK = os.environ.get("KALE_MAGICS_TEST_DOCKER_NETWORK", "host")
@@ -295,3 +297,15 @@ def test_cli_runs_in_containers_and_reports_install_time(notebook, tmp_path) -> 
     assert (report["state"], report["metrics"]) == ("SUCCEEDED", {"y": 42.0})
     assert report["pipeline_root"] == str(tmp_path / "out" / "container_runs")
     assert all(step["install_s"] > 0 for step in report["steps"].values())
+
+
+def test_magic_runs_in_containers(shell, notebook, tmp_path) -> None:
+    path = notebook("%%kale step a\nx = 40", "%%kale step b\ny = x + 2", "%%kale metrics\ny",
+                    name="magicdocker")
+    with capture_output() as captured:
+        shell.run_line_magic("kale", f"run --notebook {path} --docker --docker-network {NETWORK} "
+                             f"--pipeline-root {tmp_path / 'root'}")
+    run = kale(shell).last_run
+    assert (run.state, run.metrics) == ("SUCCEEDED", {"y": 42.0})
+    assert all(step.install_s > 0 for step in run.steps.values())
+    assert "pipeline magicdocker SUCCEEDED" in captured.stdout
