@@ -53,6 +53,7 @@ def _run(args: argparse.Namespace) -> int:
         return _run_remote(args)
     arguments = dict(api.parse_param(p) for p in args.param)
     compiled = api.compile_notebook(args.notebook, args.output)
+    arguments = api.coerce_arguments(compiled.plan, arguments)  # bad values: exit 2 before any output
     _warn(compiled.warnings)
     _warn(api.local_notices(compiled), "notice")
     hooks = api.RunHooks()
@@ -90,6 +91,7 @@ def _run_remote(args: argparse.Namespace) -> int:
 
     arguments = dict(api.parse_param(p) for p in args.param)
     compiled = api.compile_notebook(args.notebook, args.output)
+    arguments = api.coerce_arguments(compiled.plan, arguments)  # bad values: exit 2 before connecting
     plan, schedule = compiled.plan, _schedule(args)
     session = _session(args, plan.settings)
     say = (lambda text: None) if args.json else (lambda text: print(text, flush=True))

@@ -34,6 +34,7 @@ def _kale_runtime():
     as zlib-compressed JSON in base64 (sha256 of the JSON: {digest}).
     """
     import base64
+    import builtins  # a step may be named exec, compile or setattr: it shadows the builtins here
     import json
     import sys
     import types
@@ -48,8 +49,8 @@ def _kale_runtime():
     for name, source in sources.items():
         module = types.ModuleType(name)
         sys.modules[name] = module
-        setattr(sys.modules["kale_magics.runtime"], name.rsplit(".", 1)[1], module)
-        exec(compile(source, name.replace(".", "/") + ".py", "exec"), module.__dict__)
+        builtins.setattr(sys.modules["kale_magics.runtime"], name.rsplit(".", 1)[1], module)
+        builtins.exec(builtins.compile(source, name.replace(".", "/") + ".py", "exec"), module.__dict__)
     return sys.modules["kale_magics.runtime.step"]
 '''
 

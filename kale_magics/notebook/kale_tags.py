@@ -21,7 +21,7 @@ from typing import Any
 from kale_magics.errors import AnnotationError
 from kale_magics.model import Annotation, PipelineSettings, StepSettings
 from kale_magics.notebook import step_options
-from kale_magics.notebook.annotations import check_step_name
+from kale_magics.notebook.annotations import check_pipeline_name, check_step_name
 
 KIND_TAGS = {"imports": "imports", "functions": "functions", "parameters": "pipeline-parameters",
              "metrics": "pipeline-metrics", "skip": "skip"}
@@ -206,7 +206,9 @@ def settings_from_metadata(meta: dict[str, Any]) -> tuple[PipelineSettings, list
     defaults = settings_from_tags(tagged if isinstance(tagged, list) else [], "steps_defaults")
     defaults = defaults.over(StepSettings(image=image, volumes=tuple(volumes),
                                           cache=cache if isinstance(cache, bool) else None))
-    settings = PipelineSettings(name=meta.get("pipeline_name") or None, experiment=experiment or None,
+    name = meta.get("pipeline_name") or None  # a file name too: checked like %kale pipeline --name
+    settings = PipelineSettings(name=name and check_pipeline_name(name, "kubeflow_notebook: pipeline_name"),
+                                experiment=experiment or None,
                                 description=meta.get("pipeline_description") or None,
                                 host=meta.get("kfp_host") or None, step_defaults=defaults)
     return settings, warnings
