@@ -72,8 +72,10 @@ def _run(args: argparse.Namespace) -> int:
 def _session(args: argparse.Namespace, settings: Any = None) -> Any:
     from kale_magics import api
 
-    return api.connect(args.host, args.namespace, args.token, args.cookies, settings=settings,
-                       connect_timeout_s=args.connect_timeout)
+    session = api.connect(args.host, args.namespace, args.token, args.cookies, settings=settings,
+                          connect_timeout_s=args.connect_timeout)
+    _warn([session.connection.withheld] if session.connection.withheld else [], "notice")
+    return session
 
 
 def _schedule(args: argparse.Namespace) -> Any:
