@@ -45,7 +45,10 @@ class StepStatus:
     cell, line:
         Where the error happened: the cell's filename and line (1-based).
     log:
-        The step's log lines (stdout and stderr, without ANSI codes).
+        The end of the step's log (stdout and stderr, without ANSI codes); a local
+        run keeps the whole log in the file ``log_path``.
+    log_path:
+        The file holding the step's whole log, when the runner keeps one ("" else).
     artifacts:
         Per output variable: format, size and location, as the step saved it.
     metrics:
@@ -65,6 +68,7 @@ class StepStatus:
     cell: str = ""
     line: int = 0
     log: list[str] = field(default_factory=list)
+    log_path: str = ""
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     cached: bool = False

@@ -6,9 +6,10 @@ and its sibling runtime modules. User code is compiled with a filename naming
 the notebook cell and step, so a traceback points at the notebook; its stdout
 and stderr go to the step log unchanged.
 
-Progress is reported as one JSON line per event, prefixed with
-:data:`EVENT_MARKER`, on stdout: ``start`` before the step's code runs and
-``end`` after (with state, duration, outputs and metrics, or the error).
+Progress is reported as one event each through the step's own channel to the
+local runner (:mod:`~kale_magics.runtime.channel`, never stdout): ``start``
+before the step's code runs and ``end`` after (with state, duration, outputs
+and metrics, or the error).
 """
 
 from __future__ import annotations
@@ -23,10 +24,8 @@ import time
 import traceback
 from typing import Any, Mapping, Sequence
 
-from kale_magics.runtime import marshal, shell
+from kale_magics.runtime import channel, marshal, shell
 
-#: Prefix of the event lines the step prints on stdout.
-EVENT_MARKER = "##kale-magics-event##"
 #: Environment variable naming the working directory of a local run's steps.
 WORKDIR_ENV = "KALE_MAGICS_WORKDIR"
 
@@ -36,10 +35,10 @@ class StepFailed(Exception):
 
 
 def emit(event: str, step: str, **fields: Any) -> None:
-    """Print one event line: ``##kale-magics-event## {"event": ..., "step": ..., ...}``."""
-    record = {"event": event, "step": step, "time": time.time(), **fields}
-    sys.stdout.write(f"{EVENT_MARKER} {json.dumps(record, default=str)}\n")
-    sys.stdout.flush()
+    """Report one event (``{"event": ..., "step": ..., "time": ..., **fields}``) to the local
+    runner through the step's channel; ``start`` and ``end`` also begin and end the capture of
+    the step's output into its log (see :func:`kale_magics.runtime.channel.emit`)."""
+    channel.emit(event, step, **fields)
 
 
 def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str, Any],
@@ -78,7 +77,10 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
     SystemExit
         With status 1 when the step fails, after printing what failed.
     """
-    _run_step(step, code, parameters, inputs, outputs, metrics, metrics_artifact, json_parameters)
+    try:
+        _run_step(step, code, parameters, inputs, outputs, metrics, metrics_artifact, json_parameters)
+    finally:  # an error the runtime did not expect: its traceback goes to the real stderr
+        channel.OutputRelay.stop_active()
     if _main_module() == "kfp.dsl.executor_main":
         prepare_exit()
 
