@@ -58,7 +58,9 @@ class GrammarParser(argparse.ArgumentParser):
     """argparse that raises AnnotationError instead of printing and exiting."""
 
     def error(self, message: str) -> NoReturn:
-        raise AnnotationError(f"{self.prog}: {message}; `%kale?` lists the options, e.g. "
+        hint = (" (a value starting with - is written --option=VALUE)"
+                if "expected one argument" in message else "")
+        raise AnnotationError(f"{self.prog}: {message}{hint}; `%kale?` lists the options, e.g. "
                               f"{_EXAMPLES.get(self.prog, self.prog)}")
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
@@ -134,8 +136,12 @@ def check_unicode(text: str, what: str) -> str:
 
 
 def step_name_hint(name: str) -> str:
-    """A valid step name close to ``name`` (``"Load-Data"`` -> ``"load_data"``)."""
+    """A valid step name close to ``name`` (``"Load-Data"`` -> ``"load_data"``); a name that
+    differs from a valid one only by its ``_`` gets a number, since that other name is likely
+    taken (``"a__b"`` -> ``"a_b2"``, ``"a_"`` -> ``"a2"``)."""
     hint = "_".join(re.findall(r"[a-z0-9]+", name.lower())).lstrip("_0123456789")[:55].rstrip("_")
+    if hint and hint != name and re.sub("_+", "_", name).strip("_") == hint:
+        hint += "2"
     if not hint or keyword.iskeyword(hint) or keyword.issoftkeyword(hint):
         hint = f"{hint or 'step'}_1"
     if hint in RESERVED_STEP_NAMES or hint.startswith("kale"):
@@ -299,10 +305,10 @@ def pipeline_line(settings: PipelineSettings) -> str:
                           ("--description", settings.description), ("--host", settings.host),
                           ("--notebook", settings.notebook)):
         if value is not None:
-            words += [option, shlex.quote(value)]
+            words += step_options.option_words(option, value)
     for option, values in (("--pip-index-url", settings.pip_index_urls),
                            ("--pip-trusted-host", settings.pip_trusted_hosts)):
         for value in values:
-            words += [option, shlex.quote(value)]
+            words += step_options.option_words(option, value)
     words += step_options.options_text(settings.step_defaults)
     return " ".join([LINE_PREFIX, "pipeline", *words])

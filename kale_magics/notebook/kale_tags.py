@@ -169,6 +169,22 @@ def _check_types(meta: dict[str, Any]) -> None:
             raise AnnotationError(f"kubeflow_notebook: {key} must be {names}, got "
                                   f"{type(meta[key]).__name__} {meta[key]!r}; fix the notebook's "
                                   "metadata (or convert it with kale-magics convert)")
+    _check_texts(meta)
+
+
+def _check_texts(meta: dict[str, Any]) -> None:
+    """Refuse text fields holding other JSON values: tags, the experiment's name, volume fields."""
+    tags = meta.get("steps_defaults")
+    values = [("steps_defaults", t) for t in (tags if isinstance(tags, list) else [])]
+    experiment = meta.get("experiment")
+    if isinstance(experiment, dict) and experiment.get("name") is not None:
+        values.append(("experiment.name", experiment["name"]))
+    values += [(f"volumes {k}", v[k]) for v in meta.get("volumes") or [] if isinstance(v, dict)
+               for k in ("name", "mount_point", "type") if v.get(k) is not None]
+    for key, value in values:
+        if not isinstance(value, str):
+            raise AnnotationError(f"kubeflow_notebook: {key} must be text, got {value!r}; fix the "
+                                  "notebook's metadata (or convert it with kale-magics convert)")
 
 
 def settings_from_metadata(meta: dict[str, Any]) -> tuple[PipelineSettings, list[str]]:
