@@ -171,6 +171,9 @@ def _compile_module(plan: Plan, dsl_path: str, yaml_path: str) -> None:
     thread.join()
     if "error" in outcome:
         error = outcome["error"]
+        if isinstance(error, UnicodeEncodeError):  # settings given from Python, not a notebook
+            raise CompileError(f"the pipeline's settings hold {error.object[error.start]!r}, a lone "
+                               "surrogate, which is not Unicode text; remove it") from error
         raise CompileError(f"the KFP compiler rejected the generated module {dsl_path}: "
                            f"{type(error).__name__}: {error}. {_BUG}") from error
     write_text_atomic(yaml_path, outcome["text"])
