@@ -164,3 +164,16 @@ def test_shared_notebook_cannot_collect_the_token(notebook, listener, tmp_path: 
     assert result.returncode == 2 and "were not sent" in result.stderr
     assert seen, "the listener was asked"
     assert all(TOKEN not in json.dumps(h) and "hostile-cookie" not in json.dumps(h) for h in seen)
+
+
+def test_status_errors_and_log_tails_are_redacted(tmp_path: Path) -> None:
+    from kale_magics.runner.local import log_tail
+    from kale_magics.runner.status import RunStatus, StepStatus
+
+    status = RunStatus(pipeline="p", steps={"a": StepStatus(name="a")})
+    status.update_step("a", state="FAILED", error="pip: https://u:pw@mirror/simple refused")
+    status.finish("FAILED", "see http://u:pw@kfp/#/runs")
+    assert "pw" not in status.steps["a"].error and "pw" not in status.error
+    log = tmp_path / "a.log"
+    log.write_text("Looking in indexes: https://user:secret@mirror/simple\n")
+    assert log_tail(str(log)) == ["Looking in indexes: https://***@mirror/simple"]

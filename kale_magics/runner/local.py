@@ -45,6 +45,7 @@ from kale_magics.codegen.compile import CompiledPipeline, dump_ir, read_ir
 from kale_magics.codegen.settings import local_noops
 from kale_magics.errors import RunError
 from kale_magics.model import requirement_name
+from kale_magics.redaction import redact_urls
 from kale_magics.runner import local_cache
 from kale_magics.runner.status import FAILED, RUNNING, SUCCEEDED, RunHooks, RunStatus, StepStatus
 from kale_magics.runtime.channel import CHANNEL_ENV, EVENTS_FILE, log_path
@@ -154,8 +155,8 @@ class _EventsFile:
 
 def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> list[str]:
     """The last ``lines`` lines of the log file at ``path`` (at most :data:`LOG_TAIL_BYTES`
-    read), decoded as UTF-8 with bad bytes replaced, without ANSI codes, each cut to
-    :data:`LINE_LIMIT` characters; ``[]`` when there is no such file."""
+    read), decoded as UTF-8 with bad bytes replaced, without ANSI codes and URL passwords,
+    each cut to :data:`LINE_LIMIT` characters; ``[]`` when there is no such file."""
     try:
         with open(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
@@ -165,7 +166,7 @@ def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> list[str]:
         return []
     text = data.decode("utf-8", errors="replace")
     found = text.splitlines()[1:] if size > LOG_TAIL_BYTES else text.splitlines()  # first: partial
-    return [ANSI.sub("", line).rstrip()[:LINE_LIMIT] for line in found[-lines:]]
+    return [redact_urls(ANSI.sub("", line).rstrip()[:LINE_LIMIT]) for line in found[-lines:]]
 
 
 class _EventSink(LineSink):
