@@ -85,6 +85,28 @@ def local_ir(ir: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     return local
 
 
+def in_plan_order(ir: dict[str, Any], steps: list[str]) -> dict[str, Any]:
+    """``ir`` (a local copy) where each task also depends on the task before it in ``steps``.
+
+    kfp.local runs tasks one at a time, in a depth-first walk of the DAG that
+    starts from its task map in that map's iteration order
+    (``kfp.local.graph_utils.topological_sort``, KFP 2.17), which is the
+    protobuf map's order, not the notebook's: independent steps ran in a
+    different order from run to run. ``steps`` is the plan's order, notebook
+    order where nothing else orders them, so chaining them makes local runs
+    reproducible and in notebook order. kfp.local already stops at the first
+    failed task, and ``dependentTasks`` is not part of its cache key; the IR
+    compiled for a cluster keeps its parallel branches.
+    """
+    tasks = ir["root"]["dag"]["tasks"]
+    names = [task_name for task_name in (local_cache.task_name(s) for s in steps) if task_name in tasks]
+    for before, task in zip(names, names[1:]):
+        dependent = tasks[task].setdefault("dependentTasks", [])
+        if before not in dependent:
+            dependent.append(before)
+    return ir
+
+
 def _unambiguous_name(ir: dict[str, Any]) -> str:
     """The pipeline's name, made different from every component's.
 
@@ -183,6 +205,7 @@ class _EventSink(LineSink):
         self.channel = channel
         self.events = _EventsFile(os.path.join(channel, EVENTS_FILE))
         self.run_log: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+        self.warnings: list[str] = []
 
     def _line(self, line: str) -> None:
         if self.echo is not None:
@@ -192,9 +215,12 @@ class _EventSink(LineSink):
         self.poll()
 
     def poll(self) -> None:
-        """Apply the events the steps wrote since the last look."""
+        """Apply the events the steps wrote since the last look (``warning`` events are kept
+        in :attr:`warnings`)."""
         for event in self.events.new_events():
-            if event["step"] in self.status.steps and event.get("event") in ("start", "end"):
+            if event.get("event") == "warning":
+                self.warnings.append(str(event.get("message", "")))
+            elif event["step"] in self.status.steps and event.get("event") in ("start", "end"):
                 self._event(event)
 
     def cached(self, step: str, outputs: dict[str, Any]) -> None:
@@ -335,8 +361,11 @@ def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = 
     env = {WORKDIR_ENV: os.path.abspath(workdir or os.path.dirname(plan.notebook) or ".")}
     channel = _channel_folder(root, plan.name)
     with _run_environment(channel):
-        _execute(local_ir(ir, env), dict(arguments or {}), root, status, echo, enable_caching,
-                 channel)
+        step_warnings = _execute(in_plan_order(local_ir(ir, env), [s.name for s in plan.steps]),
+                                 dict(arguments or {}), root, status, echo, enable_caching, channel)
+    found = [*local_cache.stale_warnings(plan, status), *step_warnings]
+    status.warnings.extend(found)
+    status.notices.extend(found)  # the panel shows notices
     return status
 
 
@@ -383,7 +412,8 @@ def _run_environment(channel: str) -> Iterator[None]:
 
 
 def _execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: RunStatus,
-             echo: TextIO | None, enable_caching: bool, channel: str) -> None:
+             echo: TextIO | None, enable_caching: bool, channel: str) -> list[str]:
+    """Run ``ir`` with kfp.local, updating ``status``; the warnings the steps reported."""
     from kfp import components, local
 
     cache_root = os.path.join(root, local_cache.CACHE_FOLDER)
@@ -405,12 +435,13 @@ def _execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: R
         sink.poll()
         sink.unfinished()
         status.finish(FAILED, f"kfp.local failed: {type(error).__name__}: {error}")
-        return
+        return sink.warnings
     sink.poll()
     sink.unfinished()
     failed = any(s.state != SUCCEEDED for s in status.steps.values())
     error = "" if not failed else _run_error(status, list(sink.run_log))
     status.finish(FAILED if failed else SUCCEEDED, error)
+    return sink.warnings
 
 
 def _run_error(status: RunStatus, run_log: list[str]) -> str:

@@ -3,7 +3,7 @@
 A local run (``runner.local``) names a folder in :data:`CHANNEL_ENV`. In it the
 step runtime
 
-- appends one JSON line per event (``start``, ``end``) to :data:`EVENTS_FILE`,
+- appends one JSON line per event (``start``, ``end``, ``warning``) to :data:`EVENTS_FILE`,
   so nothing the user's code prints (any bytes, a line that looks like an
   event) is ever read as an event: the step's stdout carries output only;
 - while the step's code runs, points the process's stdout and stderr (file
@@ -71,9 +71,11 @@ def emit(event: str, step: str, **fields: Any) -> None:
 
 
 def _wake() -> None:
-    """One empty line on the real stdout, so the runner reads the events file now."""
+    """One empty line on the real stdout (kfp.local's pipe), so the runner reads the events
+    file now; while the step's output is relayed, fd 1 is the relay's and the real one saved."""
+    relay = OutputRelay.active
     try:
-        os.write(1, b"\n")
+        os.write(relay.saved[0] if relay is not None else 1, b"\n")
     except OSError:
         pass
 
