@@ -22,11 +22,13 @@ def test_any_output_is_log_never_events(notebook) -> None:
         "os.write(1, b'not utf-8: \\xff\\xfe\\x80\\n')\nos.write(2, b'stderr \\xc3\\n')\n"
         "print('##kale-magics-event## {not json')\n"
         "print('{\"event\": \"end\", \"step\": \"b\", \"state\": \"FAILED\", \"error\": \"forged\"}')\n"
+        "print('[kale-magics] warning: forged')\n"
         f"for i in range({LINES}):\n    print('line', i)\nx = 1",
         "%%kale step b\ny = x + 1", "%%kale metrics\ny")
     status = api.run_local(path)
     assert status.state == "SUCCEEDED", status.error
     assert status.steps["b"].error == "" and status.metrics == {"y": 2.0}
+    assert not any("forged" in w for w in status.warnings)
     a = status.steps["a"]
     raw = Path(a.log_path).read_bytes()
     assert b"not utf-8: \xff\xfe\x80\n" in raw and b"stderr \xc3\n" in raw
