@@ -56,6 +56,7 @@ def _run(args: argparse.Namespace) -> int:
     options = api.docker_options(args.docker_network, args.volume_map, args.secret_env_file,
                                  args.fresh_installs) if args.docker else None
     compiled = api.compile_notebook(args.notebook, args.output)
+    arguments = api.coerce_arguments(compiled.plan, arguments)  # bad values: exit 2 before any output
     _warn(compiled.warnings)
     _warn(api.docker_notices(compiled, options) if args.docker else api.local_notices(compiled),
           "notice")
@@ -90,8 +91,10 @@ def _check_docker_options(args: argparse.Namespace) -> None:
 def _session(args: argparse.Namespace, settings: Any = None) -> Any:
     from kale_magics import api
 
-    return api.connect(args.host, args.namespace, args.token, args.cookies, settings=settings,
-                       connect_timeout_s=args.connect_timeout)
+    session = api.connect(args.host, args.namespace, args.token, args.cookies, settings=settings,
+                          connect_timeout_s=args.connect_timeout)
+    _warn([session.connection.withheld] if session.connection.withheld else [], "notice")
+    return session
 
 
 def _schedule(args: argparse.Namespace) -> Any:
@@ -109,6 +112,7 @@ def _run_remote(args: argparse.Namespace) -> int:
 
     arguments = dict(api.parse_param(p) for p in args.param)
     compiled = api.compile_notebook(args.notebook, args.output)
+    arguments = api.coerce_arguments(compiled.plan, arguments)  # bad values: exit 2 before connecting
     plan, schedule = compiled.plan, _schedule(args)
     session = _session(args, plan.settings)
     say = (lambda text: None) if args.json else (lambda text: print(text, flush=True))

@@ -10,12 +10,12 @@ import pytest
 
 from kale_magics import api
 from kale_magics.errors import RunError
-from kale_magics.runner.container_run import StepLog, install_script
+from kale_magics.runner.container_run import StepLog, explain_missing_module, install_script
 from kale_magics.runner.docker import (DockerOptions, check_inputs, container_ir,
                                        container_notices, cpu_cores, memory_bytes, read_env_file,
                                        run_docker, step_container)
 from kale_magics.runner.local import plan_status
-from kale_magics.runtime.step import EVENT_MARKER
+from kale_magics.runtime.channel import EVENTS_FILE
 
 
 def _plan(notebook, *cells: str):
@@ -112,61 +112,75 @@ def test_container_ir_keeps_kfps_install_and_names_each_step(notebook, tmp_path)
     assert install_script(["sh", "-ec", "python3 -m kfp.dsl.executor_main"]) is None
 
 
-def _event(event: str, step: str, **fields) -> str:
-    return f"{EVENT_MARKER} {json.dumps({'event': event, 'step': step, **fields})}"
-
-
-def _step_log(notebook, packages=("cloudpickle==3",)):
+def _step_log(notebook, tmp_path, step="train"):
+    """A StepLog of step ``train`` (or a task that is no step) with a channel folder; the lines
+    it forwards, and a function appending an event to the channel as the step runtime does."""
     plan = _plan(notebook, "%%kale step train\nx = 1")
     status = plan_status(plan, "/tmp/root", None, [])
     lines: list[str] = []
-    return StepLog("train", 100.0, status, list(packages), out=lines.append), status, lines
+    log = StepLog(step, 100.0, status, str(tmp_path), out=lines.append)
+
+    def event(kind: str, **fields) -> None:
+        with open(tmp_path / EVENTS_FILE, "a") as f:
+            f.write(json.dumps({"event": kind, "step": "train", **fields}) + "\n")
+
+    return log, status, lines, event
 
 
-def test_install_output_goes_after_the_start_event_and_install_time_is_set(notebook) -> None:
-    log, status, lines = _step_log(notebook)
+def _events(tmp_path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / EVENTS_FILE).read_text().splitlines()]
+
+
+def test_output_is_forwarded_as_it_comes_and_install_time_is_set(notebook, tmp_path) -> None:
+    log, status, lines, event = _step_log(notebook, tmp_path)
     log.write("WARNING: Running pip as the 'root' user\n")
-    log.write(_event("start", "train", time=112.5) + "\nuser out")
-    log.write("put\n" + _event("end", "train", time=113.0, state="SUCCEEDED") + "\n")
+    assert status.steps["train"].install_s is None
+    event("start", time=112.5)
+    log.write("\nkfp exec")  # the runtime's wake-up line, then a partial one
+    assert status.steps["train"].install_s == 12.5  # before the runner reads the start event
+    log.write("utor\n")
+    event("end", time=113.0, state="SUCCEEDED")
     log.close()
-    assert lines[1:] == ["WARNING: Running pip as the 'root' user", "user output",
-                         _event("end", "train", time=113.0, state="SUCCEEDED")]
-    assert json.loads(lines[0][len(EVENT_MARKER):])["event"] == "start"
-    assert status.steps["train"].install_s == 12.5
+    assert lines == ["WARNING: Running pip as the 'root' user", "", "kfp executor"]
+    log.exited(1, "")  # the step reported its end: nothing is added
+    assert len(_events(tmp_path)) == 2
 
 
-def test_container_killed_for_memory_ends_the_step_failed(notebook) -> None:
-    log, _, lines = _step_log(notebook)
-    log.write(_event("start", "train", time=101.0) + "\nallocating\n")
+def test_container_killed_for_memory_ends_the_step_failed(notebook, tmp_path) -> None:
+    log, _, lines, event = _step_log(notebook, tmp_path)
+    event("start", time=101.0)
+    log.write("\n")
     log.exited(137, "out of memory (limit 512Mi)")
-    end = json.loads(lines[-1][len(EVENT_MARKER):])
+    end = _events(tmp_path)[-1]
     assert (end["event"], end["state"], end["error"]) == ("end", "FAILED", "out of memory (limit 512Mi)")
-    assert lines[-2] == "kale-magics: out of memory (limit 512Mi)"
+    assert lines[-1] == ""  # wakes the runner
 
 
-def test_failed_install_reports_pips_error_in_the_step_log(notebook) -> None:
-    log, _, lines = _step_log(notebook)
-    log.write("ERROR: No matching distribution found for nope==9\n\n")
+def test_failed_install_reports_pips_error_in_the_step_log(notebook, tmp_path) -> None:
+    log, _, _, _ = _step_log(notebook, tmp_path)
+    log.write("Collecting nope==9\nERROR: No matching distribution found for nope==9\n\n")
     log.exited(1, "")
-    start = json.loads(lines[0][len(EVENT_MARKER):])
+    start, end = _events(tmp_path)
     assert (start["event"], start["time"]) == ("start", 100.0)
-    assert lines[1] == "ERROR: No matching distribution found for nope==9"
-    end = json.loads(lines[-1][len(EVENT_MARKER):])
     assert end["error"] == ("installing the step's packages failed (exit code 1): ERROR: No "
                             "matching distribution found for nope==9")
+    assert (tmp_path / "train.log").read_text() == ("Collecting nope==9\nERROR: No matching "
+                                                    "distribution found for nope==9\n")
 
 
-def test_missing_module_error_names_the_package_to_add(notebook) -> None:
-    log, _, lines = _step_log(notebook, packages=("cloudpickle==3", "dill==0.4"))
-    log.write(_event("start", "train", time=101.0) + "\n")
-    log.write(_event("end", "train", time=102.0, state="FAILED",
-                     error="ModuleNotFoundError: No module named 'yaml'") + "\n")
-    error = json.loads(lines[-1][len(EVENT_MARKER):])["error"]
+def test_missing_module_error_names_the_package_to_add() -> None:
     from importlib import metadata
 
-    assert error == ("ModuleNotFoundError: No module named 'yaml'; module 'yaml' is not in the "
-                     "step's packages_to_install (cloudpickle==3, dill==0.4): add --packages "
-                     f"PyYAML=={metadata.version('PyYAML')} to step 'train'")
+    from kale_magics.runner.status import StepStatus
+
+    step = StepStatus(name="train", state="FAILED", error="ModuleNotFoundError: No module named 'yaml'")
+    explain_missing_module(step, ["cloudpickle==3", "dill==0.4"])
+    assert step.error == ("ModuleNotFoundError: No module named 'yaml'; module 'yaml' is not in the "
+                          "step's packages_to_install (cloudpickle==3, dill==0.4): add --packages "
+                          f"PyYAML=={metadata.version('PyYAML')} to step 'train'")
+    provided = StepStatus(name="t", state="FAILED", error="ModuleNotFoundError: No module named 'yaml'")
+    explain_missing_module(provided, ["PyYAML==6"])  # provided, yet missing: nothing to add
+    assert provided.error == "ModuleNotFoundError: No module named 'yaml'"
 
 
 @pytest.mark.parametrize("producer, value, wanted", [
@@ -212,12 +226,11 @@ def test_cli_refuses_bad_container_options_in_one_line(notebook, tmp_path, monke
     assert result.stderr.startswith(message) and result.stderr.count("\n") == 1
 
 
-def test_a_task_that_is_no_step_has_its_output_forwarded_as_it_comes(notebook) -> None:
-    plan = _plan(notebook, "%%kale step train\nx = 1")
-    status = plan_status(plan, "/tmp/root", None, [])
-    lines: list[str] = []
-    log = StepLog("kale-runtime", 100.0, status, [], out=lines.append)
-    log.write("pip output\n" + _event("start", "train", time=101.0) + "\n")
+def test_a_task_that_is_no_step_has_its_output_forwarded_as_it_comes(notebook, tmp_path) -> None:
+    log, status, lines, event = _step_log(notebook, tmp_path, step="kale-runtime")
+    log.write("pip output\n")
+    event("start", time=101.0)
+    log.write("\n")
     log.exited(1, "")
-    assert lines == ["pip output", _event("start", "train", time=101.0)]
-    assert status.steps["train"].install_s is None
+    assert lines == ["pip output", ""]
+    assert status.steps["train"].install_s is None and len(_events(tmp_path)) == 1

@@ -22,6 +22,7 @@ as in a pod, without repeating the same install in every step of a run and in ev
 from __future__ import annotations
 
 import codecs
+import collections
 import contextlib
 import hashlib
 import json
@@ -34,8 +35,8 @@ from typing import Any, Callable, Iterator, Mapping
 
 from kale_magics.codegen.packages import installed_packages
 from kale_magics.model import requirement_name
-from kale_magics.runner.status import FAILED, RunStatus
-from kale_magics.runtime.step import EVENT_MARKER
+from kale_magics.runner.status import FAILED, RunStatus, StepStatus
+from kale_magics.runtime.channel import CHANNEL_ENV, EVENTS_FILE, log_path
 
 #: Environment variable naming a task's step in the IR a container run executes.
 STEP_ENV = "KALE_MAGICS_STEP"
@@ -130,9 +131,10 @@ class ContainerRun:
         import docker
 
         spec = self.containers.get(step) or StepContainer(run_args={"labels": {STEP_LABEL: step}})
+        channel = os.environ.get(CHANNEL_ENV)  # the run's, set while it lasts (runner.local)
         client = docker.from_env()
         try:
-            log = StepLog(step, time.time(), self.status, self.packages.get(step, []))
+            log = StepLog(step, time.time(), self.status, channel)
             image, code = self._environment(client, handler, log)
             if code != 0:
                 log.exited(code, "")
@@ -141,12 +143,15 @@ class ContainerRun:
                 image=image, command=handler.full_command, detach=True,
                 volumes={**handler.get_volumes_to_mount(client), **spec.volumes,
                          **self._pip_volume()},
-                environment={**handler.env_vars, **spec.environment, **self._pip_env()},
+                environment={**handler.env_vars, **spec.environment, **self._pip_env(),
+                             **({CHANNEL_ENV: channel} if channel else {})},
                 **handler.runner.container_run_args,
                 **{**spec.run_args, "labels": {**spec.run_args.get("labels", {}), **self._run_label()}})
             code, oom, killed = _follow(container, log, spec.timeout_s)
             if code != 0:
                 log.exited(code, _why(spec, oom, killed))
+                if step in self.status.steps:
+                    explain_missing_module(self.status.steps[step], self.packages.get(step, []))
             return code
         finally:
             client.close()
@@ -245,37 +250,36 @@ def _why(spec: StepContainer, oom: bool, killed: bool) -> str:
 
 
 class StepLog:
-    """Forwards one step container's output to kfp.local's stdout, where the local runner
-    reads the step runtime's event lines (``runner.local``), and reports what the step could
-    not: a failed install, running out of memory, a timeout.
-
-    Lines before the step's code starts are the install's; they are held back and forwarded
-    right after the step's ``start`` event, so they land in the step's log.
+    """Follows one task's container for the local runner: forwards the container's output to
+    kfp.local's stdout, where each line prompts the runner to read the run's channel
+    (``runtime.channel``: the step runtime in the container writes its events and its log into
+    the channel folder, mounted at the same path), and reports what the step could not: a
+    failed install, running out of memory, a timeout.
 
     Parameters
     ----------
     step:
-        The step's name.
+        The step's name (or, for a task that is no step, the task's).
     started:
         When installing for it started (seconds since the epoch).
     status:
-        The run's status; the step's ``install_s`` is set just before its ``start`` event is
-        forwarded, whose update notifies the hooks.
-    packages:
-        The step's ``packages_to_install``, named when one of its imports fails.
+        The run's status; the step's ``install_s`` is set when its ``start`` event is seen, just
+        before the line that makes the runner apply that event is forwarded.
+    channel:
+        The run's channel folder, or None.
     out:
         Where lines go (default ``print``, which kfp.local indents while a task runs).
     """
 
-    def __init__(self, step: str, started: float, status: RunStatus, packages: list[str],
+    def __init__(self, step: str, started: float, status: RunStatus, channel: str | None,
                  out: Callable[[str], Any] = print) -> None:
-        self.step, self.started, self.status, self.packages = step, started, status, packages
+        self.step, self.started, self.status, self.channel = step, started, status, channel
         self.out = out
+        self.events = os.path.join(channel, EVENTS_FILE) if channel else ""
+        self.offset = _size(self.events)  # earlier events are other steps' or attempts'
         self.partial = ""
-        # lines held back until the step's code starts; a task that is no step (e.g. one that
-        # prepares something for the steps) has its output forwarded as it comes
-        self.held: list[str] | None = [] if step in status.steps else None
-        self.ended = False
+        self.recent: collections.deque[str] = collections.deque(maxlen=20)  # before the code
+        self.code_started = self.ended = False
 
     def write(self, text: str) -> None:
         """Take the next piece of output (any number of lines, maybe partial)."""
@@ -291,56 +295,73 @@ class StepLog:
             self.partial = ""
 
     def _line(self, line: str) -> None:
-        event = _event(line)
-        if event is None or event.get("step") != self.step or self.step not in self.status.steps:
-            if self.held is None:
-                self.out(line)
-            else:
-                self.held.append(line)
-        elif event.get("event") == "start":
-            self.status.steps[self.step].install_s = round(event["time"] - self.started, 3)
-            self.out(line)
-            self._release()
-        else:
-            self.ended = True
-            if event.get("state") == FAILED:
-                event["error"] = missing_module_hint(event.get("error", ""), self.step,
-                                                     self.packages)
-            self.out(f"{EVENT_MARKER} {json.dumps(event)}")
+        self._read_events()
+        if not self.code_started and line.strip():
+            self.recent.append(line.strip())
+        self.out(line)
 
-    def _release(self) -> None:
-        for held in self.held or []:
-            self.out(held)
-        self.held = None
+    def _read_events(self) -> None:
+        if not self.events or self.step not in self.status.steps:
+            return
+        with contextlib.suppress(OSError), open(self.events, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+            complete = data[:data.rfind(b"\n") + 1]
+            self.offset += len(complete)
+            for line in complete.splitlines():
+                with contextlib.suppress(ValueError):
+                    self._event(json.loads(line))
+
+    def _event(self, event: Any) -> None:
+        if not isinstance(event, dict) or event.get("step") != self.step:
+            return
+        if event.get("event") == "start":
+            self.code_started = True
+            self.status.steps[self.step].install_s = round(event["time"] - self.started, 3)
+        elif event.get("event") == "end":
+            self.ended = True
 
     def exited(self, code: int, why: str) -> None:
         """The container exited with ``code`` != 0: end the step as FAILED unless it did."""
-        if self.ended or self.step not in self.status.steps:
+        self._read_events()
+        if self.ended or not self.events or self.step not in self.status.steps:
             return
-        if self.held is not None:  # the step's code never started
-            self.out(f"{EVENT_MARKER} {json.dumps({'event': 'start', 'step': self.step, 'time': self.started})}")
-            last = next((line for line in reversed(self.held) if line.strip()), "")
-            self._release()
+        if not self.code_started:
+            self._append({"event": "start", "step": self.step, "time": self.started})
+            with open(log_path(self.channel or "", self.step), "a", encoding="utf-8") as f:
+                f.write("".join(f"{line}\n" for line in self.recent))
             why = (f"{why} while installing the step's packages" if why else
-                   f"installing the step's packages failed (exit code {code}): {last.strip()}")
+                   f"installing the step's packages failed (exit code {code}): "
+                   f"{self.recent[-1] if self.recent else 'no output'}")
         why = why or f"the step's container exited with code {code} before the step ended"
-        self.out(f"kale-magics: {why}")
         start = self.status.steps[self.step].start or self.started
-        end = {"event": "end", "step": self.step, "time": time.time(), "state": FAILED,
-               "duration_s": time.time() - start, "error": why}
-        self.out(f"{EVENT_MARKER} {json.dumps(end)}")
+        self._append({"event": "end", "step": self.step, "time": time.time(), "state": FAILED,
+                      "duration_s": time.time() - start, "error": why})
         self.ended = True
+        self.out("")  # the runner reads the channel now
+
+    def _append(self, event: dict[str, Any]) -> None:
+        with open(self.events, "a", encoding="utf-8") as f:
+            f.write(json.dumps(event) + "\n")
+        self.offset = _size(self.events)
 
 
-def _event(line: str) -> dict[str, Any] | None:
-    text = line.strip()
-    if not text.startswith(EVENT_MARKER):
-        return None
+def _size(path: str) -> int:
     try:
-        event = json.loads(text[len(EVENT_MARKER):])
-    except ValueError:
-        return None
-    return event if isinstance(event, dict) else None
+        return os.path.getsize(path) if path else 0
+    except OSError:
+        return 0
+
+
+def explain_missing_module(step: StepStatus, packages: list[str]) -> None:
+    """Name the package to add in ``step``'s error when it failed importing a module its
+    packages do not provide (the import was hidden from the compile, e.g. ``importlib``).
+
+    Called when the step's container has ended, after the runner applied the step's ``end``
+    event; the run's summary and final status show it.
+    """
+    if step.state == FAILED:
+        step.error = missing_module_hint(step.error, step.name, packages)
 
 
 _MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([A-Za-z0-9_]+)")
