@@ -37,6 +37,8 @@ class _StepDraft:
     inputs: dict[str, str] = field(default_factory=dict)
     parameters: set[str] = field(default_factory=set)
     metrics: list[Metric] = field(default_factory=list)
+    #: Runs of the step's cells with no other step's cell between them, in notebook order.
+    segments: list[list[Cell]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -45,6 +47,16 @@ class _StepDraft:
     @property
     def head(self) -> Cell:
         return self.cells[0]
+
+    @property
+    def explicit(self) -> list[Cell]:
+        """The cells that carry the step's own annotation (its ``%%kale step`` line or tags)."""
+        return [c for c in self.cells if c.explicit]
+
+    @property
+    def after(self) -> tuple[str, ...]:
+        """The ``--after`` edges of every annotated cell of the step, in notebook order."""
+        return tuple(dict.fromkeys(a for c in self.explicit for a in c.annotation.after))
 
 
 def build_plan(cells: Sequence[Cell], settings: PipelineSettings, notebook: str = "") -> Plan:
@@ -67,15 +79,16 @@ def build_plan(cells: Sequence[Cell], settings: PipelineSettings, notebook: str 
         code that is not valid Python once IPython syntax is removed.
     """
     drafts = _group_steps(cells)
-    _check_names(drafts)
+    warnings = _check_names(drafts)
     parameters = read_parameters([c for c in cells if c.annotation.kind == "parameters"])
     prelude = tuple(c for c in cells if c.annotation.kind in PRELUDE_KINDS)
     provided = set(_scan(prelude).writes) | {p.name for p in parameters}
     _link(cells, drafts, provided, parameters)
+    warnings += _merge_warnings(drafts)
     steps = _order(drafts, _outputs(drafts), settings.step_defaults)
     name = settings.name or pipeline_name_from(_stem(notebook) or "pipeline")
     return Plan(name=name, settings=settings, parameters=parameters, prelude=prelude,
-                steps=steps, notebook=notebook)
+                steps=steps, notebook=notebook, warnings=tuple(warnings))
 
 
 def _stem(path: str) -> str:
@@ -84,34 +97,72 @@ def _stem(path: str) -> str:
 
 
 def _group_steps(cells: Sequence[Cell]) -> list[_StepDraft]:
-    drafts: list[_StepDraft] = []
+    """The steps in order of their first cell; cells naming the same step are one step.
+
+    As Kale's ``NotebookProcessor.parse_notebook`` (``Pipeline.merge_code``):
+    every cell whose step name is NAME, adjacent or not, joins step NAME in
+    notebook order. A merge that makes a cycle is refused later, naming the
+    cells (``_order``).
+    """
+    drafts: dict[str, _StepDraft] = {}
+    previous = None
     for cell in cells:
         if cell.annotation.kind != "step":
             continue
-        if cell.explicit or not drafts or drafts[-1].cells[-1].annotation is not cell.annotation:
-            drafts.append(_StepDraft(cells=[cell]))
+        name = cell.annotation.name or ""
+        draft = drafts.setdefault(name, _StepDraft(cells=[]))
+        draft.cells.append(cell)
+        if previous == name:
+            draft.segments[-1].append(cell)
         else:
-            drafts[-1].cells.append(cell)
+            draft.segments.append([cell])
+        previous = name
     if not drafts:
         raise AnalysisError("the notebook has no `%%kale step NAME` cell; annotate at least one "
                             "cell as a step (see `kale-magics --help`)")
-    return drafts
+    return list(drafts.values())
 
 
-def _check_names(drafts: Sequence[_StepDraft]) -> None:
-    seen: dict[str, Cell] = {}
+def _merge_warnings(drafts: Sequence[_StepDraft]) -> list[str]:
+    """Warn where a step reads a variable that a later cell of a merged producer reassigns.
+
+    The producer passes the value its last cell leaves (Kale does the same);
+    in the notebook, the reader saw the value from before that cell.
+    """
+    by_name = {d.name: d for d in drafts}
+    warnings = []
+    for reader in drafts:
+        for name, producer in sorted(reader.inputs.items()):
+            later = [seg[0] for seg in by_name[producer].segments
+                     if seg[0].index > reader.head.index and name in _scan(seg).writes]
+            if later:
+                warnings.append(
+                    f"{reader.head.describe()}: step {reader.name!r} reads `{name}`, which "
+                    f"{later[0].describe()} changes afterwards in the same step {producer!r} "
+                    f"(one step because the cells share its name): the pipeline passes the value "
+                    f"after that cell, the notebook had the one before; give that cell a step "
+                    f"name of its own")
+    return warnings
+
+
+def _check_names(drafts: Sequence[_StepDraft]) -> list[str]:
+    """Check ``--after`` names; return warnings for settings a merged step's later cells repeat."""
+    seen = {draft.name: draft.head for draft in drafts}
+    warnings = []
     for draft in drafts:
-        if draft.name in seen:
-            raise AnalysisError(f"duplicate step name {draft.name!r}: {seen[draft.name].describe()} "
-                                f"and {draft.head.describe()}; rename one of them")
-        seen[draft.name] = draft.head
-    for draft in drafts:
-        for after in draft.head.annotation.after:
+        for cell in draft.explicit[1:]:
+            if cell.annotation.settings != draft.head.annotation.settings \
+                    and cell.annotation.settings != StepSettings():
+                warnings.append(f"{cell.describe()}: settings of step {draft.name!r} are taken from "
+                                f"its first cell, {draft.head.describe()}; these are ignored (as Kale "
+                                "does): move them to the first cell")
+        for after in draft.after:
             if after not in seen:
                 close = difflib.get_close_matches(after, list(seen), n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"steps are: {', '.join(seen)}"
                 raise AnalysisError(f"{draft.head.describe()}: step {draft.name!r} runs --after "
                                     f"{after!r}, which is not a step; {hint}")
+    return warnings
 
 
 def _scan(cells: Sequence[Cell]) -> NameUse:
@@ -131,25 +182,27 @@ def _scan(cells: Sequence[Cell]) -> NameUse:
 def _link(cells: Sequence[Cell], drafts: list[_StepDraft], provided: set[str],
           parameters: Sequence[Parameter]) -> None:
     """Find each step's inputs and parameters, and attach metrics to their producers."""
-    by_head = {d.head.index: d for d in drafts}
+    by_head = {segment[0].index: (d, segment) for d in drafts for segment in d.segments}
     writers: dict[str, _StepDraft] = {}
     param_names = {p.name for p in parameters}
     for cell in cells:
-        draft = by_head.get(cell.index)
+        draft, segment = by_head.get(cell.index, (None, []))
         if draft is not None:
-            use = _scan(draft.cells)
+            use = _scan(segment)
             for name in (*use.reads, *cell.annotation.inputs):
                 _resolve(draft, name, writers, provided, param_names, cells)
             for name in (*use.writes, *cell.annotation.outputs):
                 writers[name] = draft
         elif cell.annotation.kind == "metrics":
-            _attach_metrics(cell, writers, provided, param_names, cells)
+            _attach_metrics(cell, writers, provided, param_names, cells, drafts)
 
 
 def _resolve(draft: _StepDraft, name: str, writers: dict[str, _StepDraft], provided: set[str],
              param_names: set[str], cells: Sequence[Cell]) -> None:
     forced = name in draft.head.annotation.inputs
-    if name in writers and writers[name] is not draft:
+    if writers.get(name) is draft:
+        return  # an earlier cell of the same (merged) step assigns it
+    if name in writers:
         draft.inputs[name] = writers[name].name
     elif name in param_names and not forced:
         draft.parameters.add(name)
@@ -178,7 +231,8 @@ def _missing(name: str, reader: str, cell: Cell, writers: dict[str, _StepDraft],
 
 
 def _attach_metrics(cell: Cell, writers: dict[str, _StepDraft], provided: set[str],
-                    param_names: set[str], cells: Sequence[Cell]) -> None:
+                    param_names: set[str], cells: Sequence[Cell],
+                    drafts: Sequence[_StepDraft] = ()) -> None:
     for number, line in enumerate(python_source(cell.source).splitlines(), start=1):
         expression = line.split("#", 1)[0].strip()
         if not expression:
@@ -190,10 +244,11 @@ def _attach_metrics(cell: Cell, writers: dict[str, _StepDraft], provided: set[st
                                 "expression; a metrics cell lists one name or expression "
                                 "per line, such as `accuracy`") from None
         producers = [writers[n] for n in reads if n in writers]
-        if not producers:
+        owner = (max(producers, key=lambda d: d.head.index) if producers
+                 else _parameter_metric_owner(set(reads) & param_names, drafts))
+        if owner is None:
             raise AnalysisError(f"{cell.describe()}, line {number}: metric `{expression}` reads no "
                                 "variable an earlier step assigns; name a variable a step computes")
-        owner = max(producers, key=lambda d: d.head.index)
         for name in reads:
             if name in writers and writers[name] is not owner:
                 owner.inputs.setdefault(name, writers[name].name)
@@ -204,8 +259,20 @@ def _attach_metrics(cell: Cell, writers: dict[str, _StepDraft], provided: set[st
         owner.metrics.append(Metric(key=expression, expression=expression))
 
 
+def _parameter_metric_owner(names: set[str], drafts: Sequence[_StepDraft]) -> _StepDraft | None:
+    """The step that logs a metric reading only pipeline parameters ``names`` (None if no names).
+
+    As Kale (``dependencies.assign_metrics``): the first step, in notebook
+    order, that reads one of them; else the first step.
+    """
+    if not names or not drafts:
+        return None
+    readers = [d for d in drafts if d.parameters & names]
+    return readers[0] if readers else drafts[0]
+
+
 def _outputs(drafts: Sequence[_StepDraft]) -> dict[str, set[str]]:
-    outputs: dict[str, set[str]] = {d.name: set(d.head.annotation.outputs) for d in drafts}
+    outputs = {d.name: {n for c in d.explicit for n in c.annotation.outputs} for d in drafts}
     for draft in drafts:
         for name, producer in draft.inputs.items():
             outputs[producer].add(name)
@@ -216,7 +283,7 @@ def _order(drafts: Sequence[_StepDraft], outputs: dict[str, set[str]],
            defaults: StepSettings) -> tuple[Step, ...]:
     """Freeze the drafts into Steps in a topological order, notebook order on ties."""
     steps = {d.name: Step(
-        name=d.name, cells=tuple(d.cells), after=d.head.annotation.after,
+        name=d.name, cells=tuple(d.cells), after=d.after,
         inputs=tuple(Input(n, p) for n, p in sorted(d.inputs.items())),
         outputs=tuple(sorted(outputs[d.name])), parameters=tuple(sorted(d.parameters)),
         metrics=tuple(d.metrics), settings=d.head.annotation.settings.over(defaults))
@@ -226,12 +293,24 @@ def _order(drafts: Sequence[_StepDraft], outputs: dict[str, set[str]],
     try:
         sorter.prepare()
     except graphlib.CycleError as error:
-        cycle = " -> ".join(error.args[1])
-        raise AnalysisError(f"the steps form a cycle: {cycle}; remove one of the --after edges "
-                            "that close it") from None
+        raise _cycle_error(error.args[1], drafts) from None
     order: list[Step] = []
     while sorter.is_active():
         ready = sorted(sorter.get_ready(), key=position.__getitem__)
         order.extend(steps[name] for name in ready)
         sorter.done(*ready)
     return tuple(order)
+
+
+def _cycle_error(cycle: Sequence[str], drafts: Sequence[_StepDraft]) -> AnalysisError:
+    """The error for steps that form a cycle; names the cells when a merged step closes it."""
+    path = " -> ".join(cycle)
+    merged = [d for d in drafts if d.name in cycle and len(d.segments) > 1]
+    if not merged:
+        return AnalysisError(f"the steps form a cycle: {path}; remove one of the --after edges "
+                             "that close it")
+    draft = merged[0]
+    cells = " and ".join(segment[0].describe() for segment in draft.segments)
+    return AnalysisError(f"the cells of step {draft.name!r} ({cells}) are one step because they "
+                         f"share its name, and merging them makes a cycle: {path}; give the later "
+                         "cells a step name of their own")

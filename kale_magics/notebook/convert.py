@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import copy
+from dataclasses import replace
 from typing import Any
 
 import nbformat
@@ -27,7 +28,7 @@ from kale_magics.notebook.annotations import (
     is_cell_annotation,
     pipeline_line,
 )
-from kale_magics.notebook.reader import code_cells, read_settings
+from kale_magics.notebook.reader import annotate_cells, code_cells, read_settings
 
 STASH = "kale_magics"
 
@@ -67,6 +68,9 @@ def to_kale_tags(nb: Any, plan: Plan) -> tuple[Any, list[str]]:
     """A copy of ``nb`` annotated with Kale's tags, and warnings about what Kale cannot express."""
     out = copy.deepcopy(nb)
     annotated = {c.index: c for c in (*plan.prelude, *(c for s in plan.steps for c in s.cells))}
+    skipped = {c.index for c in annotate_cells(code_cells(nb))[0]
+               if c.annotation.kind == "skip" and not c.explicit}
+    first_cells = {s.cells[0].index for s in plan.steps}
     upstream = {s.name: s.upstream for s in plan.steps}
     warnings: list[str] = []
     cells, seen = [], False
@@ -85,7 +89,8 @@ def to_kale_tags(nb: Any, plan: Plan) -> tuple[Any, list[str]]:
         source, tags = _strip_magics(original), _foreign_tags(cell)
         if own is not None:
             seen = True
-            kale, lost = kale_tags.tags_for(own, upstream.get(own.name or "", ()))
+            edges = upstream.get(own.name or "", ()) if index in first_cells else ()
+            kale, lost = kale_tags.tags_for(own, edges)
             tags += kale
             if lost:
                 warnings.append(f"cell {index}: Kale tags cannot express {' '.join(lost)}; "
@@ -96,8 +101,8 @@ def to_kale_tags(nb: Any, plan: Plan) -> tuple[Any, list[str]]:
                     cells.append(_moved_parameters(moved, index, warnings))
             elif magic and own.kind == "metrics":
                 source = _kale_metrics(source, index, warnings)
-        elif not seen and source.strip():
-            tags.append("skip")
+        elif (not seen or index in skipped) and source.strip():
+            tags.append("skip")  # Kale's skip is transparent: a cell after it is not skipped
         if "skip" not in tags:
             source = _plain_python(source, index, warnings)
         if source != original or tags != original_tags:
@@ -141,11 +146,17 @@ def _moved_parameters(source: str, index: int, warnings: list[str]) -> Any:
     return moved
 
 
-def to_magics(nb: Any) -> tuple[Any, list[str]]:
+def to_magics(nb: Any, name: str | None = None) -> tuple[Any, list[str]]:
     """A copy of ``nb`` with Kale's tags turned into ``%%kale`` lines and a ``%kale pipeline`` line.
 
     Cells this tool exported are restored from their record while their tags
-    are unchanged; other tagged cells are converted from their tags.
+    are unchanged; other tagged cells are converted from their tags. Where
+    Kale's reading differs from the magics' (an untagged cell after a
+    ``skip`` cell continues the step before the skip in Kale, the skip itself
+    for the magics), the cell gets an explicit ``%%kale`` line, so the
+    pipeline is the same. ``name`` (the pipeline's name, from the source
+    notebook) is written on the ``%kale pipeline`` line when the metadata
+    names none, so the converted file keeps it.
 
     Raises
     ------
@@ -156,6 +167,7 @@ def to_magics(nb: Any) -> tuple[Any, list[str]]:
     warnings: list[str] = []
     restored_any = False
     cells = []
+    continued = _kale_continuations(nb)
     for index, cell in enumerate(out.cells):
         stash = cell.get("metadata", {}).pop(STASH, None)
         if stash and stash.get("inserted"):
@@ -167,7 +179,7 @@ def to_magics(nb: Any) -> tuple[Any, list[str]]:
             else:
                 cell["metadata"]["tags"] = stash["tags"]
         elif cell.get("cell_type") == "code":
-            warnings += _convert_cell(cell, index)
+            warnings += _convert_cell(cell, index, continued.get(index))
         cells.append(cell)
     out.cells = cells
     meta = out.metadata.pop("kubeflow_notebook", None) or {}
@@ -177,21 +189,63 @@ def to_magics(nb: Any) -> tuple[Any, list[str]]:
     if not restored_any:
         settings, found = kale_tags.settings_from_metadata(dict(meta))
         warnings += found
-        header = f"%load_ext kale_magics\n{pipeline_line(settings.merged(read_settings(code_cells(out))))}"
+        settings = settings.merged(read_settings(code_cells(out)))
+        if settings.name is None and name:
+            settings = replace(settings, name=name)
+        header = f"%load_ext kale_magics\n{pipeline_line(settings)}"
         out.cells.insert(0, nbformat.v4.new_code_cell(header))
     return out, warnings
 
 
-def _convert_cell(cell: Any, index: int) -> list[str]:
+def _kale_continuations(nb: Any) -> dict[int, tuple[Annotation, bool]]:
+    """Untagged cells whose conversion needs care: the annotation Kale gives each, and whether
+    the cell needs a ``%%kale`` line of its own.
+
+    Kale's ``skip`` is transparent (an untagged cell after it continues the
+    annotation before it); after ``%%kale skip`` an untagged cell is skipped:
+    such a cell needs its own line. An untagged cell continuing a Kale
+    metrics cell holds ``print(name)`` lines, written as ``name`` lines.
+    """
+    cells, _ = annotate_cells(code_cells(nb))
+    result, last_own = {}, None
+    for cell in cells:
+        if cell.explicit:
+            last_own = cell.annotation
+            continue
+        own_line = last_own is not None and last_own.kind == "skip" and cell.annotation.kind != "skip"
+        if own_line or cell.annotation.kind == "metrics":
+            result[cell.index] = (cell.annotation, own_line)
+    return result
+
+
+def _convert_cell(cell: Any, index: int, continued: tuple[Annotation, bool] | None = None) -> list[str]:
+    """Turn the Kale tags of ``cell`` into a ``%%kale`` line.
+
+    ``continued``: for an untagged cell, the annotation it continues in Kale
+    and whether it needs a line of its own (with no options: a step takes
+    them from its first cell).
+    """
     tags = list(cell.get("metadata", {}).get("tags", []))
     annotation, warnings = kale_tags.annotation_from_tags(tags, index)
+    own_line = annotation is not None
+    if annotation is None and continued is not None:
+        annotation, own_line = Annotation(kind=continued[0].kind, name=continued[0].name), continued[1]
     if annotation is None:
+        _drop_kale_tags(cell)  # `step:` alone: an untagged cell
         return warnings
     source = cell.get("source", "")
+    source = source if isinstance(source, str) else "".join(source)
     if annotation.kind == "metrics":
         source = kale_tags.metrics_from_kale(source, index)
-    cell["source"] = f"{cell_line(annotation)}\n{source}"
+    cell["source"] = f"{cell_line(annotation)}\n{source}" if own_line else source
+    _drop_kale_tags(cell)
+    return warnings
+
+
+def _drop_kale_tags(cell: Any) -> None:
+    """Remove Kale's tags from ``cell``, keeping other tags (and no empty tag list)."""
+    if "tags" not in cell.get("metadata", {}):
+        return
     cell["metadata"]["tags"] = _foreign_tags(cell)
     if not cell["metadata"]["tags"]:
         del cell["metadata"]["tags"]
-    return warnings

@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence, TypeVar
 
-from kale_magics.errors import AnnotationError, NotebookError
+from kale_magics.errors import AnnotationError, KaleError, NotebookError
 from kale_magics.model import Annotation, Cell, PipelineSettings
 from kale_magics.notebook import kale_tags
 from kale_magics.notebook.annotations import (
@@ -78,9 +78,12 @@ def read_notebook(path: str | os.PathLike[str]) -> AnnotatedNotebook:
     """
     nb = _read_v4_json(path) or load_notebook(path)
     cells = code_cells(nb)
-    annotated, warnings = annotate_cells(cells)
     settings, meta_warnings = kale_tags.settings_from_metadata(
         dict(nb["metadata"].get("kubeflow_notebook") or {}))
+    try:
+        annotated, warnings = annotate_cells(cells)
+    except AnnotationError as error:
+        raise with_warnings(error, meta_warnings) from None
     return AnnotatedNotebook(path=os.fspath(path), cells=annotated,
                              settings=settings.merged(read_settings(cells)),
                              warnings=tuple(meta_warnings + warnings))
@@ -156,8 +159,9 @@ def load_notebook(path: str | os.PathLike[str]) -> Any:
     return nb
 
 
-def _own_annotation(cell: CodeCell) -> tuple[Annotation | None, str, list[str]]:
-    """The cell's own annotation (from its ``%%kale`` line or its Kale tags), its code, warnings."""
+def _own_annotation(cell: CodeCell) -> tuple[Annotation | None, str, list[str], bool]:
+    """The cell's own annotation (from its ``%%kale`` line or its Kale tags), its code, warnings,
+    and whether the annotation came from Kale tags."""
     first, _, body = cell.source.partition("\n")
     magic = is_cell_annotation(first)
     kale, warnings = kale_tags.annotation_from_tags(list(cell.tags), cell.index)
@@ -166,37 +170,75 @@ def _own_annotation(cell: CodeCell) -> tuple[Annotation | None, str, list[str]]:
                               f"({', '.join(cell.tags)}); keep one of them", cell=cell.index)
     if magic:
         try:
-            return parse_cell_line(first), "\n" + body, warnings
+            return parse_cell_line(first), "\n" + body, warnings, False
         except AnnotationError as error:
             raise AnnotationError(error.message, line=first, cell=cell.index) from None
     if kale is not None and kale.kind == "metrics":
-        return kale, kale_tags.metrics_from_kale(cell.source, cell.index), warnings
-    return kale, cell.source, warnings
+        return kale, kale_tags.metrics_from_kale(cell.source, cell.index), warnings, True
+    return kale, cell.source, warnings, kale is not None
 
 
 def annotate_cells(cells: Iterable[CodeCell]) -> tuple[tuple[Cell, ...], list[str]]:
     """Give each code cell its effective annotation.
 
+    A cell with no annotation continues the annotation of the cell above it.
+    A cell tagged ``skip`` with Kale's tags is transparent, as in Kale
+    (``NotebookProcessor.parse_notebook`` does not make it the previous step):
+    the untagged cells after it continue the annotation before it. After a
+    ``%%kale skip`` line the untagged cells are skipped too: for the magics
+    what a cell continues is the annotation written above it (README, "Coming
+    from Kale"). Step cells that share a name are one step (see
+    ``analysis.plan``).
+
     Returns
     -------
     tuple of (tuple of Cell, list of str)
-        The cells at or below the first annotated cell (a cell with no
-        annotation continues the one above it, as in Kale), and warnings.
+        The cells at or below the first annotated cell, and warnings.
+
+    Raises
+    ------
+    AnnotationError
+        A malformed ``%%kale`` line or Kale tag; the error's ``warnings``
+        attribute holds the warnings found before it.
     """
     result: list[Cell] = []
     warnings: list[str] = []
     current: Annotation | None = None
+    current_tagged = False
     for cell in cells:
-        own, source, found = _own_annotation(cell)
+        try:
+            own, source, found, tagged = _own_annotation(cell)
+            if own is None and current_tagged and current is not None and current.kind == "metrics":
+                source = kale_tags.metrics_from_kale(cell.source, cell.index)
+        except AnnotationError as error:
+            raise with_warnings(error, warnings) from None
         warnings += found
         if own is not None:
-            current = own
+            if not (tagged and own.kind == "skip"):
+                current, current_tagged = own, tagged
             result.append(Cell(index=cell.index, source=source, annotation=own, explicit=True,
                                cell_id=cell.cell_id))
         elif current is not None and cell.source.strip():
-            result.append(Cell(index=cell.index, source=cell.source, annotation=current,
+            result.append(Cell(index=cell.index, source=source, annotation=current,
                                explicit=False, cell_id=cell.cell_id))
     return tuple(result), warnings
+
+
+E = TypeVar("E", bound=KaleError)
+
+
+def with_warnings(error: E, warnings: Sequence[str]) -> E:
+    """``error`` with ``warnings`` (found before it) in its message and its ``warnings`` attribute.
+
+    Warnings about tags the reader ignored often explain a failure that comes
+    later (Kale 0.x's ``parameters`` tag ignored, then a name no step
+    provides), so they travel with the error to every front end.
+    """
+    error.warnings = (*getattr(error, "warnings", ()), *warnings)  # type: ignore[attr-defined]
+    if warnings:
+        error.message = f"{error.message} (warnings: {'; '.join(warnings)})"
+        error.args = (error.message,)
+    return error
 
 
 def read_settings(cells: Iterable[CodeCell]) -> PipelineSettings:

@@ -119,7 +119,7 @@ def _run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[st
         for name, artifact in inputs.items():
             namespace[name] = marshal.load(artifact.path, name)
         _run_code(code, namespace)
-        saved = {n: _save(step, n, namespace, a) for n, a in outputs.items()}
+        saved = {n: _save(step, n, namespace, a, code) for n, a in outputs.items()}
         values = _log_metrics(step, metrics, namespace, metrics_artifact)
     except (StepFailed, marshal.MarshalError) as error:
         if isinstance(error, marshal.MarshalError):
@@ -164,15 +164,40 @@ def _location(error: BaseException, filenames: set[str], fallback: str) -> tuple
     return f"{type(error).__name__}: {error}", where, line
 
 
-def _save(step: str, name: str, namespace: Mapping[str, Any], artifact: Any) -> dict[str, Any]:
+def _save(step: str, name: str, namespace: Mapping[str, Any], artifact: Any,
+          code: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     if name not in namespace:
         message = (f"step {step!r} should pass `{name}` to later steps but never assigned it; "
                    "check that the assignment runs, or remove the name from --outputs")
         print(message, file=sys.stderr)
         raise StepFailed(message, "", 0)
-    metadata = marshal.save(namespace[name], artifact.path, name)
+    try:
+        metadata = marshal.save(namespace[name], artifact.path, name)
+    except marshal.MarshalError as error:
+        where, line = _assigned_at(code, name)
+        message = f"step {step!r}: {error}"
+        print(message + (f" ({where}, line {line})" if where else ""), file=sys.stderr)
+        raise StepFailed(message, where, line) from None
     artifact.metadata.update(metadata)
     return {**metadata, "path": artifact.path}
+
+
+def _assigned_at(code: Sequence[tuple[str, str]], name: str) -> tuple[str, int]:
+    """``(filename, line)`` of the last top-level statement of ``code`` that binds ``name``."""
+    import ast
+
+    found = ("", 0)
+    for filename, source in code:
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for statement in tree.body:
+            targets = [n for n in ast.walk(statement) if isinstance(n, ast.Name)
+                       and isinstance(n.ctx, ast.Store) and n.id == name]
+            if targets:
+                found = (filename, statement.lineno)
+    return found
 
 
 def _log_metrics(step: str, metrics: Mapping[str, str], namespace: dict[str, Any],
