@@ -210,6 +210,9 @@ class Cell:
         True when the cell carries its own ``%%kale`` line.
     cell_id:
         The nbformat cell id, when the notebook has one.
+    tagged:
+        True when the annotation comes from Kale's cell tags (its own or the
+        cell's above), where Kale's rules apply.
     """
 
     index: int
@@ -217,6 +220,7 @@ class Cell:
     annotation: Annotation
     explicit: bool = True
     cell_id: str | None = None
+    tagged: bool = False
 
     @property
     def first_line(self) -> str:

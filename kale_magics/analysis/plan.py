@@ -39,6 +39,8 @@ class _StepDraft:
     metrics: list[Metric] = field(default_factory=list)
     #: Runs of the step's cells with no other step's cell between them, in notebook order.
     segments: list[list[Cell]] = field(default_factory=list)
+    #: Problems Kale accepts in a Kale-tagged step, reported as warnings.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -84,7 +86,7 @@ def build_plan(cells: Sequence[Cell], settings: PipelineSettings, notebook: str 
     prelude = tuple(c for c in cells if c.annotation.kind in PRELUDE_KINDS)
     provided = set(_scan(prelude).writes) | {p.name for p in parameters}
     _link(cells, drafts, provided, parameters)
-    warnings += _merge_warnings(drafts)
+    warnings += _merge_warnings(drafts) + [w for d in drafts for w in d.warnings]
     steps = _order(drafts, _outputs(drafts), settings.step_defaults)
     name = settings.name or pipeline_name_from(_stem(notebook) or "pipeline")
     return Plan(name=name, settings=settings, parameters=parameters, prelude=prelude,
@@ -209,7 +211,11 @@ def _resolve(draft: _StepDraft, name: str, writers: dict[str, _StepDraft], provi
     elif (name in provided or name in KNOWN_NAMES) and not forced:
         return
     elif not (forced and name in writers):
-        raise _missing(name, f"step {draft.name!r}", draft.head, writers, cells)
+        error = _missing(name, f"step {draft.name!r}", draft.head, writers, cells)
+        if not draft.head.tagged:
+            raise error
+        draft.warnings.append(f"{error.message}; the step will fail with NameError, as the "
+                              "notebook does run top to bottom (Kale compiles it too)")
 
 
 def _missing(name: str, reader: str, cell: Cell, writers: dict[str, _StepDraft],

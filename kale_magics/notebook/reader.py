@@ -217,10 +217,10 @@ def annotate_cells(cells: Iterable[CodeCell]) -> tuple[tuple[Cell, ...], list[st
             if not (tagged and own.kind == "skip"):
                 current, current_tagged = own, tagged
             result.append(Cell(index=cell.index, source=source, annotation=own, explicit=True,
-                               cell_id=cell.cell_id))
+                               cell_id=cell.cell_id, tagged=tagged))
         elif current is not None and cell.source.strip():
             result.append(Cell(index=cell.index, source=source, annotation=current,
-                               explicit=False, cell_id=cell.cell_id))
+                               explicit=False, cell_id=cell.cell_id, tagged=current_tagged))
     return tuple(result), warnings
 
 
