@@ -344,6 +344,9 @@ class Plan:
     steps: tuple[Step, ...]
     notebook: str = ""
     warnings: tuple[str, ...] = field(default=())
+    #: Kale-tagged steps that read names no step assigns: compiled with a warning, as Kale does
+    #: (``%%kale`` steps get an error), so converting to ``%%kale`` lines keeps their tags.
+    lenient_steps: tuple[str, ...] = ()
 
     def step(self, name: str) -> Step:
         """Return the step called ``name``; raises KeyError when absent."""

@@ -90,7 +90,8 @@ def build_plan(cells: Sequence[Cell], settings: PipelineSettings, notebook: str 
     steps = _order(drafts, _outputs(drafts), settings.step_defaults)
     name = settings.name or pipeline_name_from(_stem(notebook) or "pipeline")
     return Plan(name=name, settings=settings, parameters=parameters, prelude=prelude,
-                steps=steps, notebook=notebook, warnings=tuple(warnings))
+                steps=steps, notebook=notebook, warnings=tuple(warnings),
+                lenient_steps=tuple(d.name for d in drafts if d.warnings))
 
 
 def _stem(path: str) -> str:

@@ -98,7 +98,7 @@ def to_kale_tags(nb: Any, plan: Plan) -> tuple[Any, list[str]]:
             if magic and own.kind == "parameters":
                 source, moved = _kale_parameters(source)
                 if moved:
-                    cells.append(_moved_parameters(moved, index, warnings))
+                    cells.append(_moved_parameters(out, moved, index, warnings))
             elif magic and own.kind == "metrics":
                 source = _kale_metrics(source, index, warnings)
         elif (not seen or index in skipped) and source.strip():
@@ -137,16 +137,25 @@ def _foreign_tags(cell: Any) -> list[str]:
     return [t for t in cell.get("metadata", {}).get("tags", []) if not kale_tags.is_kale_tag(t)]
 
 
-def _moved_parameters(source: str, index: int, warnings: list[str]) -> Any:
+def _new_code_cell(nb: Any, source: str) -> Any:
+    """A code cell for ``nb``: with an id only where its nbformat version has them (4.5+)."""
+    cell = nbformat.v4.new_code_cell(source)
+    if (nb.get("nbformat"), nb.get("nbformat_minor", 0)) < (4, 5):
+        cell.pop("id", None)
+    return cell
+
+
+def _moved_parameters(nb: Any, source: str, index: int, warnings: list[str]) -> Any:
     warnings.append(f"cell {index}: Kale 2.3 takes only plain int, float, str and bool "
                     f"parameters; {', '.join(line.split('=')[0].strip() for line in source.splitlines())} "
                     "became constants in a functions cell")
-    moved = nbformat.v4.new_code_cell(source)
+    moved = _new_code_cell(nb, source)
     moved.metadata = {"tags": ["functions"], STASH: {"inserted": True}}
     return moved
 
 
-def to_magics(nb: Any, name: str | None = None) -> tuple[Any, list[str]]:
+def to_magics(nb: Any, name: str | None = None,
+              keep: frozenset[int] = frozenset()) -> tuple[Any, list[str]]:
     """A copy of ``nb`` with Kale's tags turned into ``%%kale`` lines and a ``%kale pipeline`` line.
 
     Cells this tool exported are restored from their record while their tags
@@ -156,7 +165,9 @@ def to_magics(nb: Any, name: str | None = None) -> tuple[Any, list[str]]:
     for the magics), the cell gets an explicit ``%%kale`` line, so the
     pipeline is the same. ``name`` (the pipeline's name, from the source
     notebook) is written on the ``%kale pipeline`` line when the metadata
-    names none, so the converted file keeps it.
+    names none, so the converted file keeps it. Cells at the indices in
+    ``keep`` keep their Kale tags (a notebook may mix both): steps that only
+    Kale's rules compile (see ``Plan.lenient_steps``).
 
     Raises
     ------
@@ -178,6 +189,9 @@ def to_magics(nb: Any, name: str | None = None) -> tuple[Any, list[str]]:
                 cell["metadata"].pop("tags", None)
             else:
                 cell["metadata"]["tags"] = stash["tags"]
+        elif index in keep:
+            warnings.append(f"cell {index}: kept with its Kale tags: its step reads names no step "
+                            "assigns, which Kale's rules compile and %%kale lines do not")
         elif cell.get("cell_type") == "code":
             warnings += _convert_cell(cell, index, continued.get(index))
         cells.append(cell)
@@ -193,7 +207,7 @@ def to_magics(nb: Any, name: str | None = None) -> tuple[Any, list[str]]:
         if settings.name is None and name:
             settings = replace(settings, name=name)
         header = f"%load_ext kale_magics\n{pipeline_line(settings)}"
-        out.cells.insert(0, nbformat.v4.new_code_cell(header))
+        out.cells.insert(0, _new_code_cell(out, header))
     return out, warnings
 
 
