@@ -98,12 +98,11 @@ def test_sklearn_class_defined_in_the_notebook_falls_back_to_cloudpickle(tmp_pat
     assert manifest["kale_format"] == "cloudpickle" and back.k == 5
 
 
-@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "F", "CMYK"])
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I", "F", "I;16"])
 def test_pil_images_keep_mode_size_and_pixels(tmp_path, mode) -> None:
     image_module = pytest.importorskip("PIL.Image")
-    image = image_module.new(mode, (5, 3))
-    image.putdata([tuple(range(i, i + len(mode))) if len(mode) > 1 else float(i) if mode == "F"
-                   else i for i in range(15)])
+    size = len(image_module.new(mode, (5, 3)).tobytes())
+    image = image_module.frombytes(mode, (5, 3), np.random.default_rng(2).bytes(size))
     back, manifest = round_trip(image, tmp_path)
     assert_backend(manifest, "PIL.Image", "pillow")
     assert (back.mode, back.size, back.tobytes()) == (image.mode, image.size, image.tobytes())
@@ -180,14 +179,23 @@ PLUGIN = {
             return thinglib.Thing(int(open(path).read()))
         """),
     "thinglib-1.2.dist-info/METADATA": "Metadata-Version: 2.1\nName: thinglib\nVersion: 1.2\n",
-    "thinglib-1.2.dist-info/entry_points.txt": "[kale_magics.marshal]\nthinglib.Thing = thing_backend\n",
+    "thinglib-1.2.dist-info/top_level.txt": "thinglib\n",
+    "thing_kale-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: thing-kale\nVersion: 0.1\n",
+    "thing_kale-0.1.dist-info/top_level.txt": "thing_backend\n",
+    "thing_kale-0.1.dist-info/entry_points.txt": "[kale_magics.marshal]\nthinglib.Thing = thing_backend\n"
+                                                 "[other]\nx = y\n",
 }
 
 
-def test_entry_point_backend_is_loaded_only_for_its_type(tmp_path) -> None:
+def write_plugin(folder: Path) -> None:
+    """A library `thinglib` and a distribution `thing-kale` with a marshal backend for its Thing."""
     for name, text in PLUGIN.items():
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        (tmp_path / name).write_text(text)
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_text(text)
+
+
+def test_entry_point_backend_is_loaded_only_for_its_type(tmp_path) -> None:
+    write_plugin(tmp_path)
     code = textwrap.dedent(f"""
         import json, sys
         sys.path.insert(0, {str(tmp_path)!r})
@@ -202,4 +210,21 @@ def test_entry_point_backend_is_loaded_only_for_its_type(tmp_path) -> None:
         """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == [False, 7, "thinglib.Thing", "thinglib", "1.2", ["data.thing"]]
+    assert json.loads(result.stdout) == [False, 7, "thinglib.Thing", "thing-kale", "0.1", ["data.thing"]]
+
+
+def test_a_step_using_the_library_installs_the_backends_distribution(tmp_path) -> None:
+    write_plugin(tmp_path)
+    code = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from kale_magics.codegen.packages import InstalledPackages, step_packages
+        installed = InstalledPackages()
+        print(json.dumps([step_packages(["thinglib"], installed)[0],
+                          step_packages(["json"], installed)[0]]))
+        """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    with_thing, without = json.loads(result.stdout)
+    assert "thing-kale==0.1" in with_thing and "thinglib==1.2" in with_thing
+    assert not any(r.startswith("thing") for r in without)

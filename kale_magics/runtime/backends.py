@@ -18,11 +18,11 @@ type                            format
 ``xgboost.DMatrix``             ``DMatrix.save_binary``
 ``xgboost.Booster``             ``Booster.save_model`` (UBJSON)
 ``lightgbm.Booster``            ``Booster.model_to_string`` (text)
-``torch.Tensor``, ``torch.nn``  ``torch.save`` with cloudpickle (classes from the notebook travel
-``Module``                      by value), loaded onto the CPU where the step has no GPU
+``torch.Tensor``, ``torch.nn``  ``torch.save`` (a module with cloudpickle, so classes from the
+``Module``                      notebook travel by value), loaded onto the CPU without a GPU
 ``keras.Model``                 ``Model.save`` (``.keras``)
 ``sklearn.BaseEstimator``       ``joblib.dump``; loaded with numpy memory maps (copy on write)
-``PIL.Image``                   PNG when lossless for the mode, else TIFF
+``PIL.Image``                   TIFF, uncompressed (lossless for every mode)
 ==============================  ===============================================================
 
 Users add backends through the entry point group ``kale_magics.marshal``: the
@@ -204,10 +204,14 @@ def _load_lgb_booster(path: str) -> Any:
 
 
 def _save_torch(value: Any, path: str) -> None:
-    import cloudpickle
     import torch
 
-    torch.save(value, path, pickle_module=cloudpickle)
+    if isinstance(value, torch.Tensor):
+        torch.save(value, path)
+    else:  # a module's class may come from the notebook: cloudpickle pickles it by value
+        import cloudpickle
+
+        torch.save(value, path, pickle_module=cloudpickle)
 
 
 def _load_torch(path: str) -> Any:
@@ -239,12 +243,8 @@ def _load_joblib(path: str) -> Any:
     return joblib.load(path, mmap_mode="c")
 
 
-#: Image modes PNG stores without loss; others are stored as TIFF.
-_PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I;16"})
-
-
 def _save_image(value: Any, path: str) -> None:
-    value.save(path, format="PNG" if value.mode in _PNG_MODES else "TIFF")
+    value.save(path, format="TIFF")  # uncompressed, lossless for every mode
 
 
 def _load_image(path: str) -> Any:
@@ -264,7 +264,7 @@ def _builtins() -> dict[str, Backend]:
         ("torch.Module", "torch", "torch", "pt", _save_torch, _load_torch),
         ("keras.Model", "keras", "keras", "keras", _save_keras, _load_keras),
         ("sklearn.BaseEstimator", "scikit-learn", "sklearn", "joblib", _save_joblib, _load_joblib),
-        ("PIL.Image", "pillow", "PIL", "img", _save_image, _load_image),
+        ("PIL.Image", "pillow", "PIL", "tiff", _save_image, _load_image),
     ]
     return {row[0]: Backend(*row) for row in table}
 
