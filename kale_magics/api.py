@@ -218,7 +218,7 @@ def convert(notebook: str | os.PathLike[str], out: str | os.PathLike[str],
     elif to == "magics":
         plan = read_plan(notebook)  # the tags must describe a valid pipeline
         keep = frozenset(c.index for s in plan.steps if s.name in plan.lenient_steps
-                         for c in s.cells)
+                         for c in s.cells if not c.notebook)
         converted, warnings = convert_notebook.to_magics(load_notebook(notebook), plan.name, keep)
     else:
         raise NotebookError(f"cannot convert to {to!r}; use --to magics or --to kale-tags")

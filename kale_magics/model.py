@@ -213,6 +213,10 @@ class Cell:
     tagged:
         True when the annotation comes from Kale's cell tags (its own or the
         cell's above), where Kale's rules apply.
+    notebook:
+        The file name of the notebook the cell is in when it is not the
+        pipeline's own: a notebook a ``notebook:NAME`` cell references (Kale's
+        composition); "" for the pipeline's notebook.
     """
 
     index: int
@@ -221,6 +225,7 @@ class Cell:
     explicit: bool = True
     cell_id: str | None = None
     tagged: bool = False
+    notebook: str = ""
 
     @property
     def first_line(self) -> str:
@@ -231,8 +236,10 @@ class Cell:
         return ""
 
     def describe(self) -> str:
-        """``cell 7 ("model = fit(df)")``: how errors name this cell."""
-        return f"cell {self.index} ({self.first_line[:60]!r})"
+        """``cell 7 ("model = fit(df)")``: how errors name this cell (``notebook_a.ipynb cell 2
+        (...)`` for a cell of a referenced notebook)."""
+        where = f"{self.notebook} cell" if self.notebook else "cell"
+        return f"{where} {self.index} ({self.first_line[:60]!r})"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from kale_magics import api
@@ -75,6 +76,20 @@ def artifact_value(root: Path, name: str) -> object:
     return marshal.load(str(manifests[0].parent), name)
 
 
+def top_to_bottom(path: Path) -> Path:
+    """``path`` as the kernel runs it: each ``notebook:`` cell replaced by the cells of the
+    notebook it references (Kale's composition), written beside it."""
+    nb = nbformat.read(path, as_version=4)
+    cells = []
+    for cell in nb.cells:
+        reference = cell.metadata.get("notebook_path")
+        cells += nbformat.read(path.parent / reference, as_version=4).cells if reference else [cell]
+    nb.cells = cells
+    inlined = path.with_name("inlined_" + path.name)
+    nbformat.write(nb, str(inlined))
+    return inlined
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("name", RUNS)
 def test_runs_offline_with_the_notebooks_values(tmp_path, name) -> None:
@@ -88,7 +103,7 @@ def test_runs_offline_with_the_notebooks_values(tmp_path, name) -> None:
         return
     pipeline = {n: status.metrics[n] if n in status.metrics else artifact_value(root, n)
                 for n in entry["compare"]}
-    assert json.loads(json.dumps(pipeline)) == notebook_values(path, entry["compare"])
+    assert json.loads(json.dumps(pipeline)) == notebook_values(top_to_bottom(path), entry["compare"])
 
 
 KALE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / \

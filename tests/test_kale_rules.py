@@ -191,7 +191,8 @@ def test_two_step_names_on_one_cell_are_refused(tmp_path) -> None:
 
 
 def test_unknown_tag_warnings_are_printed_when_the_compile_fails(tmp_path) -> None:
-    path = tagged(tmp_path / "nb.ipynb", [("N = 3", ["parameters"]), ("x = N", ["step:use"])])
+    path = tagged(tmp_path / "nb.ipynb", [("N = 3", ["parameters"]), ("x = 1", ["step:use"]),
+                                          ("print(N)", ["pipeline-metrics"])])
     with pytest.raises(AnalysisError) as info:
         api.read_plan(path)
     assert "unknown tag 'parameters' ignored (Kale 0.x's name for pipeline-parameters" in str(info.value)
@@ -199,7 +200,8 @@ def test_unknown_tag_warnings_are_printed_when_the_compile_fails(tmp_path) -> No
     result = subprocess.run([sys.executable, "-m", "kale_magics", "compile", str(path)],
                             capture_output=True, text=True)
     assert result.returncode == 2
-    assert "reads `N`" in result.stderr and "unknown tag 'parameters'" in result.stderr
+    assert "metric `N` reads no variable" in result.stderr
+    assert "unknown tag 'parameters'" in result.stderr
 
 
 def test_warnings_before_a_malformed_tag_are_kept(tmp_path) -> None:
@@ -249,3 +251,80 @@ def test_a_converted_notebook_keeps_its_pipeline_name(tmp_path) -> None:
     source = tagged(tmp_path / "candies.ipynb", [("x = 1", ["step:a"])])
     magics, _ = api.convert(source, tmp_path / "candies-magics.ipynb", "magics")
     assert api.read_plan(magics).name == "candies"
+
+
+# -- Kale 2.3's composition: `notebook:NAME` cells reference other notebooks ------------------------
+
+
+def reference(name: str, path: str | None = None, source: str = "") -> nbformat.NotebookNode:
+    """A `notebook:NAME` cell referencing ``path``."""
+    cell = nbformat.v4.new_code_cell(source)
+    cell.metadata["tags"] = [f"notebook:{name}"]
+    if path is not None:
+        cell.metadata["notebook_path"] = path
+    return cell
+
+
+def composed(tmp_path: Path, cells: list) -> Path:
+    """A root notebook of ``cells`` (nbformat cells, or (source, tags)) beside `part.ipynb`."""
+    tagged(tmp_path / "part.ipynb", [("import math", ["imports"]), ("a = math.sqrt(16)", ["step:load"]),
+                                     ("b = a + 1", ["step:use", "prev:load"])],
+           {"pipeline_name": "part", "base_image": "python:3.12"})
+    nb = nbformat.v4.new_notebook()
+    for cell in cells:
+        if isinstance(cell, tuple):
+            cell, tags = nbformat.v4.new_code_cell(cell[0]), cell[1]
+            if tags:
+                cell.metadata["tags"] = tags
+        nb.cells.append(cell)
+    nbformat.write(nb, str(tmp_path / "root.ipynb"))
+    return tmp_path / "root.ipynb"
+
+
+def test_a_referenced_notebooks_steps_join_the_pipeline_under_its_name(tmp_path) -> None:
+    root = composed(tmp_path, [reference("part", "./part.ipynb"), ("c = b * 2", ["step:final"]),
+                               ("print(c)", ["pipeline-metrics"])])
+    plan = api.read_plan(root)
+    assert [s.name for s in plan.steps] == ["part_load", "part_use", "final"]
+    assert plan.step("part_use").after == ("part_load",)
+    assert plan.step("final").inputs[0].producer == "part_use"
+    assert plan.step("part_load").settings.image == "python:3.12"  # the referenced notebook's own
+    assert plan.step("part_load").cells[0].describe() == "part.ipynb cell 1 ('a = math.sqrt(16)')"
+
+
+@pytest.mark.integration
+def test_a_composed_pipeline_gives_the_values_of_the_notebooks_run_in_turn(tmp_path) -> None:
+    root = composed(tmp_path, [reference("part", "./part.ipynb"), ("c = b * 2", ["step:final"]),
+                               ("print(c)", ["pipeline-metrics"])])
+    assert pipeline_values(root) == {"c": 10.0}
+
+
+def test_untagged_cells_after_a_reference_belong_to_the_next_step(tmp_path) -> None:
+    root = composed(tmp_path, [reference("part", "./part.ipynb"), ("d = 1", []),
+                               ("c = b * d", ["step:final"])])
+    assert [c.index for c in api.read_plan(root).step("final").cells] == [1, 2]
+    dangling = composed(tmp_path, [reference("part", "./part.ipynb"), ("d = 1", [])])
+    with pytest.raises(AnnotationError, match="cell 1: untagged code after a `notebook:` cell must "
+                                              "be followed by a `step:` cell that owns it"):
+        api.read_plan(dangling)
+
+
+@pytest.mark.parametrize("cell, fragment", [
+    (reference("part"), "`notebook:part` cell is missing a 'notebook_path' in its cell metadata"),
+    (reference("part", "./part.ipynb", "x = 1"), "`notebook:part` cell contains code"),
+    (reference("part", "./nowhere.ipynb"), "nowhere.ipynb"),
+])
+def test_bad_references_are_clear_errors(tmp_path, cell, fragment) -> None:
+    with pytest.raises(api.KaleError) as info:
+        api.read_plan(composed(tmp_path, [cell, ("c = 1", ["step:final"])]))
+    assert fragment in str(info.value)
+
+
+def test_nested_references_are_refused(tmp_path) -> None:
+    composed(tmp_path, [])
+    inner = nbformat.v4.new_notebook()
+    inner.cells.append(reference("part", "./part.ipynb"))
+    nbformat.write(inner, str(tmp_path / "middle.ipynb"))
+    root = composed(tmp_path, [reference("middle", "./middle.ipynb"), ("c = 1", ["step:final"])])
+    with pytest.raises(AnnotationError, match="not supported inside a referenced notebook"):
+        api.read_plan(root)

@@ -86,7 +86,7 @@ def build_plan(cells: Sequence[Cell], settings: PipelineSettings, notebook: str 
     prelude = tuple(c for c in cells if c.annotation.kind in PRELUDE_KINDS)
     provided = set(_scan(prelude).writes) | {p.name for p in parameters}
     _link(cells, drafts, provided, parameters)
-    warnings += _merge_warnings(drafts) + [w for d in drafts for w in d.warnings]
+    warnings += _merge_warnings(drafts, cells) + [w for d in drafts for w in d.warnings]
     steps = _order(drafts, _outputs(drafts), settings.step_defaults)
     name = settings.name or pipeline_name_from(_stem(notebook) or "pipeline")
     return Plan(name=name, settings=settings, parameters=parameters, prelude=prelude,
@@ -126,18 +126,19 @@ def _group_steps(cells: Sequence[Cell]) -> list[_StepDraft]:
     return list(drafts.values())
 
 
-def _merge_warnings(drafts: Sequence[_StepDraft]) -> list[str]:
+def _merge_warnings(drafts: Sequence[_StepDraft], cells: Sequence[Cell]) -> list[str]:
     """Warn where a step reads a variable that a later cell of a merged producer reassigns.
 
     The producer passes the value its last cell leaves (Kale does the same);
     in the notebook, the reader saw the value from before that cell.
     """
     by_name = {d.name: d for d in drafts}
+    position = {cell: i for i, cell in enumerate(cells)}
     warnings = []
     for reader in drafts:
         for name, producer in sorted(reader.inputs.items()):
-            later = [seg[0] for seg in by_name[producer].segments
-                     if seg[0].index > reader.head.index and name in _scan(seg).writes]
+            later = [seg[0] for seg in by_name[producer].segments[1:]
+                     if position[seg[0]] > position[reader.head] and name in _scan(seg).writes]
             if later:
                 warnings.append(
                     f"{reader.head.describe()}: step {reader.name!r} reads `{name}`, which "
@@ -185,11 +186,11 @@ def _scan(cells: Sequence[Cell]) -> NameUse:
 def _link(cells: Sequence[Cell], drafts: list[_StepDraft], provided: set[str],
           parameters: Sequence[Parameter]) -> None:
     """Find each step's inputs and parameters, and attach metrics to their producers."""
-    by_head = {segment[0].index: (d, segment) for d in drafts for segment in d.segments}
+    by_head = {segment[0]: (d, segment) for d in drafts for segment in d.segments}
     writers: dict[str, _StepDraft] = {}
     param_names = {p.name for p in parameters}
     for cell in cells:
-        draft, segment = by_head.get(cell.index, (None, []))
+        draft, segment = by_head.get(cell, (None, []))
         if draft is not None:
             use = _scan(segment)
             for name in (*use.reads, *cell.annotation.inputs):

@@ -23,7 +23,7 @@ ARTIFACT_CLASSES = ("Artifact", "Dataset", "Model")
 
 def cell_filename(plan: Plan, cell: Cell) -> str:
     """The filename user code runs under: ``"titanic.ipynb, cell 7 (step train)"``."""
-    notebook = os.path.basename(plan.notebook) or "notebook"
+    notebook = cell.notebook or os.path.basename(plan.notebook) or "notebook"
     kind = cell.annotation.kind
     label = f"step {cell.annotation.name}" if kind == "step" else kind
     return f"{notebook}, cell {cell.index} ({label})"

@@ -67,8 +67,9 @@ def _kale_metrics(source: str, index: int, warnings: list[str]) -> str:
 def to_kale_tags(nb: Any, plan: Plan) -> tuple[Any, list[str]]:
     """A copy of ``nb`` annotated with Kale's tags, and warnings about what Kale cannot express."""
     out = copy.deepcopy(nb)
-    annotated = {c.index: c for c in (*plan.prelude, *(c for s in plan.steps for c in s.cells))}
-    skipped = {c.index for c in annotate_cells(code_cells(nb))[0]
+    annotated = {c.index: c for c in (*plan.prelude, *(c for s in plan.steps for c in s.cells))
+                 if not c.notebook}  # cells of referenced notebooks stay in those
+    skipped = {c.index for c in annotate_cells(code_cells(nb), _no_cells)[0]
                if c.annotation.kind == "skip" and not c.explicit}
     first_cells = {s.cells[0].index for s in plan.steps}
     upstream = {s.name: s.upstream for s in plan.steps}
@@ -76,7 +77,7 @@ def to_kale_tags(nb: Any, plan: Plan) -> tuple[Any, list[str]]:
     cells, seen = [], False
     for index, cell in enumerate(out.cells):
         cells.append(cell)
-        if cell.get("cell_type") != "code":
+        if cell.get("cell_type") != "code" or _is_reference(cell):
             continue
         original = cell.get("source", "")
         had_tags = "tags" in cell.get("metadata", {})
@@ -131,6 +132,17 @@ def _plain_python(source: str, index: int, warnings: list[str]) -> str:
     warnings.append(f"cell {index}: IPython syntax written as get_ipython() calls for Kale, which "
                     f"run only where IPython is: {'; '.join(changed)[:200]}")
     return python
+
+
+def _no_cells(name: str, cell: Any) -> tuple[list[Any], list[str]]:
+    """Stand-in for the cells a ``notebook:`` cell references: conversion leaves them in their file."""
+    return [], []
+
+
+def _is_reference(cell: Any) -> bool:
+    """Whether ``cell`` is a ``notebook:NAME`` cell (Kale 2.3's reference to another notebook)."""
+    return any(isinstance(t, str) and t.startswith("notebook:")
+               for t in cell.get("metadata", {}).get("tags", []))
 
 
 def _foreign_tags(cell: Any) -> list[str]:
@@ -189,6 +201,9 @@ def to_magics(nb: Any, name: str | None = None,
                 cell["metadata"].pop("tags", None)
             else:
                 cell["metadata"]["tags"] = stash["tags"]
+        elif _is_reference(cell):
+            warnings.append(f"cell {index}: `notebook:` references keep their Kale tag, which "
+                            "has no %%kale form (a notebook may mix both)")
         elif index in keep:
             warnings.append(f"cell {index}: kept with its Kale tags: its step reads names no step "
                             "assigns, which Kale's rules compile and %%kale lines do not")
@@ -220,7 +235,7 @@ def _kale_continuations(nb: Any) -> dict[int, tuple[Annotation, bool]]:
     such a cell needs its own line. An untagged cell continuing a Kale
     metrics cell holds ``print(name)`` lines, written as ``name`` lines.
     """
-    cells, _ = annotate_cells(code_cells(nb))
+    cells, _ = annotate_cells(code_cells(nb), _no_cells)
     result, last_own = {}, None
     for cell in cells:
         if cell.explicit:

@@ -113,7 +113,7 @@ def annotation_from_tags(tags: list[str], index: int) -> tuple[Annotation | None
     warnings = [f"{where}: unknown tag {t!r} ignored{_KALE_0_HINTS.get(t, '')}"
                 for t in tags if not is_kale_tag(t)]
     warnings += [f"{where}: tag {t!r} has no effect here (Kale-specific)"
-                 for t in tags if t.startswith(("report:", "notebook:"))]
+                 for t in tags if t.startswith("report:")]
     kinds = [TAG_KINDS[t] for t in tags if t in TAG_KINDS]
     if kinds:
         return Annotation(kind=kinds[0]), warnings
@@ -137,6 +137,23 @@ def annotation_from_tags(tags: list[str], index: int) -> tuple[Annotation | None
 _KALE_0_HINTS = {"parameters": " (Kale 0.x's name for pipeline-parameters; Kale 2 and kale-magics "
                                 "read `pipeline-parameters`)",
                  "metrics": " (write `pipeline-metrics` for Kale's metrics cell)"}
+
+
+def reference_name(tags: list[str] | tuple[str, ...], index: int) -> str | None:
+    """NAME of a ``notebook:NAME`` tag (Kale 2.3's reference to another notebook), or None.
+
+    Raises
+    ------
+    AnnotationError
+        An empty or malformed name, or two references on one cell.
+    """
+    names = [_tag_value(t, f"cell {index}") for t in tags if t.startswith("notebook:")]
+    if not names:
+        return None
+    if len(names) > 1 or not names[0]:
+        raise AnnotationError(f"cell {index}: a `notebook:` cell references one notebook by a "
+                              f"name, as `notebook:prepare`; it has {', '.join(tags)}")
+    return _step_name(names[0], f"cell {index}")
 
 
 def _tag_value(tag: str, where: str) -> str:

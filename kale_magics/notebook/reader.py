@@ -15,15 +15,17 @@ about 1.8 s on the benchmark machine, more than the rest of a compile.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from dataclasses import dataclass
-from typing import Any, Iterable, Sequence, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from kale_magics.errors import AnnotationError, KaleError, NotebookError
 from kale_magics.model import Annotation, Cell, PipelineSettings
 from kale_magics.notebook import kale_tags
 from kale_magics.notebook.annotations import (
+    check_step_name,
     is_cell_annotation,
     is_pipeline_line,
     parse_cell_line,
@@ -39,6 +41,8 @@ class CodeCell:
     source: str
     cell_id: str | None = None
     tags: tuple[str, ...] = ()
+    #: ``metadata.notebook_path`` of a ``notebook:NAME`` cell (Kale 2.3), else None.
+    reference: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,9 +84,10 @@ def read_notebook(path: str | os.PathLike[str]) -> AnnotatedNotebook:
     cells = code_cells(nb)
     settings, meta_warnings = kale_tags.settings_from_metadata(
         dict(nb["metadata"].get("kubeflow_notebook") or {}))
+    expand = functools.partial(read_reference, os.path.dirname(os.path.abspath(path)))
     try:
-        annotated, warnings = annotate_cells(cells)
-    except AnnotationError as error:
+        annotated, warnings = annotate_cells(cells, expand)
+    except (AnnotationError, NotebookError) as error:
         raise with_warnings(error, meta_warnings) from None
     return AnnotatedNotebook(path=os.fspath(path), cells=annotated,
                              settings=settings.merged(read_settings(cells)),
@@ -96,8 +101,14 @@ def code_cells(nb: Any) -> list[CodeCell]:
     nbformat does on read.
     """
     return [CodeCell(i, _text(cell.get("source", "")), cell.get("id"),
-                     tuple(t for t in cell.get("metadata", {}).get("tags", []) if isinstance(t, str)))
+                     tuple(t for t in cell.get("metadata", {}).get("tags", []) if isinstance(t, str)),
+                     _reference_path(cell.get("metadata", {})))
             for i, cell in enumerate(nb["cells"]) if cell.get("cell_type") == "code"]
+
+
+def _reference_path(metadata: Any) -> str | None:
+    path = metadata.get("notebook_path")
+    return path if isinstance(path, str) and path else None
 
 
 def _text(source: str | list[str]) -> str:
@@ -178,8 +189,26 @@ def _own_annotation(cell: CodeCell) -> tuple[Annotation | None, str, list[str], 
     return kale, cell.source, warnings, kale is not None
 
 
-def annotate_cells(cells: Iterable[CodeCell]) -> tuple[tuple[Cell, ...], list[str]]:
-    """Give each code cell its effective annotation.
+#: Reads the notebook a ``notebook:NAME`` cell references: ``(name, cell) -> (cells, warnings)``.
+Expand = Callable[[str, CodeCell], tuple[list[Cell], list[str]]]
+
+
+@dataclass
+class _Reading:
+    """The state of :func:`annotate_cells` while it walks the cells."""
+
+    cells: list[Cell] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    current: Annotation | None = None
+    tagged: bool = False
+    #: After a ``notebook:`` cell: untagged cells wait for the next step cell (Kale 2.3).
+    awaiting: bool = False
+    pending: list[tuple[CodeCell, str]] = field(default_factory=list)
+
+
+def annotate_cells(cells: Iterable[CodeCell],
+                   expand: Expand | None = None) -> tuple[tuple[Cell, ...], list[str]]:
+    """Give each code cell its effective annotation, following Kale's ``parse_notebook``.
 
     A cell with no annotation continues the annotation of the cell above it.
     A cell tagged ``skip`` with Kale's tags is transparent, as in Kale
@@ -188,7 +217,9 @@ def annotate_cells(cells: Iterable[CodeCell]) -> tuple[tuple[Cell, ...], list[st
     ``%%kale skip`` line the untagged cells are skipped too: for the magics
     what a cell continues is the annotation written above it (README, "Coming
     from Kale"). Step cells that share a name are one step (see
-    ``analysis.plan``).
+    ``analysis.plan``). A ``notebook:NAME`` cell (Kale 2.3's composition) is
+    replaced by the referenced notebook's cells (``expand``); the untagged
+    cells after it belong to the next step cell, as in Kale.
 
     Returns
     -------
@@ -198,30 +229,108 @@ def annotate_cells(cells: Iterable[CodeCell]) -> tuple[tuple[Cell, ...], list[st
     Raises
     ------
     AnnotationError
-        A malformed ``%%kale`` line or Kale tag; the error's ``warnings``
-        attribute holds the warnings found before it.
+        A malformed ``%%kale`` line or Kale tag, or a reference that cannot be
+        read; the error's ``warnings`` attribute holds the warnings found before it.
     """
-    result: list[Cell] = []
-    warnings: list[str] = []
-    current: Annotation | None = None
-    current_tagged = False
+    reading = _Reading()
     for cell in cells:
         try:
-            own, source, found, tagged = _own_annotation(cell)
-            if own is None and current_tagged and current is not None and current.kind == "metrics":
-                source = kale_tags.metrics_from_kale(cell.source, cell.index)
+            _annotate(cell, reading, expand)
         except AnnotationError as error:
-            raise with_warnings(error, warnings) from None
-        warnings += found
-        if own is not None:
-            if not (tagged and own.kind == "skip"):
-                current, current_tagged = own, tagged
-            result.append(Cell(index=cell.index, source=source, annotation=own, explicit=True,
-                               cell_id=cell.cell_id, tagged=tagged))
-        elif current is not None and cell.source.strip():
-            result.append(Cell(index=cell.index, source=source, annotation=current,
-                               explicit=False, cell_id=cell.cell_id, tagged=current_tagged))
-    return tuple(result), warnings
+            raise with_warnings(error, reading.warnings) from None
+    if reading.pending:
+        raise with_warnings(AnnotationError(
+            "untagged code after a `notebook:` cell must be followed by a `step:` cell that owns "
+            "it (as in Kale); tag it, or move it", cell=reading.pending[0][0].index), reading.warnings)
+    return tuple(reading.cells), reading.warnings
+
+
+def _annotate(cell: CodeCell, reading: _Reading, expand: Expand | None) -> None:
+    """Annotate one cell: append it (or the cells it references) to ``reading``."""
+    name = kale_tags.reference_name(cell.tags, cell.index)
+    if name is not None:
+        _reference(cell, name, reading, expand)
+        return
+    own, source, found, tagged = _own_annotation(cell)
+    if own is None and reading.tagged and reading.current is not None \
+            and reading.current.kind == "metrics":
+        source = kale_tags.metrics_from_kale(cell.source, cell.index)
+    reading.warnings += found
+    if own is None:
+        if reading.awaiting and cell.source.strip():
+            reading.pending.append((cell, source))
+        elif reading.current is not None and cell.source.strip():
+            reading.cells.append(Cell(index=cell.index, source=source, annotation=reading.current,
+                                      explicit=False, cell_id=cell.cell_id, tagged=reading.tagged))
+        return
+    if own.kind == "step":
+        reading.cells += [Cell(index=c.index, source=text, annotation=own, explicit=False,
+                               cell_id=c.cell_id, tagged=True) for c, text in reading.pending]
+        reading.pending = []
+    if not (tagged and own.kind == "skip"):
+        reading.current, reading.tagged, reading.awaiting = own, tagged, False
+    reading.cells.append(Cell(index=cell.index, source=source, annotation=own, explicit=True,
+                              cell_id=cell.cell_id, tagged=tagged))
+
+
+def _reference(cell: CodeCell, name: str, reading: _Reading, expand: Expand | None) -> None:
+    """A ``notebook:NAME`` cell: its referenced notebook's cells, then untagged cells wait."""
+    if any(line.strip() and not line.strip().startswith("#") for line in cell.source.splitlines()):
+        raise AnnotationError(f"`notebook:{name}` cell contains code; a cell that references a "
+                              "notebook holds no code of its own (as in Kale): move the code to "
+                              "its own `step:` cell", cell=cell.index)
+    if reading.pending:
+        raise AnnotationError("untagged code after a `notebook:` cell must be followed by a "
+                              "`step:` cell that owns it, not by another `notebook:` cell (as in "
+                              "Kale)", cell=reading.pending[0][0].index)
+    if expand is None:
+        raise AnnotationError(f"`notebook:{name}` references another notebook, which is not "
+                              "supported inside a referenced notebook (as in Kale): reference "
+                              "every notebook from the root notebook", cell=cell.index)
+    cells, warnings = expand(name, cell)
+    reading.cells += cells
+    reading.warnings += warnings
+    reading.current, reading.tagged, reading.awaiting = None, True, True
+
+
+def read_reference(base: str, name: str, cell: CodeCell) -> tuple[list[Cell], list[str]]:
+    """The cells of the notebook a ``notebook:NAME`` cell references (Kale 2.3's composition).
+
+    As Kale's ``NotebookProcessor._add_notebook_reference``: the path is the
+    cell's ``metadata.notebook_path``, relative to the folder ``base`` of the
+    referencing notebook; the referenced notebook is read with its own rules
+    and settings (``kubeflow_notebook``, e.g. its base image). Its steps are
+    named ``NAME_STEP`` (its ``prev:`` tags too), so two notebooks may use the
+    same step names; its cells name the notebook in messages.
+
+    Raises
+    ------
+    AnnotationError
+        No ``notebook_path``, a step name too long with the prefix, or a
+        reference inside the referenced notebook.
+    NotebookError
+        The referenced file is missing or not a notebook.
+    """
+    if not cell.reference:
+        raise AnnotationError(f"`notebook:{name}` cell is missing a 'notebook_path' in its cell "
+                              "metadata; set it to the referenced notebook's path", cell=cell.index)
+    path = os.path.normpath(os.path.join(base, cell.reference))
+    nb = _read_v4_json(path) or load_notebook(path)
+    settings, found = kale_tags.settings_from_metadata(
+        dict(nb["metadata"].get("kubeflow_notebook") or {}))
+    cells, warnings = annotate_cells(code_cells(nb))
+    renamed: dict[int, Annotation] = {}
+    for a in {id(c.annotation): c.annotation for c in cells if c.annotation.kind == "step"}.values():
+        try:
+            renamed[id(a)] = replace(a, name=check_step_name(f"{name}_{a.name}"),
+                                     after=tuple(f"{name}_{step}" for step in a.after),
+                                     settings=a.settings.over(settings.step_defaults))
+        except AnnotationError as error:
+            raise AnnotationError(f"`notebook:{name}`: its step {a.name!r} is named {name}_{a.name} "
+                                  f"here, which is not usable ({error.message})", cell=cell.index) from None
+    file = os.path.basename(path)
+    return ([replace(c, annotation=renamed.get(id(c.annotation), c.annotation), notebook=file)
+             for c in cells], [f"{file}: {w}" for w in found + warnings])
 
 
 E = TypeVar("E", bound=KaleError)
