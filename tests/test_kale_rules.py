@@ -146,6 +146,15 @@ def test_settings_on_a_later_cell_of_a_merged_step_are_a_warning(tmp_path) -> No
     assert any("cell 1" in w and "taken from its first cell" in w for w in plan.warnings)
 
 
+def test_prev_tags_on_a_later_cell_of_a_merged_step_are_ignored_as_in_kale(tmp_path) -> None:
+    path = tagged(tmp_path / "nb.ipynb", [("a = 1", ["step:first"]), ("b = 1", ["step:second"]),
+                                          ("c = 1", ["step:first", "prev:second"])])
+    plan = api.read_plan(path)
+    assert plan.step("first").after == ()
+    assert any(w.startswith("cell 2 ('c = 1'): the settings and --after (prev:) edges of step "
+                            "'first' are taken from its first cell") for w in plan.warnings)
+
+
 # -- rule 4: a parameter listed in pipeline-metrics is a metric -----------------------------------
 
 

@@ -57,8 +57,9 @@ class _StepDraft:
 
     @property
     def after(self) -> tuple[str, ...]:
-        """The ``--after`` edges of every annotated cell of the step, in notebook order."""
-        return tuple(dict.fromkeys(a for c in self.explicit for a in c.annotation.after))
+        """The ``--after`` edges of the step's first annotated cell (Kale reads the ``prev:``
+        tags of the cell that creates a step only)."""
+        return self.explicit[0].annotation.after if self.explicit else ()
 
 
 def build_plan(cells: Sequence[Cell], settings: PipelineSettings, notebook: str = "") -> Plan:
@@ -154,12 +155,15 @@ def _check_names(drafts: Sequence[_StepDraft]) -> list[str]:
     seen = {draft.name: draft.head for draft in drafts}
     warnings = []
     for draft in drafts:
+        first = draft.explicit[0].annotation if draft.explicit else draft.head.annotation
         for cell in draft.explicit[1:]:
-            if cell.annotation.settings != draft.head.annotation.settings \
-                    and cell.annotation.settings != StepSettings():
-                warnings.append(f"{cell.describe()}: settings of step {draft.name!r} are taken from "
-                                f"its first cell, {draft.head.describe()}; these are ignored (as Kale "
-                                "does): move them to the first cell")
+            own = cell.annotation
+            if (own.settings, own.after) != (first.settings, first.after) \
+                    and (own.settings, own.after) != (StepSettings(), ()):
+                warnings.append(f"{cell.describe()}: the settings and --after (prev:) edges of step "
+                                f"{draft.name!r} are taken from its first cell, "
+                                f"{draft.explicit[0].describe()}; these are ignored (as Kale does): "
+                                "move them to the first cell")
         for after in draft.after:
             if after not in seen:
                 close = difflib.get_close_matches(after, list(seen), n=1)
