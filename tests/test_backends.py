@@ -228,3 +228,18 @@ def test_a_step_using_the_library_installs_the_backends_distribution(tmp_path) -
     with_thing, without = json.loads(result.stdout)
     assert "thing-kale==0.1" in with_thing and "thinglib==1.2" in with_thing
     assert not any(r.startswith("thing") for r in without)
+
+
+@pytest.mark.integration
+def test_an_unpassable_value_names_the_cell_and_line_that_assigns_it(tmp_path) -> None:
+    from kale_magics import api
+    from tests.test_kale_tags import tagged
+
+    path = tagged(tmp_path / "nb.ipynb", [("n = 3\ngen = (i for i in range(n))", ["step:make"]),
+                                          ("total = sum(gen)", ["step:use"])])
+    status = api.run_local(path, pipeline_root=str(tmp_path / "root"))
+    make = status.steps["make"]
+    assert status.state == "FAILED" and make.state == "FAILED"
+    assert make.error.startswith("step 'make': cannot pass `gen` (generator) to later steps")
+    assert "Compute `gen` in each step that reads it instead of passing it" in make.error
+    assert (make.cell, make.line) == ("nb.ipynb, cell 0 (step make)", 2)
