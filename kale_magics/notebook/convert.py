@@ -216,14 +216,20 @@ def to_magics(nb: Any, name: str | None = None,
     if restored_any and previous is not None:
         out.metadata["kubeflow_notebook"] = previous
     if not restored_any:
-        settings, found = kale_tags.settings_from_metadata(dict(meta))
-        warnings += found
-        settings = settings.merged(read_settings(code_cells(out)))
-        if settings.name is None and name:
-            settings = replace(settings, name=name)
-        header = f"%load_ext kale_magics\n{pipeline_line(settings)}"
-        out.cells.insert(0, _new_code_cell(out, header))
+        warnings += _insert_pipeline_line(out, meta, name)
     return out, warnings
+
+
+def _insert_pipeline_line(out: Any, meta: dict[str, Any], name: str | None) -> list[str]:
+    """Insert the ``%kale pipeline`` cell that holds Kale's notebook metadata (and ``name``
+    when the metadata names no pipeline); return warnings about metadata keys ignored."""
+    settings, found = kale_tags.settings_from_metadata(dict(meta))
+    settings = settings.merged(read_settings(code_cells(out)))
+    if settings.name is None and name:
+        settings = replace(settings, name=name)
+    header = f"%load_ext kale_magics\n{pipeline_line(settings)}"
+    out.cells.insert(0, _new_code_cell(out, header))
+    return found
 
 
 def _kale_continuations(nb: Any) -> dict[int, tuple[Annotation, bool]]:
