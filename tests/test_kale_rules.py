@@ -112,9 +112,18 @@ def test_a_merged_step_changing_what_another_read_is_a_warning(tmp_path) -> None
                                           ("a = a + 10", ["step:first"])])
     warnings = api.read_plan(path).warnings
     assert len(warnings) == 1 and warnings[0].startswith(
-        "cell 1 ('b = a + 1'): step 'second' reads `a`, which cell 2 ('a = a + 10') changes "
+        "cell 1 ('b = a + 1'): step 'second' reads `a`, which cell 2 ('a = a + 10') assigns "
         "afterwards in the same step 'first'")
     assert warnings[0].endswith("give that cell a step name of its own")
+
+
+def test_a_merged_step_shadowing_what_it_receives_is_a_warning(tmp_path) -> None:
+    path = tagged(tmp_path / "nb.ipynb", [("x = 1", ["step:first"]), ("x = 2", ["step:second"]),
+                                          ("y = x", ["step:first"])])
+    plan = api.read_plan(path)
+    assert plan.step("first").inputs[0].producer == "second"
+    assert any("step 'first' reads `x`, which cell 0 ('x = 1') assigns in the same step 'first'"
+               in w and "wins over the one received" in w for w in plan.warnings)
 
 
 @pytest.mark.integration

@@ -128,10 +128,12 @@ def _group_steps(cells: Sequence[Cell]) -> list[_StepDraft]:
 
 
 def _merge_warnings(drafts: Sequence[_StepDraft], cells: Sequence[Cell]) -> list[str]:
-    """Warn where a step reads a variable that a later cell of a merged producer reassigns.
+    """Warn where merging cells that share a step name changes a value another cell sees.
 
-    The producer passes the value its last cell leaves (Kale does the same);
-    in the notebook, the reader saw the value from before that cell.
+    A merged producer passes the value its last cell leaves (Kale does the
+    same), where the notebook's reader saw the value from before that cell;
+    and in a merged reader, a value received from another step is bound
+    before the step runs, so its own earlier cell that assigns the name wins.
     """
     by_name = {d.name: d for d in drafts}
     position = {cell: i for i, cell in enumerate(cells)}
@@ -141,13 +143,24 @@ def _merge_warnings(drafts: Sequence[_StepDraft], cells: Sequence[Cell]) -> list
             later = [seg[0] for seg in by_name[producer].segments[1:]
                      if position[seg[0]] > position[reader.head] and name in _scan(seg).writes]
             if later:
-                warnings.append(
-                    f"{reader.head.describe()}: step {reader.name!r} reads `{name}`, which "
-                    f"{later[0].describe()} changes afterwards in the same step {producer!r} "
-                    f"(one step because the cells share its name): the pipeline passes the value "
-                    f"after that cell, the notebook had the one before; give that cell a step "
-                    f"name of its own")
+                warnings.append(_merge_warning(reader, name, later[0], producer, "after"))
+            shadowing = [seg[0] for seg in reader.segments[:-1] if name in _scan(seg).writes
+                         and any(name in _scan(s).reads for s in reader.segments
+                                 if position[s[0]] > position[seg[0]])]
+            if shadowing and len(reader.segments) > 1:
+                warnings.append(_merge_warning(reader, name, shadowing[0], reader.name, "before"))
     return warnings
+
+
+def _merge_warning(reader: _StepDraft, name: str, cell: Cell, step: str, when: str) -> str:
+    """The warning of :func:`_merge_warnings`: ``cell`` of merged ``step`` changes ``name``."""
+    seen = ("the pipeline passes the value after that cell, the notebook had the one before"
+            if when == "after" else "in the step that cell's value wins over the one received, "
+            "the notebook had the value another step assigned in between")
+    return (f"{reader.head.describe()}: step {reader.name!r} reads `{name}`, which "
+            f"{cell.describe()} assigns {'afterwards ' if when == 'after' else ''}in the same step "
+            f"{step!r} (one step because the cells share its name): {seen}; give that cell a "
+            f"step name of its own")
 
 
 def _check_names(drafts: Sequence[_StepDraft]) -> list[str]:
