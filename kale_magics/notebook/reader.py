@@ -2,10 +2,12 @@
 
 The reader never writes the notebook. It returns the annotated code cells (each
 with its effective annotation: a cell without one continues the annotation of
-the code cell above it, as in Kale), the pipeline settings (Kale's
-``kubeflow_notebook`` metadata, then every ``%kale pipeline`` line in notebook
-order), and warnings about Kale tags and keys it ignored. A notebook may mix
-``%%kale`` lines and Kale tags, but not in one cell.
+the code cell above it, as in Kale; Kale's ``skip`` tag is transparent), the
+pipeline settings (Kale's ``kubeflow_notebook`` metadata, then every ``%kale
+pipeline`` line in notebook order), and warnings about Kale tags and keys it
+ignored. A notebook may mix ``%%kale`` lines and Kale tags, but not in one
+cell. A ``notebook:NAME`` cell (Kale 2.3's composition) brings in the cells of
+the notebook it references.
 
 A well-formed nbformat-4 file is read with :mod:`json`; anything else (older
 versions, malformed files) goes through nbformat, which upgrades it or names
@@ -77,8 +79,11 @@ def read_notebook(path: str | os.PathLike[str]) -> AnnotatedNotebook:
     NotebookError
         The file is missing or is not a valid nbformat-4 notebook.
     AnnotationError
-        A ``%%kale`` or ``%kale pipeline`` line is malformed, or a cell has both
-        a ``%%kale`` line and Kale tags; the message names the cell.
+        A ``%%kale`` or ``%kale pipeline`` line is malformed, a cell has both a
+        ``%%kale`` line and Kale tags, or a Kale tag is malformed; the message
+        names the cell and carries the warnings found before it.
+    NotebookError
+        A notebook a ``notebook:NAME`` cell references cannot be read.
     """
     nb = _read_v4_json(path) or load_notebook(path)
     cells = code_cells(nb)
