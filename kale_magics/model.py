@@ -216,7 +216,13 @@ class Cell:
     notebook:
         The file name of the notebook the cell is in when it is not the
         pipeline's own: a notebook a ``notebook:NAME`` cell references (Kale's
-        composition); "" for the pipeline's notebook.
+        composition); "" for the pipeline's notebook. Such a cell's ``index``
+        is a fraction between the referencing cell's and the next one's, so
+        indices stay unique and in notebook order; ``number`` is its position
+        in its own notebook.
+    number:
+        The cell's position in its own notebook, for a cell of a referenced
+        notebook; None when it is ``index``.
     """
 
     index: int
@@ -226,6 +232,7 @@ class Cell:
     cell_id: str | None = None
     tagged: bool = False
     notebook: str = ""
+    number: int | None = None
 
     @property
     def first_line(self) -> str:
@@ -238,8 +245,14 @@ class Cell:
     def describe(self) -> str:
         """``cell 7 ("model = fit(df)")``: how errors name this cell (``notebook_a.ipynb cell 2
         (...)`` for a cell of a referenced notebook)."""
-        where = f"{self.notebook} cell" if self.notebook else "cell"
-        return f"{where} {self.index} ({self.first_line[:60]!r})"
+        return f"{self.place} ({self.first_line[:60]!r})"
+
+    @property
+    def place(self) -> str:
+        """``cell 7``, or ``notebook_a.ipynb cell 2`` for a cell of a referenced notebook."""
+        if self.notebook:
+            return f"{self.notebook} cell {self.number}"
+        return f"cell {self.index}"
 
 
 @dataclass(frozen=True)

@@ -333,9 +333,10 @@ def read_reference(base: str, name: str, cell: CodeCell) -> tuple[list[Cell], li
         except AnnotationError as error:
             raise AnnotationError(f"`notebook:{name}`: its step {a.name!r} is named {name}_{a.name} "
                                   f"here, which is not usable ({error.message})", cell=cell.index) from None
-    file = os.path.basename(path)
-    return ([replace(c, annotation=renamed.get(id(c.annotation), c.annotation), notebook=file)
-             for c in cells], [f"{file}: {w}" for w in found + warnings])
+    file, step = os.path.basename(path), 1 / (len(cells) + 1)
+    return ([replace(c, annotation=renamed.get(id(c.annotation), c.annotation), notebook=file,
+                     number=c.index, index=cell.index + (k + 1) * step)  # between it and the next
+             for k, c in enumerate(cells)], [f"{file}: {w}" for w in found + warnings])
 
 
 E = TypeVar("E", bound=KaleError)
