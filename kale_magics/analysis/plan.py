@@ -203,11 +203,11 @@ def _scan(cells: Sequence[Cell]) -> NameUse:
 def _link(cells: Sequence[Cell], drafts: list[_StepDraft], provided: set[str],
           parameters: Sequence[Parameter]) -> None:
     """Find each step's inputs and parameters, and attach metrics to their producers."""
-    by_head = {segment[0]: (d, segment) for d in drafts for segment in d.segments}
+    by_head = {segment[0].index: (d, segment) for d in drafts for segment in d.segments}
     writers: dict[str, _StepDraft] = {}
     param_names = {p.name for p in parameters}
     for cell in cells:
-        draft, segment = by_head.get(cell, (None, []))
+        draft, segment = by_head.get(cell.index, (None, []))
         if draft is not None:
             use = _scan(segment)
             for name in (*use.reads, *cell.annotation.inputs):
