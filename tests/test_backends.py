@@ -76,26 +76,34 @@ def test_torch_tensor_and_module_defined_in_the_notebook(tmp_path) -> None:
     assert type(back).__name__ == "Net" and torch.equal(back(tensor), namespace["net"](tensor))
 
 
-def test_sklearn_estimator_loads_with_copy_on_write_memory_maps(tmp_path) -> None:
-    ensemble = pytest.importorskip("sklearn.ensemble")
-    model = ensemble.RandomForestClassifier(n_estimators=3, random_state=0).fit(X, Y)
-    back, manifest = round_trip(model, tmp_path)
-    assert_backend(manifest, "sklearn.BaseEstimator", "scikit-learn")
-    assert np.array_equal(back.predict(X), model.predict(X))
+def test_sklearn_estimator_with_big_arrays_loads_with_copy_on_write_memory_maps(tmp_path) -> None:
     preprocessing = pytest.importorskip("sklearn.preprocessing")
     scaler = preprocessing.StandardScaler().fit(np.random.default_rng(1).random((3, 300_000)))
-    back, _ = round_trip(scaler, tmp_path, "scaler")
+    back, manifest = round_trip(scaler, tmp_path, "scaler")
+    assert_backend(manifest, "sklearn.BaseEstimator", "scikit-learn")
+    probe = np.random.default_rng(3).random((2, 300_000))
+    assert np.array_equal(back.transform(probe), scaler.transform(probe))
     assert isinstance(back.mean_, np.memmap)  # mapped from the artifact, not read into memory
     back.mean_[0] = -1.0  # writable: copy on write, the artifact is unchanged
     assert load(str(tmp_path / "scaler"), "scaler").mean_[0] == scaler.mean_[0]
+
+
+def test_sklearn_estimator_of_small_arrays_is_pickled(tmp_path) -> None:
+    ensemble = pytest.importorskip("sklearn.ensemble")
+    model = ensemble.RandomForestClassifier(n_estimators=3, random_state=0).fit(X, Y)
+    back, manifest = round_trip(model, tmp_path)  # a forest: many small arrays, pickles faster
+    assert manifest["kale_format"] == "cloudpickle"
+    assert np.array_equal(back.predict(X), model.predict(X))
 
 
 def test_sklearn_class_defined_in_the_notebook_falls_back_to_cloudpickle(tmp_path) -> None:
     base = pytest.importorskip("sklearn.base")
     namespace = {"__name__": "__main__", "BaseEstimator": base.BaseEstimator}
     exec("class Mine(BaseEstimator):\n    def __init__(self, k=3):\n        self.k = k\n", namespace)
-    back, manifest = round_trip(namespace["Mine"](k=5), tmp_path)
-    assert manifest["kale_format"] == "cloudpickle" and back.k == 5
+    mine = namespace["Mine"](k=5)
+    mine.data_ = np.zeros(1 << 18)  # 2 MiB: the joblib backend's, which cannot pickle the class
+    back, manifest = round_trip(mine, tmp_path)
+    assert manifest["kale_format"] == "cloudpickle" and back.k == 5 and back.data_.shape == (1 << 18,)
 
 
 @pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I", "F", "I;16"])

@@ -21,16 +21,21 @@ type                            format
 ``torch.Tensor``, ``torch.nn``  ``torch.save`` (a module with cloudpickle, so classes from the
 ``Module``                      notebook travel by value), loaded onto the CPU without a GPU
 ``keras.Model``                 ``Model.save`` (``.keras``)
-``sklearn.BaseEstimator``       ``joblib.dump``; loaded with numpy memory maps (copy on write)
+``sklearn.BaseEstimator``       ``joblib.dump``, loaded with numpy memory maps (copy on write), for
+                                an estimator holding arrays of 1 MiB or more (training data of a
+                                nearest-neighbours model, a wide linear model); smaller ones, a
+                                forest of small trees, pickle several times faster (cloudpickle)
 ``PIL.Image``                   TIFF, uncompressed (lossless for every mode)
 ==============================  ===============================================================
 
 Users add backends through the entry point group ``kale_magics.marshal``: the
 entry point's NAME is the class name it handles (``top.QualName``) and its
 object has ``save(value, path)`` and ``load(path)``; optional ``suffix`` (file
-name suffix, default ``bin``) and ``library`` (distribution whose version is
-recorded, default the top-level package). The step's packages must include
-the entry point's distribution (kale-magics adds it when it knows the type).
+name suffix, default ``bin``), ``library`` (distribution whose version is
+recorded, default the entry point's distribution) and ``wants(value)`` (False
+leaves the value to the pickles). The step's packages must include the entry
+point's distribution (kale-magics adds it when the step imports the type's
+package).
 
 Each artifact records the backend and its library's version; loading checks
 the version (a different major.minor version is refused with the fix).
@@ -67,6 +72,8 @@ class Backend:
         ``save(value, path)`` writes ``value`` to the file ``path``.
     load:
         ``load(path)`` returns the value saved in the file ``path``.
+    wants:
+        ``wants(value)``: False leaves the value to the pickles; None takes every value.
     """
 
     name: str
@@ -75,6 +82,7 @@ class Backend:
     suffix: str
     save: Callable[[Any, str], None]
     load: Callable[[str], Any]
+    wants: Callable[[Any], bool] | None = None
 
     @property
     def file(self) -> str:
@@ -99,10 +107,9 @@ def find(value: object) -> Backend | None:
     """
     plugins = _plugins()
     for name in class_names(type(value)):
-        if name in _BUILTINS:
-            return _BUILTINS[name]
-        if name in plugins:
-            return _plugin(name)
+        backend = _BUILTINS.get(name) or (_plugin(name) if name in plugins else None)
+        if backend is not None:
+            return backend if backend.wants is None or backend.wants(value) else None
     return None
 
 
@@ -157,8 +164,8 @@ def _plugin(name: str) -> Backend:
     target = entry.load()
     top = name.split(".")[0]
     library = getattr(target, "library", None) or (entry.dist.name if entry.dist else top)
-    return Backend(name=name, library=library, module=top,
-                   suffix=getattr(target, "suffix", "bin"), save=target.save, load=target.load)
+    return Backend(name=name, library=library, module=top, suffix=getattr(target, "suffix", "bin"),
+                   save=target.save, load=target.load, wants=getattr(target, "wants", None))
 
 
 def _plugin_distribution(type_name: str) -> str | None:
@@ -231,6 +238,20 @@ def _load_keras(path: str) -> Any:
     return keras.models.load_model(path)
 
 
+#: Bytes of array attributes from which an estimator is saved with joblib and memory-mapped.
+_JOBLIB_MIN = 1 << 20
+
+
+def _wants_joblib(value: Any) -> bool:
+    """Whether the estimator's own array attributes hold at least :data:`_JOBLIB_MIN` bytes."""
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        return False
+    arrays = [v for v in vars(value).values() if isinstance(v, numpy.ndarray)] \
+        if hasattr(value, "__dict__") else []
+    return sum(a.nbytes for a in arrays) >= _JOBLIB_MIN
+
+
 def _save_joblib(value: Any, path: str) -> None:
     import joblib
 
@@ -263,7 +284,8 @@ def _builtins() -> dict[str, Backend]:
         ("torch.Tensor", "torch", "torch", "pt", _save_torch, _load_torch),
         ("torch.Module", "torch", "torch", "pt", _save_torch, _load_torch),
         ("keras.Model", "keras", "keras", "keras", _save_keras, _load_keras),
-        ("sklearn.BaseEstimator", "scikit-learn", "sklearn", "joblib", _save_joblib, _load_joblib),
+        ("sklearn.BaseEstimator", "scikit-learn", "sklearn", "joblib", _save_joblib, _load_joblib,
+         _wants_joblib),
         ("PIL.Image", "pillow", "PIL", "tiff", _save_image, _load_image),
     ]
     return {row[0]: Backend(*row) for row in table}
