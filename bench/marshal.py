@@ -173,8 +173,19 @@ def pil_objects(scale: float, rng: Any) -> dict[str, Any]:
     return {f"PIL image {side}x{side} RGB": Image.fromarray(pixels)}
 
 
+def sklearn_objects(scale: float, rng: Any) -> dict[str, Any]:
+    """scikit-learn nearest neighbours: the joblib backend (arrays of 1 MiB or more, memory-mapped)."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rows = max(20_000, int(2_000_000 * scale))
+    features = rng.random((rows, 16))
+    model = KNeighborsClassifier(algorithm="brute").fit(features, features[:, 0] > 0.5)
+    return {f"sklearn KNeighbors {rows:,}x16": model}
+
+
 #: Makers of the objects each marshal backend saves (an ImportError skips one with a note).
-BACKEND_OBJECTS = (xgboost_objects, lightgbm_objects, torch_objects, keras_objects, pil_objects)
+BACKEND_OBJECTS = (xgboost_objects, lightgbm_objects, torch_objects, keras_objects, pil_objects,
+                   sklearn_objects)
 
 
 def kale_format(value: Any) -> tuple[Saver, Loader]:

@@ -122,13 +122,20 @@ def by_name(name: str) -> Backend | None:
 
 def library_version(backend: Backend) -> str:
     """The installed version of ``backend``'s library ("unknown" when it does not say)."""
+    return _version(backend.library, backend.module)
+
+
+@functools.cache
+def _version(library: str, module: str) -> str:
+    """Installed version of distribution ``library`` (else ``module.__version__``), looked up
+    once per process: ``importlib.metadata`` scans ``sys.path`` (milliseconds per call)."""
     from importlib import metadata
 
     try:
-        return metadata.version(backend.library)
+        return metadata.version(library)
     except metadata.PackageNotFoundError:
-        module = sys.modules.get(backend.module) or importlib.import_module(backend.module)
-        return str(getattr(module, "__version__", "unknown"))
+        imported = sys.modules.get(module) or importlib.import_module(module)
+        return str(getattr(imported, "__version__", "unknown"))
 
 
 def compatible(saved: str, installed: str) -> bool:
