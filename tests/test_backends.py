@@ -251,3 +251,14 @@ def test_an_unpassable_value_names_the_cell_and_line_that_assigns_it(tmp_path) -
     assert make.error.startswith("step 'make': cannot pass `gen` (generator) to later steps")
     assert "Compute `gen` in each step that reads it instead of passing it" in make.error
     assert (make.cell, make.line) == ("nb.ipynb, cell 0 (step make)", 2)
+
+
+def test_backends_module_imports_only_the_standard_library_at_top_level() -> None:
+    import ast
+
+    tree = ast.parse(Path(backends.__file__).read_text())
+    top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import)
+           for alias in node.names}
+    top |= {node.module.split(".")[0] for node in tree.body
+            if isinstance(node, ast.ImportFrom) and node.module}
+    assert top <= set(sys.stdlib_module_names) | {"__future__"}, top
