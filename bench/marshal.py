@@ -190,7 +190,8 @@ BACKEND_OBJECTS = (xgboost_objects, lightgbm_objects, torch_objects, keras_objec
 
 def kale_format(value: Any) -> tuple[Saver, Loader]:
     """Kale's save and load for ``value`` (kale/marshal/backends.py of Kale 2.3): np.save,
-    DataFrame.to_pickle, joblib for scikit-learn, xgboost's own formats, else dill."""
+    DataFrame.to_pickle, joblib for scikit-learn, xgboost's own formats, else dill (also for
+    Keras models and torch modules, which Kale 2.3 saves as ``.keras`` and TorchScript)."""
     if isinstance(value, np.ndarray):
         return (lambda v, p: np.save(p, v)), (lambda p: np.load(p))
     if isinstance(value, (pd.DataFrame, pd.Series)):
