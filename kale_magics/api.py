@@ -219,7 +219,9 @@ def convert(notebook: str | os.PathLike[str], out: str | os.PathLike[str],
         plan = read_plan(notebook)  # the tags must describe a valid pipeline
         keep = frozenset(c.index for s in plan.steps if s.name in plan.lenient_steps
                          for c in s.cells if not c.notebook)
-        converted, warnings = convert_notebook.to_magics(load_notebook(notebook), plan.name, keep)
+        steps = {c.index: s.name for s in plan.steps for c in s.cells if c.explicit and not c.notebook}
+        converted, warnings = convert_notebook.to_magics(load_notebook(notebook), plan.name, keep,
+                                                         steps)
     else:
         raise NotebookError(f"cannot convert to {to!r}; use --to magics or --to kale-tags")
     try:

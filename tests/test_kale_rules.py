@@ -21,10 +21,26 @@ from kale_magics.errors import AnalysisError, AnnotationError
 from tests.test_kale_tags import tagged
 
 
+#: Turns a value into JSON the same way in the kernel and here (frames and arrays by content).
+CANONICAL = ("def _canonical(v):\n"
+             "    if hasattr(v, 'to_json'):\n        return ['pandas', v.to_json()]\n"
+             "    if hasattr(v, 'tolist'):\n        return ['array', v.tolist()]\n"
+             "    return v\n")
+
+
+def canonical(value: object) -> object:
+    """``value`` as JSON data: a DataFrame or Series by its ``to_json``, an array by its list."""
+    namespace: dict = {}
+    exec(CANONICAL, namespace)
+    return json.loads(json.dumps(namespace["_canonical"](value)))
+
+
 def notebook_values(path: Path, names: list[str]) -> dict[str, object]:
-    """Run ``path`` top to bottom in a kernel; the JSON values of ``names`` at the end."""
+    """Run ``path`` top to bottom in a kernel; the values of ``names`` at the end, as JSON data
+    (see :func:`canonical`)."""
     nb = nbformat.read(path, as_version=4)
-    probe = f"import json\nprint(json.dumps({{n: eval(n) for n in {names!r}}}))"
+    probe = (f"import json\n{CANONICAL}"
+             f"print(json.dumps({{n: _canonical(eval(n)) for n in {names!r}}}))")
     nb.cells.append(nbformat.v4.new_code_cell(probe))
     NotebookClient(nb, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
@@ -131,14 +147,33 @@ def test_merged_step_gives_the_notebooks_values(tmp_path) -> None:
     assert_same_values(tagged(tmp_path / "nb.ipynb", MERGED))
 
 
-def test_merge_that_makes_a_cycle_is_refused_naming_the_cells(tmp_path) -> None:
-    path = tagged(tmp_path / "nb.ipynb", [("a = 1", ["step:first"]), ("b = a + 1", ["step:second"]),
-                                          ("c = b + 1", ["step:first"])])
+CYCLE = [("a = 1", ["step:first"]), ("b = a + 1", ["step:second"]), ("c = b + 1", ["step:first"]),
+         ("print(c)", ["pipeline-metrics"])]
+
+
+def test_merge_that_makes_a_cycle_is_refused_naming_the_cells(notebook) -> None:
+    path = notebook("%%kale step first\na = 1", "%%kale step second\nb = a + 1",
+                    "%%kale step first\nc = b + 1")
     with pytest.raises(AnalysisError) as info:
         api.read_plan(path)
     message = str(info.value)
     assert "cell 0 ('a = 1') and cell 2 ('c = b + 1')" in message
     assert "cycle: " in message and "give the later cells a step name of their own" in message
+
+
+def test_kale_tagged_merge_that_makes_a_cycle_runs_its_cells_as_steps_of_their_own(tmp_path) -> None:
+    plan = api.read_plan(tagged(tmp_path / "nb.ipynb", CYCLE))  # Kale compiles it (Example.ipynb)
+    assert [(s.name, [c.index for c in s.cells]) for s in plan.steps] == [
+        ("first", [0]), ("second", [1]), ("first_2", [2])]
+    assert plan.warnings[0].startswith("the cells of step 'first' (cell 0 ('a = 1') and cell 2 "
+                                       "('c = b + 1')) are one step because they share its name, "
+                                       "and merging them makes a cycle")
+    assert plan.warnings[0].endswith("so cell 2 runs as step 'first_2'")
+
+
+@pytest.mark.integration
+def test_kale_tagged_merge_split_gives_the_notebooks_values(tmp_path) -> None:
+    assert_same_values(tagged(tmp_path / "nb.ipynb", CYCLE))
 
 
 def test_same_step_name_in_magics_merges_too(notebook) -> None:

@@ -14,7 +14,7 @@ import ast
 import builtins
 import difflib
 import graphlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from kale_magics.analysis.names import NameUse, python_source, scan, scan_blocks
@@ -77,10 +77,22 @@ def build_plan(cells: Sequence[Cell], settings: PipelineSettings, notebook: str 
     Raises
     ------
     AnalysisError
-        No steps, duplicate step names, an unknown ``--after`` step, a cycle,
-        a name no earlier step provides, a bad parameters or metrics cell, or
-        code that is not valid Python once IPython syntax is removed.
+        No steps, an unknown ``--after`` step, a cycle, a name no earlier step
+        provides, a bad parameters or metrics cell, or code that is not valid
+        Python once IPython syntax is removed.
     """
+    try:
+        return _build(cells, settings, notebook)
+    except _MergeCycle as error:
+        if not all(c.tagged for c in error.draft.cells):
+            raise AnalysisError(error.message) from None
+        split, renamed = _split(cells, error.draft)  # Kale compiles it: compile it faithfully
+        plan = build_plan(split, settings, notebook)
+        return replace(plan, warnings=(f"{error.message}; so {renamed}", *plan.warnings))
+
+
+def _build(cells: Sequence[Cell], settings: PipelineSettings, notebook: str) -> Plan:
+    """:func:`build_plan` for one grouping of the cells into steps."""
     drafts = _group_steps(cells)
     warnings = _check_names(drafts)
     parameters = read_parameters([c for c in cells if c.annotation.kind == "parameters"])
@@ -327,6 +339,14 @@ def _order(drafts: Sequence[_StepDraft], outputs: dict[str, set[str]],
     return tuple(order)
 
 
+class _MergeCycle(AnalysisError):
+    """A cycle closed by a step merged from cells that share its name (``draft``)."""
+
+    def __init__(self, message: str, draft: _StepDraft) -> None:
+        super().__init__(message)
+        self.draft = draft
+
+
 def _cycle_error(cycle: Sequence[str], drafts: Sequence[_StepDraft]) -> AnalysisError:
     """The error for steps that form a cycle; names the cells when a merged step closes it."""
     path = " -> ".join(cycle)
@@ -336,6 +356,26 @@ def _cycle_error(cycle: Sequence[str], drafts: Sequence[_StepDraft]) -> Analysis
                              "that close it")
     draft = merged[0]
     cells = " and ".join(segment[0].describe() for segment in draft.segments)
-    return AnalysisError(f"the cells of step {draft.name!r} ({cells}) are one step because they "
-                         f"share its name, and merging them makes a cycle: {path}; give the later "
-                         "cells a step name of their own")
+    return _MergeCycle(f"the cells of step {draft.name!r} ({cells}) are one step because they "
+                       f"share its name, and merging them makes a cycle: {path}; give the later "
+                       "cells a step name of their own", draft)
+
+
+def _split(cells: Sequence[Cell], draft: _StepDraft) -> tuple[list[Cell], str]:
+    """``cells`` with each later run of ``draft``'s cells renamed to a step of its own
+    (``NAME_2``, ...), and a sentence saying so.
+
+    For Kale-tagged cells only: Kale compiles such a notebook (its merged
+    step then fails at run time); run as separate steps, the cells compute
+    what the notebook computes top to bottom.
+    """
+    taken = {c.annotation.name for c in cells if c.annotation.kind == "step"}
+    free = (f"{draft.name}_{n}" for n in range(2, len(taken) + len(draft.segments) + 2)
+            if f"{draft.name}_{n}" not in taken)
+    names = [draft.name, *(next(free) for _ in draft.segments[1:])]
+    run_of = {c.index: k for k, segment in enumerate(draft.segments) for c in segment}
+    renamed = [replace(c, annotation=replace(c.annotation, name=names[run_of[c.index]], after=()))
+               if run_of.get(c.index, 0) > 0 else c for c in cells]
+    said = ", ".join(f"{segment[0].place} runs as step {name!r}"
+                     for segment, name in zip(draft.segments[1:], names[1:]))
+    return renamed, said

@@ -166,8 +166,8 @@ def _moved_parameters(nb: Any, source: str, index: int, warnings: list[str]) -> 
     return moved
 
 
-def to_magics(nb: Any, name: str | None = None,
-              keep: frozenset[int] = frozenset()) -> tuple[Any, list[str]]:
+def to_magics(nb: Any, name: str | None = None, keep: frozenset[int] = frozenset(),
+              steps: dict[int, str] | None = None) -> tuple[Any, list[str]]:
     """A copy of ``nb`` with Kale's tags turned into ``%%kale`` lines and a ``%kale pipeline`` line.
 
     Cells this tool exported are restored from their record while their tags
@@ -179,7 +179,9 @@ def to_magics(nb: Any, name: str | None = None,
     notebook) is written on the ``%kale pipeline`` line when the metadata
     names none, so the converted file keeps it. Cells at the indices in
     ``keep`` keep their Kale tags (a notebook may mix both): steps that only
-    Kale's rules compile (see ``Plan.lenient_steps``).
+    Kale's rules compile (see ``Plan.lenient_steps``). ``steps`` gives the
+    step name the analysis gave each step cell, written where it is not its
+    tag's (cells of one name split because merging them makes a cycle).
 
     Raises
     ------
@@ -208,7 +210,7 @@ def to_magics(nb: Any, name: str | None = None,
             warnings.append(f"cell {index}: kept with its Kale tags: its step reads names no step "
                             "assigns, which Kale's rules compile and %%kale lines do not")
         elif cell.get("cell_type") == "code":
-            warnings += _convert_cell(cell, index, continued.get(index))
+            warnings += _convert_cell(cell, index, continued.get(index), (steps or {}).get(index))
         cells.append(cell)
     out.cells = cells
     meta = out.metadata.pop("kubeflow_notebook", None) or {}
@@ -253,15 +255,19 @@ def _kale_continuations(nb: Any) -> dict[int, tuple[Annotation, bool]]:
     return result
 
 
-def _convert_cell(cell: Any, index: int, continued: tuple[Annotation, bool] | None = None) -> list[str]:
+def _convert_cell(cell: Any, index: int, continued: tuple[Annotation, bool] | None = None,
+                  step: str | None = None) -> list[str]:
     """Turn the Kale tags of ``cell`` into a ``%%kale`` line.
 
     ``continued``: for an untagged cell, the annotation it continues in Kale
     and whether it needs a line of its own (with no options: a step takes
-    them from its first cell).
+    them from its first cell). ``step``: the step name the analysis gave the
+    cell, written where it differs from the tag's.
     """
     tags = list(cell.get("metadata", {}).get("tags", []))
     annotation, warnings = kale_tags.annotation_from_tags(tags, index)
+    if annotation is not None and annotation.kind == "step" and step and step != annotation.name:
+        annotation = replace(annotation, name=step, after=())
     own_line = annotation is not None
     if annotation is None and continued is not None:
         annotation, own_line = Annotation(kind=continued[0].kind, name=continued[0].name), continued[1]
