@@ -1,7 +1,7 @@
 """Embed the step runtime in the generated DSL module.
 
 A compiled pipeline must run on a stock ``python:3.x`` image without
-kale-magics installed. The runtime modules (``backends``, ``marshal``, ``shell``, ``step``)
+kale-magics installed. The runtime modules (``backends``, ``marshal``, ``pickling``, ``shell``, ``step``)
 therefore travel inside every component: the DSL module defines a function
 ``_kale_runtime()`` holding their source text, passed to KFP with
 ``dsl.component(additional_funcs=[...])`` (KFP embeds the source of additional
@@ -22,7 +22,7 @@ from importlib import resources
 from kale_magics import __version__
 
 #: Runtime modules in dependency order.
-RUNTIME_MODULES = ("backends", "marshal", "shell", "step")
+RUNTIME_MODULES = ("backends", "marshal", "pickling", "shell", "step")
 #: Characters of base64 per line of the embedded blob.
 BLOB_LINE = 1024
 
@@ -30,7 +30,7 @@ _LOADER = '''\
 def _kale_runtime():
     """Load the embedded kale-magics step runtime and return its `step` module.
 
-    The blob holds kale_magics/runtime/{{backends,marshal,shell,step}}.py of kale-magics {version}
+    The blob holds kale_magics/runtime/{{backends,marshal,pickling,shell,step}}.py of kale-magics {version}
     as zlib-compressed JSON in base64 (sha256 of the JSON: {digest}).
     """
     import base64
