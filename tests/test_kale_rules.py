@@ -18,6 +18,7 @@ from nbclient import NotebookClient
 
 from kale_magics import api
 from kale_magics.errors import AnalysisError, AnnotationError
+from tests.equivalence import compare
 from tests.test_kale_tags import tagged
 
 
@@ -55,9 +56,11 @@ def pipeline_values(path: Path) -> dict[str, object]:
 
 
 def assert_same_values(path: Path) -> None:
-    """The pipeline's metrics equal the notebook's values of the same names."""
-    metrics = pipeline_values(path)
-    assert metrics and metrics == notebook_values(path, list(metrics))
+    """Run ``path`` with nbclient and as a pipeline (tests/equivalence.py): same metrics, and
+    every step prints what its cells print in the kernel."""
+    result = compare(path, pipeline_root=path.parent / "root")
+    assert result.notebook_metrics and result.same_metrics() and result.same_prints(), \
+        result.explain()
 
 
 # -- rule 1: skip is transparent --------------------------------------------------------------
