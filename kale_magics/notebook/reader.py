@@ -29,6 +29,7 @@ from kale_magics.notebook import kale_tags
 from kale_magics.notebook.annotations import (
     cell_magic,
     check_step_name,
+    check_unicode,
     is_pipeline_line,
     parse_cell_line,
     parse_pipeline_line,
@@ -87,8 +88,9 @@ def read_notebook(path: str | os.PathLike[str]) -> AnnotatedNotebook:
     """
     nb = _read_v4_json(path) or load_notebook(path)
     cells = code_cells(nb)
-    settings, meta_warnings = kale_tags.settings_from_metadata(
-        dict(nb["metadata"].get("kubeflow_notebook") or {}))
+    meta = dict(nb["metadata"].get("kubeflow_notebook") or {})
+    _check_unicode(cells, meta)
+    settings, meta_warnings = kale_tags.settings_from_metadata(meta)
     expand = functools.partial(read_reference, os.path.dirname(os.path.abspath(path)))
     try:
         annotated, warnings = annotate_cells(cells, expand)
@@ -114,6 +116,18 @@ def code_cells(nb: Any) -> list[CodeCell]:
 def _reference_path(metadata: Any) -> str | None:
     path = metadata.get("notebook_path")
     return path if isinstance(path, str) and path else None
+
+
+def _check_unicode(cells: Iterable[CodeCell], meta: dict[str, Any]) -> None:
+    """Refuse lone surrogates (a ``\\ud800`` escape in the JSON) in code cells, their tags and
+    Kale's metadata: no file, parser or KFP field can hold them (see :func:`check_unicode`)."""
+    for cell in cells:
+        for text in (cell.source, *cell.tags):
+            try:
+                check_unicode(text, "the cell")
+            except AnnotationError as error:
+                raise AnnotationError(error.message, cell=cell.index) from None
+    check_unicode(json.dumps(meta, ensure_ascii=False, default=str), "the kubeflow_notebook metadata")
 
 
 def _text(source: str | list[str]) -> str:
@@ -322,8 +336,9 @@ def read_reference(base: str, name: str, cell: CodeCell) -> tuple[list[Cell], li
                               "metadata; set it to the referenced notebook's path", cell=cell.index)
     path = os.path.normpath(os.path.join(base, cell.reference))
     nb = _read_v4_json(path) or load_notebook(path)
-    settings, found = kale_tags.settings_from_metadata(
-        dict(nb["metadata"].get("kubeflow_notebook") or {}))
+    meta = dict(nb["metadata"].get("kubeflow_notebook") or {})
+    _check_unicode(code_cells(nb), meta)
+    settings, found = kale_tags.settings_from_metadata(meta)
     cells, warnings = annotate_cells(code_cells(nb))
     renamed: dict[int, Annotation] = {}
     for a in {id(c.annotation): c.annotation for c in cells if c.annotation.kind == "step"}.values():
