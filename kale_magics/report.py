@@ -11,6 +11,7 @@ from kale_magics.analysis.preflight import CheckReport
 from kale_magics.dag import dag_svg
 from kale_magics.model import Plan
 from kale_magics.runner.status import FAILED, RunStatus, StepStatus
+from kale_magics.session.notebook_session import StepRun
 
 
 def plan_text(plan: Plan) -> str:
@@ -187,3 +188,19 @@ def check_html(report: CheckReport) -> str:
             for v in report.variables]
     warnings = "".join(f"<div style='color:#c62828'>{html.escape(w)}</div>" for w in report.warnings)
     return _table(["variable", "step", "state", "type", "format", "size", "time / fix"], rows) + warnings
+
+
+def step_run_text(step: StepRun) -> str:
+    """The line under a step cell run in the kernel, grouped by producer::
+
+        step total  <- rows: list len 3 (load)  -> size: int, label: str len 1
+    """
+    by_producer: dict[str, list[str]] = {}
+    for name, producer in step.inputs.items():
+        by_producer.setdefault(producer, []).append(live_text(name, step.live))
+    text = f"step {step.name}"
+    if by_producer:
+        text += "  <- " + "; ".join(f"{', '.join(v)} ({p})" for p, v in by_producer.items())
+    if step.outputs:
+        text += "  -> " + ", ".join(live_text(n, step.live) for n in step.outputs)
+    return text

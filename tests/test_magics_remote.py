@@ -49,5 +49,5 @@ def test_cancel_a_running_remote_run(shell, kfp_server, token_env, tmp_path) -> 
         shell.run_line_magic("kale", f"cancel {submission.run_id} --host {kfp_server.url}")
     assert f"run {submission.run_id}: CANCELED" in captured.stdout
     with pytest.raises(UsageError, match="no remote run to cancel"):
-        kale(shell).__init__(shell)
+        shell.run_line_magic("reload_ext", "kale_magics")  # a fresh session: no last run
         shell.run_line_magic("kale", "cancel")

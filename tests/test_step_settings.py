@@ -182,7 +182,7 @@ def test_bad_values_name_the_option_and_an_example(line, fragment) -> None:
 
 def test_local_notice_lists_what_kfp_local_ignores(compiled) -> None:
     result, _ = compiled
-    notice = api.local_notices(result)[0]
+    notice = api.LocalTarget().notices(result)[0]
     assert notice.startswith("ignored locally")
     for fragment in ("cpu --cpu 500m --cpu-limit 2 --memory 1Gi", "gpu --memory 1Gi --gpu 2",
                      "timeout --memory 1Gi --timeout 7200s", "--volume data:/data",
@@ -190,7 +190,7 @@ def test_local_notice_lists_what_kfp_local_ignores(compiled) -> None:
                      "--toleration spot:NoExecute", "image --memory 1Gi --image python:3.12-slim"):
         assert fragment in notice
     assert "retries" not in notice.replace("retries --memory 1Gi", "")  # retries apply locally
-    assert any("numpy==1.26.4" in n and "the local run uses" in n for n in api.local_notices(result))
+    assert any("numpy==1.26.4" in n and "the local run uses" in n for n in api.LocalTarget().notices(result))
 
 
 def test_missing_package_fails_before_running(notebook, tmp_path) -> None:

@@ -193,8 +193,7 @@ def test_magic_shows_the_same_panel_again(shell, tmp_path) -> None:  # noqa: F81
         shell.run_line_magic("kale", f"panel --notebook {path}")
     with capture_output() as second:
         shell.run_line_magic("kale", f"panel --notebook {path}")
-    panels = kale(shell).__dict__["_panels"]
-    panel = panels[str(path)]
+    panel = shell.magics_manager.registry["KaleMagics"].panels[str(path)]
     model = panel.model_id
     assert all(f"'model_id': '{model}'" in str(c.outputs[0].data) for c in (first, second))
     panel.close()

@@ -16,7 +16,6 @@ from typing import Any
 import ipywidgets as w
 
 from kale_magics import api
-from kale_magics.model import Parameter, Plan
 
 LOCAL, REMOTE = "Local (kfp.local)", "KFP server"
 #: Auth choices: where the credentials come from (a typed secret is never saved).
@@ -27,7 +26,7 @@ _STYLE = {"description_width": "9em"}
 
 
 @dataclass(frozen=True)
-class Target:
+class TargetChoice:
     """Where to run: locally, or on a KFP server with a namespace and credentials.
 
     ``token`` and ``cookies`` are None unless typed into the panel; then the
@@ -42,7 +41,7 @@ class Target:
     cookies: str | None = None
 
 
-def parameter_widget(parameter: Parameter) -> w.Widget:
+def parameter_widget(parameter: api.Parameter) -> w.Widget:
     """A field typed from the parameter's default: int, float, bool, str; list/dict as JSON."""
     common = {"description": parameter.name, "style": _STYLE, "layout": _WIDE}
     if parameter.type == "bool":
@@ -65,7 +64,7 @@ class SettingsForm:
         The notebook's plan; gives the defaults and the parameter fields.
     """
 
-    def __init__(self, plan: Plan | None) -> None:
+    def __init__(self, plan: api.Plan | None) -> None:
         settings = plan.settings if plan is not None else api.PipelineSettings()
 
         def text(name: str, value: str | None, **kw: Any) -> w.Text:
@@ -90,7 +89,7 @@ class SettingsForm:
                            ("kale-secret", self.secret)):
             field.add_class(css)
         self.remote_box = w.VBox([self.host, self.namespace, self.auth])
-        self.parameters: dict[str, tuple[Parameter, w.Widget]] = {}
+        self.parameters: dict[str, tuple[api.Parameter, w.Widget]] = {}
         self.parameter_box = w.VBox([])
         self.widget = w.VBox([self.name, self.experiment, self.image, self.caching, self.target,
                               self.remote_box, w.HTML("<b>parameters</b>"), self.parameter_box])
@@ -107,7 +106,7 @@ class SettingsForm:
         self.remote_box.children = ([self.host, self.namespace, self.auth, self.secret]
                                     if needs_secret else [self.host, self.namespace, self.auth])
 
-    def sync_parameters(self, plan: Plan) -> None:
+    def sync_parameters(self, plan: api.Plan) -> None:
         """Show one field per parameter of ``plan``, keeping the values of fields already there."""
         fields = {}
         for parameter in plan.parameters:
@@ -134,15 +133,15 @@ class SettingsForm:
         (lists and dicts as JSON text, typed by :func:`kale_magics.api.coerce_arguments`)."""
         return {name: widget.value for name, (_, widget) in self.parameters.items()}
 
-    def chosen_target(self) -> Target:
+    def chosen_target(self) -> TargetChoice:
         """Where the user chose to run."""
         if self.target.value != REMOTE:
-            return Target(remote=False)
+            return TargetChoice(remote=False)
         secret = self.secret.value or None
-        return Target(remote=True, host=self.host.value.strip() or None,
-                      namespace=self.namespace.value.strip() or None,
-                      token=secret if self.auth.value == AUTH_TOKEN else None,
-                      cookies=secret if self.auth.value == AUTH_COOKIES else None)
+        return TargetChoice(remote=True, host=self.host.value.strip() or None,
+                            namespace=self.namespace.value.strip() or None,
+                            token=secret if self.auth.value == AUTH_TOKEN else None,
+                            cookies=secret if self.auth.value == AUTH_COOKIES else None)
 
     def set_enabled(self, enabled: bool) -> None:
         """Lock the form while a run is active (its settings are the run's)."""

@@ -21,7 +21,6 @@ from kale_widgets.form import SettingsForm
 from kale_widgets.run_control import RunControl, RunRequest
 
 from kale_magics import api
-from kale_magics.model import Plan
 
 _NO_STEP = "(choose a step)"
 _BUSY = "a run is already active: wait for it, or Cancel it"
@@ -37,12 +36,6 @@ def _shell(shell: Any) -> Any:
     return get_ipython()
 
 
-def _kale_magics(shell: Any) -> Any:
-    """The kernel's ``KaleMagics`` instance (its registry and settings), if loaded."""
-    manager = getattr(shell, "magics_manager", None)
-    return manager.registry.get("KaleMagics") if manager is not None else None
-
-
 class DeployPanel(w.VBox):
     """Compile, check and run a notebook's pipeline, and watch its steps live.
 
@@ -52,7 +45,8 @@ class DeployPanel(w.VBox):
         The .ipynb path; None finds it as the magics do (``%kale pipeline --notebook``,
         VS Code, the Jupyter server, ``JPY_SESSION_NAME``).
     shell:
-        The IPython shell whose namespace holds the live values; default the running one.
+        The IPython shell whose session (live values, executed cells, ``%kale pipeline``
+        settings) the panel shares with the magics; default the running one.
     interval_s:
         Seconds between polls of a remote run.
     warm_worker:
@@ -66,16 +60,13 @@ class DeployPanel(w.VBox):
         self._lock = threading.RLock()
         self._ticker: threading.Thread | None = None
         shell = _shell(shell)
-        magics = _kale_magics(shell)
-        namespace = shell.user_ns if shell is not None else {}
+        session = api.NotebookSession.of(shell) if shell is not None else api.NotebookSession()
         self.control: RunControl | None = None
-        self.plan: Plan | None = None
+        self.plan: api.Plan | None = None
         error = ""
         try:
-            path = api.locate_notebook(notebook or (magics.settings.notebook if magics else None),
-                                       namespace)
-            self.control = RunControl(path, namespace, magics.registry.cells if magics else tuple,
-                                      self.refresh, interval_s=interval_s, warm_worker=warm_worker)
+            self.control = RunControl(session, session.notebook(notebook), self.refresh,
+                                      interval_s=interval_s, warm_worker=warm_worker)
             self.plan = self.control.plan()
         except api.KaleError as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -127,7 +118,7 @@ class DeployPanel(w.VBox):
             self.message.value = render.error_html(f"unexpected {type(error).__name__}: {error}")
         self.refresh()
 
-    def _reload(self) -> Plan:
+    def _reload(self) -> api.Plan:
         """Re-read the saved notebook (the user may have changed it) with the form's settings."""
         assert self.control is not None
         self.plan = self.control.plan(self.form.options())
@@ -203,7 +194,7 @@ class DeployPanel(w.VBox):
             self.cancel_button.disabled = not (control and control.can_cancel)
             self.form.set_enabled(not active)
 
-    def _shown_plan(self) -> Plan:
+    def _shown_plan(self) -> api.Plan:
         compiled = self.control.compiled if self.control else None
         return compiled.plan if compiled is not None and self.control.status is not None else self.plan
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
 
 from kale_magics.errors import AnnotationError, NotebookError
 from kale_magics.model import Annotation, Cell, PipelineSettings
@@ -29,6 +29,7 @@ from kale_magics.notebook.annotations import (
     parse_cell_line,
     parse_pipeline_line,
 )
+from kale_magics.notebook.step_record import recorded_artifacts
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,16 @@ class AnnotatedNotebook:
         the ``%kale pipeline`` lines.
     warnings:
         Unknown Kale tags and metadata keys, ignored.
+    artifact_types:
+        KFP artifact class per variable, as the step cells' saved outputs record it
+        (``notebook.step_record``).
     """
 
     path: str
     cells: tuple[Cell, ...]
     settings: PipelineSettings
     warnings: tuple[str, ...] = ()
+    artifact_types: Mapping[str, str] = field(default_factory=dict)
 
 
 def read_notebook(path: str | os.PathLike[str]) -> AnnotatedNotebook:
@@ -83,7 +88,8 @@ def read_notebook(path: str | os.PathLike[str]) -> AnnotatedNotebook:
         dict(nb["metadata"].get("kubeflow_notebook") or {}))
     return AnnotatedNotebook(path=os.fspath(path), cells=annotated,
                              settings=settings.merged(read_settings(cells)),
-                             warnings=tuple(meta_warnings + warnings))
+                             warnings=tuple(meta_warnings + warnings),
+                             artifact_types=recorded_artifacts(nb["cells"]))
 
 
 def code_cells(nb: Any) -> list[CodeCell]:

@@ -8,17 +8,22 @@ source in ``metadata.kale_magics`` (Kale ignores it), so ``to_magics`` restores
 it exactly while its tags are unchanged: the round trip magics -> tags ->
 magics is the identity. A Kale notebook without that record is converted from
 its tags. Every other cell, output and metadata field is kept.
+
+:func:`convert_file` holds the file policy: a new file written atomically,
+never over the source. The module sits above ``notebook`` and ``analysis``: it
+reads the file and needs the analysed plan.
 """
 
 from __future__ import annotations
 
 import ast
 import copy
-from typing import Any
-
-import nbformat
+import os
+from typing import Any, Callable
 
 from kale_magics.analysis.names import python_source
+from kale_magics.atomic import write_text_atomic
+from kale_magics.errors import NotebookError
 from kale_magics.model import Annotation, Plan
 from kale_magics.notebook import kale_tags
 from kale_magics.notebook.annotations import (
@@ -27,7 +32,7 @@ from kale_magics.notebook.annotations import (
     is_cell_annotation,
     pipeline_line,
 )
-from kale_magics.notebook.reader import code_cells, read_settings
+from kale_magics.notebook.reader import code_cells, load_notebook, read_settings
 
 STASH = "kale_magics"
 
@@ -61,6 +66,47 @@ def _kale_metrics(source: str, index: int, warnings: list[str]) -> str:
             warnings.append(f"cell {index}: metric `{text}` is not a variable name, which Kale "
                             "requires; left out of the Kale metrics cell")
     return "\n".join(lines)
+
+
+def convert_file(notebook: str | os.PathLike[str], out: str | os.PathLike[str], to: str,
+                 plan: Callable[[], Plan]) -> tuple[str, list[str]]:
+    """Write ``notebook`` converted to Kale's tags (``to="kale-tags"``) or to ``%%kale`` lines
+    (``to="magics"``) as ``out``, atomically; never over the source.
+
+    Parameters
+    ----------
+    plan:
+        Reads the notebook's plan (its annotations must describe a valid
+        pipeline); called once the paths and ``to`` are known to be good.
+
+    Returns
+    -------
+    tuple of (str, list of str)
+        The path written, and warnings (what the target cannot express, tags ignored).
+
+    Raises
+    ------
+    NotebookError
+        ``out`` is the notebook itself, cannot be written, or ``to`` is unknown.
+    AnnotationError, AnalysisError
+        The notebook's annotations are invalid.
+    """
+    if os.path.abspath(out) == os.path.abspath(notebook):
+        raise NotebookError(f"refusing to overwrite the source notebook {notebook}; "
+                            "choose another output path")
+    if to not in ("kale-tags", "magics"):
+        raise NotebookError(f"cannot convert to {to!r}; use --to magics or --to kale-tags")
+    import nbformat  # here, not at the top: importing it takes seconds (see notebook.reader)
+
+    analysed = plan()  # for --to magics only a check: the tags must describe a valid pipeline
+    source = load_notebook(notebook)
+    converted, warnings = (to_kale_tags(source, analysed) if to == "kale-tags"
+                           else to_magics(source))
+    try:
+        write_text_atomic(out, nbformat.writes(converted))
+    except OSError as error:
+        raise NotebookError(f"cannot write {out}: {error}; choose a writable path") from None
+    return os.fspath(out), warnings
 
 
 def to_kale_tags(nb: Any, plan: Plan) -> tuple[Any, list[str]]:
@@ -136,7 +182,9 @@ def _moved_parameters(source: str, index: int, warnings: list[str]) -> Any:
     warnings.append(f"cell {index}: Kale 2.3 takes only plain int, float, str and bool "
                     f"parameters; {', '.join(line.split('=')[0].strip() for line in source.splitlines())} "
                     "became constants in a functions cell")
-    moved = nbformat.v4.new_code_cell(source)
+    from nbformat.v4 import new_code_cell
+
+    moved = new_code_cell(source)
     moved.metadata = {"tags": ["functions"], STASH: {"inserted": True}}
     return moved
 
@@ -178,7 +226,9 @@ def to_magics(nb: Any) -> tuple[Any, list[str]]:
         settings, found = kale_tags.settings_from_metadata(dict(meta))
         warnings += found
         header = f"%load_ext kale_magics\n{pipeline_line(settings.merged(read_settings(code_cells(out))))}"
-        out.cells.insert(0, nbformat.v4.new_code_cell(header))
+        from nbformat.v4 import new_code_cell
+
+        out.cells.insert(0, new_code_cell(header))
     return out, warnings
 
 
