@@ -14,8 +14,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from kale_magics import __version__, api
-from kale_magics.report import plan_text, run_summary, step_line
-from kale_magics.runner.status_text import schedules_text, status_text
+from kale_magics.views.text import plan_text, run_summary, schedules_text, status_text, step_line
 
 
 def _compile(args: argparse.Namespace) -> int:

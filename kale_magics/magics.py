@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import time
 from importlib import metadata
 from typing import Any, Callable
 
@@ -22,8 +23,16 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 
-from kale_magics import api, report
-from kale_magics.runner.status_text import status_text
+from kale_magics import api
+from kale_magics.views import rich
+from kale_magics.views.text import (
+    check_text,
+    plan_text,
+    run_summary,
+    status_text,
+    step_line,
+    step_run_text,
+)
 
 STEP_MIME = api.STEP_MIME
 #: The entry point group where an installed deploy panel registers itself (``kale_widgets``).
@@ -140,7 +149,7 @@ class KaleMagics(Magics):
         result = self._run_tree(tree, filename)
         if annotation.kind == "step":
             step = self.session.step_run(entry)
-            display({"text/plain": report.step_run_text(step), STEP_MIME: step.record()}, raw=True)
+            display({"text/plain": step_run_text(step), STEP_MIME: step.record()}, raw=True)
         return result
 
     def _cell_id(self) -> str | None:
@@ -196,12 +205,12 @@ class KaleMagics(Magics):
     def _show(self, args: argparse.Namespace) -> None:
         plan = api.read_plan(self._notebook(args))
         live = api.live_values(plan, self.session.namespace)
-        display({"text/plain": report.plan_text(plan), "text/html": report.plan_html(plan, live)},
+        display({"text/plain": plan_text(plan), "text/html": rich.plan_html(plan, live)},
                 raw=True)
 
     def _check(self, args: argparse.Namespace) -> None:
         result = api.check(self._notebook(args), self.session)
-        display({"text/plain": report.check_text(result), "text/html": report.check_html(result)},
+        display({"text/plain": check_text(result), "text/html": rich.check_html(result)},
                 raw=True)
         if not result.ok:
             raise UsageError("some variables cannot be passed between steps; see above")
@@ -233,8 +242,9 @@ class KaleMagics(Magics):
         handle = display({"text/plain": f"running {compiled.plan.name}"}, raw=True, display_id=True)
 
         def show(status: api.RunStatus) -> None:
-            handle.update({"text/plain": "\n".join(report.step_line(s) for s in status.steps.values()),
-                           "text/html": report.run_html(status, compiled.plan)}, raw=True)
+            handle.update({"text/plain": "\n".join(step_line(s) for s in status.steps.values()),
+                           "text/html": rich.run_html(status, compiled.plan, time.time())},
+                          raw=True)
 
         try:
             status = api.run(compiled, target, api.RunHooks(on_status=show, on_message=print),
@@ -244,7 +254,7 @@ class KaleMagics(Magics):
             if isinstance(target, api.KfpTarget) and target.session is not None:
                 self.session.server = target.session
         self.session.last_run = status
-        print(report.run_summary(status))
+        print(run_summary(status))
         if status.state != "SUCCEEDED":
             raise UsageError(status.error or f"pipeline {status.pipeline} {status.state}")
 
@@ -264,7 +274,7 @@ class KaleMagics(Magics):
             raise UsageError("no run yet in this kernel; start one with `%kale run`, or give a "
                              "KFP run id: `%kale status RUN_ID --host URL`")
         else:
-            print(report.run_summary(last))
+            print(run_summary(last))
 
     def _cancel(self, args: argparse.Namespace) -> None:
         last = self.session.last_run
