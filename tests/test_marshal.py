@@ -506,3 +506,11 @@ def test_python_type_uses_the_public_name(tmp_path: Path) -> None:
     assert save(_Marker(), str(tmp_path / "m"), "m")["python_type"] == f"{__name__}._Marker"
     assert save(len, str(tmp_path / "f"), "f")["python_type"] == \
         "builtins.builtin_function_or_method"
+
+
+def test_marshal_error_survives_pickling() -> None:
+    """A MarshalError crosses a process boundary (a child run, a worker) with all its fields."""
+    error = MarshalError("cannot save `gen`: generator; pass a list", "gen", "generator")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), str(copy), copy.variable, copy.type_name) == (
+        MarshalError, "cannot save `gen`: generator; pass a list", "gen", "generator")

@@ -204,8 +204,8 @@ def settings_from_metadata(meta: dict[str, Any]) -> tuple[PipelineSettings, list
     image = meta.get("base_image") or meta.get("docker_image") or None
     cache = meta.get("enable_caching")
     defaults = settings_from_tags(tagged if isinstance(tagged, list) else [], "steps_defaults")
-    defaults = defaults.over(StepSettings(image=image, volumes=tuple(volumes),
-                                          cache=cache if isinstance(cache, bool) else None))
+    defaults = StepSettings(image=image, volumes=tuple(volumes),
+                            cache=cache if isinstance(cache, bool) else None).merged(defaults)
     settings = PipelineSettings(name=meta.get("pipeline_name") or None, experiment=experiment or None,
                                 description=meta.get("pipeline_description") or None,
                                 host=meta.get("kfp_host") or None, step_defaults=defaults)
