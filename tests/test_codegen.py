@@ -65,9 +65,10 @@ def test_golden_ir(notebook, tmp_path: Path) -> None:
     ir, _ = compile_to_dict(notebook(*CELLS, name="golden"), tmp_path / "out")
     got = normalise(ir)
     golden = GOLDEN / "golden.yaml"
-    if os.environ.get("KALE_UPDATE_GOLDEN") or not golden.exists():
+    if os.environ.get("KALE_UPDATE_GOLDEN"):
         golden.parent.mkdir(exist_ok=True)
         golden.write_text(yaml.safe_dump(got, sort_keys=True))
+    assert golden.is_file(), f"{golden} is missing: write it with KALE_UPDATE_GOLDEN=1"
     assert got == yaml.safe_load(golden.read_text())
 
 
