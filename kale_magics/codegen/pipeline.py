@@ -57,7 +57,7 @@ def render_module(plan: Plan, artifact_types: Mapping[str, str] | None = None) -
         The analysed pipeline.
     artifact_types:
         Optional KFP artifact class per passed variable (``"Dataset"``,
-        ``"Model"`` or ``"Artifact"``, the default), e.g. from live kernel types.
+        ``"Model"`` or ``"Artifact"``, the default), as the notebook's saved step records give them.
     """
     types = dict(artifact_types or {})
     packages, unknown, installed = {}, [], installed_packages()

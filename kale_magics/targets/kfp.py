@@ -16,7 +16,24 @@ from kale_magics.targets.target import RunTarget
 def connect(host: str | None = None, namespace: str | None = None, token: str | None = None,
             cookies: str | None = None, *, settings: PipelineSettings | None = None,
             connect_timeout_s: float | None = None) -> KfpSession:
-    """Find, probe and connect to the KFP server (see :func:`kale_magics.api.connect`)."""
+    """Find, probe and connect to the KFP server.
+
+    The host comes from ``host``, else the notebook's ``%kale pipeline --host``
+    (``settings``), else ``$KF_PIPELINES_ENDPOINT``, else the user config file
+    (``~/.config/kale-magics/config.json``); the namespace, token and cookies
+    likewise (see :mod:`kale_magics.runner.connection`). The health endpoint is
+    probed with a ``connect_timeout_s`` (default 5 s) timeout before
+    ``kfp.Client`` is built, so a wrong host fails in seconds.
+
+    Raises
+    ------
+    KaleError
+        No host configured, or a malformed one.
+    KfpConnectionError
+        ``cannot reach KFP at URL: <reason>; check --host ...``.
+    KfpAuthError
+        The server wants (other) credentials; the message says what to set.
+    """
     return open_session(resolve_connection(host, namespace, token, cookies, settings=settings,
                                            connect_timeout_s=connect_timeout_s))
 
@@ -45,7 +62,7 @@ class KfpTarget(RunTarget):
     Parameters
     ----------
     host, namespace, token, cookies, connect_timeout_s:
-        The connection, as :func:`kale_magics.api.connect` takes it; unset
+        The connection, as :func:`connect` takes it; unset
         values come from the notebook's ``%kale pipeline`` settings (``settings``
         laid over the compiled plan's), the environment, the config file.
     session:
