@@ -166,8 +166,9 @@ def check(notebook: str | os.PathLike[str], session: NotebookSession) -> CheckRe
     """Pre-flight check of ``notebook`` against the kernel of ``session``.
 
     Serialises every variable passed between steps with the step runtime's
-    marshal layer (in a temporary folder, removed afterwards) and compares the
-    cells the kernel ran with the saved notebook.
+    marshal layer (in a temporary folder, removed afterwards), compares the
+    cells the kernel ran with the saved notebook, and the artifact classes of
+    the kernel's values with the ones the saved notebook records.
 
     Raises
     ------
@@ -175,7 +176,8 @@ def check(notebook: str | os.PathLike[str], session: NotebookSession) -> CheckRe
     """
     annotated, plan = _read(notebook)
     return CheckReport(check_variables(plan, session.namespace),
-                       session.registry.unsaved(annotated.cells))
+                       (*session.registry.unsaved(annotated.cells),
+                        *session.unrecorded_types(plan, annotated.artifact_types)))
 
 
 def live_values(plan: Plan, namespace: Mapping[str, Any]) -> dict[str, LiveValue]:

@@ -258,3 +258,15 @@ def test_check_warns_about_unsaved_cells(shell, small) -> None:
     text = captured.outputs[0].data["text/plain"]
     assert "warning: cell 2 ('items = list(range(N))') differs from what this kernel ran" in text
     assert "ran in this kernel but is not in the saved notebook" in text
+
+
+def test_check_says_to_save_when_the_kernel_knows_a_type_the_file_does_not(shell, tmp_path) -> None:
+    path = write_notebook(tmp_path / "typed.ipynb", (
+        "%%kale imports\nimport numpy as np", "%%kale step make\nitems = np.arange(3)",
+        "%%kale step total\nsize = int(items.sum())"))
+    for cell in nbformat.read(path, as_version=4).cells:
+        run(shell, cell.source)
+    with capture_output() as captured:
+        shell.run_line_magic("kale", f"check --notebook {path}")
+    assert ("`items` of step 'make' is a Dataset in this kernel, but the saved notebook records "
+            "Artifact: save the notebook") in captured.outputs[0].data["text/plain"]

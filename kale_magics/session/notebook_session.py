@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass, field
-from typing import Any, MutableMapping
+from typing import Any, Mapping, MutableMapping
 
-from kale_magics.analysis.live import LiveValue, describe
+from kale_magics.analysis.live import LiveValue, artifact_class, describe
 from kale_magics.analysis.names import NameUse, scan_trees
-from kale_magics.model import Annotation, PipelineSettings
+from kale_magics.model import Annotation, PipelineSettings, Plan
 from kale_magics.notebook.annotations import parse_pipeline_line
 from kale_magics.notebook.locate import locate_notebook
 from kale_magics.notebook.step_record import step_record
@@ -122,6 +122,22 @@ class NotebookSession:
         """Record a run of an annotated cell (its body parsed as ``tree``), before it runs."""
         use = scan_trees([tree]) if annotation.kind in ANALYSED_KINDS else NameUse((), (), ())
         return self.registry.record(cell_id, annotation, source, use)
+
+    def unrecorded_types(self, plan: Plan, recorded: Mapping[str, str]) -> tuple[str, ...]:
+        """Warnings for passed variables whose artifact class in this kernel differs from what
+        the saved notebook records (the compiled IR uses the saved one: save the notebook)."""
+        warnings = []
+        for step in plan.steps:
+            for name in step.outputs:
+                if name not in self.namespace:
+                    continue
+                live = artifact_class(self.namespace[name])
+                saved = recorded.get(name, "Artifact")
+                if live != saved:
+                    warnings.append(f"`{name}` of step {step.name!r} is a {live} in this kernel, "
+                                    f"but the saved notebook records {saved}: save the notebook "
+                                    f"so the compiled pipeline passes it as a {live}")
+        return tuple(warnings)
 
     def step_run(self, entry: ExecutedCell) -> StepRun:
         """What the step cell ``entry`` passes, with the live values it read and bound."""
