@@ -139,11 +139,6 @@ class KaleMagics(Magics):
 
     def _annotate(self, line: str, cell: str) -> Any:
         annotation = api.parse_annotation(line)
-        unknown = [a for a in annotation.after if a not in self.session.registry.step_names()]
-        if unknown:
-            raise UsageError(f"step {annotation.name!r} runs --after {unknown[0]!r}, which has not "
-                             "run as a step in this kernel; run that step's cell first, or fix "
-                             "the name")
         tree, filename = self._parse_body(cell)
         entry = self.session.record(self._cell_id(), annotation, cell, tree)
         result = self._run_tree(tree, filename)

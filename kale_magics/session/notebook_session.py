@@ -16,6 +16,7 @@ from typing import Any, Mapping, MutableMapping
 
 from kale_magics.analysis.live import LiveValue, artifact_class, describe
 from kale_magics.analysis.names import NameUse, scan_trees
+from kale_magics.errors import AnnotationError
 from kale_magics.model import Annotation, PipelineSettings, Plan
 from kale_magics.notebook.annotations import parse_pipeline_line
 from kale_magics.notebook.locate import locate_notebook
@@ -119,7 +120,18 @@ class NotebookSession:
 
     def record(self, cell_id: str | None, annotation: Annotation, source: str,
                tree: ast.Module) -> ExecutedCell:
-        """Record a run of an annotated cell (its body parsed as ``tree``), before it runs."""
+        """Record a run of an annotated cell (its body parsed as ``tree``), before it runs.
+
+        Raises
+        ------
+        AnnotationError
+            The cell runs ``--after`` a step this kernel has not run (the body must not run).
+        """
+        unknown = [a for a in annotation.after if a not in self.registry.step_names()]
+        if unknown:
+            raise AnnotationError(f"step {annotation.name!r} runs --after {unknown[0]!r}, which has "
+                                  "not run as a step in this kernel; run that step's cell first, "
+                                  "or fix the name")
         use = scan_trees([tree]) if annotation.kind in ANALYSED_KINDS else NameUse((), (), ())
         return self.registry.record(cell_id, annotation, source, use)
 
