@@ -102,9 +102,10 @@ def parse_annotation(line: str) -> Annotation:
     return parse_cell_line(line)
 
 
-def grammar_help() -> str:
-    """The options of ``%%kale step`` and ``%kale pipeline`` lines, as argparse words them."""
-    return f"{STEP_PARSER.format_help()}\nLine magics::\n\n{PIPELINE_PARSER.format_help()}"
+def grammar_help() -> tuple[str, str]:
+    """The options of a ``%%kale step`` line and of a ``%kale pipeline`` line, as argparse
+    words them (the one grammar's help, for a front end's own help text)."""
+    return STEP_PARSER.format_help(), PIPELINE_PARSER.format_help()
 
 
 def parse_pipeline_settings(options: str) -> PipelineSettings:

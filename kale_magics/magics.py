@@ -91,10 +91,11 @@ ACTION_PARSERS: dict[str, api.GrammarParser] = {
 
 def _help() -> str:
     actions = "\n".join(p.format_help() for p in ACTION_PARSERS.values())
+    step, pipeline = api.grammar_help()
     return ("Annotate notebook cells as a Kubeflow Pipelines v2 pipeline, then show, check, "
             "compile and run it.\n\nCell magic (first line of a cell; the cell still runs as "
             "usual)::\n\n    %%kale imports | functions | parameters | metrics | skip\n"
-            f"{api.grammar_help()}\n{actions}")
+            f"{step}\nLine magics::\n\n{pipeline}\n{actions}")
 
 
 def _usage_error(error: Exception) -> UsageError:
