@@ -45,7 +45,7 @@ from kale_magics.runner.connection import KfpSession
 from kale_magics.runner.remote import Schedule, ScheduleInfo, Submission
 from kale_magics.runner.status import RunHooks, RunStatus
 from kale_magics.runner.transport import RetryPolicy
-from kale_magics.runner.watch import WatchOptions, wait_for_end
+from kale_magics.runner.watch import WatchOptions, cancel
 from kale_magics.session.notebook_session import NotebookSession, StepRun
 from kale_magics.targets import kfp as kfp_target
 from kale_magics.targets.child import ChildWorker
@@ -281,7 +281,8 @@ def remote_status(session: KfpSession, run_id: str, plan: Plan | None = None,
     Raises
     ------
     RunError
-        No such run; KfpConnectionError, KfpAuthError.
+        No such run, or KFP cannot report it (it answers the run's ids and an error only).
+    KfpConnectionError, KfpAuthError
     """
     return kfp_target.status_of(session, run_id, plan, hooks)
 
@@ -312,20 +313,23 @@ def watch_remote(session: KfpSession, run_id: str, hooks: RunHooks | None = None
 def cancel_remote(session: KfpSession, run_id: str, *, wait_s: float = 60.0,
                   hooks: RunHooks | None = None, plan: Plan | None = None,
                   interval_s: float = 1.0) -> RunStatus:
-    """Terminate a remote run and wait up to ``wait_s`` seconds for it to be CANCELED.
+    """Terminate a remote run and wait up to ``wait_s`` seconds for it to end.
+
+    KFP ends a terminated run FAILED (``resource/resource_manager.go`` TerminateRun); a run
+    this session terminated is reported CANCELED (see :mod:`kale_magics.runner.watch`).
 
     Returns
     -------
     RunStatus
-        CANCELED, or CANCELING when the server has not finished within ``wait_s``
-        (0: do not wait), or the state it had already ended in.
+        CANCELED, or CANCELING when the run has not ended within ``wait_s`` (0: do not
+        wait), or the state it ended in before the cancel took effect (a finished run is
+        not touched).
 
     Raises
     ------
     RunError, KfpConnectionError, KfpAuthError
     """
-    remote.terminate(session, run_id)
-    return wait_for_end(session, remote_status(session, run_id, plan, hooks), wait_s, interval_s)
+    return cancel(session, run_id, wait_s, plan, hooks, interval_s)
 
 
 def list_schedules(session: KfpSession, experiment: str | None = None) -> list[ScheduleInfo]:

@@ -32,11 +32,11 @@ def requirement_name(requirement: str) -> str:
 def task_name(step: str) -> str:
     """The KFP task (and component) name of a step: ``train_forest`` -> ``train-forest``.
 
-    KFP names a component after its function, made Kubernetes-safe
-    (``kfp.dsl.utils.maybe_rename_for_k8s``, KFP 2.17); step names are lowercase
-    identifiers, so that is ``_`` written as ``-``.
+    KFP names a component after its function, made Kubernetes-safe: lowercase, runs of
+    other characters as one ``-``, no ``-`` at either end (``kfp.dsl.utils.maybe_rename_for_k8s``,
+    KFP 2.17).
     """
-    return step.replace("_", "-")
+    return re.sub("-+", "-", re.sub("[^-0-9a-z]+", "-", step.lower())).strip("-")
 
 
 def _merge_entries(key: Callable[[Any], object]) -> dict[str, Any]:

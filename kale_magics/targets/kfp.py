@@ -42,18 +42,13 @@ def status_of(session: KfpSession, run_id: str, plan: Plan | None = None,
               hooks: RunHooks | None = None,
               retry: RetryPolicy = RetryPolicy()) -> RunStatus:
     """The current state of a run and of each step (one request, no waiting)."""
-    run = watch.get_run(session, run_id, retry)
-    status = watch.new_status(session, run, plan, hooks)
-    watch.apply_run(status, run)
-    return status
+    return watch.start(session, run_id, plan, hooks, retry).status
 
 
 def follow(session: KfpSession, run_id: str, hooks: RunHooks | None = None,
            plan: Plan | None = None, options: watch.WatchOptions = watch.WatchOptions()) -> RunStatus:
     """Follow a run to its end, calling ``hooks`` as steps change state (see :func:`watch.watch_run`)."""
-    run = watch.get_run(session, run_id, options.retry)
-    status = watch.new_status(session, run, plan, hooks)
-    return watch.watch_run(session, status, options)
+    return watch.watch_run(watch.start(session, run_id, plan, hooks, options.retry), options)
 
 
 class KfpTarget(RunTarget):
@@ -138,6 +133,7 @@ class KfpTarget(RunTarget):
         return self.submission is not None and self.session is not None
 
     def cancel(self) -> None:
-        """Ask the server to terminate the run; the watch then reports it ending."""
+        """Ask the server to terminate the run (without waiting); the watch then reports it
+        CANCELED (KFP itself ends a terminated run FAILED, see :func:`watch.cancel`)."""
         if self.submission is not None and self.session is not None:
-            remote.terminate(self.session, self.submission.run_id)
+            watch.cancel(self.session, self.submission.run_id, wait_s=0)
