@@ -71,7 +71,7 @@ def _read(notebook: str | os.PathLike[str],
     annotated = read_notebook(notebook)
     settings = annotated.settings.merged(overrides) if overrides else annotated.settings
     plan = build_plan(annotated.cells, settings, annotated.path)
-    return annotated, replace(plan, warnings=annotated.warnings)
+    return annotated, replace(plan, warnings=(*annotated.warnings, *plan.warnings))
 
 
 def read_plan(notebook: str | os.PathLike[str], overrides: PipelineSettings | None = None) -> Plan:

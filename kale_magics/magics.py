@@ -233,6 +233,8 @@ class KaleMagics(Magics):
         compiled = api.compile_notebook(self._notebook(args), args.output)
         arguments = dict(api.parse_param(p) for p in args.param)
         target = self._target(args)
+        for warning in compiled.warnings:
+            print(f"warning: {warning}")
         for notice in target.notices(compiled):
             print(f"notice: {notice}")
         handle = display({"text/plain": f"running {compiled.plan.name}"}, raw=True, display_id=True)

@@ -9,10 +9,10 @@ with their literal type, never text spliced into code.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from kale_magics.analysis.names import python_source
-from kale_magics.codegen.literals import text_literal
+from kale_magics.codegen.literals import literal, string_literal, text_literal
 from kale_magics.codegen.parameters import JSON_TYPES, kfp_type
 from kale_magics.errors import CompileError
 from kale_magics.model import Cell, Parameter, Plan, Step
@@ -74,21 +74,26 @@ def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str],
     parameters = {p.name: p for p in plan.parameters}
     args = "".join(f"    {a},\n" for a in signature(step, parameters, artifact_types))
     cells = ", ".join(str(c.index) for c in step.cells)
-    code = "".join(f"            ({cell_filename(plan, c)!r}, {text_literal(python_source(c.source), ' ' * 16)}),\n"
-                   for c in step.cells)
+    code = _blocks(plan, step.cells, " " * 12)
+    imports = "".join(f"\n            ({string_literal(cell_filename(plan, cell))}, "
+                      f"{string_literal(statement)})," for cell, statement in step.imports)
+    imports += "\n        " if imports else ""
     return (
         _decorator(plan, step, packages)
         + f"def {step.name}(\n{args}):\n"
         f"    \"\"\"Step {step.name!r}: notebook cell{'s' if len(step.cells) > 1 else ''} {cells}.\"\"\"\n"
         "    _kale_runtime().run_step(\n"
         f"        step={step.name!r},\n"
-        f"        code=_kale_prelude() + [\n{code}        ],\n"
+        "        prelude=_kale_prelude(),\n"
+        f"        imports=[{imports}],\n"
+        f"        code=[\n{code}        ],\n"
         f"        parameters={_mapping(step.parameters, '')},\n"
         f"        json_parameters={_json_names(step, parameters)!r},\n"
         f"        inputs={_mapping([i.name for i in step.inputs], 'in_')},\n"
         f"        outputs={_mapping(step.outputs, 'out_')},\n"
-        f"        metrics={ {m.key: m.expression for m in step.metrics}!r},\n"
+        f"        metrics={literal({m.key: m.expression for m in step.metrics})},\n"
         f"        metrics_artifact={METRICS_ARTIFACT if step.metrics else None},\n"
+        f"        position={step.cells[0].index},\n"
         "    )\n"
     )
 
@@ -102,10 +107,15 @@ def _mapping(names: tuple[str, ...] | list[str], prefix: str) -> str:
     return "{" + items + "}"
 
 
+def _blocks(plan: Plan, cells: Sequence[Cell], indent: str) -> str:
+    """``(filename, source),`` lines of ``cells`` for a code list, one per cell."""
+    return "".join(f"{indent}({string_literal(cell_filename(plan, c))}, "
+                   f"{text_literal(python_source(c.source), indent + ' ' * 4)}),\n" for c in cells)
+
+
 def render_prelude(plan: Plan) -> str:
     """Source of ``_kale_prelude()``: the imports and functions cells, run first in every step."""
-    code = "".join(f"        ({cell_filename(plan, c)!r}, {text_literal(python_source(c.source), ' ' * 12)}),\n"
-                   for c in plan.prelude)
+    code = _blocks(plan, plan.prelude, " " * 8)
     return (
         "def _kale_prelude():\n"
         "    \"\"\"The notebook's imports and functions cells, run first in every step.\"\"\"\n"

@@ -22,7 +22,7 @@ from importlib import resources
 from kale_magics import __version__
 
 #: Runtime modules in dependency order.
-RUNTIME_MODULES = ("marshal", "shell", "step")
+RUNTIME_MODULES = ("marshal", "pickling", "shell", "step")
 #: Characters of base64 per line of the embedded blob.
 BLOB_LINE = 1024
 
@@ -30,7 +30,7 @@ _LOADER = '''\
 def _kale_runtime():
     """Load the embedded kale-magics step runtime and return its `step` module.
 
-    The blob holds kale_magics/runtime/{{marshal,shell,step}}.py of kale-magics {version}
+    The blob holds kale_magics/runtime/{{marshal,pickling,shell,step}}.py of kale-magics {version}
     as zlib-compressed JSON in base64 (sha256 of the JSON: {digest}).
     """
     import base64

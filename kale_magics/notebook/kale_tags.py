@@ -10,7 +10,7 @@ notebook with ``metadata.tags`` on each cell and pipeline settings in
   2.x defines is read, ``limit:``, ``label:`` and ``annotation:`` applied
   (Kale drops some), plus Kale 1.x's ``block:``. An unknown tag or key is a
   warning, not an error.
-- the tag and metadata writers used by :mod:`kale_magics.notebook.convert`.
+- the tag and metadata writers used by :mod:`kale_magics.convert`.
 """
 
 from __future__ import annotations

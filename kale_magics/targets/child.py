@@ -37,7 +37,7 @@ from kale_magics.runner.status import CANCELED, FAILED, RunHooks, RunStatus, Ste
 from kale_magics.targets.target import RunTarget
 
 _STEP_FIELDS = {f.name for f in dataclasses.fields(StepStatus)} - {"name"}
-_RUN_FIELDS = ("pipeline_root", "notices", "metrics_note")
+_RUN_FIELDS = ("pipeline_root", "notices", "metrics_note", "warnings")
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,8 @@ def main() -> int:
         _emit(out, "error", type=type(error).__name__, message=str(error))
         return 1
     _emit(out, "done", state=status.state, error=status.error, end=status.end,
-          steps={n: _step_data(s) for n, s in status.steps.items()})
+          steps={n: _step_data(s) for n, s in status.steps.items()},
+          **{k: getattr(status, k) for k in _RUN_FIELDS})
     return 0
 
 
@@ -166,8 +167,7 @@ class ChildWorker:
         if kind == "step" and event.get("name") in status.steps:
             status.update_step(event["name"], **_known(event["fields"]))
         elif kind == "status":
-            for key in _RUN_FIELDS:
-                setattr(status, key, event.get(key, getattr(status, key)))
+            _set_run_fields(status, event)
             if event["state"] not in ("PENDING", "SUCCEEDED", "FAILED"):
                 status.set_state(event["state"], event.get("error", ""))
         elif kind == "message":
@@ -175,6 +175,7 @@ class ChildWorker:
         elif kind == "error":
             raise _error_class(event.get("type", ""))(event["message"])
         elif kind == "done":
+            _set_run_fields(status, event)
             for name, fields in event["steps"].items():
                 if name in status.steps:
                     vars(status.steps[name]).update(_known(fields))
@@ -210,6 +211,12 @@ class ChildWorker:
                 stream.close()
         self.log.close()
         os.unlink(self.log.name)
+
+
+def _set_run_fields(status: RunStatus, event: dict[str, Any]) -> None:
+    """Copy the run's fields the child reported (pipeline root, notices, warnings, ...)."""
+    for key in _RUN_FIELDS:
+        setattr(status, key, event.get(key, getattr(status, key)))
 
 
 def _error_class(name: str) -> type[KaleError]:
