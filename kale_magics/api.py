@@ -53,15 +53,15 @@ from kale_magics.targets.kfp import KfpTarget, connect
 from kale_magics.targets.local import LocalTarget
 from kale_magics.targets.target import RunTarget
 
-__all__ = ["STEP_MIME", "CheckReport", "ChildWorker", "CompiledPipeline", "GrammarParser", "KaleError", "KfpSession", "KfpTarget", "LiveValue",
-           "LocalTarget", "NotebookSession", "Parameter", "PipelineSettings", "Plan", "RunHooks", "RunStatus",
-           "RunTarget", "Schedule", "ScheduleInfo", "StepRun", "Submission", "WatchOptions",
-           "cancel_remote", "check", "coerce_arguments", "compile_notebook", "connect", "convert",
-           "default_output_dir", "delete_schedule", "describe", "list_schedules", "live_values",
-           "grammar_help", "locate_notebook", "parse_annotation", "parse_param",
-           "parse_pipeline_settings", "read_plan",
-           "remote_status", "run", "run_local", "split_args", "submit", "watch_options",
-           "watch_remote"]
+__all__ = ["CheckReport", "ChildWorker", "CompiledPipeline", "GrammarParser", "KaleError",
+           "KfpSession", "KfpTarget", "LiveValue", "LocalTarget", "NotebookSession", "Parameter",
+           "PipelineSettings", "Plan", "RunHooks", "RunStatus", "RunTarget", "STEP_MIME",
+           "Schedule", "ScheduleInfo", "StepRun", "Submission", "WatchOptions", "cancel_remote",
+           "check", "coerce_arguments", "compile_notebook", "connect", "convert",
+           "default_output_dir", "delete_schedule", "describe", "grammar_help", "list_schedules",
+           "live_values", "locate_notebook", "parse_annotation", "parse_param",
+           "parse_pipeline_settings", "read_plan", "remote_status", "run", "run_local",
+           "split_args", "submit", "watch_options", "watch_remote"]
 
 
 # -- read and compile ---------------------------------------------------------------------------

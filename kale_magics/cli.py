@@ -53,9 +53,10 @@ def _target(args: argparse.Namespace) -> api.RunTarget:
 
 
 def _hooks(args: argparse.Namespace) -> api.RunHooks:
-    """Step lines and the target's messages on stdout, unless --json."""
+    """Step lines and the target's messages on stdout; with --json (stdout holds only the
+    JSON) the messages go to stderr and step lines are left out."""
     if args.json:
-        return api.RunHooks()
+        return api.RunHooks(on_message=lambda text: print(text, file=sys.stderr, flush=True))
     return api.RunHooks(on_step=lambda step: print(step_line(step), flush=True),
                         on_message=lambda text: print(text, flush=True))
 
@@ -66,6 +67,7 @@ def _run(args: argparse.Namespace) -> int:
     target.prepare()  # a local run's process starts while the notebook compiles
     try:
         compiled = api.compile_notebook(args.notebook, args.output)
+        api.coerce_arguments(compiled.plan, arguments)  # bad values: exit 2 before any output
         _warn(compiled.warnings)
         if args.schedule is not None:
             return _scheduled(args, target, compiled, arguments)
@@ -106,7 +108,7 @@ def _scheduled(args: argparse.Namespace, target: Any, compiled: api.CompiledPipe
     if not isinstance(target, api.KfpTarget):
         raise api.KaleError("--schedule creates a recurring run on a KFP server; add --host URL "
                         "or --remote")
-    session = target.connect(compiled.plan.settings)
+    session = target.connect(compiled.plan.settings, _hooks(args))
     submission = api.submit(compiled, session, arguments, experiment=args.experiment,
                             run_name=args.run_name, schedule=schedule,
                             enable_caching=False if args.no_cache else None,
@@ -120,8 +122,10 @@ def _scheduled(args: argparse.Namespace, target: Any, compiled: api.CompiledPipe
 
 
 def _session(args: argparse.Namespace) -> api.KfpSession:
-    return api.connect(args.host, args.namespace, args.token, args.cookies,
-                       connect_timeout_s=args.connect_timeout)
+    session = api.connect(args.host, args.namespace, args.token, args.cookies,
+                          connect_timeout_s=args.connect_timeout)
+    _warn([session.connection.withheld] if session.connection.withheld else [], "notice")
+    return session
 
 
 def _follow(args: argparse.Namespace, session: api.KfpSession, run_id: str) -> int:

@@ -94,6 +94,10 @@ def convert_file(notebook: str | os.PathLike[str], out: str | os.PathLike[str], 
     if os.path.abspath(out) == os.path.abspath(notebook):
         raise NotebookError(f"refusing to overwrite the source notebook {notebook}; "
                             "choose another output path")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise NotebookError(f"cannot write {out}: the folder {folder} does not exist; create it "
+                            "or choose another output path")
     if to not in ("kale-tags", "magics"):
         raise NotebookError(f"cannot convert to {to!r}; use --to magics or --to kale-tags")
     import nbformat  # here, not at the top: importing it takes seconds (see notebook.reader)

@@ -17,19 +17,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "kale_magics"
 
-CORE = {"errors", "model", "atomic", "notebook", "analysis", "codegen", "runner", "runtime", "convert"}
+#: Plain data, typed errors, atomic writes and secret redaction: what every layer may use.
+BASE = {"errors", "model", "atomic", "redaction"}
+CORE = BASE | {"notebook", "analysis", "codegen", "runner", "runtime", "convert"}
 #: Which units each unit may import (itself always). "package" is ``kale_magics`` itself
 #: (``__version__``), which every unit may read.
 ALLOWED: dict[str, set[str]] = {
-    "errors": set(),
+    "redaction": set(),
+    "errors": {"redaction"},
     "model": set(),
     "atomic": set(),
     "runtime": set(),
-    "notebook": {"errors", "model", "atomic"},
-    "analysis": {"errors", "model", "notebook", "runtime"},
-    "codegen": {"errors", "model", "atomic", "analysis", "runtime"},
-    "runner": {"errors", "model", "atomic", "codegen", "runtime"},
-    "convert": {"errors", "model", "atomic", "notebook", "analysis"},
+    "notebook": BASE,
+    "analysis": BASE | {"notebook", "runtime"},
+    "codegen": BASE | {"notebook", "analysis", "runtime"},
+    "runner": BASE | {"codegen", "runtime"},
+    "convert": BASE | {"notebook", "analysis"},
     "session": CORE,
     "targets": CORE,
     "views": CORE | {"session"},

@@ -22,7 +22,7 @@ from importlib import resources
 from kale_magics import __version__
 
 #: Runtime modules in dependency order.
-RUNTIME_MODULES = ("marshal", "pickling", "shell", "step")
+RUNTIME_MODULES = ("channel", "marshal", "pickling", "shell", "step")
 #: Characters of base64 per line of the embedded blob.
 BLOB_LINE = 1024
 
@@ -30,10 +30,11 @@ _LOADER = '''\
 def _kale_runtime():
     """Load the embedded kale-magics step runtime and return its `step` module.
 
-    The blob holds kale_magics/runtime/{{marshal,pickling,shell,step}}.py of kale-magics {version}
+    The blob holds kale_magics/runtime/{{channel,marshal,pickling,shell,step}}.py of kale-magics {version}
     as zlib-compressed JSON in base64 (sha256 of the JSON: {digest}).
     """
     import base64
+    import builtins  # a step may be named exec, compile or setattr: it shadows the builtins here
     import json
     import sys
     import types
@@ -48,8 +49,8 @@ def _kale_runtime():
     for name, source in sources.items():
         module = types.ModuleType(name)
         sys.modules[name] = module
-        setattr(sys.modules["kale_magics.runtime"], name.rsplit(".", 1)[1], module)
-        exec(compile(source, name.replace(".", "/") + ".py", "exec"), module.__dict__)
+        builtins.setattr(sys.modules["kale_magics.runtime"], name.rsplit(".", 1)[1], module)
+        builtins.exec(builtins.compile(source, name.replace(".", "/") + ".py", "exec"), module.__dict__)
     return sys.modules["kale_magics.runtime.step"]
 '''
 

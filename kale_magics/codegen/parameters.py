@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 from typing import Any, Mapping
 
 from kale_magics.analysis.parameters import MAX_EXACT_INT
@@ -69,20 +70,25 @@ def coerce_arguments(plan: Plan, raw: Mapping[str, Any]) -> dict[str, Any]:
 
     Values that are not strings are passed through. A ``str`` parameter takes
     the text as it is; ``bool`` accepts true/false/1/0/yes/no; ``list`` and
-    ``dict`` accept JSON or a Python literal; ``int`` must fit KFP's doubles.
+    ``dict`` accept JSON or a Python literal; ``int`` must fit KFP's doubles; a
+    value KFP cannot carry unchanged is refused (:func:`value_problem`).
 
     Raises
     ------
     KaleError
-        An unknown parameter name or a value of the wrong type.
+        An unknown parameter name, a value of the wrong type, or one KFP cannot carry.
     """
-    types = {p.name: p.type for p in plan.parameters}
+    parameters = {p.name: p for p in plan.parameters}
     result: dict[str, Any] = {}
     for name, value in raw.items():
-        if name not in types:
-            known = ", ".join(types) or "none"
+        if name not in parameters:
+            known = ", ".join(parameters) or "none"
             raise KaleError(f"unknown parameter {name!r}; the pipeline's parameters are: {known}")
-        result[name] = _coerce(name, types[name], value) if isinstance(value, str) else value
+        kind = parameters[name].type
+        result[name] = _coerce(name, kind, value) if isinstance(value, str) else value
+        problem = value_problem(parameters[name], result[name])
+        if problem:
+            raise KaleError(f"parameter {name!r}: {problem}; for example {_EXAMPLES[kind]}")
     return result
 
 
@@ -130,3 +136,51 @@ def _structured(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return ast.literal_eval(text)
+
+
+def value_problem(parameter: Parameter, value: Any) -> str | None:
+    """Why KFP cannot carry ``value`` for ``parameter`` unchanged, or None when it can.
+
+    KFP carries a float parameter as a JSON number (protobuf ``Value``), which
+    cannot be infinite or NaN (``json_format.SerializeToJsonError``); list and
+    dict parameters travel as JSON text (see :func:`kfp_value`), which has no
+    bytes, tuples, sets, complex numbers or non-string keys, so they would fail
+    or arrive changed. Text must be Unicode (no lone surrogates).
+
+    Returns
+    -------
+    str or None
+        ``"inf is not a finite number ..."``: the reason and what to do.
+    """
+    if parameter.type == "float" and isinstance(value, float) and not math.isfinite(value):
+        return (f"{value!r} is not a finite number, and KFP carries float parameters as JSON "
+                "numbers; use a finite value (or a string parameter and float() in the step)")
+    if parameter.type == "str" and isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "the text holds a lone surrogate, which is not Unicode; remove it"
+    if parameter.type in JSON_TYPES:
+        try:
+            same = _same(json.loads(kfp_value(parameter, value)), value)
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            return ("it holds values JSON cannot carry unchanged (bytes, tuples, sets, complex "
+                    "numbers, non-string keys or lone surrogates); use lists, dicts with string "
+                    "keys, numbers, strings, booleans and None")
+    return None
+
+
+def _same(decoded: Any, value: Any) -> bool:
+    """True when ``decoded`` equals ``value`` with the same types all the way down (NaN == NaN)."""
+    if type(decoded) is not type(value):
+        return False
+    if isinstance(value, float) and math.isnan(value):
+        return math.isnan(decoded)
+    if isinstance(value, list):
+        return len(decoded) == len(value) and all(map(_same, decoded, value))
+    if isinstance(value, dict):
+        return (all(isinstance(k, str) for k in value) and decoded.keys() == value.keys()
+                and all(_same(decoded[k], value[k]) for k in value))
+    return bool(decoded == value)

@@ -110,6 +110,9 @@ class KfpTarget(RunTarget):
                 "on_message", f"connecting to {host or 'the configured KFP host'}")
             settings = (notebook_settings or PipelineSettings()).merged(self.settings)
             self.session = connect(**self.connection_options, settings=settings)
+            if self.session.connection.withheld:  # credentials kept from a host the notebook named
+                (hooks or RunHooks()).run_hook("on_message",
+                                               f"notice: {self.session.connection.withheld}")
         return self.session
 
     def run(self, compiled: CompiledPipeline, arguments: Mapping[str, Any],
