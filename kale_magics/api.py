@@ -38,7 +38,7 @@ from kale_magics.notebook.annotations import (
     split_args,
 )
 from kale_magics.notebook.locate import locate_notebook
-from kale_magics.notebook.reader import AnnotatedNotebook, read_notebook
+from kale_magics.notebook.reader import AnnotatedNotebook, read_notebook, with_warnings
 from kale_magics.notebook.step_record import STEP_MIME
 from kale_magics.runner import remote
 from kale_magics.runner.connection import KfpSession
@@ -70,7 +70,10 @@ def _read(notebook: str | os.PathLike[str],
           overrides: PipelineSettings | None = None) -> tuple[AnnotatedNotebook, Plan]:
     annotated = read_notebook(notebook)
     settings = annotated.settings.merged(overrides) if overrides else annotated.settings
-    plan = build_plan(annotated.cells, settings, annotated.path)
+    try:
+        plan = build_plan(annotated.cells, settings, annotated.path)
+    except KaleError as error:  # the reader's warnings travel with the error (they may explain it)
+        raise with_warnings(error, annotated.warnings) from None
     return annotated, replace(plan, warnings=(*annotated.warnings, *plan.warnings))
 
 

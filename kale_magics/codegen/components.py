@@ -23,10 +23,10 @@ ARTIFACT_CLASSES = ("Artifact", "Dataset", "Model")
 
 def cell_filename(plan: Plan, cell: Cell) -> str:
     """The filename user code runs under: ``"titanic.ipynb, cell 7 (step train)"``."""
-    notebook = os.path.basename(plan.notebook) or "notebook"
+    notebook = cell.notebook or os.path.basename(plan.notebook) or "notebook"
     kind = cell.annotation.kind
     label = f"step {cell.annotation.name}" if kind == "step" else kind
-    return f"{notebook}, cell {cell.index} ({label})"
+    return f"{notebook}, cell {cell.index if cell.number is None else cell.number} ({label})"
 
 
 def signature(step: Step, parameters: Mapping[str, Parameter],
@@ -73,7 +73,7 @@ def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str],
     """Source of the ``@dsl.component`` function for ``step``, installing ``packages``."""
     parameters = {p.name: p for p in plan.parameters}
     args = "".join(f"    {a},\n" for a in signature(step, parameters, artifact_types))
-    cells = ", ".join(str(c.index) for c in step.cells)
+    cells = ", ".join(c.place.removeprefix("cell ") for c in step.cells)
     code = _blocks(plan, step.cells, " " * 12)
     imports = "".join(f"\n            ({string_literal(cell_filename(plan, cell))}, "
                       f"{string_literal(statement)})," for cell, statement in step.imports)

@@ -1,8 +1,8 @@
 """Embed the step runtime in the generated DSL module.
 
 A compiled pipeline must run on a stock ``python:3.x`` image without
-kale-magics installed. The runtime modules (``marshal``, ``shell``, ``step``)
-therefore travel inside every component: the DSL module defines a function
+kale-magics installed. The runtime modules (``backends``, ``channel``, ``marshal``,
+``pickling``, ``shell``, ``step``) therefore travel inside every component: the DSL module defines a function
 ``_kale_runtime()`` holding their source text, passed to KFP with
 ``dsl.component(additional_funcs=[...])`` (KFP embeds the source of additional
 functions in the component's command). Called in the step, it executes the
@@ -22,7 +22,7 @@ from importlib import resources
 from kale_magics import __version__
 
 #: Runtime modules in dependency order.
-RUNTIME_MODULES = ("channel", "marshal", "pickling", "shell", "step")
+RUNTIME_MODULES = ("backends", "channel", "marshal", "pickling", "shell", "step")
 #: Characters of base64 per line of the embedded blob.
 BLOB_LINE = 1024
 
@@ -30,7 +30,7 @@ _LOADER = '''\
 def _kale_runtime():
     """Load the embedded kale-magics step runtime and return its `step` module.
 
-    The blob holds kale_magics/runtime/{{channel,marshal,pickling,shell,step}}.py of kale-magics {version}
+    The blob holds kale_magics/runtime/{{backends,channel,marshal,pickling,shell,step}}.py of kale-magics {version}
     as zlib-compressed JSON in base64 (sha256 of the JSON: {digest}).
     """
     import base64

@@ -54,7 +54,7 @@ def plan_html(plan: Plan, live: Mapping[str, LiveValue]) -> str:
                              for i in step.inputs)
         outputs = "<br>".join(html.escape(live_text(n, live)) for n in step.outputs)
         rows.append([f"<b>{html.escape(step.name)}</b>",
-                     html.escape(", ".join(str(c.index) for c in step.cells)),
+                     html.escape(", ".join(c.place.removeprefix("cell ") for c in step.cells)),
                      html.escape(", ".join(step.after)), inputs, outputs,
                      html.escape(", ".join(step.parameters)),
                      html.escape(", ".join(m.key for m in step.metrics))])

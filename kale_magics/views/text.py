@@ -75,7 +75,7 @@ def plan_text(plan: Plan) -> str:
         lines.append(f"parameters: {params}")
     width = max(len(s.name) for s in plan.steps)
     for step in plan.steps:
-        cells = ", ".join(str(c.index) for c in step.cells)
+        cells = ", ".join(c.place.removeprefix("cell ") for c in step.cells)
         head = f"step {step.name:<{width}}  cells {cells}"
         if step.upstream:
             head += f"   after: {', '.join(step.upstream)}"
