@@ -48,11 +48,9 @@ def normalise(ir: dict[str, Any]) -> dict[str, Any]:
 def _normalise_text(text: str) -> str:
     text = re.sub(r"'([A-Za-z0-9_.\-]+)==[^']+'", r"'\1==<pinned>'", text)
     text = re.sub(r"'kfp==[^']+'", "'kfp==<sdk>'", text)
-    start = text.find("def _kale_runtime():")  # the runtime blob changes with any runtime edit
-    if start >= 0:
-        end = text.find('return sys.modules["kale_magics.runtime.step"]', start)
-        text = text[:start] + "<kale_runtime>" + text[end:]
-    return text
+    # the embedded runtime (and its digest) changes with any edit of kale_magics/runtime
+    text = re.sub(r"base64\.b64decode\(\n(\s+'[A-Za-z0-9+/=]+'\n)+", "base64.b64decode(<runtime>", text)
+    return re.sub(r"sha256 of the JSON:\s+[0-9a-f]{64}", "sha256 of the JSON: <digest>", text)
 
 
 def compile_to_dict(notebook_path: Path, out: Path) -> tuple[dict[str, Any], str]:
@@ -74,11 +72,11 @@ def test_golden_ir(notebook, tmp_path: Path) -> None:
 def test_ir_shape(notebook, tmp_path: Path) -> None:
     ir, _ = compile_to_dict(notebook(*CELLS, name="golden"), tmp_path / "out")
     tasks = ir["root"]["dag"]["tasks"]
-    assert set(tasks) == {"load", "left", "right", "join"}
-    assert sorted(tasks["join"]["dependentTasks"]) == ["left", "load", "right"]
-    assert tasks["left"]["dependentTasks"] == ["load"]
+    assert set(tasks) == {"kale-runtime", "load", "left", "right", "join"}
+    assert sorted(tasks["join"]["dependentTasks"]) == ["kale-runtime", "left", "load", "right"]
+    assert sorted(tasks["left"]["dependentTasks"]) == ["kale-runtime", "load"]
     join_inputs = ir["components"]["comp-join"]["inputDefinitions"]
-    assert set(join_inputs["artifacts"]) == {"in_left", "in_right"}
+    assert set(join_inputs["artifacts"]) == {"kale_runtime", "in_left", "in_right"}
     assert set(join_inputs["parameters"]) == {"FLAG", "LABEL", "OPTS", "RATE", "SIZES"}
     outputs = ir["components"]["comp-join"]["outputDefinitions"]["artifacts"]
     assert outputs["kale_metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"

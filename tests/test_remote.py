@@ -98,7 +98,7 @@ def test_api_events_in_order_and_resubmission_adds_no_version(kfp_server, sessio
 def test_cancel_a_running_run(kfp_server, session, notebook, capsys) -> None:  # noqa: F811
     path = notebook(*SLOW, name="slow")
     submission = api.submit(path, session)
-    kfp_server.wait_for_task(submission.run_id, "RUNNING")
+    kfp_server.wait_for_task(submission.run_id, "RUNNING", task="wait")
     code = cli.main(["cancel", submission.run_id, "--host", kfp_server.url, "--wait", "30"])
     out, err = capsys.readouterr()
     assert code == 0, out + err

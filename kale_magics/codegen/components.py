@@ -3,35 +3,32 @@
 Every variable passed between steps is its own artifact: ``out_<name>`` as an
 ``Output[...]`` on the producer, ``in_<name>`` as an ``Input[...]`` on each
 consumer. Pipeline parameters the step reads are plain component parameters
-with their literal type, never text spliced into code.
+with their literal type, never text spliced into code. Each step's first
+argument is the runtime bundle (``kale_runtime``, see ``codegen.embedding``).
 """
 
 from __future__ import annotations
 
-import os
-from typing import Mapping
+from typing import Mapping, Sequence
 
-from kale_magics.analysis.names import python_source
-from kale_magics.codegen.literals import text_literal
+from kale_magics.codegen.cell_code import check_argument_size, code_entries
+from kale_magics.codegen.embedding import LOADER, RUNTIME_INPUT, runtime_component_function
 from kale_magics.codegen.parameters import JSON_TYPES, kfp_type
 from kale_magics.errors import CompileError
-from kale_magics.model import Cell, Parameter, Plan, Step
+from kale_magics.model import Parameter, Plan, Step
 
 METRICS_ARTIFACT = "kale_metrics"
 ARTIFACT_CLASSES = ("Artifact", "Dataset", "Model")
-
-
-def cell_filename(plan: Plan, cell: Cell) -> str:
-    """The filename user code runs under: ``"titanic.ipynb, cell 7 (step train)"``."""
-    notebook = os.path.basename(plan.notebook) or "notebook"
-    kind = cell.annotation.kind
-    label = f"step {cell.annotation.name}" if kind == "step" else kind
-    return f"{notebook}, cell {cell.index} ({label})"
+#: Longest generated line before a call or literal is split one item per line.
+LINE_MAX = 100
+#: Module constants the decorators name (see ``pipeline.render_module``).
+PIP_INDEX_URLS = "PIP_INDEX_URLS"
+PIP_TRUSTED_HOSTS = "PIP_TRUSTED_HOSTS"
 
 
 def signature(step: Step, parameters: Mapping[str, Parameter],
               artifact_types: Mapping[str, str]) -> list[str]:
-    """The component's arguments, ``["N: int", "in_df: Input[Dataset]", ...]``.
+    """The component's arguments, ``["kale_runtime: Input[Artifact]", "N: int", ...]``.
 
     Raises
     ------
@@ -39,7 +36,8 @@ def signature(step: Step, parameters: Mapping[str, Parameter],
         Two arguments would have the same name (a parameter called like an
         artifact argument, e.g. ``in_df``); the message says which to rename.
     """
-    args = [f"{name}: {kfp_type(parameters[name])}" for name in step.parameters]
+    args = [f"{RUNTIME_INPUT}: Input[Artifact]"]
+    args += [f"{name}: {kfp_type(parameters[name])}" for name in step.parameters]
     args += [f"in_{i.name}: Input[{_artifact_class(i.name, artifact_types)}]" for i in step.inputs]
     args += [f"out_{n}: Output[{_artifact_class(n, artifact_types)}]" for n in step.outputs]
     if step.metrics:
@@ -57,57 +55,87 @@ def _artifact_class(name: str, artifact_types: Mapping[str, str]) -> str:
     return kind if kind in ARTIFACT_CLASSES else "Artifact"
 
 
-def _decorator(plan: Plan, step: Step, packages: list[str]) -> str:
-    image = repr(step.settings.image) if step.settings.image else "BASE_IMAGE"
-    lines = [f"base_image={image}", f"packages_to_install={packages!r}"]
+def decorator(plan: Plan, image: str, packages: str | None, extra: Sequence[str] = ()) -> str:
+    """``@dsl.component(...)`` with the base image, the packages constant and pip settings."""
+    lines = [f"base_image={image}"]
+    lines += [f"packages_to_install={packages}"] if packages else []
     if plan.settings.pip_index_urls:
-        lines.append(f"pip_index_urls={list(plan.settings.pip_index_urls)!r}")
+        lines.append(f"pip_index_urls={PIP_INDEX_URLS}")
     if plan.settings.pip_trusted_hosts:
-        lines.append(f"pip_trusted_hosts={list(plan.settings.pip_trusted_hosts)!r}")
-    lines.append("additional_funcs=[_kale_prelude, _kale_runtime]")
-    return "@dsl.component(\n" + "".join(f"    {line},\n" for line in lines) + ")\n"
+        lines.append(f"pip_trusted_hosts={PIP_TRUSTED_HOSTS}")
+    return "@dsl.component(\n" + "".join(f"    {line},\n" for line in (*lines, *extra)) + ")\n"
 
 
 def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str],
-                     packages: list[str]) -> str:
-    """Source of the ``@dsl.component`` function for ``step``, installing ``packages``."""
+                     packages: str) -> str:
+    """Source of the ``@dsl.component`` function for ``step``.
+
+    Parameters
+    ----------
+    packages:
+        The name of the module constant listing what the step installs.
+
+    Raises
+    ------
+    CompileError
+        The component would not fit in one command-line argument (see
+        ``cell_code.check_argument_size``), or two arguments clash.
+    """
     parameters = {p.name: p for p in plan.parameters}
     args = "".join(f"    {a},\n" for a in signature(step, parameters, artifact_types))
     cells = ", ".join(str(c.index) for c in step.cells)
-    code = "".join(f"            ({cell_filename(plan, c)!r}, {text_literal(python_source(c.source), ' ' * 16)}),\n"
-                   for c in step.cells)
-    return (
-        _decorator(plan, step, packages)
+    image = repr(step.settings.image) if step.settings.image else "BASE_IMAGE"
+    metrics = {m.key: m.expression for m in step.metrics}
+    calls = [f"step={step.name!r}",
+             f"code=[\n{code_entries(plan, step.cells, ' ' * 12)}        ]",
+             wrapped("parameters={", [f"{n!r}: {n}" for n in step.parameters], "}", 8),
+             wrapped("json_parameters=[", [repr(n) for n in _json_names(step, parameters)], "]", 8),
+             wrapped("inputs={", [f"{i.name!r}: in_{i.name}" for i in step.inputs], "}", 8),
+             wrapped("outputs={", [f"{n!r}: out_{n}" for n in step.outputs], "}", 8),
+             wrapped("metrics={", [f"{k!r}: {e!r}" for k, e in metrics.items()], "}", 8),
+             f"metrics_artifact={METRICS_ARTIFACT if step.metrics else None}"]
+    source = (
+        decorator(plan, image, packages, ["additional_funcs=[_kale_step_runtime]"])
         + f"def {step.name}(\n{args}):\n"
         f"    \"\"\"Step {step.name!r}: notebook cell{'s' if len(step.cells) > 1 else ''} {cells}.\"\"\"\n"
-        "    _kale_runtime().run_step(\n"
-        f"        step={step.name!r},\n"
-        f"        code=_kale_prelude() + [\n{code}        ],\n"
-        f"        parameters={_mapping(step.parameters, '')},\n"
-        f"        json_parameters={_json_names(step, parameters)!r},\n"
-        f"        inputs={_mapping([i.name for i in step.inputs], 'in_')},\n"
-        f"        outputs={_mapping(step.outputs, 'out_')},\n"
-        f"        metrics={ {m.key: m.expression for m in step.metrics}!r},\n"
-        f"        metrics_artifact={METRICS_ARTIFACT if step.metrics else None},\n"
-        "    )\n"
+        f"    _kale_step_runtime({RUNTIME_INPUT}).run_step(\n"
+        + "".join(f"        {call},\n" for call in calls)
+        + "    )\n"
     )
+    check_argument_size(f"component of step {step.name!r}", source + LOADER, step.cells)
+    return source
+
+
+def render_runtime_component(plan: Plan) -> str:
+    """Source of the ``kale_runtime`` component: the runtime and the prelude, for every step.
+
+    Raises
+    ------
+    CompileError
+        The imports and functions cells are too large for one command-line
+        argument, even compressed.
+    """
+    source = (decorator(plan, "BASE_IMAGE", None)
+              + runtime_component_function(code_entries(plan, plan.prelude, " " * 8)))
+    check_argument_size("step runtime component (with the imports and functions cells)", source,
+                        plan.prelude)
+    return source
+
+
+def wrapped(opening: str, items: Sequence[str], closing: str, indent: int) -> str:
+    """``opening + items + closing`` on one line when short, else one item per line.
+
+    Parameters
+    ----------
+    indent:
+        The column the opening starts at; items go 4 further.
+    """
+    flat = opening + ", ".join(items) + closing
+    if indent + len(flat) <= LINE_MAX or not items:
+        return flat
+    inner = " " * (indent + 4)
+    return opening + "\n" + "".join(f"{inner}{item},\n" for item in items) + " " * indent + closing
 
 
 def _json_names(step: Step, parameters: Mapping[str, Parameter]) -> list[str]:
     return [name for name in step.parameters if parameters[name].type in JSON_TYPES]
-
-
-def _mapping(names: tuple[str, ...] | list[str], prefix: str) -> str:
-    items = ", ".join(f"{name!r}: {prefix}{name}" for name in names)
-    return "{" + items + "}"
-
-
-def render_prelude(plan: Plan) -> str:
-    """Source of ``_kale_prelude()``: the imports and functions cells, run first in every step."""
-    code = "".join(f"        ({cell_filename(plan, c)!r}, {text_literal(python_source(c.source), ' ' * 12)}),\n"
-                   for c in plan.prelude)
-    return (
-        "def _kale_prelude():\n"
-        "    \"\"\"The notebook's imports and functions cells, run first in every step.\"\"\"\n"
-        f"    return [\n{code}    ]\n"
-    )

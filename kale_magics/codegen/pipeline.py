@@ -1,10 +1,12 @@
 """Render a :class:`~kale_magics.model.Plan` as a readable KFP DSL module.
 
-The module has, in order: a header, the base image and packages, the
-notebook's prelude (``_kale_prelude``), the embedded step runtime
-(``_kale_runtime``), one ``@dsl.component`` per step, and the
-``@dsl.pipeline`` function wiring the tasks. The same plan always renders the
-same text.
+The module has, in order: a header; constants (the base image, each distinct
+list of packages the steps install); the few lines each step runs to load the
+step runtime (``_kale_step_runtime``); one ``@dsl.component`` per step; the
+``kale_runtime`` component, which carries the step runtime (compressed) and the
+notebook's imports and functions cells once for the whole pipeline (see
+``codegen.embedding``); and the ``@dsl.pipeline`` function wiring the tasks.
+The same plan always renders the same text.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from typing import Iterable, Mapping
 
 from kale_magics import __version__
 from kale_magics.analysis.names import python_source, scan_blocks
-from kale_magics.codegen.components import render_component, render_prelude
-from kale_magics.codegen.embedding import runtime_function
+from kale_magics.codegen.components import (PIP_INDEX_URLS, PIP_TRUSTED_HOSTS, render_component,
+                                             render_runtime_component, wrapped)
+from kale_magics.codegen.embedding import LOADER, RUNTIME_COMPONENT, RUNTIME_INPUT
 from kale_magics.codegen.packages import installed_packages, step_packages, with_overrides
 from kale_magics.codegen.parameters import kfp_type, kfp_value
 from kale_magics.codegen.settings import settings_lines, uses_kubernetes
-from kale_magics.model import Plan, Step
+from kale_magics.model import Plan, Step, StepSettings
 
 
 def default_image() -> str:
@@ -58,6 +61,12 @@ def render_module(plan: Plan, artifact_types: Mapping[str, str] | None = None) -
     artifact_types:
         Optional KFP artifact class per passed variable (``"Dataset"``,
         ``"Model"`` or ``"Artifact"``, the default), e.g. from live kernel types.
+
+    Raises
+    ------
+    CompileError
+        A component would not fit in one command-line argument (a cell too
+        large even compressed), or two component arguments clash.
     """
     types = dict(artifact_types or {})
     packages, unknown, installed = {}, [], installed_packages()
@@ -67,15 +76,43 @@ def render_module(plan: Plan, artifact_types: Mapping[str, str] | None = None) -
         unknown += [m for m in missing if m not in unknown]
     warnings = [f"no installed package provides module {m!r}; install it here, or name its "
                 "package with --packages" for m in unknown]
+    constants = package_constants(plan, packages)
     parts = [
         _header(plan),
-        f"BASE_IMAGE = {(plan.settings.image or default_image())!r}\n",
-        render_prelude(plan),
-        runtime_function(),
-        *(render_component(plan, step, types, packages[step.name]) for step in plan.steps),
+        _constants(plan, packages, constants),
+        LOADER,
+        *(render_component(plan, step, types, constants[step.name]) for step in plan.steps),
+        render_runtime_component(plan),
         _pipeline_function(plan),
     ]
     return RenderedModule("\n\n".join(parts), packages, warnings)
+
+
+def package_constants(plan: Plan, packages: Mapping[str, list[str]]) -> dict[str, str]:
+    """The module constant naming each step's packages: ``{"load": "PACKAGES", "train": ...}``.
+
+    Steps installing the same list share one constant: the first list (in step
+    order) is ``PACKAGES``, another is named after its first step
+    (``PACKAGES_TRAIN``), so the DSL does not repeat a list per step.
+    """
+    names: dict[tuple[str, ...], str] = {}
+    for step in plan.steps:
+        key = tuple(packages[step.name])
+        names.setdefault(key, f"PACKAGES_{step.name.upper()}" if names else "PACKAGES")
+    return {step.name: names[tuple(packages[step.name])] for step in plan.steps}
+
+
+def _constants(plan: Plan, packages: Mapping[str, list[str]], names: Mapping[str, str]) -> str:
+    lines = [f"BASE_IMAGE = {(plan.settings.image or default_image())!r}\n"]
+    for name, values in ((PIP_INDEX_URLS, plan.settings.pip_index_urls),
+                         (PIP_TRUSTED_HOSTS, plan.settings.pip_trusted_hosts)):
+        if values:
+            lines.append(wrapped(f"{name} = [", [repr(v) for v in values], "]", 0) + "\n")
+    lines.append("#: What the steps pip-install on the cluster, pinned to the versions compiled with.\n")
+    lists = {name: packages[step] for step, name in names.items()}
+    lines += [wrapped(f"{name} = [", [repr(p) for p in values], "]", 0) + "\n"
+              for name, values in lists.items()]
+    return "".join(lines)
 
 
 def _imports(plan: Plan, step: Step) -> Iterable[str]:
@@ -89,12 +126,28 @@ def _header(plan: Plan) -> str:
         f'"""KFP pipeline {plan.name!r}, generated by kale-magics {__version__} from {notebook}.\n\n'
         "Do not edit: change the notebook and compile again. Each step is one lightweight\n"
         "component that runs the notebook's imports and functions cells, then the step's cells,\n"
-        "through the embedded kale-magics step runtime (`_kale_runtime`).\n"
+        "through the kale-magics step runtime, which the first task (`kale_runtime`) writes as an\n"
+        "artifact every step loads (`_kale_step_runtime`).\n"
         '"""\n'
         "from kfp import dsl\n"
-        + ("from kfp import kubernetes\n" if uses_kubernetes(plan.steps) else "")
+        + ("from kfp import kubernetes\n" if uses_kubernetes(_all_tasks(plan)) else "")
         + "from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output\n"
     )
+
+
+def _runtime_task(plan: Plan) -> Step:
+    """The ``kale_runtime`` task as a step without cells, with the pipeline's default settings
+    that decide where and how any pod starts (environment, secrets, node selectors, tolerations,
+    labels, annotations, retries), not the resources, volumes or timeout the steps run with."""
+    d = plan.settings.step_defaults
+    settings = StepSettings(retries=d.retries, backoff_s=d.backoff_s, env=d.env, secrets=d.secrets,
+                            node_selector=d.node_selector, tolerations=d.tolerations,
+                            labels=d.labels, annotations=d.annotations)
+    return Step(name=RUNTIME_COMPONENT, cells=(), settings=settings)
+
+
+def _all_tasks(plan: Plan) -> tuple[Step, ...]:
+    return (_runtime_task(plan), *plan.steps)
 
 
 def _pipeline_function(plan: Plan) -> str:
@@ -103,14 +156,17 @@ def _pipeline_function(plan: Plan) -> str:
     description = plan.settings.description
     decorator = f"@dsl.pipeline(name={plan.name!r}"
     decorator += f", description={description!r})" if description else ")"
-    body = "".join(_task_lines(step) for step in plan.steps)
+    runtime = _runtime_task(plan)
+    lines = [f"{runtime.name}_task = {RUNTIME_COMPONENT}()", *settings_lines(runtime)]
+    body = "".join(f"    {line}\n" for line in lines) + "".join(_task_lines(step) for step in plan.steps)
     return f"{decorator}\ndef pipeline(\n{params}):\n{body}"
 
 
 def _task_lines(step: Step) -> str:
-    args = [f"{name}={name}" for name in step.parameters]
+    args = [f"{RUNTIME_INPUT}={RUNTIME_COMPONENT}_task.output"]
+    args += [f"{name}={name}" for name in step.parameters]
     args += [f"in_{i.name}={i.producer}_task.outputs['out_{i.name}']" for i in step.inputs]
-    lines = [f"{step.name}_task = {step.name}({', '.join(args)})"]
+    lines = [wrapped(f"{step.name}_task = {step.name}(", args, ")", 4)]
     if step.after:
-        lines.append(f"{step.name}_task.after({', '.join(f'{a}_task' for a in step.after)})")
+        lines.append(wrapped(f"{step.name}_task.after(", [f"{a}_task" for a in step.after], ")", 4))
     return "".join(f"    {line}\n" for line in (*lines, *settings_lines(step)))

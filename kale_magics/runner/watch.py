@@ -10,7 +10,8 @@ workflow node (the ``root`` DAG, ``<task>-driver`` nodes, executors). The
 entries whose ``display_name`` is a task of the pipeline's root DAG are the
 steps; KFP names a task after its component with ``_`` turned into ``-``
 (step ``train_forest`` is task ``train-forest``), and kale-magics step names
-never contain ``-``, so the mapping back is exact.
+never contain ``-``, so the mapping back is exact. The ``kale-runtime`` task,
+which writes the step runtime for the steps, is not a step.
 
 Events come in order: a step first seen already finished (it started and
 ended between two polls) is reported RUNNING, then its final state, and the
@@ -34,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
+from kale_magics.codegen.embedding import RUNTIME_COMPONENT
 from kale_magics.errors import RunError
 from kale_magics.model import Plan
 from kale_magics.runner.connection import KfpSession
@@ -112,8 +114,8 @@ def run_steps(session: KfpSession, run: Any) -> list[str]:
         spec = version.pipeline_spec
     spec = (spec or {}).get("pipeline_spec", spec or {})  # {pipeline_spec, platform_spec} wrapper
     tasks = spec.get("root", {}).get("dag", {}).get("tasks", {})
-    return [step_name(name) for name in _topological(
-        {name: set(task.get("dependentTasks", [])) for name, task in tasks.items()})]
+    names = _topological({name: set(task.get("dependentTasks", [])) for name, task in tasks.items()})
+    return [step_name(name) for name in names if name != task_name(RUNTIME_COMPONENT)]
 
 
 def _topological(upstream: dict[str, set[str]]) -> list[str]:

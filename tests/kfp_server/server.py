@@ -188,13 +188,16 @@ class KfpTestServer:
         with self.store.lock:
             return self.store.runs[run_id].to_json()
 
-    def wait_for_task(self, run_id: str, state: str = "RUNNING", timeout_s: float = 60) -> None:
-        """Block until some task of the run is in ``state`` (bounded by ``timeout_s``)."""
+    def wait_for_task(self, run_id: str, state: str = "RUNNING", timeout_s: float = 60,
+                      task: str | None = None) -> None:
+        """Block until some task of the run (the task named ``task``, when given) is in ``state``
+        (bounded by ``timeout_s``)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self.store.lock:
                 run = self.store.runs.get(run_id)
-                if run and any(t["state"] == state and t is not run.root for t in run.tasks):
+                if run and any(t["state"] == state and t is not run.root
+                               and task in (None, t["display_name"]) for t in run.tasks):
                     return
             time.sleep(0.05)
         raise TimeoutError(f"no task of run {run_id} reached {state} in {timeout_s} s")

@@ -1,0 +1,96 @@
+"""Notebook cells as they enter a component: readable literals, compressed when large.
+
+KFP puts a lightweight component's whole source into ONE command-line argument
+of its container (``sh -ec 'printf "%s" "$0" > ...' SOURCE``, KFP 2.17
+``component_factory._get_command_and_args_for_lightweight_component``), and
+Linux limits one argument to 128 KiB (``MAX_ARG_STRLEN``, 32 pages): a bigger
+one fails with ``OSError: [Errno 7] Argument list too long``, on a cluster as
+locally. So a cell whose literal is over :data:`INLINE_MAX` is written as
+``{'zlib': BASE64}`` (the runtime's ``bundle.unpack`` restores it), and a
+component whose source would still be over the limit is refused, naming its
+largest cell and its size.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import zlib
+from typing import Sequence
+
+from kale_magics.analysis.names import python_source
+from kale_magics.codegen.literals import text_literal
+from kale_magics.errors import CompileError
+from kale_magics.model import Cell, Plan
+
+#: Linux's limit on one command-line argument, bytes (``MAX_ARG_STRLEN``, the NUL included).
+ARGUMENT_MAX = 128 * 1024
+#: What KFP adds to a component's source: its import header and the additional functions.
+SOURCE_MARGIN = 2048
+#: A cell whose readable literal is longer than this many characters is compressed.
+INLINE_MAX = 16 * 1024
+#: Characters of base64 per line of a compressed cell.
+PACKED_LINE = 1024
+
+
+def cell_filename(plan: Plan, cell: Cell) -> str:
+    """The filename user code runs under: ``"titanic.ipynb, cell 7 (step train)"``."""
+    notebook = os.path.basename(plan.notebook) or "notebook"
+    kind = cell.annotation.kind
+    label = f"step {cell.annotation.name}" if kind == "step" else kind
+    return f"{notebook}, cell {cell.index} ({label})"
+
+
+def code_entries(plan: Plan, cells: Sequence[Cell], indent: str) -> str:
+    """``(filename, source),`` lines for ``cells``, each at ``indent``.
+
+    The source is ``repr()`` of each line (see ``literals.text_literal``), or
+    ``{'zlib': (...)}`` when that is over :data:`INLINE_MAX` characters.
+    """
+    return "".join(f"{indent}({cell_filename(plan, c)!r}, {_source_literal(c, indent + '    ')}),\n"
+                   for c in cells)
+
+
+def _source_literal(cell: Cell, indent: str) -> str:
+    source = python_source(cell.source)
+    literal = text_literal(source, indent)
+    if len(literal) <= INLINE_MAX:
+        return literal
+    packed = base64.b64encode(zlib.compress(source.encode("utf-8"), 9)).decode("ascii")
+    lines = "".join(f"{indent}{packed[i:i + PACKED_LINE]!r}\n"
+                    for i in range(0, len(packed), PACKED_LINE))
+    return f"{{'zlib': (\n{lines}{indent[:-4]})}}"
+
+
+def check_argument_size(component: str, source: str, cells: Sequence[Cell]) -> None:
+    """Refuse a component whose source would not fit in one command-line argument.
+
+    Parameters
+    ----------
+    component:
+        What the component is, for the message: ``"step 'train'"``.
+    source:
+        The component's rendered source (decorator and function).
+    cells:
+        The cells whose code it carries; the largest is named.
+
+    Raises
+    ------
+    CompileError
+        ``len(source)`` in UTF-8 plus :data:`SOURCE_MARGIN` is over
+        :data:`ARGUMENT_MAX` - 1; the message names the largest cell, its size
+        and the fix.
+    """
+    size = len(source.encode("utf-8")) + SOURCE_MARGIN
+    if size < ARGUMENT_MAX or not cells:
+        return
+    largest = max(cells, key=lambda c: len(c.source.encode("utf-8")))
+    raise CompileError(
+        f"{largest.describe()} is {_kib(len(largest.source.encode('utf-8')))} of code: with it "
+        f"the {component} would be {_kib(size)} even compressed, over the {_kib(ARGUMENT_MAX)} "
+        "Linux allows for one command-line argument of its container; move data out of the "
+        "code (read it from a file in a step) or split the cell")
+
+
+def _kib(size: int) -> str:
+    return f"{size / 1024:.0f} KiB"
