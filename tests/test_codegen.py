@@ -121,3 +121,109 @@ def test_parameter_name_clash_is_a_compile_error(notebook, tmp_path: Path) -> No
                     "%%kale step b\ny = x + in_x")
     with pytest.raises(CompileError, match="rename the parameter"):
         api.compile_notebook(path, str(tmp_path / "out"))
+
+
+def ir_arguments(ir: dict[str, Any]) -> dict[str, list[str]]:
+    """Every executor's command and args, by executor name."""
+    return {name: [*e["container"]["command"], *e["container"].get("args", [])]
+            for name, e in ir["deploymentSpec"]["executors"].items()}
+
+
+def test_runtime_is_in_the_ir_once_and_each_step_adds_under_3_kib(tmp_path: Path) -> None:
+    from bench.ir_size import code_bytes
+    from bench.notebooks import write_synthetic
+
+    code_free = {}
+    for steps in (10, 20, 100):
+        compiled = api.compile_notebook(write_synthetic(tmp_path, steps), str(tmp_path / str(steps)))
+        text = Path(compiled.yaml_path).read_text(encoding="utf-8")
+        code_free[steps] = len(text.encode("utf-8")) - code_bytes(compiled.plan)
+        carriers = [n for n, args in ir_arguments(yaml.safe_load(text)).items()
+                    if any("b64decode" in a for a in args)]
+        assert carriers == ["exec-kale-runtime"]
+    assert (code_free[20] - code_free[10]) / 10 < 3 * 1024
+    assert code_free[100] <= 300 * 1024
+
+
+def test_dsl_names_each_package_list_once_and_keeps_lines_short(notebook, tmp_path: Path) -> None:
+    many = ", ".join(f"P{i}" for i in range(30))
+    path = notebook("%%kale parameters\n" + "\n".join(f"P{i} = {i}" for i in range(30)),
+                    "%%kale imports\nimport json",
+                    "%%kale step first\nx = [" + many + "]",
+                    "%%kale step second\nimport yaml\ny = yaml.safe_dump(x)",
+                    "%%kale step third\nz = x\nprint(json.dumps(z))", name="long")
+    _, dsl = compile_to_dict(path, tmp_path / "out")
+    tree = ast.parse(dsl)
+    constants = [t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets]
+    assert [c for c in constants if c.startswith("PACKAGES")] == ["PACKAGES", "PACKAGES_SECOND"]
+    decorators = {f.name: next(k.value for d in f.decorator_list for k in getattr(d, "keywords", [])
+                               if k.arg == "packages_to_install")
+                  for f in tree.body if isinstance(f, ast.FunctionDef) and f.name in
+                  ("first", "second", "third")}
+    assert {name: getattr(v, "id", None) for name, v in decorators.items()} == {
+        "first": "PACKAGES", "second": "PACKAGES_SECOND", "third": "PACKAGES"}
+    assert long_code_lines(dsl) == []
+
+
+def long_code_lines(source: str, limit: int = 120) -> list[str]:
+    """Lines over ``limit`` characters once the string literals on them are left out."""
+    import io
+    import tokenize
+
+    strings: dict[int, int] = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.STRING and token.start[0] == token.end[0]:
+            strings[token.start[0]] = strings.get(token.start[0], 0) + len(token.string)
+    return [line for number, line in enumerate(source.splitlines(), 1)
+            if len(line) - strings.get(number, 0) > limit]
+
+
+def test_long_code_lines_sees_code_not_strings() -> None:
+    assert long_code_lines("x = '" + "a" * 200 + "'\n") == []
+    assert long_code_lines("x = [" + ", ".join(["1"] * 80) + "]\n") != []
+
+
+@pytest.mark.integration
+def test_a_142_kb_functions_cell_compiles_under_the_argument_limit_and_runs(notebook,
+                                                                           tmp_path: Path) -> None:
+    from bench.notebooks import large_functions_cell, write_large_cell
+    from kale_magics.codegen.cell_code import ARGUMENT_MAX
+
+    path = write_large_cell(tmp_path, 142_000)
+    cell = large_functions_cell(142_000)
+    ir, dsl = compile_to_dict(path, tmp_path / "out")
+    assert "'zlib': (" in dsl  # the cell is compressed, once, in the runtime component
+    longest = max(len(a.encode("utf-8")) for args in ir_arguments(ir).values() for a in args)
+    assert longest < ARGUMENT_MAX
+    status = api.run_local(path, output_dir=str(tmp_path / "out"))
+    assert status.state == "SUCCEEDED", status.error
+    count = cell.count("def f_")
+    assert f"RESULT {count}" in status.steps["use"].log
+    assert f"AGAIN {count}" in status.steps["again"].log
+
+
+def test_a_cell_too_large_even_compressed_is_refused_naming_it_and_its_size(notebook,
+                                                                         tmp_path: Path) -> None:
+    import base64
+    import random
+
+    noise = base64.b64encode(random.Random(7).randbytes(200_000)).decode("ascii")
+    path = notebook("%%kale step load\nx = 1", f"%%kale step blob\nDATA = {noise!r}", name="huge")
+    with pytest.raises(CompileError, match=r"^cell 1 \(\"DATA = '.*\"\) is 260 KiB of code: with "
+                                           r"it the component of step 'blob' would be \d+ KiB even "
+                                           r"compressed, over the 128 KiB Linux allows"):
+        api.compile_notebook(path, str(tmp_path / "out"))
+
+
+@pytest.mark.integration
+def test_steps_run_the_runtime_from_the_artifact_not_the_installed_package(notebook,
+                                                                          tmp_path: Path) -> None:
+    path = notebook("%%kale step where\nimport sys\n"
+                    "print('FROM', sys.modules['kale_magics.runtime.step'].__file__)\n"
+                    "print('IN_PATH', any('kale_runtime' in p for p in sys.path))", name="where")
+    status = api.run_local(path, output_dir=str(tmp_path / "out"))
+    assert status.state == "SUCCEEDED", status.error
+    origin = next(l for l in status.steps["where"].log if l.startswith("FROM "))[5:]
+    assert origin.startswith(str(tmp_path / "out" / "local_runs"))
+    assert origin.endswith("kale_magics/runtime/step.py") and "kale-runtime" in origin
+    assert "IN_PATH False" in status.steps["where"].log

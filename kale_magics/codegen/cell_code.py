@@ -14,14 +14,13 @@ largest cell and its size.
 from __future__ import annotations
 
 import base64
-import os
 import zlib
 from typing import Sequence
 
 from kale_magics.analysis.names import python_source
 from kale_magics.codegen.literals import text_literal
 from kale_magics.errors import CompileError
-from kale_magics.model import Cell, Plan
+from kale_magics.model import Cell
 
 #: Linux's limit on one command-line argument, bytes (``MAX_ARG_STRLEN``, the NUL included).
 ARGUMENT_MAX = 128 * 1024
@@ -33,21 +32,22 @@ INLINE_MAX = 16 * 1024
 PACKED_LINE = 1024
 
 
-def cell_filename(plan: Plan, cell: Cell) -> str:
-    """The filename user code runs under: ``"titanic.ipynb, cell 7 (step train)"``."""
-    notebook = os.path.basename(plan.notebook) or "notebook"
-    kind = cell.annotation.kind
-    label = f"step {cell.annotation.name}" if kind == "step" else kind
-    return f"{notebook}, cell {cell.index} ({label})"
+def step_cells(cells: Sequence[Cell], indent: str) -> str:
+    """The ``cells={...}`` argument of ``bundle.run_step``: source by cell index.
 
-
-def code_entries(plan: Plan, cells: Sequence[Cell], indent: str) -> str:
-    """``(filename, source),`` lines for ``cells``, each at ``indent``.
-
-    The source is ``repr()`` of each line (see ``literals.text_literal``), or
-    ``{'zlib': (...)}`` when that is over :data:`INLINE_MAX` characters.
+    ``indent`` is the indentation of the line the argument starts on. A single
+    cell stays on that line: ``cells={7: (...)}``.
     """
-    return "".join(f"{indent}({cell_filename(plan, c)!r}, {_source_literal(c, indent + '    ')}),\n"
+    if len(cells) == 1:
+        return f"cells={{{cells[0].index}: {_source_literal(cells[0], indent + '    ')}}}"
+    inner = indent + "    "
+    return ("cells={\n" + "".join(f"{inner}{c.index}: {_source_literal(c, inner + '    ')},\n"
+                                   for c in cells) + indent + "}")
+
+
+def prelude_cells(cells: Sequence[Cell], indent: str) -> str:
+    """``(index, kind, source),`` lines for the imports and functions cells, each at ``indent``."""
+    return "".join(f"{indent}({c.index}, {c.annotation.kind!r}, {_source_literal(c, indent + '    ')}),\n"
                    for c in cells)
 
 

@@ -47,14 +47,23 @@ class CompiledPipeline:
     packages: Mapping[str, list[str]] = field(default_factory=dict)
 
 
+#: Column at which YAML folds long strings: never (KFP's writer folds at PyYAML's default 80).
+YAML_WIDTH = 1 << 30
+
+
 def dump_ir(documents: Sequence[dict[str, Any]]) -> str:
     """IR documents (the PipelineSpec, then the PlatformSpec if any) as YAML text, keys sorted
     as KFP writes them, with libyaml when PyYAML has it (about 25x faster than KFP's pure-Python
-    dump on a 7-step pipeline)."""
+    dump on a 7-step pipeline).
+
+    Strings are not folded (:data:`YAML_WIDTH`): each component's source stays one
+    double-quoted line instead of lines of 80 columns, each indented again, which made
+    the IR 4% larger (140 bytes per step). The documents are the same.
+    """
     import yaml
 
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    return yaml.dump_all(documents, Dumper=dumper, sort_keys=True)
+    return yaml.dump_all(documents, Dumper=dumper, sort_keys=True, width=YAML_WIDTH)
 
 
 def read_ir(compiled: CompiledPipeline) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -9,9 +9,10 @@ argument is the runtime bundle (``kale_runtime``, see ``codegen.embedding``).
 
 from __future__ import annotations
 
+import os
 from typing import Mapping, Sequence
 
-from kale_magics.codegen.cell_code import check_argument_size, code_entries
+from kale_magics.codegen.cell_code import check_argument_size, prelude_cells, step_cells
 from kale_magics.codegen.embedding import LOADER, RUNTIME_INPUT, runtime_component_function
 from kale_magics.codegen.parameters import JSON_TYPES, kfp_type
 from kale_magics.errors import CompileError
@@ -20,7 +21,7 @@ from kale_magics.model import Parameter, Plan, Step
 METRICS_ARTIFACT = "kale_metrics"
 ARTIFACT_CLASSES = ("Artifact", "Dataset", "Model")
 #: Longest generated line before a call or literal is split one item per line.
-LINE_MAX = 100
+LINE_MAX = 120
 #: Module constants the decorators name (see ``pipeline.render_module``).
 PIP_INDEX_URLS = "PIP_INDEX_URLS"
 PIP_TRUSTED_HOSTS = "PIP_TRUSTED_HOSTS"
@@ -82,28 +83,32 @@ def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str],
         ``cell_code.check_argument_size``), or two arguments clash.
     """
     parameters = {p.name: p for p in plan.parameters}
-    args = "".join(f"    {a},\n" for a in signature(step, parameters, artifact_types))
-    cells = ", ".join(str(c.index) for c in step.cells)
+    args = wrapped(f"def {step.name}(", signature(step, parameters, artifact_types), "):", 0)
     image = repr(step.settings.image) if step.settings.image else "BASE_IMAGE"
-    metrics = {m.key: m.expression for m in step.metrics}
-    calls = [f"step={step.name!r}",
-             f"code=[\n{code_entries(plan, step.cells, ' ' * 12)}        ]",
-             wrapped("parameters={", [f"{n!r}: {n}" for n in step.parameters], "}", 8),
-             wrapped("json_parameters=[", [repr(n) for n in _json_names(step, parameters)], "]", 8),
-             wrapped("inputs={", [f"{i.name!r}: in_{i.name}" for i in step.inputs], "}", 8),
-             wrapped("outputs={", [f"{n!r}: out_{n}" for n in step.outputs], "}", 8),
-             wrapped("metrics={", [f"{k!r}: {e!r}" for k, e in metrics.items()], "}", 8),
-             f"metrics_artifact={METRICS_ARTIFACT if step.metrics else None}"]
     source = (
-        decorator(plan, image, packages, ["additional_funcs=[_kale_step_runtime]"])
-        + f"def {step.name}(\n{args}):\n"
-        f"    \"\"\"Step {step.name!r}: notebook cell{'s' if len(step.cells) > 1 else ''} {cells}.\"\"\"\n"
-        f"    _kale_step_runtime({RUNTIME_INPUT}).run_step(\n"
-        + "".join(f"        {call},\n" for call in calls)
+        decorator(plan, image, packages)
+        + f"{args}\n"
+        + LOADER
+        + "    run_step(\n"
+        + "".join(f"        {argument},\n" for argument in _run_step_arguments(step, parameters))
         + "    )\n"
     )
-    check_argument_size(f"component of step {step.name!r}", source + LOADER, step.cells)
+    check_argument_size(f"component of step {step.name!r}", source, step.cells)
     return source
+
+
+def _run_step_arguments(step: Step, parameters: Mapping[str, Parameter]) -> list[str]:
+    """The keyword arguments of ``bundle.run_step`` (``kale_magics.runtime``); empty ones left out."""
+    found = [f"step={step.name!r}", step_cells(step.cells, " " * 8)]
+    for keyword, opening, items, closing in (
+            ("parameters", "{", [f"{n!r}: {n}" for n in step.parameters], "}"),
+            ("json_parameters", "[", [repr(n) for n in _json_names(step, parameters)], "]"),
+            ("inputs", "{", [f"{i.name!r}: in_{i.name}" for i in step.inputs], "}"),
+            ("outputs", "{", [f"{n!r}: out_{n}" for n in step.outputs], "}"),
+            ("metrics", "{", [f"{m.key!r}: {m.expression!r}" for m in step.metrics], "}")):
+        if items:
+            found.append(wrapped(f"{keyword}={opening}", items, closing, 8))
+    return found + ([f"metrics_artifact={METRICS_ARTIFACT}"] if step.metrics else [])
 
 
 def render_runtime_component(plan: Plan) -> str:
@@ -116,7 +121,8 @@ def render_runtime_component(plan: Plan) -> str:
         argument, even compressed.
     """
     source = (decorator(plan, "BASE_IMAGE", None)
-              + runtime_component_function(code_entries(plan, plan.prelude, " " * 8)))
+              + runtime_component_function(os.path.basename(plan.notebook),
+                                           prelude_cells(plan.prelude, " " * 12)))
     check_argument_size("step runtime component (with the imports and functions cells)", source,
                         plan.prelude)
     return source

@@ -6,8 +6,7 @@ the pipeline. It travels ONCE: the ``kale_runtime`` component holds it,
 compressed, with the notebook's imports and functions cells, and writes them as
 a folder, the bundle (see ``kale_magics.runtime.bundle``), into its output
 artifact. Every step takes that artifact as its input ``kale_runtime`` and
-imports the runtime from it with :data:`LOADER` (``_kale_step_runtime``, a few
-lines). Copied into every component instead, the 17 KB runtime made the IR
+imports the runtime from it with :data:`LOADER` (three lines). Copied into every component instead, the 17 KB runtime made the IR
 about 20 KiB per step: 2 MiB at 100 steps, over what Argo (1 MiB compressed
 workflow) and etcd (1.5 MiB request) accept.
 
@@ -43,23 +42,15 @@ RUNTIME_OUTPUT = "bundle"
 #: Characters of base64 per line of the embedded runtime.
 BLOB_LINE = 1024
 
-#: Source of the function each step calls to import the runtime from its ``kale_runtime`` input.
-LOADER = '''\
-def _kale_step_runtime(bundle):
-    """Import kale_magics.runtime.bundle from the kale_runtime task's artifact."""
-    import sys
-
-    sys.path.insert(0, bundle.path)
-    try:
-        from kale_magics.runtime import bundle as runtime
-    finally:
-        sys.path.remove(bundle.path)
-    return runtime
-'''
+#: The lines that start every step: import the runtime from the step's ``kale_runtime`` input
+#: (``bundle.run_step`` takes the folder off ``sys.path`` again before the step's code runs).
+LOADER = (f"    import sys\n"
+          f"    sys.path.insert(0, {RUNTIME_INPUT}.path)\n"
+          f"    from kale_magics.runtime.bundle import run_step\n")
 
 _WRITER = '''\
 def {name}({output}: Output[Artifact]):
-    """Write the step runtime and the notebook's imports and functions cells for every step.
+    """Write the step runtime (with its bytecode) and the notebook's imports and functions cells.
 
     The runtime is kale_magics/runtime/{{{modules}}}.py of kale-magics {version},
     as zlib-compressed JSON in base64; sha256 of the JSON:
@@ -68,18 +59,25 @@ def {name}({output}: Output[Artifact]):
     import base64
     import json
     import os
+    import py_compile
     import zlib
 
     files = json.loads(zlib.decompress(base64.b64decode(
 {blob}
     )))
-    files["prelude.json"] = json.dumps([
-{prelude}    ])
+    files["notebook.json"] = json.dumps({{
+        "notebook": {notebook},
+        "prelude": [
+{prelude}        ],
+    }})
     for name, text in files.items():
         path = os.path.join({output}.path, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
+        if name.endswith(".py"):  # steps on the same Python import bytecode, checked by hash
+            py_compile.compile(path, doraise=True,
+                               invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
 '''
 
 
@@ -106,16 +104,18 @@ def _packed_runtime(files_json: str) -> tuple[str, str]:
     return lines.rstrip("\n"), hashlib.sha256(data).hexdigest()
 
 
-def runtime_component_function(prelude: str) -> str:
+def runtime_component_function(notebook: str, prelude: str) -> str:
     """Source of the ``kale_runtime`` function (without its decorator).
 
     Parameters
     ----------
+    notebook:
+        The notebook's file name (tracebacks name cells by it).
     prelude:
-        ``(filename, source),`` lines of the imports and functions cells,
-        indented by 8 (``cell_code.code_entries``).
+        ``(index, kind, source),`` lines of the imports and functions cells,
+        indented by 12 (``cell_code.prelude_cells``).
     """
     blob, digest = _packed_runtime(json.dumps(runtime_files(), sort_keys=True))
     return _WRITER.format(name=RUNTIME_COMPONENT, output=RUNTIME_OUTPUT, version=__version__,
                           modules=",".join(RUNTIME_MODULES), digest=digest, blob=blob,
-                          prelude=prelude)
+                          notebook=repr(notebook), prelude=prelude)

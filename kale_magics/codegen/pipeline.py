@@ -1,8 +1,8 @@
 """Render a :class:`~kale_magics.model.Plan` as a readable KFP DSL module.
 
 The module has, in order: a header; constants (the base image, each distinct
-list of packages the steps install); the few lines each step runs to load the
-step runtime (``_kale_step_runtime``); one ``@dsl.component`` per step; the
+list of packages the steps install); one ``@dsl.component`` per step, which
+imports the step runtime from its ``kale_runtime`` input and runs; the
 ``kale_runtime`` component, which carries the step runtime (compressed) and the
 notebook's imports and functions cells once for the whole pipeline (see
 ``codegen.embedding``); and the ``@dsl.pipeline`` function wiring the tasks.
@@ -20,7 +20,7 @@ from kale_magics import __version__
 from kale_magics.analysis.names import python_source, scan_blocks
 from kale_magics.codegen.components import (PIP_INDEX_URLS, PIP_TRUSTED_HOSTS, render_component,
                                              render_runtime_component, wrapped)
-from kale_magics.codegen.embedding import LOADER, RUNTIME_COMPONENT, RUNTIME_INPUT
+from kale_magics.codegen.embedding import RUNTIME_COMPONENT, RUNTIME_INPUT
 from kale_magics.codegen.packages import installed_packages, step_packages, with_overrides
 from kale_magics.codegen.parameters import kfp_type, kfp_value
 from kale_magics.codegen.settings import settings_lines, uses_kubernetes
@@ -80,7 +80,6 @@ def render_module(plan: Plan, artifact_types: Mapping[str, str] | None = None) -
     parts = [
         _header(plan),
         _constants(plan, packages, constants),
-        LOADER,
         *(render_component(plan, step, types, constants[step.name]) for step in plan.steps),
         render_runtime_component(plan),
         _pipeline_function(plan),
@@ -127,7 +126,7 @@ def _header(plan: Plan) -> str:
         "Do not edit: change the notebook and compile again. Each step is one lightweight\n"
         "component that runs the notebook's imports and functions cells, then the step's cells,\n"
         "through the kale-magics step runtime, which the first task (`kale_runtime`) writes as an\n"
-        "artifact every step loads (`_kale_step_runtime`).\n"
+        "artifact every step imports.\n"
         '"""\n'
         "from kfp import dsl\n"
         + ("from kfp import kubernetes\n" if uses_kubernetes(_all_tasks(plan)) else "")

@@ -5,14 +5,16 @@ every step (see ``codegen.embedding``). That task writes a folder, the bundle:
 
 ``kale_magics/runtime/*.py``
     This package (``bundle``, ``marshal``, ``shell``, ``step``, ...).
-``prelude.json``
-    The notebook's imports and functions cells, ``[[filename, source], ...]``,
-    run first in every step.
+``notebook.json``
+    ``{"notebook": "titanic.ipynb", "prelude": [[index, kind, source], ...]}``:
+    the notebook's file name and its imports and functions cells, which run
+    first in every step.
 
-Each step receives the bundle as an input artifact, imports this module from it
-and calls :func:`run_step`. A cell's source is a string, or ``{"zlib": TEXT}``
-for a large cell: TEXT is the base64 of its zlib-compressed UTF-8 (one command
-line argument of a container is limited to 128 KiB on Linux).
+Each step receives the bundle as an input artifact, puts it first on
+``sys.path``, imports this module and calls :func:`run_step`, which takes it off
+again. A cell's source is a string, or ``{"zlib": TEXT}`` for a large cell:
+TEXT is the base64 of its zlib-compressed UTF-8 (one command-line argument of a
+container is limited to 128 KiB on Linux).
 
 This module runs inside the pipeline step: it imports only the standard library.
 """
@@ -22,13 +24,14 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 import zlib
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Mapping, Optional, Union
 
 from kale_magics.runtime import step as _step
 
-#: The prelude's file in the bundle.
-PRELUDE = "prelude.json"
+#: The notebook's file in the bundle.
+NOTEBOOK = "notebook.json"
 #: Key of a compressed cell source.
 PACKED = "zlib"
 
@@ -42,33 +45,59 @@ def unpack(source: Source) -> str:
     return zlib.decompress(base64.b64decode(source[PACKED])).decode("utf-8")
 
 
+def cell_filename(notebook: str, index: int, label: str) -> str:
+    """The filename a cell's code runs under: ``"titanic.ipynb, cell 7 (step train)"``.
+
+    Tracebacks and the step's ``end`` event name the cell by it.
+    """
+    return f"{notebook or 'notebook'}, cell {index} ({label})"
+
+
 def bundle_root() -> str:
     """The bundle folder this module was imported from (``<root>/kale_magics/runtime/bundle.py``)."""
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def prelude() -> list[tuple[str, str]]:
-    """The notebook's imports and functions cells, ``[(filename, source), ...]``, unpacked."""
-    with open(os.path.join(bundle_root(), PRELUDE), encoding="utf-8") as f:
-        return [(filename, unpack(source)) for filename, source in json.load(f)]
+def notebook() -> dict[str, Any]:
+    """The bundle's ``notebook.json``: ``{"notebook": name, "prelude": [[index, kind, source]]}``."""
+    with open(os.path.join(bundle_root(), NOTEBOOK), encoding="utf-8") as f:
+        return json.load(f)
 
 
-def run_step(step: str, code: Sequence[tuple[str, Source]], **arguments: Any) -> None:
-    """Run ``step``: the prelude, then ``code``, through ``kale_magics.runtime.step.run_step``.
+def run_step(step: str, cells: Mapping[int, Source],
+             parameters: Optional[Mapping[str, Any]] = None, inputs: Optional[Mapping[str, Any]] = None,
+             outputs: Optional[Mapping[str, Any]] = None, metrics: Optional[Mapping[str, str]] = None,
+             **arguments: Any) -> None:
+    """Run ``step``: the prelude, then its cells, through ``kale_magics.runtime.step.run_step``.
+
+    The bundle folder is taken off ``sys.path`` first (the step put it there to
+    import this module), so the step's code sees the ``sys.path`` it would see
+    without the runtime.
 
     Parameters
     ----------
     step:
         The step's name.
-    code:
-        The step's own cells, ``(filename, source)``, a source possibly packed.
+    cells:
+        The step's own cells: source (possibly packed) by notebook cell index.
+    parameters, inputs, outputs, metrics:
+        As for ``step.run_step``; empty when not given (the generated code
+        leaves empty ones out).
     **arguments:
-        The other arguments of ``step.run_step`` (parameters, inputs, outputs, ...).
+        The other arguments of ``step.run_step`` (``metrics_artifact``, ...).
 
     Raises
     ------
     SystemExit
         With status 1 when the step fails (from ``step.run_step``).
     """
-    cells = [*prelude(), *((filename, unpack(source)) for filename, source in code)]
-    _step.run_step(step=step, code=cells, **arguments)
+    root = bundle_root()
+    sys.path[:] = [p for p in sys.path if not p or os.path.abspath(p) != root]
+    found = notebook()
+    name = found["notebook"]
+    code = [(cell_filename(name, index, kind), unpack(source))
+            for index, kind, source in found["prelude"]]
+    code += [(cell_filename(name, index, f"step {step}"), unpack(source))
+             for index, source in cells.items()]
+    _step.run_step(step=step, code=code, parameters=parameters or {}, inputs=inputs or {},
+                   outputs=outputs or {}, metrics=metrics or {}, **arguments)
