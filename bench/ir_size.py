@@ -82,10 +82,11 @@ def largest_arguments(yaml_path: str) -> dict[str, int]:
 def code_bytes(plan: Any) -> int:
     """Bytes the notebook's code takes in the IR: each cell's literal as the DSL writes it,
     escaped as in the YAML (as JSON escapes it), the imports and functions cells included."""
-    from kale_magics.codegen.cell_code import prelude_cells, step_cells
+    from kale_magics.codegen.cell_code import prelude_cells, python_sources, step_cells
 
-    literals = [step_cells(step.cells, " " * 8) for step in plan.steps]
-    literals.append(prelude_cells(plan.prelude, " " * 12))
+    sources = python_sources((*plan.prelude, *(c for step in plan.steps for c in step.cells)))
+    literals = [step_cells(step.cells, sources, " " * 8) for step in plan.steps]
+    literals.append(prelude_cells(plan.prelude, sources, " " * 12))
     return sum(len(json.dumps(text)) - 2 for text in literals)
 
 

@@ -227,3 +227,32 @@ def test_steps_run_the_runtime_from_the_artifact_not_the_installed_package(noteb
     assert origin.startswith(str(tmp_path / "out" / "local_runs"))
     assert origin.endswith("kale_magics/runtime/step.py") and "kale-runtime" in origin
     assert "IN_PATH False" in status.steps["where"].log
+
+
+COMPILE_IN_A_FRESH_PROCESS = """
+import sys
+if sys.argv[3] == "full":
+    import kfp
+from kale_magics import api
+api.compile_notebook(sys.argv[1], sys.argv[2])
+loaded = "kubernetes" in sys.modules
+import kfp
+print(loaded, kfp.Client.__name__, kfp.components.__name__)
+"""
+
+
+def test_ir_is_the_same_when_kfp_is_imported_without_its_client(notebook, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = notebook(*CELLS, name="golden")
+    out = {}
+    for how in ("full", "ours"):
+        result = subprocess.run([sys.executable, "-c", COMPILE_IN_A_FRESH_PROCESS, str(path),
+                                 str(tmp_path / how), how], capture_output=True, text=True,
+                                check=True)
+        out[how] = result.stdout.split()
+    assert out["ours"] == ["False", "Client", "kfp.components"]  # kfp.client only when asked for
+    assert out["full"] == ["True", "Client", "kfp.components"]
+    assert ((tmp_path / "full" / "golden.yaml").read_bytes()
+            == (tmp_path / "ours" / "golden.yaml").read_bytes())

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import zlib
-from typing import Sequence
+from typing import Iterable, Mapping, Sequence
 
 from kale_magics.analysis.names import python_source
 from kale_magics.codegen.literals import text_literal
@@ -32,27 +32,33 @@ INLINE_MAX = 16 * 1024
 PACKED_LINE = 1024
 
 
-def step_cells(cells: Sequence[Cell], indent: str) -> str:
+def python_sources(cells: Iterable[Cell]) -> dict[int, str]:
+    """Each cell's code as plain Python (``analysis.names.python_source``), by cell index."""
+    return {c.index: python_source(c.source) for c in cells}
+
+
+def step_cells(cells: Sequence[Cell], sources: Mapping[int, str], indent: str) -> str:
     """The ``cells={...}`` argument of ``bundle.run_step``: source by cell index.
 
+    ``sources`` holds each cell's plain Python (:func:`python_sources`);
     ``indent`` is the indentation of the line the argument starts on. A single
     cell stays on that line: ``cells={7: (...)}``.
     """
     if len(cells) == 1:
-        return f"cells={{{cells[0].index}: {_source_literal(cells[0], indent + '    ')}}}"
+        index = cells[0].index
+        return f"cells={{{index}: {_source_literal(sources[index], indent + '    ')}}}"
     inner = indent + "    "
-    return ("cells={\n" + "".join(f"{inner}{c.index}: {_source_literal(c, inner + '    ')},\n"
+    return ("cells={\n" + "".join(f"{inner}{c.index}: {_source_literal(sources[c.index], inner + '    ')},\n"
                                    for c in cells) + indent + "}")
 
 
-def prelude_cells(cells: Sequence[Cell], indent: str) -> str:
+def prelude_cells(cells: Sequence[Cell], sources: Mapping[int, str], indent: str) -> str:
     """``(index, kind, source),`` lines for the imports and functions cells, each at ``indent``."""
-    return "".join(f"{indent}({c.index}, {c.annotation.kind!r}, {_source_literal(c, indent + '    ')}),\n"
-                   for c in cells)
+    return "".join(f"{indent}({c.index}, {c.annotation.kind!r}, "
+                   f"{_source_literal(sources[c.index], indent + '    ')}),\n" for c in cells)
 
 
-def _source_literal(cell: Cell, indent: str) -> str:
-    source = python_source(cell.source)
+def _source_literal(source: str, indent: str) -> str:
     literal = text_literal(source, indent)
     if len(literal) <= INLINE_MAX:
         return literal

@@ -109,7 +109,7 @@ def compile_plan(plan: Plan, output_dir: str,
                            "folder with -o") from None
     dsl_path = os.path.join(output_dir, f"{plan.name}.py")
     yaml_path = os.path.join(output_dir, f"{plan.name}.yaml")
-    write_text_atomic(dsl_path, rendered.source)
+    _write_if_changed(dsl_path, rendered.source)
     _compile_module(plan, dsl_path, yaml_path)
     return CompiledPipeline(plan=plan, dsl_path=dsl_path, yaml_path=yaml_path,
                             warnings=(*plan.warnings, *rendered.warnings),
@@ -118,6 +118,51 @@ def compile_plan(plan: Plan, output_dir: str,
 
 #: KFP keeps the pipeline being defined in a global, so one module is executed at a time.
 _KFP_CONTEXT = threading.Lock()
+#: KFP's switch for its runtime mode: ``kfp/__init__.py`` then imports none of its submodules.
+_KFP_RUNTIME = "_KFP_RUNTIME"
+
+
+def import_kfp_dsl() -> types.ModuleType:
+    """Import ``kfp.dsl`` (and the compiler it uses) without ``kfp.client``; return ``kfp.dsl``.
+
+    ``kfp/__init__.py`` (KFP 2.17) imports ``kfp.client``, which imports the
+    Kubernetes client and google-auth: 0.3 s of the 0.45 s ``import kfp`` takes
+    here, none of it used to compile. It skips those imports when ``_KFP_RUNTIME``
+    is ``true`` (what KFP sets in a component's container), so the package is
+    imported that way, then ``kfp.dsl`` normally (its ``__init__`` reads the same
+    switch, so the variable is restored first). The ``kfp`` module then gets a
+    module ``__getattr__`` (PEP 562) that imports ``Client``, ``components`` and
+    ``client`` when something asks for them, as ``import kfp; kfp.Client(...)`` in
+    the user's kernel may: ``kfp`` offers what it always did, loaded later.
+    The compiled IR does not change (tests/test_codegen.py compares it with a
+    process that imported ``kfp`` in full).
+    """
+    if "kfp" not in sys.modules:
+        previous = os.environ.get(_KFP_RUNTIME)
+        os.environ[_KFP_RUNTIME] = "true"
+        try:
+            import kfp
+        finally:
+            if previous is None:
+                os.environ.pop(_KFP_RUNTIME, None)
+            else:
+                os.environ[_KFP_RUNTIME] = previous
+        if not hasattr(kfp, "Client"):
+            kfp.__getattr__ = _kfp_attribute
+    import kfp.dsl
+
+    return kfp.dsl
+
+
+def _kfp_attribute(name: str) -> Any:
+    """``kfp.<name>`` for what ``kfp/__init__.py`` imports but :func:`import_kfp_dsl` did not."""
+    import importlib
+
+    if name == "Client":
+        return importlib.import_module("kfp.client").Client
+    if name in ("client", "components", "dsl"):
+        return importlib.import_module(f"kfp.{name}")
+    raise AttributeError(f"module 'kfp' has no attribute {name!r}")
 
 
 def _compile_module(plan: Plan, dsl_path: str, yaml_path: str) -> None:
@@ -135,6 +180,7 @@ def _compile_module(plan: Plan, dsl_path: str, yaml_path: str) -> None:
     def build() -> None:
         with _KFP_CONTEXT:  # held by this thread, so an interrupted caller cannot release it
             try:
+                import_kfp_dsl()
                 outcome["text"] = ir_text(_execute(plan, dsl_path).pipeline)
             except Exception as error:  # handed to the calling thread below
                 outcome["error"] = error
@@ -147,7 +193,23 @@ def _compile_module(plan: Plan, dsl_path: str, yaml_path: str) -> None:
         raise CompileError(f"the KFP compiler rejected the generated module {dsl_path}: "
                            f"{type(error).__name__}: {error}. This is a kale-magics bug; please "
                            "report it with the notebook") from error
-    write_text_atomic(yaml_path, outcome["text"])
+    _write_if_changed(yaml_path, outcome["text"])
+
+
+def _write_if_changed(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically unless the file holds exactly that already.
+
+    Compiling an unchanged notebook again leaves its files (and their times)
+    alone, and saves the replace, which on ext4 can wait for the disk (it
+    flushes the new data when a file is renamed over an older one).
+    """
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            if f.read() == text:
+                return
+    except (OSError, UnicodeDecodeError):
+        pass
+    write_text_atomic(path, text)
 
 
 def _execute(plan: Plan, dsl_path: str) -> types.ModuleType:

@@ -67,14 +67,16 @@ def decorator(plan: Plan, image: str, packages: str | None, extra: Sequence[str]
     return "@dsl.component(\n" + "".join(f"    {line},\n" for line in (*lines, *extra)) + ")\n"
 
 
-def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str],
-                     packages: str) -> str:
+def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str], packages: str,
+                     sources: Mapping[int, str]) -> str:
     """Source of the ``@dsl.component`` function for ``step``.
 
     Parameters
     ----------
     packages:
         The name of the module constant listing what the step installs.
+    sources:
+        Each cell's plain Python by index (``cell_code.python_sources``).
 
     Raises
     ------
@@ -90,16 +92,17 @@ def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str],
         + f"{args}\n"
         + LOADER
         + "    run_step(\n"
-        + "".join(f"        {argument},\n" for argument in _run_step_arguments(step, parameters))
+        + "".join(f"        {argument},\n" for argument in _run_step_arguments(step, parameters, sources))
         + "    )\n"
     )
     check_argument_size(f"component of step {step.name!r}", source, step.cells)
     return source
 
 
-def _run_step_arguments(step: Step, parameters: Mapping[str, Parameter]) -> list[str]:
+def _run_step_arguments(step: Step, parameters: Mapping[str, Parameter],
+                        sources: Mapping[int, str]) -> list[str]:
     """The keyword arguments of ``bundle.run_step`` (``kale_magics.runtime``); empty ones left out."""
-    found = [f"step={step.name!r}", step_cells(step.cells, " " * 8)]
+    found = [f"step={step.name!r}", step_cells(step.cells, sources, " " * 8)]
     for keyword, opening, items, closing in (
             ("parameters", "{", [f"{n!r}: {n}" for n in step.parameters], "}"),
             ("json_parameters", "[", [repr(n) for n in _json_names(step, parameters)], "]"),
@@ -111,8 +114,10 @@ def _run_step_arguments(step: Step, parameters: Mapping[str, Parameter]) -> list
     return found + ([f"metrics_artifact={METRICS_ARTIFACT}"] if step.metrics else [])
 
 
-def render_runtime_component(plan: Plan) -> str:
+def render_runtime_component(plan: Plan, sources: Mapping[int, str]) -> str:
     """Source of the ``kale_runtime`` component: the runtime and the prelude, for every step.
+
+    ``sources`` holds each cell's plain Python by index (``cell_code.python_sources``).
 
     Raises
     ------
@@ -122,7 +127,7 @@ def render_runtime_component(plan: Plan) -> str:
     """
     source = (decorator(plan, "BASE_IMAGE", None)
               + runtime_component_function(os.path.basename(plan.notebook),
-                                           prelude_cells(plan.prelude, " " * 12)))
+                                           prelude_cells(plan.prelude, sources, " " * 12)))
     check_argument_size("step runtime component (with the imports and functions cells)", source,
                         plan.prelude)
     return source

@@ -11,13 +11,15 @@ The same plan always renders the same text.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Mapping
 
 from kale_magics import __version__
-from kale_magics.analysis.names import python_source, scan_blocks
+from kale_magics.analysis.names import scan_blocks
+from kale_magics.codegen.cell_code import python_sources
 from kale_magics.codegen.components import (PIP_INDEX_URLS, PIP_TRUSTED_HOSTS, render_component,
                                              render_runtime_component, wrapped)
 from kale_magics.codegen.embedding import RUNTIME_COMPONENT, RUNTIME_INPUT
@@ -69,9 +71,13 @@ def render_module(plan: Plan, artifact_types: Mapping[str, str] | None = None) -
         large even compressed), or two component arguments clash.
     """
     types = dict(artifact_types or {})
+    sources = python_sources((*plan.prelude, *(c for step in plan.steps for c in step.cells)))
+    imports = {index: _imports(source) for index, source in sources.items()}
+    prelude = [m for c in plan.prelude for m in imports[c.index]]
     packages, unknown, installed = {}, [], installed_packages()
     for step in plan.steps:
-        derived, missing = step_packages(_imports(plan, step), installed)
+        modules = prelude + [m for c in step.cells for m in imports[c.index]]
+        derived, missing = step_packages(modules, installed)
         packages[step.name] = with_overrides(derived, step.settings.packages)
         unknown += [m for m in missing if m not in unknown]
     warnings = [f"no installed package provides module {m!r}; install it here, or name its "
@@ -80,11 +86,17 @@ def render_module(plan: Plan, artifact_types: Mapping[str, str] | None = None) -
     parts = [
         _header(plan),
         _constants(plan, packages, constants),
-        *(render_component(plan, step, types, constants[step.name]) for step in plan.steps),
-        render_runtime_component(plan),
+        *(render_component(plan, step, types, constants[step.name], sources) for step in plan.steps),
+        render_runtime_component(plan, sources),
         _pipeline_function(plan),
     ]
     return RenderedModule("\n\n".join(parts), packages, warnings)
+
+
+@functools.lru_cache(maxsize=4096)  # pure; a recompile meets the same cells again
+def _imports(source: str) -> tuple[str, ...]:
+    """Top-level modules a cell's plain Python imports."""
+    return tuple(scan_blocks([source]).imports)
 
 
 def package_constants(plan: Plan, packages: Mapping[str, list[str]]) -> dict[str, str]:
@@ -112,11 +124,6 @@ def _constants(plan: Plan, packages: Mapping[str, list[str]], names: Mapping[str
     lines += [wrapped(f"{name} = [", [repr(p) for p in values], "]", 0) + "\n"
               for name, values in lists.items()]
     return "".join(lines)
-
-
-def _imports(plan: Plan, step: Step) -> Iterable[str]:
-    """Modules the step imports, its prelude (imports and functions cells) included."""
-    return scan_blocks([python_source(c.source) for c in (*plan.prelude, *step.cells)]).imports
 
 
 def _header(plan: Plan) -> str:
