@@ -17,16 +17,12 @@ workflow over 1 MiB compressed, etcd a request over 1.5 MiB by default
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
-import statistics
-import subprocess
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
 from bench.compile_latency import growth
+from bench.local_overhead import loader_seconds
 from bench.notebooks import write_large_cell, write_synthetic
 
 #: Argo's limit on a workflow, compressed, bytes.
@@ -35,15 +31,6 @@ ARGO_LIMIT = 1 << 20
 ETCD_LIMIT = 3 << 19
 #: Size of the large functions cell, bytes (the 142 KB cell of issue 14).
 LARGE_CELL = 142_000
-
-_LOAD_PROBE = """
-import sys, time
-start = time.perf_counter()
-sys.path.insert(0, sys.argv[1])
-from kale_magics.runtime.bundle import run_step
-print(time.perf_counter() - start)
-"""
-
 
 def ir_figures(notebook: Path, out: Path) -> dict[str, Any]:
     """Compile ``notebook`` into ``out`` and measure its IR.
@@ -90,19 +77,6 @@ def code_bytes(plan: Any) -> int:
     return sum(len(json.dumps(text)) - 2 for text in literals)
 
 
-def runtime_load_seconds(dsl_path: str, folder: Path, repeats: int) -> float:
-    """Median seconds a fresh interpreter takes to import the step runtime from the bundle
-    that the ``kale_runtime`` component of ``dsl_path`` writes (what every step does first)."""
-    spec = importlib.util.spec_from_file_location("bench_ir_size_dsl", dsl_path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.kale_runtime.python_func(types.SimpleNamespace(path=str(folder)))
-    times = [float(subprocess.run([sys.executable, "-c", _LOAD_PROBE, str(folder)], text=True,
-                                  capture_output=True, check=True).stdout)
-             for _ in range(max(1, repeats))]
-    return statistics.median(times)
-
-
 def measure(sizes: list[int], workdir: Path, repeats: int) -> dict[str, Any]:
     """The IR figures of synthetic notebooks of ``sizes`` steps and of a 142 KB functions cell.
 
@@ -123,7 +97,7 @@ def measure(sizes: list[int], workdir: Path, repeats: int) -> dict[str, Any]:
     fit = growth([(r["steps"], r["ir_bytes"]) for r in rows])
     code_free = growth([(r["steps"], r["ir_bytes"] - r["code_bytes"]) for r in rows])
     large = ir_figures(write_large_cell(workdir / "large", LARGE_CELL), workdir / "ir" / "large")
-    load = runtime_load_seconds(rows[0]["dsl_path"], workdir / "bundle", repeats)
+    load = loader_seconds(rows[0]["dsl_path"], repeats)
     for row in (*rows, large):
         row.pop("dsl_path")
     return {"sizes": rows, "bytes_per_step": fit["slope_s_per_step"],

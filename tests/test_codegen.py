@@ -256,3 +256,12 @@ def test_ir_is_the_same_when_kfp_is_imported_without_its_client(notebook, tmp_pa
     assert out["full"] == ["True", "Client", "kfp.components"]
     assert ((tmp_path / "full" / "golden.yaml").read_bytes()
             == (tmp_path / "ours" / "golden.yaml").read_bytes())
+
+
+def test_a_parameter_too_large_for_the_executor_input_is_refused_naming_it(notebook,
+                                                                         tmp_path: Path) -> None:
+    path = notebook("%%kale parameters\nSMALL = 1\nDATA = " + repr("x" * 150_000),
+                    "%%kale step use\nprint(len(DATA), SMALL)", name="bigparam")
+    with pytest.raises(CompileError, match=r"^parameter 'DATA' is 146 KiB: KFP hands step 'use' "
+                                           r"its parameters in one command-line argument"):
+        api.compile_notebook(path, str(tmp_path / "out"))

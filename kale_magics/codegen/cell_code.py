@@ -14,8 +14,9 @@ largest cell and its size.
 from __future__ import annotations
 
 import base64
+import json
 import zlib
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from kale_magics.analysis.names import python_source
 from kale_magics.codegen.literals import text_literal
@@ -96,6 +97,35 @@ def check_argument_size(component: str, source: str, cells: Sequence[Cell]) -> N
         f"the {component} would be {_kib(size)} even compressed, over the {_kib(ARGUMENT_MAX)} "
         "Linux allows for one command-line argument of its container; move data out of the "
         "code (read it from a file in a step) or split the cell")
+
+
+def check_parameter_sizes(step: str, values: Mapping[str, Any]) -> None:
+    """Refuse parameter defaults that would not fit in the step's executor input argument.
+
+    KFP hands a step its parameter values in one command-line argument
+    (``--executor_input``, a JSON document), under the same 128 KiB limit.
+
+    Parameters
+    ----------
+    step:
+        The step's name, for the message.
+    values:
+        The step's parameters as KFP carries them (``parameters.kfp_value``), by name.
+
+    Raises
+    ------
+    CompileError
+        Their JSON plus :data:`SOURCE_MARGIN` is over :data:`ARGUMENT_MAX` - 1; the
+        message names the largest parameter and its size.
+    """
+    sizes = {name: len(json.dumps(value).encode("utf-8")) for name, value in values.items()}
+    if not sizes or sum(sizes.values()) + SOURCE_MARGIN < ARGUMENT_MAX:
+        return
+    largest = max(sizes, key=sizes.get)
+    raise CompileError(
+        f"parameter {largest!r} is {_kib(sizes[largest])}: KFP hands step {step!r} its parameters "
+        f"in one command-line argument, which Linux limits to {_kib(ARGUMENT_MAX)}; save the "
+        "data to a file and read it in the step, or make the value smaller")
 
 
 def _kib(size: int) -> str:

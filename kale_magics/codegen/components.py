@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
-from kale_magics.codegen.cell_code import check_argument_size, prelude_cells, step_cells
+from kale_magics.codegen.cell_code import (check_argument_size, check_parameter_sizes, prelude_cells,
+                                            step_cells)
 from kale_magics.codegen.embedding import LOADER, RUNTIME_INPUT, runtime_component_function
-from kale_magics.codegen.parameters import JSON_TYPES, kfp_type
+from kale_magics.codegen.parameters import JSON_TYPES, kfp_type, kfp_value
 from kale_magics.errors import CompileError
 from kale_magics.model import Parameter, Plan, Step
 
@@ -96,6 +97,8 @@ def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str], 
         + "    )\n"
     )
     check_argument_size(f"component of step {step.name!r}", source, step.cells)
+    check_parameter_sizes(step.name, {n: kfp_value(parameters[n], parameters[n].value)
+                                      for n in step.parameters})
     return source
 
 
