@@ -57,7 +57,7 @@ def _artifact_class(name: str, artifact_types: Mapping[str, str]) -> str:
     return kind if kind in ARTIFACT_CLASSES else "Artifact"
 
 
-def decorator(plan: Plan, image: str, packages: str | None, extra: Sequence[str] = ()) -> str:
+def decorator(plan: Plan, image: str, packages: str | None) -> str:
     """``@dsl.component(...)`` with the base image, the packages constant and pip settings."""
     lines = [f"base_image={image}"]
     lines += [f"packages_to_install={packages}"] if packages else []
@@ -65,7 +65,7 @@ def decorator(plan: Plan, image: str, packages: str | None, extra: Sequence[str]
         lines.append(f"pip_index_urls={PIP_INDEX_URLS}")
     if plan.settings.pip_trusted_hosts:
         lines.append(f"pip_trusted_hosts={PIP_TRUSTED_HOSTS}")
-    return "@dsl.component(\n" + "".join(f"    {line},\n" for line in (*lines, *extra)) + ")\n"
+    return wrapped("@dsl.component(", lines, ")", 0) + "\n"
 
 
 def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str], packages: str,

@@ -119,7 +119,7 @@ def _constants(plan: Plan, packages: Mapping[str, list[str]], names: Mapping[str
                          (PIP_TRUSTED_HOSTS, plan.settings.pip_trusted_hosts)):
         if values:
             lines.append(wrapped(f"{name} = [", [repr(v) for v in values], "]", 0) + "\n")
-    lines.append("#: What the steps pip-install on the cluster, pinned to the versions compiled with.\n")
+    lines.append("#: What the steps pip-install on a cluster, pinned to the versions installed where this was compiled.\n")
     lists = {name: packages[step] for step, name in names.items()}
     lines += [wrapped(f"{name} = [", [repr(p) for p in values], "]", 0) + "\n"
               for name, values in lists.items()]
