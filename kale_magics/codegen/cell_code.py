@@ -49,8 +49,9 @@ def step_cells(cells: Sequence[Cell], sources: Mapping[int, str], indent: str) -
         index = cells[0].index
         return f"cells={{{index}: {_source_literal(sources[index], indent + '    ')}}}"
     inner = indent + "    "
-    return ("cells={\n" + "".join(f"{inner}{c.index}: {_source_literal(sources[c.index], inner + '    ')},\n"
-                                   for c in cells) + indent + "}")
+    entries = "".join(f"{inner}{c.index}: {_source_literal(sources[c.index], inner + '    ')},\n"
+                      for c in cells)
+    return "cells={\n" + entries + indent + "}"
 
 
 def prelude_cells(cells: Sequence[Cell], sources: Mapping[int, str], indent: str) -> str:

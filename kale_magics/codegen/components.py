@@ -93,7 +93,8 @@ def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str], 
         + f"{args}\n"
         + LOADER
         + "    run_step(\n"
-        + "".join(f"        {argument},\n" for argument in _run_step_arguments(step, parameters, sources))
+        + "".join(f"        {argument},\n"
+                  for argument in _run_step_arguments(step, parameters, sources))
         + "    )\n"
     )
     check_argument_size(f"component of step {step.name!r}", source, step.cells)
@@ -104,7 +105,7 @@ def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str], 
 
 def _run_step_arguments(step: Step, parameters: Mapping[str, Parameter],
                         sources: Mapping[int, str]) -> list[str]:
-    """The keyword arguments of ``bundle.run_step`` (``kale_magics.runtime``); empty ones left out."""
+    """The keyword arguments of ``runtime.bundle.run_step``; empty ones left out."""
     found = [f"step={step.name!r}", step_cells(step.cells, sources, " " * 8)]
     for keyword, opening, items, closing in (
             ("parameters", "{", [f"{n!r}: {n}" for n in step.parameters], "}"),

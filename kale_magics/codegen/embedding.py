@@ -6,9 +6,10 @@ the pipeline. It travels ONCE: the ``kale_runtime`` component holds it,
 compressed, with the notebook's imports and functions cells, and writes them as
 a folder, the bundle (see ``kale_magics.runtime.bundle``), into its output
 artifact. Every step takes that artifact as its input ``kale_runtime`` and
-imports the runtime from it with :data:`LOADER` (three lines). Copied into every component instead, the 17 KB runtime made the IR
-about 20 KiB per step: 2 MiB at 100 steps, over what Argo (1 MiB compressed
-workflow) and etcd (1.5 MiB request) accept.
+imports the runtime from it with :data:`LOADER` (three lines). Copied into
+every component instead, the 17 KB runtime made the IR about 20 KiB per step:
+2 MiB at 100 steps, over what Argo (1 MiB compressed workflow) and etcd (1.5 MiB
+request) accept.
 
 Why an artifact, and not a pipeline parameter holding the runtime: a parameter's
 value is part of each step's executor input, which KFP's driver writes into the
@@ -100,7 +101,8 @@ def _packed_runtime(files_json: str) -> tuple[str, str]:
     """The base64 lines of ``files_json`` compressed, and its sha256."""
     data = files_json.encode("utf-8")
     encoded = base64.b64encode(zlib.compress(data, 9)).decode("ascii")
-    lines = "".join(f"        {encoded[i:i + BLOB_LINE]!r}\n" for i in range(0, len(encoded), BLOB_LINE))
+    lines = "".join(f"        {encoded[i:i + BLOB_LINE]!r}\n"
+                    for i in range(0, len(encoded), BLOB_LINE))
     return lines.rstrip("\n"), hashlib.sha256(data).hexdigest()
 
 

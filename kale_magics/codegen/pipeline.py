@@ -86,7 +86,8 @@ def render_module(plan: Plan, artifact_types: Mapping[str, str] | None = None) -
     parts = [
         _header(plan),
         _constants(plan, packages, constants),
-        *(render_component(plan, step, types, constants[step.name], sources) for step in plan.steps),
+        *(render_component(plan, step, types, constants[step.name], sources)
+          for step in plan.steps),
         render_runtime_component(plan, sources),
         _pipeline_function(plan),
     ]
@@ -119,7 +120,8 @@ def _constants(plan: Plan, packages: Mapping[str, list[str]], names: Mapping[str
                          (PIP_TRUSTED_HOSTS, plan.settings.pip_trusted_hosts)):
         if values:
             lines.append(wrapped(f"{name} = [", [repr(v) for v in values], "]", 0) + "\n")
-    lines.append("#: What the steps pip-install on a cluster, pinned to the versions installed where this was compiled.\n")
+    lines.append("#: What the steps pip-install on a cluster, pinned to the versions installed where "
+                 "this was compiled.\n")
     lists = {name: packages[step] for step, name in names.items()}
     lines += [wrapped(f"{name} = [", [repr(p) for p in values], "]", 0) + "\n"
               for name, values in lists.items()]
