@@ -192,7 +192,7 @@ def test_a_142_kb_functions_cell_compiles_under_the_argument_limit_and_runs(note
     path = write_large_cell(tmp_path, 142_000)
     cell = large_functions_cell(142_000)
     ir, dsl = compile_to_dict(path, tmp_path / "out")
-    assert "'zlib': (" in dsl  # the cell is compressed, once, in the runtime component
+    assert "'xz': (" in dsl  # the cell is compressed, once, in the runtime component
     longest = max(len(a.encode("utf-8")) for args in ir_arguments(ir).values() for a in args)
     assert longest < ARGUMENT_MAX
     status = api.run_local(path, output_dir=str(tmp_path / "out"))

@@ -12,9 +12,9 @@ every step (see ``codegen.embedding``). That task writes a folder, the bundle:
 
 Each step receives the bundle as an input artifact, puts it first on
 ``sys.path``, imports this module and calls :func:`run_step`, which takes it off
-again. A cell's source is a string, or ``{"zlib": TEXT}`` for a large cell:
-TEXT is the base64 of its zlib-compressed UTF-8 (one command-line argument of a
-container is limited to 128 KiB on Linux).
+again. A cell's source is a string, or ``{"xz": TEXT}`` for a large cell:
+TEXT is the base64 of its UTF-8 compressed with LZMA (``.xz``; one command-line
+argument of a container is limited to 128 KiB on Linux).
 
 This module runs inside the pipeline step: it imports only the standard library.
 """
@@ -25,7 +25,6 @@ import base64
 import json
 import os
 import sys
-import zlib
 from typing import Any, Mapping, Optional, Union
 
 from kale_magics.runtime import step as _step
@@ -33,16 +32,18 @@ from kale_magics.runtime import step as _step
 #: The notebook's file in the bundle.
 NOTEBOOK = "notebook.json"
 #: Key of a compressed cell source.
-PACKED = "zlib"
+PACKED = "xz"
 
 Source = Union[str, Mapping[str, str]]
 
 
 def unpack(source: Source) -> str:
-    """A cell's source text: ``source`` itself, or ``{"zlib": TEXT}`` decompressed."""
+    """A cell's source text: ``source`` itself, or ``{"xz": TEXT}`` decompressed."""
     if isinstance(source, str):
         return source
-    return zlib.decompress(base64.b64decode(source[PACKED])).decode("utf-8")
+    import lzma  # only for large cells
+
+    return lzma.decompress(base64.b64decode(source[PACKED])).decode("utf-8")
 
 
 def cell_filename(notebook: str, index: int, label: str) -> str:
