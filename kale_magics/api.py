@@ -349,12 +349,10 @@ def remote_status(session: KfpSession, run_id: str, plan: Plan | None = None,
     Raises
     ------
     RunError
-        No such run; KfpConnectionError, KfpAuthError.
+        No such run, or KFP cannot report it (it answers the run's ids and an error only).
+    KfpConnectionError, KfpAuthError
     """
-    run = _watch.get_run(session, run_id)
-    status = _watch.new_status(session, run, plan, hooks)
-    _watch.apply_run(status, run)
-    return status
+    return _watch.start(session, run_id, plan, hooks).status
 
 
 def watch_remote(session: KfpSession, run_id: str, hooks: RunHooks | None = None, *,
@@ -382,29 +380,30 @@ def watch_remote(session: KfpSession, run_id: str, hooks: RunHooks | None = None
     KfpConnectionError, KfpAuthError, RunError
     """
     policy = RetryPolicy(max_outage_s=max_outage_s, backoff_max_s=max(1.0, min(20.0, max_outage_s / 4)))
-    run = _watch.get_run(session, run_id, policy)
-    status = _watch.new_status(session, run, plan, hooks)
-    return _watch.watch_run(session, status, _watch.WatchOptions(interval_s, timeout_s, policy))
+    follower = _watch.start(session, run_id, plan, hooks, policy)
+    return _watch.watch_run(follower, _watch.WatchOptions(interval_s, timeout_s, policy))
 
 
 def cancel_remote(session: KfpSession, run_id: str, *, wait_s: float = 60.0,
                   hooks: RunHooks | None = None, plan: Plan | None = None,
                   interval_s: float = 1.0) -> RunStatus:
-    """Terminate a remote run and wait up to ``wait_s`` seconds for it to be CANCELED.
+    """Terminate a remote run and wait up to ``wait_s`` seconds for it to end.
+
+    KFP ends a terminated run FAILED (``resource/resource_manager.go`` TerminateRun); a run
+    this session terminated is reported CANCELED (see :mod:`kale_magics.runner.watch`).
 
     Returns
     -------
     RunStatus
-        CANCELED, or CANCELING when the server has not finished within ``wait_s``
-        (0: do not wait), or the state it had already ended in.
+        CANCELED, or CANCELING when the run has not ended within ``wait_s`` (0: do not
+        wait), or the state it ended in before the cancel took effect (a finished run is
+        not touched).
 
     Raises
     ------
     RunError, KfpConnectionError, KfpAuthError
     """
-    _remote.terminate(session, run_id)
-    status = remote_status(session, run_id, plan, hooks)
-    return _watch.wait_for_end(session, status, wait_s, interval_s)
+    return _watch.cancel(session, run_id, wait_s, plan, hooks, interval_s)
 
 
 def list_schedules(session: KfpSession, experiment: str | None = None) -> list[ScheduleInfo]:

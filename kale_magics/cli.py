@@ -162,7 +162,11 @@ def _cancel(args: argparse.Namespace) -> int:
     session = _session(args)
     status = api.cancel_remote(session, args.run_id, wait_s=args.wait)
     print(status_text(status))
-    return 0 if status.state in ("CANCELED", "CANCELING") else 1
+    if status.state in ("CANCELED", "CANCELING"):
+        return 0
+    print(f"kale-magics: run {args.run_id} ended {status.state} before it could be canceled",
+          file=sys.stderr)
+    return 1
 
 
 def _schedules(args: argparse.Namespace) -> int:
@@ -285,7 +289,10 @@ def _add_remote_commands(sub: Any) -> None:
     status.add_argument("run_id", metavar="RUN_ID")
     status.add_argument("--watch", action="store_true", help="follow the run to its end")
     status.set_defaults(handler=_status)
-    cancel = sub.add_parser("cancel", help="terminate a KFP run", description="terminate a KFP run")
+    cancel = sub.add_parser("cancel", help="terminate a KFP run", description=(
+        "terminate a KFP run. Exit code 0: it is CANCELED (or still CANCELING after --wait); "
+        "1: it had ended otherwise (SUCCEEDED, FAILED, ...) before it could be canceled; "
+        "2: unknown run, bad input, connection or authentication error"))
     cancel.add_argument("run_id", metavar="RUN_ID")
     cancel.add_argument("--wait", type=float, default=60.0, metavar="S",
                         help="seconds to wait for CANCELED (default 60; 0: do not wait)")

@@ -298,7 +298,8 @@ class KaleMagics(Magics):
         if not run_id:
             raise UsageError("no remote run to cancel; give its id: `%kale cancel RUN_ID --host URL`")
         status = api.cancel_remote(self._connect(args), run_id)
-        print(f"run {run_id}: {status.state}")
+        ended = "" if status.state in ("CANCELED", "CANCELING") else " (it ended before it could be canceled)"
+        print(f"run {run_id}: {status.state}{ended}")
 
     def _export(self, args: argparse.Namespace) -> None:
         written, warnings = api.convert(self._notebook(args), args.kale_tags, "kale-tags")

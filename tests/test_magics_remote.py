@@ -1,4 +1,4 @@
-"""%kale run --host, %kale status and %kale cancel against the KFP API test server."""
+"""%kale run --host, %kale status and %kale cancel against the KFP API test server (strict mode)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,12 @@ def test_cancel_a_running_remote_run(shell, kfp_server, token_env, tmp_path) -> 
     with capture_output() as captured:
         shell.run_line_magic("kale", f"cancel {submission.run_id} --host {kfp_server.url}")
     assert f"run {submission.run_id}: CANCELED" in captured.stdout
+    assert kfp_server.run_json(submission.run_id)["state"] == "FAILED"  # KFP never says CANCELED
+    with capture_output() as captured:
+        shell.run_line_magic("kale", f"status {submission.run_id} --host {kfp_server.url}")
+    lines = captured.stdout.splitlines()
+    assert ": CANCELED" in lines[0]
+    assert [line.split()[:2] for line in lines[2:]] == [["wait", "CANCELED"], ["after", "SKIPPED"]]
     with pytest.raises(UsageError, match="no remote run to cancel"):
         kale(shell).__init__(shell)
         shell.run_line_magic("kale", "cancel")

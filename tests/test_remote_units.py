@@ -12,7 +12,7 @@ import urllib3
 from kale_magics import api
 from kale_magics.errors import KaleError, KfpAuthError, KfpConnectionError, RunError
 from kale_magics.model import PipelineSettings
-from kale_magics.runner import connection, remote, transport, watch
+from kale_magics.runner import connection, remote, task_map, transport, watch
 from kale_magics.runner.connection import resolve_connection
 
 TOKEN = "unit-secret-token-7d2a"
@@ -91,8 +91,9 @@ def test_version_name_is_content_derived(notebook, tmp_path: Path) -> None:
 
 
 def test_step_and_task_names_map_both_ways() -> None:
-    assert watch.task_name("train_forest") == "train-forest"
-    assert watch.step_name("train-forest") == "train_forest"
+    assert task_map.kfp_task_name("train_forest") == "train-forest"  # kfp.dsl.utils.maybe_rename_for_k8s
+    assert task_map.kfp_task_name("step_2_") == "step-2"
+    assert watch._step_of("train-forest", {"componentRef": {"name": "comp-train-forest"}}) == "train_forest"
     assert watch._topological({"c": {"b"}, "b": {"a"}, "a": set(), "d": set()}) == ["a", "d", "b", "c"]
 
 
@@ -148,3 +149,26 @@ def test_outage_longer_than_policy_ends_with_a_clear_error() -> None:
 def test_not_found_is_a_run_error() -> None:
     with pytest.raises(RunError, match="not found"):
         transport.call(CONN, "reading run r", Flaky(http_error(404)), policy=FAST)
+
+
+def test_step_error_summary_goes_to_the_termination_message_only_in_a_kfp_pod(tmp_path, monkeypatch) -> None:
+    from kale_magics.runtime import step
+    from kale_magics.runner import workflow
+
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    monkeypatch.setattr(step, "TERMINATION_LOG", str(log))
+    monkeypatch.delenv(step.TERMINATION_LOG_ENV, raising=False)
+    monkeypatch.delenv("KFP_POD_NAME", raising=False)
+    step.write_termination_message("train", "ValueError: bad", "nb.ipynb, cell 4 (step train)", 3)
+    assert log.read_text() == ""  # a local run, even in a notebook pod, leaves the file alone
+    monkeypatch.setenv("KFP_POD_NAME", "demo-abc-system-container-impl-1")
+    step.write_termination_message("train", "é" * 5000, "nb.ipynb, cell 4 (step train)", 3)
+    text = log.read_text()
+    assert len(text.encode()) <= 4096  # Kubernetes' limit for a termination message
+    summary = workflow._summary(f"Error (exit code 1): {text}")
+    assert summary == {"step": "train", "error": "é" * 800, "cell": "nb.ipynb, cell 4 (step train)", "line": 3}
+    missing = tmp_path / "absent"
+    monkeypatch.setenv(step.TERMINATION_LOG_ENV, str(missing))
+    step.write_termination_message("train", "ValueError: bad", "", 0)
+    assert not missing.exists()  # never created where Kubernetes did not mount it

@@ -10,7 +10,9 @@ Settings come from, in order (the first that sets a value wins):
    ``token_file``, ``connect_timeout_s``);
 5. for the token only: the in-cluster service-account token file KFP mounts into
    notebook pods (``KF_PIPELINES_SA_TOKEN_PATH``, default
-   ``/var/run/secrets/kubeflow/pipelines/token``), when present.
+   ``/var/run/secrets/kubeflow/pipelines/token``), when present;
+6. for the namespace only, on a multi-user server (healthz ``multi_user``): the namespace
+   of the pod kale-magics runs in (:data:`NAMESPACE_FILE`), when present.
 
 A token or cookie value is kept out of ``repr``, logs and every message; the
 messages say where credentials came from (``$KF_PIPELINES_TOKEN``), never what
@@ -25,6 +27,7 @@ otherwise hang, then print a traceback.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -45,6 +48,8 @@ COOKIES_ENV = "KF_PIPELINES_COOKIES"
 CONFIG_ENV = "KALE_MAGICS_CONFIG"
 SA_TOKEN_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
 SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
+#: The namespace of the pod kale-magics runs in (in a Kubeflow notebook: the user's profile).
+NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 HEALTHZ = "/apis/v2beta1/healthz"
 
 
@@ -228,7 +233,8 @@ def probe(connection: Connection) -> dict[str, Any]:
     Returns
     -------
     dict
-        The healthz answer, e.g. ``{"multi_user": false, "pipeline_store": "database"}``.
+        The healthz answer, e.g. ``{"multi_user": true, "pipeline_store": "database"}``;
+        KFP leaves ``multi_user`` out when it is false (zero values are not sent).
 
     Raises
     ------
@@ -286,15 +292,37 @@ class KfpSession:
         The ``kfp.Client``; its generated APIs (``client.runs``, ...) make the calls.
     healthz:
         What the health check answered.
+    terminated:
+        Ids of the runs this session asked KFP to terminate: KFP ends them FAILED, and they
+        are reported CANCELED.
     """
 
     connection: Connection
     client: Any = field(repr=False)
     healthz: dict[str, Any] = field(default_factory=dict)
+    terminated: set[str] = field(default_factory=set)
+
+    @property
+    def multi_user(self) -> bool:
+        """Whether the server runs in multi-user mode (every resource in a namespace)."""
+        return bool(self.healthz.get("multi_user"))
+
+
+def pod_namespace(path: Optional[str] = None) -> str:
+    """The namespace of the pod this runs in (its service-account namespace file), or ""."""
+    try:
+        with open(path or NAMESPACE_FILE, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def open_session(connection: Connection) -> KfpSession:
     """Probe the server, then build ``kfp.Client`` (quietly: no FutureWarning, no prints).
+
+    On a multi-user server without a namespace from the arguments, environment or config
+    file, the namespace of the pod this runs in (:data:`NAMESPACE_FILE`, in a Kubeflow
+    notebook the user's profile namespace) is used when there is one.
 
     Raises
     ------
@@ -302,6 +330,8 @@ def open_session(connection: Connection) -> KfpSession:
         From :func:`probe`, or when ``kfp.Client`` cannot be built.
     """
     healthz = probe(connection)
+    if healthz.get("multi_user") and not connection.namespace:
+        connection = dataclasses.replace(connection, namespace=pod_namespace())
     import kfp
 
     try:

@@ -30,7 +30,8 @@ from typing import Any, Mapping, Optional
 
 from kale_magics.codegen.compile import CompiledPipeline, dump_ir, read_ir
 from kale_magics.errors import KaleError
-from kale_magics.runner.connection import KfpSession
+from kale_magics.runner.connection import KfpSession, config_path
+from kale_magics.runner.task_map import kfp_task_name
 from kale_magics.runner.transport import call
 
 DEFAULT_EXPERIMENT = "Default"
@@ -224,6 +225,47 @@ def ensure_experiment(session: KfpSession, name: str) -> str:
                 body, idempotent=False).experiment_id
 
 
+def require_namespace(session: KfpSession, doing: str) -> None:
+    """Refuse, before anything is created, to work on a multi-user server without a namespace.
+
+    In multi-user mode (healthz ``multi_user``) experiments need a namespace (HTTP 400
+    without, ``server/experiment_server.go``) and a pipeline without one is shared, which
+    only KFP's admins may write (HTTP 403, ``server/pipeline_server.go``).
+
+    Raises
+    ------
+    KaleError
+        Multi-user server and no namespace from ``--namespace``, ``$KF_PIPELINES_NAMESPACE``,
+        the config file or the pod's namespace file.
+    """
+    if session.multi_user and not session.connection.namespace:
+        raise KaleError(f"KFP at {session.connection.host} is multi-user, so {doing} needs your "
+                        "namespace (your Kubeflow profile, e.g. kubeflow-user-example-com): pass "
+                        "--namespace NS, set $KF_PIPELINES_NAMESPACE or put {\"namespace\": NS} in "
+                        f"{config_path()}; nothing was created")
+
+
+def check_task_names(compiled: CompiledPipeline) -> None:
+    """Refuse a pipeline KFP's Argo backend cannot run: a step named like another step's driver.
+
+    KFP runs task ``x`` as the Argo tasks ``x-driver`` and ``x``
+    (``v2/compiler/argocompiler/container.go``), so a step ``x_driver`` (task ``x-driver``)
+    beside a step ``x`` gives the root DAG two tasks of one name.
+
+    Raises
+    ------
+    KaleError
+        Naming both steps and the fix, before anything is created.
+    """
+    steps = {kfp_task_name(step.name): step.name for step in compiled.plan.steps}
+    for task, step in steps.items():
+        other = steps.get(task[:-len("-driver")]) if task.endswith("-driver") else None
+        if other is not None:
+            raise KaleError(f"step {step!r} cannot run beside step {other!r} on KFP: KFP runs step "
+                            f"{other!r} with a driver task named {task!r}, which is also step {step!r}'s "
+                            f"task name; rename step {step!r} (for example to {step[:-7] + '_setup'!r})")
+
+
 def _runtime_config(arguments: Mapping[str, Any], pipeline_root: Optional[str]) -> Any:
     import kfp_server_api
 
@@ -295,8 +337,14 @@ def submit(session: KfpSession, compiled: CompiledPipeline, arguments: Mapping[s
 
     Raises
     ------
-    KaleError, RunError, KfpConnectionError, KfpAuthError
+    KaleError
+        A multi-user server and no namespace (:func:`require_namespace`), step names KFP
+        cannot run (:func:`check_task_names`) or a bad schedule, before anything is created.
+    RunError, KfpConnectionError, KfpAuthError
+        From the server, with its reason (an upload's error text included).
     """
+    require_namespace(session, "submitting a run")
+    check_task_names(compiled)
     if schedule is not None:
         schedule.kfp_cron()  # validate before anything is uploaded
     conn, plan = session.connection, compiled.plan
@@ -330,6 +378,8 @@ class ScheduleInfo:
 
 def list_schedules(session: KfpSession, experiment_id: Optional[str] = None) -> list[ScheduleInfo]:
     """The recurring runs in the session's namespace (or one experiment), up to 200."""
+    if not experiment_id:
+        require_namespace(session, "listing recurring runs")
     conn, api = session.connection, session.client.recurring_runs
     kwargs: dict[str, Any] = {"experiment_id": experiment_id} if experiment_id else {}
     if conn.namespace and not experiment_id:
@@ -353,6 +403,12 @@ def delete_schedule(session: KfpSession, recurring_run_id: str) -> None:
 
 
 def terminate(session: KfpSession, run_id: str) -> None:
-    """Ask the server to terminate a run (repeat-safe, so retried through outages)."""
+    """Ask the server to terminate a run (retried through outages).
+
+    KFP sets the run CANCELING and stops its Argo workflow; the run then ends FAILED. A run
+    that has finished or is already terminating gets HTTP 400 "Row not found"
+    (``storage/run_store.go`` TerminateRun), raised as RunError, which
+    :func:`kale_magics.runner.watch.cancel` expects.
+    """
     call(session.connection, f"terminating run {run_id}",
          session.client.runs.run_service_terminate_run, run_id=run_id)

@@ -58,12 +58,29 @@ class _Transient(Exception):
 
 
 def _api_message(error: Any) -> str:
-    """The server's own message from an ApiException body (KFP: ``{"message": ...}``)."""
+    """The server's own message from an ApiException body.
+
+    KFP's grpc-gateway endpoints answer a googleRpcStatus (``{"code", "message"}``); its
+    upload endpoints ``{"error_message", "error_details"}`` or plain text
+    (``server/pipeline_upload_server.go``).
+    """
+    text = error.body.decode(errors="replace") if isinstance(error.body, bytes) else str(error.body or "")
+    try:
+        body = json.loads(text or "{}")
+    except ValueError:
+        return " ".join(text.split()) if "<html" not in text.lower() else ""
+    if not isinstance(body, dict):
+        return ""
+    return str(body.get("message") or body.get("error_message") or body.get("error") or "")
+
+
+def _permission_denied(error: Any) -> bool:
+    """True when KFP itself refused (gRPC PermissionDenied): the caller is known but lacks access."""
     try:
         body = json.loads(error.body or "{}")
-        return str(body.get("message") or body.get("error") or "")
-    except (ValueError, TypeError, AttributeError):
-        return ""
+    except (ValueError, TypeError):
+        return False
+    return isinstance(body, dict) and (body.get("code") == 7 or "error_message" in body)
 
 
 def _network_reason(error: BaseException) -> str:
@@ -84,9 +101,14 @@ def translate(error: BaseException, connection: Connection, what: str) -> Except
 
     if isinstance(error, kfp_server_api.ApiException):
         status = int(error.status or 0)
+        detail = connection.redact(_api_message(error))[:300]
+        if status == 403 and _permission_denied(error):
+            return KfpAuthError(f"{what}: KFP at {connection.host} refused it (HTTP 403): {detail}; "
+                                f"the credentials from {connection.auth} were accepted but lack this "
+                                "permission: use a namespace you have access to (--namespace), or ask "
+                                "your Kubeflow admin for access")
         if status in (401, 403):
             return KfpAuthError(auth_message(connection, status))
-        detail = connection.redact(_api_message(error))[:300]
         reason = f"HTTP {status} {error.reason or ''}".strip() + (f": {detail}" if detail else "")
         if status in TRANSIENT_STATUSES or status == 0:
             return _Transient(reason)

@@ -29,6 +29,12 @@ from kale_magics.runtime import marshal, shell
 EVENT_MARKER = "##kale-magics-event##"
 #: Environment variable naming the working directory of a local run's steps.
 WORKDIR_ENV = "KALE_MAGICS_WORKDIR"
+#: Where Kubernetes mounts a container's termination-message file (``terminationMessagePath``).
+TERMINATION_LOG = "/dev/termination-log"
+#: Environment variable naming that file elsewhere (the KFP test server gives each task one).
+TERMINATION_LOG_ENV = "KALE_MAGICS_TERMINATION_LOG"
+#: Starts the step's error summary in its termination message.
+ERROR_MARKER = "kale-magics-step-error:"
 
 
 class StepFailed(Exception):
@@ -125,10 +131,44 @@ def _run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[st
         if isinstance(error, marshal.MarshalError):
             print(f"step {step!r}: {error}", file=sys.stderr)
         emit("end", step, state="FAILED", duration_s=time.time() - started, **_describe(error))
+        write_termination_message(step, **_describe(error))
         sys.stderr.flush()
         raise SystemExit(1) from None
     emit("end", step, state="SUCCEEDED", duration_s=time.time() - started,
          outputs=saved, metrics=values)
+
+
+def write_termination_message(step: str, error: str, cell: str, line: int) -> None:
+    """Leave a failed step's error summary as its container's Kubernetes termination message.
+
+    Kubernetes reads the file at the container's ``terminationMessagePath`` (default
+    ``/dev/termination-log``) when the container ends and puts it in the container status;
+    Argo appends it to a failed pod's node message (``Error (exit code 1): <message>``,
+    workflow/controller/operator.go ``inferFailedReason``), which KFP keeps in the run's
+    workflow manifest (the v1beta1 run detail), where the client reads it back. The message
+    is :data:`ERROR_MARKER` and one line of JSON (``step``, ``error``, ``cell``, ``line``),
+    under Kubernetes' 4096-byte limit. It is written only in a KFP executor pod (KFP sets
+    ``KFP_POD_NAME`` there, ``argocompiler`` ``commonEnvs``), or to the file named by
+    :data:`TERMINATION_LOG_ENV`, and only when the file already exists (Kubernetes mounts
+    it): a local run, even inside a notebook pod, never touches the pod's file.
+
+    Parameters
+    ----------
+    step:
+        The step's name.
+    error, cell, line:
+        ``"ZeroDivisionError: division by zero"``, the cell's filename, the 1-based line.
+    """
+    in_kfp_pod = bool(os.environ.get("KFP_POD_NAME"))
+    path = os.environ.get(TERMINATION_LOG_ENV) or (TERMINATION_LOG if in_kfp_pod else "")
+    if not path or not os.path.isfile(path):
+        return
+    summary = {"step": step, "error": error[:800], "cell": cell[:150], "line": line}
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f"{ERROR_MARKER} {json.dumps(summary, ensure_ascii=False)}")
+    except OSError:  # not writable: the step still fails with its log, only without the summary
+        pass
 
 
 def _run_code(code: Sequence[tuple[str, str]], namespace: dict[str, Any]) -> None:

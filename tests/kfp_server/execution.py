@@ -1,9 +1,17 @@
 """Executes the runs of the KFP test server in worker processes, as KFP's Argo backend would.
 
-Each run gets a :class:`Execution`: a daemon thread that starts the worker
-(:mod:`tests.kfp_server.worker`) in its own process group, reads its task
-events and updates the run's :class:`~tests.kfp_server.resources.RunRecord`.
-Terminating or dropping a run kills the process group.
+Each run gets an :class:`Execution`: a daemon thread that starts the worker
+(:mod:`tests.kfp_server.worker`) in its own process group, reads its task events and
+updates the run's Argo workflow and state. Terminating or dropping a run kills the
+process group.
+
+Terminating follows KFP (``resource/resource_manager.go`` TerminateRun,
+``storage/run_store.go`` TerminateRun, ``common/util/workflow.go`` IsTerminating): a run
+that has not finished becomes CANCELING (no state-history entry), the workflow's
+``activeDeadlineSeconds`` is set to 0, Argo kills the pods and fails the workflow, and the
+run ends FAILED; nothing maps it to CANCELED. Terminating a finished (or already
+terminating) run is HTTP 400 "Row not found". The lenient mode ends the run CANCELED and
+accepts terminating a finished run, as the original stand-in did.
 """
 
 from __future__ import annotations
@@ -18,10 +26,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from tests.kfp_server.resources import RunRecord, Store
+from tests.kfp_server.protocol import HttpError
+from tests.kfp_server.resources import TERMINAL, RunRecord, Store
 
 ROOT = Path(__file__).resolve().parents[2]
-#: How a failed executor pod is reported by Argo (KFP shows the node message).
+#: How Argo reports a failed pod without a termination message (``inferFailedReason``).
 POD_ERROR = "Error (exit code 1)"
 
 
@@ -40,11 +49,17 @@ class Execution:
         Folder for the run's files (spec, arguments, pipeline root, log).
     pending_s:
         How long the run stays PENDING before its first task starts (scheduling).
+    cache_root:
+        kfp.local's task cache shared by the server's runs (KFP's cache), or None.
+    cancel_s:
+        How long Argo takes to stop a terminated run (CANCELING lasts this long).
     """
 
     def __init__(self, store: Store, run: RunRecord, spec_text: str, arguments: dict,
-                 folder: Path, pending_s: float = 0.3) -> None:
+                 folder: Path, pending_s: float = 0.3, cache_root: Optional[Path] = None,
+                 cancel_s: float = 0.5) -> None:
         self.store, self.run, self.folder, self.pending_s = store, run, folder, pending_s
+        self.cache_root, self.cancel_s = cache_root, cancel_s
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "pipeline.yaml").write_text(spec_text, encoding="utf-8")
         (folder / "arguments.json").write_text(json.dumps(arguments), encoding="utf-8")
@@ -52,18 +67,29 @@ class Execution:
         self.outcome = ""  # "canceled" or "dropped" when the server ended the run
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, daemon=True,
-                                       name=f"kfp-test-run-{run.fields['run_id'][:8]}")
+                                       name=f"kfp-test-run-{run.run_id[:8]}")
 
     def start(self) -> None:
         """Start executing in the background."""
         self.thread.start()
 
     def cancel(self) -> None:
-        """Terminate the run: CANCELING now, CANCELED when the worker is gone."""
+        """Terminate the run (see the module docstring).
+
+        Raises
+        ------
+        HttpError
+            400 "Row not found" in strict mode when the run is finished or already terminating.
+        """
         with self.store.lock:
-            if self.run.state in ("SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"):
+            run = self.run
+            if run.state in TERMINAL or (run.strict and run.state == "CANCELING"):
+                if run.strict:
+                    raise HttpError(400, f"Failed to terminate run {run.run_id}: Invalid input error: "
+                                         f"Failed to terminate a run {run.run_id}. Row not found")
                 return
-            self.run.set_state("CANCELING")
+            run.set_state("CANCELING", record=not run.strict)
+            run.workflow.terminated = True
         self._stop("canceled")
 
     def drop(self) -> None:
@@ -79,51 +105,71 @@ class Execution:
                 except ProcessLookupError:
                     pass
 
+    def _command(self) -> list[str]:
+        folder = self.folder
+        return [sys.executable, "-m", "tests.kfp_server.worker", str(folder / "pipeline.yaml"),
+                str(folder / "arguments.json"), str(folder / "root"),
+                str(self.cache_root or "")]
+
     def _run(self) -> None:
         time.sleep(self.pending_s)
         with self._lock:
             if self.outcome:
                 return self._finish(None)
+            with self.store.lock:
+                self.run.workflow.start(time.time())
             with open(self.folder / "log.txt", "wb") as log:  # the worker keeps its own copy
                 self.process = subprocess.Popen(
-                    [sys.executable, "-m", "tests.kfp_server.worker", str(self.folder / "pipeline.yaml"),
-                     str(self.folder / "arguments.json"), str(self.folder / "root")],
-                    cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
+                    self._command(), cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
+                    start_new_session=True,
                     env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
         done_error: Optional[str] = None
         assert self.process.stdout is not None
         for line in self.process.stdout:  # ends when the worker exits or is killed
             event = json.loads(line)
-            with self.store.lock:
-                if event["event"] == "start":
-                    self.run.task_started(event["task"])
-                elif event["event"] == "end":
-                    error = POD_ERROR if event["state"] == "FAILED" else ""
-                    self.run.task_ended(event["task"], event["state"], error)
-                else:
-                    done_error = event["error"]
+            if event["event"] == "done":
+                done_error = event["error"]
+            else:
+                self._apply(event)
         self.process.stdout.close()
         self.process.wait()
         self._finish(done_error)
 
-    def _finish(self, done_error: Optional[str]) -> None:
+    def _apply(self, event: dict) -> None:
+        """One task event of the worker, applied to the run's workflow."""
         with self.store.lock:
-            run = self.run
-            if self.outcome == "dropped":
-                self.store.runs.pop(run.fields["run_id"], None)
+            run, task, when = self.run, event.get("task", ""), event["time"]
+            if task not in run.workflow.tasks:
                 return
-            running = [t for t in run.tasks if t["state"] == "RUNNING" and t is not run.root]
+            if run.state == "PENDING":
+                run.set_state("RUNNING")
+            if event["event"] == "start":
+                run.workflow.start_task(task, when)
+            elif event["event"] == "cached":
+                run.workflow.cache_task(task, when)
+            elif event["event"] == "end":
+                message = POD_ERROR + (f": {event['message']}" if event.get("message") else "")
+                run.workflow.end_task(task, event["state"] == "SUCCEEDED", when, message)
+
+    def _finish(self, done_error: Optional[str]) -> None:
+        if self.outcome == "canceled":
+            time.sleep(self.cancel_s)  # Argo notices the deadline and stops the pods
+        with self.store.lock:
+            run, workflow, now = self.run, self.run.workflow, time.time()
+            if self.outcome == "dropped":
+                self.store.runs.pop(run.run_id, None)
+                return
+            if not workflow.nodes:
+                workflow.start(now)
             if self.outcome == "canceled":
-                for task in running:
-                    run.finish_task(task, "CANCELED")
-                run.set_state("CANCELED")
-            elif done_error is None:
-                for task in running:
-                    run.finish_task(task, "FAILED", POD_ERROR)
-                run.set_state("FAILED", f"workflow executor exited with code {self.process.returncode}")
-            elif done_error:
-                run.set_state("FAILED", done_error)
-            else:
-                failed = [t["display_name"] for t in run.tasks if t["state"] == "FAILED"]
-                run.set_state("FAILED" if failed else "SUCCEEDED",
-                              f"task {failed[0]!r} failed: {POD_ERROR}" if failed else "")
+                workflow.finish("Failed", now, "Stopped with strategy 'Terminate'")
+                return run.set_state("FAILED" if run.strict else "CANCELED", "canceled")
+            failed = [n["displayName"] for n in workflow.nodes.values()
+                      if n["phase"] == "Failed" and n["templateName"] == "system-container-executor"]
+            if done_error is None or done_error or failed:
+                reason = done_error or f"workflow executor exited with code {self.process.returncode}"
+                workflow.finish("Failed", now, "child failed" if failed else reason)
+                return run.set_state("FAILED", f"task {failed[0]!r} failed: {POD_ERROR}" if failed
+                                     else reason)
+            workflow.finish("Succeeded", now)
+            run.set_state("SUCCEEDED")

@@ -2,7 +2,9 @@
 
 A test adds a :class:`Fault`; every request whose method and path match it is
 answered with the fault instead of (or, for ``reset_after``, after) the normal
-handling, for ``times`` requests or until ``for_s`` seconds have passed.
+handling, for ``times`` requests or until ``for_s`` seconds have passed. A fault
+answers KFP's error body, or the exact ``body`` it was given (e.g. the plain-text
+error of an upload endpoint).
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional, Union
+
+from tests.kfp_server.protocol import error_body
 
 
 @dataclass
@@ -21,6 +25,8 @@ class Fault:
     ----------
     status:
         Answer with this HTTP status (401, 500, 503, ...) instead of handling the request.
+    body, content_type:
+        Answer exactly this body (default: KFP's error body saying "injected fault").
     delay_s:
         Sleep this long before answering (a slow server).
     reset:
@@ -36,6 +42,8 @@ class Fault:
     """
 
     status: Optional[int] = None
+    body: Optional[bytes] = None
+    content_type: str = "application/json"
     delay_s: float = 0.0
     reset: bool = False
     reset_after: bool = False
@@ -45,6 +53,12 @@ class Fault:
     for_s: Optional[float] = None
     hits: int = 0
     added: float = field(default_factory=time.monotonic)
+
+    def answer(self, strict: bool) -> Union[dict[str, Any], tuple[str, bytes]]:
+        """The body to answer: the given one, else KFP's error body."""
+        if self.body is not None:
+            return self.content_type, self.body
+        return error_body(self.status or 500, "injected fault", strict)
 
     def matches(self, method: str, path: str) -> bool:
         """True when the fault applies to this request and has not expired."""

@@ -11,14 +11,25 @@ from tests.kfp_server.server import KfpTestServer
 
 #: The bearer token the shared server requires; tests grep output for it.
 SECRET_TOKEN = "kfp-secret-token-4f9c1e-DO-NOT-LEAK"
+_SERVER = pytest.StashKey[KfpTestServer]()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def kfp_server(request: pytest.FixtureRequest) -> Iterator[KfpTestServer]:
-    """One KFP test server for the session, requiring :data:`SECRET_TOKEN`; stopped at the end."""
-    server = KfpTestServer(token=SECRET_TOKEN).start()
-    request.addfinalizer(server.stop)
+    """The session's strict KFP test server, requiring :data:`SECRET_TOKEN`.
+
+    One server for the whole session (kept in pytest's config stash, stopped at the end);
+    each test using it fails when the server answered that test outside KFP's API spec.
+    """
+    config = request.config
+    if _SERVER not in config.stash:
+        config.stash[_SERVER] = KfpTestServer(token=SECRET_TOKEN, strict=True).start()
+        config.add_cleanup(config.stash[_SERVER].stop)
+    server = config.stash[_SERVER]
+    seen = len(server.violations)
     yield server
+    new = server.violations[seen:]
+    assert not new, "the KFP test server answered outside KFP's API spec:\n" + "\n".join(new)
 
 
 @pytest.fixture
@@ -27,3 +38,4 @@ def token_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("KF_PIPELINES_TOKEN", SECRET_TOKEN)
     monkeypatch.setenv("KALE_MAGICS_CONFIG", str(tmp_path / "no-config.json"))
     monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
+    monkeypatch.delenv("KF_PIPELINES_NAMESPACE", raising=False)

@@ -1,31 +1,37 @@
 """The KFP objects the test server keeps, in the JSON shapes of KFP's v2beta1 REST API.
 
-Shapes follow ``kfp_server_api``'s models (``V2beta1Run``, ``V2beta1PipelineTaskDetail``,
-...) and what KFP's API server really sends: empty lists and unset fields are
-left out, an unfinished run's ``finished_at`` and an unfinished task's
-``end_time`` are the zero time ``1970-01-01T00:00:00Z``, and the recurring-run
-list is under ``recurringRuns`` (its proto field is camelCase).
+Shapes follow what KFP's API server sends (``server/api_converter.go``), checked against
+the API's OpenAPI spec in strict mode (:mod:`.wire`): zero values, empty lists and unset
+fields are left out; times are whole seconds; an unfinished run's ``finished_at`` is
+``1970-01-01T00:00:00Z`` (``FinishedAtInSec`` 0), an unfinished task's ``end_time``
+``0001-01-01T00:00:00Z`` (a zero Go time, see :mod:`.argo`); the recurring-run list is
+under ``recurringRuns`` (its proto field is camelCase).
+
+A run's task entries are the nodes of its Argo workflow (:class:`.argo.Workflow`). In
+strict mode they come in a new random order on every answer (the run store gathers them
+with ``GROUP_CONCAT`` and no ``ORDER BY``, ``storage/run_store.go``) and carry no error;
+the lenient mode of the original stand-in lists them in start order and adds ``error``
+texts to failed tasks and runs, which the real server never does.
 """
 
 from __future__ import annotations
 
-import datetime
-import itertools
 import json
+import random
 import threading
 import time
 import uuid
 from typing import Any, Optional
+
+from tests.kfp_server.argo import TaskSpec, Workflow, seconds_text
 
 EPOCH = "1970-01-01T00:00:00Z"
 TERMINAL = frozenset({"SUCCEEDED", "SKIPPED", "FAILED", "CANCELED"})
 
 
 def rfc3339(seconds: Optional[float] = None) -> str:
-    """``seconds`` since the epoch (default now) as an RFC 3339 UTC time string."""
-    moment = datetime.datetime.fromtimestamp(time.time() if seconds is None else seconds,
-                                             datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``seconds`` since the epoch (default now) as KFP writes it: RFC 3339 UTC, whole seconds."""
+    return seconds_text(time.time() if seconds is None else seconds)
 
 
 def new_id() -> str:
@@ -43,6 +49,25 @@ def matches_filter(obj: dict[str, Any], filter_json: str) -> bool:
         if operation not in ("EQUALS", 1) or obj.get(predicate.get("key", "")) != value:
             return False
     return True
+
+
+#: Fields holding free-form JSON (protobuf Struct and Value maps), kept as they are.
+FREE_FORM = frozenset({"parameters", "pipeline_spec", "platform_spec"})
+
+
+def without_zero(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` without its zero values, nested messages too (``EmitUnpopulated: false``)."""
+    kept = {k: without_zero(v) if isinstance(v, dict) and k not in FREE_FORM else v
+            for k, v in obj.items()}
+    return {k: v for k, v in kept.items() if v not in ("", None, [], {}, 0) or v is True}
+
+
+def task_specs(ir: dict[str, Any]) -> dict[str, TaskSpec]:
+    """The root DAG's tasks of a compiled pipeline: upstream tasks and retry counts."""
+    tasks = ir.get("root", {}).get("dag", {}).get("tasks", {})
+    return {name: TaskSpec(after=list(task.get("dependentTasks", [])),
+                           retries=int(task.get("retryPolicy", {}).get("maxRetryCount", 0)))
+            for name, task in tasks.items()}
 
 
 class Store:
@@ -65,72 +90,83 @@ class Store:
 
 
 class RunRecord:
-    """One run: its fields, state history and per-task details."""
+    """One run: its fields, state history and Argo workflow.
 
-    _task_numbers = itertools.count(1)
+    Parameters
+    ----------
+    fields:
+        The run's fields as created (ids, names, runtime config, ...).
+    workflow:
+        The run's Argo workflow.
+    strict:
+        Answer as KFP's API server does (see the module docstring).
+    namespace:
+        The namespace of the run's experiment ("" in single-user mode).
+    """
 
-    def __init__(self, fields: dict[str, Any]) -> None:
-        self.fields = fields
+    def __init__(self, fields: dict[str, Any], workflow: Workflow, strict: bool = True,
+                 namespace: str = "") -> None:
+        self.fields, self.workflow, self.strict, self.namespace = fields, workflow, strict, namespace
         self.state = "PENDING"
-        self.error = ""
+        self.error = ""  # lenient mode only: why the run failed
+        self.broken = ""  # the API server cannot convert the run: it answers this error only
         self.finished_at: Optional[float] = None
         self.history: list[dict[str, Any]] = [{"update_time": rfc3339(), "state": "PENDING"}]
-        self.tasks: list[dict[str, Any]] = []
-        self.root = self._task("root", "RUNNING", parent="")
+        self.rng = random.Random()
 
-    def set_state(self, state: str, error: str = "") -> None:
-        """Change the run state (and record it); a terminal state also stamps ``finished_at``."""
+    @property
+    def run_id(self) -> str:
+        """The run's id."""
+        return self.fields["run_id"]
+
+    def set_state(self, state: str, error: str = "", *, record: bool = True) -> None:
+        """Change the run state; ``record`` appends it to the state history (terminate does not:
+        ``storage/run_store.go`` TerminateRun sets CANCELING without a history entry)."""
         if state == self.state:
             return
-        self.state = state
-        self.error = error or self.error
-        self.history.append({"update_time": rfc3339(), "state": state})
+        self.state, self.error = state, error or self.error
+        if record:
+            self.history.append({"update_time": rfc3339(), "state": state})
         if state in TERMINAL:
             self.finished_at = time.time()
-            self.root.update(state=state, end_time=rfc3339(self.finished_at))
 
-    def _task(self, name: str, state: str, parent: Optional[str] = None) -> dict[str, Any]:
-        number = next(self._task_numbers)
-        now = rfc3339()
-        task = {"run_id": self.fields["run_id"], "task_id": new_id(), "display_name": name,
-                "create_time": now, "start_time": now, "end_time": EPOCH, "state": state,
-                "execution_id": str(number), "pod_name": f"{name}-{number}",
-                "state_history": [{"update_time": now, "state": state}],
-                "executor_detail": {"main_job": f"{name}-{number}"}}
-        if parent is None:
-            task["parent_task_id"] = self.root["task_id"]
-            self.root.setdefault("child_tasks", []).append({"pod_name": task["pod_name"]})
-        self.tasks.append(task)
-        return task
-
-    def task_started(self, name: str) -> None:
-        """A task's driver ran and its executor pod started."""
-        if self.state == "PENDING":
-            self.set_state("RUNNING")
-        self.finish_task(self._task(f"{name}-driver", "RUNNING"), "SUCCEEDED")
-        self._task(name, "RUNNING")
-
-    def task_ended(self, name: str, state: str, error: str = "") -> None:
-        """The executor of task ``name`` ended in ``state``."""
-        for task in reversed(self.tasks):
-            if task["display_name"] == name and task["state"] == "RUNNING":
-                self.finish_task(task, state, error)
-                return
-
-    def finish_task(self, task: dict[str, Any], state: str, error: str = "") -> None:
-        """End ``task`` in ``state``."""
-        task.update(state=state, end_time=rfc3339())
-        task["state_history"].append({"update_time": task["end_time"], "state": state})
-        if error:
-            task["error"] = {"code": 2, "message": error}
+    def tasks_json(self) -> list[dict[str, Any]]:
+        """The run's task entries: shuffled and without errors (strict), else ordered with errors."""
+        entries = self.workflow.task_details(self.run_id, errors=not self.strict)
+        if self.strict:
+            self.rng.shuffle(entries)
+            return entries
+        return sorted(entries, key=lambda e: e["start_time"])
 
     def to_json(self) -> dict[str, Any]:
         """The run as ``GET /apis/v2beta1/runs/{id}`` returns it."""
-        body = dict(self.fields)
+        if self.broken:  # api_converter.go toApiRun: a run it cannot convert is its ids and an error
+            return {"run_id": self.run_id, "experiment_id": self.fields["experiment_id"],
+                    "error": {"code": 13, "message": self.broken}}
+        body = without_zero(dict(self.fields))
         body.update(state=self.state, state_history=self.history,
                     finished_at=rfc3339(self.finished_at) if self.finished_at else EPOCH,
-                    run_details={"pipeline_context_id": "1", "pipeline_run_context_id": "2",
-                                 "task_details": [dict(t) for t in self.tasks]})
-        if self.error:
+                    run_details={"task_details": self.tasks_json()})
+        if not body["run_details"]["task_details"]:
+            body["run_details"] = {}
+        if self.error and not self.strict:
             body["error"] = {"code": 2, "message": self.error}
         return body
+
+    def to_v1_json(self) -> dict[str, Any]:
+        """The v1beta1 run detail (``GET /apis/v1beta1/runs/{id}``): the run and its workflow manifest.
+
+        ``toApiRunDetailV1`` (``server/api_converter.go``) returns the stored Argo workflow as
+        ``pipeline_runtime.workflow_manifest``, a JSON string.
+        """
+        status = {"PENDING": "Pending", "RUNNING": "Running", "SUCCEEDED": "Succeeded",
+                  "SKIPPED": "Skipped", "FAILED": "Failed", "CANCELING": "Terminating"}
+        run = without_zero({"id": self.run_id, "name": self.fields.get("display_name", ""),
+                            "created_at": self.fields["created_at"],
+                            "scheduled_at": self.fields.get("scheduled_at", ""),
+                            "finished_at": rfc3339(self.finished_at) if self.finished_at else EPOCH,
+                            "status": status.get(self.state, "Failed"),
+                            "storage_state": "STORAGESTATE_AVAILABLE"})
+        manifest = self.workflow.manifest(self.run_id, self.namespace)
+        return {"run": run, "pipeline_runtime": {"workflow_manifest": json.dumps(manifest)}}
+
