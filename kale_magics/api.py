@@ -57,7 +57,7 @@ def read_annotated(notebook: str | os.PathLike[str]) -> tuple[AnnotatedNotebook,
     """
     annotated = read_notebook(notebook)
     plan = build_plan(annotated.cells, annotated.settings, annotated.path)
-    return annotated, replace(plan, warnings=annotated.warnings)
+    return annotated, replace(plan, warnings=(*annotated.warnings, *plan.warnings))
 
 
 def check(notebook: str | os.PathLike[str], namespace: Mapping[str, Any],

@@ -246,6 +246,8 @@ class KaleMagics(Magics):
         compiled = self._compiled(args)
         arguments = dict(api.parse_param(p) for p in args.param)
         remote = bool(args.host or args.remote)
+        for warning in compiled.warnings:
+            print(f"warning: {warning}")
         for notice in ([] if remote else api.local_notices(compiled)):
             print(f"notice: {notice}")
         handle = display({"text/plain": f"running {compiled.plan.name}"}, raw=True, display_id=True)

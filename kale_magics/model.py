@@ -296,6 +296,13 @@ class Step:
         Metrics this step logs after its code ran.
     settings:
         The step's execution settings, pipeline defaults included.
+    imports:
+        ``(cell, statement)``: import statements of earlier steps that bound
+        modules (or names imported from them) this step reads, replayed in the
+        step instead of passing modules as data, in notebook order.
+    reads_outside:
+        What in the step's code reads files or other outside state
+        (``"pandas.read_csv(...)"``): a cached result of the step may be stale.
     """
 
     name: str
@@ -306,6 +313,8 @@ class Step:
     parameters: tuple[str, ...] = ()
     metrics: tuple[Metric, ...] = ()
     settings: StepSettings = field(default_factory=StepSettings)
+    imports: tuple[tuple[Cell, str], ...] = ()
+    reads_outside: tuple[str, ...] = ()
 
     @property
     def upstream(self) -> tuple[str, ...]:
@@ -331,6 +340,9 @@ class Plan:
         Steps in notebook order (a topological order of the DAG).
     notebook:
         Path of the notebook the plan was built from ("" when built from cells).
+    warnings:
+        What the compile found that may make the pipeline differ from the
+        notebook run top to bottom, each naming the cell and the fix.
     """
 
     name: str

@@ -72,6 +72,7 @@ def run_summary(status: RunStatus) -> str:
         lines.extend(f"  | {line}" for line in tail)
     if status.error and not status.failed_steps:
         lines.append(status.error)
+    lines.extend(f"warning: {w}" for w in status.warnings)
     lines.append(f"artifacts under {status.pipeline_root}")
     return "\n".join(lines)
 

@@ -265,3 +265,40 @@ def test_a_parameter_too_large_for_the_executor_input_is_refused_naming_it(noteb
     with pytest.raises(CompileError, match=r"^parameter 'DATA' is 146 KiB: KFP hands step 'use' "
                                            r"its parameters in one command-line argument"):
         api.compile_notebook(path, str(tmp_path / "out"))
+
+
+def code_lines(code: Any) -> list[tuple[str, int, tuple[Any, ...]]]:
+    """Every code object's name, first line and line table, depth first."""
+    found = [(code.co_name, code.co_firstlineno, tuple(line for *_, line in code.co_lines()))]
+    for const in code.co_consts:
+        if hasattr(const, "co_lines"):
+            found += code_lines(const)
+    return found
+
+
+def test_shipped_runtime_has_no_docs_and_keeps_every_line_number() -> None:
+    from kale_magics.codegen.embedding import RUNTIME_MODULES, runtime_files
+
+    files = runtime_files()
+    runtime = Path(__file__).parents[1] / "kale_magics" / "runtime"
+    for name in RUNTIME_MODULES:
+        original = (runtime / f"{name}.py").read_text(encoding="utf-8")
+        shipped = files[f"kale_magics/runtime/{name}.py"]
+        assert len(shipped) < len(original) and "#" not in "".join(
+            line for line in shipped.splitlines() if line.lstrip().startswith("#"))
+        assert code_lines(compile(shipped, name, "exec")) == code_lines(compile(original, name, "exec"))
+
+
+def test_without_docs_cuts_docstrings_and_comments_only() -> None:
+    from kale_magics.codegen.embedding import without_docs
+
+    source = ('"""Module."""\nimport os  # why\n\n\ndef f(x):\n    """Doc, é\n    more é."""\n'
+              '    return ", ".join([x, "# not a comment"])  # comment é\n\n\nclass C:\n'
+              '    """Only a docstring."""\n')
+    out = without_docs(source)
+    assert out.splitlines() == ['""""""', "import os", "", "", "def f(x):", '    """', '"""',
+                                '    return ", ".join([x, "# not a comment"])', "", "", "class C:",
+                                '    """"""']
+    namespace: dict[str, Any] = {}
+    exec(out, namespace)
+    assert namespace["f"]("a") == "a, # not a comment" and namespace["f"].__doc__ == "\n"

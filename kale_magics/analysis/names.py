@@ -17,15 +17,26 @@ the code never binds that name at module level, before or after the ``def``.
 
 Builtins (``print``, ``len``, ``get_ipython``...) are reported like any other
 name; the caller filters them.
+
+What a step needs beyond its plain reads is reported too, so it can see what
+the notebook sees: the globals each function (or class) it defines reads when
+called (a caller of that function reads them too: pass ``callees``); names
+read through IPython's expansion of ``$name`` and ``{expression}`` in ``!cmd``
+and magic lines (*soft reads*: passed when a step has them, else the shell
+leaves the text as it is); names it binds only on some paths (``if``, loops);
+and names bound by a plain import statement, which a later step replays
+instead of receiving the module as data.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from kale_magics.runtime.shell import NO_VAR_EXPAND, DollarFormatter
 
 __all__ = ["NameUse", "python_source", "scan", "scan_blocks", "scan_trees"]
 
@@ -45,11 +56,49 @@ class NameUse:
         for ``import sklearn.ensemble as ens``, ``"os"`` for
         ``from os import path``), in order, without duplicates. Relative
         imports are excluded.
+    soft_reads : tuple of str
+        Names read only through the globals of a called function
+        (``callees``) or through ``$name`` / ``{expression}`` in a shell
+        command or magic line, not in :attr:`reads`: passed to the code when an
+        earlier step has them; without them the code behaves as the notebook
+        would without them.
+    conditional : tuple of str
+        Names in :attr:`writes` that some path through the code leaves unbound
+        (bound only in an ``if`` branch, a loop, a ``try`` body, ...).
+    globals_of : mapping of str to tuple of str
+        For each name bound at module level, the module globals read by the
+        functions of the statement that bound it last (a ``def``'s body, a
+        class's methods, a lambda): what calling it reads. Names bound to
+        plain values are absent.
+    imported : mapping of str to tuple of str
+        Names whose last binding is a top-level import statement, with the
+        statements that give the name its value (``("import email.mime.text",)``
+        for ``email``): a later step replays them.
+    classes : tuple of str
+        Names bound by a top-level ``class`` statement, sorted.
+    aliases : mapping of str to str
+        ``{"params": "cfg"}`` for a last binding ``params = cfg`` at the top
+        level: after it both names are one object.
+    changed_in_place : tuple of str
+        Names in :attr:`writes` only changed in place (``cfg["lr"] = 2``),
+        never bound to a new object: every other name of that object changes too.
+    maybe_changed : tuple of str
+        Names not in :attr:`writes` whose method is called as a statement at the
+        top level (``model.fit(X, y)``, ``items.append(x)``): the call's result
+        is dropped, so it may change the object in place.
     """
 
     reads: tuple[str, ...]
     writes: tuple[str, ...]
     imports: tuple[str, ...]
+    soft_reads: tuple[str, ...] = ()
+    conditional: tuple[str, ...] = ()
+    globals_of: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    imported: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    classes: tuple[str, ...] = ()
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    changed_in_place: tuple[str, ...] = ()
+    maybe_changed: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------
@@ -148,6 +197,12 @@ def _line_preserving(cls: type) -> type:
 # --------------------------------------------------------------------------
 
 
+#: What a called notebook function reads, by function name (``NameUse.globals_of`` of its producer).
+Callees = Mapping[str, Sequence[str]]
+#: The public names ``from MODULE import *`` binds, or None when they cannot be known.
+StarNames = Callable[[str], Sequence[str] | None]
+
+
 def scan(source: str) -> NameUse:
     """Analyse plain Python source.
 
@@ -170,7 +225,8 @@ def scan(source: str) -> NameUse:
     return scan_blocks([source])
 
 
-def scan_blocks(sources: Sequence[str]) -> NameUse:
+def scan_blocks(sources: Sequence[str], callees: Callees | None = None,
+                star_names: StarNames | None = None) -> NameUse:
     """Analyse blocks of plain Python run one after the other in one namespace.
 
     A name bound in block 1 and read in block 2 is not a read; deferred reads
@@ -181,6 +237,13 @@ def scan_blocks(sources: Sequence[str]) -> NameUse:
     ----------
     sources : sequence of str
         Plain Python blocks, e.g. the cells of one pipeline step, in order.
+    callees : mapping of str to sequence of str, optional
+        Globals read by functions defined elsewhere (earlier steps, the
+        functions cell), by name: code that reads such a name (and does not
+        bind it first) soft-reads these globals, transitively.
+    star_names : callable, optional
+        ``star_names(module)`` gives the names ``from module import *`` binds
+        (None when unknown); without it a star import binds nothing.
 
     Returns
     -------
@@ -193,15 +256,18 @@ def scan_blocks(sources: Sequence[str]) -> NameUse:
         The error raised by :func:`ast.parse` on the first invalid block; its
         ``lineno`` is relative to that block.
     """
-    return scan_trees([_parse(source) for source in sources])
+    return scan_trees([_parse(source) for source in sources], callees, star_names)
 
 
-def scan_trees(trees: Sequence[ast.Module]) -> NameUse:
+def scan_trees(trees: Sequence[ast.Module], callees: Callees | None = None,
+               star_names: StarNames | None = None) -> NameUse:
     """Like :func:`scan_blocks`, for blocks already parsed with :func:`ast.parse`."""
-    visitor = _NameVisitor()
+    visitor = _NameVisitor(callees or {}, star_names)
+    definite: set[str] = set()
     for tree in trees:
         visitor.visit(tree)
-    return visitor.result()
+        definite = _definite(tree.body, definite)
+    return visitor.result(definite)
 
 
 def _parse(source: str) -> ast.Module:
@@ -236,6 +302,106 @@ def _magic_code(node: ast.Call) -> list[ast.Module]:
         return [ast.parse(code.value)]
     except SyntaxError:  # it fails when it runs, with the user's own traceback
         return []
+
+
+def _ipython_call(node: ast.Call) -> str:
+    """``"system"`` for ``get_ipython().system(...)`` and likewise, else ""."""
+    func = node.func
+    if (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Call)
+            and getattr(func.value.func, "id", "") == "get_ipython"):
+        return func.attr
+    return ""
+
+
+def _constant_args(node: ast.Call) -> list[str | None]:
+    return [a.value if isinstance(a, ast.Constant) and isinstance(a.value, str) else None
+            for a in node.args]
+
+
+def _expanded(node: ast.Call) -> list[ast.expr]:
+    """The expressions IPython's ``var_expand`` evaluates in a ``!cmd`` or a magic's line."""
+    method, args = _ipython_call(node), _constant_args(node)
+    if method in ("system", "getoutput") and args:
+        text = args[0]
+    elif method in ("run_line_magic", "run_cell_magic") and len(args) >= 2 \
+            and args[0] not in NO_VAR_EXPAND:
+        text = args[1]
+    else:
+        return []
+    expressions = []
+    try:
+        fields = [f for _, f, _, _ in DollarFormatter().parse(text or "") if f]
+    except ValueError:  # unbalanced braces: IPython leaves the text as it is
+        return []
+    for field_name in fields:
+        try:
+            expressions.append(ast.parse(field_name, mode="eval").body)
+        except SyntaxError:
+            continue
+    return expressions
+
+
+def _captured_name(node: ast.Call) -> str | None:
+    """``out`` for ``%%capture out`` (``get_ipython().run_cell_magic('capture', 'out', ...)``)."""
+    args = _constant_args(node)
+    if _ipython_call(node) != "run_cell_magic" or len(args) < 2 or args[0] != "capture":
+        return None
+    words = [w for w in (args[1] or "").split() if not w.startswith("-")]
+    return words[0] if words and words[0].isidentifier() else None
+
+
+def _targets(node: ast.AST) -> set[str]:
+    """Names an assignment target binds: ``a`` and ``b`` for ``a, *b = ...``."""
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+
+
+def _definite(body: Sequence[ast.stmt], bound: set[str]) -> set[str]:
+    """Names bound at module level on every path through ``body`` (given ``bound`` before it).
+
+    Conservative: a name bound only in a loop, in one branch, in a ``try``
+    body that may fail before it, or by a ``:=`` is not definite.
+    """
+    bound = set(bound)
+    for node in body:
+        bound |= _definite_one(node, bound)
+        if isinstance(node, ast.Delete):
+            bound -= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return bound
+
+
+def _definite_one(node: ast.stmt, bound: set[str]) -> set[str]:
+    if isinstance(node, ast.Assign):
+        return set().union(*(_targets(t) for t in node.targets))
+    if isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+        return _targets(node.target) if getattr(node, "value", None) is not None else set()
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return {(a.asname or a.name).partition(".")[0] for a in node.names if a.name != "*"}
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {node.name}
+    if isinstance(node, ast.If):
+        return _definite(node.body, bound) & _definite(node.orelse, bound)
+    if isinstance(node, (ast.With, ast.AsyncWith)):
+        items = set().union(*(_targets(i.optional_vars) for i in node.items if i.optional_vars))
+        return items | _definite(node.body, bound)
+    if isinstance(node, ast.Try) or type(node).__name__ == "TryStar":
+        ends = [_definite(node.body + node.orelse, bound),
+                *(_definite(h.body, bound) for h in node.handlers)]  # type: ignore[attr-defined]
+        return set.intersection(*ends) | _definite(node.finalbody, bound)  # type: ignore[attr-defined]
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        return {n for n in [_captured_name(node.value)] if n}
+    return set()
+
+
+#: Methods called as statements only to show or save something (``df.head()`` as a cell's last
+#: line): calling them does not make the object "maybe changed in place".
+_READ_ONLY = frozenset({
+    "head", "tail", "describe", "info", "plot", "hist", "show", "display", "print", "summary",
+    "to_csv", "to_parquet", "to_json", "to_pickle", "to_excel", "to_feather", "savefig", "save",
+    "predict", "predict_proba", "score", "transform", "evaluate", "copy", "count", "mean", "sum",
+    "min", "max", "std", "value_counts", "nunique", "isna", "isnull", "corr", "keys", "values",
+    "items", "get", "join", "format", "startswith", "endswith", "split", "strip", "read",
+    "exists", "is_file", "is_dir", "log", "debug", "warning", "error", "write_text",
+    "write_bytes"})
 
 
 _MODULE = "module"
@@ -281,21 +447,55 @@ def _parameters(args: ast.arguments) -> Iterable[ast.arg]:
 class _NameVisitor(ast.NodeVisitor):
     """Walk module code, keeping an explicit stack of scopes."""
 
-    def __init__(self) -> None:
+    def __init__(self, callees: Callees, star_names: StarNames | None) -> None:
         self._module = _Scope(_MODULE)
         self._stack: list[_Scope] = [self._module]
         self._writes: dict[str, None] = {}
         self._imports: dict[str, None] = {}
         self._events: list[tuple[str, bool]] = []  # (name, deferred)
+        self._soft_events: list[tuple[str, bool]] = []
+        self._soft = False  # reading through IPython's expansion of a command line
         self._lazy_annotations = False  # from __future__ import annotations
+        self._callees = callees
+        self._star_names = star_names
+        self._statement: ast.stmt | None = None  # the top-level statement being visited
+        self._statement_bound: list[str] = []
+        self._globals_of: dict[str, tuple[str, ...]] = {}
+        self._imported: dict[str, tuple[str, ...]] = {}
+        self._classes: set[str] = set()
+        self._aliases: dict[str, str] = {}
+        self._mutated: set[str] = set()  # changed in place (`cfg["lr"] = 2`)
+        self._plain: set[str] = set()  # bound by a plain binding
+        self._method_called: dict[str, None] = {}
 
-    def result(self) -> NameUse:
+    def result(self, definite: set[str]) -> NameUse:
         """Resolve deferred reads against all module bindings."""
         reads: dict[str, None] = {}
         for name, deferred in self._events:
             if not (deferred and name in self._module.bound):
                 reads.setdefault(name)
-        return NameUse(tuple(reads), tuple(self._writes), tuple(self._imports))
+        soft = dict.fromkeys(name for name, deferred in self._soft_events
+                             if not (deferred and name in self._module.bound) and name not in reads)
+        return NameUse(tuple(reads), tuple(self._writes), tuple(self._imports), tuple(soft),
+                       tuple(n for n in self._writes if n not in definite),
+                       dict(self._globals_of), dict(self._imported), tuple(sorted(self._classes)),
+                       dict(self._aliases), tuple(n for n in self._writes
+                                                  if n in self._mutated and n not in self._plain),
+                       tuple(n for n in self._method_called if n not in self._writes))
+
+    def visit_Module(self, node: ast.Module) -> None:
+        """Visit each top-level statement, noting what the functions it binds read when called."""
+        for statement in node.body:
+            self._statement, self._statement_bound = statement, []
+            start = len(self._events)
+            self.visit(statement)
+            deferred = tuple(dict.fromkeys(n for n, d in self._events[start:] if d))
+            deferred += self._instance_of(statement)
+            for name in self._statement_bound:
+                self._globals_of[name] = deferred
+                if not deferred:
+                    del self._globals_of[name]
+        self._statement = None
 
     # -- reads and bindings ------------------------------------------------
 
@@ -324,13 +524,44 @@ class _NameVisitor(ast.NodeVisitor):
 
     def _module_read(self, name: str, deferred: bool) -> None:
         if deferred or name not in self._module.bound:
-            self._events.append((name, deferred))
+            (self._soft_events if self._soft else self._events).append((name, deferred))
+            self._callee_reads(name, deferred)
+
+    def _instance_of(self, statement: ast.stmt) -> tuple[str, ...]:
+        """``m = Meter()`` or ``h = make()``: what ``m``'s methods (or the function ``make``
+        returns) read when called is what the class's methods (or ``make``) read."""
+        value = getattr(statement, "value", None)
+        if not (isinstance(statement, ast.Assign) and isinstance(value, ast.Call)
+                and isinstance(value.func, ast.Name)):
+            return ()
+        maker = value.func.id
+        if maker in self._globals_of:
+            return self._globals_of[maker]
+        return tuple(self._callees.get(maker, ())) if maker not in self._module.bound else ()
+
+    def _callee_reads(self, name: str, deferred: bool) -> None:
+        """Reading a function defined elsewhere soft-reads the globals it reads, transitively."""
+        if name in self._module.bound and not deferred:
+            return
+        seen, todo = {name}, list(self._callees.get(name, ()))
+        while todo:
+            glob = todo.pop(0)
+            if glob in seen:
+                continue
+            seen.add(glob)
+            if deferred or glob not in self._module.bound:
+                self._soft_events.append((glob, deferred))
+                todo.extend(self._callees.get(glob, ()))
 
     def _bind(self, name: str, index: int = -1) -> None:
         scope = self._stack[index]
         if scope is self._module or name in scope.declared_global:
             self._module.bound.add(name)
             self._writes.setdefault(name)
+            self._statement_bound.append(name)
+            self._imported.pop(name, None)
+            self._aliases.pop(name, None)
+            self._plain.add(name)
         elif name not in scope.declared_nonlocal:
             scope.bound.add(name)
 
@@ -338,7 +569,11 @@ class _NameVisitor(ast.NodeVisitor):
         """``df["a"] = 1`` at module level modifies, hence binds, ``df``."""
         base = _base_name(target)
         if base is not None and self._stack[-1] is self._module:
+            plain = base in self._plain
             self._bind(base)
+            self._mutated.add(base)
+            if not plain:
+                self._plain.discard(base)
 
     def _annotations_evaluated(self) -> bool:
         return not self._lazy_annotations
@@ -366,6 +601,10 @@ class _NameVisitor(ast.NodeVisitor):
         self.visit(node.value)
         for target in node.targets:
             self.visit(target)
+        if (node is self._statement and isinstance(node.value, ast.Name)
+                and all(isinstance(t, ast.Name) for t in node.targets)):
+            for target in node.targets:  # `params = cfg`: one object under two names
+                self._aliases[target.id] = node.value.id  # type: ignore[union-attr]
 
     def visit_AugAssign(self, node: ast.AugAssign) -> None:
         if isinstance(node.target, ast.Name):
@@ -392,11 +631,29 @@ class _NameVisitor(ast.NodeVisitor):
             self._bind_base(node.target)
 
     def visit_Call(self, node: ast.Call) -> None:
-        """Also analyse the code that ``%time``/``%%time``/``%%capture`` run in this namespace."""
+        """Also analyse the code that ``%time``/``%%time``/``%%capture`` run in this namespace,
+        the expressions IPython expands in a command or magic line, and ``%%capture NAME``."""
         self.generic_visit(node)
         for tree in _magic_code(node):
             for statement in tree.body:
                 self.visit(statement)
+        soft, self._soft = self._soft, True
+        for expression in _expanded(node):
+            self.visit(expression)
+        self._soft = soft
+        captured = _captured_name(node)
+        if captured:
+            self._bind(captured)
+
+    def visit_Expr(self, node: ast.Expr) -> None:
+        """``model.fit(X, y)`` as a statement: its result is dropped, so it may change ``model``."""
+        self.generic_visit(node)
+        call = node.value
+        if (self._stack[-1] is self._module and isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Attribute) and call.func.attr not in _READ_ONLY):
+            base = _base_name(call.func.value)
+            if base is not None:
+                self._method_called.setdefault(base)
 
     def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
         self.visit(node.value)
@@ -433,17 +690,37 @@ class _NameVisitor(ast.NodeVisitor):
         for alias in node.names:
             top = alias.name.partition(".")[0]
             self._imports.setdefault(top)
-            self._bind(alias.asname or top)
+            name = alias.asname or top
+            earlier = self._imported.get(name, ())
+            self._bind(name)
+            if node is self._statement:  # `import a.b` then `import a.c`: `a` needs both
+                plain = alias.asname is None and all(" as " not in e for e in earlier)
+                self._imported[name] = (*(earlier if plain else ()),
+                                        ast.unparse(ast.Import(names=[alias])))
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        replayable = node is self._statement and node.level == 0 and node.module != "__future__"
         if node.level == 0 and node.module:
             self._imports.setdefault(node.module.partition(".")[0])
             if node.module == "__future__":
                 names = {alias.name for alias in node.names}
                 self._lazy_annotations |= "annotations" in names
         for alias in node.names:
-            if alias.name != "*":
-                self._bind(alias.asname or alias.name)
+            if alias.name == "*":
+                self._star_import(node, replayable)
+                continue
+            self._bind(alias.asname or alias.name)
+            if replayable:
+                self._imported[alias.asname or alias.name] = (ast.unparse(ast.ImportFrom(
+                    module=node.module, names=[alias], level=0)),)
+
+    def _star_import(self, node: ast.ImportFrom, replayable: bool) -> None:
+        """``from X import *`` binds the public names of X, when ``star_names`` knows them."""
+        names = self._star_names(node.module) if self._star_names and node.module else None
+        for name in names or ():
+            self._bind(name)
+            if replayable:
+                self._imported[name] = (f"from {node.module} import {name}",)
 
     # -- match patterns -----------------------------------------------------
 
@@ -512,6 +789,8 @@ class _NameVisitor(ast.NodeVisitor):
             self.visit(stmt)
         self._stack.pop()
         self._bind(node.name)
+        if self._stack[-1] is self._module:
+            self._classes.add(node.name)
 
     # -- comprehensions -----------------------------------------------------
 

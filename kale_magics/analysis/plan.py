@@ -1,32 +1,37 @@
 """Build the pipeline :class:`~kale_magics.model.Plan` from annotated cells.
 
-The producer of a variable a step reads is the nearest step ABOVE it in
-notebook order that binds it: exactly the value the notebook sees when run top
-to bottom. Producers become data edges; ``--after`` edges are kept as written
-(Kale drops them) and independent steps stay parallel (Kale serialises them).
-Every problem is an :class:`~kale_magics.errors.AnalysisError` raised here, at
-compile time, naming the cell and the fix.
+A step receives, for each name it reads, the value of the nearest assignment
+ABOVE it in notebook order (a step, a parameters cell, the prelude, a skipped
+cell: see :mod:`~kale_magics.analysis.linking`): exactly the value the notebook
+sees when run top to bottom. Producing steps become data edges; ``--after``
+edges are kept as written (Kale drops them) and independent steps stay parallel
+(Kale serialises them). Every problem is an
+:class:`~kale_magics.errors.AnalysisError` raised here, at compile time, naming
+the cell and the fix; what cannot be made faithful (process state, skipped
+magics, skipped cells) becomes a warning in :attr:`Plan.warnings`.
 """
 
 from __future__ import annotations
 
 import ast
-import builtins
 import difflib
 import graphlib
+import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from kale_magics.analysis.names import NameUse, python_source, scan, scan_blocks
+from kale_magics.analysis.effects import Effects, cell_effects, import_aliases
+from kale_magics.analysis.linking import KNOWN_NAMES, Linker, scan_cells
+from kale_magics.analysis.names import python_source
 from kale_magics.analysis.parameters import read_parameters
+from kale_magics.analysis.star import StarImports
+from kale_magics.analysis.travel import travel_warnings
 from kale_magics.errors import AnalysisError
-from kale_magics.model import (PRELUDE_KINDS, Cell, Input, Metric, Parameter, PipelineSettings, Plan,
-                               Step, StepSettings)
+from kale_magics.model import (PRELUDE_KINDS, Cell, Input, Metric, PipelineSettings, Plan, Step,
+                               StepSettings)
 from kale_magics.notebook.annotations import pipeline_name_from
 
-#: Names every step has without a producer: Python's builtins and the names
-#: the step runtime provides as IPython does in a notebook.
-KNOWN_NAMES = frozenset(dir(builtins)) | {"get_ipython", "display", "__name__"}
+__all__ = ["KNOWN_NAMES", "build_plan"]
 
 
 @dataclass
@@ -37,6 +42,7 @@ class _StepDraft:
     inputs: dict[str, str] = field(default_factory=dict)
     parameters: set[str] = field(default_factory=set)
     metrics: list[Metric] = field(default_factory=list)
+    imports: dict[str, tuple[Cell, tuple[str, ...]]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -70,12 +76,33 @@ def build_plan(cells: Sequence[Cell], settings: PipelineSettings, notebook: str 
     _check_names(drafts)
     parameters = read_parameters([c for c in cells if c.annotation.kind == "parameters"])
     prelude = tuple(c for c in cells if c.annotation.kind in PRELUDE_KINDS)
-    provided = set(_scan(prelude).writes) | {p.name for p in parameters}
-    _link(cells, drafts, provided, parameters)
-    steps = _order(drafts, _outputs(drafts), settings.step_defaults)
+    effects = _effects(cells)
+    star = StarImports(os.path.dirname(os.path.abspath(notebook)) if notebook else "")
+    linker = Linker(cells, parameters, effects, star)
+    linker.link(drafts)
+    outside = {d.name: tuple(dict.fromkeys(e.what for c in d.cells
+                                           for e in effects[c.index].reads_outside))
+               for d in drafts}
+    steps = _order(drafts, _outputs(drafts), settings.step_defaults, outside)
     name = settings.name or pipeline_name_from(_stem(notebook) or "pipeline")
+    warnings = [*star.warnings, *linker.warnings, *travel_warnings(cells, drafts, effects)]
     return Plan(name=name, settings=settings, parameters=parameters, prelude=prelude,
-                steps=steps, notebook=notebook)
+                steps=steps, notebook=notebook, warnings=tuple(dict.fromkeys(warnings)))
+
+
+def _effects(cells: Sequence[Cell]) -> dict[int, Effects]:
+    """What each cell's code does (``analysis.effects``), import aliases from the whole notebook."""
+    trees = {}
+    for cell in cells:
+        if cell.annotation.kind == "metrics":  # expressions, one per line: no effects
+            trees[cell.index] = ast.Module(body=[], type_ignores=[])
+            continue
+        try:
+            trees[cell.index] = ast.parse(python_source(cell.source))
+        except SyntaxError:
+            scan_cells([cell])  # raises the AnalysisError naming the cell
+    aliases = import_aliases(trees.values())
+    return {index: cell_effects(tree, aliases) for index, tree in trees.items()}
 
 
 def _stem(path: str) -> str:
@@ -114,94 +141,11 @@ def _check_names(drafts: Sequence[_StepDraft]) -> None:
                                     f"{after!r}, which is not a step; {hint}")
 
 
-def _scan(cells: Sequence[Cell]) -> NameUse:
-    sources = []
-    for cell in cells:
-        source = python_source(cell.source)
-        try:
-            ast.parse(source)
-        except SyntaxError as error:
-            raise AnalysisError(f"{cell.describe()}: SyntaxError at line {error.lineno}: "
-                                f"{error.msg}; fix the cell (IPython syntax such as `!cmd` "
-                                "and `%magic` is fine)") from None
-        sources.append(source)
-    return scan_blocks(sources)
-
-
-def _link(cells: Sequence[Cell], drafts: list[_StepDraft], provided: set[str],
-          parameters: Sequence[Parameter]) -> None:
-    """Find each step's inputs and parameters, and attach metrics to their producers."""
-    by_head = {d.head.index: d for d in drafts}
-    writers: dict[str, _StepDraft] = {}
-    param_names = {p.name for p in parameters}
-    for cell in cells:
-        draft = by_head.get(cell.index)
-        if draft is not None:
-            use = _scan(draft.cells)
-            for name in (*use.reads, *cell.annotation.inputs):
-                _resolve(draft, name, writers, provided, param_names, cells)
-            for name in (*use.writes, *cell.annotation.outputs):
-                writers[name] = draft
-        elif cell.annotation.kind == "metrics":
-            _attach_metrics(cell, writers, provided, param_names, cells)
-
-
-def _resolve(draft: _StepDraft, name: str, writers: dict[str, _StepDraft], provided: set[str],
-             param_names: set[str], cells: Sequence[Cell]) -> None:
-    forced = name in draft.head.annotation.inputs
-    if name in writers and writers[name] is not draft:
-        draft.inputs[name] = writers[name].name
-    elif name in param_names and not forced:
-        draft.parameters.add(name)
-    elif (name in provided or name in KNOWN_NAMES) and not forced:
-        return
-    elif not (forced and name in writers):
-        raise _missing(name, f"step {draft.name!r}", draft.head, writers, cells)
-
-
-def _missing(name: str, reader: str, cell: Cell, writers: dict[str, _StepDraft],
-             cells: Sequence[Cell]) -> AnalysisError:
-    """The error for a name no earlier step provides, listing where it IS bound."""
-    later = [c for c in cells if c.index > cell.index and c.annotation.kind == "step"
-             and name in _scan([c]).writes]
-    if later:
-        where = (f"it is assigned in {later[0].describe()} of step {later[0].annotation.name!r}, "
-                 f"which comes later: move that assignment above, or into an earlier step")
-    else:
-        close = difflib.get_close_matches(name, list(writers), n=3)
-        maybe = f" (did you mean {', '.join(f'`{c}`' for c in close)}?)" if close else ""
-        where = (f"assign it in an earlier step, the functions cell or the parameters cell; "
-                 f"if a step makes it in a way analysis cannot see (exec, a change in place), "
-                 f"add `--outputs {name}` to that step{maybe}")
-    return AnalysisError(f"{cell.describe()}: {reader} reads `{name}`, which no earlier step "
-                         f"assigns; {where}")
-
-
-def _attach_metrics(cell: Cell, writers: dict[str, _StepDraft], provided: set[str],
-                    param_names: set[str], cells: Sequence[Cell]) -> None:
-    for number, line in enumerate(python_source(cell.source).splitlines(), start=1):
-        expression = line.split("#", 1)[0].strip()
-        if not expression:
-            continue
-        try:
-            reads = scan(f"({expression})").reads
-        except SyntaxError:
-            raise AnalysisError(f"{cell.describe()}, line {number}: `{expression}` is not a Python "
-                                "expression; a metrics cell lists one name or expression "
-                                "per line, such as `accuracy`") from None
-        producers = [writers[n] for n in reads if n in writers]
-        if not producers:
-            raise AnalysisError(f"{cell.describe()}, line {number}: metric `{expression}` reads no "
-                                "variable an earlier step assigns; name a variable a step computes")
-        owner = max(producers, key=lambda d: d.head.index)
-        for name in reads:
-            if name in writers and writers[name] is not owner:
-                owner.inputs.setdefault(name, writers[name].name)
-            elif name in param_names:
-                owner.parameters.add(name)
-            elif name not in writers and name not in provided and name not in KNOWN_NAMES:
-                raise _missing(name, f"metric `{expression}`", cell, writers, cells)
-        owner.metrics.append(Metric(key=expression, expression=expression))
+def _replayed(draft: _StepDraft) -> tuple[tuple[Cell, str], ...]:
+    """The import statements the step replays, in notebook order, each once."""
+    found = sorted(draft.imports.values(), key=lambda item: item[0].index)
+    return tuple(dict.fromkeys((cell, statement) for cell, statements in found
+                               for statement in statements))
 
 
 def _outputs(drafts: Sequence[_StepDraft]) -> dict[str, set[str]]:
@@ -213,13 +157,14 @@ def _outputs(drafts: Sequence[_StepDraft]) -> dict[str, set[str]]:
 
 
 def _order(drafts: Sequence[_StepDraft], outputs: dict[str, set[str]],
-           defaults: StepSettings) -> tuple[Step, ...]:
+           defaults: StepSettings, outside: dict[str, tuple[str, ...]]) -> tuple[Step, ...]:
     """Freeze the drafts into Steps in a topological order, notebook order on ties."""
     steps = {d.name: Step(
         name=d.name, cells=tuple(d.cells), after=d.head.annotation.after,
         inputs=tuple(Input(n, p) for n, p in sorted(d.inputs.items())),
         outputs=tuple(sorted(outputs[d.name])), parameters=tuple(sorted(d.parameters)),
-        metrics=tuple(d.metrics), settings=d.head.annotation.settings.over(defaults))
+        metrics=tuple(d.metrics), settings=d.head.annotation.settings.over(defaults),
+        imports=_replayed(d), reads_outside=outside[d.name])
         for d in drafts}
     position = {d.name: i for i, d in enumerate(drafts)}
     sorter = graphlib.TopologicalSorter({s.name: s.upstream for s in steps.values()})

@@ -109,11 +109,16 @@ def unsaved_cells(saved: Sequence[Cell], executed: Iterable[ExecutedCell]) -> tu
             if not cell.key.startswith(f"{cell.annotation.kind}:"):  # it has a real cell id
                 warnings.append(f"a `%%kale {cell.annotation.kind}` cell ran in this kernel but "
                                 "is not in the saved notebook: save the notebook")
-        elif (file_cell.annotation, file_cell.source[1:].rstrip()) != (cell.annotation,
-                                                                         cell.source.rstrip()):
+        elif (file_cell.annotation, _body(file_cell.source)) != (cell.annotation,
+                                                                   _body(cell.source)):
             warnings.append(f"{file_cell.describe()} differs from what this kernel ran: "
                             "save the notebook (or run the cell again)")
     return tuple(warnings)
+
+
+def _body(source: str) -> str:
+    """A cell body without the blank lines around it (the reader keeps line numbers with them)."""
+    return source.lstrip("\n").rstrip()
 
 
 def preflight(plan: Plan, namespace: Mapping[str, Any], saved: Sequence[Cell] = (),

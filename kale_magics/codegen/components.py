@@ -15,9 +15,10 @@ from typing import Mapping, Sequence
 from kale_magics.codegen.cell_code import (check_argument_size, check_parameter_sizes, prelude_cells,
                                             step_cells)
 from kale_magics.codegen.embedding import LOADER, RUNTIME_INPUT, runtime_component_function
+from kale_magics.codegen.literals import literal, string_literal
 from kale_magics.codegen.parameters import JSON_TYPES, kfp_type, kfp_value
 from kale_magics.errors import CompileError
-from kale_magics.model import Parameter, Plan, Step
+from kale_magics.model import Cell, Parameter, Plan, Step
 
 METRICS_ARTIFACT = "kale_metrics"
 ARTIFACT_CLASSES = ("Artifact", "Dataset", "Model")
@@ -107,15 +108,25 @@ def _run_step_arguments(step: Step, parameters: Mapping[str, Parameter],
                         sources: Mapping[int, str]) -> list[str]:
     """The keyword arguments of ``runtime.bundle.run_step``; empty ones left out."""
     found = [f"step={step.name!r}", step_cells(step.cells, sources, " " * 8)]
+    imports = [f"({cell.index}, {string_literal(_label(cell))}, {string_literal(statement)})"
+               for cell, statement in step.imports]
     for keyword, opening, items, closing in (
+            ("imports", "[", imports, "]"),
             ("parameters", "{", [f"{n!r}: {n}" for n in step.parameters], "}"),
             ("json_parameters", "[", [repr(n) for n in _json_names(step, parameters)], "]"),
             ("inputs", "{", [f"{i.name!r}: in_{i.name}" for i in step.inputs], "}"),
             ("outputs", "{", [f"{n!r}: out_{n}" for n in step.outputs], "}"),
-            ("metrics", "{", [f"{m.key!r}: {m.expression!r}" for m in step.metrics], "}")):
+            ("metrics", "{", [f"{literal(m.key)}: {literal(m.expression)}" for m in step.metrics],
+             "}")):
         if items:
             found.append(wrapped(f"{keyword}={opening}", items, closing, 8))
     return found + ([f"metrics_artifact={METRICS_ARTIFACT}"] if step.metrics else [])
+
+
+def _label(cell: Cell) -> str:
+    """How a cell is named after its index in tracebacks: ``step train``, ``imports``."""
+    kind = cell.annotation.kind
+    return f"step {cell.annotation.name}" if kind == "step" else kind
 
 
 def render_runtime_component(plan: Plan, sources: Mapping[int, str]) -> str:

@@ -23,17 +23,21 @@ and in ``kfp.local``, reuses it across runs and ``--from STEP`` resumes with it.
 
 from __future__ import annotations
 
+import ast
 import base64
 import functools
 import hashlib
+import io
 import json
+import tokenize
 import zlib
 from importlib import resources
 
 from kale_magics import __version__
+from kale_magics.codegen.literals import string_literal
 
 #: The runtime modules shipped to every step: ``kale_magics/runtime/<name>.py``. The one list.
-RUNTIME_MODULES = ("bundle", "marshal", "shell", "step")
+RUNTIME_MODULES = ("bundle", "marshal", "pickling", "shell", "step")
 #: The component (and the pipeline function's task variable is ``<this>_task``).
 RUNTIME_COMPONENT = "kale_runtime"
 #: Every step's input artifact holding the bundle.
@@ -85,6 +89,7 @@ def {name}({output}: Output[Artifact]):
 def runtime_files() -> dict[str, str]:
     """The runtime as files of the bundle: ``{"kale_magics/runtime/step.py": source, ...}``.
 
+    The sources are without docstrings and comments (:func:`without_docs`).
     ``kale_magics/__init__.py`` is a stub: the real one belongs to the
     compiling side and is not needed in a step.
     """
@@ -92,8 +97,40 @@ def runtime_files() -> dict[str, str]:
     files = {"kale_magics/__init__.py": '"""The kale-magics step runtime, from a pipeline."""\n',
              "kale_magics/runtime/__init__.py": package.joinpath("__init__.py").read_text("utf-8")}
     for name in RUNTIME_MODULES:
-        files[f"kale_magics/runtime/{name}.py"] = package.joinpath(f"{name}.py").read_text("utf-8")
+        source = package.joinpath(f"{name}.py").read_text("utf-8")
+        files[f"kale_magics/runtime/{name}.py"] = without_docs(source)
     return files
+
+
+def without_docs(source: str) -> str:
+    """``source`` without its docstrings and comments, every line where it was.
+
+    The runtime travels compressed in the pipeline; its docstrings and comments
+    are a third of it. Each docstring becomes an empty string literal spanning
+    the same lines (a body that was only a docstring stays a body) and each
+    comment is cut, so tracebacks through the runtime name the lines of the
+    source in the repository.
+    """
+    lines = source.splitlines(keepends=True)
+    cuts: list[tuple[int, int, int, int, str]] = []  # 1-based start line, col, end line, col, text
+    for node in ast.walk(ast.parse(source)):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            doc = body[0]
+            blank = '"""' + "\n" * (doc.end_lineno - doc.lineno) + '"""'
+            end_col = len(lines[doc.end_lineno - 1].encode("utf-8")[:doc.end_col_offset].decode("utf-8"))
+            cuts.append((doc.lineno, doc.col_offset, doc.end_lineno, end_col, blank))  # ast: bytes
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            cuts.append((*token.start, *token.end, ""))
+    for start, col, end, end_col, text in sorted(cuts, reverse=True):
+        head, tail = lines[start - 1][:col], lines[end - 1][end_col:]
+        lines[start - 1:end] = [(head + text + tail.rstrip(" ") if tail.strip() else
+                                 (head + text).rstrip(" ") + "\n")]
+        lines[start - 1:start] = lines[start - 1].splitlines(keepends=True)
+    return "".join(lines)
 
 
 @functools.lru_cache(maxsize=4)
@@ -120,4 +157,4 @@ def runtime_component_function(notebook: str, prelude: str) -> str:
     blob, digest = _packed_runtime(json.dumps(runtime_files(), sort_keys=True))
     return _WRITER.format(name=RUNTIME_COMPONENT, output=RUNTIME_OUTPUT, version=__version__,
                           modules=",".join(RUNTIME_MODULES), digest=digest, blob=blob,
-                          notebook=repr(notebook), prelude=prelude)
+                          notebook=string_literal(notebook), prelude=prelude)

@@ -198,8 +198,42 @@ def parse_pipeline_line(line: str) -> PipelineSettings:
 
 def is_cell_annotation(first_line: str) -> bool:
     """True when ``first_line`` is a ``%%kale`` magic line."""
-    stripped = first_line.strip()
-    return stripped == CELL_PREFIX or stripped.startswith(CELL_PREFIX + " ")
+    return cell_magic(first_line) is not None
+
+
+def cell_magic(source: str) -> tuple[str, str] | None:
+    """``(arguments, body)`` when IPython runs ``source`` as the ``%%kale`` cell magic, else None.
+
+    IPython's own rules decide (``IPython.core.inputtransformer2.TransformerManager``:
+    its cleanup transforms drop leading blank lines, a common leading indent and
+    ``>>>`` / ``In [1]:`` prompts, then ``cell_magic`` takes the first line if it
+    starts with ``%%``), so the kernel and the notebook reader agree on which
+    cells are annotated. ``body`` is the cell body as the magic receives it,
+    after as many empty lines as the magic line and the lines before it took:
+    its line numbers are the cell's own.
+
+    Parameters
+    ----------
+    source:
+        A code cell's whole source.
+    """
+    if CELL_PREFIX not in source:
+        return None
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    lines = (source if source.endswith("\n") else source + "\n").splitlines(keepends=True)
+    leading = next((i for i, line in enumerate(lines) if line and not line.isspace()), 0)
+    for transform in TransformerManager().cleanup_transforms:
+        lines = transform(lines)
+    if not lines or not lines[0].startswith("%%"):
+        return None
+    name, _, arguments = lines[0][2:].rstrip().partition(" ")
+    if name != CELL_PREFIX[2:]:
+        return None
+    body = "".join(lines[1:])
+    if not source.endswith("\n") and body.endswith("\n"):
+        body = body[:-1]
+    return arguments, "\n" * (leading + 1) + body
 
 
 def is_pipeline_line(line: str) -> bool:

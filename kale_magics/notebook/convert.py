@@ -24,7 +24,7 @@ from kale_magics.notebook import kale_tags
 from kale_magics.notebook.annotations import (
     LINE_PREFIX,
     cell_line,
-    is_cell_annotation,
+    cell_magic,
     pipeline_line,
 )
 from kale_magics.notebook.reader import code_cells, read_settings
@@ -34,8 +34,8 @@ STASH = "kale_magics"
 
 def _strip_magics(source: str) -> str:
     """The cell without its ``%%kale`` line and without ``%load_ext kale_magics``/``%kale`` lines."""
-    first, _, rest = source.partition("\n")
-    lines = (rest if is_cell_annotation(first) else source).splitlines()
+    magic = cell_magic(source)
+    lines = (magic[1].lstrip("\n") if magic else source).splitlines()
     return "\n".join(line for line in lines if not (
         line.strip().startswith(f"{LINE_PREFIX} ") or line.strip() == "%load_ext kale_magics"))
 
@@ -77,11 +77,11 @@ def to_kale_tags(nb: Any, plan: Plan) -> tuple[Any, list[str]]:
         original = cell.get("source", "")
         had_tags = "tags" in cell.get("metadata", {})
         original_tags = list(cell.get("metadata", {}).get("tags", []))
-        magic = is_cell_annotation(original.partition("\n")[0])
+        magic = cell_magic(original) is not None
         own = annotated.get(index)
         own = own.annotation if own is not None and own.explicit else None
         if own is None and magic:
-            own = Annotation(kind=original.split()[1])  # parameters, metrics and skip cells
+            own = Annotation(kind=cell_magic(original)[0].split()[0])  # type: ignore[index]  # parameters, metrics and skip cells
         source, tags = _strip_magics(original), _foreign_tags(cell)
         if own is not None:
             seen = True

@@ -24,7 +24,7 @@ from kale_magics.errors import AnnotationError, NotebookError
 from kale_magics.model import Annotation, Cell, PipelineSettings
 from kale_magics.notebook import kale_tags
 from kale_magics.notebook.annotations import (
-    is_cell_annotation,
+    cell_magic,
     is_pipeline_line,
     parse_cell_line,
     parse_pipeline_line,
@@ -158,17 +158,18 @@ def load_notebook(path: str | os.PathLike[str]) -> Any:
 
 def _own_annotation(cell: CodeCell) -> tuple[Annotation | None, str, list[str]]:
     """The cell's own annotation (from its ``%%kale`` line or its Kale tags), its code, warnings."""
-    first, _, body = cell.source.partition("\n")
-    magic = is_cell_annotation(first)
+    magic = cell_magic(cell.source)
     kale, warnings = kale_tags.annotation_from_tags(list(cell.tags), cell.index)
     if magic and (kale is not None or any(kale_tags.is_kale_tag(t) for t in cell.tags)):
         raise AnnotationError(f"the cell has both a `%%kale` line and Kale tags "
                               f"({', '.join(cell.tags)}); keep one of them", cell=cell.index)
     if magic:
+        arguments, body = magic
         try:
-            return parse_cell_line(first), "\n" + body, warnings
+            return parse_cell_line(arguments), body, warnings
         except AnnotationError as error:
-            raise AnnotationError(error.message, line=first, cell=cell.index) from None
+            raise AnnotationError(error.message, line=f"%%kale {arguments}",
+                                  cell=cell.index) from None
     if kale is not None and kale.kind == "metrics":
         return kale, kale_tags.metrics_from_kale(cell.source, cell.index), warnings
     return kale, cell.source, warnings

@@ -39,7 +39,7 @@ from kale_magics.errors import RunError
 from kale_magics.model import requirement_name
 from kale_magics.runner import local_cache
 from kale_magics.runner.status import FAILED, RUNNING, SUCCEEDED, RunHooks, RunStatus, StepStatus
-from kale_magics.runtime.step import EVENT_MARKER, WORKDIR_ENV
+from kale_magics.runtime.step import EVENT_MARKER, WARNING_PREFIX, WORKDIR_ENV
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -67,6 +67,28 @@ def local_ir(ir: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         container["env"] = [*container.get("env", []),
                             *({"name": k, "value": v} for k, v in sorted(env.items()))]
     return local
+
+
+def in_plan_order(ir: dict[str, Any], steps: list[str]) -> dict[str, Any]:
+    """``ir`` (a local copy) where each task also depends on the task before it in ``steps``.
+
+    kfp.local runs tasks one at a time, in a depth-first walk of the DAG that
+    starts from its task map in that map's iteration order
+    (``kfp.local.graph_utils.topological_sort``, KFP 2.17), which is the
+    protobuf map's order, not the notebook's: independent steps ran in a
+    different order from run to run. ``steps`` is the plan's order, notebook
+    order where nothing else orders them, so chaining them makes local runs
+    reproducible and in notebook order. kfp.local already stops at the first
+    failed task, and ``dependentTasks`` is not part of its cache key; the IR
+    compiled for a cluster keeps its parallel branches.
+    """
+    tasks = ir["root"]["dag"]["tasks"]
+    names = [task_name for task_name in (local_cache.task_name(s) for s in steps) if task_name in tasks]
+    for before, task in zip(names, names[1:]):
+        dependent = tasks[task].setdefault("dependentTasks", [])
+        if before not in dependent:
+            dependent.append(before)
+    return ir
 
 
 def _unambiguous_name(ir: dict[str, Any]) -> str:
@@ -254,8 +276,18 @@ def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = 
         ir = local_cache.rerun(ir, local_cache.downstream(plan, from_step))
     env = {WORKDIR_ENV: os.path.abspath(workdir or os.path.dirname(plan.notebook) or ".")}
     with _private_tmpdir():
-        _execute(local_ir(ir, env), dict(arguments or {}), root, status, echo, enable_caching)
+        _execute(in_plan_order(local_ir(ir, env), [s.name for s in plan.steps]),
+                 dict(arguments or {}), root, status, echo, enable_caching)
+    found = [*local_cache.stale_warnings(plan, status), *step_warnings(status)]
+    status.warnings.extend(found)
+    status.notices.extend(found)  # the panel shows notices
     return status
+
+
+def step_warnings(status: RunStatus) -> list[str]:
+    """The warnings steps printed in their logs (``runtime.step.warn``), in step order."""
+    return [line.strip()[len(WARNING_PREFIX):] for step in status.steps.values()
+            for line in step.log if line.strip().startswith(WARNING_PREFIX)]
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 
 from kale_magics.errors import RunError
 from kale_magics.model import Plan
+from kale_magics.runner.status import RunStatus
 
 _HIT = re.compile(r"^Task (\S+) cache hit \(key=([0-9a-f]+)\)")
 #: Where the cache lives, under the pipeline root.
@@ -105,3 +106,20 @@ def rerun(ir: dict[str, Any], steps: list[str]) -> dict[str, Any]:
     for step in steps:
         tasks[task_name(step)].setdefault("cachingOptions", {})["enableCache"] = False
     return out
+
+
+def stale_warnings(plan: Plan, status: RunStatus) -> list[str]:
+    """A warning for each step taken from the cache whose code reads files or other outside state.
+
+    KFP caches on the step's code, image, inputs and parameters only, so such a
+    step's cached result is the old one even when the files it reads changed.
+    """
+    warnings = []
+    for step in plan.steps:
+        if step.reads_outside and status.steps[step.name].cached:
+            reads = ", ".join(f"`{what}`" for what in step.reads_outside[:3])
+            warnings.append(f"step {step.name!r} came from the cache (its code and inputs did not "
+                            f"change since an earlier run), but its code reads files or other "
+                            f"outside state ({reads}), which may have changed since: run again "
+                            f"with --no-cache, or --from {step.name}")
+    return warnings

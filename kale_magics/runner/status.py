@@ -127,6 +127,9 @@ class RunStatus:
     metrics_note:
         Why :attr:`metrics` is empty when the runner cannot read metric values
         (a remote run: KFP's REST API does not expose them), else "".
+    warnings:
+        What the run found that may make its results differ from the
+        notebook's, e.g. a step taken from the cache whose code reads files.
     """
 
     pipeline: str
@@ -141,6 +144,7 @@ class RunStatus:
     hooks: RunHooks = field(default_factory=RunHooks, repr=False, compare=False)
     metrics_note: str = ""
     notices: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -207,4 +211,5 @@ class RunStatus:
         return {"pipeline": self.pipeline, "state": self.state, "steps": steps,
                 "metrics": self.metrics, "pipeline_root": self.pipeline_root,
                 "duration_s": round(self.duration_s, 3), "run_id": self.run_id,
-                "url": self.url, "error": self.error, "metrics_note": self.metrics_note}
+                "url": self.url, "error": self.error, "metrics_note": self.metrics_note,
+                "warnings": self.warnings}

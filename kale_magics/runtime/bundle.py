@@ -25,7 +25,7 @@ import base64
 import json
 import os
 import sys
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from kale_magics.runtime import step as _step
 
@@ -66,10 +66,11 @@ def notebook() -> dict[str, Any]:
 
 
 def run_step(step: str, cells: Mapping[int, Source],
+             imports: Sequence[tuple[int, str, str]] = (),
              parameters: Optional[Mapping[str, Any]] = None, inputs: Optional[Mapping[str, Any]] = None,
              outputs: Optional[Mapping[str, Any]] = None, metrics: Optional[Mapping[str, str]] = None,
              **arguments: Any) -> None:
-    """Run ``step``: the prelude, then its cells, through ``kale_magics.runtime.step.run_step``.
+    """Run ``step`` through ``kale_magics.runtime.step.run_step``, with the bundle's prelude.
 
     The bundle folder is taken off ``sys.path`` first (the step put it there to
     import this module), so the step's code sees the ``sys.path`` it would see
@@ -80,12 +81,18 @@ def run_step(step: str, cells: Mapping[int, Source],
     step:
         The step's name.
     cells:
-        The step's own cells: source (possibly packed) by notebook cell index.
+        The step's own cells: source (possibly packed) by notebook cell index,
+        in notebook order; the first index is the step's position.
+    imports:
+        ``(cell index, label, statement)`` of the imports of earlier cells the
+        step replays (``step.run_step``'s ``imports``); ``label`` as in
+        :func:`cell_filename`.
     parameters, inputs, outputs, metrics:
         As for ``step.run_step``; empty when not given (the generated code
         leaves empty ones out).
     **arguments:
-        The other arguments of ``step.run_step`` (``metrics_artifact``, ...).
+        The other arguments of ``step.run_step`` (``json_parameters``,
+        ``metrics_artifact``).
 
     Raises
     ------
@@ -96,9 +103,11 @@ def run_step(step: str, cells: Mapping[int, Source],
     sys.path[:] = [p for p in sys.path if not p or os.path.abspath(p) != root]
     found = notebook()
     name = found["notebook"]
-    code = [(cell_filename(name, index, kind), unpack(source))
-            for index, kind, source in found["prelude"]]
-    code += [(cell_filename(name, index, f"step {step}"), unpack(source))
-             for index, source in cells.items()]
-    _step.run_step(step=step, code=code, parameters=parameters or {}, inputs=inputs or {},
-                   outputs=outputs or {}, metrics=metrics or {}, **arguments)
+    prelude = [(cell_filename(name, index, kind), unpack(source))
+               for index, kind, source in found["prelude"]]
+    code = [(cell_filename(name, index, f"step {step}"), unpack(source))
+            for index, source in cells.items()]
+    replayed = [(cell_filename(name, index, label), statement) for index, label, statement in imports]
+    _step.run_step(step=step, code=code, prelude=prelude, imports=replayed,
+                   parameters=parameters or {}, inputs=inputs or {}, outputs=outputs or {},
+                   metrics=metrics or {}, position=next(iter(cells)), **arguments)

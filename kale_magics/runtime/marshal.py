@@ -37,7 +37,7 @@ import platform
 import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 #: Version of the artifact layout; `load` refuses artifacts of another version.
 FORMAT_VERSION: int = 1
@@ -56,6 +56,13 @@ _SAMPLE_ROWS = 8
 _MAX_NPY_HEADER = 1 << 24
 
 Written = tuple[str, dict[str, int], dict[str, Any]]  # format, {file: bytes}, manifest extras
+
+
+class _Into(NamedTuple):
+    """Where a pickled value is loaded: the step's namespace and what its prelude bound."""
+
+    namespace: dict[str, Any] | None
+    prelude: Mapping[str, Any]
 
 
 class MarshalError(Exception):
@@ -81,7 +88,8 @@ class MarshalError(Exception):
         return self.message
 
 
-def save(value: object, path: str, variable: str) -> dict[str, Any]:
+def save(value: object, path: str, variable: str,
+         prelude: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write ``value`` as the artifact directory ``path``.
 
     Parameters
@@ -93,6 +101,10 @@ def save(value: object, path: str, variable: str) -> dict[str, Any]:
         empty or holding a previous kale-magics artifact (replaced).
     variable:
         The variable's name, for the manifest and error messages.
+    prelude:
+        The names the step's imports and functions cells bound: pickled
+        functions and classes among them are saved by reference
+        (see :mod:`kale_magics.runtime.pickling`).
 
     Returns
     -------
@@ -104,14 +116,15 @@ def save(value: object, path: str, variable: str) -> dict[str, Any]:
     Raises
     ------
     MarshalError
-        When neither cloudpickle nor dill can serialise ``value``, or ``path``
-        cannot be written; no partial artifact is left behind.
+        When neither cloudpickle nor dill can serialise ``value``, when it is or
+        holds a handle (an open file, a socket, a connection, a lock), or when
+        ``path`` cannot be written; no partial artifact is left behind.
     """
     python_type = _qualified_name(type(value))
     type_name = _display_name(python_type)
     created = _prepare_directory(path, variable, type_name)
     try:
-        kale_format, total = _write_artifact(value, path, variable, python_type)
+        kale_format, total = _write_artifact(value, path, variable, python_type, prelude or {})
     except OSError as error:
         _discard(path, created)
         raise _storage_error(error, path, variable, type_name) from error
@@ -122,7 +135,8 @@ def save(value: object, path: str, variable: str) -> dict[str, Any]:
             "python_type": python_type, "bytes": total}
 
 
-def load(path: str, variable: str) -> object:
+def load(path: str, variable: str, namespace: dict[str, Any] | None = None,
+         prelude: Mapping[str, Any] | None = None) -> object:
     """Load the value saved by :func:`save` in the artifact directory ``path``.
 
     Parameters
@@ -131,6 +145,11 @@ def load(path: str, variable: str) -> object:
         The artifact directory.
     variable:
         The variable's name, for error messages.
+    namespace:
+        The loading step's namespace: functions and classes defined in the
+        notebook get it as their globals. None loads them as saved.
+    prelude:
+        The names the loading step's imports and functions cells bound.
 
     Returns
     -------
@@ -149,7 +168,7 @@ def load(path: str, variable: str) -> object:
     type_name = _display_name(str(manifest.get("python_type", "unknown")))
     _check_files(path, manifest, variable, type_name)
     try:
-        return _READERS[manifest["kale_format"]](path, manifest)
+        return _READERS[manifest["kale_format"]](path, manifest, _Into(namespace, prelude or {}))
     except Exception as error:
         raise _load_error(error, path, manifest, variable, type_name) from error
 
@@ -371,22 +390,25 @@ def _allocate(size: int) -> mmap.mmap:
 # -- choosing and writing a format --------------------------------------------------------
 
 
-def _write_artifact(value: object, path: str, variable: str, python_type: str) -> tuple[str, int]:
+def _write_artifact(value: object, path: str, variable: str, python_type: str,
+                    prelude: Mapping[str, Any]) -> tuple[str, int]:
     """Write the data files, then the manifest; return the format and the bytes written."""
-    kale_format, files, extras = _write_data(value, path, variable, _display_name(python_type))
+    kale_format, files, extras = _write_data(value, path, variable, _display_name(python_type),
+                                             prelude)
     manifest = {"kale_format": kale_format, "kale_format_version": FORMAT_VERSION,
                 "python_type": python_type, "variable": variable, "files": files,
                 "python": platform.python_version(), **extras}
     return kale_format, sum(files.values()) + _write_manifest(path, manifest)
 
 
-def _write_data(value: object, path: str, variable: str, type_name: str) -> Written:
+def _write_data(value: object, path: str, variable: str, type_name: str,
+                prelude: Mapping[str, Any]) -> Written:
     """Write the data files of ``value`` in the best format that stores it exactly."""
     writer = _native_writer(value)
     written = writer(value, path) if writer is not None else None
     if written is None:
         _remove_files(path)
-        written = _write_pickled(value, path, variable, type_name)
+        written = _write_pickled(value, path, variable, type_name, prelude)
     return written
 
 
@@ -405,12 +427,20 @@ def _native_writer(value: object) -> Callable[[Any, str], Written | None] | None
     return None
 
 
-def _write_pickled(value: object, path: str, variable: str, type_name: str) -> Written:
-    """Pickle ``value`` with cloudpickle, else dill; raise MarshalError when both fail."""
+def _write_pickled(value: object, path: str, variable: str, type_name: str,
+                   prelude: Mapping[str, Any]) -> Written:
+    """Pickle ``value`` with cloudpickle, else dill; raise MarshalError when both fail or
+    when it holds a handle."""
+    from kale_magics.runtime import pickling
+
     failures = []
     for writer in (_write_cloudpickle, _write_dill):
         try:
-            return writer(value, path)
+            return writer(value, path, prelude)
+        except pickling.Refused as error:
+            _remove_files(path)
+            raise MarshalError(f"cannot pass `{variable}` ({type_name}) to later steps: {error}",
+                               variable, type_name) from None
         except Exception as error:
             if isinstance(error, OSError) and error.errno is not None:
                 raise  # the storage failed, not the pickler
@@ -421,9 +451,9 @@ def _write_pickled(value: object, path: str, variable: str, type_name: str) -> W
                        "that uses it, or leave it out with `--outputs`", variable, type_name)
 
 
-def _write_cloudpickle(value: object, path: str) -> Written:
+def _write_cloudpickle(value: object, path: str, prelude: Mapping[str, Any]) -> Written:
     """Pickle ``value`` (protocol 5) to ``data.pkl``, big buffers out of band to ``buffers.bin``."""
-    import cloudpickle
+    from kale_magics.runtime import pickling
 
     buffers: list[memoryview] = []
 
@@ -438,7 +468,7 @@ def _write_cloudpickle(value: object, path: str) -> Written:
         return False
 
     with open(os.path.join(path, "data.pkl"), "xb") as file:
-        cloudpickle.dump(value, file, protocol=5, buffer_callback=out_of_band)
+        pickling.dump(value, file, buffer_callback=out_of_band, prelude=prelude)
         pickled = file.tell()
     files = {"data.pkl": pickled}
     if buffers:
@@ -447,12 +477,12 @@ def _write_cloudpickle(value: object, path: str) -> Written:
     return "cloudpickle", files, {"buffers": [view.nbytes for view in buffers]}
 
 
-def _write_dill(value: object, path: str) -> Written:
+def _write_dill(value: object, path: str, prelude: Mapping[str, Any]) -> Written:
     """Pickle ``value`` with dill (protocol 5) to ``data.pkl``."""
-    import dill
+    from kale_magics.runtime import pickling
 
     with open(os.path.join(path, "data.pkl"), "xb") as file:
-        dill.dump(value, file, protocol=5)
+        pickling.dump_dill(value, file, prelude)
         return "dill", {"data.pkl": file.tell()}, {}
 
 
@@ -510,7 +540,7 @@ def _flat_bytes(array: Any) -> memoryview:
     return memoryview(flat.reshape(-1).view("u1"))
 
 
-def _read_npy(path: str, manifest: dict[str, Any]) -> Any:
+def _read_npy(path: str, manifest: dict[str, Any], into: _Into) -> Any:
     """Read ``data.npy`` into a new writable array (its ``base`` is the buffer from `_allocate`)."""
     import numpy
     from numpy.lib import format as npy
@@ -602,7 +632,7 @@ def _holds_objects(dtype: Any, pandas: Any) -> bool:
     return bool(getattr(dtype, "hasobject", False))
 
 
-def _read_arrow(path: str, manifest: dict[str, Any]) -> Any:
+def _read_arrow(path: str, manifest: dict[str, Any], into: _Into) -> Any:
     """Read ``data.arrow`` into one buffer and convert it to the saved DataFrame or Series.
 
     Columns pandas keeps in Arrow memory (e.g. the default ``str`` dtype) are
@@ -625,22 +655,24 @@ def _read_arrow(path: str, manifest: dict[str, Any]) -> Any:
 # -- pickles ------------------------------------------------------------------------------
 
 
-def _read_cloudpickle(path: str, manifest: dict[str, Any]) -> Any:
+def _read_cloudpickle(path: str, manifest: dict[str, Any], into: _Into) -> Any:
     """Read the out-of-band buffers, then unpickle ``data.pkl`` with them."""
+    from kale_magics.runtime import pickling
+
     buffers = [_allocate(size) for size in manifest["buffers"]]
     if buffers:
         _read_into(os.path.join(path, "buffers.bin"), 0, [memoryview(b) for b in buffers])
     with open(os.path.join(path, "data.pkl"), "rb") as file:
-        return pickle.load(file, buffers=buffers)
+        return pickling.load(file, into.namespace, into.prelude, buffers)
 
 
-def _read_dill(path: str, manifest: dict[str, Any]) -> Any:
+def _read_dill(path: str, manifest: dict[str, Any], into: _Into) -> Any:
     """Unpickle ``data.pkl`` with dill."""
-    import dill
+    from kale_magics.runtime import pickling
 
     with open(os.path.join(path, "data.pkl"), "rb") as file:
-        return dill.load(file)
+        return pickling.load_dill(file, into.namespace, into.prelude)
 
 
-_READERS: dict[str, Callable[[str, dict[str, Any]], Any]] = {
+_READERS: dict[str, Callable[[str, dict[str, Any], _Into], Any]] = {
     "npy": _read_npy, "arrow": _read_arrow, "cloudpickle": _read_cloudpickle, "dill": _read_dill}

@@ -6,6 +6,13 @@ and its sibling runtime modules. User code is compiled with a filename naming
 the notebook cell and step, so a traceback points at the notebook; its stdout
 and stderr go to the step log unchanged.
 
+The step sees what the notebook sees at its cells (README, "What a step
+sees"): the imports and functions cells run first, then the imports replayed
+from earlier steps, then the parameters and inputs are bound (they win over
+the prelude), then the step's cells. Inputs that were one object in the
+notebook (artifact metadata :data:`ORIGINS_KEY`) are bound to one object;
+outputs sharing a part are a run-time warning (:func:`warn`).
+
 Progress is reported as one JSON line per event, prefixed with
 :data:`EVENT_MARKER`, on stdout: ``start`` before the step's code runs and
 ``end`` after (with state, duration, outputs and metrics, or the error).
@@ -21,7 +28,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 from kale_magics.runtime import marshal, shell
 
@@ -51,25 +58,31 @@ def emit(event: str, step: str, **fields: Any) -> None:
 def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str, Any],
              inputs: Mapping[str, Any], outputs: Mapping[str, Any],
              metrics: Mapping[str, str], metrics_artifact: Any = None,
-             json_parameters: Sequence[str] = ()) -> None:
+             json_parameters: Sequence[str] = (), prelude: Sequence[tuple[str, str]] = (),
+             imports: Sequence[tuple[str, str]] = (), position: int = 0) -> None:
     """Run a step; on failure print the user's traceback and exit with status 1.
 
-    When the process is KFP's executor (``python -m kfp.dsl.executor_main``,
-    which ends once the step returns), :func:`prepare_exit` runs after a
-    successful step.
+    The step sees what the notebook sees at its cells: the ``prelude`` (imports
+    and functions cells) runs first, then the replayed ``imports``, then the
+    parameters and ``inputs`` are bound (so they win over the prelude), then
+    ``code`` runs. When the process is KFP's executor (``python -m
+    kfp.dsl.executor_main``, which ends once the step returns),
+    :func:`prepare_exit` runs after a successful step.
 
     Parameters
     ----------
     step:
         The step's name.
     code:
-        ``(filename, source)`` blocks run in order in one namespace: the
-        imports and functions cells, then the step's cells. ``filename`` names
-        the notebook cell, e.g. ``"titanic.ipynb, cell 7 (step train)"``.
+        ``(filename, source)`` blocks run in order in one namespace: the step's
+        cells. ``filename`` names the notebook cell, e.g.
+        ``"titanic.ipynb, cell 7 (step train)"``.
     parameters:
-        Pipeline parameter values the step reads, by name.
+        Pipeline parameter values the step reads, by name. A str value
+        escaped by :func:`escape_text` (it held KFP placeholder syntax) is
+        unescaped.
     inputs:
-        KFP input artifacts (objects with ``.path``), by variable name.
+        KFP input artifacts (objects with ``.path`` and ``.metadata``), by variable name.
     outputs:
         KFP output artifacts (``.path`` and ``.metadata``), by variable name.
     metrics:
@@ -78,15 +91,64 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
         The KFP ``Metrics`` output artifact (``log_metric``), or None.
     json_parameters:
         Names of list and dict parameters, which KFP carries as JSON text.
+    prelude:
+        ``(filename, source)`` blocks of the imports and functions cells, run first.
+    imports:
+        ``(filename, source)`` import statements of earlier steps that bound
+        modules (or names imported from them) this step reads: modules are not
+        passed as data, their imports are run again here, after the prelude.
+    position:
+        Index of the step's first cell in the notebook: of two steps passing
+        the same object, the later one's value is bound (see :func:`_bind_identities`).
 
     Raises
     ------
     SystemExit
         With status 1 when the step fails, after printing what failed.
     """
-    _run_step(step, code, parameters, inputs, outputs, metrics, metrics_artifact, json_parameters)
+    blocks = _Blocks(tuple(prelude), tuple(imports), tuple(code))
+    _run_step(step, blocks, parameters, inputs, outputs, metrics, metrics_artifact,
+              json_parameters, position)
     if _main_module() == "kfp.dsl.executor_main":
         prepare_exit()
+
+
+class _Blocks(NamedTuple):
+    """The code a step runs, in order: prelude, replayed imports, the step's own cells."""
+
+    prelude: tuple[tuple[str, str], ...]
+    imports: tuple[tuple[str, str], ...]
+    code: tuple[tuple[str, str], ...]
+
+    @property
+    def filenames(self) -> set[str]:
+        return {filename for filename, _ in (*self.prelude, *self.imports, *self.code)}
+
+
+#: Prefix of a str parameter value escaped by :func:`escape_text`.
+ESCAPED_TEXT = "kale-magics-escaped-text:"
+#: Text KFP replaces in a component's command and parameter values (kfp.local's
+#: ``placeholder_utils.resolve_individual_placeholder``; Argo replaces ``{{...}}`` too).
+PLACEHOLDER_MARKS = ("{{", "/kfp-workspace")
+
+
+def escape_text(text: str) -> str:
+    """``text`` unchanged unless KFP would substitute something in it; then a form it leaves alone.
+
+    The escaped form is :data:`ESCAPED_TEXT` and JSON where every ``{`` is
+    ``\\u007b`` and every ``/`` is ``\\u002f`` (valid JSON escapes), so it holds
+    no placeholder; :func:`unescape_text` restores the text byte for byte.
+    """
+    if not any(mark in text for mark in PLACEHOLDER_MARKS) and not text.startswith(ESCAPED_TEXT):
+        return text
+    return ESCAPED_TEXT + json.dumps(text).replace("{", "\\u007b").replace("/", "\\u002f")
+
+
+def unescape_text(value: Any) -> Any:
+    """The inverse of :func:`escape_text` (other values are returned as they are)."""
+    if isinstance(value, str) and value.startswith(ESCAPED_TEXT):
+        return json.loads(value[len(ESCAPED_TEXT):])
+    return value
 
 
 def prepare_exit() -> None:
@@ -108,24 +170,29 @@ def _main_module() -> str:
     return getattr(spec, "name", "") or ""
 
 
-def _run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str, Any],
+def _run_step(step: str, blocks: _Blocks, parameters: Mapping[str, Any],
               inputs: Mapping[str, Any], outputs: Mapping[str, Any],
-              metrics: Mapping[str, str], metrics_artifact: Any = None,
-              json_parameters: Sequence[str] = ()) -> None:
+              metrics: Mapping[str, str], metrics_artifact: Any, json_parameters: Sequence[str],
+              position: int) -> None:
     """The body of :func:`run_step`: the step runs here, in one namespace that ends with it."""
     workdir = os.environ.get(WORKDIR_ENV)
     if workdir:
         os.chdir(workdir)
+    if "" not in sys.path:  # as in a kernel: modules in the working directory import
+        sys.path.insert(0, "")
     started = time.time()
     emit("start", step)
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+    filenames = blocks.filenames
     try:
-        namespace.update(parameters)
+        _run_code(blocks.prelude, namespace, filenames)
+        prelude = dict(namespace)
+        _run_code(blocks.imports, namespace, filenames)
+        namespace.update({name: unescape_text(value) for name, value in parameters.items()})
         namespace.update({name: json.loads(parameters[name]) for name in json_parameters})
-        for name, artifact in inputs.items():
-            namespace[name] = marshal.load(artifact.path, name)
-        _run_code(code, namespace)
-        saved = {n: _save(step, n, namespace, a) for n, a in outputs.items()}
+        received = _load_inputs(step, inputs, namespace, prelude)
+        _run_code(blocks.code, namespace, filenames)
+        saved = _save_outputs(step, position, outputs, namespace, prelude, received)
         values = _log_metrics(step, metrics, namespace, metrics_artifact)
     except (StepFailed, marshal.MarshalError) as error:
         if isinstance(error, marshal.MarshalError):
@@ -171,9 +238,9 @@ def write_termination_message(step: str, error: str, cell: str, line: int) -> No
         pass
 
 
-def _run_code(code: Sequence[tuple[str, str]], namespace: dict[str, Any]) -> None:
-    filenames = {filename for filename, _ in code}
-    for filename, source in code:
+def _run_code(blocks: Sequence[tuple[str, str]], namespace: dict[str, Any],
+              filenames: set[str]) -> None:
+    for filename, source in blocks:
         lines = source.splitlines(keepends=True)
         linecache.cache[filename] = (len(source), None, lines, filename)
         shell.install(namespace, filename)
@@ -204,15 +271,133 @@ def _location(error: BaseException, filenames: set[str], fallback: str) -> tuple
     return f"{type(error).__name__}: {error}", where, line
 
 
-def _save(step: str, name: str, namespace: Mapping[str, Any], artifact: Any) -> dict[str, Any]:
-    if name not in namespace:
-        message = (f"step {step!r} should pass `{name}` to later steps but never assigned it; "
-                   "check that the assignment runs, or remove the name from --outputs")
-        print(message, file=sys.stderr)
-        raise StepFailed(message, "", 0)
-    metadata = marshal.save(namespace[name], artifact.path, name)
-    artifact.metadata.update(metadata)
-    return {**metadata, "path": artifact.path}
+class _Received(NamedTuple):
+    """An input as it was loaded: the object and where it came from."""
+
+    value: Any
+    origins: tuple[str, ...]
+    position: int
+
+
+def _load_inputs(step: str, inputs: Mapping[str, Any], namespace: dict[str, Any],
+                 prelude: Mapping[str, Any]) -> dict[str, _Received]:
+    """Load every input into ``namespace``, then bind inputs that are one object in the notebook
+    to one object here."""
+    received = {}
+    for name, artifact in inputs.items():
+        value = marshal.load(artifact.path, name, namespace, prelude)
+        namespace[name] = value
+        metadata = getattr(artifact, "metadata", None) or {}
+        received[name] = _Received(value, tuple(metadata.get(ORIGINS_KEY) or ()),
+                                   int(metadata.get(POSITION_KEY) or 0))
+    _bind_identities(received, namespace)
+    return received
+
+
+#: Prefix of a warning the step prints in its log (runners list them with the run's warnings).
+WARNING_PREFIX = "[kale-magics] warning: "
+#: Objects looked at per output when checking what outputs share.
+_SHARED_LIMIT = 10_000
+
+
+def warn(message: str) -> None:
+    """Print a warning in the step's log, where runners find it by :data:`WARNING_PREFIX`."""
+    sys.stdout.flush()
+    print(f"{WARNING_PREFIX}{message}", file=sys.stderr, flush=True)
+
+
+def _mutable_parts(value: Any) -> Iterator[Any]:
+    """The lists, dicts, sets and notebook-class instances in ``value`` (itself included),
+    following containers and instance attributes, at most :data:`_SHARED_LIMIT` objects."""
+    todo, seen = [value], set()
+    while todo and len(seen) < _SHARED_LIMIT:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            todo.extend(obj)
+        elif isinstance(obj, dict):
+            todo.extend(obj.values())
+        elif getattr(type(obj), "__module__", None) == "__main__" and hasattr(obj, "__dict__"):
+            todo.extend(vars(obj).values())
+        else:
+            continue
+        if not isinstance(obj, (tuple, frozenset)):
+            yield obj
+
+
+def _warn_shared(step: str, names: Sequence[str], namespace: Mapping[str, Any]) -> None:
+    """Warn about outputs that share a mutable part without being one object: each is saved on
+    its own, so a later step gets separate copies (one object under two names is kept)."""
+    owner: dict[int, str] = {}
+    warned = set()
+    for name in sorted(names):
+        value = namespace[name]
+        for part in _mutable_parts(value):
+            other = owner.setdefault(id(part), name)
+            if other == name or namespace[other] is value or (other, name) in warned:
+                continue
+            warned.add((other, name))
+            warn(f"step {step!r} passes `{other}` and `{name}`, which share a "
+                 f"{type(part).__name__}: later steps get a separate copy of each, so a change "
+                 "made in place through one is not seen through the other there; pass one of "
+                 "them and make the other from it in the step that uses both")
+
+
+#: Artifact metadata: the ``name@step`` origins of the object (see :func:`_origins`).
+ORIGINS_KEY = "kale_same_object_as"
+#: Artifact metadata: the index of the producing step's first cell.
+POSITION_KEY = "kale_step_cell"
+
+
+def _bind_identities(received: Mapping[str, _Received], namespace: dict[str, Any]) -> None:
+    """Inputs whose origins meet were one object in the notebook: bind them to one object here,
+    the value of the latest producer (a change made in place there is seen through every name)."""
+    groups: list[set[str]] = []
+    for name, item in sorted(received.items()):
+        joined = [g for g in groups if any(set(received[m].origins) & set(item.origins)
+                                           for m in g)] if item.origins else []
+        merged = set().union(*joined, {name})
+        groups = [g for g in groups if g not in joined] + [merged]
+    for group in groups:
+        if len(group) > 1:
+            latest = max(sorted(group), key=lambda n: received[n].position)
+            for name in group:
+                namespace[name] = namespace[latest]
+
+
+def _origins(step: str, name: str, value: Any, outputs: Mapping[str, Any],
+             namespace: Mapping[str, Any], received: Mapping[str, _Received]) -> list[str]:
+    """``name@step`` for ``name`` and every other output that is the same object, plus the
+    origins of inputs that are that object: how a later step finds names that are one object."""
+    found = {f"{other}@{step}" for other in outputs
+             if other in namespace and namespace[other] is value}
+    for item in received.values():
+        if item.value is value:
+            found.update(item.origins)
+    return sorted(found | {f"{name}@{step}"})
+
+
+def _save_outputs(step: str, position: int, outputs: Mapping[str, Any],
+                  namespace: Mapping[str, Any], prelude: Mapping[str, Any],
+                  received: Mapping[str, _Received]) -> dict[str, dict[str, Any]]:
+    saved = {}
+    for name, artifact in outputs.items():
+        if name not in namespace:
+            message = (f"step {step!r} should pass `{name}` to later steps but never assigned it "
+                       "(the assignment did not run) and received no value for it; assign it on "
+                       "every path through the step, or remove it from --outputs")
+            print(message, file=sys.stderr)
+            raise StepFailed(message, "", 0)
+        value = namespace[name]
+        metadata = marshal.save(value, artifact.path, name, prelude)
+        metadata[ORIGINS_KEY] = _origins(step, name, value, outputs, namespace, received)
+        metadata[POSITION_KEY] = position
+        artifact.metadata.update(metadata)
+        saved[name] = {**metadata, "path": artifact.path}
+    _warn_shared(step, list(outputs), namespace)
+    return saved
 
 
 def _log_metrics(step: str, metrics: Mapping[str, str], namespace: dict[str, Any],
