@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 from kale_magics.analysis.parameters import MAX_EXACT_INT
 from kale_magics.analysis.plan import build_plan
 from kale_magics.codegen.compile import CompiledPipeline, compile_plan
-from kale_magics.codegen.parameters import kfp_arguments
+from kale_magics.codegen.parameters import kfp_arguments, value_problem
 from kale_magics.atomic import write_text_atomic
 from kale_magics.errors import KaleError, NotebookError
 from kale_magics.model import Plan
@@ -121,13 +121,17 @@ def coerce_arguments(plan: Plan, raw: Mapping[str, Any]) -> dict[str, Any]:
     KaleError
         An unknown parameter name or a value of the wrong type.
     """
-    types = {p.name: p.type for p in plan.parameters}
+    parameters = {p.name: p for p in plan.parameters}
     result: dict[str, Any] = {}
     for name, value in raw.items():
-        if name not in types:
-            known = ", ".join(types) or "none"
+        if name not in parameters:
+            known = ", ".join(parameters) or "none"
             raise KaleError(f"unknown parameter {name!r}; the pipeline's parameters are: {known}")
-        result[name] = _coerce(name, types[name], value) if isinstance(value, str) else value
+        kind = parameters[name].type
+        result[name] = _coerce(name, kind, value) if isinstance(value, str) else value
+        problem = value_problem(parameters[name], result[name])
+        if problem:
+            raise KaleError(f"parameter {name!r}: {problem}; for example {_EXAMPLES[kind]}")
     return result
 
 
@@ -204,6 +208,10 @@ def convert(notebook: str | os.PathLike[str], out: str | os.PathLike[str],
     if os.path.abspath(out) == os.path.abspath(notebook):
         raise NotebookError(f"refusing to overwrite the source notebook {notebook}; "
                             "choose another output path")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise NotebookError(f"cannot write {out}: the folder {folder} does not exist; create it "
+                            "or choose another output path")
     if to == "kale-tags":
         converted, warnings = convert_notebook.to_kale_tags(load_notebook(notebook),
                                                             read_plan(notebook))

@@ -53,6 +53,7 @@ def _run(args: argparse.Namespace) -> int:
         return _run_remote(args)
     arguments = dict(api.parse_param(p) for p in args.param)
     compiled = api.compile_notebook(args.notebook, args.output)
+    arguments = api.coerce_arguments(compiled.plan, arguments)  # bad values: exit 2 before any output
     _warn(compiled.warnings)
     _warn(api.local_notices(compiled), "notice")
     hooks = api.RunHooks()
@@ -71,8 +72,10 @@ def _run(args: argparse.Namespace) -> int:
 def _session(args: argparse.Namespace, settings: Any = None) -> Any:
     from kale_magics import api
 
-    return api.connect(args.host, args.namespace, args.token, args.cookies, settings=settings,
-                       connect_timeout_s=args.connect_timeout)
+    session = api.connect(args.host, args.namespace, args.token, args.cookies, settings=settings,
+                          connect_timeout_s=args.connect_timeout)
+    _warn([session.connection.withheld] if session.connection.withheld else [], "notice")
+    return session
 
 
 def _schedule(args: argparse.Namespace) -> Any:
@@ -90,6 +93,7 @@ def _run_remote(args: argparse.Namespace) -> int:
 
     arguments = dict(api.parse_param(p) for p in args.param)
     compiled = api.compile_notebook(args.notebook, args.output)
+    arguments = api.coerce_arguments(compiled.plan, arguments)  # bad values: exit 2 before connecting
     plan, schedule = compiled.plan, _schedule(args)
     session = _session(args, plan.settings)
     say = (lambda text: None) if args.json else (lambda text: print(text, flush=True))

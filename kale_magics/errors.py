@@ -7,9 +7,14 @@ line and a non-zero exit code in the CLI.
 
 The shape follows nbclient's ``CellExecutionError``: the exception holds its
 fields as attributes, and ``str(error)`` is the complete user-facing message.
+Every message is one line and is passed through
+:func:`~kale_magics.redaction.redact_urls`, so no error shows the password of a
+URL (``http://user:password@host``).
 """
 
 from __future__ import annotations
+
+from kale_magics.redaction import redact_urls
 
 
 class KaleError(Exception):
@@ -18,10 +23,13 @@ class KaleError(Exception):
     Parameters
     ----------
     message:
-        The complete user-facing message: what is wrong and how to fix it.
+        The complete user-facing message: what is wrong and how to fix it. It is
+        made one line (line breaks, e.g. from a library's error text, become
+        spaces) and the userinfo of URLs in it is replaced by ``***``.
     """
 
     def __init__(self, message: str) -> None:
+        message = redact_urls(" ".join(message.splitlines()))
         super().__init__(message)
         self.message = message
 

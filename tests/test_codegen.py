@@ -302,3 +302,13 @@ def test_without_docs_cuts_docstrings_and_comments_only() -> None:
     namespace: dict[str, Any] = {}
     exec(out, namespace)
     assert namespace["f"]("a") == "a, # not a comment" and namespace["f"].__doc__ == "\n"
+
+
+@pytest.mark.parametrize("name", ["sys", "run_step", "kale_runtime", "kale_runtime_task"])
+def test_a_parameter_named_like_a_name_of_the_runtime_loader_is_refused(notebook, tmp_path: Path,
+                                                                       name: str) -> None:
+    path = notebook(f"%%kale parameters\n{name} = 1", f"%%kale step use\nprint({name})",
+                    name="loadernames")
+    with pytest.raises(CompileError, match=f"^parameter `{name}` has the name of .*; rename the "
+                                           f"parameter \\(for example `{name}_value`\\)"):
+        api.compile_notebook(path, str(tmp_path / "out"))

@@ -222,7 +222,7 @@ def test_a_cache_hit_is_reported_cached(clean_env, notebook, capsys) -> None:
 def test_a_step_named_like_another_steps_driver_is_refused(kfp_server, token_env, notebook) -> None:  # noqa: F811
     path = notebook("%kale pipeline --name clash", "%%kale step x\na = 1", "%%kale step x_driver\nb = a",
                     name="clash")
-    with pytest.raises(KaleError, match="step 'x_driver' cannot run beside step 'x' on KFP.*rename step"):
+    with pytest.raises(KaleError, match="step 'x_driver'.*rename step 'x_driver'"):  # at compile time
         api.submit(path, api.connect(kfp_server.url))
     assert not any(p["display_name"] == "clash" for p in kfp_server.store.pipelines.values())
 

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from kale_magics.runtime import marshal
-from kale_magics.runtime.step import EVENT_MARKER, WORKDIR_ENV, run_step
+from kale_magics.runtime.channel import CHANNEL_ENV, EVENTS_FILE
+from kale_magics.runtime.step import WORKDIR_ENV, run_step
 
 
 class FakeArtifact:
@@ -23,12 +24,20 @@ class FakeArtifact:
         self.metadata[key] = value
 
 
-def events(out: str) -> list[dict[str, Any]]:
-    return [json.loads(line[len(EVENT_MARKER):]) for line in out.splitlines()
-            if line.startswith(EVENT_MARKER)]
+@pytest.fixture(autouse=True)
+def channel(tmp_path: Path, monkeypatch) -> Path:
+    """The folder a local run would name in $KALE_MAGICS_CHANNEL."""
+    folder = tmp_path / "channel"
+    folder.mkdir()
+    monkeypatch.setenv(CHANNEL_ENV, str(folder))
+    return folder
 
 
-def test_inputs_code_outputs_and_metrics(tmp_path: Path, capsys) -> None:
+def events(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (folder / EVENTS_FILE).read_text().splitlines()]
+
+
+def test_inputs_code_outputs_and_metrics(tmp_path: Path, capsys, channel: Path) -> None:
     marshal.save([1, 2, 3], str(tmp_path / "in"), "nums")
     out, metrics = FakeArtifact(tmp_path / "out"), FakeArtifact(tmp_path / "m")
     run_step(step="s", code=[("nb.ipynb, cell 1 (imports)", "import math\n"),
@@ -41,13 +50,13 @@ def test_inputs_code_outputs_and_metrics(tmp_path: Path, capsys) -> None:
     assert metrics.metadata == {"total": 12.0, "n": 2.0}
     captured = capsys.readouterr().out
     assert "hi" in captured
-    start, end = events(captured)
+    start, end = events(channel)
     assert (start["event"], end["event"], end["state"]) == ("start", "end", "SUCCEEDED")
     assert end["metrics"] == {"total": 12.0, "n": 2.0}
     assert end["outputs"]["total"]["path"] == out.path
 
 
-def test_failure_prints_user_traceback_and_exits_1(tmp_path: Path, capsys) -> None:
+def test_failure_prints_user_traceback_and_exits_1(tmp_path: Path, capsys, channel: Path) -> None:
     with pytest.raises(SystemExit) as info:
         run_step(step="s", code=[("nb.ipynb, cell 4 (step s)", "\nx = 1\n\ndef f():\n    return {}['k']\nf()\n")],
                  parameters={}, inputs={}, outputs={}, metrics={})
@@ -56,7 +65,7 @@ def test_failure_prints_user_traceback_and_exits_1(tmp_path: Path, capsys) -> No
     assert 'File "nb.ipynb, cell 4 (step s)", line 6, in <module>' in captured.err
     assert "return {}['k']" in captured.err and "KeyError: 'k'" in captured.err
     assert "runtime" not in captured.err
-    end = events(captured.out)[-1]
+    end = events(channel)[-1]
     assert (end["state"], end["error"], end["cell"], end["line"]) == (
         "FAILED", "KeyError: 'k'", "nb.ipynb, cell 4 (step s)", 5)
 

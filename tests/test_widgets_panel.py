@@ -66,7 +66,9 @@ def test_form_is_filled_from_the_notebook_and_typed(shell, panels, tmp_path) -> 
     form.secret.value = "typed-token"
     target = form.chosen_target()
     assert (target.remote, target.host, target.token, target.cookies) == (
-        True, "http://kfp.example:8888", "typed-token", None)
+        True, None, "typed-token", None)  # the notebook's host: no ambient credentials
+    form.host.value = "http://typed.example:8888"
+    assert form.chosen_target().host == "http://typed.example:8888"
 
 
 def test_run_locally_shows_every_step_and_metrics(shell, panels, tmp_path) -> None:  # noqa: F811

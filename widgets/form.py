@@ -79,6 +79,7 @@ class SettingsForm:
         self.target = w.Dropdown(options=[LOCAL, REMOTE], value=LOCAL, description="target",
                                  style=_STYLE, layout=_WIDE)
         self.host = text("KFP host", settings.host, placeholder="http://localhost:8888")
+        self.notebook_host = settings.host  # left as is, it is the notebook's, not the user's choice
         self.namespace = text("namespace", "", placeholder="(single-user KFP: leave empty)")
         self.auth = w.Dropdown(options=[AUTH_DEFAULT, AUTH_TOKEN, AUTH_COOKIES],
                                value=AUTH_DEFAULT, description="auth", style=_STYLE, layout=_WIDE)
@@ -139,7 +140,8 @@ class SettingsForm:
         if self.target.value != REMOTE:
             return Target(remote=False)
         secret = self.secret.value or None
-        return Target(remote=True, host=self.host.value.strip() or None,
+        host = self.host.value.strip() or None  # the notebook's host gets no ambient credentials
+        return Target(remote=True, host=None if host == self.notebook_host else host,
                       namespace=self.namespace.value.strip() or None,
                       token=secret if self.auth.value == AUTH_TOKEN else None,
                       cookies=secret if self.auth.value == AUTH_COOKIES else None)

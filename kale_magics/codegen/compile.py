@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
 from kale_magics.atomic import write_text_atomic
-from kale_magics.codegen.pipeline import render_module
-from kale_magics.errors import CompileError, RunError
+from kale_magics.codegen.pipeline import RenderedModule, render_module
+from kale_magics.errors import CompileError, KaleError, RunError
+from kale_magics.notebook.annotations import check_pipeline_name
 from kale_magics.model import Plan
 
 
@@ -95,27 +96,62 @@ def compile_plan(plan: Plan, output_dir: str,
     """Generate ``<output_dir>/<name>.py`` and compile it to ``<output_dir>/<name>.yaml``.
 
     Both files are written atomically and are byte-identical for the same plan
-    (apart from the ``sdkVersion`` field KFP writes into the YAML).
+    (apart from the ``sdkVersion`` field KFP writes into the YAML). Nothing is
+    written outside ``output_dir``: the pipeline name is checked like
+    ``%kale pipeline --name`` (no ``/``, ``.`` or ``..``) and the paths are
+    checked again once resolved.
 
     Raises
     ------
+    AnnotationError
+        The plan's name is not a valid pipeline name.
     CompileError
-        The output folder cannot be written or the KFP compiler rejects the
-        generated module (a bug: the message says to report it).
+        The output folder cannot be written, names in the plan would clash in
+        the generated module or in KFP, or (a bug) the KFP compiler rejects the
+        generated module.
     """
-    rendered = render_module(plan, artifact_types)
+    check_pipeline_name(plan.name, "the pipeline's name")
+    rendered = _render(plan, artifact_types)
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as error:
-        raise CompileError(f"cannot create output folder {output_dir}: {error}; pass another "
+        raise CompileError(f"cannot create output folder {output_dir}: {error.strerror or error}; "
+                           "pass another folder with -o") from None
+    dsl_path, yaml_path = (_confined(output_dir, f"{plan.name}{ext}") for ext in (".py", ".yaml"))
+    try:
+        _write_if_changed(dsl_path, rendered.source)
+    except OSError as error:
+        raise CompileError(f"cannot write {dsl_path}: {error.strerror or error}; pass another "
                            "folder with -o") from None
-    dsl_path = os.path.join(output_dir, f"{plan.name}.py")
-    yaml_path = os.path.join(output_dir, f"{plan.name}.yaml")
-    _write_if_changed(dsl_path, rendered.source)
     _compile_module(plan, dsl_path, yaml_path)
     return CompiledPipeline(plan=plan, dsl_path=dsl_path, yaml_path=yaml_path,
                             warnings=(*plan.warnings, *rendered.warnings),
                             packages=rendered.packages)
+
+
+def _render(plan: Plan, artifact_types: Mapping[str, str] | None) -> RenderedModule:
+    """:func:`render_module`, with any failure that is not a KaleError reported as a bug in one line."""
+    try:
+        return render_module(plan, artifact_types)
+    except KaleError:
+        raise
+    except Exception as error:  # a bug: one line for the user, not a traceback
+        raise CompileError(f"generating the DSL module failed: {type(error).__name__}: {error}. "
+                           f"{_BUG}") from error
+
+
+#: The end of an error that only a defect of kale-magics can cause.
+_BUG = "This is a kale-magics bug; please report it with the notebook"
+
+
+def _confined(folder: str, name: str) -> str:
+    """``folder/name``, refusing a path that would resolve outside ``folder``."""
+    base = os.path.realpath(folder)
+    path = os.path.join(base, name)
+    if os.path.dirname(path) != base or os.path.basename(path) != name:
+        raise CompileError(f"refusing to write {name!r}: it would land outside the output folder "
+                           f"{folder}; use a pipeline name of lowercase letters, digits and -")
+    return os.path.join(folder, name)
 
 
 #: KFP keeps the pipeline being defined in a global, so one module is executed at a time.
@@ -214,9 +250,11 @@ def _compile_module(plan: Plan, dsl_path: str, yaml_path: str) -> None:
     thread.join()
     if "error" in outcome:
         error = outcome["error"]
+        if isinstance(error, UnicodeEncodeError):  # settings given from Python, not a notebook
+            raise CompileError(f"the pipeline's settings hold {error.object[error.start]!r}, a lone "
+                               "surrogate, which is not Unicode text; remove it") from error
         raise CompileError(f"the KFP compiler rejected the generated module {dsl_path}: "
-                           f"{type(error).__name__}: {error}. This is a kale-magics bug; please "
-                           "report it with the notebook") from error
+                           f"{type(error).__name__}: {error}. {_BUG}") from error
     _write_if_changed(yaml_path, outcome["text"])
 
 

@@ -37,7 +37,7 @@ from kale_magics import __version__
 from kale_magics.codegen.literals import string_literal
 
 #: The runtime modules shipped to every step: ``kale_magics/runtime/<name>.py``. The one list.
-RUNTIME_MODULES = ("bundle", "marshal", "pickling", "shell", "step")
+RUNTIME_MODULES = ("bundle", "channel", "marshal", "pickling", "shell", "step")
 #: The component (and the pipeline function's task variable is ``<this>_task``).
 RUNTIME_COMPONENT = "kale_runtime"
 #: Every step's input artifact holding the bundle.
@@ -49,6 +49,8 @@ BLOB_LINE = 1024
 
 #: The lines that start every step: import the runtime from the step's ``kale_runtime`` input
 #: (``bundle.run_step`` takes the folder off ``sys.path`` again before the step's code runs).
+#: The local names :data:`LOADER` binds in a step's component (no parameter may be called so).
+LOADER_NAMES = ("sys", "run_step")
 LOADER = (f"    import sys\n"
           f"    sys.path.insert(0, {RUNTIME_INPUT}.path)\n"
           f"    from kale_magics.runtime.bundle import run_step\n")

@@ -14,6 +14,7 @@ JSON text has its ``{{`` and ``/kfp-workspace`` written with JSON escapes.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Mapping
 
 from kale_magics.model import Parameter, Plan
@@ -42,3 +43,51 @@ def kfp_arguments(plan: Plan, values: Mapping[str, Any]) -> dict[str, Any]:
     """Typed parameter values by name -> the arguments a KFP run of ``plan`` takes."""
     parameters = {p.name: p for p in plan.parameters}
     return {name: kfp_value(parameters[name], value) for name, value in values.items()}
+
+
+def value_problem(parameter: Parameter, value: Any) -> str | None:
+    """Why KFP cannot carry ``value`` for ``parameter`` unchanged, or None when it can.
+
+    KFP carries a float parameter as a JSON number (protobuf ``Value``), which
+    cannot be infinite or NaN (``json_format.SerializeToJsonError``); list and
+    dict parameters travel as JSON text (see :func:`kfp_value`), which has no
+    bytes, tuples, sets, complex numbers or non-string keys, so they would fail
+    or arrive changed. Text must be Unicode (no lone surrogates).
+
+    Returns
+    -------
+    str or None
+        ``"inf is not a finite number ..."``: the reason and what to do.
+    """
+    if parameter.type == "float" and isinstance(value, float) and not math.isfinite(value):
+        return (f"{value!r} is not a finite number, and KFP carries float parameters as JSON "
+                "numbers; use a finite value (or a string parameter and float() in the step)")
+    if parameter.type == "str" and isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "the text holds a lone surrogate, which is not Unicode; remove it"
+    if parameter.type in JSON_TYPES:
+        try:
+            same = _same(json.loads(kfp_value(parameter, value)), value)
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            return ("it holds values JSON cannot carry unchanged (bytes, tuples, sets, complex "
+                    "numbers, non-string keys or lone surrogates); use lists, dicts with string "
+                    "keys, numbers, strings, booleans and None")
+    return None
+
+
+def _same(decoded: Any, value: Any) -> bool:
+    """True when ``decoded`` equals ``value`` with the same types all the way down (NaN == NaN)."""
+    if type(decoded) is not type(value):
+        return False
+    if isinstance(value, float) and math.isnan(value):
+        return math.isnan(decoded)
+    if isinstance(value, list):
+        return len(decoded) == len(value) and all(map(_same, decoded, value))
+    if isinstance(value, dict):
+        return (all(isinstance(k, str) for k in value) and decoded.keys() == value.keys()
+                and all(_same(decoded[k], value[k]) for k in value))
+    return bool(decoded == value)

@@ -9,6 +9,7 @@ platform spec (the second YAML document). Every value enters the code through
 
 from __future__ import annotations
 
+from kale_magics.codegen.naming import task_variable
 from kale_magics.model import Step, StepSettings
 
 
@@ -24,15 +25,15 @@ def _task_lines(task: str, s: StepSettings) -> list[str]:
     lines = _resource_lines(task, s)
     if s.retries is not None:
         backoff = f", backoff_duration={f'{s.backoff_s:g}s'!r}" if s.backoff_s is not None else ""
-        lines.append(f"{task}.set_retry(num_retries={s.retries}{backoff})")
+        lines.append(f"{task}.set_retry(num_retries={s.retries!r}{backoff})")
     if s.cache is not None:
-        lines.append(f"{task}.set_caching_options(enable_caching={s.cache})")
+        lines.append(f"{task}.set_caching_options(enable_caching={s.cache!r})")
     lines += [f"{task}.set_env_variable({name!r}, {value!r})" for name, value in s.env]
     return lines
 
 
 def _kubernetes_lines(task: str, s: StepSettings) -> list[str]:
-    lines = [f"kubernetes.set_timeout({task}, {s.timeout_s})"] if s.timeout_s is not None else []
+    lines = [f"kubernetes.set_timeout({task}, {s.timeout_s!r})"] if s.timeout_s is not None else []
     lines += [f"kubernetes.use_secret_as_env({task}, secret_name={name!r}, "
               f"secret_key_to_env={ {key: env}!r})" for name, key, env in s.secrets]
     lines += [f"kubernetes.mount_pvc({task}, pvc_name={pvc!r}, mount_path={path!r})"
@@ -51,7 +52,7 @@ def _kubernetes_lines(task: str, s: StepSettings) -> list[str]:
 
 def settings_lines(step: Step) -> list[str]:
     """Statements (unindented) that apply ``step.settings`` to ``<step>_task``."""
-    task = f"{step.name}_task"
+    task = task_variable(step.name)
     return _task_lines(task, step.settings) + _kubernetes_lines(task, step.settings)
 
 

@@ -34,13 +34,19 @@ from kale_magics.model import CELL_KINDS, Annotation, PipelineSettings
 CELL_PREFIX = "%%kale"
 LINE_PREFIX = "%kale"
 
-#: Step names: lowercase Python identifiers, so the same name is a valid DSL
-#: function, KFP component and task name (KFP lowercases and dashes names).
-STEP_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
-#: Pipeline names as KFP accepts them in ``pipeline_info.name``.
+#: Step names: lowercase words of letters and digits joined by single ``_``, so the
+#: same name is a valid DSL function and one KFP component and task name: KFP turns
+#: every run of characters other than ``a-z0-9`` into one ``-`` and strips the ends
+#: (``kfp.dsl.utils.maybe_rename_for_k8s``), which would make ``a_b``/``a__b`` or
+#: ``a``/``a_`` one task; with single inner ``_`` the mapping is one to one both ways.
+STEP_NAME = re.compile(r"(?=.{1,63}\Z)[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
+#: Pipeline names as KFP accepts them in ``pipeline_info.name``; also the generated
+#: files' names (``<name>.py``, ``<name>.yaml``), so no ``/``, ``.`` or ``..``.
 PIPELINE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
-#: Names the generated DSL module defines itself.
-RESERVED_STEP_NAMES = frozenset({"dsl", "pipeline", "compiler"})
+#: Step names the generated DSL module or KFP use themselves: the module's imports and
+#: pipeline function, the builtins its signatures name, KFP's ``root`` DAG.
+RESERVED_STEP_NAMES = frozenset({"dsl", "kubernetes", "pipeline", "compiler", "root",
+                                 "int", "float", "str", "bool"})
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -52,7 +58,9 @@ class GrammarParser(argparse.ArgumentParser):
     """argparse that raises AnnotationError instead of printing and exiting."""
 
     def error(self, message: str) -> NoReturn:
-        raise AnnotationError(f"{self.prog}: {message}; `%kale?` lists the options, e.g. "
+        hint = (" (a value starting with - is written --option=VALUE)"
+                if "expected one argument" in message else "")
+        raise AnnotationError(f"{self.prog}: {message}{hint}; `%kale?` lists the options, e.g. "
                               f"{_EXAMPLES.get(self.prog, self.prog)}")
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
@@ -95,24 +103,87 @@ PIPELINE_PARSER = _pipeline_parser()
 
 
 def split_args(text: str) -> list[str]:
-    """Split the arguments of a magic line like a shell; raise AnnotationError on bad quoting."""
+    """Split the arguments of a magic line like a shell.
+
+    Raises
+    ------
+    AnnotationError
+        Bad quoting, or a lone surrogate (text that is not Unicode, which no
+        file or KFP field can hold).
+    """
+    check_unicode(text, "the line")
     try:
         return shlex.split(text)
     except ValueError as error:
         raise AnnotationError(f"cannot read `{text}`: {error}; close the quote", line=text) from None
 
 
+def check_unicode(text: str, what: str) -> str:
+    """Return ``text`` if it is valid Unicode, else raise AnnotationError naming ``what``.
+
+    A lone surrogate (``"\\ud800"``, e.g. from a ``\\ud800`` escape in the
+    notebook's JSON) is a Python ``str`` but not Unicode text: it cannot be
+    encoded to UTF-8, so it would fail later in the parser, the YAML or KFP.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        line = text.count("\n", 0, error.start) + 1
+        raise AnnotationError(
+            f"{what} holds {text[error.start]!r} at line {line}, a lone surrogate, which is not "
+            "Unicode text (a broken escape in the notebook's JSON?); remove it") from None
+    return text
+
+
+def step_name_hint(name: str) -> str:
+    """A valid step name close to ``name`` (``"Load-Data"`` -> ``"load_data"``); a name that
+    differs from a valid one only by its ``_`` gets a number, since that other name is likely
+    taken (``"a__b"`` -> ``"a_b2"``, ``"a_"`` -> ``"a2"``)."""
+    hint = "_".join(re.findall(r"[a-z0-9]+", name.lower())).lstrip("_0123456789")[:55].rstrip("_")
+    if hint and hint != name and re.sub("_+", "_", name).strip("_") == hint:
+        hint += "2"
+    if not hint or keyword.iskeyword(hint) or keyword.issoftkeyword(hint):
+        hint = f"{hint or 'step'}_1"
+    if hint in RESERVED_STEP_NAMES or hint.startswith("kale"):
+        hint = f"{hint}_step" if not hint.startswith("kale") else f"step_{hint}"
+    return hint if STEP_NAME.fullmatch(hint) else "step_1"
+
+
 def check_step_name(name: str, option: str = "step name") -> str:
     """Return ``name`` if it is a valid step name, else raise AnnotationError with the fix."""
     if not STEP_NAME.fullmatch(name) or keyword.iskeyword(name) or keyword.issoftkeyword(name):
-        hint = re.sub(r"[^a-z0-9_]", "_", name.lower()).lstrip("_0123456789")[:63] or "step1"
         raise AnnotationError(
-            f"invalid {option} {name!r}: use 1-63 lowercase letters, digits and _, starting with "
-            f"a letter, not a Python keyword (for example {hint!r})", line=name)
+            f"invalid {option} {name!r}: use 1-63 lowercase letters and digits, words joined by "
+            f"single _, starting with a letter, not a Python keyword (for example "
+            f"{step_name_hint(name)!r})", line=name)
     if name in RESERVED_STEP_NAMES or name.startswith("kale"):
         raise AnnotationError(
-            f"{option} {name!r} is reserved by the generated pipeline module; choose another name "
-            f"(for example {name + '_step'!r})", line=name)
+            f"{option} {name!r} is reserved by the generated pipeline module or KFP; choose "
+            f"another name (for example {name + '_step'!r})", line=name)
+    return name
+
+
+def check_pipeline_name(name: str, where: str = "%kale pipeline --name") -> str:
+    """Return ``name`` if it is a valid pipeline name (also a file name), else raise AnnotationError.
+
+    Parameters
+    ----------
+    name:
+        The pipeline name, from ``%kale pipeline --name``, Kale's ``pipeline_name``
+        metadata, or a caller.
+    where:
+        Where it was given, for the message.
+
+    Raises
+    ------
+    AnnotationError
+        Not 1-128 lowercase letters, digits and ``-`` starting with a letter or
+        digit (so never a path: no ``/``, ``.``, ``..``); the message suggests one.
+    """
+    if not isinstance(name, str) or not PIPELINE_NAME.fullmatch(name):
+        raise AnnotationError(
+            f"invalid pipeline name {name!r} ({where}): use lowercase letters, digits and -, "
+            f"starting with a letter or digit (for example {pipeline_name_from(str(name))!r})")
     return name
 
 
@@ -185,10 +256,11 @@ def parse_pipeline_line(line: str) -> PipelineSettings:
         if text.startswith(prefix):
             text = text[len(prefix):].strip()
     ns = PIPELINE_PARSER.parse_args(split_args(text))
-    if ns.name is not None and not PIPELINE_NAME.fullmatch(ns.name):
-        raise AnnotationError(
-            f"invalid pipeline name {ns.name!r}: use lowercase letters, digits and -, starting with "
-            f"a letter or digit (for example {pipeline_name_from(ns.name)!r})", line=line)
+    if ns.name is not None:
+        try:
+            check_pipeline_name(ns.name)
+        except AnnotationError as error:
+            raise AnnotationError(error.message, line=line) from None
     defaults = step_options.settings_from(ns)
     return PipelineSettings(name=ns.name, experiment=ns.experiment, description=ns.description,
                             host=ns.host, notebook=ns.notebook,
@@ -267,10 +339,10 @@ def pipeline_line(settings: PipelineSettings) -> str:
                           ("--description", settings.description), ("--host", settings.host),
                           ("--notebook", settings.notebook)):
         if value is not None:
-            words += [option, shlex.quote(value)]
+            words += step_options.option_words(option, value)
     for option, values in (("--pip-index-url", settings.pip_index_urls),
                            ("--pip-trusted-host", settings.pip_trusted_hosts)):
         for value in values:
-            words += [option, shlex.quote(value)]
+            words += step_options.option_words(option, value)
     words += step_options.options_text(settings.step_defaults)
     return " ".join([LINE_PREFIX, "pipeline", *words])

@@ -21,7 +21,7 @@ from typing import Any
 from kale_magics.errors import AnnotationError
 from kale_magics.model import Annotation, PipelineSettings, StepSettings
 from kale_magics.notebook import step_options
-from kale_magics.notebook.annotations import check_step_name
+from kale_magics.notebook.annotations import check_pipeline_name, check_step_name
 
 KIND_TAGS = {"imports": "imports", "functions": "functions", "parameters": "pipeline-parameters",
              "metrics": "pipeline-metrics", "skip": "skip"}
@@ -169,6 +169,22 @@ def _check_types(meta: dict[str, Any]) -> None:
             raise AnnotationError(f"kubeflow_notebook: {key} must be {names}, got "
                                   f"{type(meta[key]).__name__} {meta[key]!r}; fix the notebook's "
                                   "metadata (or convert it with kale-magics convert)")
+    _check_texts(meta)
+
+
+def _check_texts(meta: dict[str, Any]) -> None:
+    """Refuse text fields holding other JSON values: tags, the experiment's name, volume fields."""
+    tags = meta.get("steps_defaults")
+    values = [("steps_defaults", t) for t in (tags if isinstance(tags, list) else [])]
+    experiment = meta.get("experiment")
+    if isinstance(experiment, dict) and experiment.get("name") is not None:
+        values.append(("experiment.name", experiment["name"]))
+    values += [(f"volumes {k}", v[k]) for v in meta.get("volumes") or [] if isinstance(v, dict)
+               for k in ("name", "mount_point", "type") if v.get(k) is not None]
+    for key, value in values:
+        if not isinstance(value, str):
+            raise AnnotationError(f"kubeflow_notebook: {key} must be text, got {value!r}; fix the "
+                                  "notebook's metadata (or convert it with kale-magics convert)")
 
 
 def settings_from_metadata(meta: dict[str, Any]) -> tuple[PipelineSettings, list[str]]:
@@ -206,7 +222,9 @@ def settings_from_metadata(meta: dict[str, Any]) -> tuple[PipelineSettings, list
     defaults = settings_from_tags(tagged if isinstance(tagged, list) else [], "steps_defaults")
     defaults = defaults.over(StepSettings(image=image, volumes=tuple(volumes),
                                           cache=cache if isinstance(cache, bool) else None))
-    settings = PipelineSettings(name=meta.get("pipeline_name") or None, experiment=experiment or None,
+    name = meta.get("pipeline_name") or None  # a file name too: checked like %kale pipeline --name
+    settings = PipelineSettings(name=name and check_pipeline_name(name, "kubeflow_notebook: pipeline_name"),
+                                experiment=experiment or None,
                                 description=meta.get("pipeline_description") or None,
                                 host=meta.get("kfp_host") or None, step_defaults=defaults)
     return settings, warnings

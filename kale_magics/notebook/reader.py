@@ -25,6 +25,7 @@ from kale_magics.model import Annotation, Cell, PipelineSettings
 from kale_magics.notebook import kale_tags
 from kale_magics.notebook.annotations import (
     cell_magic,
+    check_unicode,
     is_pipeline_line,
     parse_cell_line,
     parse_pipeline_line,
@@ -78,9 +79,10 @@ def read_notebook(path: str | os.PathLike[str]) -> AnnotatedNotebook:
     """
     nb = _read_v4_json(path) or load_notebook(path)
     cells = code_cells(nb)
+    meta = dict(nb["metadata"].get("kubeflow_notebook") or {})
+    _check_unicode(cells, meta)
     annotated, warnings = annotate_cells(cells)
-    settings, meta_warnings = kale_tags.settings_from_metadata(
-        dict(nb["metadata"].get("kubeflow_notebook") or {}))
+    settings, meta_warnings = kale_tags.settings_from_metadata(meta)
     return AnnotatedNotebook(path=os.fspath(path), cells=annotated,
                              settings=settings.merged(read_settings(cells)),
                              warnings=tuple(meta_warnings + warnings))
@@ -95,6 +97,18 @@ def code_cells(nb: Any) -> list[CodeCell]:
     return [CodeCell(i, _text(cell.get("source", "")), cell.get("id"),
                      tuple(t for t in cell.get("metadata", {}).get("tags", []) if isinstance(t, str)))
             for i, cell in enumerate(nb["cells"]) if cell.get("cell_type") == "code"]
+
+
+def _check_unicode(cells: Iterable[CodeCell], meta: dict[str, Any]) -> None:
+    """Refuse lone surrogates (a ``\\ud800`` escape in the JSON) in code cells, their tags and
+    Kale's metadata: no file, parser or KFP field can hold them (see :func:`check_unicode`)."""
+    for cell in cells:
+        for text in (cell.source, *cell.tags):
+            try:
+                check_unicode(text, "the cell")
+            except AnnotationError as error:
+                raise AnnotationError(error.message, cell=cell.index) from None
+    check_unicode(json.dumps(meta, ensure_ascii=False, default=str), "the kubeflow_notebook metadata")
 
 
 def _text(source: str | list[str]) -> str:

@@ -201,7 +201,7 @@ def options_text(s: StepSettings) -> list[str]:
                ("--timeout", None if s.timeout_s is None else _seconds_text(s.timeout_s)))
     for option, value in singles:
         if value is not None:
-            words += [option, str(value)]
+            words += option_words(option, str(value))
     if s.cache is not None:
         words.append("--cache" if s.cache else "--no-cache")
     repeated = (("--env", [f"{k}={v}" for k, v in s.env]),
@@ -213,7 +213,14 @@ def options_text(s: StepSettings) -> list[str]:
                 ("--annotation", [f"{k}={v}" for k, v in s.annotations]))
     for option, values in repeated:
         for value in values:
-            words += [option, value]
+            words += option_words(option, value)
     if s.packages:
-        words += ["--packages", *s.packages]
-    return [shlex.quote(w) for w in words]
+        words += ["--packages", *map(shlex.quote, s.packages)]
+    return words
+
+
+def option_words(option: str, value: str) -> list[str]:
+    """``[option, value]`` shell-quoted; ``[option=value]`` for a value starting with ``-``,
+    which argparse would read as an option."""
+    text = shlex.quote(value)
+    return [f"{option}={text}"] if value.startswith("-") else [option, text]

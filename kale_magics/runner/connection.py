@@ -14,9 +14,21 @@ Settings come from, in order (the first that sets a value wins):
 6. for the namespace only, on a multi-user server (healthz ``multi_user``): the namespace
    of the pod kale-magics runs in (:data:`NAMESPACE_FILE`), when present.
 
+Credentials go only where they were configured for (:func:`credential_allowed`):
+``--token`` and ``--cookies`` go to the chosen host; ``$KF_PIPELINES_TOKEN`` and
+``$KF_PIPELINES_COOKIES`` only to ``$KF_PIPELINES_ENDPOINT``'s server when that is set;
+the config file's ``token_file`` only to the config file's ``host`` when that is set;
+and a host named by the notebook (``%kale pipeline --host``, Kale's ``kfp_host``)
+gets none of these "ambient" credentials unless they were configured for that very
+server, so a shared notebook cannot collect them. A host given with ``--host``
+(chosen by the user, not the notebook) gets them all. What was withheld is said
+in :attr:`Connection.withheld` and in the message of a refusal (HTTP 401/403).
+
 A token or cookie value is kept out of ``repr``, logs and every message; the
 messages say where credentials came from (``$KF_PIPELINES_TOKEN``), never what
-they are.
+they are. A host with a user name or password in it (``http://user:pw@host``) is
+refused, and every message has such URL parts redacted
+(:func:`~kale_magics.redaction.redact_urls`).
 
 Before ``kfp.Client`` is built, :func:`probe` asks ``/apis/v2beta1/healthz``
 with a short timeout: ``kfp.Client``'s constructor retries a failing health
@@ -31,14 +43,17 @@ import dataclasses
 import io
 import json
 import os
+import re
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from kale_magics.errors import KaleError, KfpAuthError, KfpConnectionError
+from kale_magics.redaction import redact_urls
 
 HOST_ENV = "KF_PIPELINES_ENDPOINT"
 UI_ENV = "KF_PIPELINES_UI_ENDPOINT"
@@ -51,6 +66,11 @@ SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
 #: The namespace of the pod kale-magics runs in (in a Kubeflow notebook: the user's profile).
 NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 HEALTHZ = "/apis/v2beta1/healthz"
+#: Where a notebook names the host (``%kale pipeline --host``, or Kale's ``kfp_host``).
+NOTEBOOK_SOURCE = "%kale pipeline --host"
+#: Hosts for which ``kfp.Client`` without a token fetches the user's Google Cloud access
+#: token and sends it (``kfp.Client._is_inverse_proxy_host``, KFP 2.17).
+INVERSE_PROXY_HOST = re.compile(r"\S+.googleusercontent.com/{0,1}$")
 
 
 def config_path(environ: Mapping[str, str] | None = None) -> str:
@@ -80,6 +100,8 @@ class Connection:
     auth:
         Where the credentials came from, for messages: ``"none"``, ``"--token"``,
         ``"$KF_PIPELINES_TOKEN"``, ``"cookies from --cookies"``, ...
+    withheld:
+        Credentials that were found but not sent to this host, and why ("" when none).
     connect_timeout_s:
         Seconds to wait for a TCP connection and the health check.
     request_timeout_s:
@@ -92,6 +114,7 @@ class Connection:
     token: str = field(default="", repr=False)
     cookies: str = field(default="", repr=False)
     auth: str = "none"
+    withheld: str = ""
     connect_timeout_s: float = 5.0
     request_timeout_s: float = 30.0
 
@@ -105,21 +128,27 @@ class Connection:
         return headers
 
     def redact(self, text: str) -> str:
-        """``text`` with the token and cookie values replaced by ``***``."""
+        """``text`` with the token and cookie values and the userinfo of URLs replaced by ``***``."""
         cookie_values = [part.partition("=")[2] for part in self.cookies.split(";")]
         for secret in sorted({self.token, self.cookies, *cookie_values}, key=len, reverse=True):
             secret = secret.strip()
             if len(secret) >= 4:
                 text = text.replace(secret, "***")
-        return text
+        return redact_urls(text)
 
     def run_url(self, run_id: str) -> str:
         """The run's page in the KFP UI."""
-        return f"{self.ui_host or self.host}/#/runs/details/{run_id}"
+        return redact_urls(f"{self.ui_host or self.host}/#/runs/details/{run_id}")
 
     def schedule_url(self, recurring_run_id: str) -> str:
         """The recurring run's page in the KFP UI."""
-        return f"{self.ui_host or self.host}/#/recurringrun/details/{recurring_run_id}"
+        return redact_urls(f"{self.ui_host or self.host}/#/recurringrun/details/{recurring_run_id}")
+
+
+#: The config file's keys and the types they must have.
+_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "host": (str,), "namespace": (str,), "ui_host": (str,), "token_file": (str,),
+    "connect_timeout_s": (int, float)}
 
 
 def _config(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -135,33 +164,150 @@ def _config(environ: Mapping[str, str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise KaleError(f"the kale-magics config file {path} must hold a JSON object, "
                         'e.g. {"host": "http://localhost:8080", "namespace": "kubeflow-user"}')
+    for key, types in _CONFIG_TYPES.items():
+        if data.get(key) is not None and (not isinstance(data[key], types)
+                                          or isinstance(data[key], bool)):
+            raise KaleError(f"the kale-magics config file {path}: {key} must be "
+                            f"{' or '.join(t.__name__ for t in types)}, not {data[key]!r}")
     return data
 
 
 def _check_host(host: str, source: str) -> str:
+    """``host`` without a trailing ``/``, checked to be ``http(s)://HOST[:PORT][/PATH]``.
+
+    Raises
+    ------
+    KaleError
+        No scheme, no host name, a port that is not a number, or a user name or
+        password in the URL (the message shows it redacted).
+    """
     host = host.strip().rstrip("/")
     if not host.startswith(("http://", "https://")):
         raise KaleError(f"KFP host {host!r} (from {source}) needs a scheme: "
                         f"http://{host} or https://{host}")
+    parts = urllib.parse.urlsplit(host)
+    if "@" in parts.netloc:
+        raise KaleError(f"KFP host {host} (from {source}) has a user name or password in it, which "
+                        "kale-magics never sends (KFP takes a bearer token or session cookies); "
+                        f"remove it and set ${TOKEN_ENV} (or pass --token or --cookies)")
+    try:
+        parts.port
+    except ValueError:
+        raise KaleError(f"KFP host {host!r} (from {source}) has a port that is not a number from "
+                        "0 to 65535; for example http://localhost:8888") from None
+    if not parts.hostname:
+        raise KaleError(f"KFP host {host!r} (from {source}) names no server; for example "
+                        "http://localhost:8888")
     return host
 
 
-def _token(token: Optional[str], env: Mapping[str, str], config: Mapping[str, Any]) -> tuple[str, str]:
-    """The bearer token and where it came from."""
-    if token:
-        return token, "--token"
+def same_server(a: str, b: str) -> bool:
+    """True when URLs ``a`` and ``b`` name the same server: scheme, host name and port
+    (``http://KFP:80/x`` and ``http://kfp`` do)."""
+    def origin(url: str) -> tuple[str, str, int | None]:
+        parts = urllib.parse.urlsplit(url.strip())
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        scheme = parts.scheme.lower()
+        return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+    return origin(a) == origin(b)
+
+
+@dataclass(frozen=True)
+class _Credential:
+    """A token or cookies found somewhere, and the server it was configured for.
+
+    ``home`` is the URL of that server; None means "any server the user chose"
+    (``--token``, or an ambient credential with no host configured beside it).
+    A token in a file has ``path`` set and is read only when it is used.
+    """
+
+    source: str
+    value: str = field(default="", repr=False)
+    home: Optional[str] = None
+    explicit: bool = False
+    path: Optional[str] = None
+
+    def secret(self) -> str:
+        """The token or cookies (read from ``path`` for a token file)."""
+        return _read_token_file(self.path) if self.path else self.value
+
+
+def credential_allowed(credential: _Credential, host: str, host_source: str) -> bool:
+    """The rule of what credentials a host gets (see the module docstring).
+
+    A credential given for this call (``--token``, ``--cookies``) and every credential for a
+    host given with ``--host`` are sent; a credential configured for a server goes only to
+    that server; one configured without a server goes to hosts the user chose (``--host``,
+    ``$KF_PIPELINES_ENDPOINT``, the config file), never to a host the notebook names.
+    """
+    if credential.explicit or host_source == "--host":
+        return True
+    if credential.home is not None:
+        return same_server(credential.home, host)
+    return host_source != NOTEBOOK_SOURCE
+
+
+def _read_token_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError as error:
+        raise KaleError(f"cannot read the token file {path}: {error.strerror}; "
+                        f"fix its permissions or set ${TOKEN_ENV}") from None
+
+
+def _tokens(token: Optional[str], env: Mapping[str, str],
+            config: Mapping[str, Any]) -> list[_Credential]:
+    """Every bearer token found, in order of precedence (files are read only when chosen)."""
+    found = [_Credential("--token", token, explicit=True)] if token else []
     if env.get(TOKEN_ENV):
-        return env[TOKEN_ENV], f"${TOKEN_ENV}"
-    for path, source in ((config.get("token_file"), "the config file's token_file"),
-                         (env.get(SA_TOKEN_ENV) or SA_TOKEN_PATH, "the service-account token file")):
+        found.append(_Credential(f"${TOKEN_ENV}", env[TOKEN_ENV], env.get(HOST_ENV) or None))
+    for path, source, home in ((config.get("token_file"), "the config file's token_file",
+                                config.get("host") or None),
+                               (env.get(SA_TOKEN_ENV) or SA_TOKEN_PATH,
+                                "the service-account token file", None)):
         if path and os.path.isfile(path):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    return f.read().strip(), f"{source} {path}"
-            except OSError as error:
-                raise KaleError(f"cannot read the token file {path}: {error.strerror}; "
-                                f"fix its permissions or set ${TOKEN_ENV}") from None
-    return "", "none"
+            found.append(_Credential(f"{source} {path}", home=home, path=path))
+    return found
+
+
+def _cookies(cookies: Optional[str], env: Mapping[str, str]) -> list[_Credential]:
+    """Every cookie header found, in order of precedence."""
+    found = [_Credential("--cookies", cookies, explicit=True)] if cookies else []
+    if env.get(COOKIES_ENV):
+        found.append(_Credential(f"${COOKIES_ENV}", env[COOKIES_ENV], env.get(HOST_ENV) or None))
+    return found
+
+
+def _credentials(token: Optional[str], cookies: Optional[str], env: Mapping[str, str],
+                 config: Mapping[str, Any], host: str,
+                 host_source: str) -> tuple[str, str, str, str]:
+    """``(token, cookies, auth, withheld)`` for ``host``: the first allowed token and cookies,
+    where they came from, and what was found but withheld (with why)."""
+    withheld: list[str] = []
+    chosen: list[_Credential | None] = []
+    for found in (_tokens(token, env, config), _cookies(cookies, env)):
+        allowed = [c for c in found if credential_allowed(c, host, host_source)]
+        withheld += [c.source for c in found if c not in allowed]
+        chosen.append(allowed[0] if allowed else None)
+    bearer, cookie = chosen
+    auth = (bearer.source if bearer else f"cookies from {cookie.source}" if cookie else "none")
+    return (bearer.secret() if bearer else "", cookie.secret() if cookie else "", auth,
+            _withheld_text(withheld, host_source))
+
+
+def _withheld_text(withheld: list[str], host_source: str) -> str:
+    if not withheld:
+        return ""
+    why = ("the host comes from the notebook (%kale pipeline --host), and they were not configured "
+           "for it" if host_source == NOTEBOOK_SOURCE else
+           f"they were configured for another server than the host from {host_source}")
+    return (f"credentials from {', '.join(withheld)} were not sent: {why}; to send them, pass the "
+            "host with --host on the command line, or give credentials for it with --token "
+            "or --cookies")
 
 
 def resolve_connection(host: Optional[str] = None, namespace: Optional[str] = None,
@@ -185,31 +331,38 @@ def resolve_connection(host: Optional[str] = None, namespace: Optional[str] = No
     Raises
     ------
     KaleError
-        No host anywhere, a host without ``http(s)://``, or an unreadable config or token file.
+        No host anywhere, a malformed host (no ``http(s)://``, a user name or
+        password in it, a bad port), a notebook's host for which ``kfp.Client``
+        would send Google Cloud credentials, or an unreadable config or token file.
     """
     env = os.environ if environ is None else environ
     config = _config(env)
-    candidates = [(host, "--host"), (getattr(settings, "host", None), "%kale pipeline --host"),
+    candidates = [(host, "--host"), (getattr(settings, "host", None), NOTEBOOK_SOURCE),
                   (env.get(HOST_ENV), f"${HOST_ENV}"), (config.get("host"), config_path(env))]
     chosen = next(((h, s) for h, s in candidates if h), None)
     if chosen is None:
         raise KaleError(f"no KFP host given: pass --host URL, add --host URL to `%kale pipeline`, "
                         f"set ${HOST_ENV}, or put {{\"host\": URL}} in {config_path(env)}")
-    bearer, auth = _token(token, env, config)
-    cookie = cookies or env.get(COOKIES_ENV) or ""
-    if cookie and not bearer:
-        auth = "cookies from --cookies" if cookies else f"cookies from ${COOKIES_ENV}"
+    url, source = _check_host(chosen[0], chosen[1]), chosen[1]
+    bearer, cookie, auth, withheld = _credentials(token, cookies, env, config, url, source)
+    if source == NOTEBOOK_SOURCE and not bearer and INVERSE_PROXY_HOST.match(url):
+        raise KaleError(f"the notebook's host {url} looks like a Google inverse proxy, for which "
+                        "kfp.Client sends your Google Cloud access token; to connect, pass "
+                        "--host on the command line (or a token with --token)")
     return Connection(
-        host=_check_host(chosen[0], chosen[1]),
+        host=url,
         namespace=namespace or env.get(NAMESPACE_ENV) or config.get("namespace") or "",
         ui_host=(env.get(UI_ENV) or config.get("ui_host") or "").rstrip("/"),
-        token=bearer, cookies=cookie, auth=auth,
+        token=bearer, cookies=cookie, auth=auth, withheld=withheld,
         connect_timeout_s=float(connect_timeout_s or config.get("connect_timeout_s") or 5.0),
         request_timeout_s=float(request_timeout_s or 30.0))
 
 
 def auth_message(connection: Connection, status: int) -> str:
     """What to tell the user when KFP answers 401 or 403 (never the credentials themselves)."""
+    if connection.auth == "none" and connection.withheld:
+        return (f"KFP at {connection.host} refused the request (HTTP {status}): it needs "
+                f"credentials, and {connection.withheld}")
     if connection.auth == "none":
         return (f"KFP at {connection.host} refused the request (HTTP {status}): it needs "
                 f"credentials; set ${TOKEN_ENV} to a bearer token (or pass --token), or pass "
@@ -253,11 +406,11 @@ def probe(connection: Connection) -> dict[str, Any]:
             raise KfpAuthError(auth_message(connection, error.code)) from None
         raise unreachable(connection, f"{HEALTHZ} answered HTTP {error.code} {error.reason}") from None
     except urllib.error.URLError as error:
-        raise unreachable(connection, _reason(error.reason)) from None
+        raise unreachable(connection, _reason(error.reason, connection.host)) from None
     except (TimeoutError, socket.timeout):
         raise unreachable(connection, f"no answer within {connection.connect_timeout_s:g} s") from None
     except (OSError, ValueError) as error:
-        raise unreachable(connection, _reason(error)) from None
+        raise unreachable(connection, _reason(error, connection.host)) from None
     try:
         return dict(json.loads(body))
     except ValueError:
@@ -270,13 +423,14 @@ def probe(connection: Connection) -> dict[str, Any]:
                           "API endpoint?") from None
 
 
-def _reason(error: object) -> str:
+def _reason(error: object, host: str) -> str:
     if isinstance(error, (TimeoutError, socket.timeout)):
         return "timed out"
     if isinstance(error, ConnectionRefusedError):
         return "connection refused"
     if isinstance(error, socket.gaierror):
-        return "unknown host name"
+        name = urllib.parse.urlsplit(host).hostname
+        return f"the host name {name!r} could not be resolved ({error.strerror or error})"
     return getattr(error, "strerror", None) or str(error) or type(error).__name__
 
 

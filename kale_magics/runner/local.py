@@ -13,15 +13,23 @@ locally, applied to a copy (:func:`local_ir`):
 - a pipeline named like one of its steps is renamed, or KFP would load it as
   that one step.
 
-Step states come from the step runtime's event lines in the output that
-``kfp.local`` streams; each step's log is kept without ANSI codes.
+Step states come from the step runtime's own channel (``runtime.channel``): a
+folder under the pipeline root, ``logs/<pipeline>-<time>/``, named to the steps
+in ``$KALE_MAGICS_CHANNEL``, holding the events file and each step's whole log
+(``<step>.log``). The output ``kfp.local`` streams is never parsed for events;
+it only prompts a look at the events file. In memory a run keeps the end of
+each step's log (:data:`LOG_TAIL_LINES` lines, read from the file when the step
+ends) and of kfp.local's own output, so a step printing gigabytes costs disk,
+not memory.
 """
 
 from __future__ import annotations
 
 import builtins
+import collections
 import contextlib
 import copy
+import datetime
 import io
 import json
 import os
@@ -37,11 +45,19 @@ from kale_magics.codegen.compile import CompiledPipeline, dump_ir, read_ir
 from kale_magics.codegen.settings import local_noops
 from kale_magics.errors import RunError
 from kale_magics.model import requirement_name
+from kale_magics.redaction import redact_urls
 from kale_magics.runner import local_cache
 from kale_magics.runner.status import FAILED, RUNNING, SUCCEEDED, RunHooks, RunStatus, StepStatus
-from kale_magics.runtime.step import EVENT_MARKER, WARNING_PREFIX, WORKDIR_ENV
+from kale_magics.runtime.channel import CHANNEL_ENV, EVENTS_FILE, log_path
+from kale_magics.runtime.step import WORKDIR_ENV
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+#: Lines of each step's log kept in memory (the whole log is in its file).
+LOG_TAIL_LINES = 200
+#: Bytes read from the end of a step's log file for its tail.
+LOG_TAIL_BYTES = 64 * 1024
+#: Characters of one line kept in memory; longer lines are cut.
+LINE_LIMIT = 4096
 
 
 def local_ir(ir: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
@@ -107,7 +123,8 @@ def _unambiguous_name(ir: dict[str, Any]) -> str:
 
 class LineSink(io.TextIOBase):
     """A stand-in for stdout that hands each complete line, without ANSI codes and trailing
-    blanks, to :meth:`_line` (what kfp.local prints arrives in pieces and coloured)."""
+    blanks, to :meth:`_line` (what kfp.local prints arrives in pieces and coloured). A line
+    longer than :data:`LINE_LIMIT` characters is handed on in pieces, so memory stays bounded."""
 
     def __init__(self) -> None:
         self._partial = ""
@@ -118,6 +135,9 @@ class LineSink(io.TextIOBase):
     def write(self, text: str) -> int:
         self._partial += text
         *lines, self._partial = self._partial.split("\n")
+        while len(self._partial) > LINE_LIMIT:
+            lines.append(self._partial[:LINE_LIMIT])
+            self._partial = self._partial[LINE_LIMIT:]
         for line in lines:
             self._line(ANSI.sub("", line).rstrip())
         return len(text)
@@ -126,28 +146,82 @@ class LineSink(io.TextIOBase):
         raise NotImplementedError
 
 
-class _EventSink(LineSink):
-    """Stands in for stdout while kfp.local runs: finds step events, keeps logs."""
+class _EventsFile:
+    """Reads the events a step runtime appends to a channel's events file, as they come."""
 
-    def __init__(self, status: RunStatus, echo: TextIO | None, real_stdout: TextIO) -> None:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+
+    def new_events(self) -> list[dict[str, Any]]:
+        """The complete events appended since the last call (malformed lines are skipped)."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        events = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and isinstance(event.get("step"), str):
+                events.append(event)
+        return events
+
+
+def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last ``lines`` lines of the log file at ``path`` (at most :data:`LOG_TAIL_BYTES`
+    read), decoded as UTF-8 with bad bytes replaced, without ANSI codes and URL passwords,
+    each cut to :data:`LINE_LIMIT` characters; ``[]`` when there is no such file."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - LOG_TAIL_BYTES))
+            data = f.read()
+    except OSError:
+        return []
+    text = data.decode("utf-8", errors="replace")
+    found = text.splitlines()[1:] if size > LOG_TAIL_BYTES else text.splitlines()  # first: partial
+    return [redact_urls(ANSI.sub("", line).rstrip()[:LINE_LIMIT]) for line in found[-lines:]]
+
+
+class _EventSink(LineSink):
+    """Stands in for stdout while kfp.local runs: applies the steps' events, keeps the end of
+    kfp.local's own output. Every line kfp.local prints prompts a look at the events file."""
+
+    def __init__(self, status: RunStatus, echo: TextIO | None, real_stdout: TextIO,
+                 channel: str) -> None:
         super().__init__()
         self.status = status
         self.echo = echo
         self.real_stdout = real_stdout
         self.print = builtins.print  # kfp.local indents builtins.print while a task runs
-        self.current: StepStatus | None = None
-        self.run_log: list[str] = []
+        self.channel = channel
+        self.events = _EventsFile(os.path.join(channel, EVENTS_FILE))
+        self.run_log: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+        self.warnings: list[str] = []
 
     def _line(self, line: str) -> None:
         if self.echo is not None:
             print(line, file=self.echo)
-        marker = line.strip()
-        if marker.startswith(EVENT_MARKER):
-            self._event(json.loads(marker[len(EVENT_MARKER):]))
-        elif self.current is not None:
-            self.current.log.append(line[4:] if line.startswith("    ") else line)
-        else:
-            self.run_log.append(line)
+        if line.strip():
+            self.run_log.append(line[4:] if line.startswith("    ") else line)
+        self.poll()
+
+    def poll(self) -> None:
+        """Apply the events the steps wrote since the last look (``warning`` events are kept
+        in :attr:`warnings`)."""
+        for event in self.events.new_events():
+            if event.get("event") == "warning":
+                self.warnings.append(str(event.get("message", "")))
+            elif event["step"] in self.status.steps and event.get("event") in ("start", "end"):
+                self._event(event)
 
     def cached(self, step: str, outputs: dict[str, Any]) -> None:
         """Report ``step`` as done from the cache, with the outputs the cache recorded."""
@@ -155,18 +229,26 @@ class _EventSink(LineSink):
             self.status.update_step(step, state=SUCCEEDED, cached=True, duration_s=0.0,
                                     artifacts=outputs["artifacts"], metrics=outputs["metrics"])
 
+    def unfinished(self) -> None:
+        """Give each step whose process ended without an ``end`` event its log's tail."""
+        for step in self.status.steps.values():
+            if step.state == RUNNING:
+                path = log_path(self.channel, step.name)
+                step.log, step.log_path = log_tail(path), path if os.path.exists(path) else ""
+
     def _event(self, event: dict[str, Any]) -> None:
+        step = event["step"]
         with contextlib.redirect_stdout(self.real_stdout), _plain_print(self.print):
             if event["event"] == "start":
-                self.current = self.status.update_step(event["step"], state=RUNNING,
-                                                       start=event["time"])
+                self.status.update_step(step, state=RUNNING, start=event.get("time"))
                 return
-            self.current = None
+            path = log_path(self.channel, step)
             self.status.update_step(
-                event["step"], state=event["state"], end=event["time"],
-                duration_s=event.get("duration_s"), error=event.get("error", ""),
-                cell=event.get("cell", ""), line=event.get("line", 0),
-                artifacts=event.get("outputs", {}), metrics=event.get("metrics", {}))
+                step, state=SUCCEEDED if event.get("state") == SUCCEEDED else FAILED,
+                end=event.get("time"), duration_s=event.get("duration_s"),
+                error=str(event.get("error", "")), cell=str(event.get("cell", "")),
+                line=event.get("line", 0), artifacts=event.get("outputs", {}),
+                metrics=event.get("metrics", {}), log=log_tail(path), log_path=path)
 
 
 @contextlib.contextmanager
@@ -244,7 +326,8 @@ def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = 
     hooks:
         Subscribers to the run's status changes.
     echo:
-        When given, every line of kfp.local's output is also written here.
+        When given, every line of kfp.local's own output is also written here
+        (a step's output goes to its log file, ``StepStatus.log_path``).
     enable_caching:
         Reuse the outputs of steps that did not change since an earlier run
         into the same pipeline root (``kfp.local``'s cache under
@@ -260,8 +343,9 @@ def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = 
     Raises
     ------
     RunError
-        The compiled YAML cannot be read, or a step needs a package that is not
-        installed here (nothing is installed; the message lists them).
+        The compiled YAML cannot be read, a step needs a package that is not
+        installed here (nothing is installed; the message lists them), or the
+        run's log folder cannot be created under the pipeline root.
     """
     _check_packages(compiled)
     plan = compiled.plan
@@ -275,44 +359,61 @@ def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = 
     if from_step is not None:
         ir = local_cache.rerun(ir, local_cache.downstream(plan, from_step))
     env = {WORKDIR_ENV: os.path.abspath(workdir or os.path.dirname(plan.notebook) or ".")}
-    with _private_tmpdir():
-        _execute(in_plan_order(local_ir(ir, env), [s.name for s in plan.steps]),
-                 dict(arguments or {}), root, status, echo, enable_caching)
-    found = [*local_cache.stale_warnings(plan, status), *step_warnings(status)]
+    channel = _channel_folder(root, plan.name)
+    with _run_environment(channel):
+        step_warnings = _execute(in_plan_order(local_ir(ir, env), [s.name for s in plan.steps]),
+                                 dict(arguments or {}), root, status, echo, enable_caching, channel)
+    found = [*local_cache.stale_warnings(plan, status), *step_warnings]
     status.warnings.extend(found)
     status.notices.extend(found)  # the panel shows notices
     return status
 
 
-def step_warnings(status: RunStatus) -> list[str]:
-    """The warnings steps printed in their logs (``runtime.step.warn``), in step order."""
-    return [line.strip()[len(WARNING_PREFIX):] for step in status.steps.values()
-            for line in step.log if line.strip().startswith(WARNING_PREFIX)]
+def _channel_folder(root: str, pipeline: str) -> str:
+    """A new folder ``<root>/logs/<pipeline>-<local time>`` for the run's events and step logs.
+
+    Raises
+    ------
+    RunError
+        The folder cannot be created.
+    """
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S-%f")
+    folder = os.path.join(root, "logs", f"{pipeline}-{stamp}")
+    try:
+        os.makedirs(folder)
+    except OSError as error:
+        raise RunError(f"cannot create the run's log folder {folder}: {error.strerror or error}; "
+                       "pass another --pipeline-root") from None
+    return folder
 
 
 @contextlib.contextmanager
-def _private_tmpdir() -> Iterator[None]:
-    """Point the steps' TMPDIR at a folder removed after the run.
+def _run_environment(channel: str) -> Iterator[None]:
+    """Give the steps a private TMPDIR (removed after the run) and the run's channel folder.
 
     KFP's executor writes each step's program with ``mktemp -d`` and never
-    removes it. TMPDIR is set in this process's environment (which the step
-    processes inherit), not in the IR, so it stays out of kfp.local's cache keys.
+    removes it. Both are set in this process's environment (which the step
+    processes inherit) for the run only, not in the IR, so they stay out of
+    kfp.local's cache keys.
     """
     tmp = tempfile.mkdtemp(prefix="kale-magics-run-")
-    previous = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = tmp
+    changes = {"TMPDIR": tmp, CHANNEL_ENV: channel}
+    previous = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: RunStatus,
-             echo: TextIO | None, enable_caching: bool) -> None:
+             echo: TextIO | None, enable_caching: bool, channel: str) -> list[str]:
+    """Run ``ir`` with kfp.local, updating ``status``; the warnings the steps reported."""
     from kfp import components, local
 
     cache_root = os.path.join(root, local_cache.CACHE_FOLDER)
@@ -320,7 +421,7 @@ def _execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: R
                raise_on_error=False, enable_caching=enable_caching, cache_root=cache_root)
     pipeline = components.load_component_from_text(dump_ir([ir]))
     real_stdout = sys.stdout
-    sink = _EventSink(status, echo, real_stdout)
+    sink = _EventSink(status, echo, real_stdout, channel)
     hits = local_cache.CacheHits(list(status.steps), lambda step, key: sink.cached(
         step, local_cache.cached_outputs(cache_root, key)))
     status.hooks.run_hook("on_status", status)
@@ -331,11 +432,16 @@ def _execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: R
             pipeline(**arguments)
         sink.run_log.extend(f"warning: {w.message}" for w in caught)
     except Exception as error:  # kfp.local failing outside a step (bad arguments, ...)
+        sink.poll()
+        sink.unfinished()
         status.finish(FAILED, f"kfp.local failed: {type(error).__name__}: {error}")
-        return
+        return sink.warnings
+    sink.poll()
+    sink.unfinished()
     failed = any(s.state != SUCCEEDED for s in status.steps.values())
-    error = "" if not failed else _run_error(status, sink.run_log)
+    error = "" if not failed else _run_error(status, list(sink.run_log))
     status.finish(FAILED if failed else SUCCEEDED, error)
+    return sink.warnings
 
 
 def _run_error(status: RunStatus, run_log: list[str]) -> str:

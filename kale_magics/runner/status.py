@@ -17,6 +17,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
+from kale_magics.redaction import redact_urls
+
 PENDING, RUNNING, SUCCEEDED, SKIPPED, FAILED = "PENDING", "RUNNING", "SUCCEEDED", "SKIPPED", "FAILED"
 CANCELING, CANCELED, PAUSED = "CANCELING", "CANCELED", "PAUSED"
 TERMINAL_STATES = frozenset({SUCCEEDED, SKIPPED, FAILED, CANCELED})
@@ -45,7 +47,10 @@ class StepStatus:
     cell, line:
         Where the error happened: the cell's filename and line (1-based).
     log:
-        The step's log lines (stdout and stderr, without ANSI codes).
+        The end of the step's log (stdout and stderr, without ANSI codes); a local
+        run keeps the whole log in the file ``log_path``.
+    log_path:
+        The file holding the step's whole log, when the runner keeps one ("" else).
     artifacts:
         Per output variable: format, size and location, as the step saved it.
     metrics:
@@ -65,6 +70,7 @@ class StepStatus:
     cell: str = ""
     line: int = 0
     log: list[str] = field(default_factory=list)
+    log_path: str = ""
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     cached: bool = False
@@ -162,8 +168,10 @@ class RunStatus:
         return [s for s in self.steps.values() if s.state == FAILED]
 
     def update_step(self, name: str, **changes: Any) -> StepStatus:
-        """Change step ``name`` and notify the hooks."""
+        """Change step ``name`` and notify the hooks (an error's URL passwords redacted)."""
         step = self.steps[name]
+        if isinstance(changes.get("error"), str):
+            changes["error"] = redact_urls(changes["error"])
         for key, value in changes.items():
             setattr(step, key, value)
         if self.state == PENDING:
@@ -174,6 +182,7 @@ class RunStatus:
 
     def set_state(self, state: str, error: str = "") -> None:
         """Change the run's state while it is not finished (e.g. RUNNING, CANCELING); notify on change."""
+        error = redact_urls(error)
         if (state, error or self.error) == (self.state, self.error):
             return
         self.state, self.error = state, error or self.error
@@ -200,7 +209,7 @@ class RunStatus:
                 step.state = running_state
                 if running_state == FAILED:
                     step.error = step.error or "the step's process ended without reporting; see its log"
-        self.state, self.error, self.end = state, error, end or time.time()
+        self.state, self.error, self.end = state, redact_urls(error), end or time.time()
         self.hooks.run_hook("on_status", self)
         self.hooks.run_hook("on_done", self)
 

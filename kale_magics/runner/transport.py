@@ -169,6 +169,6 @@ def call(connection: Connection, what: str, method: Callable[..., Any], *args: A
             raise KfpConnectionError(connection.redact(
                 f"{what}: KFP at {connection.host} did not answer properly for "
                 f"{policy.max_outage_s:g} s (last: {problem}); check the server, then try again"))
-        log.info("%s: %s; retrying in %.1f s", what, problem, delay)
+        log.info("%s", connection.redact(f"{what}: {problem}; retrying in {delay:.1f} s"))
         sleep(delay)
         delay = min(delay * 2, policy.backoff_max_s)

@@ -13,9 +13,10 @@ the prelude), then the step's cells. Inputs that were one object in the
 notebook (artifact metadata :data:`ORIGINS_KEY`) are bound to one object;
 outputs sharing a part are a run-time warning (:func:`warn`).
 
-Progress is reported as one JSON line per event, prefixed with
-:data:`EVENT_MARKER`, on stdout: ``start`` before the step's code runs and
-``end`` after (with state, duration, outputs and metrics, or the error).
+Progress is reported as one event each through the step's own channel to the
+local runner (:mod:`~kale_magics.runtime.channel`, never stdout): ``start``
+before the step's code runs and ``end`` after (with state, duration, outputs
+and metrics, or the error).
 """
 
 from __future__ import annotations
@@ -30,10 +31,8 @@ import time
 import traceback
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
-from kale_magics.runtime import marshal, shell
+from kale_magics.runtime import channel, marshal, shell
 
-#: Prefix of the event lines the step prints on stdout.
-EVENT_MARKER = "##kale-magics-event##"
 #: Environment variable naming the working directory of a local run's steps.
 WORKDIR_ENV = "KALE_MAGICS_WORKDIR"
 #: Where Kubernetes mounts a container's termination-message file (``terminationMessagePath``).
@@ -49,10 +48,10 @@ class StepFailed(Exception):
 
 
 def emit(event: str, step: str, **fields: Any) -> None:
-    """Print one event line: ``##kale-magics-event## {"event": ..., "step": ..., ...}``."""
-    record = {"event": event, "step": step, "time": time.time(), **fields}
-    sys.stdout.write(f"{EVENT_MARKER} {json.dumps(record, default=str)}\n")
-    sys.stdout.flush()
+    """Report one event (``{"event": ..., "step": ..., "time": ..., **fields}``) to the local
+    runner through the step's channel; ``start`` and ``end`` also begin and end the capture of
+    the step's output into its log (see :func:`kale_magics.runtime.channel.emit`)."""
+    channel.emit(event, step, **fields)
 
 
 def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str, Any],
@@ -107,8 +106,11 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
         With status 1 when the step fails, after printing what failed.
     """
     blocks = _Blocks(tuple(prelude), tuple(imports), tuple(code))
-    _run_step(step, blocks, parameters, inputs, outputs, metrics, metrics_artifact,
-              json_parameters, position)
+    try:
+        _run_step(step, blocks, parameters, inputs, outputs, metrics, metrics_artifact,
+                  json_parameters, position)
+    finally:  # an error the runtime did not expect: its traceback goes to the real stderr
+        channel.OutputRelay.stop_active()
     if _main_module() == "kfp.dsl.executor_main":
         prepare_exit()
 
@@ -301,9 +303,11 @@ _SHARED_LIMIT = 10_000
 
 
 def warn(message: str) -> None:
-    """Print a warning in the step's log, where runners find it by :data:`WARNING_PREFIX`."""
+    """Print a warning in the step's log (after :data:`WARNING_PREFIX`) and report it to the
+    local runner as a ``warning`` event, so it is never read from what the step printed."""
     sys.stdout.flush()
     print(f"{WARNING_PREFIX}{message}", file=sys.stderr, flush=True)
+    channel.emit("warning", "", message=message)
 
 
 def _mutable_parts(value: Any) -> Iterator[Any]:
