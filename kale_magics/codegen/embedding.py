@@ -32,6 +32,7 @@ import json
 import tokenize
 import zlib
 from importlib import resources
+from typing import Iterator
 
 from kale_magics import __version__
 from kale_magics.codegen.literals import string_literal
@@ -104,6 +105,18 @@ def runtime_files() -> dict[str, str]:
     return files
 
 
+def _scopes(node: ast.AST) -> Iterator[ast.AST]:
+    """``node`` and every class and function in it: what can have a docstring."""
+    yield node
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.stmt, ast.excepthandler, ast.match_case)):
+            if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield from _scopes(child)
+            else:
+                yield from (n for n in _scopes(child) if n is not child)
+
+
+@functools.lru_cache(maxsize=32)  # pure; the same runtime files at every compile
 def without_docs(source: str) -> str:
     """``source`` without its docstrings and comments, every line where it was.
 
@@ -115,10 +128,9 @@ def without_docs(source: str) -> str:
     """
     lines = source.splitlines(keepends=True)
     cuts: list[tuple[int, int, int, int, str]] = []  # 1-based start line, col, end line, col, text
-    for node in ast.walk(ast.parse(source)):
-        body = getattr(node, "body", None)
-        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+    for node in _scopes(ast.parse(source)):
+        body = node.body
+        if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
                 and isinstance(body[0].value.value, str)):
             doc = body[0]
             blank = '"""' + "\n" * (doc.end_lineno - doc.lineno) + '"""'
