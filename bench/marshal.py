@@ -108,15 +108,97 @@ def make_objects(scale: float) -> tuple[dict[str, Any], list[str]]:
         objects["sklearn RandomForest"] = forest.fit(features, labels)
     except ImportError:
         notes.append("sklearn RandomForest: skipped, scikit-learn is not installed")
+    for make in BACKEND_OBJECTS:
+        try:
+            objects.update(make(scale, rng))
+        except ImportError as error:
+            notes.append(f"{make.__doc__.split(':')[0]}: skipped, {error.name} is not installed")
     return objects, notes
 
 
+def xgboost_objects(scale: float, rng: Any) -> dict[str, Any]:
+    """xgboost DMatrix and Booster: the DMatrix backend (save_binary) and the Booster's (UBJSON)."""
+    import xgboost
+
+    rows = max(1000, int(500_000 * scale))
+    features = rng.random((rows, 20), dtype=np.float32)
+    dmatrix = xgboost.DMatrix(features, label=features[:, 0] > 0.5)
+    booster = xgboost.train({"objective": "binary:logistic", "max_depth": 6}, dmatrix,
+                            max(5, int(100 * min(1.0, scale * 10))))
+    return {f"xgboost DMatrix {rows:,}x20": dmatrix, "xgboost Booster": booster}
+
+
+def lightgbm_objects(scale: float, rng: Any) -> dict[str, Any]:
+    """LightGBM Booster: its backend (model_to_string text)."""
+    import lightgbm
+
+    features = rng.random((20_000, 20))
+    data = lightgbm.Dataset(features, features[:, 0] > 0.5)
+    rounds = max(5, int(100 * min(1.0, scale * 10)))
+    return {"LightGBM Booster": lightgbm.train({"objective": "binary", "verbose": -1}, data, rounds)}
+
+
+def torch_objects(scale: float, rng: Any) -> dict[str, Any]:
+    """PyTorch tensor and nn.Module: the torch backend (torch.save with cloudpickle)."""
+    import torch
+
+    mib = 256 * scale
+    width = max(64, int(1024 * scale ** 0.5))
+    module = torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.ReLU(),
+                                 torch.nn.Linear(width, 10))
+    return {f"torch tensor {mib:g} MiB": torch.from_numpy(rng.random(int((256 << 20) * scale) // 8)),
+            f"torch Module {width}-wide MLP": module}
+
+
+def keras_objects(scale: float, rng: Any) -> dict[str, Any]:
+    """Keras model: the Keras backend (.keras); Keras 3 on PyTorch where TensorFlow is absent."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None and importlib.util.find_spec("torch"):
+        os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
+    width = max(32, int(512 * scale ** 0.5))
+    model = keras.Sequential([keras.Input((width,)), keras.layers.Dense(width),
+                              keras.layers.Dense(10)])
+    return {f"Keras {width}-wide model": model}
+
+
+def pil_objects(scale: float, rng: Any) -> dict[str, Any]:
+    """PIL image: the PIL backend (PNG, lossless)."""
+    from PIL import Image
+
+    side = max(64, int(4096 * scale ** 0.5))
+    pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+    return {f"PIL image {side}x{side} RGB": Image.fromarray(pixels)}
+
+
+def sklearn_objects(scale: float, rng: Any) -> dict[str, Any]:
+    """scikit-learn nearest neighbours: the joblib backend (arrays of 1 MiB or more, memory-mapped)."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rows = max(20_000, int(2_000_000 * scale))
+    features = rng.random((rows, 16))
+    model = KNeighborsClassifier(algorithm="brute").fit(features, features[:, 0] > 0.5)
+    return {f"sklearn KNeighbors {rows:,}x16": model}
+
+
+#: Makers of the objects each marshal backend saves (an ImportError skips one with a note).
+BACKEND_OBJECTS = (xgboost_objects, lightgbm_objects, torch_objects, keras_objects, pil_objects,
+                   sklearn_objects)
+
+
 def kale_format(value: Any) -> tuple[Saver, Loader]:
-    """Kale's save and load for ``value``: np.save, DataFrame.to_pickle, else dill."""
+    """Kale's save and load for ``value`` (kale/marshal/backends.py of Kale 2.3): np.save,
+    DataFrame.to_pickle, joblib for scikit-learn, xgboost's own formats, else dill (also for
+    Keras models and torch modules, which Kale 2.3 saves as ``.keras`` and TorchScript)."""
     if isinstance(value, np.ndarray):
         return (lambda v, p: np.save(p, v)), (lambda p: np.load(p))
     if isinstance(value, (pd.DataFrame, pd.Series)):
         return (lambda v, p: v.to_pickle(p)), pd.read_pickle
+    native = _kale_native(type(value).__module__.split(".")[0], type(value).__name__)
+    if native is not None:
+        return native
 
     def dill_save(v: Any, p: str) -> None:
         with open(p, "wb") as file:
@@ -127,6 +209,28 @@ def kale_format(value: Any) -> tuple[Saver, Loader]:
             return dill.load(file)
 
     return dill_save, dill_load
+
+
+def _kale_native(top: str, name: str) -> tuple[Saver, Loader] | None:
+    """Kale 2.3's own backend for a library type, where it has one (its regexes match these)."""
+    if top == "sklearn":
+        import joblib
+
+        return joblib.dump, joblib.load
+    if (top, name) == ("xgboost", "DMatrix"):
+        import xgboost
+
+        return (lambda v, p: v.save_binary(p)), xgboost.DMatrix
+    if (top, name) == ("xgboost", "Booster"):
+        import xgboost
+
+        def load_booster(p: str) -> Any:
+            booster = xgboost.Booster()
+            booster.load_model(p)
+            return booster
+
+        return (lambda v, p: v.save_model(p + ".json")), load_booster  # run_once adds ".json"
+    return None
 
 
 def pickle_save(value: Any, path: str) -> None:
@@ -178,6 +282,8 @@ def run_once(method: str, value: Any, directory: str, check: bool) -> tuple[floa
     save_s, _ = timed(lambda: save(value, path))
     if method == "kale" and isinstance(value, np.ndarray):
         path += ".npy"  # np.save adds the suffix
+    if not os.path.exists(path) and os.path.exists(path + ".json"):
+        path += ".json"  # xgboost picks the format by suffix
     os.sync()
     load_s, loaded = timed(lambda: load(path))
     if check and not same(value, loaded):
@@ -191,21 +297,41 @@ def run_once(method: str, value: Any, directory: str, check: bool) -> tuple[floa
 
 
 def payload_bytes(value: Any, directory: str) -> int:
-    """Size of the value's pickle (protocol 5): the bytes each method has to move."""
+    """Size of the value's pickle (protocol 5): the bytes each method has to move; for a value
+    pickle cannot save (an xgboost DMatrix), the size of our artifact."""
     path = os.path.join(directory, "size.pkl")
-    pickle_save(value, path)
-    size = os.path.getsize(path)
-    os.remove(path)
+    try:
+        pickle_save(value, path)
+        size = os.path.getsize(path)
+    except Exception:
+        marshal.save(value, path + ".d", "x")
+        size = sum(e.stat().st_size for e in os.scandir(path + ".d"))
+        shutil.rmtree(path + ".d")
+    if os.path.exists(path):
+        os.remove(path)
     return size
 
 
-def bench_object(name: str, value: Any, repeat: int, directory: str) -> list[Result]:
-    """Time every method on ``value``, taking turns, ``repeat`` times after an untimed warm-up."""
-    runs: dict[str, list[tuple[float, float]]] = {method: [] for method in METHODS}
+def bench_object(name: str, value: Any, repeat: int, directory: str,
+                 notes: list[str] | None = None) -> list[Result]:
+    """Time every method on ``value``, taking turns, ``repeat`` times after an untimed warm-up.
+
+    A method other than ours that cannot save ``value`` (pickle and a DMatrix) is left out,
+    with a note in ``notes``.
+    """
+    runs: dict[str, list[tuple[float, float]]] = {}
     for method in METHODS:  # imports, first allocations, checks of the loaded value
-        run_once(method, value, directory, check=True)
+        try:
+            run_once(method, value, directory, check=True)
+            runs[method] = []
+        except Exception as error:
+            if method == "kale-magics":
+                raise
+            _clear(directory)
+            (notes if notes is not None else []).append(
+                f"{name}: {method} cannot save it ({type(error).__name__}: {str(error)[:80]})")
     for _ in range(repeat):
-        for method in METHODS:
+        for method in runs:
             runs[method].append(run_once(method, value, directory, check=False))
     size = payload_bytes(value, directory)
     return [Result(name, method, statistics.median(s for s, _ in times),
@@ -224,8 +350,9 @@ def print_table(results: list[Result], notes: list[str]) -> None:
     for r in results:
         ratios = ""
         if r.method == "kale-magics":
-            pickle5, kale = by_key[(r.obj, "pickle5")], by_key[(r.obj, "kale")]
-            ratios = f"{r.total_s / pickle5.total_s:12.2f} {kale.total_s / r.total_s:9.2f}"
+            pickle5, kale = by_key.get((r.obj, "pickle5")), by_key.get((r.obj, "kale"))
+            ratios = (f"{r.total_s / pickle5.total_s:12.2f}" if pickle5 else f"{'-':>12}") + \
+                (f" {kale.total_s / r.total_s:9.2f}" if kale else f" {'-':>9}")
         print(f"{r.obj:28} {r.method:12} {r.save_s:8.3f} {r.load_s:8.3f} {r.total_s:8.3f} "
               f"{r.gb_per_s:6.2f} {ratios}")
     for note in notes:
@@ -240,9 +367,16 @@ def to_json(results: list[Result], notes: list[str], quick: bool, repeat: int) -
     by_key = {(r.obj, r.method): r for r in results}
     ratios = {obj: {"ours_over_pickle5": r.total_s / by_key[(obj, "pickle5")].total_s,
                     "kale_over_ours": by_key[(obj, "kale")].total_s / r.total_s}
-              for (obj, method), r in by_key.items() if method == "kale-magics"}
+              for (obj, method), r in by_key.items() if method == "kale-magics"
+              and (obj, "pickle5") in by_key and (obj, "kale") in by_key}
     return {"quick": quick, "repeat": repeat, "cpus": os.cpu_count(),
             "results": rows, "ratios": ratios, "notes": notes}
+
+
+def _clear(directory: str) -> None:
+    """Remove what a failed save left in ``directory``."""
+    for entry in os.scandir(directory):
+        shutil.rmtree(entry.path) if entry.is_dir() else os.remove(entry.path)
 
 
 def measure(quick: bool = False, repeat: int | None = None, parent: str = "/tmp",
@@ -270,7 +404,7 @@ def measure(quick: bool = False, repeat: int | None = None, parent: str = "/tmp"
         for name in list(objects):
             value = objects.pop(name)  # dropped after its turn: the full-size objects are large
             if not only or only in name:
-                results += bench_object(name, value, repeat, directory)
+                results += bench_object(name, value, repeat, directory, notes)
             del value
     return results, notes
 

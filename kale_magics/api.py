@@ -24,7 +24,7 @@ from kale_magics.analysis.live import LiveValue, artifact_types, describe
 from kale_magics.analysis.preflight import CheckReport, preflight
 from kale_magics.notebook.annotations import split_args
 from kale_magics.notebook.locate import locate_notebook
-from kale_magics.notebook.reader import AnnotatedNotebook, load_notebook, read_notebook
+from kale_magics.notebook.reader import AnnotatedNotebook, load_notebook, read_notebook, with_warnings
 from kale_magics.notebook.registry import ExecutedCell
 from kale_magics.runner import local
 from kale_magics.runner.local import local_notices
@@ -56,8 +56,16 @@ def read_annotated(notebook: str | os.PathLike[str]) -> tuple[AnnotatedNotebook,
     NotebookError, AnnotationError, AnalysisError
     """
     annotated = read_notebook(notebook)
-    plan = build_plan(annotated.cells, annotated.settings, annotated.path)
-    return annotated, replace(plan, warnings=(*annotated.warnings, *plan.warnings))
+    return annotated, _analyse(annotated, annotated.settings)
+
+
+def _analyse(annotated: AnnotatedNotebook, settings: PipelineSettings) -> Plan:
+    """The plan of ``annotated``; the reader's warnings travel with it, or with its error."""
+    try:
+        plan = build_plan(annotated.cells, settings, annotated.path)
+    except KaleError as error:
+        raise with_warnings(error, annotated.warnings) from None
+    return replace(plan, warnings=(*annotated.warnings, *plan.warnings))
 
 
 def check(notebook: str | os.PathLike[str], namespace: Mapping[str, Any],
@@ -216,8 +224,12 @@ def convert(notebook: str | os.PathLike[str], out: str | os.PathLike[str],
         converted, warnings = convert_notebook.to_kale_tags(load_notebook(notebook),
                                                             read_plan(notebook))
     elif to == "magics":
-        read_plan(notebook)  # the tags must describe a valid pipeline
-        converted, warnings = convert_notebook.to_magics(load_notebook(notebook))
+        plan = read_plan(notebook)  # the tags must describe a valid pipeline
+        keep = frozenset(c.index for s in plan.steps if s.name in plan.lenient_steps
+                         for c in s.cells if not c.notebook)
+        steps = {c.index: s.name for s in plan.steps for c in s.cells if c.explicit and not c.notebook}
+        converted, warnings = convert_notebook.to_magics(load_notebook(notebook), plan.name, keep,
+                                                         steps)
     else:
         raise NotebookError(f"cannot convert to {to!r}; use --to magics or --to kale-tags")
     try:
@@ -459,9 +471,7 @@ def read_plan_with_settings(notebook: str | os.PathLike[str],
     NotebookError, AnnotationError, AnalysisError
     """
     annotated = read_notebook(notebook)
-    settings = annotated.settings.merged(overrides or PipelineSettings())
-    plan = build_plan(annotated.cells, settings, annotated.path)
-    return replace(plan, warnings=annotated.warnings)
+    return _analyse(annotated, annotated.settings.merged(overrides or PipelineSettings()))
 
 
 def compile_with_settings(notebook: str | os.PathLike[str],

@@ -210,6 +210,19 @@ class Cell:
         True when the cell carries its own ``%%kale`` line.
     cell_id:
         The nbformat cell id, when the notebook has one.
+    tagged:
+        True when the annotation comes from Kale's cell tags (its own or the
+        cell's above), where Kale's rules apply.
+    notebook:
+        The file name of the notebook the cell is in when it is not the
+        pipeline's own: a notebook a ``notebook:NAME`` cell references (Kale's
+        composition); "" for the pipeline's notebook. Such a cell's ``index``
+        is a fraction between the referencing cell's and the next one's, so
+        indices stay unique and in notebook order; ``number`` is its position
+        in its own notebook.
+    number:
+        The cell's position in its own notebook, for a cell of a referenced
+        notebook; None when it is ``index``.
     """
 
     index: int
@@ -217,6 +230,9 @@ class Cell:
     annotation: Annotation
     explicit: bool = True
     cell_id: str | None = None
+    tagged: bool = False
+    notebook: str = ""
+    number: int | None = None
 
     @property
     def first_line(self) -> str:
@@ -227,8 +243,16 @@ class Cell:
         return ""
 
     def describe(self) -> str:
-        """``cell 7 ("model = fit(df)")``: how errors name this cell."""
-        return f"cell {self.index} ({self.first_line[:60]!r})"
+        """``cell 7 ("model = fit(df)")``: how errors name this cell (``notebook_a.ipynb cell 2
+        (...)`` for a cell of a referenced notebook)."""
+        return f"{self.place} ({self.first_line[:60]!r})"
+
+    @property
+    def place(self) -> str:
+        """``cell 7``, or ``notebook_a.ipynb cell 2`` for a cell of a referenced notebook."""
+        if self.notebook:
+            return f"{self.notebook} cell {self.number}"
+        return f"cell {self.index}"
 
 
 @dataclass(frozen=True)
@@ -352,6 +376,9 @@ class Plan:
     steps: tuple[Step, ...]
     notebook: str = ""
     warnings: tuple[str, ...] = field(default=())
+    #: Kale-tagged steps that read names no step assigns: compiled with a warning, as Kale does
+    #: (``%%kale`` steps get an error), so converting to ``%%kale`` lines keeps their tags.
+    lenient_steps: tuple[str, ...] = ()
 
     def step(self, name: str) -> Step:
         """Return the step called ``name``; raises KeyError when absent."""

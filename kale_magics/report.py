@@ -32,7 +32,7 @@ def plan_text(plan: Plan) -> str:
         lines.append(f"parameters: {params}")
     width = max(len(s.name) for s in plan.steps)
     for step in plan.steps:
-        cells = ", ".join(str(c.index) for c in step.cells)
+        cells = ", ".join(c.place.removeprefix("cell ") for c in step.cells)
         head = f"step {step.name:<{width}}  cells {cells}"
         if step.upstream:
             head += f"   after: {', '.join(step.upstream)}"
@@ -126,7 +126,7 @@ def plan_html(plan: Plan, live: Mapping[str, LiveValue]) -> str:
                              for i in step.inputs)
         outputs = "<br>".join(html.escape(live_text(n, live)) for n in step.outputs)
         rows.append([f"<b>{html.escape(step.name)}</b>",
-                     html.escape(", ".join(str(c.index) for c in step.cells)),
+                     html.escape(", ".join(c.place.removeprefix("cell ") for c in step.cells)),
                      html.escape(", ".join(step.after)), inputs, outputs,
                      html.escape(", ".join(step.parameters)),
                      html.escape(", ".join(m.key for m in step.metrics))])

@@ -312,3 +312,18 @@ def test_a_parameter_named_like_a_name_of_the_runtime_loader_is_refused(notebook
     with pytest.raises(CompileError, match=f"^parameter `{name}` has the name of .*; rename the "
                                            f"parameter \\(for example `{name}_value`\\)"):
         api.compile_notebook(path, str(tmp_path / "out"))
+
+
+@pytest.mark.integration
+def test_a_failing_cell_of_a_referenced_notebook_is_named_by_its_notebook_and_number(
+        tmp_path: Path) -> None:
+    from tests.test_kale_rules import composed, reference
+
+    root = composed(tmp_path, [reference("part", "./part.ipynb"),
+                               ("c = b * 2\nraise ValueError(c)", ["step:final"])])
+    (tmp_path / "part.ipynb").write_text((tmp_path / "part.ipynb").read_text().replace(
+        "b = a + 1", "b = a + undefined_name"))
+    status = api.run_local(root, output_dir=str(tmp_path / "out"))
+    failed = status.steps["part_use"]
+    assert failed.state == "FAILED" and failed.cell == "part.ipynb, cell 2 (step part_use)"
+    assert "NameError" in failed.error

@@ -128,8 +128,8 @@ def test_pipeline_name_defaults_to_notebook_stem(notebook) -> None:
 
 @pytest.mark.parametrize("cells, fragment", [
     (["x = 1"], "has no `%%kale step NAME` cell"),
-    (["%%kale step a\nx = 1", "%%kale step a\ny = 2"],
-     "duplicate step name 'a': cell 0 ('x = 1') and cell 1 ('y = 2')"),
+    (["%%kale step a\nx = 1", "%%kale step b\ny = x", "%%kale step a\nz = y"],
+     "the cells of step 'a' (cell 0 ('x = 1') and cell 2 ('z = y')) are one step"),
     (["%%kale step a\nx = 1", "%%kale step b --after aa\ny = 2"],
      "runs --after 'aa', which is not a step; did you mean 'a'?"),
     (["%%kale step a --after b\nx = 1", "%%kale step b --after a\ny = 2"],

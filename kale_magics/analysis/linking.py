@@ -90,6 +90,7 @@ class Linker:
         self.same: dict[str, frozenset[str]] = {}  # names that are one object (`params = cfg`)
         self.warnings: list[str] = []
         self._uses: dict[str, NameUse] = {}
+        self._drafts: list[Any] = []
         self._everywhere = self._prelude_and_parameters()
 
     def _prelude_and_parameters(self) -> dict[str, Writer]:
@@ -106,13 +107,18 @@ class Linker:
     # -- walking the notebook ---------------------------------------------------------------
 
     def link(self, drafts: Sequence[Any]) -> None:
-        """Fill each draft's inputs, parameters, imports and metrics, in notebook order."""
-        by_head = {d.head.index: d for d in drafts}
+        """Fill each draft's inputs, parameters, imports and metrics, in notebook order.
+
+        A step merged from cells that share its name (Kale) is linked a run of
+        adjacent cells at a time, each where it stands in the notebook.
+        """
+        self._drafts = list(drafts)
+        by_head = {run[0].index: (d, run) for d in drafts for run in (d.segments or [d.cells])}
         in_steps = {c.index for d in drafts for c in d.cells}
         for cell in self.cells:
             kind = cell.annotation.kind
             if cell.index in by_head:
-                self._link_step(by_head[cell.index])
+                self._link_step(*by_head[cell.index])
             elif kind in (*PRELUDE_KINDS, "skip"):
                 self._record_cell(cell, PRELUDE if kind in PRELUDE_KINDS else SKIP)
             elif kind == "parameters":
@@ -137,33 +143,34 @@ class Linker:
             self.callees[name] = tuple(use.globals_of.get(name, ()))
         self.classes = (self.classes - set(use.writes)) | set(use.classes)
 
-    def _link_step(self, draft: Any) -> None:
-        use = scan_cells(draft.cells, self.callees, self.star_names)
+    def _link_step(self, draft: Any, cells: Sequence[Cell]) -> None:
+        """Link ``cells``, the step's cells (or a run of them) that start at ``cells[0]``."""
+        use = scan_cells(cells, self.callees, self.star_names)
         self._uses[draft.name] = use
-        annotation = draft.head.annotation
+        annotation, head = cells[0].annotation, cells[0]
         for name in (*use.reads, *annotation.inputs):
-            self.resolve(draft, name, soft=False)
+            self.resolve(draft, name, soft=False, below=head.index)
         for name in use.soft_reads:
-            self.resolve(draft, name, soft=True)
-        handles = {n: e for c in draft.cells for n, e in self.effects[c.index].handles.items()}
+            self.resolve(draft, name, soft=True, below=head.index)
+        handles = {n: e for c in cells for n, e in self.effects[c.index].handles.items()}
         for name in (*use.writes, *annotation.outputs):
             handle = handles.get(name)
             self.writers.add(name, Writer(
-                STEP, draft.head, draft,
+                STEP, head, draft,
                 conditional=name in use.conditional or name not in use.writes,
                 imported=tuple(use.imported.get(name, ())),
                 handle=f"{handle.kind} (`{handle.what}`, line {handle.line})" if handle else ""))
-        for name in self._note_aliases(use) | self._changed_by_methods(draft, use):
+        for name in self._note_aliases(use) | self._changed_by_methods(use, head):
             if name not in use.writes:  # changed in place, so passed on from this step
-                self.writers.add(name, Writer(STEP, draft.head, draft, conditional=True))
+                self.writers.add(name, Writer(STEP, head, draft, conditional=True))
         self._note_callees(use)
 
-    def _changed_by_methods(self, draft: Any, use: NameUse) -> set[str]:
+    def _changed_by_methods(self, use: NameUse, head: Cell) -> set[str]:
         """Values (not modules, functions or classes) whose methods the step calls as statements
         (``model.fit(X, y)``), with their other names: they may be changed in place."""
         changed: set[str] = set()
         for name in use.maybe_changed:
-            above = self.writers.nearest(name, draft.head.index)
+            above = self.writers.nearest(name, head.index)
             if above is None or above.imported or self.callees.get(name) or name in self.classes:
                 continue
             changed |= self.same.get(name, frozenset()) | {name}
@@ -223,10 +230,14 @@ class Linker:
     def _from_skipped(self, draft: Any, name: str, soft: bool, skipped: Writer) -> None:
         earlier = self.writers.nearest(name, skipped.cell.index)
         if earlier is None and not soft and name not in KNOWN_NAMES:
-            raise AnalysisError(
-                f"{draft.head.describe()}: step {draft.name!r} reads `{name}`, which only "
-                f"{skipped.describe()} assigns, and the pipeline does not run skipped cells; "
-                "move the assignment into a step (or remove `%%kale skip`)")
+            message = (f"{draft.head.describe()}: step {draft.name!r} reads `{name}`, which only "
+                       f"{skipped.describe()} assigns, and the pipeline does not run skipped "
+                       "cells; move the assignment into a step (or remove `%%kale skip`)")
+            if not draft.head.tagged:
+                raise AnalysisError(message)
+            draft.warnings.append(f"{message}; the step will fail with NameError (Kale compiles "
+                                  "it too)")  # Kale drops skipped cells the same way
+            return
         instead = f"the value from {earlier.describe()}" if earlier else "no value"
         if earlier is not None:
             self.warnings.append(
@@ -242,7 +253,12 @@ class Linker:
             return
         below = self._everywhere.get(name)
         if below is None:
-            raise self.missing(name, f"step {draft.name!r}", draft.head)
+            error = self.missing(name, f"step {draft.name!r}", draft.head)
+            if not draft.head.tagged:
+                raise error
+            draft.warnings.append(f"{error.message}; the step will fail with NameError, as the "
+                                  "notebook does run top to bottom (Kale compiles it too)")
+            return
         if below.kind == PARAMETERS:
             draft.parameters.add(name)
         self.warnings.append(
@@ -297,6 +313,11 @@ class Linker:
     def _metric_owner(self, cell: Cell, number: int, expression: str, reads: Sequence[str]) -> Any:
         producers = [w.step for n in reads
                      if (w := self.writers.nearest(n, cell.index)) is not None and w.kind == STEP]
+        parameters = set(reads) & self.parameters
+        if not producers and parameters and self._drafts:
+            # as Kale (``assign_metrics``): the first step reading the parameter logs it
+            readers = [d for d in self._drafts if d.parameters & parameters]
+            return readers[0] if readers else self._drafts[0]
         if not producers:
             raise AnalysisError(f"{cell.describe()}, line {number}: metric `{expression}` reads "
                                 "no variable an earlier step assigns; name a variable a step "

@@ -17,7 +17,7 @@ import ast
 import difflib
 import graphlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from kale_magics.analysis.effects import Effects, cell_effects, import_aliases
@@ -43,6 +43,10 @@ class _StepDraft:
     parameters: set[str] = field(default_factory=set)
     metrics: list[Metric] = field(default_factory=list)
     imports: dict[str, tuple[Cell, tuple[str, ...]]] = field(default_factory=dict)
+    #: Runs of the step's cells with no other step's cell between them, in notebook order.
+    segments: list[list[Cell]] = field(default_factory=list)
+    #: Problems Kale accepts in a Kale-tagged step, reported as warnings.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -51,6 +55,17 @@ class _StepDraft:
     @property
     def head(self) -> Cell:
         return self.cells[0]
+
+    @property
+    def explicit(self) -> list[Cell]:
+        """The cells that carry the step's own annotation (its ``%%kale step`` line or tags)."""
+        return [c for c in self.cells if c.explicit]
+
+    @property
+    def after(self) -> tuple[str, ...]:
+        """The ``--after`` edges of the step's first annotated cell (Kale reads the ``prev:``
+        tags of the cell that creates a step only)."""
+        return self.explicit[0].annotation.after if self.explicit else ()
 
 
 def build_plan(cells: Sequence[Cell], settings: PipelineSettings, notebook: str = "") -> Plan:
@@ -68,12 +83,24 @@ def build_plan(cells: Sequence[Cell], settings: PipelineSettings, notebook: str 
     Raises
     ------
     AnalysisError
-        No steps, duplicate step names, an unknown ``--after`` step, a cycle,
-        a name no earlier step provides, a bad parameters or metrics cell, or
-        code that is not valid Python once IPython syntax is removed.
+        No steps, an unknown ``--after`` step, a cycle, a name no earlier step
+        provides, a bad parameters or metrics cell, or code that is not valid
+        Python once IPython syntax is removed.
     """
+    try:
+        return _build(cells, settings, notebook)
+    except _MergeCycle as error:
+        if not all(c.tagged for c in error.draft.cells):
+            raise AnalysisError(error.message) from None
+        split, renamed = _split(cells, error.draft)  # Kale compiles it: compile it faithfully
+        plan = build_plan(split, settings, notebook)
+        return replace(plan, warnings=(f"{error.message}; so {renamed}", *plan.warnings))
+
+
+def _build(cells: Sequence[Cell], settings: PipelineSettings, notebook: str) -> Plan:
+    """:func:`build_plan` for one grouping of the cells into steps."""
     drafts = _group_steps(cells)
-    _check_names(drafts)
+    notes = _check_names(drafts)
     parameters = read_parameters([c for c in cells if c.annotation.kind == "parameters"])
     prelude = tuple(c for c in cells if c.annotation.kind in PRELUDE_KINDS)
     effects = _effects(cells)
@@ -85,9 +112,11 @@ def build_plan(cells: Sequence[Cell], settings: PipelineSettings, notebook: str 
                for d in drafts}
     steps = _order(drafts, _outputs(drafts), settings.step_defaults, outside)
     name = settings.name or pipeline_name_from(_stem(notebook) or "pipeline")
-    warnings = [*star.warnings, *linker.warnings, *travel_warnings(cells, drafts, effects)]
+    warnings = [*notes, *star.warnings, *linker.warnings, *_merge_warnings(drafts, cells),
+                *(w for d in drafts for w in d.warnings), *travel_warnings(cells, drafts, effects)]
     return Plan(name=name, settings=settings, parameters=parameters, prelude=prelude,
-                steps=steps, notebook=notebook, warnings=tuple(dict.fromkeys(warnings)))
+                steps=steps, notebook=notebook, warnings=tuple(dict.fromkeys(warnings)),
+                lenient_steps=tuple(d.name for d in drafts if d.warnings))
 
 
 def _effects(cells: Sequence[Cell]) -> dict[int, Effects]:
@@ -111,34 +140,89 @@ def _stem(path: str) -> str:
 
 
 def _group_steps(cells: Sequence[Cell]) -> list[_StepDraft]:
-    drafts: list[_StepDraft] = []
+    """The steps in order of their first cell; cells naming the same step are one step.
+
+    As Kale's ``NotebookProcessor.parse_notebook`` (``Pipeline.merge_code``):
+    every cell whose step name is NAME, adjacent or not, joins step NAME in
+    notebook order. A merge that makes a cycle is refused later, naming the
+    cells (``_order``).
+    """
+    drafts: dict[str, _StepDraft] = {}
+    previous = None
     for cell in cells:
         if cell.annotation.kind != "step":
             continue
-        if cell.explicit or not drafts or drafts[-1].cells[-1].annotation is not cell.annotation:
-            drafts.append(_StepDraft(cells=[cell]))
+        name = cell.annotation.name or ""
+        draft = drafts.setdefault(name, _StepDraft(cells=[]))
+        draft.cells.append(cell)
+        if previous == name:
+            draft.segments[-1].append(cell)
         else:
-            drafts[-1].cells.append(cell)
+            draft.segments.append([cell])
+        previous = name
     if not drafts:
         raise AnalysisError("the notebook has no `%%kale step NAME` cell; annotate at least one "
                             "cell as a step (see `kale-magics --help`)")
-    return drafts
+    return list(drafts.values())
 
 
-def _check_names(drafts: Sequence[_StepDraft]) -> None:
-    seen: dict[str, Cell] = {}
+def _merge_warnings(drafts: Sequence[_StepDraft], cells: Sequence[Cell]) -> list[str]:
+    """Warn where merging cells that share a step name changes a value another cell sees.
+
+    A merged producer passes the value its last cell leaves (Kale does the
+    same), where the notebook's reader saw the value from before that cell;
+    and in a merged reader, a value received from another step is bound
+    before the step runs, so its own earlier cell that assigns the name wins.
+    """
+    by_name = {d.name: d for d in drafts}
+    position = {cell: i for i, cell in enumerate(cells)}
+    warnings = []
+    for reader in drafts:
+        for name, producer in sorted(reader.inputs.items()):
+            later = [seg[0] for seg in by_name[producer].segments[1:]
+                     if position[seg[0]] > position[reader.head] and name in scan_cells(seg).writes]
+            if later:
+                warnings.append(_merge_warning(reader, name, later[0], producer, "after"))
+            shadowing = [seg[0] for seg in reader.segments[:-1] if name in scan_cells(seg).writes
+                         and any(name in scan_cells(s).reads for s in reader.segments
+                                 if position[s[0]] > position[seg[0]])]
+            if shadowing and len(reader.segments) > 1:
+                warnings.append(_merge_warning(reader, name, shadowing[0], reader.name, "before"))
+    return warnings
+
+
+def _merge_warning(reader: _StepDraft, name: str, cell: Cell, step: str, when: str) -> str:
+    """The warning of :func:`_merge_warnings`: ``cell`` of merged ``step`` changes ``name``."""
+    seen = ("the pipeline passes the value after that cell, the notebook had the one before"
+            if when == "after" else "in the step that cell's value wins over the one received, "
+            "the notebook had the value another step assigned in between")
+    return (f"{reader.head.describe()}: step {reader.name!r} reads `{name}`, which "
+            f"{cell.describe()} assigns {'afterwards ' if when == 'after' else ''}in the same step "
+            f"{step!r} (one step because the cells share its name): {seen}; give that cell a "
+            f"step name of its own")
+
+
+def _check_names(drafts: Sequence[_StepDraft]) -> list[str]:
+    """Check ``--after`` names; return warnings for settings a merged step's later cells repeat."""
+    seen = {draft.name: draft.head for draft in drafts}
+    warnings = []
     for draft in drafts:
-        if draft.name in seen:
-            raise AnalysisError(f"duplicate step name {draft.name!r}: {seen[draft.name].describe()} "
-                                f"and {draft.head.describe()}; rename one of them")
-        seen[draft.name] = draft.head
-    for draft in drafts:
-        for after in draft.head.annotation.after:
+        first = draft.explicit[0].annotation if draft.explicit else draft.head.annotation
+        for cell in draft.explicit[1:]:
+            own = cell.annotation
+            if (own.settings, own.after) != (first.settings, first.after) \
+                    and (own.settings, own.after) != (StepSettings(), ()):
+                warnings.append(f"{cell.describe()}: the settings and --after (prev:) edges of step "
+                                f"{draft.name!r} are taken from its first cell, "
+                                f"{draft.explicit[0].describe()}; these are ignored (as Kale does): "
+                                "move them to the first cell")
+        for after in draft.after:
             if after not in seen:
                 close = difflib.get_close_matches(after, list(seen), n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"steps are: {', '.join(seen)}"
                 raise AnalysisError(f"{draft.head.describe()}: step {draft.name!r} runs --after "
                                     f"{after!r}, which is not a step; {hint}")
+    return warnings
 
 
 def _replayed(draft: _StepDraft) -> tuple[tuple[Cell, str], ...]:
@@ -149,7 +233,7 @@ def _replayed(draft: _StepDraft) -> tuple[tuple[Cell, str], ...]:
 
 
 def _outputs(drafts: Sequence[_StepDraft]) -> dict[str, set[str]]:
-    outputs: dict[str, set[str]] = {d.name: set(d.head.annotation.outputs) for d in drafts}
+    outputs = {d.name: {n for c in d.explicit for n in c.annotation.outputs} for d in drafts}
     for draft in drafts:
         for name, producer in draft.inputs.items():
             outputs[producer].add(name)
@@ -160,7 +244,7 @@ def _order(drafts: Sequence[_StepDraft], outputs: dict[str, set[str]],
            defaults: StepSettings, outside: dict[str, tuple[str, ...]]) -> tuple[Step, ...]:
     """Freeze the drafts into Steps in a topological order, notebook order on ties."""
     steps = {d.name: Step(
-        name=d.name, cells=tuple(d.cells), after=d.head.annotation.after,
+        name=d.name, cells=tuple(d.cells), after=d.after,
         inputs=tuple(Input(n, p) for n, p in sorted(d.inputs.items())),
         outputs=tuple(sorted(outputs[d.name])), parameters=tuple(sorted(d.parameters)),
         metrics=tuple(d.metrics), settings=d.head.annotation.settings.over(defaults),
@@ -171,12 +255,52 @@ def _order(drafts: Sequence[_StepDraft], outputs: dict[str, set[str]],
     try:
         sorter.prepare()
     except graphlib.CycleError as error:
-        cycle = " -> ".join(error.args[1])
-        raise AnalysisError(f"the steps form a cycle: {cycle}; remove one of the --after edges "
-                            "that close it") from None
+        raise _cycle_error(error.args[1], drafts) from None
     order: list[Step] = []
     while sorter.is_active():
         ready = sorted(sorter.get_ready(), key=position.__getitem__)
         order.extend(steps[name] for name in ready)
         sorter.done(*ready)
     return tuple(order)
+
+
+class _MergeCycle(AnalysisError):
+    """A cycle closed by a step merged from cells that share its name (``draft``)."""
+
+    def __init__(self, message: str, draft: _StepDraft) -> None:
+        super().__init__(message)
+        self.draft = draft
+
+
+def _cycle_error(cycle: Sequence[str], drafts: Sequence[_StepDraft]) -> AnalysisError:
+    """The error for steps that form a cycle; names the cells when a merged step closes it."""
+    path = " -> ".join(cycle)
+    merged = [d for d in drafts if d.name in cycle and len(d.segments) > 1]
+    if not merged:
+        return AnalysisError(f"the steps form a cycle: {path}; remove one of the --after edges "
+                             "that close it")
+    draft = merged[0]
+    cells = " and ".join(segment[0].describe() for segment in draft.segments)
+    return _MergeCycle(f"the cells of step {draft.name!r} ({cells}) are one step because they "
+                       f"share its name, and merging them makes a cycle: {path}; give the later "
+                       "cells a step name of their own", draft)
+
+
+def _split(cells: Sequence[Cell], draft: _StepDraft) -> tuple[list[Cell], str]:
+    """``cells`` with each later run of ``draft``'s cells renamed to a step of its own
+    (``NAME_2``, ...), and a sentence saying so.
+
+    For Kale-tagged cells only: Kale compiles such a notebook (its merged
+    step then fails at run time); run as separate steps, the cells compute
+    what the notebook computes top to bottom.
+    """
+    taken = {c.annotation.name for c in cells if c.annotation.kind == "step"}
+    free = (f"{draft.name}_{n}" for n in range(2, len(taken) + len(draft.segments) + 2)
+            if f"{draft.name}_{n}" not in taken)
+    names = [draft.name, *(next(free) for _ in draft.segments[1:])]
+    run_of = {c.index: k for k, segment in enumerate(draft.segments) for c in segment}
+    renamed = [replace(c, annotation=replace(c.annotation, name=names[run_of[c.index]], after=()))
+               if run_of.get(c.index, 0) > 0 else c for c in cells]
+    said = ", ".join(f"{segment[0].place} runs as step {name!r}"
+                     for segment, name in zip(draft.segments[1:], names[1:]))
+    return renamed, said

@@ -20,7 +20,8 @@ import lzma
 from typing import Any, Iterable, Mapping, Sequence
 
 from kale_magics.analysis.names import python_source
-from kale_magics.codegen.literals import text_literal
+from kale_magics.codegen.layout import wrapped
+from kale_magics.codegen.literals import string_literal, text_literal
 from kale_magics.errors import CompileError
 from kale_magics.model import Cell
 
@@ -69,6 +70,14 @@ def _source_literal(source: str, indent: str) -> str:
     lines = "".join(f"{indent}{packed[i:i + PACKED_LINE]!r}\n"
                     for i in range(0, len(packed), PACKED_LINE))
     return f"{{'xz': (\n{lines}{indent[:-4]})}}"
+
+
+def places(cells: Iterable[Cell]) -> str:
+    """``[(index, notebook, number), ...]`` for the cells of referenced notebooks (Kale's
+    ``notebook:NAME`` composition), which tracebacks name by their own notebook and number."""
+    found = {c.index: (c.notebook, c.number) for c in cells if c.notebook}
+    return wrapped("[", [f"({index!r}, {string_literal(notebook)}, {number!r})"
+                         for index, (notebook, number) in found.items()], "]", 8)
 
 
 def check_argument_size(component: str, source: str, cells: Sequence[Cell]) -> None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
-from kale_magics.codegen.cell_code import (check_argument_size, check_parameter_sizes, prelude_cells,
-                                            step_cells)
+from kale_magics.codegen.cell_code import (check_argument_size, check_parameter_sizes, places,
+                                            prelude_cells, step_cells)
 from kale_magics.codegen.embedding import LOADER, RUNTIME_INPUT, runtime_component_function
+from kale_magics.codegen.layout import wrapped
 from kale_magics.codegen.literals import literal, string_literal
 from kale_magics.codegen.parameters import JSON_TYPES, kfp_type, kfp_value
 from kale_magics.errors import CompileError
@@ -22,8 +23,6 @@ from kale_magics.model import Cell, Parameter, Plan, Step
 
 METRICS_ARTIFACT = "kale_metrics"
 ARTIFACT_CLASSES = ("Artifact", "Dataset", "Model")
-#: Longest generated line before a call or literal is split one item per line.
-LINE_MAX = 120
 #: Module constants the decorators name (see ``pipeline.render_module``).
 PIP_INDEX_URLS = "PIP_INDEX_URLS"
 PIP_TRUSTED_HOSTS = "PIP_TRUSTED_HOSTS"
@@ -123,6 +122,12 @@ def _run_step_arguments(step: Step, parameters: Mapping[str, Parameter],
     return found + ([f"metrics_artifact={METRICS_ARTIFACT}"] if step.metrics else [])
 
 
+def _cells(plan: Plan) -> list[Cell]:
+    """Every cell a step's code names: the prelude, the steps' cells, the replayed imports'."""
+    return [*plan.prelude, *(c for step in plan.steps for c in step.cells),
+            *(cell for step in plan.steps for cell, _ in step.imports)]
+
+
 def _label(cell: Cell) -> str:
     """How a cell is named after its index in tracebacks: ``step train``, ``imports``."""
     kind = cell.annotation.kind
@@ -142,25 +147,11 @@ def render_runtime_component(plan: Plan, sources: Mapping[int, str]) -> str:
     """
     source = (decorator(plan, "BASE_IMAGE", None)
               + runtime_component_function(os.path.basename(plan.notebook),
-                                           prelude_cells(plan.prelude, sources, " " * 12)))
+                                           prelude_cells(plan.prelude, sources, " " * 12),
+                                           places(_cells(plan))))
     check_argument_size("step runtime component (with the imports and functions cells)", source,
                         plan.prelude)
     return source
-
-
-def wrapped(opening: str, items: Sequence[str], closing: str, indent: int) -> str:
-    """``opening + items + closing`` on one line when short, else one item per line.
-
-    Parameters
-    ----------
-    indent:
-        The column the opening starts at; items go 4 further.
-    """
-    flat = opening + ", ".join(items) + closing
-    if indent + len(flat) <= LINE_MAX or not items:
-        return flat
-    inner = " " * (indent + 4)
-    return opening + "\n" + "".join(f"{inner}{item},\n" for item in items) + " " * indent + closing
 
 
 def _json_names(step: Step, parameters: Mapping[str, Parameter]) -> list[str]:

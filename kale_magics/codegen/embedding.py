@@ -38,7 +38,7 @@ from kale_magics import __version__
 from kale_magics.codegen.literals import string_literal
 
 #: The runtime modules shipped to every step: ``kale_magics/runtime/<name>.py``. The one list.
-RUNTIME_MODULES = ("bundle", "channel", "marshal", "pickling", "shell", "step")
+RUNTIME_MODULES = ("backends", "bundle", "channel", "marshal", "pickling", "shell", "step")
 #: The component (and the pipeline function's task variable is ``<this>_task``).
 RUNTIME_COMPONENT = "kale_runtime"
 #: Every step's input artifact holding the bundle.
@@ -77,6 +77,7 @@ def {name}({output}: Output[Artifact]):
         "notebook": {notebook},
         "prelude": [
 {prelude}        ],
+        "places": {places},
     }})
     for name, text in files.items():
         path = os.path.join({output}.path, name)
@@ -157,7 +158,7 @@ def _packed_runtime(files_json: str) -> tuple[str, str]:
     return lines.rstrip("\n"), hashlib.sha256(data).hexdigest()
 
 
-def runtime_component_function(notebook: str, prelude: str) -> str:
+def runtime_component_function(notebook: str, prelude: str, places: str = "[]") -> str:
     """Source of the ``kale_runtime`` function (without its decorator).
 
     Parameters
@@ -167,8 +168,11 @@ def runtime_component_function(notebook: str, prelude: str) -> str:
     prelude:
         ``(index, kind, source),`` lines of the imports and functions cells,
         indented by 12 (``cell_code.prelude_cells``).
+    places:
+        A list literal of ``(index, notebook, number)`` for the cells of notebooks
+        that ``notebook:NAME`` cells reference (``cell_code.places``).
     """
     blob, digest = _packed_runtime(json.dumps(runtime_files(), sort_keys=True))
     return _WRITER.format(name=RUNTIME_COMPONENT, output=RUNTIME_OUTPUT, version=__version__,
                           modules=",".join(RUNTIME_MODULES), digest=digest, blob=blob,
-                          notebook=string_literal(notebook), prelude=prelude)
+                          notebook=string_literal(notebook), prelude=prelude, places=places)

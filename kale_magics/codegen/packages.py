@@ -41,6 +41,7 @@ class InstalledPackages:
             for module in _top_level_names(dist):
                 self._owners.setdefault(module, []).append(dist)
         self._versions: dict[str, str | None] = {}
+        self._plugins: dict[str, set[str]] | None = None
 
     def owner(self, module: str) -> str | None:
         """The name of the first distribution providing top-level ``module``, or None."""
@@ -55,6 +56,17 @@ class InstalledPackages:
             except metadata.PackageNotFoundError:
                 self._versions[distribution] = None
         return self._versions[distribution]
+
+    def marshal_plugins(self, module: str) -> list[str]:
+        """Distributions declaring a ``kale_magics.marshal`` entry point (a marshal backend, see
+        ``runtime/backends.py``) for a type of top-level ``module``: a step using ``module``
+        needs them to save or load such values."""
+        if self._plugins is None:
+            self._plugins = {}
+            for entry in metadata.entry_points(group="kale_magics.marshal"):
+                if entry.dist is not None:
+                    self._plugins.setdefault(entry.name.split(".")[0], set()).add(entry.dist.name)
+        return sorted(self._plugins.get(module, ()))
 
     def pin(self, distribution: str) -> str:
         """``name==version`` when installed, else the bare name."""
@@ -120,13 +132,13 @@ def step_packages(modules: Iterable[str], installed: InstalledPackages) -> tuple
     for module in dict.fromkeys(modules):
         if module in sys.stdlib_module_names or module in sys.builtin_module_names:
             continue
+        wanted.update(installed.marshal_plugins(module))
         owner = installed.owner(module)
         if owner is None:
             unknown.append(module)
             continue
         wanted.add(owner)
-        for extra in RUNTIME_EXTRAS.get(module, ()):
-            wanted.add(extra)
+        wanted.update(RUNTIME_EXTRAS.get(module, ()))
     return sorted(installed.pin(d) for d in wanted - PROVIDED), unknown
 
 

@@ -21,7 +21,8 @@ from kale_magics import __version__
 from kale_magics.analysis.names import scan_blocks
 from kale_magics.codegen.cell_code import python_sources
 from kale_magics.codegen.components import (PIP_INDEX_URLS, PIP_TRUSTED_HOSTS, render_component,
-                                             render_runtime_component, wrapped)
+                                             render_runtime_component)
+from kale_magics.codegen.layout import wrapped
 from kale_magics.codegen.embedding import RUNTIME_COMPONENT, RUNTIME_INPUT
 from kale_magics.codegen.naming import check_names, task_variable
 from kale_magics.codegen.packages import installed_packages, step_packages, with_overrides

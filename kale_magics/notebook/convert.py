@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import copy
+from dataclasses import replace
 from typing import Any
 
 import nbformat
@@ -27,7 +28,7 @@ from kale_magics.notebook.annotations import (
     cell_magic,
     pipeline_line,
 )
-from kale_magics.notebook.reader import code_cells, read_settings
+from kale_magics.notebook.reader import annotate_cells, code_cells, read_settings
 
 STASH = "kale_magics"
 
@@ -66,13 +67,17 @@ def _kale_metrics(source: str, index: int, warnings: list[str]) -> str:
 def to_kale_tags(nb: Any, plan: Plan) -> tuple[Any, list[str]]:
     """A copy of ``nb`` annotated with Kale's tags, and warnings about what Kale cannot express."""
     out = copy.deepcopy(nb)
-    annotated = {c.index: c for c in (*plan.prelude, *(c for s in plan.steps for c in s.cells))}
+    annotated = {c.index: c for c in (*plan.prelude, *(c for s in plan.steps for c in s.cells))
+                 if not c.notebook}  # cells of referenced notebooks stay in those
+    skipped = {c.index for c in annotate_cells(code_cells(nb), _no_cells)[0]
+               if c.annotation.kind == "skip" and not c.explicit}
+    first_cells = {s.cells[0].index for s in plan.steps}
     upstream = {s.name: s.upstream for s in plan.steps}
     warnings: list[str] = []
     cells, seen = [], False
     for index, cell in enumerate(out.cells):
         cells.append(cell)
-        if cell.get("cell_type") != "code":
+        if cell.get("cell_type") != "code" or _is_reference(cell):
             continue
         original = cell.get("source", "")
         had_tags = "tags" in cell.get("metadata", {})
@@ -85,7 +90,8 @@ def to_kale_tags(nb: Any, plan: Plan) -> tuple[Any, list[str]]:
         source, tags = _strip_magics(original), _foreign_tags(cell)
         if own is not None:
             seen = True
-            kale, lost = kale_tags.tags_for(own, upstream.get(own.name or "", ()))
+            edges = upstream.get(own.name or "", ()) if index in first_cells else ()
+            kale, lost = kale_tags.tags_for(own, edges)
             tags += kale
             if lost:
                 warnings.append(f"cell {index}: Kale tags cannot express {' '.join(lost)}; "
@@ -93,11 +99,11 @@ def to_kale_tags(nb: Any, plan: Plan) -> tuple[Any, list[str]]:
             if magic and own.kind == "parameters":
                 source, moved = _kale_parameters(source)
                 if moved:
-                    cells.append(_moved_parameters(moved, index, warnings))
+                    cells.append(_moved_parameters(out, moved, index, warnings))
             elif magic and own.kind == "metrics":
                 source = _kale_metrics(source, index, warnings)
-        elif not seen and source.strip():
-            tags.append("skip")
+        elif (not seen or index in skipped) and source.strip():
+            tags.append("skip")  # Kale's skip is transparent: a cell after it is not skipped
         if "skip" not in tags:
             source = _plain_python(source, index, warnings)
         if source != original or tags != original_tags:
@@ -128,24 +134,54 @@ def _plain_python(source: str, index: int, warnings: list[str]) -> str:
     return python
 
 
+def _no_cells(name: str, cell: Any) -> tuple[list[Any], list[str]]:
+    """Stand-in for the cells a ``notebook:`` cell references: conversion leaves them in their file."""
+    return [], []
+
+
+def _is_reference(cell: Any) -> bool:
+    """Whether ``cell`` is a ``notebook:NAME`` cell (Kale 2.3's reference to another notebook)."""
+    return any(isinstance(t, str) and t.startswith("notebook:")
+               for t in cell.get("metadata", {}).get("tags", []))
+
+
 def _foreign_tags(cell: Any) -> list[str]:
     return [t for t in cell.get("metadata", {}).get("tags", []) if not kale_tags.is_kale_tag(t)]
 
 
-def _moved_parameters(source: str, index: int, warnings: list[str]) -> Any:
+def _new_code_cell(nb: Any, source: str) -> Any:
+    """A code cell for ``nb``: with an id only where its nbformat version has them (4.5+)."""
+    cell = nbformat.v4.new_code_cell(source)
+    if (nb.get("nbformat"), nb.get("nbformat_minor", 0)) < (4, 5):
+        cell.pop("id", None)
+    return cell
+
+
+def _moved_parameters(nb: Any, source: str, index: int, warnings: list[str]) -> Any:
     warnings.append(f"cell {index}: Kale 2.3 takes only plain int, float, str and bool "
                     f"parameters; {', '.join(line.split('=')[0].strip() for line in source.splitlines())} "
                     "became constants in a functions cell")
-    moved = nbformat.v4.new_code_cell(source)
+    moved = _new_code_cell(nb, source)
     moved.metadata = {"tags": ["functions"], STASH: {"inserted": True}}
     return moved
 
 
-def to_magics(nb: Any) -> tuple[Any, list[str]]:
+def to_magics(nb: Any, name: str | None = None, keep: frozenset[int] = frozenset(),
+              steps: dict[int, str] | None = None) -> tuple[Any, list[str]]:
     """A copy of ``nb`` with Kale's tags turned into ``%%kale`` lines and a ``%kale pipeline`` line.
 
     Cells this tool exported are restored from their record while their tags
-    are unchanged; other tagged cells are converted from their tags.
+    are unchanged; other tagged cells are converted from their tags. Where
+    Kale's reading differs from the magics' (an untagged cell after a
+    ``skip`` cell continues the step before the skip in Kale, the skip itself
+    for the magics), the cell gets an explicit ``%%kale`` line, so the
+    pipeline is the same. ``name`` (the pipeline's name, from the source
+    notebook) is written on the ``%kale pipeline`` line when the metadata
+    names none, so the converted file keeps it. Cells at the indices in
+    ``keep`` keep their Kale tags (a notebook may mix both): steps that only
+    Kale's rules compile (see ``Plan.lenient_steps``). ``steps`` gives the
+    step name the analysis gave each step cell, written where it is not its
+    tag's (cells of one name split because merging them makes a cycle).
 
     Raises
     ------
@@ -156,6 +192,7 @@ def to_magics(nb: Any) -> tuple[Any, list[str]]:
     warnings: list[str] = []
     restored_any = False
     cells = []
+    continued = _kale_continuations(nb)
     for index, cell in enumerate(out.cells):
         stash = cell.get("metadata", {}).pop(STASH, None)
         if stash and stash.get("inserted"):
@@ -166,8 +203,14 @@ def to_magics(nb: Any) -> tuple[Any, list[str]]:
                 cell["metadata"].pop("tags", None)
             else:
                 cell["metadata"]["tags"] = stash["tags"]
+        elif _is_reference(cell):
+            warnings.append(f"cell {index}: `notebook:` references keep their Kale tag, which "
+                            "has no %%kale form (a notebook may mix both)")
+        elif index in keep:
+            warnings.append(f"cell {index}: kept with its Kale tags: its step reads names no step "
+                            "assigns, which Kale's rules compile and %%kale lines do not")
         elif cell.get("cell_type") == "code":
-            warnings += _convert_cell(cell, index)
+            warnings += _convert_cell(cell, index, continued.get(index), (steps or {}).get(index))
         cells.append(cell)
     out.cells = cells
     meta = out.metadata.pop("kubeflow_notebook", None) or {}
@@ -175,23 +218,75 @@ def to_magics(nb: Any) -> tuple[Any, list[str]]:
     if restored_any and previous is not None:
         out.metadata["kubeflow_notebook"] = previous
     if not restored_any:
-        settings, found = kale_tags.settings_from_metadata(dict(meta))
-        warnings += found
-        header = f"%load_ext kale_magics\n{pipeline_line(settings.merged(read_settings(code_cells(out))))}"
-        out.cells.insert(0, nbformat.v4.new_code_cell(header))
+        warnings += _insert_pipeline_line(out, meta, name)
     return out, warnings
 
 
-def _convert_cell(cell: Any, index: int) -> list[str]:
+def _insert_pipeline_line(out: Any, meta: dict[str, Any], name: str | None) -> list[str]:
+    """Insert the ``%kale pipeline`` cell that holds Kale's notebook metadata (and ``name``
+    when the metadata names no pipeline); return warnings about metadata keys ignored."""
+    settings, found = kale_tags.settings_from_metadata(dict(meta))
+    settings = settings.merged(read_settings(code_cells(out)))
+    if settings.name is None and name:
+        settings = replace(settings, name=name)
+    header = f"%load_ext kale_magics\n{pipeline_line(settings)}"
+    out.cells.insert(0, _new_code_cell(out, header))
+    return found
+
+
+def _kale_continuations(nb: Any) -> dict[int, tuple[Annotation, bool]]:
+    """Untagged cells whose conversion needs care: the annotation Kale gives each, and whether
+    the cell needs a ``%%kale`` line of its own.
+
+    Kale's ``skip`` is transparent (an untagged cell after it continues the
+    annotation before it); after ``%%kale skip`` an untagged cell is skipped:
+    such a cell needs its own line. An untagged cell continuing a Kale
+    metrics cell holds ``print(name)`` lines, written as ``name`` lines.
+    """
+    cells, _ = annotate_cells(code_cells(nb), _no_cells)
+    result, last_own = {}, None
+    for cell in cells:
+        if cell.explicit:
+            last_own = cell.annotation
+            continue
+        own_line = last_own is not None and last_own.kind == "skip" and cell.annotation.kind != "skip"
+        if own_line or cell.annotation.kind == "metrics":
+            result[cell.index] = (cell.annotation, own_line)
+    return result
+
+
+def _convert_cell(cell: Any, index: int, continued: tuple[Annotation, bool] | None = None,
+                  step: str | None = None) -> list[str]:
+    """Turn the Kale tags of ``cell`` into a ``%%kale`` line.
+
+    ``continued``: for an untagged cell, the annotation it continues in Kale
+    and whether it needs a line of its own (with no options: a step takes
+    them from its first cell). ``step``: the step name the analysis gave the
+    cell, written where it differs from the tag's.
+    """
     tags = list(cell.get("metadata", {}).get("tags", []))
     annotation, warnings = kale_tags.annotation_from_tags(tags, index)
+    if annotation is not None and annotation.kind == "step" and step and step != annotation.name:
+        annotation = replace(annotation, name=step, after=())
+    own_line = annotation is not None
+    if annotation is None and continued is not None:
+        annotation, own_line = Annotation(kind=continued[0].kind, name=continued[0].name), continued[1]
     if annotation is None:
+        _drop_kale_tags(cell)  # `step:` alone: an untagged cell
         return warnings
     source = cell.get("source", "")
+    source = source if isinstance(source, str) else "".join(source)
     if annotation.kind == "metrics":
         source = kale_tags.metrics_from_kale(source, index)
-    cell["source"] = f"{cell_line(annotation)}\n{source}"
+    cell["source"] = f"{cell_line(annotation)}\n{source}" if own_line else source
+    _drop_kale_tags(cell)
+    return warnings
+
+
+def _drop_kale_tags(cell: Any) -> None:
+    """Remove Kale's tags from ``cell``, keeping other tags (and no empty tag list)."""
+    if "tags" not in cell.get("metadata", {}):
+        return
     cell["metadata"]["tags"] = _foreign_tags(cell)
     if not cell["metadata"]["tags"]:
         del cell["metadata"]["tags"]
-    return warnings

@@ -83,7 +83,12 @@ def settings_from_tags(tags: list[str], where: str) -> StepSettings:
 
 
 def annotation_from_tags(tags: list[str], index: int) -> tuple[Annotation | None, list[str]]:
-    """Read a cell's Kale tags.
+    """Read a cell's Kale tags, as Kale's ``NotebookProcessor.parse_cell_metadata`` does.
+
+    Follows Kale (``backend/kale/processors/nbprocessor.py``): a kind tag
+    (``skip``, ``imports``, ...) wins over step tags; ``step:`` or ``block:``
+    with nothing after the colon (Kale's UI leaves these) is no step tag, so
+    the cell continues the one above; ``prev:`` tags name one step each.
 
     Parameters
     ----------
@@ -101,24 +106,71 @@ def annotation_from_tags(tags: list[str], index: int) -> tuple[Annotation | None
     Raises
     ------
     AnnotationError
-        A step name we cannot use, or a malformed limit; the message names the cell.
+        A step name we cannot use, a malformed ``prev:`` or ``step:`` tag (such
+        as ``prev:a:b``), or a malformed limit; the message names the cell.
     """
     where = f"cell {index}"
-    warnings = [f"{where}: unknown tag {t!r} ignored" for t in tags if not is_kale_tag(t)]
+    warnings = [f"{where}: unknown tag {t!r} ignored{_KALE_0_HINTS.get(t, '')}"
+                for t in tags if not is_kale_tag(t)]
     warnings += [f"{where}: tag {t!r} has no effect here (Kale-specific)"
-                 for t in tags if t.startswith(("report:", "notebook:"))]
+                 for t in tags if t.startswith("report:")]
     kinds = [TAG_KINDS[t] for t in tags if t in TAG_KINDS]
-    steps = [t.split(":", 1)[1] for t in tags if t.startswith(("step:", "block:"))]
     if kinds:
         return Annotation(kind=kinds[0]), warnings
+    steps = [_tag_value(t, where) for t in tags if t.startswith(("step:", "block:"))]
+    steps = [name for name in steps if name]  # `step:` alone is an untagged cell (Kale)
+    if len(set(steps)) > 1:
+        raise AnnotationError(f"{where}: a cell can belong to one step only, it has the tags "
+                              f"{', '.join(f'step:{s}' for s in dict.fromkeys(steps))}; keep one")
     if not steps:
         if any(t.startswith(("prev:", "limit:", "image:", "cache:", "secret:")) for t in tags):
             warnings.append(f"{where}: tags {tags} need a step:NAME tag; ignored")
         return None, warnings
     name = _step_name(steps[0], where)
-    after = tuple(dict.fromkeys(_step_name(t[5:], where) for t in tags if t.startswith("prev:")))
+    after = tuple(dict.fromkeys(_step_name(_tag_value(t, where), where)
+                                for t in tags if t.startswith("prev:")))
     return Annotation(kind="step", name=name, after=after,
                       settings=settings_from_tags(tags, where)), warnings
+
+
+#: What an unknown tag of an older Kale meant, for the warning.
+_KALE_0_HINTS = {"parameters": " (Kale 0.x's name for pipeline-parameters; Kale 2 and kale-magics "
+                                "read `pipeline-parameters`)",
+                 "metrics": " (write `pipeline-metrics` for Kale's metrics cell)"}
+
+
+def reference_name(tags: list[str] | tuple[str, ...], index: int) -> str | None:
+    """NAME of a ``notebook:NAME`` tag (Kale 2.3's reference to another notebook), or None.
+
+    Raises
+    ------
+    AnnotationError
+        An empty or malformed name, or two references on one cell.
+    """
+    names = [_tag_value(t, f"cell {index}") for t in tags if t.startswith("notebook:")]
+    if not names:
+        return None
+    if len(names) > 1 or not names[0]:
+        raise AnnotationError(f"cell {index}: a `notebook:` cell references one notebook by a "
+                              f"name, as `notebook:prepare`; it has {', '.join(tags)}")
+    return _step_name(names[0], f"cell {index}")
+
+
+def _tag_value(tag: str, where: str) -> str:
+    """The NAME of a ``step:NAME``, ``block:NAME`` or ``prev:NAME`` tag ("" for ``step:``).
+
+    Raises
+    ------
+    AnnotationError
+        More than one colon (``prev:sum:cumsum``): Kale's tag grammar has one.
+    """
+    kind, _, value = tag.partition(":")
+    if ":" in value:
+        fix = (f"write one tag per upstream step ({', '.join(f'prev:{v}' for v in value.split(':'))})"
+               if kind == "prev" else f"write one `{kind}:NAME` tag")
+        raise AnnotationError(f"{where}: tag {tag!r} is a malformed `{kind}:` tag (one step name "
+                              f"after the colon); {fix}")
+    return value
 
 
 def _step_name(name: str, where: str) -> str:

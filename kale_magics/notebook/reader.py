@@ -2,10 +2,12 @@
 
 The reader never writes the notebook. It returns the annotated code cells (each
 with its effective annotation: a cell without one continues the annotation of
-the code cell above it, as in Kale), the pipeline settings (Kale's
-``kubeflow_notebook`` metadata, then every ``%kale pipeline`` line in notebook
-order), and warnings about Kale tags and keys it ignored. A notebook may mix
-``%%kale`` lines and Kale tags, but not in one cell.
+the code cell above it, as in Kale; Kale's ``skip`` tag is transparent), the
+pipeline settings (Kale's ``kubeflow_notebook`` metadata, then every ``%kale
+pipeline`` line in notebook order), and warnings about Kale tags and keys it
+ignored. A notebook may mix ``%%kale`` lines and Kale tags, but not in one
+cell. A ``notebook:NAME`` cell (Kale 2.3's composition) brings in the cells of
+the notebook it references.
 
 A well-formed nbformat-4 file is read with :mod:`json`; anything else (older
 versions, malformed files) goes through nbformat, which upgrades it or names
@@ -15,16 +17,18 @@ about 1.8 s on the benchmark machine, more than the rest of a compile.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from dataclasses import dataclass
-from typing import Any, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-from kale_magics.errors import AnnotationError, NotebookError
+from kale_magics.errors import AnnotationError, KaleError, NotebookError
 from kale_magics.model import Annotation, Cell, PipelineSettings
 from kale_magics.notebook import kale_tags
 from kale_magics.notebook.annotations import (
     cell_magic,
+    check_step_name,
     check_unicode,
     is_pipeline_line,
     parse_cell_line,
@@ -40,6 +44,8 @@ class CodeCell:
     source: str
     cell_id: str | None = None
     tags: tuple[str, ...] = ()
+    #: ``metadata.notebook_path`` of a ``notebook:NAME`` cell (Kale 2.3), else None.
+    reference: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,15 +80,22 @@ def read_notebook(path: str | os.PathLike[str]) -> AnnotatedNotebook:
     NotebookError
         The file is missing or is not a valid nbformat-4 notebook.
     AnnotationError
-        A ``%%kale`` or ``%kale pipeline`` line is malformed, or a cell has both
-        a ``%%kale`` line and Kale tags; the message names the cell.
+        A ``%%kale`` or ``%kale pipeline`` line is malformed, a cell has both a
+        ``%%kale`` line and Kale tags, or a Kale tag is malformed; the message
+        names the cell and carries the warnings found before it.
+    NotebookError
+        A notebook a ``notebook:NAME`` cell references cannot be read.
     """
     nb = _read_v4_json(path) or load_notebook(path)
     cells = code_cells(nb)
     meta = dict(nb["metadata"].get("kubeflow_notebook") or {})
     _check_unicode(cells, meta)
-    annotated, warnings = annotate_cells(cells)
     settings, meta_warnings = kale_tags.settings_from_metadata(meta)
+    expand = functools.partial(read_reference, os.path.dirname(os.path.abspath(path)))
+    try:
+        annotated, warnings = annotate_cells(cells, expand)
+    except (AnnotationError, NotebookError) as error:
+        raise with_warnings(error, meta_warnings) from None
     return AnnotatedNotebook(path=os.fspath(path), cells=annotated,
                              settings=settings.merged(read_settings(cells)),
                              warnings=tuple(meta_warnings + warnings))
@@ -95,8 +108,14 @@ def code_cells(nb: Any) -> list[CodeCell]:
     nbformat does on read.
     """
     return [CodeCell(i, _text(cell.get("source", "")), cell.get("id"),
-                     tuple(t for t in cell.get("metadata", {}).get("tags", []) if isinstance(t, str)))
+                     tuple(t for t in cell.get("metadata", {}).get("tags", []) if isinstance(t, str)),
+                     _reference_path(cell.get("metadata", {})))
             for i, cell in enumerate(nb["cells"]) if cell.get("cell_type") == "code"]
+
+
+def _reference_path(metadata: Any) -> str | None:
+    path = metadata.get("notebook_path")
+    return path if isinstance(path, str) and path else None
 
 
 def _check_unicode(cells: Iterable[CodeCell], meta: dict[str, Any]) -> None:
@@ -170,8 +189,9 @@ def load_notebook(path: str | os.PathLike[str]) -> Any:
     return nb
 
 
-def _own_annotation(cell: CodeCell) -> tuple[Annotation | None, str, list[str]]:
-    """The cell's own annotation (from its ``%%kale`` line or its Kale tags), its code, warnings."""
+def _own_annotation(cell: CodeCell) -> tuple[Annotation | None, str, list[str], bool]:
+    """The cell's own annotation (from its ``%%kale`` line or its Kale tags), its code, warnings,
+    and whether the annotation came from Kale tags."""
     magic = cell_magic(cell.source)
     kale, warnings = kale_tags.annotation_from_tags(list(cell.tags), cell.index)
     if magic and (kale is not None or any(kale_tags.is_kale_tag(t) for t in cell.tags)):
@@ -180,38 +200,176 @@ def _own_annotation(cell: CodeCell) -> tuple[Annotation | None, str, list[str]]:
     if magic:
         arguments, body = magic
         try:
-            return parse_cell_line(arguments), body, warnings
+            return parse_cell_line(arguments), body, warnings, False
         except AnnotationError as error:
             raise AnnotationError(error.message, line=f"%%kale {arguments}",
                                   cell=cell.index) from None
     if kale is not None and kale.kind == "metrics":
-        return kale, kale_tags.metrics_from_kale(cell.source, cell.index), warnings
-    return kale, cell.source, warnings
+        return kale, kale_tags.metrics_from_kale(cell.source, cell.index), warnings, True
+    return kale, cell.source, warnings, kale is not None
 
 
-def annotate_cells(cells: Iterable[CodeCell]) -> tuple[tuple[Cell, ...], list[str]]:
-    """Give each code cell its effective annotation.
+#: Reads the notebook a ``notebook:NAME`` cell references: ``(name, cell) -> (cells, warnings)``.
+Expand = Callable[[str, CodeCell], tuple[list[Cell], list[str]]]
+
+
+@dataclass
+class _Reading:
+    """The state of :func:`annotate_cells` while it walks the cells."""
+
+    cells: list[Cell] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    current: Annotation | None = None
+    tagged: bool = False
+    #: After a ``notebook:`` cell: untagged cells wait for the next step cell (Kale 2.3).
+    awaiting: bool = False
+    pending: list[tuple[CodeCell, str]] = field(default_factory=list)
+
+
+def annotate_cells(cells: Iterable[CodeCell],
+                   expand: Expand | None = None) -> tuple[tuple[Cell, ...], list[str]]:
+    """Give each code cell its effective annotation, following Kale's ``parse_notebook``.
+
+    A cell with no annotation continues the annotation of the cell above it.
+    A cell tagged ``skip`` with Kale's tags is transparent, as in Kale
+    (``NotebookProcessor.parse_notebook`` does not make it the previous step):
+    the untagged cells after it continue the annotation before it. After a
+    ``%%kale skip`` line the untagged cells are skipped too: for the magics
+    what a cell continues is the annotation written above it (README, "Coming
+    from Kale"). Step cells that share a name are one step (see
+    ``analysis.plan``). A ``notebook:NAME`` cell (Kale 2.3's composition) is
+    replaced by the referenced notebook's cells (``expand``); the untagged
+    cells after it belong to the next step cell, as in Kale.
 
     Returns
     -------
     tuple of (tuple of Cell, list of str)
-        The cells at or below the first annotated cell (a cell with no
-        annotation continues the one above it, as in Kale), and warnings.
+        The cells at or below the first annotated cell, and warnings.
+
+    Raises
+    ------
+    AnnotationError
+        A malformed ``%%kale`` line or Kale tag, or a reference that cannot be
+        read; the error's ``warnings`` attribute holds the warnings found before it.
     """
-    result: list[Cell] = []
-    warnings: list[str] = []
-    current: Annotation | None = None
+    reading = _Reading()
     for cell in cells:
-        own, source, found = _own_annotation(cell)
-        warnings += found
-        if own is not None:
-            current = own
-            result.append(Cell(index=cell.index, source=source, annotation=own, explicit=True,
-                               cell_id=cell.cell_id))
-        elif current is not None and cell.source.strip():
-            result.append(Cell(index=cell.index, source=cell.source, annotation=current,
-                               explicit=False, cell_id=cell.cell_id))
-    return tuple(result), warnings
+        try:
+            _annotate(cell, reading, expand)
+        except AnnotationError as error:
+            raise with_warnings(error, reading.warnings) from None
+    if reading.pending:
+        raise with_warnings(AnnotationError(
+            "untagged code after a `notebook:` cell must be followed by a `step:` cell that owns "
+            "it (as in Kale); tag it, or move it", cell=reading.pending[0][0].index), reading.warnings)
+    return tuple(reading.cells), reading.warnings
+
+
+def _annotate(cell: CodeCell, reading: _Reading, expand: Expand | None) -> None:
+    """Annotate one cell: append it (or the cells it references) to ``reading``."""
+    name = kale_tags.reference_name(cell.tags, cell.index)
+    if name is not None:
+        _reference(cell, name, reading, expand)
+        return
+    own, source, found, tagged = _own_annotation(cell)
+    if own is None and reading.tagged and reading.current is not None \
+            and reading.current.kind == "metrics":
+        source = kale_tags.metrics_from_kale(cell.source, cell.index)
+    reading.warnings += found
+    if own is None:
+        if reading.awaiting and cell.source.strip():
+            reading.pending.append((cell, source))
+        elif reading.current is not None and cell.source.strip():
+            reading.cells.append(Cell(index=cell.index, source=source, annotation=reading.current,
+                                      explicit=False, cell_id=cell.cell_id, tagged=reading.tagged))
+        return
+    if own.kind == "step":
+        reading.cells += [Cell(index=c.index, source=text, annotation=own, explicit=False,
+                               cell_id=c.cell_id, tagged=True) for c, text in reading.pending]
+        reading.pending = []
+    if not (tagged and own.kind == "skip"):
+        reading.current, reading.tagged, reading.awaiting = own, tagged, False
+    reading.cells.append(Cell(index=cell.index, source=source, annotation=own, explicit=True,
+                              cell_id=cell.cell_id, tagged=tagged))
+
+
+def _reference(cell: CodeCell, name: str, reading: _Reading, expand: Expand | None) -> None:
+    """A ``notebook:NAME`` cell: its referenced notebook's cells, then untagged cells wait."""
+    if any(line.strip() and not line.strip().startswith("#") for line in cell.source.splitlines()):
+        raise AnnotationError(f"`notebook:{name}` cell contains code; a cell that references a "
+                              "notebook holds no code of its own (as in Kale): move the code to "
+                              "its own `step:` cell", cell=cell.index)
+    if reading.pending:
+        raise AnnotationError("untagged code after a `notebook:` cell must be followed by a "
+                              "`step:` cell that owns it, not by another `notebook:` cell (as in "
+                              "Kale)", cell=reading.pending[0][0].index)
+    if expand is None:
+        raise AnnotationError(f"`notebook:{name}` references another notebook, which is not "
+                              "supported inside a referenced notebook (as in Kale): reference "
+                              "every notebook from the root notebook", cell=cell.index)
+    cells, warnings = expand(name, cell)
+    reading.cells += cells
+    reading.warnings += warnings
+    reading.current, reading.tagged, reading.awaiting = None, True, True
+
+
+def read_reference(base: str, name: str, cell: CodeCell) -> tuple[list[Cell], list[str]]:
+    """The cells of the notebook a ``notebook:NAME`` cell references (Kale 2.3's composition).
+
+    As Kale's ``NotebookProcessor._add_notebook_reference``: the path is the
+    cell's ``metadata.notebook_path``, relative to the folder ``base`` of the
+    referencing notebook; the referenced notebook is read with its own rules
+    and settings (``kubeflow_notebook``, e.g. its base image). Its steps are
+    named ``NAME_STEP`` (its ``prev:`` tags too), so two notebooks may use the
+    same step names; its cells name the notebook in messages.
+
+    Raises
+    ------
+    AnnotationError
+        No ``notebook_path``, a step name too long with the prefix, or a
+        reference inside the referenced notebook.
+    NotebookError
+        The referenced file is missing or not a notebook.
+    """
+    if not cell.reference:
+        raise AnnotationError(f"`notebook:{name}` cell is missing a 'notebook_path' in its cell "
+                              "metadata; set it to the referenced notebook's path", cell=cell.index)
+    path = os.path.normpath(os.path.join(base, cell.reference))
+    nb = _read_v4_json(path) or load_notebook(path)
+    meta = dict(nb["metadata"].get("kubeflow_notebook") or {})
+    _check_unicode(code_cells(nb), meta)
+    settings, found = kale_tags.settings_from_metadata(meta)
+    cells, warnings = annotate_cells(code_cells(nb))
+    renamed: dict[int, Annotation] = {}
+    for a in {id(c.annotation): c.annotation for c in cells if c.annotation.kind == "step"}.values():
+        try:
+            renamed[id(a)] = replace(a, name=check_step_name(f"{name}_{a.name}"),
+                                     after=tuple(f"{name}_{step}" for step in a.after),
+                                     settings=a.settings.over(settings.step_defaults))
+        except AnnotationError as error:
+            raise AnnotationError(f"`notebook:{name}`: its step {a.name!r} is named {name}_{a.name} "
+                                  f"here, which is not usable ({error.message})", cell=cell.index) from None
+    file, step = os.path.basename(path), 1 / (len(cells) + 1)
+    return ([replace(c, annotation=renamed.get(id(c.annotation), c.annotation), notebook=file,
+                     number=c.index, index=cell.index + (k + 1) * step)  # between it and the next
+             for k, c in enumerate(cells)], [f"{file}: {w}" for w in found + warnings])
+
+
+E = TypeVar("E", bound=KaleError)
+
+
+def with_warnings(error: E, warnings: Sequence[str]) -> E:
+    """``error`` with ``warnings`` (found before it) in its message and its ``warnings`` attribute.
+
+    Warnings about tags the reader ignored often explain a failure that comes
+    later (Kale 0.x's ``parameters`` tag ignored, then a name no step
+    provides), so they travel with the error to every front end.
+    """
+    error.warnings = (*getattr(error, "warnings", ()), *warnings)  # type: ignore[attr-defined]
+    if warnings:
+        error.message = f"{error.message} (warnings: {'; '.join(warnings)})"
+        error.args = (error.message,)
+    return error
 
 
 def read_settings(cells: Iterable[CodeCell]) -> PipelineSettings:

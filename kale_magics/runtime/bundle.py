@@ -6,9 +6,10 @@ every step (see ``codegen.embedding``). That task writes a folder, the bundle:
 ``kale_magics/runtime/*.py``
     This package (``bundle``, ``marshal``, ``shell``, ``step``, ...).
 ``notebook.json``
-    ``{"notebook": "titanic.ipynb", "prelude": [[index, kind, source], ...]}``:
-    the notebook's file name and its imports and functions cells, which run
-    first in every step.
+    ``{"notebook": "titanic.ipynb", "prelude": [[index, kind, source], ...],
+    "places": [[index, notebook, number], ...]}``: the notebook's file name,
+    its imports and functions cells, which run first in every step, and where
+    the cells of notebooks it references (Kale's ``notebook:NAME``) come from.
 
 Each step receives the bundle as an input artifact, puts it first on
 ``sys.path``, imports this module and calls :func:`run_step`, which takes it off
@@ -46,7 +47,7 @@ def unpack(source: Source) -> str:
     return lzma.decompress(base64.b64decode(source[PACKED])).decode("utf-8")
 
 
-def cell_filename(notebook: str, index: int, label: str) -> str:
+def cell_filename(notebook: str, index: float, label: str) -> str:
     """The filename a cell's code runs under: ``"titanic.ipynb, cell 7 (step train)"``.
 
     Tracebacks and the step's ``end`` event name the cell by it.
@@ -60,7 +61,7 @@ def bundle_root() -> str:
 
 
 def notebook() -> dict[str, Any]:
-    """The bundle's ``notebook.json``: ``{"notebook": name, "prelude": [[index, kind, source]]}``."""
+    """The bundle's ``notebook.json`` (see the module's docstring)."""
     with open(os.path.join(bundle_root(), NOTEBOOK), encoding="utf-8") as f:
         return json.load(f)
 
@@ -102,12 +103,15 @@ def run_step(step: str, cells: Mapping[int, Source],
     root = bundle_root()
     sys.path[:] = [p for p in sys.path if not p or os.path.abspath(p) != root]
     found = notebook()
-    name = found["notebook"]
-    prelude = [(cell_filename(name, index, kind), unpack(source))
-               for index, kind, source in found["prelude"]]
-    code = [(cell_filename(name, index, f"step {step}"), unpack(source))
-            for index, source in cells.items()]
-    replayed = [(cell_filename(name, index, label), statement) for index, label, statement in imports]
+    places = {index: (name, number) for index, name, number in found.get("places", ())}
+
+    def filename(index: float, label: str) -> str:
+        name, number = places.get(index, (found["notebook"], index))
+        return cell_filename(name, number, label)
+
+    prelude = [(filename(index, kind), unpack(source)) for index, kind, source in found["prelude"]]
+    code = [(filename(index, f"step {step}"), unpack(source)) for index, source in cells.items()]
+    replayed = [(filename(index, label), statement) for index, label, statement in imports]
     _step.run_step(step=step, code=code, prelude=prelude, imports=replayed,
                    parameters=parameters or {}, inputs=inputs or {}, outputs=outputs or {},
                    metrics=metrics or {}, position=next(iter(cells)), **arguments)

@@ -23,6 +23,12 @@ step killed while saving never leaves an artifact that loads. Formats:
     1 MiB or more are stored out of band, back to back, in ``buffers.bin``.
 ``dill``
     What cloudpickle cannot pickle but dill can: ``data.pkl``.
+``backend``
+    A library type saved in its library's own format by a backend of
+    :mod:`kale_magics.runtime.backends` (xgboost, LightGBM, PyTorch, Keras,
+    scikit-learn, PIL, or a user's through the ``kale_magics.marshal`` entry
+    points): ``data.<suffix>``; the manifest names the backend and the
+    library's version, checked on load.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
+
+from kale_magics.runtime import backends
 
 #: Version of the artifact layout; `load` refuses artifacts of another version.
 FORMAT_VERSION: int = 1
@@ -209,7 +217,7 @@ def _prepare_directory(path: str, variable: str, type_name: str) -> bool:
         raise MarshalError(f"cannot save `{variable}` ({type_name}): {path} exists and is not "
                            "a directory; remove it or choose another output path",
                            variable, type_name)
-    foreign = set(os.listdir(path)) - {MANIFEST, _MANIFEST_TEMP, *_DATA_FILES}
+    foreign = {name for name in os.listdir(path) if not _is_ours(name)}
     if foreign:
         raise MarshalError(f"cannot save `{variable}` ({type_name}): {path} is not empty (it holds "
                            f"{', '.join(sorted(foreign))}); save into an empty directory",
@@ -220,7 +228,9 @@ def _prepare_directory(path: str, variable: str, type_name: str) -> bool:
 
 def _remove_files(path: str) -> None:
     """Remove the manifest (first, so the artifact stops loading), then the data files."""
-    for name in (MANIFEST, _MANIFEST_TEMP, *_DATA_FILES):
+    backend_files = sorted(n for n in os.listdir(path) if backends.is_data_file(n)) \
+        if os.path.isdir(path) else []
+    for name in dict.fromkeys((MANIFEST, _MANIFEST_TEMP, *_DATA_FILES, *backend_files)):
         try:
             os.remove(os.path.join(path, name))
         except FileNotFoundError:
@@ -280,7 +290,7 @@ def _read_manifest(path: str, variable: str) -> dict[str, Any]:
 def _check_files(path: str, manifest: dict[str, Any], variable: str, type_name: str) -> None:
     """Raise MarshalError unless every data file exists with the size the manifest records."""
     for name, size in manifest["files"].items():
-        if name not in _DATA_FILES:
+        if name not in _DATA_FILES and not backends.is_data_file(name):
             raise MarshalError(f"cannot load `{variable}` ({type_name}): {path} names an unknown "
                                f"data file {name!r}; rerun the step that produces `{variable}`",
                                variable, type_name)
@@ -294,6 +304,11 @@ def _check_files(path: str, manifest: dict[str, Any], variable: str, type_name: 
                                f"step that produces `{variable}`", variable, type_name)
 
 
+def _is_ours(name: str) -> bool:
+    """Whether ``name`` is a file a kale-magics artifact holds."""
+    return name in (MANIFEST, _MANIFEST_TEMP, *_DATA_FILES) or backends.is_data_file(name)
+
+
 def _storage_error(error: OSError, path: str, variable: str, type_name: str) -> MarshalError:
     return MarshalError(f"cannot save `{variable}` ({type_name}) to {path}: "
                         f"{type(error).__name__}: {error}; check that the volume is writable "
@@ -303,6 +318,9 @@ def _storage_error(error: OSError, path: str, variable: str, type_name: str) -> 
 def _load_error(error: Exception, path: str, manifest: dict[str, Any], variable: str,
                 type_name: str) -> MarshalError:
     detail = f"{type(error).__name__}: {error}"
+    if isinstance(error, _VersionMismatch):
+        return MarshalError(f"cannot load `{variable}` ({type_name}) from {path}: {error}",
+                            variable, type_name)
     if isinstance(error, ImportError):
         hint = (f"install `{error.name or 'the missing package'}` in this step's image "
                 f"(the step that saved `{variable}` had it)")
@@ -406,10 +424,33 @@ def _write_data(value: object, path: str, variable: str, type_name: str,
     """Write the data files of ``value`` in the best format that stores it exactly."""
     writer = _native_writer(value)
     written = writer(value, path) if writer is not None else None
+    failures: list[str] = []
+    if written is None:
+        written = _write_backend(value, path, failures)
     if written is None:
         _remove_files(path)
-        written = _write_pickled(value, path, variable, type_name, prelude)
+        written = _write_pickled(value, path, variable, type_name, prelude, failures)
     return written
+
+
+def _write_backend(value: object, path: str, failures: list[str]) -> Written | None:
+    """Save ``value`` with the backend of its type; None when it has none or the backend failed
+    (the failure is appended to ``failures``, and the pickles are tried next)."""
+    backend = backends.find(value)
+    if backend is None:
+        return None
+    target = os.path.join(path, backend.file)
+    try:
+        backend.save(value, target)
+        version = backends.library_version(backend)
+    except Exception as error:
+        if isinstance(error, OSError) and error.errno is not None:
+            raise  # the storage failed, not the library
+        _remove_files(path)
+        failures.append(f"the {backend.name} backend failed ({type(error).__name__}: {error})")
+        return None
+    return "backend", {backend.file: os.path.getsize(target)}, {
+        "backend": backend.name, "library": backend.library, "library_version": version}
 
 
 def _native_writer(value: object) -> Callable[[Any, str], Written | None] | None:
@@ -428,12 +469,17 @@ def _native_writer(value: object) -> Callable[[Any, str], Written | None] | None
 
 
 def _write_pickled(value: object, path: str, variable: str, type_name: str,
-                   prelude: Mapping[str, Any]) -> Written:
+                   prelude: Mapping[str, Any], failures: list[str] | None = None) -> Written:
     """Pickle ``value`` with cloudpickle, else dill; raise MarshalError when both fail or
-    when it holds a handle."""
+    when it holds a handle.
+
+    The message lists every failure (a backend's first, from ``failures``) and
+    a fix that works for ``%%kale`` and Kale-tag notebooks alike.
+    """
     from kale_magics.runtime import pickling
 
-    failures = []
+    failures = list(failures or ())
+    tried = len(failures)
     for writer in (_write_cloudpickle, _write_dill):
         try:
             return writer(value, path, prelude)
@@ -446,9 +492,12 @@ def _write_pickled(value: object, path: str, variable: str, type_name: str,
                 raise  # the storage failed, not the pickler
             _remove_files(path)
             failures.append(f"{type(error).__name__}: {error}")
-    raise MarshalError(f"cannot pass `{variable}` ({type_name}) to later steps: cloudpickle failed "
-                       f"({failures[0]}) and so did dill ({failures[1]}). Recompute it in the step "
-                       "that uses it, or leave it out with `--outputs`", variable, type_name)
+    pickles = f"cloudpickle failed ({failures[tried]}) and so did dill ({failures[tried + 1]})"
+    raise MarshalError(f"cannot pass `{variable}` ({type_name}) to later steps: "
+                       f"{'; '.join([*failures[:tried], pickles])}. Compute `{variable}` in each "
+                       "step that reads it instead of passing it (move its assignment there), or "
+                       "make it a value that can be saved (an array, a DataFrame, or a type a "
+                       "kale_magics.marshal backend handles)", variable, type_name)
 
 
 def _write_cloudpickle(value: object, path: str, prelude: Mapping[str, Any]) -> Written:
@@ -674,5 +723,28 @@ def _read_dill(path: str, manifest: dict[str, Any], into: _Into) -> Any:
         return pickling.load_dill(file, into.namespace, into.prelude)
 
 
+def _read_backend(path: str, manifest: dict[str, Any], into: _Into) -> Any:
+    """Load a ``backend`` artifact with the backend its manifest names, checking the library's
+    version (same major.minor as when saved)."""
+    name = str(manifest.get("backend"))
+    backend = backends.by_name(name)
+    library = manifest.get("library", "its library")
+    if backend is None:
+        raise ImportError(f"no marshal backend {name!r} here: install the package providing the "
+                          f"`{backends.ENTRY_POINT_GROUP}` entry point {name!r} in this step",
+                          name=str(library))
+    saved, installed = str(manifest.get("library_version")), backends.library_version(backend)
+    if not backends.compatible(saved, installed):
+        raise _VersionMismatch(f"saved with {library} {saved}, this step has {library} "
+                               f"{installed}; install {library}=={saved} in this step "
+                               f"(--packages {library}=={saved}, or the same image)")
+    return backend.load(os.path.join(path, backend.file))
+
+
+class _VersionMismatch(Exception):
+    """An artifact saved with a library version this step does not have."""
+
+
 _READERS: dict[str, Callable[[str, dict[str, Any], _Into], Any]] = {
-    "npy": _read_npy, "arrow": _read_arrow, "cloudpickle": _read_cloudpickle, "dill": _read_dill}
+    "npy": _read_npy, "arrow": _read_arrow, "cloudpickle": _read_cloudpickle, "dill": _read_dill,
+    "backend": _read_backend}

@@ -194,7 +194,8 @@ def _run_step(step: str, blocks: _Blocks, parameters: Mapping[str, Any],
         namespace.update({name: json.loads(parameters[name]) for name in json_parameters})
         received = _load_inputs(step, inputs, namespace, prelude)
         _run_code(blocks.code, namespace, filenames)
-        saved = _save_outputs(step, position, outputs, namespace, prelude, received)
+        saved = _save_outputs(step, position, outputs, namespace, prelude, received,
+                              (*blocks.prelude, *blocks.code))
         values = _log_metrics(step, metrics, namespace, metrics_artifact)
     except (StepFailed, marshal.MarshalError) as error:
         if isinstance(error, marshal.MarshalError):
@@ -385,7 +386,8 @@ def _origins(step: str, name: str, value: Any, outputs: Mapping[str, Any],
 
 def _save_outputs(step: str, position: int, outputs: Mapping[str, Any],
                   namespace: Mapping[str, Any], prelude: Mapping[str, Any],
-                  received: Mapping[str, _Received]) -> dict[str, dict[str, Any]]:
+                  received: Mapping[str, _Received],
+                  code: Sequence[tuple[str, str]] = ()) -> dict[str, dict[str, Any]]:
     saved = {}
     for name, artifact in outputs.items():
         if name not in namespace:
@@ -395,13 +397,37 @@ def _save_outputs(step: str, position: int, outputs: Mapping[str, Any],
             print(message, file=sys.stderr)
             raise StepFailed(message, "", 0)
         value = namespace[name]
-        metadata = marshal.save(value, artifact.path, name, prelude)
+        try:
+            metadata = marshal.save(value, artifact.path, name, prelude)
+        except marshal.MarshalError as error:  # name the cell and line that assign it
+            where, line = _assigned_at(code, name)
+            message = f"step {step!r}: {error}"
+            print(message + (f" ({where}, line {line})" if where else ""), file=sys.stderr)
+            raise StepFailed(message, where, line) from None
         metadata[ORIGINS_KEY] = _origins(step, name, value, outputs, namespace, received)
         metadata[POSITION_KEY] = position
         artifact.metadata.update(metadata)
         saved[name] = {**metadata, "path": artifact.path}
     _warn_shared(step, list(outputs), namespace)
     return saved
+
+
+def _assigned_at(code: Sequence[tuple[str, str]], name: str) -> tuple[str, int]:
+    """``(filename, line)`` of the last top-level statement of ``code`` that binds ``name``."""
+    import ast
+
+    found = ("", 0)
+    for filename, source in code:
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for statement in tree.body:
+            targets = [n for n in ast.walk(statement) if isinstance(n, ast.Name)
+                       and isinstance(n.ctx, ast.Store) and n.id == name]
+            if targets:
+                found = (filename, statement.lineno)
+    return found
 
 
 def _log_metrics(step: str, metrics: Mapping[str, str], namespace: dict[str, Any],
