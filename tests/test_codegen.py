@@ -327,3 +327,21 @@ def test_a_failing_cell_of_a_referenced_notebook_is_named_by_its_notebook_and_nu
     failed = status.steps["part_use"]
     assert failed.state == "FAILED" and failed.cell == "part.ipynb, cell 2 (step part_use)"
     assert "NameError" in failed.error
+
+
+def test_the_runtime_task_gets_the_pipelines_placement_defaults_not_its_resources(
+        notebook, tmp_path: Path) -> None:
+    path = notebook("%kale pipeline --name placed --memory 4Gi --gpu 1 --env PROXY=p "
+                    "--node-selector pool=cpu --toleration spot:NoExecute --timeout 1h",
+                    "%%kale step a\nx = 1", name="placed")
+    compiled = api.compile_notebook(path, str(tmp_path / "out"))
+    with open(compiled.yaml_path, encoding="utf-8") as f:
+        spec, platform = yaml.safe_load_all(f)
+    runtime = spec["deploymentSpec"]["executors"]["exec-kale-runtime"]["container"]
+    step = spec["deploymentSpec"]["executors"]["exec-a"]["container"]
+    assert runtime["env"] == step["env"] == [{"name": "PROXY", "value": "p"}]
+    assert "resources" in step and "resources" not in runtime
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert k8s["exec-kale-runtime"]["nodeSelector"] == k8s["exec-a"]["nodeSelector"]
+    assert k8s["exec-kale-runtime"]["tolerations"] == k8s["exec-a"]["tolerations"]
+    assert "activeDeadlineSeconds" in k8s["exec-a"] and "activeDeadlineSeconds" not in k8s["exec-kale-runtime"]
