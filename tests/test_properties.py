@@ -144,10 +144,7 @@ def assert_user_text_only_in_pipeline_defaults(tree: ast.Module) -> None:
             assert id(node) in allowed, node.value
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
              and getattr(n.func, "id", "") in ("exec", "eval")]
-    runtime = next(n for n in tree.body if isinstance(n, ast.FunctionDef)
-                   and n.name == "_kale_runtime")
-    in_runtime = {id(n) for n in ast.walk(runtime)}
-    assert all(id(c) in in_runtime for c in calls)  # only the runtime loader executes code
+    assert not calls  # the module executes no code: steps import the runtime from its artifact
 
 
 @pytest.mark.integration

@@ -10,6 +10,7 @@ What it relies on is what KFP 2.17's API server really sends:
   or SKIPPED (a false condition: straight to SKIPPED); a cache hit is SUCCEEDED and
   ``cached``. A step that started and ended between two polls is reported RUNNING, then
   its final state, and the changes of one poll are reported in the order they happened.
+  The ``kale-runtime`` task, which writes the step runtime every step imports, is no step.
 - KFP never says why a step failed. When a step fails, and when the run ends, the run's
   Argo workflow is read (:mod:`.workflow`): a failed step's error is the exception, the
   notebook cell and line its runtime left as the pod's termination message, and the error
@@ -37,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from kale_magics.codegen.embedding import RUNTIME_COMPONENT
 from kale_magics.errors import RunError
 from kale_magics.model import Plan, task_name
 from kale_magics.runner import remote, task_map
@@ -105,7 +107,8 @@ def run_steps(session: KfpSession, run: Any) -> list[str]:
     spec = (spec or {}).get("pipeline_spec", spec or {})  # {pipeline_spec, platform_spec} wrapper
     tasks = spec.get("root", {}).get("dag", {}).get("tasks", {})
     order = _topological({name: set(task.get("dependentTasks", [])) for name, task in tasks.items()})
-    return [_step_of(name, tasks[name]) for name in order]
+    steps = [_step_of(name, tasks[name]) for name in order]
+    return [step for step in steps if step != RUNTIME_COMPONENT]  # it writes the runtime, no step
 
 
 def _step_of(task: str, spec: dict[str, Any]) -> str:
