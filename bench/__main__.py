@@ -3,10 +3,11 @@
 Runs, in order: (1) whole-process compile against Kale 2.3, (2) compile in a
 warm kernel as the notebook grows, (3) local runs against nbclient and Kale's
 DSL under kfp.local, (4) data passing against pickle 5 and Kale's formats,
-(5) the ``%%kale step`` magic's overhead. Prints a table, writes
+(5) the ``%%kale step`` magic's overhead, (6) the IR's size as the notebook
+grows, against Argo's limit, and the largest argument of a component. Prints a table, writes
 ``latest.json`` and PNG plots into the output folder (default
 ``bench/results``; ``bench/results/quick`` in quick mode) and checks the
-targets of issue 8.
+targets of issues 8 and 18.
 
 Kale runs from its own venv (``--kale-venv``, default
 ``~/.cache/kale-magics-bench/kale-venv``), created on first use in full mode;
@@ -26,14 +27,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import compile_latency, local_run, magic_overhead, marshal, plots, tables, targets
+from bench import (compile_latency, ir_size, local_run, magic_overhead, marshal, plots, tables,
+                   targets)
 from bench.kale_env import DEFAULT_VENV, KaleEnv, kale_env
 from bench.machine import load_average, machine_info
 from bench.notebooks import write_synthetic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EXAMPLES = Path(__file__).resolve().parents[1] / "notebooks"
-SECTION_NAMES = ("compile_process", "compile_warm", "local_run", "marshal", "magic")
+SECTION_NAMES = ("compile_process", "compile_warm", "local_run", "marshal", "magic", "ir_size")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class Mode:
     local_kale_runs: int
     local_notebooks: tuple[str, ...]
     magic_runs: int
+    ir_sizes: tuple[int, ...]
+    ir_repeats: int
 
     @property
     def quick(self) -> bool:
@@ -58,8 +62,9 @@ class Mode:
 
 
 FULL = Mode("full", 5, ("synthetic:10", "wine.ipynb", "titanic.ipynb"), (10, 100, 1000), 5, 60.0,
-            3, 1, ("synthetic:10", "wine.ipynb", "titanic.ipynb"), 300)
-QUICK = Mode("quick", 1, ("synthetic:10",), (5, 10, 20), 2, 3.0, 1, 0, ("synthetic:4",), 30)
+            3, 1, ("synthetic:10", "wine.ipynb", "titanic.ipynb"), 300, (10, 20, 50, 100, 200), 9)
+QUICK = Mode("quick", 1, ("synthetic:10",), (5, 10, 20), 2, 3.0, 1, 0, ("synthetic:4",), 30,
+             (5, 10, 20), 1)
 
 
 def notebook_path(spec: str, workdir: Path) -> Path:
@@ -95,7 +100,8 @@ def run_sections(mode: Mode, kale: KaleEnv, workdir: Path,
             list(mode.warm_sizes), mode.warm_runs, mode.warm_budget_s, workdir),
             "runs": mode.warm_runs, "budget_s": mode.warm_budget_s},
         "local_run": local, "marshal": data,
-        "magic": lambda: magic_overhead.measure(mode.magic_runs)}
+        "magic": lambda: magic_overhead.measure(mode.magic_runs),
+        "ir_size": lambda: ir_size.measure(list(mode.ir_sizes), workdir, mode.ir_repeats)}
     return {name: _guarded(name, section) for name, section in sections.items() if name in only}
 
 

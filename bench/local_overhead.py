@@ -3,8 +3,8 @@
 Runs a chain of N trivial steps (each adds 1 to a number it receives from the
 step before) through ``kale_magics.api.run_local`` and splits each step's time:
 
-- ``ours``: kale-magics' own machinery in the step: loading the embedded
-  runtime (measured in a fresh interpreter, as the step does it) plus the
+- ``ours``: kale-magics' own machinery in the step: importing the step runtime
+  from the ``kale_runtime`` artifact (measured in a fresh interpreter, as the step does it) plus the
   runtime's time around the user code (loading inputs, saving outputs, metrics);
 - ``kfp``: the rest of the gap between two steps: kfp.local's orchestration,
   process start, KFP's executor;
@@ -15,13 +15,14 @@ step before) through ``kale_magics.api.run_local`` and splits each step's time:
 from __future__ import annotations
 
 import argparse
-import ast
+import importlib.util
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import nbformat
@@ -29,12 +30,10 @@ import nbformat
 from kale_magics import api
 
 _LOADER_PROBE = """
-import time, sys
-source = sys.stdin.read()
-namespace = {}
-exec(compile(source, "loader", "exec"), namespace)
+import sys, time
 start = time.perf_counter()
-namespace["_kale_runtime"]()
+sys.path.insert(0, sys.argv[1])
+from kale_magics.runtime.bundle import run_step
 print(time.perf_counter() - start)
 """
 
@@ -52,12 +51,16 @@ def chain_notebook(folder: Path, steps: int) -> Path:
 
 
 def loader_seconds(dsl_path: str, repeats: int = 5) -> float:
-    """Median time of ``_kale_runtime()`` in a fresh interpreter, as each step runs it."""
-    tree = ast.parse(Path(dsl_path).read_text())
-    func = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_kale_runtime")
-    source = ast.get_source_segment(Path(dsl_path).read_text(), func)
-    times = [float(subprocess.run([sys.executable, "-c", _LOADER_PROBE], input=source, text=True,
-                                  capture_output=True, check=True).stdout) for _ in range(repeats)]
+    """Median seconds a fresh interpreter takes to import the step runtime from the bundle the
+    ``kale_runtime`` component of ``dsl_path`` writes: what every step does first."""
+    spec = importlib.util.spec_from_file_location("bench_loader_dsl", dsl_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory(prefix="bench-bundle-") as folder:
+        module.kale_runtime.python_func(types.SimpleNamespace(path=folder))
+        times = [float(subprocess.run([sys.executable, "-c", _LOADER_PROBE, folder], text=True,
+                                      capture_output=True, check=True).stdout)
+                 for _ in range(max(1, repeats))]
     return statistics.median(times)
 
 

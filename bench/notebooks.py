@@ -66,6 +66,36 @@ def write_synthetic(folder: Path, steps: int) -> Path:
     return path
 
 
+def large_functions_cell(size: int) -> str:
+    """A ``%%kale functions`` cell of at least ``size`` bytes: small functions ``f_0``, ``f_1``, ...
+    and ``f_last``, the last of them."""
+    parts, count = ["%%kale functions\n"], 0
+    while sum(len(p) for p in parts) < size:
+        parts.append(f"def f_{count}(value):\n    \"\"\"Add {count} to value.\"\"\"\n"
+                     f"    return value + {count}\n\n")
+        count += 1
+    parts.append(f"f_last = f_{count - 1}\n")
+    return "".join(parts)
+
+
+def write_large_cell(folder: Path, size: int) -> Path:
+    """Write ``folder/large_cell.ipynb``: a functions cell of ``size`` bytes and two steps using it.
+
+    The steps print ``RESULT <n>`` and ``AGAIN <n>``, ``n`` the number of functions.
+    """
+    nb = nbformat.v4.new_notebook()
+    sources = ["%load_ext kale_magics\n%kale pipeline --name large-cell", large_functions_cell(size),
+               "%%kale step use\nresult = f_last(1)\nprint('RESULT', result)",
+               "%%kale step again\nprint('AGAIN', f_0(result))"]
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "large_cell.ipynb"
+    nbformat.write(nb, str(path))
+    return path
+
+
 def kale_tagged(notebook: Path, folder: Path) -> tuple[Path | None, str]:
     """Export ``notebook`` with Kale's cell tags into ``folder``: ``(path, "")`` or ``(None, why)``.
 

@@ -28,7 +28,8 @@ def save_plots(results: dict[str, Any], folder: Path) -> tuple[list[str], str]:
         ("compile_warm", "compile_scaling.png", compile_scaling),
         ("compile_process", "compile_process.png", compile_process),
         ("marshal", "marshal_throughput.png", marshal_throughput),
-        ("local_run", "local_run.png", local_run)]
+        ("local_run", "local_run.png", local_run),
+        ("ir_size", "ir_size.png", ir_size)]
     written = []
     for key, name, draw in makers:
         section = sections.get(key)
@@ -106,6 +107,30 @@ def local_run(axes: Any, section: dict[str, Any]) -> None:
                   ["#1f77b4", "#2ca02c", "#ff7f0e"])
     axes.set_ylabel("seconds (median, whole process)")
     axes.set_title("Local run of a notebook")
+
+
+def ir_size(axes: Any, section: dict[str, Any]) -> None:
+    """IR bytes against notebook size (log-log), with Argo's and etcd's limits and the target."""
+    rows = section["sizes"]
+    steps = [r["steps"] for r in rows]
+    for key, label, values in (
+            ("ir", "IR YAML", [r["ir_bytes"] for r in rows]),
+            ("free", "IR without the notebook's code", [r["ir_bytes"] - r["code_bytes"] for r in rows]),
+            ("gzip", "IR gzip-compressed", [r["gzip_bytes"] for r in rows])):
+        axes.plot(steps, [v / 1024 for v in values], marker="o", label=label,
+                  linewidth=2.5 if key == "ir" else 1.2)
+    for limit, label, colour in ((section["argo_limit_bytes"], "Argo: 1 MiB compressed", "red"),
+                                 (section["etcd_limit_bytes"], "etcd: 1.5 MiB request", "purple")):
+        axes.axhline(limit / 1024, color=colour, linestyle="--", linewidth=1, label=label)
+    axes.scatter([100], [300], marker="_", s=400, color="black", zorder=5,
+                 label="target: 300 KiB at 100 steps (without code)")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("steps in the notebook")
+    axes.set_ylabel("KiB")
+    axes.set_title("Size of the compiled IR")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
 
 
 def _grouped_bars(axes: Any, groups: list[str], series: dict[str, list[float | None]],

@@ -94,6 +94,28 @@ def magic(section: dict[str, Any]) -> str:
             f"overhead {section['overhead_ms']:.3f} ms")
 
 
+def _kib(size: float | None) -> float | None:
+    return None if size is None else size / 1024
+
+
+def ir_size(section: dict[str, Any]) -> str:
+    """IR bytes per notebook size, against Argo's limit, and the largest component argument."""
+    rows = [(r["notebook"], r["steps"], _kib(r["ir_bytes"]), _kib(r["ir_bytes"] - r["code_bytes"]),
+             _kib(r["code_bytes"]), _kib(r["gzip_bytes"]), _kib(r["largest_argument_bytes"]),
+             r["largest_argument_of"])
+            for r in [*section.get("sizes", []), section["large_cell"]]]
+    text = table(("notebook", "steps", "IR KiB", "without code", "code KiB", "gzip KiB",
+                  "largest arg KiB", "largest arg of"), rows)
+    return "\n".join([
+        text,
+        f"per step: {section['bytes_per_step']:.0f} bytes, {section['code_free_bytes_per_step']:.0f} "
+        f"without the notebook's code; limits: Argo {_kib(section['argo_limit_bytes']):.0f} KiB "
+        f"compressed, etcd {_kib(section['etcd_limit_bytes']):.0f} KiB, one argument "
+        f"{_kib(section['argument_limit_bytes']):.0f} KiB",
+        f"a step imports the runtime from the kale_runtime artifact in "
+        f"{section['runtime_load_s'] * 1000:.1f} ms (fresh interpreter, median)"])
+
+
 def limit_text(target: dict[str, Any]) -> str:
     """A target's limit as shown: ``<= 0.15s``, ``>= 4x``."""
     return f"{'<=' if target['at_most'] else '>='} {target['limit']:g}{target['unit']}"
@@ -116,7 +138,8 @@ SECTIONS = (("compile_process", "1. Compile latency, whole process (median secon
             ("local_run", "3. Local run (median seconds; ovh/step = run - in steps, per step)",
              local_run),
             ("marshal", "4. Data passing, save + load", marshal),
-            ("magic", "5. Magic overhead", magic))
+            ("magic", "5. Magic overhead", magic),
+            ("ir_size", "6. IR size (KiB; without code = less the notebook's own code)", ir_size))
 
 
 def render(results: dict[str, Any]) -> str:

@@ -13,13 +13,11 @@ import json
 import sys
 from typing import Any, Callable, Sequence
 
-from kale_magics import __version__
-from kale_magics.errors import KaleError
+from kale_magics import __version__, api
+from kale_magics.views.text import plan_text, run_summary, schedules_text, status_text, step_line
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from kale_magics import api
-
     compiled = api.compile_notebook(args.notebook, args.output)
     _warn(compiled.warnings)
     print(f"DSL:  {compiled.dsl_path}\nYAML: {compiled.yaml_path}")
@@ -27,9 +25,6 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from kale_magics import api
-    from kale_magics.report import plan_text
-
     plan = api.read_plan(args.notebook)
     _warn(plan.warnings)
     print(plan_text(plan))
@@ -37,126 +32,72 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from kale_magics import api
-
     written, warnings = api.convert(args.notebook, args.output, args.to)
     _warn(warnings)
     print(f"wrote {written}")
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    from kale_magics import api
-    from kale_magics.report import run_summary, step_line
-
-    _check_docker_options(args)
+def _target(args: argparse.Namespace) -> api.RunTarget:
+    """The run target the options name: a KFP server with --host/--remote, containers with
+    --docker, else local."""
+    containers = api.chosen_docker_options(args.docker, bool(args.host or args.remote),
+                                           args.docker_network, args.volume_map,
+                                           args.secret_env_file, args.fresh_installs)
+    if containers is not None:
+        return api.DockerTarget(args.pipeline_root, options=containers,
+                                enable_caching=not args.no_cache, from_step=args.from_step)
     if args.host or args.remote:
-        return _run_remote(args)
-    arguments = dict(api.parse_param(p) for p in args.param)
-    options = api.docker_options(args.docker_network, args.volume_map, args.secret_env_file,
-                                 args.fresh_installs) if args.docker else None
-    compiled = api.compile_notebook(args.notebook, args.output)
-    arguments = api.coerce_arguments(compiled.plan, arguments)  # bad values: exit 2 before any output
-    _warn(compiled.warnings)
-    _warn(api.docker_notices(compiled, options) if args.docker else api.local_notices(compiled),
-          "notice")
-    hooks = api.RunHooks()
-    if not args.json:
-        where = "in containers" if args.docker else "locally"
-        print(f"running {compiled.plan.name} {where} ({len(compiled.plan.steps)} steps)", flush=True)
-        hooks.on_step = lambda step: print(step_line(step), flush=True)
-    run_options = dict(pipeline_root=args.pipeline_root, hooks=hooks,
-                       enable_caching=not args.no_cache, from_step=args.from_step)
-    status = (api.run_docker(compiled, arguments, options=options, **run_options) if args.docker
-              else api.run_local(compiled, arguments, **run_options))
+        return api.KfpTarget(args.host, args.namespace, args.token, args.cookies,
+                             connect_timeout_s=args.connect_timeout, experiment=args.experiment,
+                             run_name=args.run_name, pipeline_root=args.pipeline_root,
+                             enable_caching=False if args.no_cache else None,
+                             watch_options=api.watch_options(args.interval, args.timeout,
+                                                             args.max_outage),
+                             follow=not args.no_watch)
+    return api.LocalTarget(args.pipeline_root, enable_caching=not args.no_cache,
+                           from_step=args.from_step)
+
+
+def _hooks(args: argparse.Namespace) -> api.RunHooks:
+    """Step lines and the target's messages on stdout; with --json (stdout holds only the
+    JSON) the messages go to stderr and step lines are left out."""
     if args.json:
-        print(json.dumps(status.to_json(), default=str))
-    else:
-        print(run_summary(status))
-    return 0 if status.state == "SUCCEEDED" else 1
+        return api.RunHooks(on_message=lambda text: print(text, file=sys.stderr, flush=True))
+    return api.RunHooks(on_step=lambda step: print(step_line(step), flush=True),
+                        on_message=lambda text: print(text, flush=True))
 
 
-def _check_docker_options(args: argparse.Namespace) -> None:
-    if args.docker and (args.host or args.remote):
-        raise KaleError("--docker runs the steps in containers on this machine; leave out "
-                        "--host/--remote, or --docker to run on the KFP server")
-    given = [option for option, value in (("--docker-network", args.docker_network),
-                                          ("--volume-map", args.volume_map),
-                                          ("--secret-env-file", args.secret_env_file),
-                                          ("--fresh-installs", args.fresh_installs)) if value]
-    if given and not args.docker:
-        raise KaleError(f"{given[0]} applies to runs in containers: add --docker")
-
-
-def _session(args: argparse.Namespace, settings: Any = None) -> Any:
-    from kale_magics import api
-
-    session = api.connect(args.host, args.namespace, args.token, args.cookies, settings=settings,
-                          connect_timeout_s=args.connect_timeout)
-    _warn([session.connection.withheld] if session.connection.withheld else [], "notice")
-    return session
-
-
-def _schedule(args: argparse.Namespace) -> Any:
-    from kale_magics import api
-
-    if args.schedule is None:
-        return None
-    return api.Schedule(cron=args.schedule, max_concurrency=args.max_concurrency,
-                        start_time=_when(args.start_time, "--start-time"),
-                        end_time=_when(args.end_time, "--end-time"))
-
-
-def _run_remote(args: argparse.Namespace) -> int:
-    from kale_magics import api
-
+def _run(args: argparse.Namespace) -> int:
     arguments = dict(api.parse_param(p) for p in args.param)
-    compiled = api.compile_notebook(args.notebook, args.output)
-    arguments = api.coerce_arguments(compiled.plan, arguments)  # bad values: exit 2 before connecting
-    plan, schedule = compiled.plan, _schedule(args)
-    session = _session(args, plan.settings)
-    say = (lambda text: None) if args.json else (lambda text: print(text, flush=True))
-    say(f"submitting {plan.name} to {session.connection.host} ({len(plan.steps)} steps)")
-    submission = api.submit(compiled, session, arguments, experiment=args.experiment,
-                            run_name=args.run_name, enable_caching=False if args.no_cache else None,
-                            schedule=schedule, pipeline_root=args.pipeline_root)
-    verb = "uploaded new" if submission.new_version else "reusing unchanged"
-    say(f"pipeline {submission.pipeline}: {verb} version {submission.version_name}; "
-        f"experiment {submission.experiment}")
-    if schedule is not None:
-        return _scheduled(args, submission, schedule)
-    say(f"run {submission.run_id}: {submission.url}")
+    target = _target(args)
+    target.prepare()  # a local run's process starts while the notebook compiles
+    try:
+        compiled = api.compile_notebook(args.notebook, args.output)
+        api.coerce_arguments(compiled.plan, arguments)  # bad values: exit 2 before any output
+        _warn(compiled.warnings)
+        if args.schedule is not None:
+            return _scheduled(args, target, compiled, arguments)
+        _warn(target.notices(compiled), "notice")
+        status = api.run(compiled, target, _hooks(args), arguments=arguments)
+    except KeyboardInterrupt:
+        submission = getattr(target, "submission", None)
+        if submission is None:
+            raise
+        print(f"kale-magics: stopped watching; run {submission.run_id} goes on on the server "
+              f"(cancel it with `kale-magics cancel {submission.run_id}`)", file=sys.stderr)
+        return 130
+    finally:
+        target.close()
     if args.no_watch:
         if args.json:
-            print(json.dumps(vars(submission)))
+            print(json.dumps(vars(getattr(target, "submission"))))
         return 0
-    return _follow(args, session, submission.run_id, plan)
+    return _summary(args, status)
 
 
-def _scheduled(args: argparse.Namespace, submission: Any, schedule: Any) -> int:
-    if args.json:
-        print(json.dumps(vars(submission)))
-    else:
-        print(f"recurring run {submission.recurring_run_id} created (cron '{schedule.kfp_cron()}', "
-              f"max concurrency {schedule.max_concurrency}): {submission.url}")
-    return 0
-
-
-def _follow(args: argparse.Namespace, session: Any, run_id: str, plan: Any = None) -> int:
-    """Stream a remote run's step states to its end; print the summary; exit code by state."""
-    from kale_magics import api
-    from kale_magics.report import run_summary, step_line
-
-    hooks = api.RunHooks()
-    if not args.json:
-        hooks.on_step = lambda step: print(step_line(step), flush=True)
-    try:
-        status = api.watch_remote(session, run_id, hooks, plan=plan, interval_s=args.interval,
-                                  timeout_s=args.timeout, max_outage_s=args.max_outage)
-    except KeyboardInterrupt:
-        print(f"kale-magics: stopped watching; run {run_id} goes on on the server "
-              f"(cancel it with `kale-magics cancel {run_id}`)", file=sys.stderr)
-        return 130
+def _summary(args: argparse.Namespace, status: api.RunStatus) -> int:
+    """Print the run's summary (or its JSON); the exit code by its final state."""
     if args.json:
         print(json.dumps(status.to_json(), default=str))
     else:
@@ -166,10 +107,47 @@ def _follow(args: argparse.Namespace, session: Any, run_id: str, plan: Any = Non
     return 0 if status.state == "SUCCEEDED" else 1
 
 
-def _status(args: argparse.Namespace) -> int:
-    from kale_magics import api
-    from kale_magics.runner.status_text import status_text
+def _scheduled(args: argparse.Namespace, target: Any, compiled: api.CompiledPipeline,
+               arguments: dict[str, str]) -> int:
+    schedule = api.Schedule(cron=args.schedule, max_concurrency=args.max_concurrency,
+                            start_time=_when(args.start_time, "--start-time"),
+                            end_time=_when(args.end_time, "--end-time"))
+    if not isinstance(target, api.KfpTarget):
+        raise api.KaleError("--schedule creates a recurring run on a KFP server; add --host URL "
+                        "or --remote")
+    session = target.connect(compiled.plan.settings, _hooks(args))
+    submission = api.submit(compiled, session, arguments, experiment=args.experiment,
+                            run_name=args.run_name, schedule=schedule,
+                            enable_caching=False if args.no_cache else None,
+                            pipeline_root=args.pipeline_root)
+    if args.json:
+        print(json.dumps(vars(submission)))
+    else:
+        print(f"recurring run {submission.recurring_run_id} created (cron '{schedule.kfp_cron()}', "
+              f"max concurrency {schedule.max_concurrency}): {submission.url}")
+    return 0
 
+
+def _session(args: argparse.Namespace) -> api.KfpSession:
+    session = api.connect(args.host, args.namespace, args.token, args.cookies,
+                          connect_timeout_s=args.connect_timeout)
+    _warn([session.connection.withheld] if session.connection.withheld else [], "notice")
+    return session
+
+
+def _follow(args: argparse.Namespace, session: api.KfpSession, run_id: str) -> int:
+    """Stream a remote run's step states to its end; print the summary; exit code by state."""
+    try:
+        status = api.watch_remote(session, run_id, _hooks(args), interval_s=args.interval,
+                                  timeout_s=args.timeout, max_outage_s=args.max_outage)
+    except KeyboardInterrupt:
+        print(f"kale-magics: stopped watching; run {run_id} goes on on the server "
+              f"(cancel it with `kale-magics cancel {run_id}`)", file=sys.stderr)
+        return 130
+    return _summary(args, status)
+
+
+def _status(args: argparse.Namespace) -> int:
     session = _session(args)
     if args.watch:
         return _follow(args, session, args.run_id)
@@ -179,9 +157,6 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from kale_magics import api
-    from kale_magics.runner.status_text import status_text
-
     session = _session(args)
     status = api.cancel_remote(session, args.run_id, wait_s=args.wait)
     print(status_text(status))
@@ -193,9 +168,6 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def _schedules(args: argparse.Namespace) -> int:
-    from kale_magics import api
-    from kale_magics.runner.status_text import schedules_text
-
     session = _session(args)
     for recurring_run_id in args.delete:
         api.delete_schedule(session, recurring_run_id)
@@ -218,7 +190,7 @@ def _when(text: str | None, option: str) -> datetime.datetime | None:
     try:
         moment = datetime.datetime.fromisoformat(text)
     except ValueError:
-        raise KaleError(f"{option} {text!r} is not an ISO 8601 time; for example "
+        raise api.KaleError(f"{option} {text!r} is not an ISO 8601 time; for example "
                         f"{option} 2030-01-31T06:00 or {option} 2030-01-31T06:00+00:00") from None
     return moment.astimezone(datetime.timezone.utc)
 
@@ -347,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except KaleError as error:
+    except api.KaleError as error:
         print(f"kale-magics: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -15,45 +15,38 @@ from __future__ import annotations
 
 import argparse
 import ast
+import time
+from importlib import metadata
 from typing import Any, Callable
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 
-from kale_magics import api, report
-from kale_magics.analysis.names import NameUse, scan_trees
-from kale_magics.errors import KaleError
-from kale_magics.model import Annotation, PipelineSettings
-from kale_magics.notebook.annotations import (
-    PIPELINE_PARSER,
-    STEP_PARSER,
-    GrammarParser,
-    parse_cell_line,
-    parse_pipeline_line,
+from kale_magics import api
+from kale_magics.views import rich
+from kale_magics.views.text import (
+    check_text,
+    plan_text,
+    run_summary,
+    status_text,
+    step_line,
+    step_run_text,
 )
-from kale_magics.notebook.registry import ExecutedCell, Registry
-from kale_magics.runner.status_text import status_text
 
-STEP_MIME = "application/vnd.kale-magics.step+json"
-#: Kinds whose names the kernel tracks: steps (inputs, outputs) and what steps may read.
-_ANALYSED_KINDS = ("step", "imports", "functions", "parameters")
+STEP_MIME = api.STEP_MIME
+#: The entry point group where an installed deploy panel registers itself (``kale_widgets``).
+PANEL_ENTRY_POINTS = "kale_magics.panels"
 
 
 def _action_parser(name: str, description: str, *options: tuple[tuple[str, ...], dict[str, Any]]
-                   ) -> GrammarParser:
-    parser = GrammarParser(prog=f"%kale {name}", add_help=False, description=description)
+                   ) -> api.GrammarParser:
+    parser = api.GrammarParser(prog=f"%kale {name}", add_help=False, description=description)
     parser.add_argument("--notebook", help="the .ipynb file, where the kernel cannot tell")
     for flags, kwargs in options:
         parser.add_argument(*flags, **kwargs)
     return parser
 
-
-_REMOTE_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
-    (("--host",), {"help": "KFP endpoint; default: %%kale pipeline --host, then $KF_PIPELINES_ENDPOINT"}),
-    (("--namespace",), {"help": "KFP namespace (multi-user installs)"}),
-    (("--token",), {"help": "bearer token (better: $KF_PIPELINES_TOKEN, not saved in the notebook)"}),
-)
 
 _CONTAINER_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--docker",), {"action": "store_true", "help": "run every step in a container of its image, "
@@ -65,13 +58,20 @@ _CONTAINER_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--fresh-installs",), {"action": "store_true", "help": "install in every step's container"}),
 )
 
-ACTION_PARSERS: dict[str, GrammarParser] = {
+_REMOTE_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (("--host",), {"help": "KFP endpoint; default: %%kale pipeline --host, then $KF_PIPELINES_ENDPOINT"}),
+    (("--namespace",), {"help": "KFP namespace (multi-user installs)"}),
+    (("--token",), {"help": "bearer token (better: $KF_PIPELINES_TOKEN, not saved in the notebook)"}),
+)
+
+ACTION_PARSERS: dict[str, api.GrammarParser] = {
     "show": _action_parser("show", "Show the steps, edges, inputs with producers and live types."),
     "check": _action_parser("check", "Serialise every passed variable now; warn about unsaved cells."),
     "compile": _action_parser("compile", "Write the KFP DSL module and IR YAML.",
                               (("-o", "--output"), {"help": "output folder (default .kale/)"})),
-    "run": _action_parser("run", "Compile and run the pipeline: locally with kfp.local, or on a "
-                          "KFP server with --host (or --remote to use the configured host).",
+    "run": _action_parser("run", "Compile and run the pipeline: locally with kfp.local, in "
+                          "containers with --docker, or on a KFP server with --host (or "
+                          "--remote to use the configured host).",
                           (("--param",), {"action": "append", "default": [],
                                           "metavar": "NAME=VALUE", "help": "parameter value"}),
                           (("--pipeline-root",), {"help": "where the run's artifacts go"}),
@@ -82,7 +82,7 @@ ACTION_PARSERS: dict[str, GrammarParser] = {
                           (("--no-cache",), {"action": "store_true",
                                              "help": "run every step; reuse no cached results"}),
                           (("--from",), {"dest": "from_step", "metavar": "STEP",
-                                         "help": "run STEP and what depends on it (local)"}),
+                                         "help": "run STEP and what depends on it (local, --docker)"}),
                           (("--interval",), {"type": float, "default": 2.0,
                                              "help": "seconds between status polls (remote)"}),
                           *_REMOTE_OPTIONS, *_CONTAINER_OPTIONS),
@@ -102,11 +102,11 @@ ACTION_PARSERS: dict[str, GrammarParser] = {
 
 def _help() -> str:
     actions = "\n".join(p.format_help() for p in ACTION_PARSERS.values())
+    step, pipeline = api.grammar_help()
     return ("Annotate notebook cells as a Kubeflow Pipelines v2 pipeline, then show, check, "
             "compile and run it.\n\nCell magic (first line of a cell; the cell still runs as "
             "usual)::\n\n    %%kale imports | functions | parameters | metrics | skip\n"
-            f"{STEP_PARSER.format_help()}\nLine magics::\n\n{PIPELINE_PARSER.format_help()}\n"
-            f"{actions}")
+            f"{step}\nLine magics::\n\n{pipeline}\n{actions}")
 
 
 def _usage_error(error: Exception) -> UsageError:
@@ -117,16 +117,22 @@ def _usage_error(error: Exception) -> UsageError:
 class KaleMagics(Magics):
     """The ``kale`` magic, usable as a line and a cell magic.
 
-    Holds the kernel's state: the registry of executed annotated cells, the
-    ``%kale pipeline`` settings run here, and the last run's status.
+    The kernel's state (the registry of executed annotated cells, the
+    ``%kale pipeline`` settings run here, the last run) is the shell's
+    :class:`~kale_magics.api.NotebookSession`, which a deploy panel shares.
+
+    Attributes
+    ----------
+    session:
+        This kernel's session (a fresh one when the extension is loaded).
+    panels:
+        The deploy panel shown for each notebook path (shown again, it is the same panel).
     """
 
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
-        self.registry = Registry()
-        self.settings = PipelineSettings()
-        self.last_run: api.RunStatus | None = None
-        self.session: Any = None  # the KFP connection of the last remote action
+        self.session = api.NotebookSession.of(shell, fresh=True)
+        self.panels: dict[str, Any] = {}
         self.actions: dict[str, Callable[[argparse.Namespace], Any]] = {
             "show": self._show, "check": self._check, "compile": self._compile,
             "run": self._run, "status": self._status, "cancel": self._cancel,
@@ -138,24 +144,19 @@ class KaleMagics(Magics):
             if cell is None:
                 return self._line(line)
             return self._annotate(line, cell)
-        except KaleError as error:
+        except api.KaleError as error:
             raise _usage_error(error) from None
 
     # -- cell magic ------------------------------------------------------------------------
 
     def _annotate(self, line: str, cell: str) -> Any:
-        annotation = parse_cell_line(line)
-        unknown = [a for a in annotation.after if a not in self.registry.step_names()]
-        if unknown:
-            raise UsageError(f"step {annotation.name!r} runs --after {unknown[0]!r}, which has not "
-                             "run as a step in this kernel; run that step's cell first, or fix "
-                             "the name")
+        annotation = api.parse_annotation(line)
         tree, filename = self._parse_body(cell)
-        use = scan_trees([tree]) if annotation.kind in _ANALYSED_KINDS else NameUse((), (), ())
-        entry = self.registry.record(self._cell_id(), annotation, cell, use)
+        entry = self.session.record(self._cell_id(), annotation, cell, tree)
         result = self._run_tree(tree, filename)
         if annotation.kind == "step":
-            self._show_step(annotation, entry)
+            step = self.session.step_run(entry)
+            display({"text/plain": step_run_text(step), STEP_MIME: step.record()}, raw=True)
         return result
 
     def _cell_id(self) -> str | None:
@@ -192,32 +193,12 @@ class KaleMagics(Magics):
             return eval(shell.compile(last, filename, "eval"), shell.user_ns)
         return None
 
-    def _show_step(self, annotation: Annotation, entry: ExecutedCell) -> None:
-        """One compact line under a step cell, with the structured annotation as JSON."""
-        producers = self.registry.producers(entry.key)
-        inputs = {n: producers[n] for n in entry.use.reads if n in producers}
-        outputs = [n for n in entry.use.writes if not n.startswith("_")]
-        names = [*inputs, *outputs]
-        live = {n: api.describe(self.shell.user_ns[n]) for n in names if n in self.shell.user_ns}
-        by_producer: dict[str, list[str]] = {}
-        for name, producer in inputs.items():
-            by_producer.setdefault(producer, []).append(report.live_text(name, live))
-        text = f"step {annotation.name}"
-        if by_producer:
-            text += "  <- " + "; ".join(f"{', '.join(v)} ({p})" for p, v in by_producer.items())
-        if outputs:
-            text += "  -> " + ", ".join(report.live_text(n, live) for n in outputs)
-        data = {"kind": "step", "name": annotation.name, "after": list(annotation.after),
-                "inputs": inputs, "outputs": outputs,
-                "types": {n: v.type_name for n, v in live.items()}}
-        display({"text/plain": text, STEP_MIME: data}, raw=True)
-
     # -- line magics ------------------------------------------------------------------------
 
     def _line(self, line: str) -> Any:
         action, _, rest = line.strip().partition(" ")
         if action == "pipeline":
-            self.settings = self.settings.merged(parse_pipeline_line(rest))
+            self.session.pipeline(rest)
             return None
         if action not in self.actions:
             raise UsageError(f"unknown action {action!r}; use one of: pipeline, "
@@ -226,95 +207,93 @@ class KaleMagics(Magics):
         return self.actions[action](args)
 
     def _notebook(self, args: argparse.Namespace) -> str:
-        return api.locate_notebook(args.notebook or self.settings.notebook, self.shell.user_ns)
+        return self.session.notebook(args.notebook)
 
     def _show(self, args: argparse.Namespace) -> None:
         plan = api.read_plan(self._notebook(args))
-        live = api.live_values(plan, self.shell.user_ns)
-        display({"text/plain": report.plan_text(plan), "text/html": report.plan_html(plan, live)},
-                 raw=True)
+        live = api.live_values(plan, self.session.namespace)
+        display({"text/plain": plan_text(plan), "text/html": rich.plan_html(plan, live)},
+                raw=True)
 
     def _check(self, args: argparse.Namespace) -> None:
-        result = api.check(self._notebook(args), self.shell.user_ns, self.registry.cells())
-        display({"text/plain": report.check_text(result), "text/html": report.check_html(result)},
+        result = api.check(self._notebook(args), self.session)
+        display({"text/plain": check_text(result), "text/html": rich.check_html(result)},
                 raw=True)
         if not result.ok:
             raise UsageError("some variables cannot be passed between steps; see above")
 
-    def _compiled(self, args: argparse.Namespace) -> api.CompiledPipeline:
-        notebook = self._notebook(args)
-        types = api.artifact_types(api.read_plan(notebook), self.shell.user_ns)
-        return api.compile_notebook(notebook, args.output, types)
-
     def _compile(self, args: argparse.Namespace) -> None:
-        compiled = self._compiled(args)
+        compiled = api.compile_notebook(self._notebook(args), args.output)
         lines = [f"DSL:  {compiled.dsl_path}", f"YAML: {compiled.yaml_path}",
                  *(f"warning: {w}" for w in compiled.warnings)]
         print("\n".join(lines))
 
+    def _target(self, args: argparse.Namespace) -> api.RunTarget:
+        containers = api.chosen_docker_options(args.docker, bool(args.host or args.remote),
+                                               args.docker_network, args.volume_map,
+                                               args.secret_env_file, args.fresh_installs)
+        if containers is not None:
+            return api.DockerTarget(args.pipeline_root, options=containers,
+                                    enable_caching=not args.no_cache, from_step=args.from_step)
+        if not (args.host or args.remote):
+            return api.LocalTarget(args.pipeline_root, enable_caching=not args.no_cache,
+                                   from_step=args.from_step)
+        reuse = not (args.host or args.namespace or args.token)
+        return api.KfpTarget(args.host, args.namespace, args.token,
+                             session=self.session.server if reuse else None,
+                             settings=self.session.settings, experiment=args.experiment,
+                             enable_caching=False if args.no_cache else None,
+                             pipeline_root=args.pipeline_root,
+                             watch_options=api.watch_options(args.interval))
+
     def _run(self, args: argparse.Namespace) -> None:
-        compiled = self._compiled(args)
+        compiled = api.compile_notebook(self._notebook(args), args.output)
         arguments = dict(api.parse_param(p) for p in args.param)
-        remote = bool(args.host or args.remote)
+        target = self._target(args)
         for warning in compiled.warnings:
             print(f"warning: {warning}")
-        options = api.docker_options(args.docker_network, args.volume_map, args.secret_env_file,
-                                     args.fresh_installs) if args.docker and not remote else None
-        notices = ([] if remote else api.docker_notices(compiled, options) if options
-                   else api.local_notices(compiled))
-        for notice in notices:
+        for notice in target.notices(compiled):
             print(f"notice: {notice}")
         handle = display({"text/plain": f"running {compiled.plan.name}"}, raw=True, display_id=True)
 
         def show(status: api.RunStatus) -> None:
-            handle.update({"text/plain": "\n".join(report.step_line(s) for s in status.steps.values()),
-                           "text/html": report.run_html(status, compiled.plan)}, raw=True)
+            handle.update({"text/plain": "\n".join(step_line(s) for s in status.steps.values()),
+                           "text/html": rich.run_html(status, compiled.plan, time.time())},
+                          raw=True)
 
-        hooks = api.RunHooks(on_status=show)
-        if remote:
-            status = self._run_remote(args, compiled, arguments, hooks)
-        elif options is not None:
-            status = api.run_docker(compiled, arguments, options=options,
-                                    pipeline_root=args.pipeline_root, hooks=hooks,
-                                    enable_caching=not args.no_cache, from_step=args.from_step)
-        else:
-            status = api.run_local(compiled, arguments, pipeline_root=args.pipeline_root,
-                                   hooks=hooks, enable_caching=not args.no_cache,
-                                   from_step=args.from_step)
-        self.last_run = status
-        print(report.run_summary(status))
+        try:
+            status = api.run(compiled, target, api.RunHooks(on_status=show, on_message=print),
+                             arguments=arguments)
+        finally:
+            target.close()
+            if isinstance(target, api.KfpTarget) and target.session is not None:
+                self.session.server = target.session
+        self.session.last_run = status
+        print(run_summary(status))
         if status.state != "SUCCEEDED":
             raise UsageError(status.error or f"pipeline {status.pipeline} {status.state}")
 
-    def _connect(self, args: argparse.Namespace, settings: PipelineSettings | None = None) -> Any:
-        if args.host or args.namespace or args.token or self.session is None:
-            merged = (settings or PipelineSettings()).merged(self.settings)
-            self.session = api.connect(args.host, args.namespace, args.token, settings=merged)
-        return self.session
-
-    def _run_remote(self, args: argparse.Namespace, compiled: api.CompiledPipeline,
-                    arguments: dict[str, str], hooks: api.RunHooks) -> api.RunStatus:
-        session = self._connect(args, compiled.plan.settings)
-        submission = api.submit(compiled, session, arguments, experiment=args.experiment,
-                                enable_caching=False if args.no_cache else None,
-                                pipeline_root=args.pipeline_root)
-        print(f"run {submission.run_id}: {submission.url}")
-        return api.watch_remote(session, submission.run_id, hooks, plan=compiled.plan,
-                                interval_s=args.interval)
+    def _connect(self, args: argparse.Namespace) -> api.KfpSession:
+        if args.host or args.namespace or args.token or self.session.server is None:
+            self.session.server = api.connect(args.host, args.namespace, args.token,
+                                              settings=self.session.settings)
+        return self.session.server
 
     def _status(self, args: argparse.Namespace) -> None:
-        run_id = args.run_id or (self.last_run.run_id if self.last_run else "")
+        last = self.session.last_run
+        run_id = args.run_id or (last.run_id if last else "")
         if run_id:
-            self.last_run = api.remote_status(self._connect(args), run_id)
-            print(status_text(self.last_run))
-        elif self.last_run is None:
+            self.session.last_run = api.remote_status(self._connect(args), run_id)
+            print(status_text(self.session.last_run))
+        elif last is None:
             raise UsageError("no run yet in this kernel; start one with `%kale run`, or give a "
                              "KFP run id: `%kale status RUN_ID --host URL`")
         else:
-            print(report.run_summary(self.last_run))
+            print(run_summary(last))
 
     def _cancel(self, args: argparse.Namespace) -> None:
-        run_id = args.run_id or (self.last_run.run_id if self.last_run else "")
+        last = self.session.last_run
+        run_id = args.run_id or (last.run_id if last else "")
         if not run_id:
             raise UsageError("no remote run to cancel; give its id: `%kale cancel RUN_ID --host URL`")
         status = api.cancel_remote(self._connect(args), run_id)
@@ -327,14 +306,21 @@ class KaleMagics(Magics):
                          f"wrote {written} (annotated with Kale's cell tags)"]))
 
     def _panel(self, args: argparse.Namespace) -> None:
-        """The deploy panel (``kale_widgets``); shown again, it is the same panel and run."""
-        from kale_widgets import DeployPanel
-
+        """The deploy panel, found through its entry point (this module imports no other front
+        end); shown again, it is the same panel and run."""
         notebook = self._notebook(args)
-        panels = self.__dict__.setdefault("_panels", {})
-        if notebook not in panels:
-            panels[notebook] = DeployPanel(notebook, shell=self.shell)
-        display(panels[notebook])
+        if notebook not in self.panels:
+            self.panels[notebook] = _panel_class()(notebook, shell=self.shell)
+        display(self.panels[notebook])
+
+
+def _panel_class() -> Any:
+    """The deploy panel class installed under :data:`PANEL_ENTRY_POINTS` (``kale_widgets``)."""
+    for entry in metadata.entry_points(group=PANEL_ENTRY_POINTS):
+        if entry.name == "deploy":
+            return entry.load()
+    raise UsageError("the deploy panel is not installed: reinstall kale-magics "
+                     "(`pip install kale-magics`), which installs kale_widgets")
 
 
 KaleMagics.kale.__doc__ = _help()

@@ -10,8 +10,10 @@ kernel) without copying.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
+
+from packaging.utils import canonicalize_name
 
 #: The annotation kinds of ``%%kale KIND``, in the order the help lists them.
 CELL_KINDS = ("imports", "functions", "parameters", "step", "metrics", "skip")
@@ -20,13 +22,63 @@ CELL_KINDS = ("imports", "functions", "parameters", "step", "metrics", "skip")
 PRELUDE_KINDS = ("imports", "functions")
 
 
+def requirement_name(requirement: str) -> str:
+    """The canonical distribution name of a pip requirement (PEP 503, ``packaging``'s
+    ``canonicalize_name``): ``"Scikit_Learn>=1"`` -> ``"scikit-learn"``, ``"zope.interface"`` ->
+    ``"zope-interface"``."""
+    return canonicalize_name(re.split(r"[<>=!~\[ ;@]", requirement.strip(), maxsplit=1)[0])
+
+
+def task_name(step: str) -> str:
+    """The KFP task (and component) name of a step: ``train_forest`` -> ``train-forest``.
+
+    KFP names a component after its function, made Kubernetes-safe: lowercase, runs of
+    other characters as one ``-``, no ``-`` at either end (``kfp.dsl.utils.maybe_rename_for_k8s``,
+    KFP 2.17).
+    """
+    return re.sub("-+", "-", re.sub("[^-0-9a-z]+", "-", step.lower())).strip("-")
+
+
+def _merge_entries(key: Callable[[Any], object]) -> dict[str, Any]:
+    """Field metadata of a repeatable setting: entries with the same ``key`` are one setting."""
+    return {"same": key}
+
+
+def _first(entry: Any) -> object:
+    return entry[0]
+
+
+def _whole_list(entry: Any) -> object:
+    """Every entry is the same setting: a list given later replaces the earlier one."""
+    return "the list"
+
+
+def _merged(base: Any, later: Any) -> dict[str, Any]:
+    """Field values of dataclass ``base`` with ``later``'s set values laid over them.
+
+    A value of ``later`` that is set (not None) wins; repeatable settings
+    (tuples) are merged, an entry of ``later`` replacing ``base``'s entry that is
+    the same setting by its field's ``same`` key (metadata), else added.
+    """
+    values = {}
+    for spec in fields(base):
+        mine, theirs = getattr(base, spec.name), getattr(later, spec.name)
+        if isinstance(mine, tuple):
+            same = spec.metadata.get("same", lambda entry: entry)
+            replaced = {same(entry) for entry in theirs}
+            values[spec.name] = tuple(e for e in mine if same(e) not in replaced) + theirs
+        else:
+            values[spec.name] = mine if theirs is None else theirs
+    return values
+
+
 @dataclass(frozen=True)
 class StepSettings:
     """How a step runs: resources, image, retries, environment. None or empty means "not set".
 
     Given on ``%%kale step`` lines and, as defaults for every step, on
-    ``%kale pipeline`` lines; :meth:`over` lays a step's own values over the
-    defaults. Values are validated and normalised by the grammar: CPU and
+    ``%kale pipeline`` lines; ``defaults.merged(own)`` lays a step's own values
+    over the defaults. Values are validated and normalised by the grammar: CPU and
     memory as Kubernetes quantities (``"500m"``, ``"4Gi"``), durations in
     seconds.
 
@@ -51,19 +103,21 @@ class StepSettings:
     cache:
         KFP caching on (True) or off (False) for the step.
     env:
-        ``(NAME, VALUE)`` environment variables.
+        ``(NAME, VALUE)`` environment variables (one per NAME).
     secrets:
-        ``(SECRET, KEY, ENV_NAME)``: a Kubernetes secret's key as an environment variable.
+        ``(SECRET, KEY, ENV_NAME)``: a Kubernetes secret's key as an environment variable
+        (one per ENV_NAME).
     volumes:
-        ``(PVC, MOUNT_PATH)``: existing persistent volume claims to mount.
+        ``(PVC, MOUNT_PATH)``: existing persistent volume claims to mount (one per MOUNT_PATH).
     node_selector:
-        ``(LABEL, VALUE)`` node labels the pod must match.
+        ``(LABEL, VALUE)`` node labels the pod must match (one per LABEL).
     tolerations:
         ``(KEY, VALUE, EFFECT)`` taints the pod tolerates.
     packages:
-        Requirements that add to or override the derived ones (``"torch==2.1"``).
+        Requirements that add to or override the derived ones (``"torch==2.1"``; one
+        per distribution).
     labels, annotations:
-        ``(KEY, VALUE)`` Kubernetes labels and annotations of the step's pod.
+        ``(KEY, VALUE)`` Kubernetes labels and annotations of the step's pod (one per KEY).
     """
 
     cpu: str | None = None
@@ -77,45 +131,22 @@ class StepSettings:
     backoff_s: float | None = None
     timeout_s: int | None = None
     cache: bool | None = None
-    env: tuple[tuple[str, str], ...] = ()
-    secrets: tuple[tuple[str, str, str], ...] = ()
-    volumes: tuple[tuple[str, str], ...] = ()
-    node_selector: tuple[tuple[str, str], ...] = ()
+    env: tuple[tuple[str, str], ...] = field(default=(), metadata=_merge_entries(_first))
+    secrets: tuple[tuple[str, str, str], ...] = field(
+        default=(), metadata=_merge_entries(lambda entry: entry[2]))
+    volumes: tuple[tuple[str, str], ...] = field(
+        default=(), metadata=_merge_entries(lambda entry: entry[1]))
+    node_selector: tuple[tuple[str, str], ...] = field(default=(), metadata=_merge_entries(_first))
     tolerations: tuple[tuple[str, str, str], ...] = ()
-    packages: tuple[str, ...] = ()
-    labels: tuple[tuple[str, str], ...] = ()
-    annotations: tuple[tuple[str, str], ...] = ()
+    packages: tuple[str, ...] = field(default=(), metadata=_merge_entries(requirement_name))
+    labels: tuple[tuple[str, str], ...] = field(default=(), metadata=_merge_entries(_first))
+    annotations: tuple[tuple[str, str], ...] = field(default=(), metadata=_merge_entries(_first))
 
-    def over(self, defaults: "StepSettings") -> "StepSettings":
-        """These settings laid over ``defaults``: a value set here wins; lists are merged,
-        an entry here replacing a default entry with the same key (env name, mount path, ...)."""
-        values = {}
-        for name, value in vars(self).items():
-            base = getattr(defaults, name)
-            if isinstance(value, tuple):
-                mine = {_entry_key(name, v): v for v in value}
-                values[name] = tuple(v for v in base if _entry_key(name, v) not in mine) + value
-            else:
-                values[name] = base if value is None else value
-        return StepSettings(**values)
-
-
-def requirement_name(requirement: str) -> str:
-    """The normalised distribution name of a pip requirement: ``"Scikit_Learn>=1"`` -> ``"scikit-learn"``."""
-    return re.split(r"[<>=!~\[ ;@]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
-
-
-def _entry_key(field_name: str, entry: object) -> object:
-    """What makes two list entries the same setting (the later one replaces the earlier)."""
-    if field_name == "packages":
-        return requirement_name(str(entry))
-    if field_name in ("env", "node_selector", "labels", "annotations"):
-        return entry[0]  # type: ignore[index]
-    if field_name == "volumes":
-        return entry[1]  # type: ignore[index]
-    if field_name == "secrets":
-        return entry[2]  # type: ignore[index]
-    return entry
+    def merged(self, later: "StepSettings") -> "StepSettings":
+        """These settings with ``later``'s laid over them: a value ``later`` sets wins;
+        lists are merged, an entry of ``later`` replacing the one here for the same setting
+        (env name, mount path, distribution, ...)."""
+        return StepSettings(**_merged(self, later))
 
 
 @dataclass(frozen=True)
@@ -176,8 +207,8 @@ class PipelineSettings:
     description: str | None = None
     host: str | None = None
     notebook: str | None = None
-    pip_index_urls: tuple[str, ...] = ()
-    pip_trusted_hosts: tuple[str, ...] = ()
+    pip_index_urls: tuple[str, ...] = field(default=(), metadata=_merge_entries(_whole_list))
+    pip_trusted_hosts: tuple[str, ...] = field(default=(), metadata=_merge_entries(_whole_list))
     step_defaults: StepSettings = field(default_factory=StepSettings)
 
     @property
@@ -185,11 +216,13 @@ class PipelineSettings:
         """The base image of every step (``--image`` on the pipeline line), or None."""
         return self.step_defaults.image
 
-    def merged(self, other: "PipelineSettings") -> "PipelineSettings":
-        """Return these settings with every field ``other`` sets overriding (step defaults merged)."""
-        values = {k: v for k, v in vars(other).items() if v is not None and v != ()}
-        values["step_defaults"] = other.step_defaults.over(self.step_defaults)
-        return PipelineSettings(**{**vars(self), **values})
+    def merged(self, later: "PipelineSettings") -> "PipelineSettings":
+        """These settings with ``later``'s laid over them, as a later ``%kale pipeline`` line
+        is: a value or list ``later`` sets wins; step defaults merge as
+        :meth:`StepSettings.merged` does."""
+        values = _merged(self, later)
+        values["step_defaults"] = self.step_defaults.merged(later.step_defaults)
+        return PipelineSettings(**values)
 
 
 @dataclass(frozen=True)

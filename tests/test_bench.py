@@ -46,12 +46,12 @@ def test_quick_run_writes_json_table_and_plots(quick_run) -> None:
     assert data["mode"] == "quick"
     assert data["machine"]["cpus"] >= 1 and data["machine"]["python"].count(".") == 2
     assert set(data["sections"]) == {"compile_process", "compile_warm", "local_run", "marshal",
-                                     "magic"}
+                                     "magic", "ir_size"}
     assert not [name for name, s in data["sections"].items() if "error" in s]
     for name in data["plots"]:
         assert (out / name).read_bytes().startswith(PNG_MAGIC)
     assert set(data["plots"]) == {"compile_scaling.png", "compile_process.png",
-                                  "marshal_throughput.png", "local_run.png"}
+                                  "marshal_throughput.png", "local_run.png", "ir_size.png"}
     assert "Targets" in result.stdout and "compile-vs-kale" in result.stdout
 
 
@@ -70,6 +70,14 @@ def test_quick_run_measures_every_section(quick_run) -> None:
     assert {r["method"] for r in sections["marshal"]["results"]} == {"kale-magics", "pickle5",
                                                                      "kale"}
     assert sections["magic"]["runs"] == 30
+    ir = sections["ir_size"]
+    assert [row["steps"] for row in ir["sizes"]] == [5, 10, 20]
+    for row in [*ir["sizes"], ir["large_cell"]]:
+        assert row["ir_bytes"] > row["code_bytes"] > 0 and row["gzip_bytes"] > 0
+        assert row["largest_argument_bytes"] == max(row["arguments_per_component"].values())
+        assert "exec-kale-runtime" in row["arguments_per_component"]
+    assert ir["large_cell"]["code_bytes"] > ir["sizes"][0]["code_bytes"]
+    assert ir["bytes_per_step"] > ir["code_free_bytes_per_step"] > 0 and ir["runtime_load_s"] > 0
 
 
 @pytest.mark.integration
@@ -159,6 +167,20 @@ def test_targets_met_missed_and_not_measured() -> None:
     assert by_id["warm-linear"].status == targets.NOT_MEASURED
     assert by_id["magic-overhead"].status == targets.MET
     assert by_id["local-vs-kale"].status == targets.NOT_MEASURED
+    assert by_id["ir-per-step"].status == targets.NOT_MEASURED
+
+
+def test_ir_targets_from_sizes_and_the_large_cell() -> None:
+    row = {"notebook": "synthetic_100.ipynb", "steps": 100, "ir_bytes": 320 * 1024,
+           "code_bytes": 16 * 1024, "gzip_bytes": 28 * 1024, "largest_argument_bytes": 20 * 1024,
+           "largest_argument_of": "exec-kale-runtime"}
+    large = {**row, "notebook": "large_cell.ipynb", "steps": 2, "largest_argument_bytes": 130 * 1024}
+    section = {"sizes": [row], "large_cell": large, "code_free_bytes_per_step": 2900.0}
+    by_id = {t.id: t for t in targets.ir_size(section)}
+    assert (by_id["ir-per-step"].status, by_id["ir-100"].status) == (targets.MET, targets.MISSED)
+    assert by_id["ir-100"].measured == 304.0
+    assert by_id["ir-argument"].status == targets.MISSED
+    assert by_id["ir-argument"].detail.startswith("worst: large_cell.ipynb exec-kale-runtime")
 
 
 def test_table_aligns_numbers_right_and_text_left() -> None:

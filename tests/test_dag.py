@@ -7,8 +7,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from kale_magics.dag import COLOURS, dag_svg, layers
-from kale_magics.report import size_text
+from kale_magics.views.dag import COLOURS, dag_svg, layers
+from kale_magics.views.text import size_text
 
 STEPS = [("load", ()), ("left", ("load",)), ("right", ("load",)), ("join", ("left", "right", "load"))]
 

@@ -32,7 +32,9 @@ from kale_magics.runner.docker import DockerOptions, container_root, run_docker,
 from kale_magics.runner.status import RunStatus
 from tests.conftest import EXAMPLES
 from tests.test_examples import execute
+from tests.conftest import write_notebook
 from tests.test_magics import kale, shell  # noqa: F401  (shell: the IPython shell fixture)
+from tests.test_widgets_panel import panels  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.integration
 NETWORK = os.environ.get("KALE_MAGICS_TEST_DOCKER_NETWORK", "host")
@@ -309,3 +311,50 @@ def test_magic_runs_in_containers(shell, notebook, tmp_path) -> None:
     assert (run.state, run.metrics) == ("SUCCEEDED", {"y": 42.0})
     assert all(step.install_s > 0 for step in run.steps.values())
     assert "pipeline magicdocker SUCCEEDED" in captured.stdout
+
+
+def test_panel_runs_in_containers(shell, panels, tmp_path) -> None:
+    from kale_widgets.form import CONTAINERS
+    from tests.test_widgets_panel import FLOW, make_panel, states
+
+    panel = make_panel(panels, write_notebook(tmp_path / "flow.ipynb", FLOW), shell,
+                       warm_worker=False)
+    panel.form.target.value = CONTAINERS
+    assert panel.form.container_box.layout.display == ""
+    assert panel.form.remote_box.layout.display == "none"
+    panel.form.network.value = NETWORK
+    panel.run_button.click()
+    status = panel.control.wait(300)
+    panel.refresh()
+    assert status.state == "SUCCEEDED", panel.message.value
+    assert states(panel) == {"make": "SUCCEEDED", "total": "SUCCEEDED"}
+    assert status.metrics == {"size": 3 * 0.5 + 2 + 1}
+    assert all(step.install_s > 0 for step in status.steps.values())
+
+
+def test_panel_cancel_stops_the_containers(shell, panels, tmp_path) -> None:
+    import docker
+
+    from kale_widgets.form import CONTAINERS
+    from tests.test_widgets_panel import make_panel, slow_notebook, states
+
+    panel = make_panel(panels, slow_notebook(tmp_path, seconds=120), shell, warm_worker=False)
+    panel.form.target.value = CONTAINERS
+    panel.form.network.value = NETWORK
+    panel.run_button.click()
+    deadline = time.time() + 120
+    while time.time() < deadline and not (panel.control.status and states(panel)["wait"] == "RUNNING"):
+        time.sleep(0.2)
+    client = docker.from_env()
+    try:
+        assert client.containers.list(filters={"label": "kale-magics.step=wait"})
+        panel.cancel_button.click()
+        status = panel.control.wait(60)
+        assert status.state == "CANCELED"
+        deadline = time.time() + 30  # the containers are removed right after the run's process
+        while client.containers.list(all=True, filters={"label": "kale-magics.step=wait"}):
+            assert time.time() < deadline, panel.message.value
+            time.sleep(0.2)
+        assert "Error" not in panel.message.value
+    finally:
+        client.close()

@@ -200,11 +200,11 @@ def test_a_consumer_installs_what_loading_its_inputs_needs(notebook, tmp_path, p
 
 
 def test_step_lines_show_install_time_apart_from_the_steps_own() -> None:
-    from kale_magics.report import step_line
     from kale_magics.runner.status import StepStatus
+    from kale_magics.views.text import step_line
 
     step = StepStatus(name="train", state="SUCCEEDED", duration_s=1.234, install_s=8.06)
-    assert step_line(step) == "train  SUCCEEDED  1.23 s  (installed in 8.1 s)"
+    assert step_line(step) == "train  SUCCEEDED  1.2 s  (installed in 8.1 s)"
     assert step_line(StepStatus(name="train", state="RUNNING")) == "train  RUNNING"
 
 

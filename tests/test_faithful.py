@@ -205,7 +205,8 @@ def test_case10_independent_steps_run_in_notebook_order(tmp_path: Path) -> None:
     status = api.run_local(path, hooks=hooks, enable_caching=False)
     assert status.state == "SUCCEEDED"
     assert order == names
-    assert not any(t.get("dependentTasks") for t in _tasks(path))  # the cluster IR stays parallel
+    # the cluster IR stays parallel: each step waits for the runtime task only
+    assert all(t.get("dependentTasks", []) in ([], ["kale-runtime"]) for t in _tasks(path))
 
 
 def _tasks(path: Path) -> list[dict]:
@@ -271,7 +272,7 @@ def test_case15_skipped_assignment_is_warned_naming_both_cells(tmp_path: Path) -
 
 
 def test_case16_cached_step_reading_a_file_says_so(tmp_path: Path) -> None:
-    from kale_magics.report import run_summary
+    from kale_magics.views.text import run_summary
 
     data = tmp_path / "data.txt"
     data.write_text("1\n")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
+import logging
 import os
 import re
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -137,8 +141,10 @@ def test_local_ir_removes_pip_install_and_keeps_the_program() -> None:
 def test_compiled_example_has_pip_installs_that_local_runs_drop(tmp_path) -> None:
     compiled = api.compile_notebook("notebooks/wine.ipynb", str(tmp_path))
     ir = yaml.safe_load(Path(compiled.yaml_path).read_text())
-    commands = [e["container"]["command"] for e in ir["deploymentSpec"]["executors"].values()]
-    assert all("pip install" in c[2] and re.search(r"scikit-learn==\S+", c[2]) for c in commands)
+    commands = {n: e["container"]["command"] for n, e in ir["deploymentSpec"]["executors"].items()}
+    assert all("pip install" in c[2] for c in commands.values())
+    assert all(re.search(r"scikit-learn==\S+", c[2]) for n, c in commands.items()
+               if n != "exec-kale-runtime")  # the runtime task needs kfp only
     local = local_ir(ir, {})
     assert not any("pip" in " ".join(e["container"]["command"][:3])
                    for e in local["deploymentSpec"]["executors"].values())
@@ -170,3 +176,30 @@ def test_file_a_step_left_open_is_complete_for_the_next_step(notebook) -> None:
     status = api.run_local(path)
     assert status.state == "SUCCEEDED", status.error
     assert (path.parent / "left_open.txt").read_text() == "all of it"
+
+
+def _process_state() -> tuple:
+    """What kfp.local changes in the process that runs it, while a task runs."""
+    root = logging.getLogger()
+    return (builtins.print, sys.stdout, os.environ.get("TMPDIR"), root.level, list(root.handlers))
+
+
+def test_a_local_run_leaves_the_callers_process_as_it_was(notebook) -> None:
+    """A kernel is a guest house: while a local run goes on (here in a thread, as the panel's
+    does; the kernel's other cells run meanwhile) and after it, ``print``, stdout, TMPDIR and
+    the root logger of the caller's process are untouched: kfp.local runs in a child process."""
+    path = notebook("%%kale imports\nimport time", "%%kale step wait\ntime.sleep(3)\ndone = 1",
+                    "%%kale step after\nx = done", name="guest")
+    compiled = api.compile_notebook(path)
+    before = _process_state()
+    running, results = threading.Event(), []
+    hooks = api.RunHooks(on_step=lambda s: running.set() if s.name == "wait" else None)
+    thread = threading.Thread(target=lambda: results.append(
+        api.run(compiled, api.LocalTarget(), hooks)))
+    thread.start()
+    assert running.wait(60), "step 'wait' never started"
+    during = _process_state()
+    thread.join(60)
+    assert results and results[0].state == "SUCCEEDED", results
+    assert during == before
+    assert _process_state() == before

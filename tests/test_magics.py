@@ -10,23 +10,23 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
-from kale_magics.magics import STEP_MIME, KaleMagics
+from kale_magics import api
+from kale_magics.magics import STEP_MIME
 from tests.conftest import write_notebook
 
 
 @pytest.fixture
 def shell():
     ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "kale_magics")
-    magics = ip.magics_manager.registry["KaleMagics"]
-    magics.__init__(ip)  # a fresh registry and settings for each test
+    ip.run_line_magic("load_ext", "kale_magics")  # loading makes a fresh session
     yield ip
     ip.run_line_magic("unload_ext", "kale_magics")
     ip.user_ns.pop("__vsc_ipynb_file__", None)
 
 
-def kale(ip: InteractiveShell) -> KaleMagics:
-    return ip.magics_manager.registry["KaleMagics"]
+def kale(ip: InteractiveShell) -> api.NotebookSession:
+    """The kernel's session, as the magics and a panel see it."""
+    return api.NotebookSession.of(ip)
 
 
 def run(ip: InteractiveShell, cell: str):
@@ -85,7 +85,8 @@ def test_step_cell_shows_a_compact_line_with_live_types(shell) -> None:
                                   "label: str len 1")
     assert data[STEP_MIME] == {"kind": "step", "name": "total", "after": ["load"],
                                "inputs": {"rows": "load"}, "outputs": ["size", "label"],
-                               "types": {"rows": "list", "size": "int", "label": "str"}}
+                               "types": {"rows": "list", "size": "int", "label": "str"},
+                               "artifacts": {"size": "Artifact", "label": "Artifact"}}
 
 
 def test_registry_keyed_by_cell_id(shell) -> None:
@@ -177,17 +178,32 @@ def test_notebook_found_from_vscode_and_missing_notebook_says_pass_it(shell, sma
     assert "pipeline small" in captured.outputs[0].data["text/plain"]
 
 
-def test_compile_uses_live_artifact_types(shell, small, tmp_path) -> None:
-    run_notebook_cells(shell, small)
-    shell.run_line_magic("kale", f"pipeline --notebook {small}")
-    with capture_output() as captured:
-        shell.run_line_magic("kale", f"compile -o {tmp_path / 'out'}")
-    assert "small.yaml" in captured.stdout
-    dsl = (tmp_path / "out" / "small.py").read_text()
-    assert "out_items: Output[Artifact]" in dsl  # a list is a plain Artifact
-    shell.user_ns["items"] = __import__("numpy").arange(3)
-    shell.run_line_magic("kale", f"compile -o {tmp_path / 'out'}")
-    assert "out_items: Output[Dataset]" in (tmp_path / "out" / "small.py").read_text()
+def _without_sdk_version(yaml_text: str) -> str:
+    return "\n".join(line for line in yaml_text.splitlines() if "sdkVersion" not in line)
+
+
+def test_kernel_and_file_compile_the_same_ir(shell, tmp_path) -> None:
+    """Artifact classes come from the step records saved in the notebook, never from the
+    kernel alone: the same saved file gives the same IR in the kernel and from the CLI."""
+    sources = ("%%kale imports\nimport numpy as np", "%%kale step make\nitems = np.arange(3)",
+               "%%kale step total\nsize = int(items.sum())")
+    path = write_notebook(tmp_path / "typed.ipynb", sources)
+    saved = nbformat.read(path, as_version=4)
+    for cell in saved.cells:
+        with capture_output() as captured:
+            run(shell, cell.source)
+        cell.outputs = [nbformat.v4.new_output("display_data", data=o.data)
+                        for o in captured.outputs]
+    shell.run_line_magic("kale", f"compile --notebook {path} -o {tmp_path / 'unsaved'}")
+    assert "out_items: Output[Artifact]" in (tmp_path / "unsaved" / "typed.py").read_text()
+    nbformat.write(saved, path)  # the editor saves the outputs with the records
+    shell.run_line_magic("kale", f"compile --notebook {path} -o {tmp_path / 'kernel'}")
+    from_file = api.compile_notebook(path, str(tmp_path / "cli"))
+    kernel_dsl = (tmp_path / "kernel" / "typed.py").read_text()
+    assert "out_items: Output[Dataset]" in kernel_dsl
+    assert kernel_dsl == (tmp_path / "cli" / "typed.py").read_text()
+    assert _without_sdk_version((tmp_path / "kernel" / "typed.yaml").read_text()) == \
+        _without_sdk_version(open(from_file.yaml_path).read())
 
 
 @pytest.mark.integration
@@ -242,3 +258,15 @@ def test_check_warns_about_unsaved_cells(shell, small) -> None:
     text = captured.outputs[0].data["text/plain"]
     assert "warning: cell 2 ('items = list(range(N))') differs from what this kernel ran" in text
     assert "ran in this kernel but is not in the saved notebook" in text
+
+
+def test_check_says_to_save_when_the_kernel_knows_a_type_the_file_does_not(shell, tmp_path) -> None:
+    path = write_notebook(tmp_path / "typed.ipynb", (
+        "%%kale imports\nimport numpy as np", "%%kale step make\nitems = np.arange(3)",
+        "%%kale step total\nsize = int(items.sum())"))
+    for cell in nbformat.read(path, as_version=4).cells:
+        run(shell, cell.source)
+    with capture_output() as captured:
+        shell.run_line_magic("kale", f"check --notebook {path}")
+    assert ("`items` of step 'make' is a Dataset in this kernel, but the saved notebook records "
+            "Artifact: save the notebook") in captured.outputs[0].data["text/plain"]

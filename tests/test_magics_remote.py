@@ -44,7 +44,7 @@ def test_cancel_a_running_remote_run(shell, kfp_server, token_env, tmp_path) -> 
         "%%kale step after\nprint(done)"))
     session = api.connect(kfp_server.url)
     submission = api.submit(path, session)
-    kfp_server.wait_for_task(submission.run_id, "RUNNING")
+    kfp_server.wait_for_task(submission.run_id, "RUNNING", task="wait")
     with capture_output() as captured:
         shell.run_line_magic("kale", f"cancel {submission.run_id} --host {kfp_server.url}")
     assert f"run {submission.run_id}: CANCELED" in captured.stdout
@@ -55,5 +55,5 @@ def test_cancel_a_running_remote_run(shell, kfp_server, token_env, tmp_path) -> 
     assert ": CANCELED" in lines[0]
     assert [line.split()[:2] for line in lines[2:]] == [["wait", "CANCELED"], ["after", "SKIPPED"]]
     with pytest.raises(UsageError, match="no remote run to cancel"):
-        kale(shell).__init__(shell)
+        shell.run_line_magic("reload_ext", "kale_magics")  # a fresh session: no last run
         shell.run_line_magic("kale", "cancel")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -95,12 +96,43 @@ def test_random_notebooks_compile_to_ir_with_exact_parameters(case) -> None:
     assert_user_text_only_in_pipeline_defaults(tree)
     defaults = ir["root"].get("inputDefinitions", {}).get("parameters", {})
     for name, value in params.items():
-        got = defaults[name]["defaultValue"]
-        if isinstance(value, (list, dict)):
-            assert json.loads(got) == value
-        else:
-            assert type(got) is type(value) or isinstance(value, (int, float))
-            assert got == value
+        assert_default_is_exact(defaults[name], value)
+
+
+#: The IR's parameterType of each Python type (lists and dicts travel as JSON text).
+KFP_TYPES = {bool: "BOOLEAN", int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", str: "STRING",
+             list: "STRING", dict: "STRING"}
+
+
+def assert_default_is_exact(spec: dict[str, Any], value: Any) -> None:
+    """The IR keeps the parameter's type and its exact value (KFP writes numbers as doubles:
+    an int must come back integral and equal, a float equal with its sign, a bool a bool)."""
+    assert spec["parameterType"] == KFP_TYPES[type(value)], (spec, value)
+    got = spec["defaultValue"]
+    if isinstance(value, (list, dict)):
+        assert json.loads(got) == value
+    elif isinstance(value, bool):
+        assert got is value
+    elif isinstance(value, int):
+        assert float(got).is_integer() and int(got) == value
+    elif isinstance(value, float):
+        assert isinstance(got, float) and got == value
+        assert math.copysign(1.0, got) == math.copysign(1.0, value)
+    else:
+        assert got == value and isinstance(got, str)
+
+
+@pytest.mark.parametrize("value, spec", [
+    (True, {"parameterType": "NUMBER_INTEGER", "defaultValue": 1.0}),
+    (3, {"parameterType": "NUMBER_INTEGER", "defaultValue": 3.5}),
+    (3, {"parameterType": "NUMBER_DOUBLE", "defaultValue": 3.0}),
+    (-0.0, {"parameterType": "NUMBER_DOUBLE", "defaultValue": 0.0}),
+    (1.5, {"parameterType": "NUMBER_DOUBLE", "defaultValue": "1.5"}),
+])
+def test_a_changed_number_or_type_is_caught(value, spec) -> None:
+    """The property check above can fail for ints, floats and bools (it is not vacuous)."""
+    with pytest.raises(AssertionError):
+        assert_default_is_exact(spec, value)
 
 
 def assert_user_text_only_in_pipeline_defaults(tree: ast.Module) -> None:
@@ -112,10 +144,7 @@ def assert_user_text_only_in_pipeline_defaults(tree: ast.Module) -> None:
             assert id(node) in allowed, node.value
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
              and getattr(n.func, "id", "") in ("exec", "eval")]
-    runtime = next(n for n in tree.body if isinstance(n, ast.FunctionDef)
-                   and n.name == "_kale_runtime")
-    in_runtime = {id(n) for n in ast.walk(runtime)}
-    assert all(id(c) in in_runtime for c in calls)  # only the runtime loader executes code
+    assert not calls  # the module executes no code: steps import the runtime from its artifact
 
 
 @pytest.mark.integration

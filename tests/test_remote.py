@@ -100,7 +100,7 @@ def test_cancel_a_running_run(kfp_server, session, notebook, capsys) -> None:  #
     """KFP ends a terminated run FAILED; the user who canceled it sees CANCELED (exit 0)."""
     path = notebook(*SLOW, name="slow")
     submission = api.submit(path, session)
-    kfp_server.wait_for_task(submission.run_id, "RUNNING")
+    kfp_server.wait_for_task(submission.run_id, "RUNNING", task="wait")
     code = cli.main(["cancel", submission.run_id, "--host", kfp_server.url, "--wait", "30"])
     out, err = capsys.readouterr()
     assert code == 0, out + err

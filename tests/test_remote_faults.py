@@ -110,7 +110,7 @@ def test_watch_survives_503_500_and_dropped_connections(server, notebook) -> Non
 def test_server_dies_mid_run_clear_error_no_hang(server, notebook) -> None:
     session = api.connect(server.url)
     submission = api.submit(notebook(*SLOW), session)
-    server.wait_for_task(submission.run_id)
+    server.wait_for_task(submission.run_id, task="wait")
     server.stop_listening()
     started = time.monotonic()
     with pytest.raises(KfpConnectionError) as info:
@@ -132,7 +132,7 @@ def test_lost_answer_to_create_run_is_not_retried(server, notebook) -> None:
 def test_run_dropped_mid_way_ends_the_watch(server, notebook) -> None:
     session = api.connect(server.url)
     submission = api.submit(notebook(*SLOW), session)
-    server.wait_for_task(submission.run_id)
+    server.wait_for_task(submission.run_id, task="wait")
     server.drop_run(submission.run_id)
     with pytest.raises(RunError, match="not found on KFP"):
         api.watch_remote(session, submission.run_id, interval_s=0.2, max_outage_s=5)

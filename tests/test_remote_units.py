@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import kfp_server_api
 import pytest
@@ -11,8 +12,8 @@ import urllib3
 
 from kale_magics import api
 from kale_magics.errors import KaleError, KfpAuthError, KfpConnectionError, RunError
-from kale_magics.model import PipelineSettings
-from kale_magics.runner import connection, remote, task_map, transport, watch
+from kale_magics.model import PipelineSettings, task_name
+from kale_magics.runner import connection, remote, transport, watch
 from kale_magics.runner.connection import resolve_connection
 
 TOKEN = "unit-secret-token-7d2a"
@@ -91,10 +92,14 @@ def test_version_name_is_content_derived(notebook, tmp_path: Path) -> None:
 
 
 def test_step_and_task_names_map_both_ways() -> None:
-    assert task_map.kfp_task_name("train_forest") == "train-forest"  # kfp.dsl.utils.maybe_rename_for_k8s
-    assert task_map.kfp_task_name("step_2_") == "step-2"
-    assert watch._step_of("train-forest", {"componentRef": {"name": "comp-train-forest"}}) == "train_forest"
-    assert watch._topological({"c": {"b"}, "b": {"a"}, "a": set(), "d": set()}) == ["a", "d", "b", "c"]
+    assert task_name("train_forest") == "train-forest"  # kfp.dsl.utils.maybe_rename_for_k8s
+    assert task_name("step_2_") == "step-2"
+    tasks = {name: {"componentRef": {"name": f"comp-{name}"},
+                    "dependentTasks": sorted(upstream)}
+             for name, upstream in {"c-c": {"b"}, "b": {"a"}, "a": set(), "d": set()}.items()}
+    run = SimpleNamespace(run_id="r", pipeline_spec={"root": {"dag": {"tasks": tasks}}},
+                          pipeline_version_reference=None)
+    assert watch.run_steps(None, run) == ["a", "d", "b", "c_c"]  # upstream first, ties by name
 
 
 class Flaky:

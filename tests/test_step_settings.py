@@ -70,8 +70,9 @@ def kubernetes(documents: list[dict[str, Any]], step: str) -> dict[str, Any]:
 def test_golden_ir_of_every_option(compiled) -> None:
     _, documents = compiled
     got = [normalise(documents[0]), documents[1]]
-    if os.environ.get("KALE_UPDATE_GOLDEN") or not GOLDEN.exists():
+    if os.environ.get("KALE_UPDATE_GOLDEN"):
         GOLDEN.write_text(yaml.safe_dump_all(got, sort_keys=True))
+    assert GOLDEN.is_file(), f"{GOLDEN} is missing: write it with KALE_UPDATE_GOLDEN=1"
     assert got == list(yaml.safe_load_all(GOLDEN.read_text()))
 
 
@@ -183,7 +184,7 @@ def test_bad_values_name_the_option_and_an_example(line, fragment) -> None:
 
 def test_local_notice_lists_what_kfp_local_ignores(compiled) -> None:
     result, _ = compiled
-    notice = api.local_notices(result)[0]
+    notice = api.LocalTarget().notices(result)[0]
     assert notice.startswith("ignored locally")
     for fragment in ("cpu --cpu 500m --cpu-limit 2 --memory 1Gi", "gpu --memory 1Gi --gpu 2",
                      "timeout --memory 1Gi --timeout 7200s", "--volume data:/data",
@@ -191,7 +192,7 @@ def test_local_notice_lists_what_kfp_local_ignores(compiled) -> None:
                      "--toleration spot:NoExecute", "image --memory 1Gi --image python:3.12-slim"):
         assert fragment in notice
     assert "retries" not in notice.replace("retries --memory 1Gi", "")  # retries apply locally
-    assert any("numpy==1.26.4" in n and "the local run uses" in n for n in api.local_notices(result))
+    assert any("numpy==1.26.4" in n and "the local run uses" in n for n in api.LocalTarget().notices(result))
 
 
 def test_missing_package_fails_before_running(notebook, tmp_path) -> None:

@@ -12,6 +12,7 @@ from IPython.utils.capture import capture_output
 
 from kale_widgets import DeployPanel
 from kale_widgets.form import AUTH_TOKEN, REMOTE
+from kale_widgets.run_control import RunRequest
 from tests.conftest import write_notebook
 from tests.kfp_server.fixtures import SECRET_TOKEN, kfp_server, token_env  # noqa: F401
 from tests.test_magics import kale, run, shell  # noqa: F401
@@ -111,9 +112,10 @@ def test_second_run_is_refused_while_one_is_active(shell, panels, tmp_path) -> N
     path = slow_notebook(tmp_path, seconds=4)
     panel = make_panel(panels, path, shell)
     panel.run_button.click()
-    first = panel.control._thread
+    assert panel.run_button.disabled
+    request = RunRequest(panel.form.options(), panel.form.arguments(), panel.form.chosen_target())
+    assert panel.control.start_run(request) is False  # nothing started
     panel.run()  # the button is disabled; the handler refuses too
-    assert panel.control._thread is first
     assert "already active" in panel.message.value
     status = panel.control.wait(60)
     panel.refresh()
@@ -195,8 +197,7 @@ def test_magic_shows_the_same_panel_again(shell, tmp_path) -> None:  # noqa: F81
         shell.run_line_magic("kale", f"panel --notebook {path}")
     with capture_output() as second:
         shell.run_line_magic("kale", f"panel --notebook {path}")
-    panels = kale(shell).__dict__["_panels"]
-    panel = panels[str(path)]
+    panel = shell.magics_manager.registry["KaleMagics"].panels[str(path)]
     model = panel.model_id
     assert all(f"'model_id': '{model}'" in str(c.outputs[0].data) for c in (first, second))
     panel.close()

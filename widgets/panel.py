@@ -1,5 +1,7 @@
 """The deploy panel: an ipywidgets view over :class:`~kale_widgets.run_control.RunControl`.
 
+What it shows is rendered by the pure views of :mod:`kale_magics.views.rich`.
+
 Only standard ipywidgets 8 widgets (``HTML``, ``Button``, ``Dropdown``, ...), so
 it renders in Notebook 7, JupyterLab 4 and VS Code without a front-end build.
 Widget values are set from the run's background thread; ipykernel sends comm
@@ -10,18 +12,18 @@ that they arrive. One panel is one set of widget models: displaying it again
 
 from __future__ import annotations
 
+import html
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as w
-from kale_widgets import render
 from kale_widgets.form import SettingsForm
 from kale_widgets.run_control import RunControl, RunRequest
 
 from kale_magics import api
-from kale_magics.model import Plan
+from kale_magics.views import rich
 
 _NO_STEP = "(choose a step)"
 _BUSY = "a run is already active: wait for it, or Cancel it"
@@ -37,12 +39,6 @@ def _shell(shell: Any) -> Any:
     return get_ipython()
 
 
-def _kale_magics(shell: Any) -> Any:
-    """The kernel's ``KaleMagics`` instance (its registry and settings), if loaded."""
-    manager = getattr(shell, "magics_manager", None)
-    return manager.registry.get("KaleMagics") if manager is not None else None
-
-
 class DeployPanel(w.VBox):
     """Compile, check and run a notebook's pipeline, and watch its steps live.
 
@@ -52,7 +48,8 @@ class DeployPanel(w.VBox):
         The .ipynb path; None finds it as the magics do (``%kale pipeline --notebook``,
         VS Code, the Jupyter server, ``JPY_SESSION_NAME``).
     shell:
-        The IPython shell whose namespace holds the live values; default the running one.
+        The IPython shell whose session (live values, executed cells, ``%kale pipeline``
+        settings) the panel shares with the magics; default the running one.
     interval_s:
         Seconds between polls of a remote run.
     warm_worker:
@@ -66,22 +63,19 @@ class DeployPanel(w.VBox):
         self._lock = threading.RLock()
         self._ticker: threading.Thread | None = None
         shell = _shell(shell)
-        magics = _kale_magics(shell)
-        namespace = shell.user_ns if shell is not None else {}
+        session = api.NotebookSession.of(shell) if shell is not None else api.NotebookSession()
         self.control: RunControl | None = None
-        self.plan: Plan | None = None
+        self.plan: api.Plan | None = None
         error = ""
         try:
-            path = api.locate_notebook(notebook or (magics.settings.notebook if magics else None),
-                                       namespace)
-            self.control = RunControl(path, namespace, magics.registry.cells if magics else tuple,
-                                      self.refresh, interval_s=interval_s, warm_worker=warm_worker)
+            self.control = RunControl(session, session.notebook(notebook), self.refresh,
+                                      interval_s=interval_s, warm_worker=warm_worker)
             self.plan = self.control.plan()
         except api.KaleError as exc:
             error = f"{type(exc).__name__}: {exc}"
         self.form = SettingsForm(self.plan)
         self._build(path=self.control.notebook if self.control else "")
-        self.message.value = render.error_html(error) if error else ""
+        self.message.value = rich.error_html(error) if error else ""
         self.refresh()
 
     # -- layout -----------------------------------------------------------------------------
@@ -105,7 +99,7 @@ class DeployPanel(w.VBox):
         self.step_choice = w.Dropdown(options=[_NO_STEP], value=_NO_STEP, description="step")
         self.step_choice.add_class("kale-step-choice")
         self.step_choice.observe(lambda _: self._safely(self.refresh), names="value")
-        title = w.HTML(f"<b>Kale deploy panel</b> <code>{render.html.escape(path)}</code>")
+        title = w.HTML(f"<b>Kale deploy panel</b> <code>{html.escape(path)}</code>")
         view = w.VBox([self.status_html, self.dag_html, self.metrics_html, self.step_choice,
                        self.detail_html],
                       layout=w.Layout(flex="1 1 auto", min_width="22em", overflow="auto"))
@@ -122,12 +116,12 @@ class DeployPanel(w.VBox):
         try:
             handler()
         except api.KaleError as error:
-            self.message.value = render.error_html(f"{type(error).__name__}: {error}")
+            self.message.value = rich.error_html(f"{type(error).__name__}: {error}")
         except Exception as error:
-            self.message.value = render.error_html(f"unexpected {type(error).__name__}: {error}")
+            self.message.value = rich.error_html(f"unexpected {type(error).__name__}: {error}")
         self.refresh()
 
-    def _reload(self) -> Plan:
+    def _reload(self) -> api.Plan:
         """Re-read the saved notebook (the user may have changed it) with the form's settings."""
         assert self.control is not None
         self.plan = self.control.plan(self.form.options())
@@ -137,20 +131,20 @@ class DeployPanel(w.VBox):
     def check(self) -> None:
         """Pre-flight check: serialise every passed variable now; warn about unsaved cells."""
         if self._ready():
-            self.message.value = render.check_html(self.control.check())
+            self.message.value = rich.check_html(self.control.check())
 
     def compile(self) -> None:
         """Compile; show where the DSL and the YAML went."""
         if self._ready():
             self._reload()
-            self.message.value = render.compile_html(self.control.compile(self.form.options()))
+            self.message.value = rich.compile_html(self.control.compile(self.form.options()))
 
     def run(self) -> None:
         """Compile and run on the chosen target; refused while a run is active."""
         if not self._ready():
             return
         if self.control.active:
-            self.message.value = render.info_html([_BUSY])
+            self.message.value = rich.info_html([_BUSY])
             return
         self.message.value = ""
         self._reload()
@@ -163,7 +157,7 @@ class DeployPanel(w.VBox):
         """Stop the active run."""
         if self.control is not None and self.control.can_cancel:
             self.control.cancel()
-            self.message.value = render.info_html(["canceling ..."])
+            self.message.value = rich.info_html(["canceling ..."])
 
     def _ready(self) -> bool:
         return self.control is not None
@@ -187,23 +181,23 @@ class DeployPanel(w.VBox):
             control, now = self.control, time.time()
             status = control.status if control else None
             active = bool(control and control.active)
-            self.status_html.value = render.status_line_html(
+            self.status_html.value = rich.status_line_html(
                 status, now, control.activity if control else "", control.started if control else None)
             if self.plan is not None:
-                self.dag_html.value = render.dag_html(self._shown_plan(), status, now)
+                self.dag_html.value = rich.dag_html(self._shown_plan(), status, now)
                 self._refresh_steps(status)
-            self.metrics_html.value = render.metrics_html(status)
-            if not active and self.message.value == render.info_html([_BUSY]):
+            self.metrics_html.value = rich.metrics_html(status)
+            if not active and self.message.value == rich.info_html([_BUSY]):
                 self.message.value = ""
             if control is not None and control.error and not active:
-                self.message.value = render.error_html(control.error)
+                self.message.value = rich.error_html(control.error)
                 control.error = ""
             self.run_button.disabled = active or control is None
             self.check_button.disabled = self.compile_button.disabled = active or control is None
             self.cancel_button.disabled = not (control and control.can_cancel)
             self.form.set_enabled(not active)
 
-    def _shown_plan(self) -> Plan:
+    def _shown_plan(self) -> api.Plan:
         compiled = self.control.compiled if self.control else None
         return compiled.plan if compiled is not None and self.control.status is not None else self.plan
 
@@ -220,7 +214,7 @@ class DeployPanel(w.VBox):
             self.detail_html.value = ""
             return
         step_status = status.steps.get(chosen) if status is not None else None
-        self.detail_html.value = render.step_detail_html(plan.step(chosen), step_status)
+        self.detail_html.value = rich.step_detail_html(plan.step(chosen), step_status, time.time())
 
     def close(self) -> None:
         """Close the widgets and stop the panel's waiting run process."""

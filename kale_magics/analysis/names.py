@@ -106,6 +106,7 @@ class NameUse:
 # --------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)  # pure; a compile reads each cell twice, a recompile again
 def python_source(cell_source: str) -> str:
     """Turn the IPython source of a cell into plain Python.
 

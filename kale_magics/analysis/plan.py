@@ -247,7 +247,7 @@ def _order(drafts: Sequence[_StepDraft], outputs: dict[str, set[str]],
         name=d.name, cells=tuple(d.cells), after=d.after,
         inputs=tuple(Input(n, p) for n, p in sorted(d.inputs.items())),
         outputs=tuple(sorted(outputs[d.name])), parameters=tuple(sorted(d.parameters)),
-        metrics=tuple(d.metrics), settings=d.head.annotation.settings.over(defaults),
+        metrics=tuple(d.metrics), settings=defaults.merged(d.head.annotation.settings),
         imports=_replayed(d), reads_outside=outside[d.name])
         for d in drafts}
     position = {d.name: i for i, d in enumerate(drafts)}

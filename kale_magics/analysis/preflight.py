@@ -2,10 +2,10 @@
 
 Before anything is submitted, every variable the plan passes between steps is
 serialised from the live kernel with the step runtime's own marshal layer (into
-a temporary folder, removed afterwards), and the cells the kernel ran are
-compared with the saved notebook: a ten-minute cluster round trip that fails
-on an unpicklable object, or runs code the user never saved, is what this
-prevents.
+a temporary folder, removed afterwards): a ten-minute cluster round trip that
+fails on an unpicklable object is what this prevents. The cells the kernel ran
+are compared with the saved notebook by the kernel's registry
+(``session.registry``), which adds its warnings to the :class:`CheckReport`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
-from kale_magics.model import Cell, Plan
-from kale_magics.notebook.registry import ExecutedCell
+from kale_magics.model import Plan
 from kale_magics.runtime import marshal
 
 OK, MISSING, FAILS = "ok", "not in kernel", "cannot be passed"
@@ -88,40 +87,3 @@ def _check_one(name: str, producer: str, namespace: Mapping[str, Any], folder: s
                              message=f"step {producer!r}: {error}")
     return VariableCheck(name, producer, OK, type(value).__name__, saved["kale_format"],
                          saved["bytes"], time.perf_counter() - start)
-
-
-def unsaved_cells(saved: Sequence[Cell], executed: Iterable[ExecutedCell]) -> tuple[str, ...]:
-    """Warnings for annotated cells whose executed source differs from the saved notebook.
-
-    Parameters
-    ----------
-    saved:
-        The annotated cells of the saved notebook file (``notebook.reader``).
-    executed:
-        The cells this kernel ran (``notebook.registry``). Only cells with a
-        front-end cell id can be matched; the annotation and the body are compared.
-    """
-    by_id = {c.cell_id: c for c in saved if c.cell_id and c.explicit}
-    warnings = []
-    for cell in executed:
-        file_cell = by_id.get(cell.key)
-        if file_cell is None:
-            if not cell.key.startswith(f"{cell.annotation.kind}:"):  # it has a real cell id
-                warnings.append(f"a `%%kale {cell.annotation.kind}` cell ran in this kernel but "
-                                "is not in the saved notebook: save the notebook")
-        elif (file_cell.annotation, _body(file_cell.source)) != (cell.annotation,
-                                                                   _body(cell.source)):
-            warnings.append(f"{file_cell.describe()} differs from what this kernel ran: "
-                            "save the notebook (or run the cell again)")
-    return tuple(warnings)
-
-
-def _body(source: str) -> str:
-    """A cell body without the blank lines around it (the reader keeps line numbers with them)."""
-    return source.lstrip("\n").rstrip()
-
-
-def preflight(plan: Plan, namespace: Mapping[str, Any], saved: Sequence[Cell] = (),
-              executed: Iterable[ExecutedCell] = ()) -> CheckReport:
-    """Run the whole pre-flight check; see :class:`CheckReport`."""
-    return CheckReport(check_variables(plan, namespace), unsaved_cells(saved, executed))

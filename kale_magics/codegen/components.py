@@ -3,7 +3,8 @@
 Every variable passed between steps is its own artifact: ``out_<name>`` as an
 ``Output[...]`` on the producer, ``in_<name>`` as an ``Input[...]`` on each
 consumer. Pipeline parameters the step reads are plain component parameters
-with their literal type, never text spliced into code.
+with their literal type, never text spliced into code. Each step's first
+argument is the runtime bundle (``kale_runtime``, see ``codegen.embedding``).
 """
 
 from __future__ import annotations
@@ -11,27 +12,25 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
-from kale_magics.analysis.names import python_source
-from kale_magics.codegen.literals import literal, string_literal, text_literal
-from kale_magics.codegen.parameters import JSON_TYPES, kfp_type
+from kale_magics.codegen.cell_code import (check_argument_size, check_parameter_sizes, places,
+                                            prelude_cells, step_cells)
+from kale_magics.codegen.embedding import LOADER, RUNTIME_INPUT, runtime_component_function
+from kale_magics.codegen.layout import wrapped
+from kale_magics.codegen.literals import literal, string_literal
+from kale_magics.codegen.parameters import JSON_TYPES, kfp_type, kfp_value
 from kale_magics.errors import CompileError
 from kale_magics.model import Cell, Parameter, Plan, Step
 
 METRICS_ARTIFACT = "kale_metrics"
 ARTIFACT_CLASSES = ("Artifact", "Dataset", "Model")
-
-
-def cell_filename(plan: Plan, cell: Cell) -> str:
-    """The filename user code runs under: ``"titanic.ipynb, cell 7 (step train)"``."""
-    notebook = cell.notebook or os.path.basename(plan.notebook) or "notebook"
-    kind = cell.annotation.kind
-    label = f"step {cell.annotation.name}" if kind == "step" else kind
-    return f"{notebook}, cell {cell.index if cell.number is None else cell.number} ({label})"
+#: Module constants the decorators name (see ``pipeline.render_module``).
+PIP_INDEX_URLS = "PIP_INDEX_URLS"
+PIP_TRUSTED_HOSTS = "PIP_TRUSTED_HOSTS"
 
 
 def signature(step: Step, parameters: Mapping[str, Parameter],
               artifact_types: Mapping[str, str]) -> list[str]:
-    """The component's arguments, ``["N: int", "in_df: Input[Dataset]", ...]``.
+    """The component's arguments, ``["kale_runtime: Input[Artifact]", "N: int", ...]``.
 
     Raises
     ------
@@ -39,7 +38,8 @@ def signature(step: Step, parameters: Mapping[str, Parameter],
         Two arguments would have the same name (a parameter called like an
         artifact argument, e.g. ``in_df``); the message says which to rename.
     """
-    args = [f"{name}: {kfp_type(parameters[name])}" for name in step.parameters]
+    args = [f"{RUNTIME_INPUT}: Input[Artifact]"]
+    args += [f"{name}: {kfp_type(parameters[name])}" for name in step.parameters]
     args += [f"in_{i.name}: Input[{_artifact_class(i.name, artifact_types)}]" for i in step.inputs]
     args += [f"out_{n}: Output[{_artifact_class(n, artifact_types)}]" for n in step.outputs]
     if step.metrics:
@@ -57,67 +57,102 @@ def _artifact_class(name: str, artifact_types: Mapping[str, str]) -> str:
     return kind if kind in ARTIFACT_CLASSES else "Artifact"
 
 
-def _decorator(plan: Plan, step: Step, packages: list[str]) -> str:
-    image = repr(step.settings.image) if step.settings.image else "BASE_IMAGE"
-    lines = [f"base_image={image}", f"packages_to_install={packages!r}"]
+def decorator(plan: Plan, image: str, packages: str | None) -> str:
+    """``@dsl.component(...)`` with the base image, the packages constant and pip settings."""
+    lines = [f"base_image={image}"]
+    lines += [f"packages_to_install={packages}"] if packages else []
     if plan.settings.pip_index_urls:
-        lines.append(f"pip_index_urls={list(plan.settings.pip_index_urls)!r}")
+        lines.append(f"pip_index_urls={PIP_INDEX_URLS}")
     if plan.settings.pip_trusted_hosts:
-        lines.append(f"pip_trusted_hosts={list(plan.settings.pip_trusted_hosts)!r}")
-    lines.append("additional_funcs=[_kale_prelude, _kale_runtime]")
-    return "@dsl.component(\n" + "".join(f"    {line},\n" for line in lines) + ")\n"
+        lines.append(f"pip_trusted_hosts={PIP_TRUSTED_HOSTS}")
+    return wrapped("@dsl.component(", lines, ")", 0) + "\n"
 
 
-def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str],
-                     packages: list[str]) -> str:
-    """Source of the ``@dsl.component`` function for ``step``, installing ``packages``."""
+def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str], packages: str,
+                     sources: Mapping[int, str]) -> str:
+    """Source of the ``@dsl.component`` function for ``step``.
+
+    Parameters
+    ----------
+    packages:
+        The name of the module constant listing what the step installs.
+    sources:
+        Each cell's plain Python by index (``cell_code.python_sources``).
+
+    Raises
+    ------
+    CompileError
+        The component would not fit in one command-line argument (see
+        ``cell_code.check_argument_size``), or two arguments clash.
+    """
     parameters = {p.name: p for p in plan.parameters}
-    args = "".join(f"    {a},\n" for a in signature(step, parameters, artifact_types))
-    cells = ", ".join(c.place.removeprefix("cell ") for c in step.cells)
-    code = _blocks(plan, step.cells, " " * 12)
-    imports = "".join(f"\n            ({string_literal(cell_filename(plan, cell))}, "
-                      f"{string_literal(statement)})," for cell, statement in step.imports)
-    imports += "\n        " if imports else ""
-    return (
-        _decorator(plan, step, packages)
-        + f"def {step.name}(\n{args}):\n"
-        f"    \"\"\"Step {step.name!r}: notebook cell{'s' if len(step.cells) > 1 else ''} {cells}.\"\"\"\n"
-        "    _kale_runtime().run_step(\n"
-        f"        step={step.name!r},\n"
-        "        prelude=_kale_prelude(),\n"
-        f"        imports=[{imports}],\n"
-        f"        code=[\n{code}        ],\n"
-        f"        parameters={_mapping(step.parameters, '')},\n"
-        f"        json_parameters={_json_names(step, parameters)!r},\n"
-        f"        inputs={_mapping([i.name for i in step.inputs], 'in_')},\n"
-        f"        outputs={_mapping(step.outputs, 'out_')},\n"
-        f"        metrics={literal({m.key: m.expression for m in step.metrics})},\n"
-        f"        metrics_artifact={METRICS_ARTIFACT if step.metrics else None},\n"
-        f"        position={step.cells[0].index},\n"
-        "    )\n"
+    args = wrapped(f"def {step.name}(", signature(step, parameters, artifact_types), "):", 0)
+    image = repr(step.settings.image) if step.settings.image else "BASE_IMAGE"
+    source = (
+        decorator(plan, image, packages)
+        + f"{args}\n"
+        + LOADER
+        + "    run_step(\n"
+        + "".join(f"        {argument},\n"
+                  for argument in _run_step_arguments(step, parameters, sources))
+        + "    )\n"
     )
+    check_argument_size(f"component of step {step.name!r}", source, step.cells)
+    check_parameter_sizes(step.name, {n: kfp_value(parameters[n], parameters[n].value)
+                                      for n in step.parameters})
+    return source
+
+
+def _run_step_arguments(step: Step, parameters: Mapping[str, Parameter],
+                        sources: Mapping[int, str]) -> list[str]:
+    """The keyword arguments of ``runtime.bundle.run_step``; empty ones left out."""
+    found = [f"step={step.name!r}", step_cells(step.cells, sources, " " * 8)]
+    imports = [f"({cell.index}, {string_literal(_label(cell))}, {string_literal(statement)})"
+               for cell, statement in step.imports]
+    for keyword, opening, items, closing in (
+            ("imports", "[", imports, "]"),
+            ("parameters", "{", [f"{n!r}: {n}" for n in step.parameters], "}"),
+            ("json_parameters", "[", [repr(n) for n in _json_names(step, parameters)], "]"),
+            ("inputs", "{", [f"{i.name!r}: in_{i.name}" for i in step.inputs], "}"),
+            ("outputs", "{", [f"{n!r}: out_{n}" for n in step.outputs], "}"),
+            ("metrics", "{", [f"{literal(m.key)}: {literal(m.expression)}" for m in step.metrics],
+             "}")):
+        if items:
+            found.append(wrapped(f"{keyword}={opening}", items, closing, 8))
+    return found + ([f"metrics_artifact={METRICS_ARTIFACT}"] if step.metrics else [])
+
+
+def _cells(plan: Plan) -> list[Cell]:
+    """Every cell a step's code names: the prelude, the steps' cells, the replayed imports'."""
+    return [*plan.prelude, *(c for step in plan.steps for c in step.cells),
+            *(cell for step in plan.steps for cell, _ in step.imports)]
+
+
+def _label(cell: Cell) -> str:
+    """How a cell is named after its index in tracebacks: ``step train``, ``imports``."""
+    kind = cell.annotation.kind
+    return f"step {cell.annotation.name}" if kind == "step" else kind
+
+
+def render_runtime_component(plan: Plan, sources: Mapping[int, str]) -> str:
+    """Source of the ``kale_runtime`` component: the runtime and the prelude, for every step.
+
+    ``sources`` holds each cell's plain Python by index (``cell_code.python_sources``).
+
+    Raises
+    ------
+    CompileError
+        The imports and functions cells are too large for one command-line
+        argument, even compressed.
+    """
+    source = (decorator(plan, "BASE_IMAGE", None)
+              + runtime_component_function(os.path.basename(plan.notebook),
+                                           prelude_cells(plan.prelude, sources, " " * 12),
+                                           places(_cells(plan))))
+    check_argument_size("step runtime component (with the imports and functions cells)", source,
+                        plan.prelude)
+    return source
 
 
 def _json_names(step: Step, parameters: Mapping[str, Parameter]) -> list[str]:
     return [name for name in step.parameters if parameters[name].type in JSON_TYPES]
-
-
-def _mapping(names: tuple[str, ...] | list[str], prefix: str) -> str:
-    items = ", ".join(f"{name!r}: {prefix}{name}" for name in names)
-    return "{" + items + "}"
-
-
-def _blocks(plan: Plan, cells: Sequence[Cell], indent: str) -> str:
-    """``(filename, source),`` lines of ``cells`` for a code list, one per cell."""
-    return "".join(f"{indent}({string_literal(cell_filename(plan, c))}, "
-                   f"{text_literal(python_source(c.source), indent + ' ' * 4)}),\n" for c in cells)
-
-
-def render_prelude(plan: Plan) -> str:
-    """Source of ``_kale_prelude()``: the imports and functions cells, run first in every step."""
-    code = _blocks(plan, plan.prelude, " " * 8)
-    return (
-        "def _kale_prelude():\n"
-        "    \"\"\"The notebook's imports and functions cells, run first in every step.\"\"\"\n"
-        f"    return [\n{code}    ]\n"
-    )

@@ -12,7 +12,9 @@ names shadow each other:
   server's ``task_details`` list both under those names);
 - a parameter default KFP cannot carry unchanged (``inf``, a tuple in a list, ...);
 - a parameter that the pipeline function would confuse with one of its own
-  names (a step, a task variable, ``kubernetes``), or that KFP rejects: KFP
+  names (a step, a task variable, ``kubernetes``, the ``kale_runtime``
+  component), or a component with the names it loads the runtime with
+  (``sys``, ``run_step``), or that KFP rejects: KFP
   accepts ``^[A-Za-z][A-Za-z0-9_-]*`` only (``kfp.dsl.pipeline_channel.
   PipelineChannel.__init__``, KFP 2.17), and a Python argument allows no ``-``;
 - a variable passed between steps whose artifact name (``in_<name>``,
@@ -27,6 +29,7 @@ import re
 import unicodedata
 from typing import Iterable
 
+from kale_magics.codegen.embedding import LOADER_NAMES, RUNTIME_COMPONENT
 from kale_magics.codegen.parameters import value_problem
 from kale_magics.errors import CompileError
 from kale_magics.model import Plan
@@ -91,6 +94,10 @@ def _check_parameters(plan: Plan, steps: list[str], kubernetes: bool) -> None:
              **{task_variable(s): f"the task variable of step {s!r}" for s in steps}}
     if kubernetes:
         taken["kubernetes"] = "the kfp.kubernetes module"
+    taken.update({RUNTIME_COMPONENT: "the step runtime's component",
+                  task_variable(RUNTIME_COMPONENT): "the task variable of the step runtime",
+                  **{name: "a name each step's component uses to load the step runtime"
+                     for name in LOADER_NAMES}})
     for parameter in plan.parameters:
         name = parameter.name
         problem = value_problem(parameter, parameter.value)

@@ -10,10 +10,11 @@ a PyPI package (Kale's fault). A local run installs none of them.
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import sys
 from importlib import metadata
-from typing import Any, Iterable
+from typing import Iterable
 
 from kale_magics.model import requirement_name
 
@@ -78,13 +79,13 @@ def installed_packages() -> InstalledPackages:
     """The snapshot of the current environment, reused while ``sys.path`` and its folders'
     modification times are unchanged (installing or upgrading a distribution adds or renames
     an entry in its ``site-packages`` folder), so a warm kernel reads it once."""
-    key = tuple((entry, _mtime_ns(entry)) for entry in sys.path)
-    if _SNAPSHOT.get("key") != key:
-        _SNAPSHOT.update(key=key, packages=InstalledPackages())
-    return _SNAPSHOT["packages"]
+    return _snapshot(tuple((entry, _mtime_ns(entry)) for entry in sys.path))
 
 
-_SNAPSHOT: dict[str, Any] = {}
+@functools.lru_cache(maxsize=1)
+def _snapshot(environment: tuple[tuple[str, int | None], ...]) -> InstalledPackages:
+    """The snapshot for one state of the environment (a memo of a pure function of its key)."""
+    return InstalledPackages()
 
 
 def _mtime_ns(path: str) -> int | None:

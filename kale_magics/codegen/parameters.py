@@ -9,14 +9,20 @@ KFP replaces placeholders such as ``{{$.pipeline_task_name}}`` in parameter
 values (``kfp.local.placeholder_utils.resolve_self_references_in_executor_input``),
 so a str value that holds one travels escaped (``runtime.step.escape_text``) and
 JSON text has its ``{{`` and ``/kfp-workspace`` written with JSON escapes.
+
+Arguments of a run (``--param NAME=VALUE``, a panel's fields) are typed here
+from the parameters' defaults (:func:`run_arguments`).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 from typing import Any, Mapping
 
+from kale_magics.analysis.parameters import MAX_EXACT_INT
+from kale_magics.errors import KaleError
 from kale_magics.model import Parameter, Plan
 from kale_magics.runtime.step import escape_text
 
@@ -43,6 +49,93 @@ def kfp_arguments(plan: Plan, values: Mapping[str, Any]) -> dict[str, Any]:
     """Typed parameter values by name -> the arguments a KFP run of ``plan`` takes."""
     parameters = {p.name: p for p in plan.parameters}
     return {name: kfp_value(parameters[name], value) for name, value in values.items()}
+
+
+def parse_param(text: str) -> tuple[str, str]:
+    """Split ``--param NAME=VALUE`` text into ``(NAME, VALUE)``.
+
+    Raises
+    ------
+    KaleError
+        The text has no ``=`` or no name.
+    """
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise KaleError(f"--param {text!r} is not NAME=VALUE; for example --param N_ESTIMATORS=50")
+    return name.strip(), value
+
+
+def coerce_arguments(plan: Plan, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Type pipeline arguments given as text (``--param N=5``) from the parameters' defaults.
+
+    Values that are not strings are passed through. A ``str`` parameter takes
+    the text as it is; ``bool`` accepts true/false/1/0/yes/no; ``list`` and
+    ``dict`` accept JSON or a Python literal; ``int`` must fit KFP's doubles; a
+    value KFP cannot carry unchanged is refused (:func:`value_problem`).
+
+    Raises
+    ------
+    KaleError
+        An unknown parameter name, a value of the wrong type, or one KFP cannot carry.
+    """
+    parameters = {p.name: p for p in plan.parameters}
+    result: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in parameters:
+            known = ", ".join(parameters) or "none"
+            raise KaleError(f"unknown parameter {name!r}; the pipeline's parameters are: {known}")
+        kind = parameters[name].type
+        result[name] = _coerce(name, kind, value) if isinstance(value, str) else value
+        problem = value_problem(parameters[name], result[name])
+        if problem:
+            raise KaleError(f"parameter {name!r}: {problem}; for example {_EXAMPLES[kind]}")
+    return result
+
+
+def run_arguments(plan: Plan, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Arguments given as text or values -> typed (:func:`coerce_arguments`), as KFP carries them.
+
+    Raises
+    ------
+    KaleError
+        An unknown parameter name or a value of the wrong type.
+    """
+    return kfp_arguments(plan, coerce_arguments(plan, raw))
+
+
+def _coerce(name: str, kind: str, text: str) -> Any:
+    try:
+        if kind == "str":
+            return text
+        if kind == "bool":
+            return {"true": True, "1": True, "yes": True,
+                    "false": False, "0": False, "no": False}[text.strip().lower()]
+        if kind == "int":
+            value = int(text)
+            if abs(value) > MAX_EXACT_INT:
+                raise ValueError(text)
+            return value
+        if kind == "float":
+            return float(text)
+        value = _structured(text)
+        if type(value).__name__ != kind:
+            raise ValueError(kind)
+        return value
+    except (KeyError, ValueError, SyntaxError):
+        raise KaleError(f"parameter {name!r} is {kind}, but {text!r} is not a valid {kind}; "
+                        f"for example {_EXAMPLES[kind]}") from None
+
+
+_EXAMPLES = {"bool": "--param NAME=true", "int": "--param NAME=5", "float": "--param NAME=0.5",
+             "list": "--param 'NAME=[1, 2]'", "dict": "--param 'NAME={\"a\": 1}'",
+             "str": "--param NAME=text"}
+
+
+def _structured(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return ast.literal_eval(text)
 
 
 def value_problem(parameter: Parameter, value: Any) -> str | None:

@@ -1,29 +1,35 @@
 """Render a :class:`~kale_magics.model.Plan` as a readable KFP DSL module.
 
-The module has, in order: a header, the base image and packages, the
-notebook's prelude (``_kale_prelude``), the embedded step runtime
-(``_kale_runtime``), one ``@dsl.component`` per step, and the
-``@dsl.pipeline`` function wiring the tasks. The same plan always renders the
-same text.
+The module has, in order: a header; constants (the base image, each distinct
+list of packages the steps install); one ``@dsl.component`` per step, which
+imports the step runtime from its ``kale_runtime`` input and runs; the
+``kale_runtime`` component, which carries the step runtime (compressed) and the
+notebook's imports and functions cells once for the whole pipeline (see
+``codegen.embedding``); and the ``@dsl.pipeline`` function wiring the tasks.
+The same plan always renders the same text.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Mapping
 
 from kale_magics import __version__
-from kale_magics.analysis.names import python_source, scan_blocks
-from kale_magics.codegen.components import render_component, render_prelude
-from kale_magics.codegen.embedding import runtime_function
+from kale_magics.analysis.names import scan_blocks
+from kale_magics.codegen.cell_code import python_sources
+from kale_magics.codegen.components import (PIP_INDEX_URLS, PIP_TRUSTED_HOSTS, render_component,
+                                             render_runtime_component)
+from kale_magics.codegen.layout import wrapped
+from kale_magics.codegen.embedding import RUNTIME_COMPONENT, RUNTIME_INPUT
 from kale_magics.codegen.naming import check_names, task_variable
 from kale_magics.codegen.packages import (installed_packages, step_packages, with_overrides,
                                           with_producers)
 from kale_magics.codegen.parameters import kfp_type, kfp_value
 from kale_magics.codegen.settings import settings_lines, uses_kubernetes
-from kale_magics.model import Plan, Step
+from kale_magics.model import Plan, Step, StepSettings
 
 
 def default_image() -> str:
@@ -59,38 +65,75 @@ def render_module(plan: Plan, artifact_types: Mapping[str, str] | None = None) -
         The analysed pipeline.
     artifact_types:
         Optional KFP artifact class per passed variable (``"Dataset"``,
-        ``"Model"`` or ``"Artifact"``, the default), e.g. from live kernel types.
+        ``"Model"`` or ``"Artifact"``, the default), as the notebook's saved step records give them.
 
     Raises
     ------
     CompileError
-        Names that would clash in the module or in KFP, or parameter values KFP
-        cannot carry (see :func:`~kale_magics.codegen.naming.check_names`).
+        A component would not fit in one command-line argument (a cell too
+        large even compressed), two component arguments clash, names would clash
+        in the module or in KFP, or parameter values KFP cannot carry (see
+        :func:`~kale_magics.codegen.naming.check_names`).
     """
     check_names(plan, kubernetes=uses_kubernetes(plan.steps))
     types = dict(artifact_types or {})
+    sources = python_sources((*plan.prelude, *(c for step in plan.steps for c in step.cells)))
+    imports = {index: _imports(source) for index, source in sources.items()}
+    prelude = [m for c in plan.prelude for m in imports[c.index]]
     packages, unknown, installed = {}, [], installed_packages()
     for step in plan.steps:  # plan order: producers come first
-        derived, missing = step_packages(_imports(plan, step), installed)
-        derived = with_producers(derived, (packages[p] for p in sorted({i.producer for i in step.inputs})))
+        modules = prelude + [m for c in step.cells for m in imports[c.index]]
+        derived, missing = step_packages(modules, installed)
+        producers = sorted({i.producer for i in step.inputs})
+        derived = with_producers(derived, (packages[p] for p in producers))
         packages[step.name] = with_overrides(derived, step.settings.packages)
         unknown += [m for m in missing if m not in unknown]
     warnings = [f"no installed package provides module {m!r}; install it here, or name its "
                 "package with --packages" for m in unknown]
+    constants = package_constants(plan, packages)
     parts = [
         _header(plan),
-        f"BASE_IMAGE = {(plan.settings.image or default_image())!r}\n",
-        render_prelude(plan),
-        runtime_function(),
-        *(render_component(plan, step, types, packages[step.name]) for step in plan.steps),
+        _constants(plan, packages, constants),
+        *(render_component(plan, step, types, constants[step.name], sources)
+          for step in plan.steps),
+        render_runtime_component(plan, sources),
         _pipeline_function(plan),
     ]
     return RenderedModule("\n\n".join(parts), packages, warnings)
 
 
-def _imports(plan: Plan, step: Step) -> Iterable[str]:
-    """Modules the step imports, its prelude (imports and functions cells) included."""
-    return scan_blocks([python_source(c.source) for c in (*plan.prelude, *step.cells)]).imports
+@functools.lru_cache(maxsize=4096)  # pure; a recompile meets the same cells again
+def _imports(source: str) -> tuple[str, ...]:
+    """Top-level modules a cell's plain Python imports."""
+    return tuple(scan_blocks([source]).imports)
+
+
+def package_constants(plan: Plan, packages: Mapping[str, list[str]]) -> dict[str, str]:
+    """The module constant naming each step's packages: ``{"load": "PACKAGES", "train": ...}``.
+
+    Steps installing the same list share one constant: the first list (in step
+    order) is ``PACKAGES``, another is named after its first step
+    (``PACKAGES_TRAIN``), so the DSL does not repeat a list per step.
+    """
+    names: dict[tuple[str, ...], str] = {}
+    for step in plan.steps:
+        key = tuple(packages[step.name])
+        names.setdefault(key, f"PACKAGES_{step.name.upper()}" if names else "PACKAGES")
+    return {step.name: names[tuple(packages[step.name])] for step in plan.steps}
+
+
+def _constants(plan: Plan, packages: Mapping[str, list[str]], names: Mapping[str, str]) -> str:
+    lines = [f"BASE_IMAGE = {(plan.settings.image or default_image())!r}\n"]
+    for name, values in ((PIP_INDEX_URLS, plan.settings.pip_index_urls),
+                         (PIP_TRUSTED_HOSTS, plan.settings.pip_trusted_hosts)):
+        if values:
+            lines.append(wrapped(f"{name} = [", [repr(v) for v in values], "]", 0) + "\n")
+    lines.append("#: What the steps pip-install on a cluster, pinned to the versions installed where "
+                 "this was compiled.\n")
+    lists = {name: packages[step] for step, name in names.items()}
+    lines += [wrapped(f"{name} = [", [repr(p) for p in values], "]", 0) + "\n"
+              for name, values in lists.items()]
+    return "".join(lines)
 
 
 def _header(plan: Plan) -> str:
@@ -101,13 +144,29 @@ def _header(plan: Plan) -> str:
         f'"""KFP pipeline generated by kale-magics {__version__} from the notebook NOTEBOOK.\n\n'
         "Do not edit: change the notebook and compile again. Each step is one lightweight\n"
         "component that runs the notebook's imports and functions cells, then the step's cells,\n"
-        "through the embedded kale-magics step runtime (`_kale_runtime`).\n"
+        "through the kale-magics step runtime, which the first task (`kale_runtime`) writes as an\n"
+        "artifact every step imports.\n"
         '"""\n'
         "from kfp import dsl\n"
-        + ("from kfp import kubernetes\n" if uses_kubernetes(plan.steps) else "")
+        + ("from kfp import kubernetes\n" if uses_kubernetes(_all_tasks(plan)) else "")
         + "from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output\n\n"
         f"NOTEBOOK = {notebook!r}\n"
     )
+
+
+def _runtime_task(plan: Plan) -> Step:
+    """The ``kale_runtime`` task as a step without cells, with the pipeline's default settings
+    that decide where and how any pod starts (environment, secrets, node selectors, tolerations,
+    labels, annotations, retries), not the resources, volumes or timeout the steps run with."""
+    d = plan.settings.step_defaults
+    settings = StepSettings(retries=d.retries, backoff_s=d.backoff_s, env=d.env, secrets=d.secrets,
+                            node_selector=d.node_selector, tolerations=d.tolerations,
+                            labels=d.labels, annotations=d.annotations)
+    return Step(name=RUNTIME_COMPONENT, cells=(), settings=settings)
+
+
+def _all_tasks(plan: Plan) -> tuple[Step, ...]:
+    return (_runtime_task(plan), *plan.steps)
 
 
 def _pipeline_function(plan: Plan) -> str:
@@ -116,15 +175,19 @@ def _pipeline_function(plan: Plan) -> str:
     description = plan.settings.description
     decorator = f"@dsl.pipeline(name={plan.name!r}"
     decorator += f", description={description!r})" if description else ")"
-    body = "".join(_task_lines(step) for step in plan.steps)
+    runtime = _runtime_task(plan)
+    lines = [f"{task_variable(RUNTIME_COMPONENT)} = {RUNTIME_COMPONENT}()", *settings_lines(runtime)]
+    body = "".join(f"    {line}\n" for line in lines) + "".join(_task_lines(step) for step in plan.steps)
     return f"{decorator}\ndef pipeline(\n{params}):\n{body}"
 
 
 def _task_lines(step: Step) -> str:
-    args = [f"{name}={name}" for name in step.parameters]
+    args = [f"{RUNTIME_INPUT}={task_variable(RUNTIME_COMPONENT)}.output"]
+    args += [f"{name}={name}" for name in step.parameters]
     args += [f"in_{i.name}={task_variable(i.producer)}.outputs[{'out_' + i.name!r}]"
              for i in step.inputs]
-    lines = [f"{task_variable(step.name)} = {step.name}({', '.join(args)})"]
+    lines = [wrapped(f"{task_variable(step.name)} = {step.name}(", args, ")", 4)]
     if step.after:
-        lines.append(f"{task_variable(step.name)}.after({', '.join(map(task_variable, step.after))})")
+        lines.append(wrapped(f"{task_variable(step.name)}.after(",
+                             [task_variable(a) for a in step.after], ")", 4))
     return "".join(f"    {line}\n" for line in (*lines, *settings_lines(step)))

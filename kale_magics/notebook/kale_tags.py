@@ -10,7 +10,7 @@ notebook with ``metadata.tags`` on each cell and pipeline settings in
   2.x defines is read, ``limit:``, ``label:`` and ``annotation:`` applied
   (Kale drops some), plus Kale 1.x's ``block:``. An unknown tag or key is a
   warning, not an error.
-- the tag and metadata writers used by :mod:`kale_magics.notebook.convert`.
+- the tag and metadata writers used by :mod:`kale_magics.convert`.
 """
 
 from __future__ import annotations
@@ -272,8 +272,8 @@ def settings_from_metadata(meta: dict[str, Any]) -> tuple[PipelineSettings, list
     image = meta.get("base_image") or meta.get("docker_image") or None
     cache = meta.get("enable_caching")
     defaults = settings_from_tags(tagged if isinstance(tagged, list) else [], "steps_defaults")
-    defaults = defaults.over(StepSettings(image=image, volumes=tuple(volumes),
-                                          cache=cache if isinstance(cache, bool) else None))
+    defaults = StepSettings(image=image, volumes=tuple(volumes),
+                            cache=cache if isinstance(cache, bool) else None).merged(defaults)
     name = meta.get("pipeline_name") or None  # a file name too: checked like %kale pipeline --name
     settings = PipelineSettings(name=name and check_pipeline_name(name, "kubeflow_notebook: pipeline_name"),
                                 experiment=experiment or None,

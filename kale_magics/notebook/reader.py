@@ -21,7 +21,7 @@ import functools
 import json
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from kale_magics.errors import AnnotationError, KaleError, NotebookError
 from kale_magics.model import Annotation, Cell, PipelineSettings
@@ -34,6 +34,7 @@ from kale_magics.notebook.annotations import (
     parse_cell_line,
     parse_pipeline_line,
 )
+from kale_magics.notebook.step_record import recorded_artifacts
 
 
 @dataclass(frozen=True)
@@ -64,12 +65,16 @@ class AnnotatedNotebook:
         the ``%kale pipeline`` lines.
     warnings:
         Unknown Kale tags and metadata keys, ignored.
+    artifact_types:
+        KFP artifact class per variable, as the step cells' saved outputs record it
+        (``notebook.step_record``).
     """
 
     path: str
     cells: tuple[Cell, ...]
     settings: PipelineSettings
     warnings: tuple[str, ...] = ()
+    artifact_types: Mapping[str, str] = field(default_factory=dict)
 
 
 def read_notebook(path: str | os.PathLike[str]) -> AnnotatedNotebook:
@@ -98,7 +103,8 @@ def read_notebook(path: str | os.PathLike[str]) -> AnnotatedNotebook:
         raise with_warnings(error, meta_warnings) from None
     return AnnotatedNotebook(path=os.fspath(path), cells=annotated,
                              settings=settings.merged(read_settings(cells)),
-                             warnings=tuple(meta_warnings + warnings))
+                             warnings=tuple(meta_warnings + warnings),
+                             artifact_types=recorded_artifacts(nb["cells"]))
 
 
 def code_cells(nb: Any) -> list[CodeCell]:
@@ -345,7 +351,7 @@ def read_reference(base: str, name: str, cell: CodeCell) -> tuple[list[Cell], li
         try:
             renamed[id(a)] = replace(a, name=check_step_name(f"{name}_{a.name}"),
                                      after=tuple(f"{name}_{step}" for step in a.after),
-                                     settings=a.settings.over(settings.step_defaults))
+                                     settings=settings.step_defaults.merged(a.settings))
         except AnnotationError as error:
             raise AnnotationError(f"`notebook:{name}`: its step {a.name!r} is named {name}_{a.name} "
                                   f"here, which is not usable ({error.message})", cell=cell.index) from None

@@ -114,6 +114,39 @@ def docker_options(network: str | None = None, volume_map: Iterable[str] = (),
                          secret_env_file=secret_env_file or None, reuse_installs=not fresh_installs)
 
 
+def chosen_docker_options(docker: bool, remote: bool, network: str | None = None,
+                          volume_map: Iterable[str] = (), secret_env_file: str | None = None,
+                          fresh_installs: bool = False) -> DockerOptions | None:
+    """The container options of a ``run`` command line (``--docker`` and its options), or None
+    when the run is not in containers.
+
+    Parameters
+    ----------
+    docker:
+        ``--docker`` was given.
+    remote:
+        The run goes to a KFP server (``--host`` or ``--remote``).
+    network, volume_map, secret_env_file, fresh_installs:
+        As :func:`docker_options` takes them.
+
+    Raises
+    ------
+    RunError
+        ``--docker`` with a KFP server, a container option without ``--docker``, or a bad
+        volume map (:func:`docker_options`).
+    """
+    if docker and remote:
+        raise RunError("--docker runs the steps in containers on this machine; leave out "
+                       "--host/--remote, or --docker to run on the KFP server")
+    given = [option for option, value in (("--docker-network", network),
+                                          ("--volume-map", volume_map),
+                                          ("--secret-env-file", secret_env_file),
+                                          ("--fresh-installs", fresh_installs)) if value]
+    if given and not docker:
+        raise RunError(f"{given[0]} applies to runs in containers: add --docker")
+    return docker_options(network, volume_map, secret_env_file, fresh_installs) if docker else None
+
+
 def memory_bytes(quantity: str) -> int:
     """Bytes of a Kubernetes memory quantity: ``"512Mi"`` -> 536870912, ``"1G"`` -> 10**9."""
     number, unit = re.fullmatch(r"([0-9]+)([A-Za-z]*)", quantity).groups()  # type: ignore[union-attr]

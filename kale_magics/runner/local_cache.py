@@ -24,17 +24,12 @@ import re
 from typing import Any, Callable, Iterator
 
 from kale_magics.errors import RunError
-from kale_magics.model import Plan
+from kale_magics.model import Plan, task_name
 from kale_magics.runner.status import RunStatus
 
 _HIT = re.compile(r"^Task (\S+) cache hit \(key=([0-9a-f]+)\)")
 #: Where the cache lives, under the pipeline root.
 CACHE_FOLDER = ".kfp_cache"
-
-
-def task_name(step: str) -> str:
-    """The IR's task name of a step (KFP turns ``train_forest`` into ``train-forest``)."""
-    return step.replace("_", "-")
 
 
 class CacheHits(logging.Handler):

@@ -31,7 +31,7 @@ from typing import Any, Mapping, Optional
 from kale_magics.codegen.compile import CompiledPipeline, dump_ir, read_ir
 from kale_magics.errors import KaleError
 from kale_magics.runner.connection import KfpSession, config_path
-from kale_magics.runner.task_map import kfp_task_name
+from kale_magics.model import task_name
 from kale_magics.runner.transport import call
 
 DEFAULT_EXPERIMENT = "Default"
@@ -257,7 +257,7 @@ def check_task_names(compiled: CompiledPipeline) -> None:
     KaleError
         Naming both steps and the fix, before anything is created.
     """
-    steps = {kfp_task_name(step.name): step.name for step in compiled.plan.steps}
+    steps = {task_name(step.name): step.name for step in compiled.plan.steps}
     for task, step in steps.items():
         other = steps.get(task[:-len("-driver")]) if task.endswith("-driver") else None
         if other is not None:

@@ -97,11 +97,15 @@ class RunHooks:
         Called with the :class:`RunStatus` whenever anything changes.
     on_done:
         Called once with the final :class:`RunStatus`.
+    on_message:
+        Called with a line for people about what the target is doing before
+        the run has steps to report: connecting, submitting, the run's link.
     """
 
     on_step: Optional[Callable[[StepStatus], Any]] = None
     on_status: Optional[Callable[["RunStatus"], Any]] = None
     on_done: Optional[Callable[["RunStatus"], Any]] = None
+    on_message: Optional[Callable[[str], Any]] = None
 
     def run_hook(self, name: str, *args: Any) -> None:
         """Call hook ``name`` if set; log and swallow its exceptions."""

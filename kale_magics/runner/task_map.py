@@ -37,19 +37,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
+from kale_magics.model import task_name
 from kale_magics.runner.status import PENDING, SKIPPED, SUCCEEDED
 
 #: KFP's "not set" times (the epoch for runs, a zero Go time for tasks).
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 FAILED_STATES = frozenset({"FAILED"})
-
-
-def kfp_task_name(step: str) -> str:
-    """The KFP task name of a step (``train_forest`` -> ``train-forest``).
-
-    KFP's rule, ``kfp.dsl.utils.maybe_rename_for_k8s``.
-    """
-    return re.sub("-+", "-", re.sub("[^-0-9a-z]+", "-", step.lower())).strip("-")
 
 
 def fnv32a(text: str) -> int:
@@ -162,14 +155,14 @@ def step_views(steps: Sequence[str], found: Sequence[Entry]) -> dict[str, StepVi
     prefixes = [f"{workflow}.root", *(f"{workflow}.root.{g}" for g in groups)]
     pairs, taken = {}, set()
     for step in steps:  # without the workflow's name: the steps' nodes first, then their drivers
-        task = kfp_task_name(step)
+        task = task_name(step)
         if workflow:
             pairs[step] = _by_structure(task, by_name, workflow, prefixes)
         else:
             pairs[step] = (_pick(by_name.get(task, []), taken), None)
         taken |= {id(pairs[step][0])} if pairs[step][0] else set()
     if not workflow:
-        pairs = {s: (node, _pick(by_name.get(f"{kfp_task_name(s)}-driver", []), taken))
+        pairs = {s: (node, _pick(by_name.get(f"{task_name(s)}-driver", []), taken))
                  for s, (node, _) in pairs.items()}
     executors = [e for e in found if re.fullmatch(r"executor(\(\d+\))?", e.name) and id(e) not in taken]
     succeeded = [node for node, _ in pairs.values() if node is not None and node.state == SUCCEEDED]

@@ -52,6 +52,11 @@ class RetryPolicy:
     backoff_start_s: float = 1.0
     backoff_max_s: float = 20.0
 
+    @classmethod
+    def for_outage(cls, max_outage_s: float) -> "RetryPolicy":
+        """Ride out ``max_outage_s`` seconds, waiting at most a quarter of it (1 to 20 s) between tries."""
+        return cls(max_outage_s=max_outage_s, backoff_max_s=max(1.0, min(20.0, max_outage_s / 4)))
+
 
 class _Transient(Exception):
     """A failure worth retrying; ``str()`` is the reason."""

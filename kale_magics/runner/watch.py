@@ -10,6 +10,7 @@ What it relies on is what KFP 2.17's API server really sends:
   or SKIPPED (a false condition: straight to SKIPPED); a cache hit is SUCCEEDED and
   ``cached``. A step that started and ended between two polls is reported RUNNING, then
   its final state, and the changes of one poll are reported in the order they happened.
+  The ``kale-runtime`` task, which writes the step runtime every step imports, is no step.
 - KFP never says why a step failed. When a step fails, and when the run ends, the run's
   Argo workflow is read (:mod:`.workflow`): a failed step's error is the exception, the
   notebook cell and line its runtime left as the pod's termination message, and the error
@@ -32,12 +33,14 @@ so a remote status carries a ``metrics_note`` saying so and where to see them.
 
 from __future__ import annotations
 
+import graphlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from kale_magics.codegen.embedding import RUNTIME_COMPONENT
 from kale_magics.errors import RunError
-from kale_magics.model import Plan
+from kale_magics.model import Plan, task_name
 from kale_magics.runner import remote, task_map
 from kale_magics.runner.connection import KfpSession
 from kale_magics.runner.status import (
@@ -53,7 +56,7 @@ from kale_magics.runner.status import (
     RunStatus,
     StepStatus,
 )
-from kale_magics.runner.task_map import kfp_task_name, seconds
+from kale_magics.runner.task_map import seconds
 from kale_magics.runner.transport import RetryPolicy, call
 from kale_magics.runner.workflow import StepFacts, WorkflowFacts, read_facts
 
@@ -104,7 +107,8 @@ def run_steps(session: KfpSession, run: Any) -> list[str]:
     spec = (spec or {}).get("pipeline_spec", spec or {})  # {pipeline_spec, platform_spec} wrapper
     tasks = spec.get("root", {}).get("dag", {}).get("tasks", {})
     order = _topological({name: set(task.get("dependentTasks", [])) for name, task in tasks.items()})
-    return [_step_of(name, tasks[name]) for name in order]
+    steps = [_step_of(name, tasks[name]) for name in order]
+    return [step for step in steps if step != RUNTIME_COMPONENT]  # it writes the runtime, no step
 
 
 def _step_of(task: str, spec: dict[str, Any]) -> str:
@@ -115,15 +119,15 @@ def _step_of(task: str, spec: dict[str, Any]) -> str:
 
 
 def _topological(upstream: dict[str, set[str]]) -> list[str]:
-    """Task names so that each comes after the tasks it depends on (ties by name)."""
+    """Task names so that each comes after the tasks it depends on, ties by name
+    (``graphlib``'s order, each ready set sorted)."""
+    sorter = graphlib.TopologicalSorter(upstream)
+    sorter.prepare()  # a cycle cannot come from KFP: CycleError if it did
     order: list[str] = []
-    remaining = dict(upstream)
-    while remaining:
-        ready = sorted(n for n, deps in remaining.items() if not deps & remaining.keys())
-        ready = ready or sorted(remaining)[:1]  # a cycle cannot come from KFP; do not loop forever
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready())
         order.extend(ready)
-        for name in ready:
-            del remaining[name]
+        sorter.done(*ready)
     return order
 
 
@@ -242,7 +246,7 @@ class Follower:
         """State, error text, cell and line of a failed step."""
         facts = (self.facts.steps.get(name) if self.facts else None) or StepFacts()
         driver_failed = name in self._driver_failed
-        task = kfp_task_name(name)
+        task = task_name(name)
         node = f"'{task}-driver'" if driver_failed else f"'{facts.node or task + ' > executor'}'"
         where = (f"its log is in the KFP UI: {self.status.url} (node {node}"
                  + (f", pod {facts.pod})" if facts.pod else ")"))

@@ -28,7 +28,7 @@ from typing import Any, Optional, Sequence
 
 from kale_magics.errors import KaleError
 from kale_magics.runner.connection import KfpSession
-from kale_magics.runner.task_map import kfp_task_name
+from kale_magics.model import task_name
 from kale_magics.runner.transport import RetryPolicy, call
 from kale_magics.runtime.step import ERROR_MARKER
 
@@ -99,7 +99,7 @@ def facts(manifest: dict[str, Any], steps: Sequence[str]) -> WorkflowFacts:
     workflow = manifest.get("metadata", {}).get("name", "")
     found = {}
     for step in steps:
-        task = kfp_task_name(step)
+        task = task_name(step)
         dag = next((n for name, n in by_name.items() if name.endswith(f".{task}")
                     and n.get("templateName") != "system-container-driver"
                     and by_name.get(f"{name}.executor") is not None), None)

@@ -95,6 +95,11 @@ class MarshalError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        """Pickle with all three arguments (``Exception`` keeps only ``args``), as nbclient's
+        ``CellExecutionError`` does, so the error survives crossing a process."""
+        return (type(self), (self.message, self.variable, self.type_name))
+
 
 def save(value: object, path: str, variable: str,
          prelude: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -256,14 +256,17 @@ class KfpTestServer:
         with self.store.lock:
             return self.store.runs[run_id].to_json()
 
-    def wait_for_task(self, run_id: str, state: str = "RUNNING", timeout_s: float = 60) -> None:
-        """Block until some step's executor is in ``state`` (bounded by ``timeout_s``)."""
+    def wait_for_task(self, run_id: str, state: str = "RUNNING", timeout_s: float = 60,
+                      task: str | None = None) -> None:
+        """Block until some step's executor (the executor of task ``task``, when given) is in
+        ``state`` (bounded by ``timeout_s``)."""
         phase = {"RUNNING": "Running", "SUCCEEDED": "Succeeded", "FAILED": "Failed"}[state]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self.store.lock:
                 run = self.store.runs.get(run_id)
                 if run and any(n["phase"] == phase and n["templateName"] == "system-container-impl"
+                               and (task is None or n["name"].endswith(f".{task}.executor"))
                                for n in run.workflow.nodes.values()):
                     return
             time.sleep(0.05)

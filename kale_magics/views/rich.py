@@ -1,69 +1,68 @@
-"""What the deploy panel shows, as HTML and SVG: pure functions of plan and status, no kernel.
+"""HTML views of a plan, a run and a check, for notebooks (``text/html``) and the deploy panel.
 
-The DAG reuses :func:`kale_magics.dag.dag_svg` (the colours of ``%kale show`` and
-``%kale run``); each node's second line says the step's state in words with its
-elapsed time while running and its duration when done. Every element the
-browser test reads has a ``kale-*`` class.
+Pure functions of plan and status, with the same content as the text views
+(:mod:`kale_magics.views.text`, whose wording and duration format they use).
+The DAG is :func:`kale_magics.views.dag.dag_svg`, each node's second line the
+step's state in words with its elapsed time while running and its duration
+when done. Every element the browser test reads has a ``kale-*`` class.
 """
 
 from __future__ import annotations
 
 import html
-import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from kale_magics import report
-from kale_magics.api import CheckReport, CompiledPipeline
-from kale_magics.dag import dag_svg
+from kale_magics.analysis.live import LiveValue
+from kale_magics.analysis.preflight import CheckReport
+from kale_magics.codegen.compile import CompiledPipeline
 from kale_magics.model import Plan, Step
-from kale_magics.runner.status import (
-    FAILED,
-    RUNNING,
-    TERMINAL_STATES,
-    RunStatus,
-    StepStatus,
+from kale_magics.runner.status import FAILED, TERMINAL_STATES, RunStatus, StepStatus
+from kale_magics.views.dag import dag_svg
+from kale_magics.views.text import (
+    check_verdict,
+    duration_text,
+    live_text,
+    size_text,
+    step_note,
 )
 
-#: How each state reads on a DAG node and in the status line.
-STATE_WORDS = {None: "not started", "PENDING": "pending", "RUNNING": "running",
-               "SUCCEEDED": "succeeded", "FAILED": "failed", "SKIPPED": "skipped",
-               "CANCELING": "canceling", "CANCELED": "canceled", "PAUSED": "paused"}
-RED, GREY = "#c62828", "#555"
+RED, GREY, GREEN = "#c62828", "#555", "#2e7d32"
 _LINK_STYLE = "style='color:#1565c0;text-decoration:underline'"
+_TABLE = ('<table class="kale-table" style="border-collapse:collapse;font-size:12px">'
+          '<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
+_CELL = '<{tag} style="border:1px solid #ddd;padding:2px 6px;text-align:left">{text}</{tag}>'
 
 
-def seconds_text(seconds: float) -> str:
-    """``0.4 s``, ``12 s``, ``3 min 5 s``: a duration for people."""
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes, rest = divmod(int(round(seconds)), 60)
-    return f"{minutes} min {rest} s"
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    """An HTML table; ``rows`` hold already-escaped HTML."""
+    head_html = "".join(_CELL.format(tag="th", text=html.escape(h)) for h in head)
+    rows_html = "".join("<tr>" + "".join(_CELL.format(tag="td", text=c) for c in row) + "</tr>"
+                        for row in rows)
+    return _TABLE.format(head=head_html, rows=rows_html)
 
 
-def step_note(step: StepStatus | None, now: float) -> str:
-    """The second line of a DAG node: ``running 3 s``, ``succeeded 1.2 s``, ``not started``.
+def dag_steps(plan: Plan) -> list[tuple[str, tuple[str, ...]]]:
+    """``(name, upstream)`` of every step, for :func:`kale_magics.views.dag.dag_svg`."""
+    return [(s.name, s.upstream) for s in plan.steps]
 
-    Parameters
-    ----------
-    step:
-        The step's status, or None before any run.
-    now:
-        The current time (seconds since the epoch), for the elapsed time of a running step.
-    """
-    if step is None:
-        return STATE_WORDS[None]
-    word = STATE_WORDS.get(step.state, step.state.lower())
-    if getattr(step, "cached", False):
-        return f"{word} (cached)"
-    if step.state == RUNNING and step.start:
-        return f"{word} {seconds_text(max(0.0, now - step.start))}"
-    if step.duration_s is not None:
-        return f"{word} {seconds_text(step.duration_s)}"
-    if step.start and step.end and step.state in TERMINAL_STATES:
-        return f"{word} {seconds_text(step.end - step.start)}"
-    return word
+
+def plan_html(plan: Plan, live: Mapping[str, LiveValue]) -> str:
+    """``%kale show`` in a notebook: the DAG picture and a table of steps."""
+    rows = []
+    for step in plan.steps:
+        inputs = "<br>".join(html.escape(f"{live_text(i.name, live)} ({i.producer})")
+                             for i in step.inputs)
+        outputs = "<br>".join(html.escape(live_text(n, live)) for n in step.outputs)
+        rows.append([f"<b>{html.escape(step.name)}</b>",
+                     html.escape(", ".join(c.place.removeprefix("cell ") for c in step.cells)),
+                     html.escape(", ".join(step.after)), inputs, outputs,
+                     html.escape(", ".join(step.parameters)),
+                     html.escape(", ".join(m.key for m in step.metrics))])
+    title = html.escape(f"pipeline {plan.name}: {len(plan.steps)} steps, "
+                        f"{len(plan.parameters)} parameters")
+    return (f"<div class='kale-show'><b>{title}</b><br>{dag_svg(dag_steps(plan))}"
+            + _table(["step", "cells", "--after", "inputs (producer)", "outputs", "parameters",
+                      "metrics"], rows) + "</div>")
 
 
 def dag_html(plan: Plan, status: RunStatus | None, now: float) -> str:
@@ -74,7 +73,25 @@ def dag_html(plan: Plan, status: RunStatus | None, now: float) -> str:
     steps = status.steps if status is not None else {}
     states = {name: s.state for name, s in steps.items()}
     notes = {s.name: step_note(steps.get(s.name), now) for s in plan.steps}
-    return f"<div class='kale-dag-view'>{dag_svg(report.dag_steps(plan), states, notes)}</div>"
+    return f"<div class='kale-dag-view'>{dag_svg(dag_steps(plan), states, notes)}</div>"
+
+
+def run_html(status: RunStatus, plan: Plan, now: float) -> str:
+    """A run's progress in a notebook (``%kale run``): the DAG by state, then metrics or the error.
+
+    ``now`` (seconds since the epoch) gives running steps their elapsed time.
+    """
+    parts = [f"<b>{html.escape(status.pipeline)}</b> {html.escape(status.state)} "
+             f"({duration_text(status.duration_s)})", dag_html(plan, status, now)]
+    if status.metrics:
+        parts.append(_table(["metric", "value"], [[html.escape(k), f"{v:.6g}"]
+                                                   for k, v in status.metrics.items()]))
+    for step in status.failed_steps:
+        where = f" ({step.cell}, line {step.line})" if step.cell else ""
+        tail = html.escape("\n".join(step.log_tail(15)))
+        parts.append(f"<div style='color:{RED}'>step {html.escape(step.name)} failed"
+                     f"{html.escape(where)}: {html.escape(step.error)}</div><pre>{tail}</pre>")
+    return "<div class='kale-run'>" + "<br>".join(parts) + "</div>"
 
 
 def status_line_html(status: RunStatus | None, now: float, activity: str = "",
@@ -88,7 +105,7 @@ def status_line_html(status: RunStatus | None, now: float, activity: str = "",
     now:
         The current time, for the elapsed time of an active run.
     activity:
-        What the panel is doing before the run has a status ("compiling", "submitting").
+        What is going on before the run has a status ("compiling", "submitting").
     started:
         When Run was pressed; the elapsed time counts from it when given.
     """
@@ -99,7 +116,7 @@ def status_line_html(status: RunStatus | None, now: float, activity: str = "",
     end = status.end if status.state in TERMINAL_STATES and status.end else now
     parts = [f"<b>{html.escape(status.pipeline)}</b>",
              f"<span class='kale-run-state'>{html.escape(status.state)}</span>",
-             f"<span class='kale-elapsed'>{seconds_text(max(0.0, end - begin))}</span>"]
+             f"<span class='kale-elapsed'>{duration_text(max(0.0, end - begin))}</span>"]
     if activity:
         parts.append(html.escape(activity))
     if status.url:
@@ -136,11 +153,12 @@ def _linked(text: str) -> str:
     return html.escape(text)
 
 
-def step_detail_html(step: Step, status: StepStatus | None, log_lines: int = 15) -> str:
+def step_detail_html(step: Step, status: StepStatus | None, now: float,
+                     log_lines: int = 15) -> str:
     """One step's inputs (with producers), outputs, parameters and state; when it failed,
     the error with the notebook cell and line, and the log tail."""
     inputs = ", ".join(f"{i.name} (from {i.producer})" for i in step.inputs) or "none"
-    rows = [("state", step_note(status, time.time())), ("inputs", inputs),
+    rows = [("state", step_note(status, now)), ("inputs", inputs),
             ("outputs", ", ".join(step.outputs) or "none"),
             ("parameters", ", ".join(step.parameters) or "none")]
     if step.metrics:
@@ -163,9 +181,9 @@ def step_detail_html(step: Step, status: StepStatus | None, log_lines: int = 15)
 
 
 def _artifact_text(name: str, artifact: dict) -> str:
-    """``df: DataFrame, parquet, 12.3 KiB`` from what the step runtime saved."""
+    """``df: DataFrame, arrow, 12.3 KiB`` from what the step runtime saved."""
     parts = [str(artifact[k]) for k in ("python_type", "kale_format") if artifact.get(k)]
-    size = report.size_text(artifact.get("bytes"))
+    size = size_text(artifact.get("bytes"))
     return f"{name}: {', '.join([*parts, size] if size else parts) or 'saved'}"
 
 
@@ -188,10 +206,14 @@ def compile_html(compiled: CompiledPipeline) -> str:
     return rows + info_html(f"warning: {w}" for w in compiled.warnings)
 
 
-def check_html(result: CheckReport) -> str:
-    """The pre-flight check: a table of passed variables, warnings, and the verdict."""
-    verdict = ("every passed variable serialises" if result.ok
-               else "some variables cannot be passed between steps; see the table")
-    colour = "#2e7d32" if result.ok else RED
-    return (f"<div class='kale-check' data-ok='{str(result.ok).lower()}'>{report.check_html(result)}"
-            f"<div style='color:{colour}'>{html.escape(verdict)}</div></div>")
+def check_html(report: CheckReport) -> str:
+    """``%kale check``: a table of passed variables, the warnings in red, and the verdict."""
+    rows = [[html.escape(v.name), html.escape(v.producer), html.escape(v.state),
+             html.escape(v.type_name), html.escape(v.format), size_text(v.size_bytes),
+             f"{v.seconds * 1000:.1f} ms" if v.state == "ok" else html.escape(v.message)]
+            for v in report.variables]
+    warnings = "".join(f"<div style='color:{RED}'>{html.escape(w)}</div>" for w in report.warnings)
+    table = _table(["variable", "step", "state", "type", "format", "size", "time / fix"], rows)
+    return (f"<div class='kale-check' data-ok='{str(report.ok).lower()}'>{table}{warnings}"
+            f"<div style='color:{GREEN if report.ok else RED}'>{html.escape(check_verdict(report))}"
+            "</div></div>")

@@ -8,18 +8,23 @@ source in ``metadata.kale_magics`` (Kale ignores it), so ``to_magics`` restores
 it exactly while its tags are unchanged: the round trip magics -> tags ->
 magics is the identity. A Kale notebook without that record is converted from
 its tags. Every other cell, output and metadata field is kept.
+
+:func:`convert_file` holds the file policy: a new file written atomically,
+never over the source. The module sits above ``notebook`` and ``analysis``: it
+reads the file and needs the analysed plan.
 """
 
 from __future__ import annotations
 
 import ast
 import copy
+import os
 from dataclasses import replace
-from typing import Any
-
-import nbformat
+from typing import Any, Callable
 
 from kale_magics.analysis.names import python_source
+from kale_magics.atomic import write_text_atomic
+from kale_magics.errors import NotebookError
 from kale_magics.model import Annotation, Plan
 from kale_magics.notebook import kale_tags
 from kale_magics.notebook.annotations import (
@@ -28,7 +33,7 @@ from kale_magics.notebook.annotations import (
     cell_magic,
     pipeline_line,
 )
-from kale_magics.notebook.reader import annotate_cells, code_cells, read_settings
+from kale_magics.notebook.reader import annotate_cells, code_cells, load_notebook, read_settings
 
 STASH = "kale_magics"
 
@@ -62,6 +67,60 @@ def _kale_metrics(source: str, index: int, warnings: list[str]) -> str:
             warnings.append(f"cell {index}: metric `{text}` is not a variable name, which Kale "
                             "requires; left out of the Kale metrics cell")
     return "\n".join(lines)
+
+
+def convert_file(notebook: str | os.PathLike[str], out: str | os.PathLike[str], to: str,
+                 plan: Callable[[], Plan]) -> tuple[str, list[str]]:
+    """Write ``notebook`` converted to Kale's tags (``to="kale-tags"``) or to ``%%kale`` lines
+    (``to="magics"``) as ``out``, atomically; never over the source.
+
+    Parameters
+    ----------
+    plan:
+        Reads the notebook's plan (its annotations must describe a valid
+        pipeline); called once the paths and ``to`` are known to be good.
+
+    Returns
+    -------
+    tuple of (str, list of str)
+        The path written, and warnings (what the target cannot express, tags ignored).
+
+    Raises
+    ------
+    NotebookError
+        ``out`` is the notebook itself, cannot be written, or ``to`` is unknown.
+    AnnotationError, AnalysisError
+        The notebook's annotations are invalid.
+    """
+    if os.path.abspath(out) == os.path.abspath(notebook):
+        raise NotebookError(f"refusing to overwrite the source notebook {notebook}; "
+                            "choose another output path")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise NotebookError(f"cannot write {out}: the folder {folder} does not exist; create it "
+                            "or choose another output path")
+    if to not in ("kale-tags", "magics"):
+        raise NotebookError(f"cannot convert to {to!r}; use --to magics or --to kale-tags")
+    import nbformat  # here, not at the top: importing it takes seconds (see notebook.reader)
+
+    analysed = plan()  # the tags must describe a valid pipeline, whichever way
+    source = load_notebook(notebook)
+    converted, warnings = (to_kale_tags(source, analysed) if to == "kale-tags"
+                           else to_magics(source, *_magics_hints(analysed)))
+    try:
+        write_text_atomic(out, nbformat.writes(converted))
+    except OSError as error:
+        raise NotebookError(f"cannot write {out}: {error}; choose a writable path") from None
+    return os.fspath(out), warnings
+
+
+def _magics_hints(plan: Plan) -> tuple[str, frozenset[int], dict[int, str]]:
+    """What :func:`to_magics` needs from the analysed plan: its name, the cells that keep their
+    Kale tags (``Plan.lenient_steps``), and each step cell's step name."""
+    keep = frozenset(c.index for s in plan.steps if s.name in plan.lenient_steps
+                     for c in s.cells if not c.notebook)
+    steps = {c.index: s.name for s in plan.steps for c in s.cells if c.explicit and not c.notebook}
+    return plan.name, keep, steps
 
 
 def to_kale_tags(nb: Any, plan: Plan) -> tuple[Any, list[str]]:
@@ -151,7 +210,9 @@ def _foreign_tags(cell: Any) -> list[str]:
 
 def _new_code_cell(nb: Any, source: str) -> Any:
     """A code cell for ``nb``: with an id only where its nbformat version has them (4.5+)."""
-    cell = nbformat.v4.new_code_cell(source)
+    from nbformat.v4 import new_code_cell  # here: importing nbformat takes seconds (notebook.reader)
+
+    cell = new_code_cell(source)
     if (nb.get("nbformat"), nb.get("nbformat_minor", 0)) < (4, 5):
         cell.pop("id", None)
     return cell

@@ -1,18 +1,19 @@
-"""What the kernel has executed: the annotations of the ``%%kale`` cells run in this kernel.
+"""What the kernel has executed: the ``%%kale`` cells run in this kernel (kernel state).
 
-The magics record every annotated cell they run, keyed by the front end's cell
-id when it sends one (JupyterLab, Notebook 7 and VS Code send ``cellId`` with
-each execute request), else by the annotation itself. ``%kale check`` compares
-these sources with the saved notebook, and the magics validate ``--after``
-against the steps known here.
+The cell magic records every annotated cell it runs, keyed by the front end's
+cell id when it sends one (JupyterLab, Notebook 7 and VS Code send ``cellId``
+with each execute request), else by the annotation itself. ``%kale check``
+compares these sources with the saved notebook (:meth:`Registry.unsaved`), and
+the magic validates ``--after`` against the steps known here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kale_magics.analysis.names import NameUse
-from kale_magics.model import Annotation
+from kale_magics.model import Annotation, Cell
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class ExecutedCell:
     annotation:
         The parsed ``%%kale`` line.
     source:
-        The whole cell as executed, the ``%%kale`` line included.
+        The cell's body as executed: the cell without its ``%%kale`` line.
     order:
         Position in execution order (0 for the first cell run).
     use:
@@ -73,16 +74,35 @@ class Registry:
                 found.update(dict.fromkeys(cell.use.writes, cell.annotation.name or ""))
         return found
 
-    def provided(self) -> set[str]:
-        """Names bound by the imports, functions and parameters cells run here."""
-        return {name for cell in self.cells() for name in cell.use.writes
-                if cell.annotation.kind in ("imports", "functions", "parameters")}
-
     def step_names(self) -> set[str]:
         """Names of the steps executed in this kernel."""
         return {c.annotation.name for c in self._cells.values() if c.annotation.name}
 
-    def source(self, cell_id: str) -> str | None:
-        """The source this kernel last ran for ``cell_id``, or None."""
-        cell = self._cells.get(cell_id)
-        return cell.source if cell else None
+    def unsaved(self, saved: Iterable[Cell]) -> tuple[str, ...]:
+        """Warnings for annotated cells whose executed source differs from the saved notebook.
+
+        Parameters
+        ----------
+        saved:
+            The annotated cells of the saved notebook file (``notebook.reader``).
+            Only cells with a front-end cell id can be matched; the annotation
+            and the body are compared.
+        """
+        by_id = {c.cell_id: c for c in saved if c.cell_id and c.explicit}
+        warnings = []
+        for cell in self.cells():
+            file_cell = by_id.get(cell.key)
+            if file_cell is None:
+                if not cell.key.startswith(f"{cell.annotation.kind}:"):  # it has a real cell id
+                    warnings.append(f"a `%%kale {cell.annotation.kind}` cell ran in this kernel but "
+                                    "is not in the saved notebook: save the notebook")
+            elif (file_cell.annotation, _body(file_cell.source)) != (cell.annotation,
+                                                                       _body(cell.source)):
+                warnings.append(f"{file_cell.describe()} differs from what this kernel ran: "
+                                "save the notebook (or run the cell again)")
+        return tuple(warnings)
+
+
+def _body(source: str) -> str:
+    """A cell body without the blank lines around it (the reader keeps line numbers with them)."""
+    return source.lstrip("\n").rstrip()

@@ -1,4 +1,5 @@
-"""The deploy panel's pure renderers: every step state, the status line, metrics, details, errors."""
+"""The views (text and HTML of plans, runs and checks) are pure functions: every step state, the
+status line, metrics, details, errors, and one duration format everywhere."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from kale_magics import api
 from kale_magics.analysis.preflight import CheckReport
 from kale_magics.runner.status import RunStatus, StepStatus
-from kale_widgets import render
+from kale_magics.views import rich, text
 from tests.conftest import write_notebook
 
 NOW = 1_000_000.0
@@ -51,17 +52,17 @@ def node_states(svg: str) -> dict[str, tuple[str, str]]:
     (StepStatus("s", state="CANCELING"), "canceling"),
 ])
 def test_step_note_for_every_state(step, note) -> None:
-    assert render.step_note(step, NOW) == note
+    assert text.step_note(step, NOW) == note
 
 
 def test_cached_step_says_so() -> None:
     step = StepStatus("s", state="SUCCEEDED", duration_s=0.1)
     step.cached = True  # the status model marks steps whose outputs came from the cache
-    assert render.step_note(step, NOW) == "succeeded (cached)"
+    assert text.step_note(step, NOW) == "succeeded (cached)"
 
 
 def test_dag_before_a_run_shows_every_step_not_started(plan) -> None:
-    nodes = node_states(render.dag_html(plan, None, NOW))
+    nodes = node_states(rich.dag_html(plan, None, NOW))
     assert nodes == {name: ("", "not started") for name in ("make", "total", "other")}
 
 
@@ -69,7 +70,7 @@ def test_dag_colours_and_labels_each_state(plan) -> None:
     status = status_of(plan, make=StepStatus("make", state="SUCCEEDED", duration_s=2.0),
                        total=StepStatus("total", state="RUNNING", start=NOW - 4),
                        other=StepStatus("other", state="FAILED", duration_s=0.3))
-    svg = render.dag_html(plan, status, NOW)
+    svg = rich.dag_html(plan, status, NOW)
     assert node_states(svg) == {"make": ("SUCCEEDED", "succeeded 2.0 s"),
                                 "total": ("RUNNING", "running 4.0 s"),
                                 "other": ("FAILED", "failed 0.3 s")}
@@ -77,16 +78,16 @@ def test_dag_colours_and_labels_each_state(plan) -> None:
 
 
 def test_status_line_before_during_and_after(plan) -> None:
-    assert "press Run" in render.status_line_html(None, NOW)
-    assert ">compiling<" in render.status_line_html(None, NOW, "compiling")
+    assert "press Run" in rich.status_line_html(None, NOW)
+    assert ">compiling<" in rich.status_line_html(None, NOW, "compiling")
     status = status_of(plan)
     status.state = "RUNNING"
-    line = render.status_line_html(status, NOW, started=NOW - 20)
+    line = rich.status_line_html(status, NOW, started=NOW - 20)
     assert "data-state='RUNNING'" in line and "<span class='kale-elapsed'>20 s</span>" in line
     assert "kale-run-link" not in line
     status.state, status.end = "SUCCEEDED", NOW - 2
     status.run_id, status.url = "r-1", "http://kfp:8888/#/runs/details/r-1"
-    line = render.status_line_html(status, NOW + 100, started=NOW - 20)
+    line = rich.status_line_html(status, NOW + 100, started=NOW - 20)
     assert "<span class='kale-elapsed'>18 s</span>" in line  # stops at the end
     assert "href='http://kfp:8888/#/runs/details/r-1'" in line and "run r-1 in the KFP UI" in line
 
@@ -94,42 +95,58 @@ def test_status_line_before_during_and_after(plan) -> None:
 def test_metrics_table_and_remote_note(plan) -> None:
     status = status_of(plan, total=StepStatus("total", state="SUCCEEDED",
                                               metrics={"size": 3.0, "acc": 0.98148148}))
-    table = render.metrics_html(status)
+    table = rich.metrics_html(status)
     assert re.findall(r"kale-metric-name'>([^<]+)</td><td class='kale-metric-value'[^>]*>([^<]+)<",
                       table) == [("size", "3"), ("acc", "0.981481")]
     remote = status_of(plan)
     remote.metrics_note = "metric values are not available; see them in the KFP UI: http://h/#/runs/x"
-    assert render.metrics_html(remote) == ""  # not before the run ends
+    assert rich.metrics_html(remote) == ""  # not before the run ends
     remote.state = "SUCCEEDED"
-    assert "<a href='http://h/#/runs/x'" in render.metrics_html(remote)
-    assert render.metrics_html(None) == ""
+    assert "<a href='http://h/#/runs/x'" in rich.metrics_html(remote)
+    assert rich.metrics_html(None) == ""
 
 
 def test_step_detail_of_a_failed_step_has_error_cell_and_log_tail(plan) -> None:
     failed = StepStatus("total", state="FAILED", error="ZeroDivisionError: division by zero",
                         cell="cell 3", line=2, log=[f"line {i}" for i in range(30)] + ["<boom>"])
-    detail = render.step_detail_html(plan.step("total"), failed)
+    detail = rich.step_detail_html(plan.step("total"), failed, NOW)
     assert "items (from make)" in detail and "size" in detail
     assert "ZeroDivisionError: division by zero (cell 3, line 2)" in detail
     assert "kale-log-tail" in detail and "&lt;boom&gt;" in detail
     assert "line 15" not in detail.split("kale-log-tail")[1]  # only the tail
-    ok = render.step_detail_html(plan.step("make"), StepStatus(
+    ok = rich.step_detail_html(plan.step("make"), StepStatus(
         "make", state="SUCCEEDED", duration_s=1, artifacts={"items": {
-            "kale_format": "pickle", "python_type": "list", "bytes": 2048}}))
+            "kale_format": "pickle", "python_type": "list", "bytes": 2048}}), NOW)
     assert "items: list, pickle, 2.0 KiB" in ok and "kale-step-error" not in ok
-    assert "not started" in render.step_detail_html(plan.step("other"), None)
+    assert "not started" in rich.step_detail_html(plan.step("other"), None, NOW)
 
 
 def test_error_message_is_escaped_and_red() -> None:
-    html_text = render.error_html("AnnotationError: cell 2: bad <option>; use --after")
+    html_text = rich.error_html("AnnotationError: cell 2: bad <option>; use --after")
     assert "kale-error" in html_text and "#c62828" in html_text
     assert "&lt;option&gt;" in html_text and "Traceback" not in html_text
 
 
 def test_compile_and_check_views(plan, tmp_path) -> None:
     compiled = api.compile_notebook(tmp_path / "flow.ipynb", str(tmp_path / "out"))
-    view = render.compile_html(compiled)
+    view = rich.compile_html(compiled)
     assert compiled.dsl_path in view and compiled.yaml_path in view
-    ok = render.check_html(CheckReport(variables=(), warnings=("save the notebook",)))
+    ok = rich.check_html(CheckReport(variables=(), warnings=("save the notebook",)))
     assert "data-ok='true'" in ok and "every passed variable serialises" in ok
     assert "save the notebook" in ok
+
+
+def test_one_duration_format_in_every_view(plan) -> None:
+    """A step that took 125 s reads "2 min 5 s" in the CLI's lines, the summary, the status
+    table, the DAG of %kale run and the panel's DAG and details."""
+    step = StepStatus("make", state="SUCCEEDED", duration_s=125, start=NOW - 130, end=NOW - 5)
+    status = status_of(plan, make=step)
+    status.state, status.end = "SUCCEEDED", NOW
+    assert text.step_line(step) == "make  SUCCEEDED  2 min 5 s"
+    assert text.run_summary(status).startswith("pipeline flow SUCCEEDED in 12 s")
+    assert "2 min 5 s" in text.status_text(status).splitlines()[2]
+    for view in (rich.run_html(status, plan, NOW), rich.dag_html(plan, status, NOW),
+                 rich.step_detail_html(plan.step("make"), step, NOW)):
+        assert "succeeded 2 min 5 s" in view
+    assert [text.duration_text(s) for s in (0.44, 9.96, 12.4, 59.4, 60, 3599)] == [
+        "0.4 s", "10.0 s", "12 s", "59 s", "1 min 0 s", "59 min 59 s"]

@@ -1,0 +1,160 @@
+"""One notebook in one kernel: the state the magics and the panel share.
+
+A :class:`NotebookSession` holds what the kernel knows beyond the saved
+notebook: the user namespace (live values), the registry of ``%%kale`` cells
+run here, the ``%kale pipeline`` settings run here, the last run and the last
+KFP connection. There is one per IPython shell (:meth:`NotebookSession.of`),
+kept on the shell itself, so the magics and a panel made with
+``DeployPanel()`` share it without knowing each other.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from typing import Any, Mapping, MutableMapping
+
+from kale_magics.analysis.live import LiveValue, artifact_class, describe
+from kale_magics.analysis.names import NameUse, scan_trees
+from kale_magics.errors import AnnotationError
+from kale_magics.model import Annotation, PipelineSettings, Plan
+from kale_magics.notebook.annotations import parse_pipeline_line
+from kale_magics.notebook.locate import locate_notebook
+from kale_magics.notebook.step_record import step_record
+from kale_magics.runner.connection import KfpSession
+from kale_magics.runner.status import RunStatus
+from kale_magics.session.registry import ExecutedCell, Registry
+
+#: Kinds whose names the kernel tracks: steps (inputs, outputs) and what steps may read.
+ANALYSED_KINDS = ("step", "imports", "functions", "parameters")
+#: The attribute of an IPython shell that holds its session.
+SHELL_ATTRIBUTE = "kale_magics_session"
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """What a step cell just run in the kernel passes: inputs with producers, outputs, live values.
+
+    Attributes
+    ----------
+    name, after:
+        The step's name and its ``--after`` steps.
+    inputs:
+        Variable -> the step run here that last bound it, for the names the cell reads.
+    outputs:
+        Names the cell binds (not starting with ``_``), in binding order.
+    live:
+        Type and size of each input and output the namespace holds.
+    """
+
+    name: str
+    after: tuple[str, ...]
+    inputs: dict[str, str] = field(default_factory=dict)
+    outputs: tuple[str, ...] = ()
+    live: dict[str, LiveValue] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """The step's record for the cell's output (``notebook.step_record``): what the saved
+        notebook keeps of this run, read back when the file is compiled."""
+        return step_record(self.name, self.after, self.inputs, self.outputs,
+                           {n: v.type_name for n, v in self.live.items()},
+                           {n: self.live[n].artifact_class for n in self.outputs if n in self.live})
+
+
+class NotebookSession:
+    """The kernel's side of one notebook.
+
+    Parameters
+    ----------
+    namespace:
+        The user namespace (``shell.user_ns``): live values for checks and views.
+
+    Attributes
+    ----------
+    registry:
+        The ``%%kale`` cells run in this kernel.
+    settings:
+        ``%kale pipeline`` settings run in this kernel (a later line's values win).
+    last_run:
+        The status of the last run started from this kernel, or None.
+    server:
+        The KFP connection of the last remote action, or None.
+    """
+
+    def __init__(self, namespace: MutableMapping[str, Any] | None = None) -> None:
+        self.namespace: MutableMapping[str, Any] = namespace if namespace is not None else {}
+        self.registry = Registry()
+        self.settings = PipelineSettings()
+        self.last_run: RunStatus | None = None
+        self.server: KfpSession | None = None
+
+    @classmethod
+    def of(cls, shell: Any, fresh: bool = False) -> "NotebookSession":
+        """The session of IPython ``shell`` (made on first use, or anew with ``fresh``)."""
+        session = getattr(shell, SHELL_ATTRIBUTE, None)
+        if session is None or fresh:
+            session = cls(shell.user_ns)
+            setattr(shell, SHELL_ATTRIBUTE, session)
+        return session
+
+    def pipeline(self, options: str) -> PipelineSettings:
+        """Apply a ``%kale pipeline OPTIONS`` line run in the kernel; return the settings.
+
+        Raises
+        ------
+        AnnotationError
+            An unknown option or an invalid value.
+        """
+        self.settings = self.settings.merged(parse_pipeline_line(options))
+        return self.settings
+
+    def notebook(self, given: str | None = None) -> str:
+        """The .ipynb path: ``given``, ``%kale pipeline --notebook``, else what the kernel can tell.
+
+        Raises
+        ------
+        NotebookError
+            The kernel cannot tell; the message says to pass ``--notebook``.
+        """
+        return locate_notebook(given or self.settings.notebook, self.namespace)
+
+    def record(self, cell_id: str | None, annotation: Annotation, source: str,
+               tree: ast.Module) -> ExecutedCell:
+        """Record a run of an annotated cell (its body parsed as ``tree``), before it runs.
+
+        Raises
+        ------
+        AnnotationError
+            The cell runs ``--after`` a step this kernel has not run (the body must not run).
+        """
+        unknown = [a for a in annotation.after if a not in self.registry.step_names()]
+        if unknown:
+            raise AnnotationError(f"step {annotation.name!r} runs --after {unknown[0]!r}, which has "
+                                  "not run as a step in this kernel; run that step's cell first, "
+                                  "or fix the name")
+        use = scan_trees([tree]) if annotation.kind in ANALYSED_KINDS else NameUse((), (), ())
+        return self.registry.record(cell_id, annotation, source, use)
+
+    def unrecorded_types(self, plan: Plan, recorded: Mapping[str, str]) -> tuple[str, ...]:
+        """Warnings for passed variables whose artifact class in this kernel differs from what
+        the saved notebook records (the compiled IR uses the saved one: save the notebook)."""
+        warnings = []
+        for step in plan.steps:
+            for name in step.outputs:
+                if name not in self.namespace:
+                    continue
+                live = artifact_class(self.namespace[name])
+                saved = recorded.get(name, "Artifact")
+                if live != saved:
+                    warnings.append(f"`{name}` of step {step.name!r} is a {live} in this kernel, "
+                                    f"but the saved notebook records {saved}: save the notebook "
+                                    f"so the compiled pipeline passes it as a {live}")
+        return tuple(warnings)
+
+    def step_run(self, entry: ExecutedCell) -> StepRun:
+        """What the step cell ``entry`` passes, with the live values it read and bound."""
+        producers = self.registry.producers(entry.key)
+        inputs = {n: producers[n] for n in entry.use.reads if n in producers}
+        outputs = tuple(n for n in entry.use.writes if not n.startswith("_"))
+        live = {n: describe(self.namespace[n]) for n in (*inputs, *outputs) if n in self.namespace}
+        return StepRun(entry.annotation.name or "", entry.annotation.after, inputs, outputs, live)

@@ -1,0 +1,142 @@
+"""The KFP server target: connect, submit, then follow the run through the one status model."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from kale_magics.codegen.compile import CompiledPipeline
+from kale_magics.model import Plan, PipelineSettings
+from kale_magics.runner import remote, watch
+from kale_magics.runner.connection import KfpSession, open_session, resolve_connection
+from kale_magics.runner.status import RunHooks, RunStatus
+from kale_magics.runner.transport import RetryPolicy
+from kale_magics.targets.target import RunTarget
+
+
+def connect(host: str | None = None, namespace: str | None = None, token: str | None = None,
+            cookies: str | None = None, *, settings: PipelineSettings | None = None,
+            connect_timeout_s: float | None = None) -> KfpSession:
+    """Find, probe and connect to the KFP server.
+
+    The host comes from ``host``, else the notebook's ``%kale pipeline --host``
+    (``settings``), else ``$KF_PIPELINES_ENDPOINT``, else the user config file
+    (``~/.config/kale-magics/config.json``); the namespace, token and cookies
+    likewise (see :mod:`kale_magics.runner.connection`). The health endpoint is
+    probed with a ``connect_timeout_s`` (default 5 s) timeout before
+    ``kfp.Client`` is built, so a wrong host fails in seconds.
+
+    Raises
+    ------
+    KaleError
+        No host configured, or a malformed one.
+    KfpConnectionError
+        ``cannot reach KFP at URL: <reason>; check --host ...``.
+    KfpAuthError
+        The server wants (other) credentials; the message says what to set.
+    """
+    return open_session(resolve_connection(host, namespace, token, cookies, settings=settings,
+                                           connect_timeout_s=connect_timeout_s))
+
+
+def status_of(session: KfpSession, run_id: str, plan: Plan | None = None,
+              hooks: RunHooks | None = None,
+              retry: RetryPolicy = RetryPolicy()) -> RunStatus:
+    """The current state of a run and of each step (one request, no waiting)."""
+    return watch.start(session, run_id, plan, hooks, retry).status
+
+
+def follow(session: KfpSession, run_id: str, hooks: RunHooks | None = None,
+           plan: Plan | None = None, options: watch.WatchOptions = watch.WatchOptions()) -> RunStatus:
+    """Follow a run to its end, calling ``hooks`` as steps change state (see :func:`watch.watch_run`)."""
+    return watch.watch_run(watch.start(session, run_id, plan, hooks, options.retry), options)
+
+
+class KfpTarget(RunTarget):
+    """Run on a KFP server: upload the pipeline (a version per distinct IR), start a run, follow it.
+
+    Parameters
+    ----------
+    host, namespace, token, cookies, connect_timeout_s:
+        The connection, as :func:`connect` takes it; unset
+        values come from the notebook's ``%kale pipeline`` settings (``settings``
+        laid over the compiled plan's), the environment, the config file.
+    session:
+        An open connection to use instead.
+    settings:
+        Pipeline settings from the kernel (``%kale pipeline`` lines run there),
+        laid over the notebook's for finding the server.
+    experiment, run_name, enable_caching, pipeline_root:
+        As :func:`kale_magics.runner.remote.submit` takes them.
+    watch_options:
+        How to follow the run (poll interval, time limit, outage tolerance).
+    follow:
+        False: return right after the run was created (state as first reported).
+
+    Attributes
+    ----------
+    session:
+        The connection used (set once connected).
+    submission:
+        Ids and link of the created run (set once submitted).
+    """
+
+    name = "kfp"
+
+    def __init__(self, host: str | None = None, namespace: str | None = None,
+                 token: str | None = None, cookies: str | None = None, *,
+                 connect_timeout_s: float | None = None, session: KfpSession | None = None,
+                 settings: PipelineSettings | None = None, experiment: str | None = None,
+                 run_name: str | None = None, enable_caching: bool | None = None,
+                 pipeline_root: str | None = None,
+                 watch_options: watch.WatchOptions = watch.WatchOptions(),
+                 follow: bool = True) -> None:
+        self.connection_options: dict[str, Any] = dict(
+            host=host, namespace=namespace, token=token, cookies=cookies,
+            connect_timeout_s=connect_timeout_s)
+        self.settings = settings or PipelineSettings()
+        self.submit_options: dict[str, Any] = dict(
+            experiment=experiment, run_name=run_name, enable_caching=enable_caching,
+            pipeline_root=pipeline_root)
+        self.watch_options, self.follow = watch_options, follow
+        self.session = session
+        self.submission: remote.Submission | None = None
+
+    def connect(self, notebook_settings: PipelineSettings | None = None,
+                hooks: RunHooks | None = None) -> KfpSession:
+        """The open connection, made on first use (``notebook_settings`` under the kernel's)."""
+        if self.session is None:
+            host = self.connection_options["host"]
+            (hooks or RunHooks()).run_hook(
+                "on_message", f"connecting to {host or 'the configured KFP host'}")
+            settings = (notebook_settings or PipelineSettings()).merged(self.settings)
+            self.session = connect(**self.connection_options, settings=settings)
+            if self.session.connection.withheld:  # credentials kept from a host the notebook named
+                (hooks or RunHooks()).run_hook("on_message",
+                                               f"notice: {self.session.connection.withheld}")
+        return self.session
+
+    def run(self, compiled: CompiledPipeline, arguments: Mapping[str, Any],
+            hooks: RunHooks) -> RunStatus:
+        plan = compiled.plan
+        session = self.connect(plan.settings, hooks)
+        hooks.run_hook("on_message", f"submitting {plan.name} to {session.connection.host} "
+                                     f"({len(plan.steps)} steps)")
+        submission = remote.submit(session, compiled, arguments, **self.submit_options)
+        self.submission = submission
+        verb = "uploaded new" if submission.new_version else "reusing unchanged"
+        hooks.run_hook("on_message", f"pipeline {submission.pipeline}: {verb} version "
+                                     f"{submission.version_name}; experiment {submission.experiment}")
+        hooks.run_hook("on_message", f"run {submission.run_id}: {submission.url}")
+        if not self.follow:
+            return status_of(session, submission.run_id, plan, hooks, self.watch_options.retry)
+        return follow(session, submission.run_id, hooks, plan, self.watch_options)
+
+    @property
+    def can_cancel(self) -> bool:
+        return self.submission is not None and self.session is not None
+
+    def cancel(self) -> None:
+        """Ask the server to terminate the run (without waiting); the watch then reports it
+        CANCELED (KFP itself ends a terminated run FAILED, see :func:`watch.cancel`)."""
+        if self.submission is not None and self.session is not None:
+            watch.cancel(self.session, self.submission.run_id, wait_s=0)

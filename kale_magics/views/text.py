@@ -1,0 +1,214 @@
+"""Plain-text views of a plan, a run, a check and recurring runs (the CLI, terminals, ``text/plain``)."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Iterable, Mapping, Optional
+
+from kale_magics.analysis.live import LiveValue
+from kale_magics.analysis.preflight import CheckReport
+from kale_magics.model import Plan
+from kale_magics.runner.remote import ScheduleInfo
+from kale_magics.runner.status import FAILED, RUNNING, TERMINAL_STATES, RunStatus, StepStatus
+from kale_magics.session.notebook_session import StepRun
+
+#: How each state reads on a DAG node and in the panel's status line.
+STATE_WORDS = {None: "not started", "PENDING": "pending", "RUNNING": "running",
+               "SUCCEEDED": "succeeded", "FAILED": "failed", "SKIPPED": "skipped",
+               "CANCELING": "canceling", "CANCELED": "canceled", "PAUSED": "paused"}
+
+
+def duration_text(seconds: float) -> str:
+    """``0.4 s``, ``12 s``, ``3 min 5 s``: the one duration format of every view."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {rest} s"
+
+
+def size_text(size: int | None) -> str:
+    """``1.5 MiB``-style text for a byte count ("" for None)."""
+    if size is None:
+        return ""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return ""
+
+
+def clock(seconds: Optional[float]) -> str:
+    """``2024-05-01 12:00:03`` in local time, or ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def live_text(name: str, live: Mapping[str, LiveValue]) -> str:
+    """``df: DataFrame 891x12, 85.3 KiB`` (or just the name when the kernel has no value)."""
+    value = live.get(name)
+    if value is None:
+        return name
+    extra = ", ".join(p for p in (value.shape, size_text(value.size_bytes)) if p)
+    return f"{name}: {value.type_name}" + (f" {extra}" if extra else "")
+
+
+def plan_text(plan: Plan) -> str:
+    """The pipeline as the analysis sees it: steps, edges, inputs with producers, outputs.
+
+    Example::
+
+        pipeline wine (4 steps, 2 parameters)
+        parameters: N_ESTIMATORS: int = 100, TEST_SIZE: float = 0.3
+        step load      cells 4
+          -> df
+        step train     cells 6, 7   after: load
+          <- df (load)   params: N_ESTIMATORS
+          -> model
+    """
+    params = ", ".join(f"{p.name}: {p.type} = {p.value!r}" for p in plan.parameters)
+    lines = [f"pipeline {plan.name} ({len(plan.steps)} steps, {len(plan.parameters)} parameters)"]
+    if params:
+        lines.append(f"parameters: {params}")
+    width = max(len(s.name) for s in plan.steps)
+    for step in plan.steps:
+        cells = ", ".join(c.place.removeprefix("cell ") for c in step.cells)
+        head = f"step {step.name:<{width}}  cells {cells}"
+        if step.upstream:
+            head += f"   after: {', '.join(step.upstream)}"
+        lines.append(head)
+        reads = [f"{i.name} ({i.producer})" for i in step.inputs]
+        if reads or step.parameters:
+            params_read = f"   params: {', '.join(step.parameters)}" if step.parameters else ""
+            lines.append(f"  <- {', '.join(reads) or '-'}{params_read}")
+        if step.outputs:
+            lines.append(f"  -> {', '.join(step.outputs)}")
+        if step.metrics:
+            lines.append(f"  metrics: {', '.join(m.key for m in step.metrics)}")
+    return "\n".join(lines)
+
+
+def step_run_text(step: StepRun) -> str:
+    """The line under a step cell run in the kernel, inputs grouped by producer::
+
+        step total  <- rows: list len 3 (load)  -> size: int, label: str len 1
+    """
+    by_producer: dict[str, list[str]] = {}
+    for name, producer in step.inputs.items():
+        by_producer.setdefault(producer, []).append(live_text(name, step.live))
+    text = f"step {step.name}"
+    if by_producer:
+        text += "  <- " + "; ".join(f"{', '.join(v)} ({p})" for p, v in by_producer.items())
+    if step.outputs:
+        text += "  -> " + ", ".join(live_text(n, step.live) for n in step.outputs)
+    return text
+
+
+def step_note(step: StepStatus | None, now: float) -> str:
+    """A step's state in words with its time: ``running 3.2 s``, ``succeeded 1.2 s``, ``not started``.
+
+    Parameters
+    ----------
+    step:
+        The step's status, or None before any run.
+    now:
+        The current time (seconds since the epoch), for the elapsed time of a running step.
+    """
+    if step is None:
+        return STATE_WORDS[None]
+    word = STATE_WORDS.get(step.state, step.state.lower())
+    if step.cached:
+        return f"{word} (cached)"
+    if step.state == RUNNING and step.start:
+        return f"{word} {duration_text(max(0.0, now - step.start))}"
+    if step.duration_s is not None:
+        return f"{word} {duration_text(step.duration_s)}"
+    if step.start and step.end and step.state in TERMINAL_STATES:
+        return f"{word} {duration_text(step.end - step.start)}"
+    return word
+
+
+def step_line(step: StepStatus) -> str:
+    """One line for a step's state change: ``train  SUCCEEDED  1.2 s``; in a container run
+    the time its packages took to install comes after: ``train  RUNNING  (installed in 8.1 s)``."""
+    line = f"{step.name}  {step.state}"
+    if step.cached:
+        return f"{line}  (cached)"
+    if step.duration_s is not None:
+        line += f"  {duration_text(step.duration_s)}"
+    if step.install_s is not None:
+        line += f"  (installed in {duration_text(step.install_s)})"
+    if step.state == FAILED and step.error:
+        line += f"  {step.error}"
+    return line
+
+
+def run_summary(status: RunStatus) -> str:
+    """The final summary: state, duration, metrics, failure details and pipeline root."""
+    lines = [f"pipeline {status.pipeline} {status.state} in {duration_text(status.duration_s)}"]
+    for key, value in status.metrics.items():
+        lines.append(f"  {key} = {value:.6g}")
+    for step in status.failed_steps:
+        where = f" ({step.cell}, line {step.line})" if step.cell else ""
+        lines.append(f"step {step.name} failed{where}: {step.error}")
+        tail = [line for line in step.log_tail(15) if line.strip()]
+        lines.extend(f"  | {line}" for line in tail)
+    if status.error and not status.failed_steps:
+        lines.append(status.error)
+    lines.extend(f"warning: {w}" for w in status.warnings)
+    lines.append(f"artifacts under {status.pipeline_root}")
+    return "\n".join(lines)
+
+
+def status_text(status: RunStatus) -> str:
+    """The run's state and one line per step: state, start, end, duration, error.
+
+    Example::
+
+        run 5f0c... wine-classifier: RUNNING  http://kfp/#/runs/details/5f0c...
+          step          state      start                end                  duration
+          load_data     SUCCEEDED  2024-05-01 12:00:01  2024-05-01 12:00:03  2.1 s
+          split_data    RUNNING    2024-05-01 12:00:04  -
+    """
+    lines = [f"run {status.run_id} {status.pipeline}: {status.state}  {status.url}".rstrip()]
+    width = max([len("step"), *(len(name) for name in status.steps)])
+    lines.append(f"  {'step':<{width}}  {'state':<10} {'start':<20} {'end':<20} duration")
+    for step in status.steps.values():
+        duration = duration_text(step.duration_s) if step.duration_s is not None else ""
+        lines.append(f"  {step.name:<{width}}  {step.state:<10} {clock(step.start):<20} "
+                     f"{clock(step.end):<20} {duration}".rstrip())
+        if step.state == FAILED and step.error:
+            lines.append(f"  {'':<{width}}  error: {step.error}")
+    if status.error and not status.failed_steps:
+        lines.append(f"error: {status.error}")
+    return "\n".join(lines)
+
+
+def schedules_text(schedules: Iterable[ScheduleInfo]) -> str:
+    """One line per recurring run: id, name, cron, status, max concurrency, link."""
+    rows = [f"{s.recurring_run_id}  {s.name}  cron '{s.cron}'  {s.status or '-'}  "
+            f"max concurrency {s.max_concurrency or '-'}  {s.url}" for s in schedules]
+    return "\n".join(rows) if rows else "no recurring runs"
+
+
+def check_verdict(report: CheckReport) -> str:
+    """The check's verdict in one line."""
+    return ("every passed variable serialises" if report.ok
+            else "some variables cannot be passed between steps")
+
+
+def check_text(report: CheckReport) -> str:
+    """``%kale check`` as text: one line per passed variable, then warnings and the verdict."""
+    lines = []
+    for v in report.variables:
+        if v.state == "ok":
+            lines.append(f"ok    {v.name:<16} {v.type_name:<20} {v.format:<11} "
+                         f"{size_text(v.size_bytes):>10} {v.seconds * 1000:8.1f} ms  ({v.producer})")
+        else:
+            lines.append(f"{'FAIL' if v.state == 'cannot be passed' else 'skip'}  {v.name:<16} "
+                         f"{v.message}")
+    lines.extend(f"warning: {w}" for w in report.warnings)
+    return "\n".join([*lines, check_verdict(report)])
