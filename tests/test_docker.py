@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import zipfile
+from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
@@ -121,6 +122,46 @@ def test_settings_volume_secret_env_and_a_consumer_that_imports_nothing(notebook
     # the container has no kale-magics; a step starts in the image's working directory
     assert (data / "out.txt").read_text() == "s3cret debug / 6 []"
     assert status.metrics == {"total": 6.0}
+
+
+def _started_containers(root: str, since: float) -> list[dict[str, str]]:
+    """Labels and image of every container a run into ``root`` started since ``since``."""
+    import docker
+
+    client = docker.from_env()
+    try:
+        events = client.events(since=int(since), until=int(time.time()) + 1, decode=True,
+                               filters={"type": "container", "event": "start",
+                                        "label": f"kale-magics.run={root}"})
+        started = [event["Actor"]["Attributes"] for event in events]
+        for attributes in started:  # an image of installed packages: its base image
+            attributes["base"] = (client.images.get(attributes["image"]).labels
+                                  .get("kale-magics.env", attributes["image"]))
+        return started
+    finally:
+        client.close()
+
+
+def test_the_runtime_task_runs_in_a_container_and_every_step_loads_the_runtime_it_wrote(
+        notebook, tmp_path) -> None:
+    probe = ("import sys\nfrom importlib import metadata\n"
+             "print('runtime from', sys.modules['kale_magics.runtime.step'].__file__)\n"
+             "print('kale installed:', [d.metadata['Name'] for d in metadata.distributions() "
+             "if 'kale' in d.metadata['Name'].lower()])")
+    path = notebook(f"%%kale step a\nx = 40\n{probe}", f"%%kale step b\ny = x + 2\n{probe}",
+                    "%%kale metrics\ny", name="runtime")
+    since = time.time()
+    status, _ = _run(path, tmp_path)
+    assert (status.state, status.metrics) == ("SUCCEEDED", {"y": 42.0}), status.error
+    root = str(tmp_path / "root")
+    started = _started_containers(root, since)
+    assert sorted(c["kale-magics.step"] for c in started) == ["a", "b", "kale-runtime"]
+    assert {c["base"] for c in started} == {default_image()}  # the stock image, nothing added
+    for step in status.steps.values():
+        runtime = next(line for line in step.log if line.startswith("runtime from"))
+        assert runtime.startswith(f"runtime from {root}/")  # the artifact the runtime task wrote
+        assert runtime.endswith("/kale-runtime/bundle/kale_magics/runtime/step.py")
+        assert "kale installed: []" in step.log
 
 
 def test_a_step_over_its_memory_limit_fails_out_of_memory(notebook, tmp_path) -> None:
@@ -255,6 +296,17 @@ def test_each_set_of_packages_is_installed_once(notebook, tmp_path, package_inde
     second, _ = _run(path, tmp_path, pip_cache="", enable_caching=False)
     assert second.state == "SUCCEEDED" and not second.steps["again"].cached
     assert len(_downloads(asked)) == 1
+
+
+def test_a_runtime_task_that_cannot_install_fails_the_run_naming_it(notebook, tmp_path,
+                                                                     package_index) -> None:
+    url, _ = package_index  # serves kmprobe only: kfp, which the runtime task installs, is missing
+    path = notebook(f"%kale pipeline --pip-index-url {url} --pip-trusted-host 127.0.0.1",
+                    "%%kale step a\nx = 1", name="noruntime")
+    status, _ = _run(path, tmp_path)
+    assert status.state == "FAILED" and status.steps["a"].state == "SKIPPED"
+    assert status.error == (f"task 'kale-runtime' failed in its container (exit code 1): ERROR: "
+                            f"No matching distribution found for kfp=={metadata.version('kfp')}")
 
 
 def test_containers_of_a_killed_run_are_stopped(notebook, tmp_path) -> None:

@@ -16,6 +16,8 @@ from kale_magics.runner.docker import (DockerOptions, check_inputs, container_ir
                                        run_docker, step_container)
 from kale_magics.runner.local import plan_status
 from kale_magics.runtime.channel import EVENTS_FILE
+from tests.test_magics import shell  # noqa: F401  (the IPython shell fixture)
+from tests.test_widgets_panel import panels  # noqa: F401  (a fixture)
 
 
 def _plan(notebook, *cells: str):
@@ -234,3 +236,39 @@ def test_a_task_that_is_no_step_has_its_output_forwarded_as_it_comes(notebook, t
     log.exited(1, "")
     assert lines == ["pip output", ""]
     assert status.steps["train"].install_s is None and len(_events(tmp_path)) == 1
+
+
+@pytest.mark.parametrize("options, message", [
+    ("--docker-network host", "RunError: --docker-network applies to runs in containers: add --docker"),
+    ("--docker --remote", "RunError: --docker runs the steps in containers on this machine"),
+])
+def test_magic_refuses_bad_container_options_as_the_cli_does(shell, notebook, options,
+                                                             message) -> None:
+    from IPython.core.error import UsageError
+
+    path = notebook("%%kale step a\nx = 1", name="magicopts")
+    with pytest.raises(UsageError) as raised:
+        shell.run_line_magic("kale", f"run --notebook {path} {options}")
+    assert str(raised.value).startswith(message)
+
+
+def test_panel_offers_containers_and_refuses_a_bad_volume_map_before_anything_starts(
+        shell, panels, tmp_path) -> None:
+    from kale_widgets.form import CONTAINERS
+    from tests.conftest import write_notebook
+    from tests.test_widgets_panel import FLOW, make_panel
+
+    panel = make_panel(panels, write_notebook(tmp_path / "flow.ipynb", FLOW), shell,
+                       warm_worker=False)
+    assert panel.form.container_box.layout.display == "none"
+    panel.form.target.value = CONTAINERS
+    assert panel.form.container_box.layout.display == ""
+    assert panel.form.remote_box.layout.display == "none"
+    panel.form.network.value, panel.form.volume_map.value = " host ", "data=/tmp, scratch"
+    choice = panel.form.chosen_target()
+    assert (choice.containers, choice.remote, choice.docker_network,
+            choice.volume_map) == (True, False, "host", ("data=/tmp", "scratch"))
+    panel.run_button.click()
+    assert "kale-error" in panel.message.value
+    assert "RunError: --volume-map &#x27;scratch&#x27; is not valid" in panel.message.value
+    assert panel.control.status is None and not panel.control.active

@@ -114,6 +114,9 @@ class ContainerRun:
         Host folder mounted as pip's cache, or "".
     reuse_installs:
         Start step containers from an image with their packages installed (module docstring).
+    task_errors:
+        Why each failed task that is no step (the ``kale-runtime`` task) failed, one line each;
+        filled while the run goes on.
 
     Every container is labelled :data:`RUN_LABEL` = the run's pipeline root, so a run whose
     process was killed can be cleaned up (:func:`remove_run_containers`).
@@ -124,6 +127,7 @@ class ContainerRun:
     packages: Mapping[str, list[str]]
     pip_cache: str
     reuse_installs: bool = True
+    task_errors: list[str] = field(default_factory=list)
 
     def run(self, handler: Any, step: str) -> int:
         """Run the task of ``handler`` (a kfp.local ``DockerTaskHandler``) as ``step``'s
@@ -137,7 +141,7 @@ class ContainerRun:
             log = StepLog(step, time.time(), self.status, channel)
             image, code = self._environment(client, handler, log)
             if code != 0:
-                log.exited(code, "")
+                self._failed(log, code, "")
                 return code
             container = client.containers.run(
                 image=image, command=handler.full_command, detach=True,
@@ -149,12 +153,20 @@ class ContainerRun:
                 **{**spec.run_args, "labels": {**spec.run_args.get("labels", {}), **self._run_label()}})
             code, oom, killed = _follow(container, log, spec.timeout_s)
             if code != 0:
-                log.exited(code, _why(spec, oom, killed))
+                self._failed(log, code, _why(spec, oom, killed))
                 if step in self.status.steps:
                     explain_missing_module(self.status.steps[step], self.packages.get(step, []))
             return code
         finally:
             client.close()
+
+    def _failed(self, log: "StepLog", code: int, why: str) -> None:
+        """A task's container exited with ``code`` != 0: end its step FAILED, or, for a task
+        that is no step, keep why in :attr:`task_errors`."""
+        log.exited(code, why)
+        if log.step not in self.status.steps:
+            self.task_errors.append(f"task {log.step!r} failed in its container (exit code "
+                                    f"{code}): {why or log.last_line()}")
 
     def _environment(self, client: Any, handler: Any, log: "StepLog") -> tuple[str, int]:
         """The image to start the step from, and the exit code of installing into it (0 when
@@ -321,6 +333,10 @@ class StepLog:
         elif event.get("event") == "end":
             self.ended = True
 
+    def last_line(self) -> str:
+        """The last line of output before the step's code started ("no output" when none)."""
+        return self.recent[-1] if self.recent else "no output"
+
     def exited(self, code: int, why: str) -> None:
         """The container exited with ``code`` != 0: end the step as FAILED unless it did."""
         self._read_events()
@@ -332,7 +348,7 @@ class StepLog:
                 f.write("".join(f"{line}\n" for line in self.recent))
             why = (f"{why} while installing the step's packages" if why else
                    f"installing the step's packages failed (exit code {code}): "
-                   f"{self.recent[-1] if self.recent else 'no output'}")
+                   f"{self.last_line()}")
         why = why or f"the step's container exited with code {code} before the step ended"
         start = self.status.steps[self.step].start or self.started
         self._append({"event": "end", "step": self.step, "time": time.time(), "state": FAILED,

@@ -49,7 +49,7 @@ from kale_magics.runner import local_cache
 from kale_magics.runner.container_run import (STEP_ENV, STEP_LABEL, ContainerRun, StepContainer,
                                               handler_installed, remove_run_containers)
 from kale_magics.runner.local import execute_plan, local_ir, plan_status
-from kale_magics.runner.status import RunHooks, RunStatus
+from kale_magics.runner.status import FAILED, RunHooks, RunStatus
 
 #: Settings Docker has no equivalent for.
 _NO_DOCKER_EQUIVALENT = ("--node-selector", "--toleration", "--annotation")
@@ -445,4 +445,15 @@ def run_docker(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None =
     with handler_installed(run):
         execute_plan(plan, container_ir(ir, plan), dict(arguments or {}), status, echo,
                      enable_caching, runner=local.DockerRunner(**network))
+    if run.task_errors and status.state == FAILED and not status.failed_steps:
+        status.error = f"{run.task_errors[0]}{_network_hint(options)}"  # not kfp.local's log tail
+        status.hooks.run_hook("on_status", status)
     return status
+
+
+def _network_hint(options: DockerOptions) -> str:
+    """How to let containers reach the package index, for a run whose install failed."""
+    if options.network:
+        return ""
+    return ("; if the containers cannot reach the package index, give them a network that "
+            "does (--docker-network host where the Docker daemon has no bridge)")
