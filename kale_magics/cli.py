@@ -223,12 +223,13 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                      help="override a pipeline parameter (repeatable)")
     run.add_argument("--pipeline-root", help="folder (local) or URI (remote) for the run's artifacts "
-                     "(default: .kale/local_runs next to the notebook; the server's default)")
+                     "(default: .kale/local_runs, with --docker .kale/container_runs, next to "
+                     "the notebook; the server's default)")
     run.add_argument("--no-cache", action="store_true",
                      help="run every step; do not reuse cached results of unchanged steps")
     run.add_argument("--from", dest="from_step", metavar="STEP",
                      help="run STEP and everything downstream, reusing cached upstream results "
-                     "(local runs)")
+                     "(local runs, also with --docker)")
     containers = run.add_argument_group("runs in containers (see README: Running in containers)")
     containers.add_argument("--docker", action="store_true", help="run every step in a container "
                             "of its image, installing only its packages, as a cluster does")
@@ -266,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
         "compile": (_compile, "write the KFP DSL module and IR YAML"),
         "show": (_show, "print the steps, their edges and each step's inputs with producers"),
-        "run": (_run, "compile and run the pipeline locally with kfp.local, or on a KFP server "
-                "with --host"),
+        "run": (_run, "compile and run the pipeline locally with kfp.local, in containers with "
+                "--docker, or on a KFP server with --host"),
     }
     for name, (handler, help_text) in commands.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)

@@ -1,10 +1,11 @@
 """Run a compiled pipeline in containers, as a cluster runs it, with ``kfp.local.DockerRunner``.
 
-Every step runs in a container of its base image that installs only the step's
+Every task runs in a container of its base image that installs only the task's
 ``packages_to_install`` with KFP's own ``pip install`` preamble, exactly what a
-KFP pod does; kale-magics itself is not in the image (the step runtime is
-embedded in each component). So a step that imports a module its packages do
-not provide fails here as it would on the cluster, not later.
+KFP pod does; kale-magics itself is not in the image: the first task,
+``kale-runtime``, writes the step runtime as an artifact (in its own container)
+and every step loads it from there. So a step that imports a module its
+packages do not provide fails here as it would on the cluster, not later.
 
 Step settings take effect where Docker has an equivalent:
 
