@@ -125,14 +125,16 @@ def test_settings_volume_secret_env_and_a_consumer_that_imports_nothing(notebook
 
 
 def _started_containers(root: str, since: float) -> list[dict[str, str]]:
-    """Labels and image of every container a run into ``root`` started since ``since``."""
+    """Labels and image of every step's (or task's) container a run into ``root`` started since
+    ``since`` (not those installing packages into an image)."""
     import docker
 
     client = docker.from_env()
     try:
         events = client.events(since=int(since), until=int(time.time()) + 1, decode=True,
                                filters={"type": "container", "event": "start",
-                                        "label": f"kale-magics.run={root}"})
+                                        "label": [f"kale-magics.run={root}",
+                                                  "kale-magics.step"]})
         started = [event["Actor"]["Attributes"] for event in events]
         for attributes in started:  # an image of installed packages: its base image
             attributes["base"] = (client.images.get(attributes["image"]).labels
