@@ -177,3 +177,14 @@ def test_status_errors_and_log_tails_are_redacted(tmp_path: Path) -> None:
     log = tmp_path / "a.log"
     log.write_text("Looking in indexes: https://user:secret@mirror/simple\n")
     assert log_tail(str(log)) == ["Looking in indexes: https://***@mirror/simple"]
+
+
+def test_a_password_in_the_host_never_shows_in_cli_output(notebook, capsys) -> None:
+    from kale_magics import cli
+
+    path = notebook("%%kale step a\nx = 1")
+    code = cli.main(["run", str(path), "--host", "http://alice:Sup3rS3cretPw@127.0.0.1:9"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert "Sup3rS3cretPw" not in out + err and "alice" not in out + err
+    assert "http://***@127.0.0.1:9" in err

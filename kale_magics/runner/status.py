@@ -108,12 +108,16 @@ class RunHooks:
     on_message: Optional[Callable[[str], Any]] = None
 
     def run_hook(self, name: str, *args: Any) -> None:
-        """Call hook ``name`` if set; log and swallow its exceptions."""
+        """Call hook ``name`` if set; log and swallow its exceptions.
+
+        Text arguments (``on_message`` lines) pass through :func:`redact_urls`
+        first, so no target can show a URL's user name or password.
+        """
         hook = getattr(self, name)
         if hook is None:
             return
         try:
-            hook(*args)
+            hook(*(redact_urls(a) if isinstance(a, str) else a for a in args))
         except Exception:  # a broken subscriber must not break the run
             log.exception("kale-magics hook %s failed", name)
 
