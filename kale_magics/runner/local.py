@@ -30,6 +30,8 @@ import collections
 import contextlib
 import copy
 import datetime
+import importlib.machinery
+import importlib.util
 import io
 import json
 import os
@@ -41,7 +43,9 @@ import warnings
 from importlib import metadata
 from typing import Any, Iterator, Mapping, TextIO
 
+from kale_magics.codegen.cell_code import python_sources
 from kale_magics.codegen.compile import CompiledPipeline, dump_ir, read_ir
+from kale_magics.codegen.packages import sure_imports
 from kale_magics.codegen.settings import local_noops
 from kale_magics.errors import RunError
 from kale_magics.model import Plan, requirement_name
@@ -311,6 +315,49 @@ def _check_packages(compiled: CompiledPipeline) -> None:
                        "run on a cluster")
 
 
+def missing_modules(plan: Plan, workdir: str) -> dict[str, list[str]]:
+    """Modules each step of ``plan`` surely imports (``codegen.packages.sure_imports`` of the
+    imports and functions cells and the step's cells) that this Python cannot import, by step
+    name, steps without any left out.
+
+    A module is importable when ``importlib.util.find_spec`` finds it here, or when it is a
+    module or package in ``workdir`` (a step runs there with it on ``sys.path``, as a kernel
+    started in the notebook's folder does). Nothing is imported to decide.
+    """
+    sources = python_sources((*plan.prelude, *(c for step in plan.steps for c in step.cells)))
+    prelude = [m for c in plan.prelude for m in sure_imports(sources[c.index])]
+    missing = {}
+    for step in plan.steps:
+        own = (m for c in step.cells for m in sure_imports(sources[c.index]))
+        modules = dict.fromkeys([*prelude, *own])
+        absent = [m for m in modules if not _importable(m, workdir)]
+        if absent:
+            missing[step.name] = absent
+    return missing
+
+
+def _importable(module: str, workdir: str) -> bool:
+    if module in sys.stdlib_module_names or module in sys.builtin_module_names:
+        return True
+    try:
+        if importlib.util.find_spec(module) is not None:
+            return True
+    except (ImportError, ValueError):  # a broken or half-imported module: not ours to judge
+        return True
+    return importlib.machinery.PathFinder.find_spec(module, [workdir]) is not None
+
+
+def _check_modules(plan: Plan, workdir: str) -> None:
+    missing = missing_modules(plan, workdir)
+    if missing:
+        listed = "; ".join(f"{step}: {', '.join(modules)}" for step, modules in missing.items())
+        every = sorted({m for modules in missing.values() for m in modules})
+        raise RunError(f"steps import modules that are not installed here ({listed}); a local run "
+                       f"never installs anything: run `pip install {' '.join(every)}` first (a "
+                       "package can be named differently from its module), or name the package "
+                       "with --packages on the step and run in containers or on a cluster")
+
+
 def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = None,
               pipeline_root: str | None = None, workdir: str | None = None,
               hooks: RunHooks | None = None, echo: TextIO | None = None,
@@ -348,18 +395,21 @@ def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = 
     ------
     RunError
         The compiled YAML cannot be read, a step needs a package that is not
-        installed here (nothing is installed; the message lists them), or the
-        run's log folder cannot be created under the pipeline root.
+        installed here or imports a module this Python cannot import (nothing is
+        installed; the message lists them), or the run's log folder cannot be
+        created under the pipeline root.
     """
     _check_packages(compiled)
     plan = compiled.plan
+    workdir = os.path.abspath(workdir or os.path.dirname(plan.notebook) or ".")
+    _check_modules(plan, workdir)
     root = os.path.abspath(pipeline_root or os.path.join(os.path.dirname(compiled.yaml_path),
                                                          "local_runs"))
     status = plan_status(plan, root, hooks, local_notices(compiled))
     ir, _ = read_ir(compiled)  # the platform spec (kfp-kubernetes) has no local effect
     if from_step is not None:
         ir = local_cache.rerun(ir, local_cache.downstream(plan, from_step))
-    env = {WORKDIR_ENV: os.path.abspath(workdir or os.path.dirname(plan.notebook) or ".")}
+    env = {WORKDIR_ENV: workdir}
     execute_plan(plan, local_ir(ir, env), dict(arguments or {}), status, echo, enable_caching)
     return status
 
