@@ -51,7 +51,9 @@ from kale_magics.errors import RunError
 from kale_magics.model import Plan, requirement_name
 from kale_magics.redaction import redact_urls
 from kale_magics.runner import local_cache
-from kale_magics.runner.status import FAILED, RUNNING, SUCCEEDED, RunHooks, RunStatus, StepStatus
+from kale_magics.runner.local_dag import ordered_dag
+from kale_magics.runner.status import (FAILED, PENDING, RUNNING, SKIPPED, SUCCEEDED, RunHooks,
+                                      RunStatus, StepStatus)
 from kale_magics.runtime.channel import CHANNEL_ENV, EVENTS_FILE, log_path
 from kale_magics.runtime.step import WORKDIR_ENV
 
@@ -91,28 +93,6 @@ def local_ir(ir: dict[str, Any], env: Mapping[str, str], installs: bool = False)
         container["env"] = [*container.get("env", []),
                             *({"name": k, "value": v} for k, v in sorted(env.items()))]
     return local
-
-
-def in_plan_order(ir: dict[str, Any], steps: list[str]) -> dict[str, Any]:
-    """``ir`` (a local copy) where each task also depends on the task before it in ``steps``.
-
-    kfp.local runs tasks one at a time, in a depth-first walk of the DAG that
-    starts from its task map in that map's iteration order
-    (``kfp.local.graph_utils.topological_sort``, KFP 2.17), which is the
-    protobuf map's order, not the notebook's: independent steps ran in a
-    different order from run to run. ``steps`` is the plan's order, notebook
-    order where nothing else orders them, so chaining them makes local runs
-    reproducible and in notebook order. kfp.local already stops at the first
-    failed task, and ``dependentTasks`` is not part of its cache key; the IR
-    compiled for a cluster keeps its parallel branches.
-    """
-    tasks = ir["root"]["dag"]["tasks"]
-    names = [task_name for task_name in (local_cache.task_name(s) for s in steps) if task_name in tasks]
-    for before, task in zip(names, names[1:]):
-        dependent = tasks[task].setdefault("dependentTasks", [])
-        if before not in dependent:
-            dependent.append(before)
-    return ir
 
 
 def _unambiguous_name(ir: dict[str, Any]) -> str:
@@ -426,9 +406,10 @@ def plan_status(plan: Plan, pipeline_root: str, hooks: RunHooks | None,
 def execute_plan(plan: Plan, ir: dict[str, Any], arguments: dict[str, Any], status: RunStatus,
                  echo: TextIO | None, enable_caching: bool, runner: Any = None) -> None:
     """Run the prepared local copy ``ir`` of ``plan`` with ``kfp.local`` into ``status.pipeline_root``
-    and follow it into ``status``: steps in plan order (:func:`in_plan_order`), a new channel
-    folder (named to the steps in ``$KALE_MAGICS_CHANNEL`` while the run lasts), then the
-    warnings of steps taken from the cache and those the steps reported.
+    and follow it into ``status``: steps in plan order, a failed step stopping only the steps
+    depending on it (``local_dag.ordered_dag``), a new channel folder (named to the steps in
+    ``$KALE_MAGICS_CHANNEL`` while the run lasts), then the warnings of steps taken from the
+    cache and those the steps reported.
 
     ``runner`` is the kfp.local runner; default ``SubprocessRunner(use_venv=False)``.
 
@@ -439,8 +420,8 @@ def execute_plan(plan: Plan, ir: dict[str, Any], arguments: dict[str, Any], stat
     """
     channel = _channel_folder(status.pipeline_root, plan.name)
     with _run_environment(channel):
-        step_warnings = _execute(in_plan_order(ir, [s.name for s in plan.steps]), arguments,
-                                 status.pipeline_root, status, echo, enable_caching, channel, runner)
+        step_warnings = _execute(ir, arguments, status.pipeline_root, status, echo, enable_caching,
+                                 channel, runner, plan)
     found = [*local_cache.stale_warnings(plan, status), *step_warnings]
     status.warnings.extend(found)
     status.notices.extend(found)  # the panel shows notices
@@ -490,7 +471,7 @@ def _run_environment(channel: str) -> Iterator[None]:
 
 def _execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: RunStatus,
              echo: TextIO | None, enable_caching: bool, channel: str,
-             runner: Any = None) -> list[str]:
+             runner: Any = None, plan: Plan | None = None) -> list[str]:
     """Run ``ir`` with kfp.local, updating ``status``; the warnings the steps reported."""
     from kfp import components, local
 
@@ -505,7 +486,7 @@ def _execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: R
     status.hooks.run_hook("on_status", status)
     try:
         with contextlib.redirect_stdout(sink), warnings.catch_warnings(record=True) as caught, \
-                local_cache.listening(hits):
+                local_cache.listening(hits), ordered_dag(list(status.steps)):
             warnings.simplefilter("always")
             pipeline(**arguments)
         sink.run_log.extend(f"warning: {w.message}" for w in caught)
@@ -516,10 +497,34 @@ def _execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: R
         return sink.warnings
     sink.poll()
     sink.unfinished()
+    if plan is not None:
+        skip_dependents(plan, status)
     failed = any(s.state != SUCCEEDED for s in status.steps.values())
     error = "" if not failed else _run_error(status, list(sink.run_log))
     status.finish(FAILED if failed else SUCCEEDED, error)
     return sink.warnings
+
+
+def skip_dependents(plan: Plan, status: RunStatus) -> None:
+    """Mark SKIPPED, with the reason, each step that did not start because a step it depends on
+    (through data or ``--after``, directly or not) failed: ``upstream step 'b' failed``.
+
+    Steps are visited in plan order (producers first); a step's reason names the failed
+    steps upstream of it, in plan order.
+    """
+    causes: dict[str, list[str]] = {}
+    for step in plan.steps:
+        found: dict[str, None] = {}
+        for upstream in step.upstream:
+            state = status.steps[upstream].state if upstream in status.steps else None
+            if state == FAILED:
+                found[upstream] = None
+            found.update(dict.fromkeys(causes.get(upstream, ())))
+        causes[step.name] = list(found)
+        if found and status.steps[step.name].state == PENDING:
+            named = ", ".join(repr(c) for c in sorted(found, key=list(status.steps).index))
+            status.update_step(step.name, state=SKIPPED,
+                               error=f"upstream step{'s' if len(found) > 1 else ''} {named} failed")
 
 
 def _run_error(status: RunStatus, run_log: list[str]) -> str:

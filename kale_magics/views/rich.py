@@ -16,13 +16,14 @@ from kale_magics.analysis.live import LiveValue
 from kale_magics.analysis.preflight import CheckReport
 from kale_magics.codegen.compile import CompiledPipeline
 from kale_magics.model import Plan, Step
-from kale_magics.runner.status import FAILED, TERMINAL_STATES, RunStatus, StepStatus
+from kale_magics.runner.status import FAILED, SKIPPED, TERMINAL_STATES, RunStatus, StepStatus
 from kale_magics.views.dag import dag_svg
 from kale_magics.views.text import (
     check_verdict,
     duration_text,
     live_text,
     size_text,
+    skipped_steps,
     step_note,
 )
 
@@ -91,6 +92,8 @@ def run_html(status: RunStatus, plan: Plan, now: float) -> str:
         tail = html.escape("\n".join(step.log_tail(15)))
         parts.append(f"<div style='color:{RED}'>step {html.escape(step.name)} failed"
                      f"{html.escape(where)}: {html.escape(step.error)}</div><pre>{tail}</pre>")
+    parts.extend(f"<div class='kale-skipped' style='color:{GREY}'>step {html.escape(step.name)} "
+                 f"skipped: {html.escape(step.error)}</div>" for step in skipped_steps(status))
     return "<div class='kale-run'>" + "<br>".join(parts) + "</div>"
 
 
@@ -177,6 +180,9 @@ def step_detail_html(step: Step, status: StepStatus | None, now: float,
         if tail.strip():
             parts.append(f"<pre class='kale-log-tail' style='font-size:11px;max-height:16em;"
                          f"overflow:auto'>{html.escape(tail)}</pre>")
+    elif status is not None and status.state == SKIPPED and status.error:
+        parts.append(f"<div class='kale-step-skipped' style='color:{GREY}'>"
+                     f"{html.escape(status.error)}</div>")
     return "".join(parts)
 
 

@@ -9,7 +9,8 @@ from kale_magics.analysis.live import LiveValue
 from kale_magics.analysis.preflight import CheckReport
 from kale_magics.model import Plan
 from kale_magics.runner.remote import ScheduleInfo
-from kale_magics.runner.status import FAILED, RUNNING, TERMINAL_STATES, RunStatus, StepStatus
+from kale_magics.runner.status import (FAILED, RUNNING, SKIPPED, TERMINAL_STATES, RunStatus,
+                                      StepStatus)
 from kale_magics.session.notebook_session import StepRun
 
 #: How each state reads on a DAG node and in the panel's status line.
@@ -141,9 +142,14 @@ def step_line(step: StepStatus) -> str:
         line += f"  {duration_text(step.duration_s)}"
     if step.install_s is not None:
         line += f"  (installed in {duration_text(step.install_s)})"
-    if step.state == FAILED and step.error:
+    if step.state in (FAILED, SKIPPED) and step.error:
         line += f"  {step.error}"
     return line
+
+
+def skipped_steps(status: RunStatus) -> list[StepStatus]:
+    """The steps that did not run because a step upstream of them failed (those with a reason)."""
+    return [s for s in status.steps.values() if s.state == SKIPPED and s.error]
 
 
 def run_summary(status: RunStatus) -> str:
@@ -156,6 +162,7 @@ def run_summary(status: RunStatus) -> str:
         lines.append(f"step {step.name} failed{where}: {step.error}")
         tail = [line for line in step.log_tail(15) if line.strip()]
         lines.extend(f"  | {line}" for line in tail)
+    lines.extend(f"step {step.name} skipped: {step.error}" for step in skipped_steps(status))
     if status.error and not status.failed_steps:
         lines.append(status.error)
     lines.extend(f"warning: {w}" for w in status.warnings)
