@@ -7,8 +7,8 @@ are the cell's own, and the value of a final expression is returned so IPython
 displays it as ``Out``). A malformed line raises ``UsageError`` and the body is
 not run. ``%kale ACTION ...`` shows, checks, compiles, runs and exports the
 pipeline; actions are routed through a table, as jupysql's ``magic_cmd.py`` does.
-Typed errors become ``UsageError(f"{type(e).__name__}: {e}")``, which IPython
-shows without a traceback.
+Typed errors become ``UsageError(str(e))``, which IPython shows without a
+traceback; the message is the user's one line, never led by our class name.
 """
 
 from __future__ import annotations
@@ -110,7 +110,9 @@ def _help() -> str:
 
 
 def _usage_error(error: Exception) -> UsageError:
-    return UsageError(f"{type(error).__name__}: {error}")
+    """A typed error as IPython shows it without a traceback: its one-line message only
+    (``AnalysisError`` and friends are ours, not the user's words)."""
+    return UsageError(str(error))
 
 
 @magics_class

@@ -76,6 +76,18 @@ def test_bad_line_raises_usage_error_and_body_does_not_run(shell, line) -> None:
     assert "ran" not in shell.user_ns
 
 
+def test_errors_are_the_message_without_our_class_name(shell, tmp_path) -> None:
+    with pytest.raises(UsageError) as bad_line:
+        shell.run_cell_magic("kale", "step Bad", "x = 1")
+    path = write_notebook(tmp_path / "nb.ipynb", ("%%kale step a\ny = missing_name",))
+    with pytest.raises(UsageError) as bad_plan:
+        shell.run_line_magic("kale", f"show --notebook {path}")
+    for raised in (bad_line, bad_plan):
+        assert not str(raised.value).split(":")[0].endswith("Error"), str(raised.value)
+    assert str(bad_line.value).startswith("invalid step name 'Bad'")
+    assert "missing_name" in str(bad_plan.value)
+
+
 def test_step_cell_shows_a_compact_line_with_live_types(shell) -> None:
     run(shell, "%%kale step load\nrows = [1, 2, 3]")
     with capture_output() as captured:

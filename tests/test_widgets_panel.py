@@ -188,6 +188,8 @@ def test_bad_parameter_value_names_the_parameter(shell, panels, tmp_path) -> Non
     panel.form.parameters["NAMES"][1].value = "[1, 2"
     panel.run_button.click()
     assert "NAMES" in panel.message.value and "kale-error" in panel.message.value
+    assert "for example [1, 2]" in panel.message.value  # what to type in the field
+    assert "--param" not in panel.message.value and "Error:" not in panel.message.value
     assert not panel.control.active and not panel.run_button.disabled
 
 
@@ -236,7 +238,8 @@ def test_remote_errors_are_one_red_line(shell, panels, kfp_server, token_env, tm
     panel.run_button.click()
     panel.control.wait(30)
     panel.refresh()
-    assert "KfpAuthError" in panel.message.value and "kale-error" in panel.message.value
+    assert "kale-error" in panel.message.value and "KfpAuthError" not in panel.message.value
+    assert "credentials" in panel.message.value or "401" in panel.message.value
     assert "wrong-token-123" not in panel.message.value
 
 

@@ -72,7 +72,7 @@ class DeployPanel(w.VBox):
                                       interval_s=interval_s, warm_worker=warm_worker)
             self.plan = self.control.plan()
         except api.KaleError as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = str(exc)
         self.form = SettingsForm(self.plan)
         self._build(path=self.control.notebook if self.control else "")
         self.message.value = rich.error_html(error) if error else ""
@@ -116,7 +116,7 @@ class DeployPanel(w.VBox):
         try:
             handler()
         except api.KaleError as error:
-            self.message.value = rich.error_html(f"{type(error).__name__}: {error}")
+            self.message.value = rich.error_html(str(error))
         except Exception as error:
             self.message.value = rich.error_html(f"unexpected {type(error).__name__}: {error}")
         self.refresh()

@@ -127,7 +127,7 @@ class RunControl:
         self._changed()
         try:
             compiled = self.compile(request.options)
-            api.coerce_arguments(compiled.plan, request.arguments)  # a bad value: nothing starts
+            api.coerce_arguments(compiled.plan, request.arguments, fields=True)  # nothing starts
             self._target = self._new_target(request)  # bad target options: nothing starts
         except Exception:
             self.activity, self._active = "", False
@@ -200,7 +200,7 @@ class RunControl:
         try:
             action(*args)
         except api.KaleError as error:
-            self.error = f"{type(error).__name__}: {error}"
+            self.error = str(error)
         except Exception as error:  # shown in the panel, never as a traceback in the notebook
             self.error = f"unexpected {type(error).__name__}: {error}"
         finally:
