@@ -28,9 +28,9 @@ from kale_magics.errors import NotebookError
 from kale_magics.model import Annotation, Plan
 from kale_magics.notebook import kale_tags
 from kale_magics.notebook.annotations import (
-    LINE_PREFIX,
     cell_line,
     cell_magic,
+    is_tool_line,
     pipeline_line,
 )
 from kale_magics.notebook.reader import annotate_cells, code_cells, load_notebook, read_settings
@@ -42,8 +42,7 @@ def _strip_magics(source: str) -> str:
     """The cell without its ``%%kale`` line and without ``%load_ext kale_magics``/``%kale`` lines."""
     magic = cell_magic(source)
     lines = (magic[1].lstrip("\n") if magic else source).splitlines()
-    return "\n".join(line for line in lines if not (
-        line.strip().startswith(f"{LINE_PREFIX} ") or line.strip() == "%load_ext kale_magics"))
+    return "\n".join(line for line in lines if not is_tool_line(line))
 
 
 def _kale_parameters(source: str) -> tuple[str, str]:

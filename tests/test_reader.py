@@ -27,6 +27,29 @@ def test_unannotated_cell_continues_the_one_above(notebook) -> None:
         (0, "step", "a"), (2, "step", "a"), (3, "skip", None), (4, "skip", None)]
 
 
+def test_a_cell_of_kale_line_magics_is_tool_control_and_continues_nothing(notebook) -> None:
+    from kale_magics import api
+
+    path = notebook("%load_ext kale_magics", "%%kale step load\nrows = [1, 2]",
+                    "%kale panel", "more = rows + [3]",  # continues the step above the panel cell
+                    "%%kale metrics\nmore_len", "# the panel\n\n%kale panel\n%kale show",
+                    "%%kale step total\nsize = len(more)", "%load_ext kale_magics\n%kale check",
+                    "%kale pipeline --name tool-cells")
+    cells = read_notebook(path).cells
+    assert [(c.index, c.annotation.kind, c.annotation.name) for c in cells] == [
+        (1, "step", "load"), (3, "step", "load"), (4, "metrics", None), (6, "step", "total")]
+    assert not any("%kale" in c.source for c in cells)
+    with pytest.raises(api.KaleError) as raised:  # the metric is read; no magic is a metric
+        api.read_plan(path)
+    assert "more_len" in str(raised.value) and "run_line_magic" not in str(raised.value)
+    path = notebook("%%kale step load\nrows = [1, 2]", "%kale panel", "more = rows + [3]",
+                    "%%kale step total\nn = len(more)", "%%kale metrics\nn", "%kale panel",
+                    "%kale pipeline --name tool-cells", name="ok")
+    plan = api.read_plan(path)
+    assert plan.name == "tool-cells" and [m.expression for m in plan.step("total").metrics] == ["n"]
+    assert [c.index for c in plan.step("load").cells] == [0, 2]
+
+
 def test_magic_line_becomes_an_empty_line(notebook) -> None:
     path = notebook("%%kale step a\nx = 1\ny = 2")
     assert read_notebook(path).cells[0].source == "\nx = 1\ny = 2"

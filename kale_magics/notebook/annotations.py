@@ -308,6 +308,31 @@ def cell_magic(source: str) -> tuple[str, str] | None:
     return arguments, "\n" * (leading + 1) + body
 
 
+#: Lines of a tool-control cell besides ``%kale ...``: loading the extension.
+_EXTENSION_LINES = frozenset({"%load_ext kale_magics", "%reload_ext kale_magics"})
+
+
+def is_tool_line(line: str) -> bool:
+    """True when ``line`` is a ``%kale ...`` line magic (``%kale panel``, ``%kale pipeline ...``)
+    or loads the extension (``%load_ext kale_magics``): it drives the tool, it is no pipeline code."""
+    text = line.strip()
+    return text == LINE_PREFIX or text.startswith(LINE_PREFIX + " ") or text in _EXTENSION_LINES
+
+
+def is_tool_cell(source: str) -> bool:
+    """True when a code cell holds only tool control: ``%kale ...`` line magics (and
+    ``%load_ext kale_magics``), blank lines and comments, at least one magic.
+
+    Such a cell (``%kale panel`` placed under a ``%%kale metrics`` or a step cell, say)
+    is never pipeline code and never continues the annotation of the cell above it:
+    the reader leaves it out (README, "Annotations"). A cell with any other line is
+    code as usual.
+    """
+    lines = [line.strip() for line in source.splitlines()]
+    code = [line for line in lines if line and not line.startswith("#")]
+    return bool(code) and all(is_tool_line(line) for line in code)
+
+
 def is_pipeline_line(line: str) -> bool:
     """True when ``line`` is a ``%kale pipeline ...`` line."""
     args = line.strip().split(None, 2)
