@@ -268,7 +268,7 @@ def test_check_warns_about_unsaved_cells(shell, small) -> None:
     with capture_output() as captured:
         shell.run_line_magic("kale", f"check --notebook {small}")
     text = captured.outputs[0].data["text/plain"]
-    assert "warning: cell 2 ('items = list(range(N))') differs from what this kernel ran" in text
+    assert "warning: cell 3 ('items = list(range(N))') differs from what this kernel ran" in text
     assert "ran in this kernel but is not in the saved notebook" in text
 
 

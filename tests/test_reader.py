@@ -64,13 +64,13 @@ def test_pipeline_settings_from_any_cell_later_wins(notebook) -> None:
 
 def test_bad_annotation_names_the_cell(notebook) -> None:
     path = notebook("x = 1", "%%kale step Bad\nx = 2")
-    with pytest.raises(AnnotationError, match=r"^cell 1: invalid step name 'Bad'"):
+    with pytest.raises(AnnotationError, match=r"^cell 2: invalid step name 'Bad'"):
         read_notebook(path)
 
 
 def test_bad_pipeline_line_names_the_cell(notebook) -> None:
     path = notebook("%kale pipeline --nme x")
-    with pytest.raises(AnnotationError, match=r"^cell 0: .*unrecognized arguments"):
+    with pytest.raises(AnnotationError, match=r"^cell 1: .*unrecognized arguments"):
         read_notebook(path)
 
 
@@ -118,3 +118,16 @@ def test_reading_a_version_4_notebook_does_not_import_nbformat(notebook) -> None
     result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
                             check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_cell_numbers_are_the_ones_jupyterlab_shows(notebook) -> None:
+    """1-based, counting markdown cells: the third cell is JupyterLab's "Cell 3"."""
+    from kale_magics.model import cell_place
+    from kale_magics.runtime.bundle import cell_filename
+
+    with pytest.raises(AnnotationError, match=r"^cell 3: invalid step name 'Bad'"):
+        read_notebook(notebook("#md # Title", "x = 1", "%%kale step Bad\ny = 2"))
+    cells = read_notebook(notebook("#md # Title", "%%kale step a\nx = 1", name="ok")).cells
+    assert cells[0].index == 1 and cells[0].place == "cell 2" == cell_place(1)
+    assert cell_place(0, "other.ipynb") == "other.ipynb cell 1"
+    assert cell_filename("nb.ipynb", 1, "step a") == "nb.ipynb, cell 2 (step a)"  # the runtime agrees

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from kale_magics.errors import AnnotationError, KaleError, NotebookError
-from kale_magics.model import Annotation, Cell, PipelineSettings
+from kale_magics.model import Annotation, Cell, PipelineSettings, cell_place
 from kale_magics.notebook import kale_tags
 from kale_magics.notebook.annotations import (
     cell_magic,
@@ -191,7 +191,7 @@ def load_notebook(path: str | os.PathLike[str]) -> Any:
                             "open and re-save it in Jupyter") from None
     bad = [i for i, cell in enumerate(nb.cells) if not _well_formed(cell)]
     if bad:  # nbformat only logs schema errors
-        raise NotebookError(f"{os.fspath(path)} is not a valid Jupyter notebook (cell {bad[0]}: the "
+        raise NotebookError(f"{os.fspath(path)} is not a valid Jupyter notebook ({cell_place(bad[0])}: the "
                             "source must be text and the metadata a mapping with a list of tags); "
                             "open and re-save it in Jupyter")
     return nb
