@@ -92,6 +92,18 @@ def test_status_line_before_during_and_after(plan) -> None:
     assert "href='http://kfp:8888/#/runs/details/r-1'" in line and "run r-1 in the KFP UI" in line
 
 
+def test_the_previous_run_is_labelled_as_such(plan) -> None:
+    status = status_of(plan, make=StepStatus("make", state="FAILED", duration_s=1.8))
+    status.state, status.start, status.end = "FAILED", NOW - 100, NOW - 98.2
+    line = rich.status_line_html(status, NOW, started=NOW - 1, previous=True)
+    assert "<span class='kale-previous'>previous run</span>" in line
+    assert "<span class='kale-elapsed'>1.8 s</span>" in line  # its own time, not the new press's
+    dag = rich.dag_html(plan, status, NOW, previous=True)
+    assert "previous run" in dag and node_states(dag)["make"] == ("FAILED", "failed 1.8 s")
+    assert "previous run" not in rich.dag_html(plan, status, NOW)
+    assert "previous run" not in rich.status_line_html(status, NOW)
+
+
 def test_metrics_table_and_remote_note(plan) -> None:
     status = status_of(plan, total=StepStatus("total", state="SUCCEEDED",
                                               metrics={"size": 3.0, "acc": 0.98148148}))

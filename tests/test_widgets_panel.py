@@ -93,6 +93,23 @@ def test_run_locally_shows_every_step_and_metrics(shell, panels, tmp_path) -> No
     assert not panel.run_button.disabled and panel.cancel_button.disabled
     assert "kale-error" not in panel.message.value
     assert panel.control.all_succeeded_at is not None
+    assert "previous run" not in panel.status_html.value + panel.dag_html.value
+
+    # a bad field value, then a compile error: the new error is new, the last run stays the last
+    done = dict(_node_states(panel.dag_html.value))
+    panel.form.parameters["NAMES"][1].value = "[1, 2"
+    panel.run_button.click()
+    assert "NAMES" in panel.message.value and "kale-error" in panel.message.value
+    assert dict(_node_states(panel.dag_html.value)) == done == {"make": "SUCCEEDED",
+                                                                "total": "SUCCEEDED"}
+    assert "previous run" in panel.status_html.value and "SUCCEEDED" in panel.status_html.value
+    assert "kale-dag-caption" in panel.dag_html.value and "not started" not in panel.dag_html.value
+    write_notebook(path, (*FLOW[:3], "%%kale step total\nsize = sum(itemz)", FLOW[4]))
+    panel.form.parameters["NAMES"][1].value = '["a"]'
+    panel.run_button.click()
+    assert "itemz" in panel.message.value and "kale-error" in panel.message.value
+    assert dict(_node_states(panel.dag_html.value)) == done
+    assert "data-previous='true'" in panel.status_html.value
 
 
 def _node_states(svg: str) -> list[tuple[str, str]]:

@@ -12,10 +12,11 @@ that they arrive. One panel is one set of widget models: displaying it again
 
 from __future__ import annotations
 
+import contextlib
 import html
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ipywidgets as w
@@ -134,10 +135,13 @@ class DeployPanel(w.VBox):
             self.message.value = rich.check_html(self.control.check())
 
     def compile(self) -> None:
-        """Compile; show where the DSL and the YAML went."""
+        """Compile; show where the DSL and the YAML went (a compile error: the last run stays
+        shown, labelled as the previous run)."""
         if self._ready():
-            self._reload()
-            self.message.value = rich.compile_html(self.control.compile(self.form.options()))
+            with self._previous_on_error():
+                self._reload()
+                compiled = self.control.compile(self.form.options())
+            self.message.value = rich.compile_html(compiled)
 
     def run(self) -> None:
         """Compile and run on the chosen target; refused while a run is active."""
@@ -147,11 +151,23 @@ class DeployPanel(w.VBox):
             self.message.value = rich.info_html([_BUSY])
             return
         self.message.value = ""
-        self._reload()
+        with self._previous_on_error():
+            self._reload()
         request = RunRequest(self.form.options(), self.form.arguments(), self.form.chosen_target(),
                              self.form.caching.value)
         if self.control.start_run(request):
             self._start_ticker()
+
+    @contextlib.contextmanager
+    def _previous_on_error(self) -> Iterator[None]:
+        """A failure inside (the notebook does not compile) leaves the last run shown as the
+        previous run, beside the new error."""
+        try:
+            yield
+        except Exception:
+            if self.control is not None:
+                self.control.nothing_started()
+            raise
 
     def cancel(self) -> None:
         """Stop the active run."""
@@ -181,10 +197,12 @@ class DeployPanel(w.VBox):
             control, now = self.control, time.time()
             status = control.status if control else None
             active = bool(control and control.active)
+            previous = bool(control and control.previous)
             self.status_html.value = rich.status_line_html(
-                status, now, control.activity if control else "", control.started if control else None)
+                status, now, control.activity if control else "",
+                control.started if control else None, previous=previous)
             if self.plan is not None:
-                self.dag_html.value = rich.dag_html(self._shown_plan(), status, now)
+                self.dag_html.value = rich.dag_html(self._shown_plan(), status, now, previous)
                 self._refresh_steps(status)
             self.metrics_html.value = rich.metrics_html(status)
             if not active and self.message.value == rich.info_html([_BUSY]):

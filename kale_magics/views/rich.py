@@ -65,15 +65,20 @@ def plan_html(plan: Plan, live: Mapping[str, LiveValue]) -> str:
                       "metrics"], rows) + "</div>")
 
 
-def dag_html(plan: Plan, status: RunStatus | None, now: float) -> str:
+def dag_html(plan: Plan, status: RunStatus | None, now: float, previous: bool = False) -> str:
     """The pipeline's DAG as SVG, each step coloured and labelled by its state.
 
-    Before a run (``status`` None) every step is "not started".
+    Before a run (``status`` None) every step is "not started". ``previous`` says
+    ``status`` is the run before a Run press that started nothing (a compile error,
+    a bad value): the DAG keeps that run's states under the caption "previous run".
     """
     steps = status.steps if status is not None else {}
     states = {name: s.state for name, s in steps.items()}
     notes = {s.name: step_note(steps.get(s.name), now) for s in plan.steps}
-    return f"<div class='kale-dag-view'>{dag_svg(dag_steps(plan), states, notes)}</div>"
+    caption = (f"<div class='kale-dag-caption' style='color:{GREY};font-size:12px'>"
+               "previous run</div>" if previous and status is not None else "")
+    return (f"<div class='kale-dag-view' data-previous='{str(previous).lower()}'>{caption}"
+            f"{dag_svg(dag_steps(plan), states, notes)}</div>")
 
 
 def run_html(status: RunStatus, plan: Plan, now: float) -> str:
@@ -95,7 +100,7 @@ def run_html(status: RunStatus, plan: Plan, now: float) -> str:
 
 
 def status_line_html(status: RunStatus | None, now: float, activity: str = "",
-                     started: float | None = None) -> str:
+                     started: float | None = None, previous: bool = False) -> str:
     """The run's state, elapsed time and (remote runs) the link to the KFP UI.
 
     Parameters
@@ -108,13 +113,18 @@ def status_line_html(status: RunStatus | None, now: float, activity: str = "",
         What is going on before the run has a status ("compiling", "submitting").
     started:
         When Run was pressed; the elapsed time counts from it when given.
+    previous:
+        ``status`` is the run before a Run press that started nothing (a compile
+        error, a bad value): the line says "previous run" so it is not read as the
+        new attempt's result (its own start and end give its time).
     """
     if status is None:
         text = html.escape(activity or "ready: press Run to compile and run the pipeline")
         return f"<div class='kale-status' data-state=''>{text}</div>"
-    begin = started if started is not None else status.start
+    begin = status.start if previous or started is None else started
     end = status.end if status.state in TERMINAL_STATES and status.end else now
-    parts = [f"<b>{html.escape(status.pipeline)}</b>",
+    label = ["<span class='kale-previous'>previous run</span>"] if previous else []
+    parts = [*label, f"<b>{html.escape(status.pipeline)}</b>",
              f"<span class='kale-run-state'>{html.escape(status.state)}</span>",
              f"<span class='kale-elapsed'>{duration_text(max(0.0, end - begin))}</span>"]
     if activity:
@@ -123,8 +133,8 @@ def status_line_html(status: RunStatus | None, now: float, activity: str = "",
         url = html.escape(status.url, quote=True)
         parts.append(f"<a class='kale-run-link' href='{url}' target='_blank' {_LINK_STYLE}"
                      f"rel='noopener'>run {html.escape(status.run_id)} in the KFP UI</a>")
-    return (f"<div class='kale-status' data-state='{html.escape(status.state)}'>"
-            + " &middot; ".join(parts) + "</div>")
+    return (f"<div class='kale-status' data-state='{html.escape(status.state)}' "
+            f"data-previous='{str(previous).lower()}'>" + " &middot; ".join(parts) + "</div>")
 
 
 def metrics_html(status: RunStatus | None) -> str:
