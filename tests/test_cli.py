@@ -36,7 +36,7 @@ def test_compile_to_chosen_folder(notebook, tmp_path: Path) -> None:
 def test_show_prints_steps_edges_and_producers(notebook) -> None:
     result = cli("show", str(notebook(*SMALL, name="small")))
     assert result.returncode == 0
-    assert "step b  cells 2   after: a" in result.stdout
+    assert "step b  cells 3   after: a" in result.stdout
     assert "<- x (a)" in result.stdout
 
 

@@ -89,16 +89,24 @@ def test_errors_are_the_message_without_our_class_name(shell, tmp_path) -> None:
 
 
 def test_step_cell_shows_a_compact_line_with_live_types(shell) -> None:
-    run(shell, "%%kale step load\nrows = [1, 2, 3]")
     with capture_output() as captured:
+        run(shell, "%%kale step load\nrows = [1, 2, 3]\nunused = 5")
         run(shell, "%%kale step total --after load\nsize = len(rows)\nlabel = 'n'")
-    data = captured.outputs[0].data
-    assert data["text/plain"] == ("step total  <- rows: list len 3 (load)  -> size: int, "
-                                  "label: str len 1")
+    data = captured.outputs[1].data
+    assert data["text/plain"] == "step total  <- rows: list len 3 (load)"  # no reader of size yet
     assert data[STEP_MIME] == {"kind": "step", "name": "total", "after": ["load"],
                                "inputs": {"rows": "load"}, "outputs": ["size", "label"],
                                "types": {"rows": "list", "size": "int", "label": "str"},
                                "artifacts": {"size": "Artifact", "label": "Artifact"}}
+    html = data["text/html"]
+    assert "kale-step-line" in html and "data-name='rows'" in html and "\u2190 load" in html
+    assert "data-name='size'" not in html and ">label<" not in html  # bound; no step reads them
+    # the line under `load` is updated in place once a step reads from it
+    update = captured.outputs[2]
+    assert update.data["text/plain"] == "step load  -> rows: list len 3 (to total)"
+    assert "unused" not in update.data["text/html"] and "\u2192 total" in update.data["text/html"]
+    assert update.transient["display_id"] == captured.outputs[0].transient["display_id"]
+    assert update.data[STEP_MIME] == captured.outputs[0].data[STEP_MIME]  # the same record
 
 
 def test_registry_keyed_by_cell_id(shell) -> None:
@@ -165,7 +173,7 @@ def test_show_text_and_html_with_live_types(shell, small) -> None:
     with capture_output() as captured:
         shell.run_line_magic("kale", f"show --notebook {small}")
     data = captured.outputs[0].data
-    assert "step total  cells 3   after: make" in data["text/plain"]
+    assert "step total  cells 4   after: make" in data["text/plain"]
     assert "<svg" in data["text/html"] and "items: list len 3 (make)" in data["text/html"]
 
 

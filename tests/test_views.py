@@ -104,6 +104,27 @@ def test_the_previous_run_is_labelled_as_such(plan) -> None:
     assert "previous run" not in rich.status_line_html(status, NOW)
 
 
+def test_step_line_lists_what_travels_in_html_that_never_breaks_a_name() -> None:
+    from kale_magics.analysis.live import LiveValue
+    from kale_magics.session.notebook_session import StepRun
+
+    frame = LiveValue("DataFrame", 2048, "891x12", "Dataset")
+    step = StepRun("split_data", (), inputs={"raw_frame": "load_data"},
+                   outputs=("X_train", "scratch"), live={"raw_frame": frame, "X_train": frame},
+                   readers={"X_train": ("train", "evaluate")})
+    line = rich.step_run_html(step)
+    chips = re.findall(r"<span class='kale-(input|output)' data-name='([^']+)' "
+                       r"style='white-space:nowrap", line)
+    assert chips == [("input", "raw_frame"), ("output", "X_train")]  # not `scratch`: no reader
+    assert "DataFrame 891x12" in line and "\u2190 load_data" in line
+    assert "\u2192 train, evaluate" in line and "scratch" not in line
+    assert text.step_run_text(step) == ("step split_data  <- raw_frame: DataFrame 891x12, 2.0 KiB "
+                                        "(load_data)  -> X_train: DataFrame 891x12, 2.0 KiB "
+                                        "(to train, evaluate)")
+    alone = rich.step_run_html(StepRun("a", (), outputs=("x",)))
+    assert "nothing passed" in alone and "<b>" not in alone and "data-name" not in alone
+
+
 def test_metrics_table_and_remote_note(plan) -> None:
     status = status_of(plan, total=StepStatus("total", state="SUCCEEDED",
                                               metrics={"size": 3.0, "acc": 0.98148148}))

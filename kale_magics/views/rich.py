@@ -17,6 +17,7 @@ from kale_magics.analysis.preflight import CheckReport
 from kale_magics.codegen.compile import CompiledPipeline
 from kale_magics.model import Plan, Step
 from kale_magics.runner.status import FAILED, TERMINAL_STATES, RunStatus, StepStatus
+from kale_magics.session.notebook_session import StepRun
 from kale_magics.views.dag import dag_svg
 from kale_magics.views.text import (
     check_verdict,
@@ -39,6 +40,47 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     rows_html = "".join("<tr>" + "".join(_CELL.format(tag="td", text=c) for c in row) + "</tr>"
                         for row in rows)
     return _TABLE.format(head=head_html, rows=rows_html)
+
+
+_STEP_LINE = ("<div class='kale-step-line' data-step='{step}' style='font-family:var(--jp-ui-font-"
+              "family,system-ui,sans-serif);font-size:12px;line-height:1.7;color:#444;"
+              "padding:1px 0'>{parts}</div>")
+_CHIP = ("<span class='kale-{kind}' data-name='{name}' style='white-space:nowrap;margin-right:"
+         "10px'><code style='background:#f3f3f3;border-radius:3px;padding:0 3px'>{name}</code>"
+         "{detail}</span>")
+
+
+def _chip(kind: str, name: str, live: LiveValue | None, link: str) -> str:
+    """One variable of the step line: its name, its type (and shape), where it comes from or
+    goes; never broken across lines."""
+    kind_text = f" {live.type_name}" + (f" {live.shape}" if live.shape else "") if live else ""
+    detail = (f"<span style='color:{GREY}'>{html.escape(kind_text)}</span>"
+              f"<span style='color:#1565c0'> {html.escape(link)}</span>" if link else
+              f"<span style='color:{GREY}'>{html.escape(kind_text)}</span>")
+    return _CHIP.format(kind=kind, name=html.escape(name, quote=True), detail=detail)
+
+
+def step_run_html(step: StepRun) -> str:
+    """The line under a step cell run in the kernel (``text/html``): the step's name as a
+    badge, then what travels: each input with its type and the step it comes from
+    (``df DataFrame 891x12 ← load``), each output a later step reads with the steps that
+    read it (``model RandomForestClassifier → evaluate``). Names the step binds that no
+    step reads are left out; a variable never wraps in the middle. Same content as
+    :func:`kale_magics.views.text.step_run_text`."""
+    parts = [f"<span class='kale-step-badge' style='background:#e3f2fd;color:#0d47a1;border-radius"
+             f":3px;padding:1px 6px;margin-right:10px;white-space:nowrap;font-weight:600'>step "
+             f"{html.escape(step.name)}</span>"]
+    if step.inputs:
+        parts.append(f"<span style='color:{GREY};margin-right:4px'>in</span>")
+        parts += [_chip("input", n, step.live.get(n), f"\u2190 {p}") for n, p in step.inputs.items()]
+    if step.passed:
+        parts.append(f"<span style='color:{GREY};margin-right:4px'>out</span>")
+        parts += [_chip("output", n, step.live.get(n),
+                        f"\u2192 {', '.join(step.readers[n])}" if step.readers.get(n) else "")
+                  for n in step.passed]
+    if not step.inputs and not step.passed:
+        parts.append(f"<span style='color:{GREY}'>nothing passed to or from other steps yet</span>")
+    return _STEP_LINE.format(step=html.escape(step.name, quote=True), parts="".join(parts))
 
 
 def dag_steps(plan: Plan) -> list[tuple[str, tuple[str, ...]]]:

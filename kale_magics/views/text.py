@@ -92,9 +92,12 @@ def plan_text(plan: Plan) -> str:
 
 
 def step_run_text(step: StepRun) -> str:
-    """The line under a step cell run in the kernel, inputs grouped by producer::
+    """The line under a step cell run in the kernel (``text/plain``): what travels, inputs
+    grouped by producer, then the outputs later steps read with those steps::
 
-        step total  <- rows: list len 3 (load)  -> size: int, label: str len 1
+        step total  <- rows: list len 3 (load)  -> size: int (to report)
+
+    Names the step binds that no step run in this kernel reads are left out.
     """
     by_producer: dict[str, list[str]] = {}
     for name, producer in step.inputs.items():
@@ -102,9 +105,14 @@ def step_run_text(step: StepRun) -> str:
     text = f"step {step.name}"
     if by_producer:
         text += "  <- " + "; ".join(f"{', '.join(v)} ({p})" for p, v in by_producer.items())
-    if step.outputs:
-        text += "  -> " + ", ".join(live_text(n, step.live) for n in step.outputs)
+    if step.passed:
+        text += "  -> " + ", ".join(_passed_text(n, step) for n in step.passed)
     return text
+
+
+def _passed_text(name: str, step: StepRun) -> str:
+    readers = step.readers.get(name, ())
+    return live_text(name, step.live) + (f" (to {', '.join(readers)})" if readers else "")
 
 
 def step_note(step: StepStatus | None, now: float) -> str:
