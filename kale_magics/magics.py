@@ -219,8 +219,9 @@ class KaleMagics(Magics):
             self.session.pipeline(rest)
             return None
         if action not in self.actions:
-            raise UsageError(f"unknown action {action!r}; use one of: pipeline, "
-                             f"{', '.join(self.actions)} (see %kale?)")
+            known = ["pipeline", *self.actions]
+            raise UsageError(f"unknown action {action!r}{api.did_you_mean(action, known)}; use one "
+                             f"of: {', '.join(known)} (see %kale?)")
         args = ACTION_PARSERS[action].parse_args(api.split_args(rest))
         return self.actions[action](args)
 
@@ -265,8 +266,9 @@ class KaleMagics(Magics):
                              watch_options=api.watch_options(args.interval))
 
     def _run(self, args: argparse.Namespace) -> None:
-        compiled = api.compile_notebook(self._notebook(args), args.output)
         arguments = dict(api.parse_param(p) for p in args.param)
+        compiled = api.compile_notebook(self._notebook(args), args.output)
+        api.coerce_arguments(compiled.plan, arguments)  # a bad value: refused before any output
         target = self._target(args)
         for warning in compiled.warnings:
             print(f"warning: {warning}")

@@ -42,6 +42,12 @@ def cell_place(index: float, notebook: str = "") -> str:
     return f"{where}cell {int(index) + 1}"
 
 
+def counted(count: int, noun: str) -> str:
+    """``1 step``, ``2 steps``, ``0 parameters``: a count with its noun in the right number
+    (``noun`` is the singular; the plural adds ``s``)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def requirement_name(requirement: str) -> str:
     """The canonical distribution name of a pip requirement (PEP 503, ``packaging``'s
     ``canonicalize_name``): ``"Scikit_Learn>=1"`` -> ``"scikit-learn"``, ``"zope.interface"`` ->

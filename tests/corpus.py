@@ -48,8 +48,8 @@ def step(line: str, body: str = "x = 1") -> tuple[str, ...]:
 
 MAGIC_LINES = [
     ("empty kind", "%%kale", "needs a kind"),
-    ("unknown kind", "%%kale stepp a", "unknown annotation kind 'stepp'; use one of"),
-    ("kind in capitals", "%%kale STEP a", "unknown annotation kind 'STEP'"),
+    ("unknown kind", "%%kale stepp a", "unknown annotation kind 'stepp' (did you mean 'step'?); use one of"),
+    ("kind in capitals", "%%kale STEP a", "unknown annotation kind 'STEP' (did you mean 'step'?)"),
     ("no step name", "%%kale step", "required: name"),
     ("step name is a keyword", "%%kale step class", "invalid step name 'class'"),
     ("step name is a soft keyword", "%%kale step match", "invalid step name 'match'"),

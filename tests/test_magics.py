@@ -76,6 +76,16 @@ def test_bad_line_raises_usage_error_and_body_does_not_run(shell, line) -> None:
     assert "ran" not in shell.user_ns
 
 
+def test_near_misses_get_did_you_mean(shell) -> None:
+    with pytest.raises(UsageError, match=r"unknown annotation kind 'stpe' \(did you mean 'step'\?\)"):
+        shell.run_cell_magic("kale", "stpe a", "x = 1")
+    with pytest.raises(UsageError, match=r"unknown action 'pannel' \(did you mean 'panel'\?\)"):
+        shell.run_line_magic("kale", "pannel")
+    with pytest.raises(UsageError) as far:
+        shell.run_line_magic("kale", "frobnicate")
+    assert "did you mean" not in str(far.value)
+
+
 def test_errors_are_the_message_without_our_class_name(shell, tmp_path) -> None:
     with pytest.raises(UsageError) as bad_line:
         shell.run_cell_magic("kale", "step Bad", "x = 1")
@@ -239,6 +249,13 @@ def test_run_and_status(shell, small) -> None:
     with capture_output() as captured:
         shell.run_line_magic("kale", "status")
     assert "pipeline small SUCCEEDED" in captured.stdout and "size = 10" in captured.stdout
+
+
+def test_a_bad_param_is_refused_before_anything_is_printed(shell, small) -> None:
+    with capture_output() as captured, pytest.raises(UsageError, match="parameter 'N' is int"):
+        shell.run_line_magic("kale", f"run --notebook {small} --param N=five")
+    assert captured.stdout == "" and captured.outputs == []  # no "running ... locally"
+    assert kale(shell).last_run is None
 
 
 def test_export_kale_tags_writes_a_copy_and_refuses_the_source(shell, small, tmp_path) -> None:

@@ -183,3 +183,10 @@ def test_one_duration_format_in_every_view(plan) -> None:
         assert "succeeded 2 min 5 s" in view
     assert [text.duration_text(s) for s in (0.44, 9.96, 12.4, 59.4, 60, 3599)] == [
         "0.4 s", "10.0 s", "12 s", "59 s", "1 min 0 s", "59 min 59 s"]
+
+
+def test_counts_have_the_right_number(plan, tmp_path) -> None:
+    assert text.plan_text(plan).startswith("pipeline flow (3 steps, 1 parameter)")
+    one = api.read_plan(write_notebook(tmp_path / "one.ipynb", ("%%kale step a\nx = 1",)))
+    assert text.plan_text(one).startswith("pipeline one (1 step, 0 parameters)")
+    assert "1 step, 0 parameters" in rich.plan_html(one, {})

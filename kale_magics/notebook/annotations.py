@@ -195,6 +195,15 @@ def _check_variables(names: Sequence[str], option: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """``" (did you mean 'step'?)"`` when ``word`` (in any case) is a near miss of one of
+    ``choices`` (:func:`difflib.get_close_matches`, cutoff 0.6), else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(word.lower(), choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def parse_cell_line(line: str) -> Annotation:
     """Parse a ``%%kale KIND ...`` line (with or without the ``%%kale`` prefix).
 
@@ -224,8 +233,8 @@ def parse_cell_line(line: str) -> Annotation:
                               "(for example `%%kale step train`)", line=line)
     kind, rest = args[0], args[1:]
     if kind not in CELL_KINDS:
-        raise AnnotationError(f"unknown annotation kind {kind!r}; use one of {', '.join(CELL_KINDS)}",
-                              line=line)
+        raise AnnotationError(f"unknown annotation kind {kind!r}{did_you_mean(kind, CELL_KINDS)}; "
+                              f"use one of {', '.join(CELL_KINDS)}", line=line)
     if kind != "step":
         if rest:
             raise AnnotationError(f"`%%kale {kind}` takes no arguments, got {' '.join(rest)!r}",

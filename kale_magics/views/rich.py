@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from kale_magics.analysis.live import LiveValue
 from kale_magics.analysis.preflight import CheckReport
 from kale_magics.codegen.compile import CompiledPipeline
-from kale_magics.model import Plan, Step
+from kale_magics.model import Plan, Step, counted
 from kale_magics.runner.status import FAILED, TERMINAL_STATES, RunStatus, StepStatus
 from kale_magics.session.notebook_session import StepRun
 from kale_magics.views.dag import dag_svg
@@ -100,8 +100,8 @@ def plan_html(plan: Plan, live: Mapping[str, LiveValue]) -> str:
                      html.escape(", ".join(step.after)), inputs, outputs,
                      html.escape(", ".join(step.parameters)),
                      html.escape(", ".join(m.key for m in step.metrics))])
-    title = html.escape(f"pipeline {plan.name}: {len(plan.steps)} steps, "
-                        f"{len(plan.parameters)} parameters")
+    title = html.escape(f"pipeline {plan.name}: {counted(len(plan.steps), 'step')}, "
+                        f"{counted(len(plan.parameters), 'parameter')}")
     return (f"<div class='kale-show'><b>{title}</b><br>{dag_svg(dag_steps(plan))}"
             + _table(["step", "cells", "--after", "inputs (producer)", "outputs", "parameters",
                       "metrics"], rows) + "</div>")

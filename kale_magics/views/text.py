@@ -7,7 +7,7 @@ from typing import Iterable, Mapping, Optional
 
 from kale_magics.analysis.live import LiveValue
 from kale_magics.analysis.preflight import CheckReport
-from kale_magics.model import Plan
+from kale_magics.model import Plan, counted
 from kale_magics.runner.remote import ScheduleInfo
 from kale_magics.runner.status import FAILED, RUNNING, TERMINAL_STATES, RunStatus, StepStatus
 from kale_magics.session.notebook_session import StepRun
@@ -70,7 +70,8 @@ def plan_text(plan: Plan) -> str:
           -> model
     """
     params = ", ".join(f"{p.name}: {p.type} = {p.value!r}" for p in plan.parameters)
-    lines = [f"pipeline {plan.name} ({len(plan.steps)} steps, {len(plan.parameters)} parameters)"]
+    lines = [f"pipeline {plan.name} ({counted(len(plan.steps), 'step')}, "
+             f"{counted(len(plan.parameters), 'parameter')})"]
     if params:
         lines.append(f"parameters: {params}")
     width = max(len(s.name) for s in plan.steps)
