@@ -129,8 +129,14 @@ def test_metrics_table_and_remote_note(plan) -> None:
     status = status_of(plan, total=StepStatus("total", state="SUCCEEDED",
                                               metrics={"size": 3.0, "acc": 0.98148148}))
     table = rich.metrics_html(status)
-    assert re.findall(r"kale-metric-name'>([^<]+)</td><td class='kale-metric-value'[^>]*>([^<]+)<",
-                      table) == [("size", "3"), ("acc", "0.981481")]
+    assert re.findall(r"kale-metric-name'[^>]*>([^<]+)</td><td class='kale-metric-value'[^>]*>"
+                      r"([^<]+)<", table) == [("size", "3"), ("acc", "0.981481")]
+    cells = re.findall(r"<t[dh] [^>]*style='([^']*)'", table)
+    assert cells and all("padding:1px 12px 1px 4px" in c and "line-height:1.35" in c for c in cells)
+    # a cached step's metrics come back sorted: the notebook's order is kept
+    status.metric_order = ["size", "acc"]
+    status.steps["total"].metrics = {"acc": 0.98148148, "size": 3.0}
+    assert list(status.metrics) == ["size", "acc"]
     remote = status_of(plan)
     remote.metrics_note = "metric values are not available; see them in the KFP UI: http://h/#/runs/x"
     assert rich.metrics_html(remote) == ""  # not before the run ends
@@ -190,3 +196,23 @@ def test_counts_have_the_right_number(plan, tmp_path) -> None:
     one = api.read_plan(write_notebook(tmp_path / "one.ipynb", ("%%kale step a\nx = 1",)))
     assert text.plan_text(one).startswith("pipeline one (1 step, 0 parameters)")
     assert "1 step, 0 parameters" in rich.plan_html(one, {})
+
+
+def test_a_click_on_a_dag_node_chooses_the_step_in_the_panel(plan) -> None:
+    plain = rich.dag_html(plan, None, NOW)
+    assert "onclick" not in plain
+    view = rich.dag_html(plan, None, NOW, choose=True)
+    handler = re.search(r'onclick="([^"]+)"', view).group(1)
+    assert ".kale-step-choice select" in handler and "dispatchEvent(new Event('change'" in handler
+    assert "closest('[data-step]')" in handler and 'data-step="make"' in view
+    assert "cursor:pointer" in view and "stroke-width:2.5" not in view
+    assert "g.kale-step[data-step='total'] rect{stroke:#1565c0" in rich.dag_html(
+        plan, None, NOW, choose=True, chosen="total")
+
+
+def test_the_plan_gives_a_run_its_metric_order(tmp_path) -> None:
+    from kale_magics.runner.local import plan_status
+
+    plan = api.read_plan(write_notebook(tmp_path / "m.ipynb", (
+        "%%kale step a\nzeta = 1\nalpha = 2", "%%kale metrics\nzeta\nalpha")))
+    assert plan_status(plan, "", None, []).metric_order == ["zeta", "alpha"]

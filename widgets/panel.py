@@ -63,6 +63,7 @@ class DeployPanel(w.VBox):
         self.add_class("kale-panel")
         self._lock = threading.RLock()
         self._ticker: threading.Thread | None = None
+        self._shown_failure: Any = None  # the run whose failed step the chooser was set to
         shell = _shell(shell)
         session = api.NotebookSession.of(shell) if shell is not None else api.NotebookSession()
         self.control: RunControl | None = None
@@ -93,7 +94,7 @@ class DeployPanel(w.VBox):
                                      "write the KFP DSL and YAML", self.compile)
         self.run_button = button("Run", "kale-run-button", "success",
                                  "compile and run on the chosen target", self.run)
-        self.cancel_button = button("Cancel", "kale-cancel-button", "danger",
+        self.cancel_button = button("Cancel", "kale-cancel-button", "",
                                     "stop the active run", self.cancel)
         self.status_html, self.dag_html, self.metrics_html = w.HTML(), w.HTML(), w.HTML()
         self.message, self.detail_html = w.HTML(), w.HTML()
@@ -202,7 +203,9 @@ class DeployPanel(w.VBox):
                 status, now, control.activity if control else "",
                 control.started if control else None, previous=previous)
             if self.plan is not None:
-                self.dag_html.value = rich.dag_html(self._shown_plan(), status, now, previous)
+                chosen = self.step_choice.value if self.step_choice.value != _NO_STEP else ""
+                self.dag_html.value = rich.dag_html(self._shown_plan(), status, now, previous,
+                                                    choose=True, chosen=chosen or "")
                 self._refresh_steps(status)
             self.metrics_html.value = rich.metrics_html(status)
             if not active and self.message.value == rich.info_html([_BUSY]):
@@ -212,7 +215,9 @@ class DeployPanel(w.VBox):
                 control.error = ""
             self.run_button.disabled = active or control is None
             self.check_button.disabled = self.compile_button.disabled = active or control is None
-            self.cancel_button.disabled = not (control and control.can_cancel)
+            can_cancel = bool(control and control.can_cancel)
+            self.cancel_button.disabled = not can_cancel
+            self.cancel_button.button_style = "danger" if can_cancel else ""  # grey when off
             self.form.set_enabled(not active)
 
     def _shown_plan(self) -> api.Plan:
@@ -225,7 +230,8 @@ class DeployPanel(w.VBox):
         if list(self.step_choice.options) != names:
             self.step_choice.options = names
         failed = status.failed_steps if status is not None else []
-        if failed and self.step_choice.value == _NO_STEP:
+        if failed and self._shown_failure is not status:  # once per run: then the user chooses
+            self._shown_failure = status
             self.step_choice.value = failed[0].name
         chosen = self.step_choice.value
         if chosen == _NO_STEP or chosen is None:

@@ -268,7 +268,8 @@ class ChildProcessTarget(RunTarget):
         self._running = worker
         status = RunStatus(pipeline=compiled.plan.name, hooks=hooks, steps={
             s.name: StepStatus(name=s.name, inputs=[i.name for i in s.inputs],
-                               outputs=list(s.outputs)) for s in compiled.plan.steps})
+                               outputs=list(s.outputs)) for s in compiled.plan.steps},
+            metric_order=[m.key for s in compiled.plan.steps for m in s.metrics])
         hooks.run_hook("on_message", f"running {compiled.plan.name} {self.where} "
                                      f"({counted(len(compiled.plan.steps), 'step')})")
         hooks.run_hook("on_status", status)

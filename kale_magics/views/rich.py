@@ -107,19 +107,41 @@ def plan_html(plan: Plan, live: Mapping[str, LiveValue]) -> str:
                       "metrics"], rows) + "</div>")
 
 
-def dag_html(plan: Plan, status: RunStatus | None, now: float, previous: bool = False) -> str:
+#: What a click on a DAG node does in the deploy panel: choose that step in the panel's step
+#: chooser (an ipywidgets Dropdown, whose ``<option>`` values are its labels) and tell the
+#: Dropdown's view, which listens for ``change`` on its ``<select>`` (ipywidgets 8
+#: ``DropdownView._handle_change``) and sends the choice to the kernel. An ``HTML`` widget
+#: sets its value as ``innerHTML``, which keeps inline handlers: no anywidget, no front-end build.
+_CHOOSE_ON_CLICK = (
+    "var n=event.target.closest('[data-step]'),p=this.closest('.kale-panel'),"
+    "s=p&&p.querySelector('.kale-step-choice select');"
+    "if(n&&s){s.value=n.getAttribute('data-step');"
+    "s.dispatchEvent(new Event('change',{bubbles:true}));}")
+
+
+def dag_html(plan: Plan, status: RunStatus | None, now: float, previous: bool = False,
+             choose: bool = False, chosen: str = "") -> str:
     """The pipeline's DAG as SVG, each step coloured and labelled by its state.
 
     Before a run (``status`` None) every step is "not started". ``previous`` says
     ``status`` is the run before a Run press that started nothing (a compile error,
     a bad value): the DAG keeps that run's states under the caption "previous run".
+    ``choose`` (the deploy panel) makes a click on a node choose that step in the
+    panel's step chooser (:data:`_CHOOSE_ON_CLICK`); the ``chosen`` step's node is outlined.
     """
     steps = status.steps if status is not None else {}
     states = {name: s.state for name, s in steps.items()}
     notes = {s.name: step_note(steps.get(s.name), now) for s in plan.steps}
     caption = (f"<div class='kale-dag-caption' style='color:{GREY};font-size:12px'>"
                "previous run</div>" if previous and status is not None else "")
-    return (f"<div class='kale-dag-view' data-previous='{str(previous).lower()}'>{caption}"
+    click = (f" onclick=\"{_CHOOSE_ON_CLICK}\" title='click a step to see its details'"
+             if choose else "")
+    outline = (f".kale-dag-choose g.kale-step[data-step='{html.escape(chosen, quote=True)}'] rect"
+               "{stroke:#1565c0;stroke-width:2.5}" if chosen else "")
+    style = (f"<style>.kale-dag-choose g.kale-step{{cursor:pointer}}{outline}</style>"
+             if choose else "")
+    return (f"<div class='kale-dag-view{' kale-dag-choose' if choose else ''}' "
+            f"data-previous='{str(previous).lower()}'{click}>{style}{caption}"
             f"{dag_svg(dag_steps(plan), states, notes)}</div>")
 
 
@@ -179,16 +201,24 @@ def status_line_html(status: RunStatus | None, now: float, activity: str = "",
             f"data-previous='{str(previous).lower()}'>" + " &middot; ".join(parts) + "</div>")
 
 
+#: A metrics table cell: padded apart, one compact line high (notebook themes make rows tall).
+_METRIC_CELL = ("padding:1px 12px 1px 4px;line-height:1.35;height:auto;border:none;"
+                "border-bottom:1px solid #eee;vertical-align:baseline")
+
+
 def metrics_html(status: RunStatus | None) -> str:
-    """The run's final metrics as a small table (or why there are none)."""
+    """The run's final metrics as a small table (or why there are none), in notebook order
+    (:attr:`~kale_magics.runner.status.RunStatus.metrics`)."""
     if status is None:
         return ""
     if status.metrics:
-        rows = "".join(f"<tr><td class='kale-metric-name'>{html.escape(k)}</td>"
-                       f"<td class='kale-metric-value' style='text-align:right'>{v:.6g}</td></tr>"
+        rows = "".join(f"<tr><td class='kale-metric-name' style='{_METRIC_CELL}'>{html.escape(k)}"
+                       f"</td><td class='kale-metric-value' style='{_METRIC_CELL};text-align:right;"
+                       f"font-variant-numeric:tabular-nums'>{v:.6g}</td></tr>"
                        for k, v in status.metrics.items())
-        return ("<table class='kale-metrics' style='border-collapse:collapse;font-size:12px'>"
-                "<thead><tr><th style='text-align:left'>metric</th><th>value</th></tr></thead>"
+        return ("<table class='kale-metrics' style='border-collapse:collapse;font-size:12px;"
+                f"margin:2px 0'><thead><tr><th style='{_METRIC_CELL};text-align:left'>metric</th>"
+                f"<th style='{_METRIC_CELL};text-align:right'>value</th></tr></thead>"
                 f"<tbody>{rows}</tbody></table>")
     if status.metrics_note and status.state in TERMINAL_STATES:
         return f"<div class='kale-metrics-note' style='color:{GREY}'>{_linked(status.metrics_note)}</div>"
