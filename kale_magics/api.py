@@ -33,6 +33,7 @@ from kale_magics.notebook.annotations import (
     PIPELINE_PARSER,
     STEP_PARSER,
     GrammarParser,
+    did_you_mean,
     parse_cell_line,
     parse_pipeline_line,
     split_args,
@@ -61,7 +62,7 @@ __all__ = ["CheckReport", "ChildWorker", "CompiledPipeline", "DockerOptions", "D
            "RunTarget", "STEP_MIME", "Schedule", "ScheduleInfo", "StepRun", "Submission",
            "WatchOptions", "cancel_remote", "check", "chosen_docker_options", "coerce_arguments",
            "compile_notebook", "connect", "convert", "default_output_dir", "delete_schedule",
-           "describe", "docker_options", "grammar_help", "list_schedules", "live_values",
+           "describe", "did_you_mean", "docker_options", "grammar_help", "list_schedules", "live_values",
            "locate_notebook", "parse_annotation", "parse_param", "parse_pipeline_settings",
            "read_plan", "remote_status", "run", "run_docker", "run_local", "split_args", "submit",
            "watch_options", "watch_remote"]

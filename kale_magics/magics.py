@@ -7,14 +7,15 @@ are the cell's own, and the value of a final expression is returned so IPython
 displays it as ``Out``). A malformed line raises ``UsageError`` and the body is
 not run. ``%kale ACTION ...`` shows, checks, compiles, runs and exports the
 pipeline; actions are routed through a table, as jupysql's ``magic_cmd.py`` does.
-Typed errors become ``UsageError(f"{type(e).__name__}: {e}")``, which IPython
-shows without a traceback.
+Typed errors become ``UsageError(str(e))``, which IPython shows without a
+traceback; the message is the user's one line, never led by our class name.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import time
 from importlib import metadata
 from typing import Any, Callable
@@ -110,7 +111,9 @@ def _help() -> str:
 
 
 def _usage_error(error: Exception) -> UsageError:
-    return UsageError(f"{type(error).__name__}: {error}")
+    """A typed error as IPython shows it without a traceback: its one-line message only
+    (``AnalysisError`` and friends are ours, not the user's words)."""
+    return UsageError(str(error))
 
 
 @magics_class
@@ -133,6 +136,8 @@ class KaleMagics(Magics):
         super().__init__(shell)
         self.session = api.NotebookSession.of(shell, fresh=True)
         self.panels: dict[str, Any] = {}
+        #: The line shown under each step cell run here: (display handle, registry entry, StepRun).
+        self.step_lines: dict[str, tuple[Any, Any, api.StepRun]] = {}
         self.actions: dict[str, Callable[[argparse.Namespace], Any]] = {
             "show": self._show, "check": self._check, "compile": self._compile,
             "run": self._run, "status": self._status, "cancel": self._cancel,
@@ -155,9 +160,22 @@ class KaleMagics(Magics):
         entry = self.session.record(self._cell_id(), annotation, cell, tree)
         result = self._run_tree(tree, filename)
         if annotation.kind == "step":
-            step = self.session.step_run(entry)
-            display({"text/plain": step_run_text(step), STEP_MIME: step.record()}, raw=True)
+            self._show_step(entry, self.session.step_run(entry))
         return result
+
+    def _show_step(self, entry: Any, step: api.StepRun) -> None:
+        """Display the line under a step cell (HTML, text for terminals, and the step's record);
+        the lines of the steps it reads from are updated in place to name it as a reader."""
+        handle = display(_step_output(step), raw=True, display_id=True)
+        self.step_lines[entry.key] = (handle, entry, step)
+        producers = set(step.inputs.values())
+        for key, (shown, earlier, line) in list(self.step_lines.items()):
+            if key == entry.key or line.name not in producers or shown is None:
+                continue
+            updated = dataclasses.replace(line, readers=self.session.readers(earlier))
+            if updated != line:
+                shown.update(_step_output(updated), raw=True)
+                self.step_lines[key] = (shown, earlier, updated)
 
     def _cell_id(self) -> str | None:
         """The front end's id of the cell being run (JupyterLab, Notebook 7, VS Code send it)."""
@@ -201,8 +219,9 @@ class KaleMagics(Magics):
             self.session.pipeline(rest)
             return None
         if action not in self.actions:
-            raise UsageError(f"unknown action {action!r}; use one of: pipeline, "
-                             f"{', '.join(self.actions)} (see %kale?)")
+            known = ["pipeline", *self.actions]
+            raise UsageError(f"unknown action {action!r}{api.did_you_mean(action, known)}; use one "
+                             f"of: {', '.join(known)} (see %kale?)")
         args = ACTION_PARSERS[action].parse_args(api.split_args(rest))
         return self.actions[action](args)
 
@@ -247,8 +266,9 @@ class KaleMagics(Magics):
                              watch_options=api.watch_options(args.interval))
 
     def _run(self, args: argparse.Namespace) -> None:
-        compiled = api.compile_notebook(self._notebook(args), args.output)
         arguments = dict(api.parse_param(p) for p in args.param)
+        compiled = api.compile_notebook(self._notebook(args), args.output)
+        api.coerce_arguments(compiled.plan, arguments)  # a bad value: refused before any output
         target = self._target(args)
         for warning in compiled.warnings:
             print(f"warning: {warning}")
@@ -312,6 +332,13 @@ class KaleMagics(Magics):
         if notebook not in self.panels:
             self.panels[notebook] = _panel_class()(notebook, shell=self.shell)
         display(self.panels[notebook])
+
+
+def _step_output(step: api.StepRun) -> dict[str, Any]:
+    """The output of a step cell: a compact HTML line, its text for terminals, and the record
+    the saved notebook keeps (``application/vnd.kale-magics.step+json``)."""
+    return {"text/plain": step_run_text(step), "text/html": rich.step_run_html(step),
+            STEP_MIME: step.record()}
 
 
 def _panel_class() -> Any:

@@ -22,6 +22,32 @@ CELL_KINDS = ("imports", "functions", "parameters", "step", "metrics", "skip")
 PRELUDE_KINDS = ("imports", "functions")
 
 
+def cell_place(index: float, notebook: str = "") -> str:
+    """How every message names a notebook cell: ``cell 10``, or ``other.ipynb cell 3``.
+
+    The number is the one people see: 1-based and counting every cell, markdown
+    included, as JupyterLab's status bar ("Cell 10 of 12") and Notebook 7 number
+    them. ``index`` is the cell's 0-based position in the notebook's cell list
+    (nbformat's ``cells``), so index 9 is ``cell 10``.
+
+    Parameters
+    ----------
+    index:
+        The 0-based position in the cell list (a referenced notebook's cell: its position
+        in that notebook).
+    notebook:
+        The file name of the notebook the cell is in when it is not the pipeline's own.
+    """
+    where = f"{notebook} " if notebook else ""
+    return f"{where}cell {int(index) + 1}"
+
+
+def counted(count: int, noun: str) -> str:
+    """``1 step``, ``2 steps``, ``0 parameters``: a count with its noun in the right number
+    (``noun`` is the singular; the plural adds ``s``)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def requirement_name(requirement: str) -> str:
     """The canonical distribution name of a pip requirement (PEP 503, ``packaging``'s
     ``canonicalize_name``): ``"Scikit_Learn>=1"`` -> ``"scikit-learn"``, ``"zope.interface"`` ->
@@ -232,8 +258,8 @@ class Cell:
     Attributes
     ----------
     index:
-        Position of the cell in the notebook (0-based, counting every cell,
-        markdown included), as Jupyter's cell list shows it.
+        Position of the cell in the notebook's cell list (0-based, counting every
+        cell, markdown included); messages show it 1-based (:func:`cell_place`).
     source:
         The cell's code with the ``%%kale`` line replaced by an empty line, so
         line numbers in it are the notebook cell's own line numbers.
@@ -276,16 +302,17 @@ class Cell:
         return ""
 
     def describe(self) -> str:
-        """``cell 7 ("model = fit(df)")``: how errors name this cell (``notebook_a.ipynb cell 2
-        (...)`` for a cell of a referenced notebook)."""
+        """``cell 8 ("model = fit(df)")``: how errors name this cell (``notebook_a.ipynb cell 2
+        (...)`` for a cell of a referenced notebook); numbers as :func:`cell_place`."""
         return f"{self.place} ({self.first_line[:60]!r})"
 
     @property
     def place(self) -> str:
-        """``cell 7``, or ``notebook_a.ipynb cell 2`` for a cell of a referenced notebook."""
+        """``cell 8`` (1-based, every cell counted), or ``notebook_a.ipynb cell 2`` for a cell
+        of a referenced notebook: :func:`cell_place`."""
         if self.notebook:
-            return f"{self.notebook} cell {self.number}"
-        return f"cell {self.index}"
+            return cell_place(self.number if self.number is not None else 0, self.notebook)
+        return cell_place(self.index)
 
 
 @dataclass(frozen=True)

@@ -195,6 +195,15 @@ def _check_variables(names: Sequence[str], option: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """``" (did you mean 'step'?)"`` when ``word`` (in any case) is a near miss of one of
+    ``choices`` (:func:`difflib.get_close_matches`, cutoff 0.6), else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(word.lower(), choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def parse_cell_line(line: str) -> Annotation:
     """Parse a ``%%kale KIND ...`` line (with or without the ``%%kale`` prefix).
 
@@ -224,8 +233,8 @@ def parse_cell_line(line: str) -> Annotation:
                               "(for example `%%kale step train`)", line=line)
     kind, rest = args[0], args[1:]
     if kind not in CELL_KINDS:
-        raise AnnotationError(f"unknown annotation kind {kind!r}; use one of {', '.join(CELL_KINDS)}",
-                              line=line)
+        raise AnnotationError(f"unknown annotation kind {kind!r}{did_you_mean(kind, CELL_KINDS)}; "
+                              f"use one of {', '.join(CELL_KINDS)}", line=line)
     if kind != "step":
         if rest:
             raise AnnotationError(f"`%%kale {kind}` takes no arguments, got {' '.join(rest)!r}",
@@ -306,6 +315,31 @@ def cell_magic(source: str) -> tuple[str, str] | None:
     if not source.endswith("\n") and body.endswith("\n"):
         body = body[:-1]
     return arguments, "\n" * (leading + 1) + body
+
+
+#: Lines of a tool-control cell besides ``%kale ...``: loading the extension.
+_EXTENSION_LINES = frozenset({"%load_ext kale_magics", "%reload_ext kale_magics"})
+
+
+def is_tool_line(line: str) -> bool:
+    """True when ``line`` is a ``%kale ...`` line magic (``%kale panel``, ``%kale pipeline ...``)
+    or loads the extension (``%load_ext kale_magics``): it drives the tool, it is no pipeline code."""
+    text = line.strip()
+    return text == LINE_PREFIX or text.startswith(LINE_PREFIX + " ") or text in _EXTENSION_LINES
+
+
+def is_tool_cell(source: str) -> bool:
+    """True when a code cell holds only tool control: ``%kale ...`` line magics (and
+    ``%load_ext kale_magics``), blank lines and comments, at least one magic.
+
+    Such a cell (``%kale panel`` placed under a ``%%kale metrics`` or a step cell, say)
+    is never pipeline code and never continues the annotation of the cell above it:
+    the reader leaves it out (README, "Annotations"). A cell with any other line is
+    code as usual.
+    """
+    lines = [line.strip() for line in source.splitlines()]
+    code = [line for line in lines if line and not line.startswith("#")]
+    return bool(code) and all(is_tool_line(line) for line in code)
 
 
 def is_pipeline_line(line: str) -> bool:

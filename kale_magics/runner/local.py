@@ -400,7 +400,7 @@ def plan_status(plan: Plan, pipeline_root: str, hooks: RunHooks | None,
     return RunStatus(pipeline=plan.name, pipeline_root=pipeline_root, hooks=hooks or RunHooks(),
                      steps={s.name: StepStatus(name=s.name, inputs=[i.name for i in s.inputs],
                                                outputs=list(s.outputs)) for s in plan.steps},
-                     notices=notices)
+                     notices=notices, metric_order=[m.key for s in plan.steps for m in s.metrics])
 
 
 def execute_plan(plan: Plan, ir: dict[str, Any], arguments: dict[str, Any], status: RunStatus,

@@ -149,6 +149,9 @@ class RunStatus:
     warnings:
         What the run found that may make its results differ from the
         notebook's, e.g. a step taken from the cache whose code reads files.
+    metric_order:
+        The metric keys in notebook order (the ``%%kale metrics`` lines); :attr:`metrics`
+        follows it whichever way the values arrived (a cached step's come back sorted).
     """
 
     pipeline: str
@@ -164,11 +167,13 @@ class RunStatus:
     metrics_note: str = ""
     notices: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    metric_order: list[str] = field(default_factory=list, repr=False)
 
     @property
     def metrics(self) -> dict[str, float]:
-        """All metrics logged by the steps."""
-        return {k: v for s in self.steps.values() for k, v in s.metrics.items()}
+        """All metrics logged by the steps, in :attr:`metric_order` (then any others)."""
+        found = {k: v for s in self.steps.values() for k, v in s.metrics.items()}
+        return {**{k: found[k] for k in self.metric_order if k in found}, **found}
 
     @property
     def duration_s(self) -> float:

@@ -48,11 +48,14 @@ def unpack(source: Source) -> str:
 
 
 def cell_filename(notebook: str, index: float, label: str) -> str:
-    """The filename a cell's code runs under: ``"titanic.ipynb, cell 7 (step train)"``.
+    """The filename a cell's code runs under: ``"titanic.ipynb, cell 8 (step train)"`` for
+    the cell at 0-based ``index`` 7.
 
-    Tracebacks and the step's ``end`` event name the cell by it.
+    Tracebacks and the step's ``end`` event name the cell by it, numbered as people see
+    it: 1-based, every cell counted (``kale_magics.model.cell_place``, which this module,
+    importing only the standard library, repeats).
     """
-    return f"{notebook or 'notebook'}, cell {index} ({label})"
+    return f"{notebook or 'notebook'}, cell {int(index) + 1} ({label})"
 
 
 def bundle_root() -> str:

@@ -45,6 +45,9 @@ class StepRun:
         Names the cell binds (not starting with ``_``), in binding order.
     live:
         Type and size of each input and output the namespace holds.
+    readers:
+        Output -> the other steps run in this kernel that read it (``--outputs`` names
+        too, with no reader known): what travels on, as far as the kernel knows.
     """
 
     name: str
@@ -52,6 +55,14 @@ class StepRun:
     inputs: dict[str, str] = field(default_factory=dict)
     outputs: tuple[str, ...] = ()
     live: dict[str, LiveValue] = field(default_factory=dict)
+    readers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> tuple[str, ...]:
+        """The outputs that travel to a later step (:attr:`readers`), in binding order, then
+        ``--outputs`` names the cell does not bind."""
+        return (*(n for n in self.outputs if n in self.readers),
+                *(n for n in self.readers if n not in self.outputs))
 
     def record(self) -> dict[str, Any]:
         """The step's record for the cell's output (``notebook.step_record``): what the saved
@@ -157,4 +168,13 @@ class NotebookSession:
         inputs = {n: producers[n] for n in entry.use.reads if n in producers}
         outputs = tuple(n for n in entry.use.writes if not n.startswith("_"))
         live = {n: describe(self.namespace[n]) for n in (*inputs, *outputs) if n in self.namespace}
-        return StepRun(entry.annotation.name or "", entry.annotation.after, inputs, outputs, live)
+        return StepRun(entry.annotation.name or "", entry.annotation.after, inputs, outputs, live,
+                       self.readers(entry))
+
+    def readers(self, entry: ExecutedCell) -> dict[str, tuple[str, ...]]:
+        """Output of the step cell ``entry`` -> the other steps run here that read it; its
+        ``--outputs`` names are passed on whoever reads them (an empty tuple when unknown)."""
+        outputs = [n for n in entry.use.writes if not n.startswith("_")]
+        found = self.registry.readers(entry.key, outputs)
+        declared = {n: () for n in entry.annotation.outputs if n not in found}
+        return {**found, **declared}

@@ -7,7 +7,7 @@ from typing import Iterable, Mapping, Optional
 
 from kale_magics.analysis.live import LiveValue
 from kale_magics.analysis.preflight import CheckReport
-from kale_magics.model import Plan
+from kale_magics.model import Plan, counted
 from kale_magics.runner.remote import ScheduleInfo
 from kale_magics.runner.status import (FAILED, RUNNING, SKIPPED, TERMINAL_STATES, RunStatus,
                                       StepStatus)
@@ -71,7 +71,8 @@ def plan_text(plan: Plan) -> str:
           -> model
     """
     params = ", ".join(f"{p.name}: {p.type} = {p.value!r}" for p in plan.parameters)
-    lines = [f"pipeline {plan.name} ({len(plan.steps)} steps, {len(plan.parameters)} parameters)"]
+    lines = [f"pipeline {plan.name} ({counted(len(plan.steps), 'step')}, "
+             f"{counted(len(plan.parameters), 'parameter')})"]
     if params:
         lines.append(f"parameters: {params}")
     width = max(len(s.name) for s in plan.steps)
@@ -93,9 +94,12 @@ def plan_text(plan: Plan) -> str:
 
 
 def step_run_text(step: StepRun) -> str:
-    """The line under a step cell run in the kernel, inputs grouped by producer::
+    """The line under a step cell run in the kernel (``text/plain``): what travels, inputs
+    grouped by producer, then the outputs later steps read with those steps::
 
-        step total  <- rows: list len 3 (load)  -> size: int, label: str len 1
+        step total  <- rows: list len 3 (load)  -> size: int (to report)
+
+    Names the step binds that no step run in this kernel reads are left out.
     """
     by_producer: dict[str, list[str]] = {}
     for name, producer in step.inputs.items():
@@ -103,9 +107,14 @@ def step_run_text(step: StepRun) -> str:
     text = f"step {step.name}"
     if by_producer:
         text += "  <- " + "; ".join(f"{', '.join(v)} ({p})" for p, v in by_producer.items())
-    if step.outputs:
-        text += "  -> " + ", ".join(live_text(n, step.live) for n in step.outputs)
+    if step.passed:
+        text += "  -> " + ", ".join(_passed_text(n, step) for n in step.passed)
     return text
+
+
+def _passed_text(name: str, step: StepRun) -> str:
+    readers = step.readers.get(name, ())
+    return live_text(name, step.live) + (f" (to {', '.join(readers)})" if readers else "")
 
 
 def step_note(step: StepStatus | None, now: float) -> str:
