@@ -46,7 +46,7 @@ from kale_magics.codegen.settings import local_noops
 from kale_magics.errors import RunError
 from kale_magics.model import Plan, requirement_name
 from kale_magics.redaction import redact_urls
-from kale_magics.runner import local_cache
+from kale_magics.runner import history, local_cache
 from kale_magics.runner.status import FAILED, RUNNING, SUCCEEDED, RunHooks, RunStatus, StepStatus
 from kale_magics.runtime.channel import CHANNEL_ENV, EVENTS_FILE, log_path
 from kale_magics.runtime.step import WORKDIR_ENV
@@ -378,7 +378,8 @@ def execute_plan(plan: Plan, ir: dict[str, Any], arguments: dict[str, Any], stat
     """Run the prepared local copy ``ir`` of ``plan`` with ``kfp.local`` into ``status.pipeline_root``
     and follow it into ``status``: steps in plan order (:func:`in_plan_order`), a new channel
     folder (named to the steps in ``$KALE_MAGICS_CHANNEL`` while the run lasts), then the
-    warnings of steps taken from the cache and those the steps reported.
+    warnings of steps taken from the cache and those the steps reported, and the run's record
+    (:func:`kale_magics.runner.history.write_record`) in the channel folder.
 
     ``runner`` is the kfp.local runner; default ``SubprocessRunner(use_venv=False)``.
 
@@ -394,6 +395,8 @@ def execute_plan(plan: Plan, ir: dict[str, Any], arguments: dict[str, Any], stat
     found = [*local_cache.stale_warnings(plan, status), *step_warnings]
     status.warnings.extend(found)
     status.notices.extend(found)  # the panel shows notices
+    history.write_record(plan, status, arguments, channel,
+                         "local" if runner is None else "containers")
 
 
 def _channel_folder(root: str, pipeline: str) -> str:
