@@ -20,6 +20,7 @@ from typing import Any
 
 import ipywidgets as w
 from kale_widgets.form import SettingsForm
+from kale_widgets.history import RunHistoryView
 from kale_widgets.run_control import RunControl, RunRequest
 
 from kale_magics import api
@@ -108,6 +109,9 @@ class DeployPanel(w.VBox):
         self.children = [title, w.HBox([self.check_button, self.compile_button, self.run_button,
                                         self.cancel_button]),
                          self.message, w.HBox([settings, view])]
+        if self.control is not None:
+            self.history = RunHistoryView(path, self.control.server, self.control.pipeline_roots)
+            self.children = [*self.children, self.history]
 
     # -- buttons ----------------------------------------------------------------------------
 
@@ -171,6 +175,8 @@ class DeployPanel(w.VBox):
                 time.sleep(1.0)
                 self.refresh()
             self.refresh()
+            if self.control is not None:
+                self.history.reload()
 
         self._ticker = threading.Thread(target=tick, name="kale-panel-ticker", daemon=True)
         self._ticker.start()
