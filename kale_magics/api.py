@@ -49,6 +49,7 @@ from kale_magics.runner.remote import Schedule, ScheduleInfo, Submission
 from kale_magics.runner.status import RunHooks, RunStatus
 from kale_magics.runner.transport import RetryPolicy
 from kale_magics.runner.watch import WatchOptions, cancel
+from kale_magics.session import front_end
 from kale_magics.session.notebook_session import NotebookSession, StepRun
 from kale_magics.targets import kfp as kfp_target
 from kale_magics.targets.child import ChildWorker
@@ -67,9 +68,10 @@ __all__ = ["CheckReport", "ChildWorker", "ComparedValue", "CompiledPipeline",
            "compile_notebook", "connect", "convert", "default_output_dir",
            "delete_schedule", "describe", "docker_options", "grammar_help",
            "list_schedules", "live_values", "load_step", "locate_notebook",
-           "parse_annotation", "parse_param", "parse_pipeline_settings", "read_plan",
-           "remote_status", "run", "run_docker", "run_history", "run_local",
-           "run_roots", "split_args", "submit", "watch_options", "watch_remote"]
+           "panel_notices", "parse_annotation", "parse_param",
+           "parse_pipeline_settings", "read_plan", "remote_status", "run", "run_docker",
+           "run_history", "run_local", "run_roots", "split_args", "submit",
+           "watch_options", "watch_remote"]
 
 
 # -- read and compile ---------------------------------------------------------------------------
@@ -190,6 +192,12 @@ def check(notebook: str | os.PathLike[str], session: NotebookSession) -> CheckRe
     return CheckReport(check_variables(plan, session.namespace),
                        (*session.registry.unsaved(annotated.cells),
                         *session.unrecorded_types(plan, annotated.artifact_types)))
+
+
+def panel_notices(namespace: Mapping[str, Any]) -> list[str]:
+    """Why the deploy panel may not render in the front end showing this kernel, each with its
+    fix: VS Code with ipywidgets 8.1.9 (see :mod:`kale_magics.session.front_end`)."""
+    return front_end.widget_notices(namespace, front_end.installed_ipywidgets())
 
 
 def live_values(plan: Plan, namespace: Mapping[str, Any]) -> dict[str, LiveValue]:

@@ -357,6 +357,8 @@ class KaleMagics(Magics):
         """The deploy panel, found through its entry point (this module imports no other front
         end); shown again, it is the same panel and run."""
         notebook = self._notebook(args)
+        for notice in api.panel_notices(self.shell.user_ns):
+            print(f"notice: {notice}")
         if notebook not in self.panels:
             self.panels[notebook] = _panel_class()(notebook, shell=self.shell)
         display(self.panels[notebook])

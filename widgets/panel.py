@@ -5,8 +5,9 @@ What it shows is rendered by the pure views of :mod:`kale_magics.views.rich`.
 Only standard ipywidgets 8 widgets (``HTML``, ``Button``, ``Dropdown``, ...), so
 it renders in Notebook 7, JupyterLab 4 and VS Code without a front-end build.
 Widget values are set from the run's background thread; ipykernel sends comm
-messages through its thread-safe IOPub socket, and the browser test checks
-that they arrive. One panel is one set of widget models: displaying it again
+messages through its thread-safe IOPub socket; ``tests/test_panel_kernel.py`` checks
+in a real ipykernel 7 kernel that they reach the client, and the browser test that
+they reach the page. One panel is one set of widget models: displaying it again
 (or in a second output) shows the same, current state.
 """
 
