@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -99,8 +100,10 @@ def test_two_runs_compared_mark_what_differs(runs, capsys) -> None:
     assert not rows["duration_s"].differs  # durations always differ a little: never marked
     assert cli.main(["runs", str(notebook), "--compare", records[0].run_id, records[1].run_id]) == 0
     out = capsys.readouterr().out.splitlines()
-    marked = {line.split()[1] + " " + line.split()[2] for line in out if line.startswith("*")}
-    assert marked == {"run state", "parameter N", "metric total"}
+    assert out[0].split() == [records[0].run_id, records[1].run_id]
+    marked = [re.split(r"\s{2,}", line[1:].strip())[0] for line in out if line.startswith("*")]
+    assert marked == ["state", "parameter N", "metric total"]
+    assert re.split(r"\s{2,}", out[1].strip()) == ["*", "state", "SUCCEEDED", "FAILED"]
     html = views.comparison_html(records[0], records[1], list(rows.values()))
     assert html.count('class="kale-differs"') == 3
 

@@ -58,13 +58,29 @@ def runs_text(history: RunHistory) -> str:
     return "\n".join([*table, *lines])
 
 
+def _label(row: ComparedValue) -> str:
+    """``state``, ``duration``, ``parameter N``, ``metric accuracy``."""
+    if row.kind == "run":
+        return "duration" if row.name == "duration_s" else row.name
+    return f"{row.kind} {row.name}"
+
+
+def _compared(first: RunRecord, second: RunRecord, row: ComparedValue) -> tuple[str, str]:
+    """The two values of ``row`` as text: durations in the one duration format, the state as
+    a word, parameters and metrics as the notebook writes them."""
+    if row.name == "duration_s" and row.kind == "run":
+        return _duration(first), _duration(second)
+    if row.kind == "run":
+        return str(row.first), str(row.second)
+    return value_text(row.first), value_text(row.second)
+
+
 def comparison_text(first: RunRecord, second: RunRecord, rows: Sequence[ComparedValue]) -> str:
     """Two runs side by side, one line per value; a ``*`` marks a value that differs."""
     table = [("", "", first.run_id, second.run_id)]
     for row in rows:
-        a, b = ((_duration(first), _duration(second)) if row.name == "duration_s"
-                else (value_text(row.first), value_text(row.second)))
-        table.append(("*" if row.differs else "", f"{row.kind} {row.name}", a, b))
+        a, b = _compared(first, second, row)
+        table.append(("*" if row.differs else "", _label(row), a, b))
     widths = [max(len(r[i]) for r in table) for i in range(3)]
     return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[3]]).rstrip()
                      for r in table)
@@ -110,11 +126,10 @@ def comparison_html(first: RunRecord, second: RunRecord, rows: Sequence[Compared
     head = "".join(_td(c, tag="th") for c in ("", first.run_id, second.run_id))
     body = []
     for row in rows:
-        a, b = ((_duration(first), _duration(second)) if row.name == "duration_s"
-                else (value_text(row.first), value_text(row.second)))
+        a, b = _compared(first, second, row)
         css, style = ("kale-differs", _DIFFERS) if row.differs else ("", "")
         body.append(f'<tr class="{css}" data-name="{html.escape(row.name)}">'
-                    + _td(f"{row.kind} {row.name}") + _td(a, style) + _td(b, style) + "</tr>")
+                    + _td(_label(row)) + _td(a, style) + _td(b, style) + "</tr>")
     return ('<table class="kale-compare" style="border-collapse:collapse;font-size:12px">'
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
 
