@@ -50,7 +50,7 @@ from kale_magics.codegen.settings import local_noops
 from kale_magics.errors import RunError
 from kale_magics.model import Plan, requirement_name
 from kale_magics.redaction import redact_urls
-from kale_magics.runner import local_cache
+from kale_magics.runner import history, local_cache
 from kale_magics.runner.local_dag import ordered_dag
 from kale_magics.runner.status import (FAILED, PENDING, RUNNING, SKIPPED, SUCCEEDED, RunHooks,
                                       RunStatus, StepStatus)
@@ -409,7 +409,8 @@ def execute_plan(plan: Plan, ir: dict[str, Any], arguments: dict[str, Any], stat
     and follow it into ``status``: steps in plan order, a failed step stopping only the steps
     depending on it (``local_dag.ordered_dag``), a new channel folder (named to the steps in
     ``$KALE_MAGICS_CHANNEL`` while the run lasts), then the warnings of steps taken from the
-    cache and those the steps reported.
+    cache and those the steps reported, and the run's record
+    (:func:`kale_magics.runner.history.write_record`) in the channel folder.
 
     ``runner`` is the kfp.local runner; default ``SubprocessRunner(use_venv=False)``.
 
@@ -425,6 +426,8 @@ def execute_plan(plan: Plan, ir: dict[str, Any], arguments: dict[str, Any], stat
     found = [*local_cache.stale_warnings(plan, status), *step_warnings]
     status.warnings.extend(found)
     status.notices.extend(found)  # the panel shows notices
+    history.write_record(plan, status, arguments, channel,
+                         "local" if runner is None else "containers")
 
 
 def _channel_folder(root: str, pipeline: str) -> str:
