@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import time
 from importlib import metadata
 from typing import Any, Callable
@@ -153,10 +154,12 @@ class KaleMagics(Magics):
         annotation = api.parse_annotation(line)
         tree, filename = self._parse_body(cell)
         entry = self.session.record(self._cell_id(), annotation, cell, tree)
-        result = self._run_tree(tree, filename)
+        result, note = self.session.run_body(
+            entry, lambda: self._run_tree(copy.deepcopy(tree), filename))
         if annotation.kind == "step":
             step = self.session.step_run(entry)
-            display({"text/plain": step_run_text(step), STEP_MIME: step.record()}, raw=True)
+            text = "\n".join(t for t in (note, step_run_text(step)) if t)
+            display({"text/plain": text, STEP_MIME: step.record()}, raw=True)
         return result
 
     def _cell_id(self) -> str | None:

@@ -150,6 +150,26 @@ class StepSettings:
 
 
 @dataclass(frozen=True)
+class Loop:
+    """``--for VARIABLE in ITEMS [--parallelism N]`` of a step: the step runs once per item.
+
+    Attributes
+    ----------
+    variable:
+        The name bound to each item while the step's code runs (the step's own: later steps
+        do not see it).
+    items:
+        The list the step runs over: a list parameter or a variable an earlier step assigns.
+    parallelism:
+        How many items run at once at most (``dsl.ParallelFor(parallelism=...)``); None: no cap.
+    """
+
+    variable: str
+    items: str
+    parallelism: int | None = None
+
+
+@dataclass(frozen=True)
 class Annotation:
     """One parsed ``%%kale KIND ...`` line.
 
@@ -169,6 +189,8 @@ class Annotation:
         later steps are found to read. Empty when not given.
     settings:
         The step's own execution settings (resources, image, retries, ...).
+    loop:
+        ``--for VAR in LIST``: the step runs once per item of LIST; None for a plain step.
     """
 
     kind: str
@@ -177,6 +199,7 @@ class Annotation:
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     settings: StepSettings = field(default_factory=StepSettings)
+    loop: Loop | None = None
 
 
 @dataclass(frozen=True)
@@ -360,6 +383,9 @@ class Step:
     reads_outside:
         What in the step's code reads files or other outside state
         (``"pandas.read_csv(...)"``): a cached result of the step may be stale.
+    loop:
+        ``--for VAR in LIST``: the step runs once per item (``dsl.ParallelFor``) and every
+        output is the list of its per-item values, in item order (``dsl.Collected``).
     """
 
     name: str
@@ -372,6 +398,7 @@ class Step:
     settings: StepSettings = field(default_factory=StepSettings)
     imports: tuple[tuple[Cell, str], ...] = ()
     reads_outside: tuple[str, ...] = ()
+    loop: Loop | None = None
 
     @property
     def upstream(self) -> tuple[str, ...]:

@@ -148,12 +148,17 @@ class Linker:
         use = scan_cells(cells, self.callees, self.star_names)
         self._uses[draft.name] = use
         annotation, head = cells[0].annotation, cells[0]
-        for name in (*use.reads, *annotation.inputs):
-            self.resolve(draft, name, soft=False, below=head.index)
+        loop = draft.loop
+        own = {loop.variable} if loop else set()  # the loop's item: bound in the step itself
+        items = (loop.items,) if loop and head is draft.head else ()
+        for name in (*items, *use.reads, *annotation.inputs):
+            if name not in own:
+                self.resolve(draft, name, soft=False, below=head.index)
         for name in use.soft_reads:
-            self.resolve(draft, name, soft=True, below=head.index)
+            if name not in own:
+                self.resolve(draft, name, soft=True, below=head.index)
         handles = {n: e for c in cells for n, e in self.effects[c.index].handles.items()}
-        for name in (*use.writes, *annotation.outputs):
+        for name in (*(n for n in use.writes if n not in own), *annotation.outputs):
             handle = handles.get(name)
             self.writers.add(name, Writer(
                 STEP, head, draft,

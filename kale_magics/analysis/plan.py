@@ -27,8 +27,9 @@ from kale_magics.analysis.parameters import read_parameters
 from kale_magics.analysis.star import StarImports
 from kale_magics.analysis.travel import travel_warnings
 from kale_magics.errors import AnalysisError
-from kale_magics.model import (PRELUDE_KINDS, Cell, Input, Metric, PipelineSettings, Plan, Step,
-                               StepSettings)
+from kale_magics.analysis.control import check_loops
+from kale_magics.model import (PRELUDE_KINDS, Cell, Input, Loop, Metric, PipelineSettings, Plan,
+                               Step, StepSettings)
 from kale_magics.notebook.annotations import pipeline_name_from
 
 __all__ = ["KNOWN_NAMES", "build_plan"]
@@ -60,6 +61,11 @@ class _StepDraft:
     def explicit(self) -> list[Cell]:
         """The cells that carry the step's own annotation (its ``%%kale step`` line or tags)."""
         return [c for c in self.cells if c.explicit]
+
+    @property
+    def loop(self) -> Loop | None:
+        """``--for`` of the step's first annotated cell."""
+        return self.explicit[0].annotation.loop if self.explicit else None
 
     @property
     def after(self) -> tuple[str, ...]:
@@ -107,6 +113,7 @@ def _build(cells: Sequence[Cell], settings: PipelineSettings, notebook: str) -> 
     star = StarImports(os.path.dirname(os.path.abspath(notebook)) if notebook else "")
     linker = Linker(cells, parameters, effects, star)
     linker.link(drafts)
+    check_loops(drafts, parameters)
     outside = {d.name: tuple(dict.fromkeys(e.what for c in d.cells
                                            for e in effects[c.index].reads_outside))
                for d in drafts}
@@ -248,7 +255,7 @@ def _order(drafts: Sequence[_StepDraft], outputs: dict[str, set[str]],
         inputs=tuple(Input(n, p) for n, p in sorted(d.inputs.items())),
         outputs=tuple(sorted(outputs[d.name])), parameters=tuple(sorted(d.parameters)),
         metrics=tuple(d.metrics), settings=defaults.merged(d.head.annotation.settings),
-        imports=_replayed(d), reads_outside=outside[d.name])
+        imports=_replayed(d), reads_outside=outside[d.name], loop=d.loop)
         for d in drafts}
     position = {d.name: i for i, d in enumerate(drafts)}
     sorter = graphlib.TopologicalSorter({s.name: s.upstream for s in steps.values()})

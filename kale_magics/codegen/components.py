@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 
 from kale_magics.codegen.cell_code import (check_argument_size, check_parameter_sizes, places,
                                             prelude_cells, step_cells)
+from kale_magics.codegen.control import LOOP_ITEM, loop_lists
 from kale_magics.codegen.embedding import LOADER, RUNTIME_INPUT, runtime_component_function
 from kale_magics.codegen.layout import wrapped
 from kale_magics.codegen.literals import literal, string_literal
@@ -29,8 +30,12 @@ PIP_TRUSTED_HOSTS = "PIP_TRUSTED_HOSTS"
 
 
 def signature(step: Step, parameters: Mapping[str, Parameter],
-              artifact_types: Mapping[str, str]) -> list[str]:
+              artifact_types: Mapping[str, str], loops: frozenset[str] = frozenset()) -> list[str]:
     """The component's arguments, ``["kale_runtime: Input[Artifact]", "N: int", ...]``.
+
+    ``loops`` names the ``--for`` steps: an input from one of them is the list of its
+    per-item artifacts (``Input[List[Artifact]]``, fed by ``dsl.Collected``), and a
+    ``--for`` step takes its item as ``kale_item: str`` (JSON text).
 
     Raises
     ------
@@ -40,7 +45,10 @@ def signature(step: Step, parameters: Mapping[str, Parameter],
     """
     args = [f"{RUNTIME_INPUT}: Input[Artifact]"]
     args += [f"{name}: {kfp_type(parameters[name])}" for name in step.parameters]
-    args += [f"in_{i.name}: Input[{_artifact_class(i.name, artifact_types)}]" for i in step.inputs]
+    args += [f"{LOOP_ITEM}: str"] if step.loop is not None else []
+    for i in step.inputs:
+        kind = _artifact_class(i.name, artifact_types)
+        args.append(f"in_{i.name}: Input[{f'List[{kind}]' if i.producer in loops else kind}]")
     args += [f"out_{n}: Output[{_artifact_class(n, artifact_types)}]" for n in step.outputs]
     if step.metrics:
         args.append(f"{METRICS_ARTIFACT}: Output[Metrics]")
@@ -86,15 +94,20 @@ def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str], 
         ``cell_code.check_argument_size``), or two arguments clash.
     """
     parameters = {p.name: p for p in plan.parameters}
-    args = wrapped(f"def {step.name}(", signature(step, parameters, artifact_types), "):", 0)
+    loops = frozenset(s.name for s in plan.steps if s.loop)
+    returns = loop_lists(plan).get(step.name)
+    args = wrapped(f"def {step.name}(", signature(step, parameters, artifact_types, loops),
+                   ") -> list:" if returns else "):", 0)
     image = repr(step.settings.image) if step.settings.image else "BASE_IMAGE"
+    control = ([f"loop=({step.loop.variable!r}, {LOOP_ITEM})"] if step.loop else []) \
+        + ([f"returns={returns!r}"] if returns else [])
     source = (
         decorator(plan, image, packages)
         + f"{args}\n"
         + LOADER
-        + "    run_step(\n"
+        + ("    return run_step(\n" if returns else "    run_step(\n")
         + "".join(f"        {argument},\n"
-                  for argument in _run_step_arguments(step, parameters, sources))
+                  for argument in (*_run_step_arguments(step, parameters, sources), *control))
         + "    )\n"
     )
     check_argument_size(f"component of step {step.name!r}", source, step.cells)

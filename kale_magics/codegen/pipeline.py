@@ -22,6 +22,8 @@ from kale_magics.analysis.names import scan_blocks
 from kale_magics.codegen.cell_code import python_sources
 from kale_magics.codegen.components import (PIP_INDEX_URLS, PIP_TRUSTED_HOSTS, render_component,
                                              render_runtime_component)
+from kale_magics.codegen.control import (ITEMS_SOURCE, LOOP_ITEM, loop_item, loop_opening,
+                                         uses_items_component)
 from kale_magics.codegen.layout import wrapped
 from kale_magics.codegen.embedding import RUNTIME_COMPONENT, RUNTIME_INPUT
 from kale_magics.codegen.naming import check_names, task_variable
@@ -97,6 +99,7 @@ def render_module(plan: Plan, artifact_types: Mapping[str, str] | None = None) -
         *(render_component(plan, step, types, constants[step.name], sources)
           for step in plan.steps),
         render_runtime_component(plan, sources),
+        *([ITEMS_SOURCE] if uses_items_component(plan) else []),
         _pipeline_function(plan),
     ]
     return RenderedModule("\n\n".join(parts), packages, warnings)
@@ -149,7 +152,8 @@ def _header(plan: Plan) -> str:
         '"""\n'
         "from kfp import dsl\n"
         + ("from kfp import kubernetes\n" if uses_kubernetes(_all_tasks(plan)) else "")
-        + "from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output\n\n"
+        + "from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output\n"
+        + ("from typing import List\n" if any(s.loop for s in plan.steps) else "") + "\n"
         f"NOTEBOOK = {notebook!r}\n"
     )
 
@@ -177,17 +181,32 @@ def _pipeline_function(plan: Plan) -> str:
     decorator += f", description={description!r})" if description else ")"
     runtime = _runtime_task(plan)
     lines = [f"{task_variable(RUNTIME_COMPONENT)} = {RUNTIME_COMPONENT}()", *settings_lines(runtime)]
-    body = "".join(f"    {line}\n" for line in lines) + "".join(_task_lines(step) for step in plan.steps)
+    body = "".join(f"    {line}\n" for line in lines)
+    loops = {s.name for s in plan.steps if s.loop}
+    body += "".join(_step_block(step, loops, 4) for step in plan.steps)
     return f"{decorator}\ndef pipeline(\n{params}):\n{body}"
 
 
-def _task_lines(step: Step) -> str:
+def _step_block(step: Step, loops: set[str], indent: int) -> str:
+    """The statements making ``step``'s task at column ``indent``, inside its
+    ``dsl.ParallelFor`` for a ``--for`` step."""
+    lines = []
+    if step.loop is not None:
+        lines += [" " * indent + line + "\n" for line in loop_opening(step)]
+        indent += 4
+    return "".join(lines) + _task_lines(step, loops, indent)
+
+
+def _task_lines(step: Step, loops: set[str], indent: int) -> str:
     args = [f"{RUNTIME_INPUT}={task_variable(RUNTIME_COMPONENT)}.output"]
     args += [f"{name}={name}" for name in step.parameters]
-    args += [f"in_{i.name}={task_variable(i.producer)}.outputs[{'out_' + i.name!r}]"
-             for i in step.inputs]
-    lines = [wrapped(f"{task_variable(step.name)} = {step.name}(", args, ")", 4)]
+    if step.loop is not None:
+        args.append(f"{LOOP_ITEM}={loop_item(step)}")
+    for i in step.inputs:
+        output = f"{task_variable(i.producer)}.outputs[{'out_' + i.name!r}]"
+        args.append(f"in_{i.name}=" + (f"dsl.Collected({output})" if i.producer in loops else output))
+    lines = [wrapped(f"{task_variable(step.name)} = {step.name}(", args, ")", indent)]
     if step.after:
         lines.append(wrapped(f"{task_variable(step.name)}.after(",
-                             [task_variable(a) for a in step.after], ")", 4))
-    return "".join(f"    {line}\n" for line in (*lines, *settings_lines(step)))
+                             [task_variable(a) for a in step.after], ")", indent))
+    return "".join(f"{' ' * indent}{line}\n" for line in (*lines, *settings_lines(step)))

@@ -7,7 +7,8 @@ so a line means the same thing wherever it is read.
 Cell annotations (the first line of a code cell)::
 
     %%kale imports | functions | parameters | metrics | skip
-    %%kale step NAME [--after STEP ...] [--inputs NAME ...] [--outputs NAME ...] [OPTIONS]
+    %%kale step NAME [--after STEP ...] [--inputs NAME ...] [--outputs NAME ...]
+                     [--for VAR in LIST [--parallelism N]] [OPTIONS]
 
 Pipeline settings (a line anywhere in a code cell)::
 
@@ -77,6 +78,7 @@ def _step_parser() -> GrammarParser:
                         help="variables read from earlier steps that analysis cannot see")
     parser.add_argument("--outputs", nargs="+", default=[], metavar="NAME",
                         help="variables passed on that analysis cannot see (e.g. changed in place)")
+    step_options.add_control_options(parser)
     step_options.add_options(parser)
     return parser
 
@@ -240,7 +242,7 @@ def parse_cell_line(line: str) -> Annotation:
     return Annotation(kind="step", name=name, after=after,
                       inputs=_check_variables(ns.inputs, "--inputs"),
                       outputs=_check_variables(ns.outputs, "--outputs"),
-                      settings=step_options.settings_from(ns))
+                      settings=step_options.settings_from(ns), loop=step_options.loop_from(ns))
 
 
 def parse_pipeline_line(line: str) -> PipelineSettings:
@@ -329,7 +331,8 @@ def cell_line(annotation: Annotation) -> str:
                           ("--outputs", annotation.outputs)):
         if names:
             words += [option, *names]
-    return " ".join([CELL_PREFIX, *words, *step_options.options_text(annotation.settings)])
+    return " ".join([CELL_PREFIX, *words, *step_options.control_text(annotation.loop),
+                     *step_options.options_text(annotation.settings)])
 
 
 def pipeline_line(settings: PipelineSettings) -> str:

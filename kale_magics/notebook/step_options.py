@@ -11,12 +11,13 @@ CPU ``2``, ``0.5`` or ``500m`` and memory ``4Gi``, ``512M`` or ``1000000``
 from __future__ import annotations
 
 import argparse
+import keyword
 import re
 import shlex
 from typing import Any, Callable
 
 from kale_magics.errors import AnnotationError
-from kale_magics.model import StepSettings
+from kale_magics.model import Loop, StepSettings
 
 CPU = re.compile(r"([0-9]*[.])?[0-9]+m?")
 MEMORY = re.compile(r"[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?")
@@ -148,6 +149,51 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     add("--packages", nargs="+", default=[], metavar="REQ", help="packages to add or pin, e.g. torch==2.1")
     add("--label", action="append", default=[], metavar="KEY=VALUE", help="pod label")
     add("--annotation", action="append", default=[], metavar="KEY=VALUE", help="pod annotation")
+
+
+def add_control_options(parser: argparse.ArgumentParser) -> None:
+    """Declare the control-flow options of a step line: ``--for VAR in LIST``, ``--parallelism``."""
+    parser.add_argument("--for", dest="loop", nargs=3, metavar=("VAR", "in", "LIST"),
+                        help="run the step once per item of LIST (a list parameter or a list an "
+                        "earlier step assigns), with VAR bound to the item")
+    parser.add_argument("--parallelism", help="how many items of --for run at once at most")
+
+
+def loop_from(ns: argparse.Namespace) -> Loop | None:
+    """The :class:`Loop` of a parsed step line, or None without ``--for``.
+
+    Raises
+    ------
+    AnnotationError
+        ``--for`` not of the form ``VAR in LIST`` with two variable names, or
+        ``--parallelism`` not a whole number >= 1, or given without ``--for``.
+    """
+    if ns.loop is None:
+        if ns.parallelism is not None:
+            raise AnnotationError("--parallelism caps the items of a --for loop; add "
+                                  "`--for VAR in LIST` or remove --parallelism",
+                                  line=ns.parallelism)
+        return None
+    variable, word, items = ns.loop
+    names = [n for n in (variable, items) if not n.isidentifier() or keyword.iskeyword(n)]
+    if word != "in" or names or variable == items:
+        raise AnnotationError(f"--for {' '.join(ns.loop)!r} is not valid; write --for VAR in LIST "
+                              "with two different variable names, for example --for c in C_VALUES",
+                              line=" ".join(ns.loop))
+    parallelism = None
+    if ns.parallelism is not None:
+        parallelism = count(ns.parallelism, "--parallelism")
+        if parallelism < 1:
+            raise _bad("--parallelism", ns.parallelism, "2", "at least 1")
+    return Loop(variable, items, parallelism)
+
+
+def control_text(loop: Loop | None) -> list[str]:
+    """The words of ``--for VAR in LIST [--parallelism N]`` (inverse of :func:`loop_from`)."""
+    if loop is None:
+        return []
+    words = ["--for", loop.variable, "in", loop.items]
+    return words + (["--parallelism", str(loop.parallelism)] if loop.parallelism else [])
 
 
 def _optional(value: str | None, convert: Callable[[str], Any]) -> Any:

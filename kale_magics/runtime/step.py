@@ -29,7 +29,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 from kale_magics.runtime import channel, marshal, shell
 
@@ -58,7 +58,8 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
              inputs: Mapping[str, Any], outputs: Mapping[str, Any],
              metrics: Mapping[str, str], metrics_artifact: Any = None,
              json_parameters: Sequence[str] = (), prelude: Sequence[tuple[str, str]] = (),
-             imports: Sequence[tuple[str, str]] = (), position: int = 0) -> None:
+             imports: Sequence[tuple[str, str]] = (), position: int = 0,
+             loop: Optional[tuple[str, str]] = None, returns: str = "") -> Optional[list[str]]:
     """Run a step; on failure print the user's traceback and exit with status 1.
 
     The step sees what the notebook sees at its cells: the ``prelude`` (imports
@@ -99,6 +100,17 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
     position:
         Index of the step's first cell in the notebook: of two steps passing
         the same object, the later one's value is bound (see :func:`_bind_identities`).
+    loop:
+        ``(VARIABLE, ITEM)`` for one item of a ``--for`` step: ITEM is JSON text, bound
+        decoded to VARIABLE after the inputs; the ``start`` and ``end`` events carry it.
+    returns:
+        A variable the step returns as the items of a later ``--for`` step: a list whose
+        items are each given as JSON text (``kale_magics.codegen.control``).
+
+    Returns
+    -------
+    list of str or None
+        With ``returns``: the JSON text of each item of that variable; else None.
 
     Raises
     ------
@@ -107,12 +119,71 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
     """
     blocks = _Blocks(tuple(prelude), tuple(imports), tuple(code))
     try:
-        _run_step(step, blocks, parameters, inputs, outputs, metrics, metrics_artifact,
-                  json_parameters, position)
+        items = _run_step(step, blocks, parameters, inputs, outputs, metrics, metrics_artifact,
+                          json_parameters, position, _Control(loop, returns))
     finally:  # an error the runtime did not expect: its traceback goes to the real stderr
         channel.OutputRelay.stop_active()
     if _main_module() == "kfp.dsl.executor_main":
         prepare_exit()
+    return items
+
+
+class _Control(NamedTuple):
+    """The control-flow arguments of a step: its loop item, the variable it returns as items."""
+
+    loop: Optional[tuple[str, str]] = None
+    returns: str = ""
+
+    def fields(self) -> dict[str, Any]:
+        """Event fields: the item (JSON text) of a ``--for`` step."""
+        return {"item": self.loop[1]} if self.loop else {}
+
+    def bind(self, namespace: dict[str, Any]) -> None:
+        if self.loop:
+            namespace[self.loop[0]] = json.loads(self.loop[1])
+
+    def items(self, step: str, namespace: Mapping[str, Any]) -> Optional[list[str]]:
+        """The JSON text of each item of :attr:`returns`; StepFailed when it is not a list of
+        JSON values."""
+        if not self.returns:
+            return None
+        value = namespace.get(self.returns)
+        if not isinstance(value, (list, tuple)):
+            message = (f"step {step!r}: a later --for step loops over `{self.returns}`, which is "
+                       f"a {type(value).__name__}, not a list; assign it a list")
+            print(message, file=sys.stderr)
+            raise StepFailed(message, "", 0)
+        return [item_text(step, self.returns, item) for item in value]
+
+
+def json_item(item: Any) -> Optional[str]:
+    """``item`` as the JSON text a ``--for`` step receives, or None when JSON cannot hold it
+    unchanged (loop items travel as KFP parameters, which are JSON)."""
+    try:
+        text = json.dumps(item, sort_keys=True, allow_nan=False)
+        back = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    return text if back == item and type(back) is type(item) else None
+
+
+def item_problem(step: str, name: str, item: Any) -> str:
+    """Why ``item`` of ``name`` cannot be an item of ``step``'s ``--for`` loop, for messages."""
+    text = repr(item)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return (f"step {step!r}: the item {text} of `{name}` (a {type(item).__name__}) cannot be a "
+            "--for item: items travel as JSON, so use numbers, text, booleans, None, or lists "
+            "and dicts of them with text keys (a path or an index instead of an object)")
+
+
+def item_text(step: str, name: str, item: Any) -> str:
+    """:func:`json_item`, or StepFailed (printed) naming the item."""
+    text = json_item(item)
+    if text is None:
+        message = item_problem(step, name, item)
+        print(message, file=sys.stderr)
+        raise StepFailed(message, "", 0)
+    return text
 
 
 class _Blocks(NamedTuple):
@@ -175,7 +246,7 @@ def _main_module() -> str:
 def _run_step(step: str, blocks: _Blocks, parameters: Mapping[str, Any],
               inputs: Mapping[str, Any], outputs: Mapping[str, Any],
               metrics: Mapping[str, str], metrics_artifact: Any, json_parameters: Sequence[str],
-              position: int) -> None:
+              position: int, control: "_Control") -> Optional[list[str]]:
     """The body of :func:`run_step`: the step runs here, in one namespace that ends with it."""
     workdir = os.environ.get(WORKDIR_ENV)
     if workdir:
@@ -183,7 +254,7 @@ def _run_step(step: str, blocks: _Blocks, parameters: Mapping[str, Any],
     if "" not in sys.path:  # as in a kernel: modules in the working directory import
         sys.path.insert(0, "")
     started = time.time()
-    emit("start", step)
+    emit("start", step, **control.fields())
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
     filenames = blocks.filenames
     try:
@@ -193,19 +264,23 @@ def _run_step(step: str, blocks: _Blocks, parameters: Mapping[str, Any],
         namespace.update({name: unescape_text(value) for name, value in parameters.items()})
         namespace.update({name: json.loads(parameters[name]) for name in json_parameters})
         received = _load_inputs(step, inputs, namespace, prelude)
+        control.bind(namespace)
         _run_code(blocks.code, namespace, filenames)
         saved = _save_outputs(step, position, outputs, namespace, prelude, received,
                               (*blocks.prelude, *blocks.code))
         values = _log_metrics(step, metrics, namespace, metrics_artifact)
+        items = control.items(step, namespace)
     except (StepFailed, marshal.MarshalError) as error:
         if isinstance(error, marshal.MarshalError):
             print(f"step {step!r}: {error}", file=sys.stderr)
-        emit("end", step, state="FAILED", duration_s=time.time() - started, **_describe(error))
+        emit("end", step, state="FAILED", duration_s=time.time() - started, **_describe(error),
+             **control.fields())
         write_termination_message(step, **_describe(error))
         sys.stderr.flush()
         raise SystemExit(1) from None
     emit("end", step, state="SUCCEEDED", duration_s=time.time() - started,
-         outputs=saved, metrics=values)
+         outputs=saved, metrics=values, **control.fields())
+    return items
 
 
 def write_termination_message(step: str, error: str, cell: str, line: int) -> None:
@@ -288,6 +363,9 @@ def _load_inputs(step: str, inputs: Mapping[str, Any], namespace: dict[str, Any]
     to one object here."""
     received = {}
     for name, artifact in inputs.items():
+        if isinstance(artifact, list):  # the per-item values of a --for step, in item order
+            namespace[name] = [marshal.load(a.path, name, namespace, prelude) for a in artifact]
+            continue
         value = marshal.load(artifact.path, name, namespace, prelude)
         namespace[name] = value
         metadata = getattr(artifact, "metadata", None) or {}

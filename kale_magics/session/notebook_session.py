@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass, field
-from typing import Any, Mapping, MutableMapping
+from typing import Any, Callable, Mapping, MutableMapping
 
 from kale_magics.analysis.live import LiveValue, artifact_class, describe
 from kale_magics.analysis.names import NameUse, scan_trees
@@ -23,6 +23,7 @@ from kale_magics.notebook.locate import locate_notebook
 from kale_magics.notebook.step_record import step_record
 from kale_magics.runner.connection import KfpSession
 from kale_magics.runner.status import RunStatus
+from kale_magics.session.control import run_loop
 from kale_magics.session.registry import ExecutedCell, Registry
 
 #: Kinds whose names the kernel tracks: steps (inputs, outputs) and what steps may read.
@@ -135,6 +136,31 @@ class NotebookSession:
         use = scan_trees([tree]) if annotation.kind in ANALYSED_KINDS else NameUse((), (), ())
         return self.registry.record(cell_id, annotation, source, use)
 
+    def run_body(self, entry: ExecutedCell, run_once: Callable[[], Any]) -> tuple[Any, str]:
+        """Run the body of the annotated cell ``entry`` as its control options say.
+
+        ``run_once`` runs the body once in the user namespace and returns the value of
+        its last expression. A plain cell runs once; a ``--for`` step once per item
+        (:func:`kale_magics.session.control.run_loop`).
+
+        Returns
+        -------
+        tuple
+            ``(value, note)``: the value to display (None for a loop) and a line saying
+            what ran differently from a plain cell ("" for a plain cell).
+
+        Raises
+        ------
+        AnnotationError
+            The loop's list is missing, not a list, or holds an item JSON cannot carry.
+        """
+        loop = entry.annotation.loop
+        if loop is None:
+            return run_once(), ""
+        note = run_loop(entry.annotation.name or "", loop, entry.use.writes, self.namespace,
+                        run_once)
+        return None, note
+
     def unrecorded_types(self, plan: Plan, recorded: Mapping[str, str]) -> tuple[str, ...]:
         """Warnings for passed variables whose artifact class in this kernel differs from what
         the saved notebook records (the compiled IR uses the saved one: save the notebook)."""
@@ -154,7 +180,10 @@ class NotebookSession:
     def step_run(self, entry: ExecutedCell) -> StepRun:
         """What the step cell ``entry`` passes, with the live values it read and bound."""
         producers = self.registry.producers(entry.key)
-        inputs = {n: producers[n] for n in entry.use.reads if n in producers}
-        outputs = tuple(n for n in entry.use.writes if not n.startswith("_"))
+        loop = entry.annotation.loop
+        own = {loop.variable} if loop else set()
+        reads = (*((loop.items,) if loop else ()), *entry.use.reads)
+        inputs = {n: producers[n] for n in reads if n in producers and n not in own}
+        outputs = tuple(n for n in entry.use.writes if not n.startswith("_") and n not in own)
         live = {n: describe(self.namespace[n]) for n in (*inputs, *outputs) if n in self.namespace}
         return StepRun(entry.annotation.name or "", entry.annotation.after, inputs, outputs, live)

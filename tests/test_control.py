@@ -1,0 +1,143 @@
+"""Control flow: ``--for`` loops (grammar, plan, IR shape against golden, kernel, local run).
+
+Set KALE_UPDATE_GOLDEN=1 to rewrite tests/golden/control.yaml after an intended change.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+from kale_magics import api
+from kale_magics.errors import AnalysisError, AnnotationError
+from kale_magics.model import Loop
+from kale_magics.notebook.annotations import cell_line
+from tests.equivalence import compare, notebook_of
+from tests.test_codegen import GOLDEN, compile_to_dict, normalise
+
+LOOP_CELLS = (
+    "%%kale parameters\nC_VALUES = [1, 2, 3]\nOFFSET = 10",
+    "%%kale step base\nfolds = ['a', 'b']\nscale = 2",
+    "%%kale step sweep --for c in C_VALUES --parallelism 2\nscore = c * scale + OFFSET\n"
+    "label = f'c={c}'",
+    "%%kale step per_fold --for f in folds\nsized = f * scale",
+    "%%kale step best\nprint(score, label, sized)\nbest = max(score)\nprint(best)",
+)
+
+
+@pytest.fixture(scope="module")
+def loops(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return notebook_of(tmp_path_factory.mktemp("loops"), *LOOP_CELLS, name="loops")
+
+
+@pytest.fixture(scope="module")
+def loops_ir(loops: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    ir, _ = compile_to_dict(loops, tmp_path_factory.mktemp("out"))
+    return ir
+
+
+# -- grammar -------------------------------------------------------------------------------
+
+def test_for_parses_and_prints_back() -> None:
+    annotation = api.parse_annotation("step sweep --for c in C_VALUES --parallelism 2 --cpu 1")
+    assert annotation.loop == Loop("c", "C_VALUES", 2)
+    assert api.parse_annotation(cell_line(annotation)) == annotation
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ("step s --for c of C", "write --for VAR in LIST"),
+    ("step s --for c in c", "two different variable names"),
+    ("step s --for c in C --parallelism 0", "at least 1"),
+    ("step s --parallelism 2", "add `--for VAR in LIST`"),
+])
+def test_bad_for_lines_say_how_to_write_them(line: str, fragment: str) -> None:
+    with pytest.raises(AnnotationError, match=fragment):
+        api.parse_annotation(line)
+
+
+# -- plan and IR -----------------------------------------------------------------------------
+
+def test_loop_over_a_parameter_that_is_not_a_list_is_refused(notebook) -> None:
+    path = notebook("%%kale parameters\nC = 0.5", "%%kale step s --for c in C\nx = c")
+    with pytest.raises(AnalysisError, match=r"parameter `C` is 0.5, a float, not a list"):
+        api.read_plan(path)
+
+
+def test_loop_over_an_unknown_list_and_metrics_in_a_loop_are_refused(notebook) -> None:
+    with pytest.raises(AnalysisError, match="reads `nowhere`, which no earlier step assigns"):
+        api.read_plan(notebook("%%kale step s --for c in nowhere\nx = c"))
+    path = notebook("%%kale parameters\nC = [1]", "%%kale step s --for c in C\nx = c",
+                    "%%kale metrics\nx")
+    with pytest.raises(AnalysisError, match="logged by --for step 's'"):
+        api.read_plan(path)
+
+
+def test_golden_loops_ir(loops_ir: dict) -> None:
+    got = normalise(loops_ir)
+    golden = GOLDEN / "control.yaml"
+    if os.environ.get("KALE_UPDATE_GOLDEN"):
+        golden.write_text(yaml.safe_dump(got, sort_keys=True))
+    assert golden.is_file(), f"{golden} is missing: write it with KALE_UPDATE_GOLDEN=1"
+    assert got == yaml.safe_load(golden.read_text())
+
+
+def test_loop_ir_shape(loops_ir: dict) -> None:
+    tasks = loops_ir["root"]["dag"]["tasks"]
+    loops = {name: task for name, task in tasks.items() if "parameterIterator" in task}
+    assert len(loops) == 2
+    cap = [t.get("iteratorPolicy", {}).get("parallelismLimit") for t in loops.values()]
+    assert sorted(cap, key=str) == [2, None]
+    # the loop over a parameter takes its items from kale_items; the other from base's Output
+    assert "kale-items" in tasks
+    assert loops_ir["components"]["comp-base"]["outputDefinitions"]["parameters"]["Output"][
+        "parameterType"] == "LIST"
+    best = loops_ir["components"]["comp-best"]["inputDefinitions"]["artifacts"]
+    assert all(best[f"in_{n}"].get("isArtifactList") for n in ("score", "label", "sized"))
+
+
+# -- the kernel ------------------------------------------------------------------------------
+
+@pytest.fixture
+def shell():
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "kale_magics")
+    yield ip
+    ip.run_line_magic("unload_ext", "kale_magics")
+    for name in ("C", "scale", "score", "c", "y"):
+        ip.user_ns.pop(name, None)
+
+
+def test_loop_cell_runs_once_per_item_from_the_same_start(shell) -> None:
+    shell.user_ns.update(C=[1, 2, 3], scale=10, c="before")
+    with capture_output() as out:
+        shell.run_cell_magic("kale", "step sweep --for c in C", "scale = scale + c\nscore = scale")
+    assert shell.user_ns["score"] == [11, 12, 13]  # each item starts from scale = 10
+    assert shell.user_ns["scale"] == [11, 12, 13]
+    assert shell.user_ns["c"] == "before"
+    assert "ran once for each of the 3 items of `C`" in out.outputs[0].data["text/plain"]
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("5", "is a int, not a list"), ("[object()]", "cannot be a --for item"),
+])
+def test_loop_over_a_non_list_is_refused_before_the_body_runs(shell, value, fragment) -> None:
+    shell.run_cell(f"C = {value}")
+    with pytest.raises(UsageError, match=fragment):
+        shell.run_cell_magic("kale", "step sweep --for c in C", "y = 1")
+    assert "y" not in shell.user_ns
+
+
+# -- local run equals the notebook -----------------------------------------------------------
+
+def test_loops_compute_what_the_notebook_computes(loops: Path, tmp_path: Path) -> None:
+    seen = compare(loops, pipeline_root=tmp_path / "root")
+    assert seen.same_prints(), seen.explain()
+    assert seen.notebook["best"] == ["[12, 14, 16] ['c=1', 'c=2', 'c=3'] ['aa', 'bb']", "16"]
+    sweep = seen.status.steps["sweep"]
+    assert sweep.item_counts() == {"SUCCEEDED": 3} and sweep.state == "SUCCEEDED"
