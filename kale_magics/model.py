@@ -170,6 +170,24 @@ class Loop:
 
 
 @dataclass(frozen=True)
+class Condition:
+    """``--if "EXPR"`` of a step: the step runs only when EXPR is true.
+
+    Attributes
+    ----------
+    expression:
+        EXPR as ``ast.unparse`` writes it back (``"best_accuracy > 0.9 and MODE == 'full'"``):
+        comparisons of names with literals joined by ``and``/``or``, checked by the grammar.
+    names:
+        The names EXPR reads, in order of first use: pipeline parameters or scalar
+        variables of earlier steps.
+    """
+
+    expression: str
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Annotation:
     """One parsed ``%%kale KIND ...`` line.
 
@@ -191,6 +209,8 @@ class Annotation:
         The step's own execution settings (resources, image, retries, ...).
     loop:
         ``--for VAR in LIST``: the step runs once per item of LIST; None for a plain step.
+    condition:
+        ``--if "EXPR"``: the step runs only when EXPR is true; None for a plain step.
     """
 
     kind: str
@@ -200,6 +220,7 @@ class Annotation:
     outputs: tuple[str, ...] = ()
     settings: StepSettings = field(default_factory=StepSettings)
     loop: Loop | None = None
+    condition: Condition | None = None
 
 
 @dataclass(frozen=True)
@@ -386,6 +407,14 @@ class Step:
     loop:
         ``--for VAR in LIST``: the step runs once per item (``dsl.ParallelFor``) and every
         output is the list of its per-item values, in item order (``dsl.Collected``).
+    condition:
+        ``--if "EXPR"``: the step runs only when EXPR is true (``dsl.If``).
+    condition_inputs:
+        The names of :attr:`condition` that earlier steps assign, with those steps (the
+        others are pipeline parameters).
+    scalars:
+        Variables of this step a later step's condition reads: emitted as output
+        parameters (JSON text) as well as artifacts.
     """
 
     name: str
@@ -399,11 +428,15 @@ class Step:
     imports: tuple[tuple[Cell, str], ...] = ()
     reads_outside: tuple[str, ...] = ()
     loop: Loop | None = None
+    condition: Condition | None = None
+    condition_inputs: tuple[Input, ...] = ()
+    scalars: tuple[str, ...] = ()
 
     @property
     def upstream(self) -> tuple[str, ...]:
-        """Every step this one waits for (data and ``--after`` edges), sorted."""
-        return tuple(sorted({i.producer for i in self.inputs} | set(self.after)))
+        """Every step this one waits for (data, condition and ``--after`` edges), sorted."""
+        return tuple(sorted({i.producer for i in (*self.inputs, *self.condition_inputs)}
+                            | set(self.after)))
 
 
 @dataclass(frozen=True)

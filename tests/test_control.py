@@ -1,4 +1,5 @@
-"""Control flow: ``--for`` loops (grammar, plan, IR shape against golden, kernel, local run).
+"""Control flow: ``--for`` loops and ``--if`` conditions (grammar, plan, IR shape against golden,
+kernel, local run equal to nbclient's).
 
 Set KALE_UPDATE_GOLDEN=1 to rewrite tests/golden/control.yaml after an intended change.
 """
@@ -6,6 +7,7 @@ Set KALE_UPDATE_GOLDEN=1 to rewrite tests/golden/control.yaml after an intended 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -21,13 +23,17 @@ from kale_magics.notebook.annotations import cell_line
 from tests.equivalence import compare, notebook_of
 from tests.test_codegen import GOLDEN, compile_to_dict, normalise
 
+IF = "--if \"best > LIMIT and MODE == 'full'\""
 LOOP_CELLS = (
-    "%%kale parameters\nC_VALUES = [1, 2, 3]\nOFFSET = 10",
+    "%%kale parameters\nC_VALUES = [1, 2, 3]\nOFFSET = 10\nMODE = 'full'\nLIMIT = 15",
     "%%kale step base\nfolds = ['a', 'b']\nscale = 2",
     "%%kale step sweep --for c in C_VALUES --parallelism 2\nscore = c * scale + OFFSET\n"
     "label = f'c={c}'",
     "%%kale step per_fold --for f in folds\nsized = f * scale",
     "%%kale step best\nprint(score, label, sized)\nbest = max(score)\nprint(best)",
+    f"%%kale step deploy {IF}\nprint('deploying', best)\nurl = f'http://serve/{{best}}'",
+    f"%%kale step notify {IF}\nprint('notify', url)",
+    "%%kale step never --if \"best > 100 or MODE == 'none'\"\nprint('never')",
 )
 
 
@@ -141,3 +147,61 @@ def test_loops_compute_what_the_notebook_computes(loops: Path, tmp_path: Path) -
     assert seen.notebook["best"] == ["[12, 14, 16] ['c=1', 'c=2', 'c=3'] ['aa', 'bb']", "16"]
     sweep = seen.status.steps["sweep"]
     assert sweep.item_counts() == {"SUCCEEDED": 3} and sweep.state == "SUCCEEDED"
+    assert seen.notebook["notify"] == ["notify http://serve/16"]
+    assert seen.notebook["never"] == [] and seen.status.steps["never"].state == "SKIPPED"
+    assert seen.status.steps["notify"].state == "SUCCEEDED"
+
+
+# -- --if --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("expression, fragment", [
+    ("len(x) > 1", "`len(x)` is a call"), ("x.y > 1", "`x.y` is an attribute"),
+    ("x", "`x` is not a comparison"), ("x >", "is not a Python expression"),
+])
+def test_bad_conditions_are_refused_naming_the_part(expression: str, fragment: str) -> None:
+    with pytest.raises(AnnotationError, match=re.escape(fragment)):
+        api.parse_annotation(f"step s --if '{expression}'")
+
+
+def test_condition_parses_and_prints_back() -> None:
+    annotation = api.parse_annotation(f"step deploy {IF}")
+    assert annotation.condition.names == ("best", "LIMIT", "MODE")
+    assert api.parse_annotation(cell_line(annotation)) == annotation
+
+
+def test_unknown_variable_in_a_condition_is_refused_at_compile_time(notebook) -> None:
+    path = notebook("%%kale step a\nbest = 1", "%%kale step b --if 'bets > 0'\nx = 1")
+    with pytest.raises(AnalysisError, match=r"reads `bets`, which is neither .*did you mean `best`"):
+        api.read_plan(path)
+
+
+def test_reading_a_conditional_steps_variable_needs_the_same_condition(notebook) -> None:
+    path = notebook("%%kale step a\nbest = 1", "%%kale step b --if 'best > 0'\nx = 1",
+                    "%%kale step c\nprint(x)")
+    with pytest.raises(AnalysisError, match=r"step 'c' reads `x` of step 'b', which runs only "
+                       r"--if 'best > 0'.*give step 'c' the same"):
+        api.read_plan(path)
+
+
+def test_condition_ir_shape(loops_ir: dict) -> None:
+    tasks = loops_ir["root"]["dag"]["tasks"]
+    conditions = {n: t for n, t in tasks.items() if "triggerPolicy" in t}
+    assert len(conditions) == 2
+    group = loops_ir["components"][next(t["componentRef"]["name"] for t in conditions.values()
+                                        if "deploy" in str(loops_ir["components"][
+                                            t["componentRef"]["name"]]))]
+    assert set(group["dag"]["tasks"]) == {"deploy", "notify"}  # one dsl.If for one EXPR
+    outputs = loops_ir["components"]["comp-best"]["outputDefinitions"]["parameters"]
+    assert outputs["val_best"]["parameterType"] == "STRING"
+
+
+def test_condition_cell_runs_only_when_true_and_says_so(shell) -> None:
+    shell.user_ns.update(score=0.5)
+    with capture_output() as out:
+        shell.run_cell_magic("kale", "step deploy --if 'score > 0.9'", "y = 1")
+    assert "y" not in shell.user_ns
+    assert "did not run: its condition `score > 0.9` is false" in out.outputs[0].data["text/plain"]
+    shell.run_cell_magic("kale", "step deploy --if 'score > 0.1'", "y = 1")
+    assert shell.user_ns["y"] == 1
+    with pytest.raises(UsageError, match="reads `nope`, not defined in this kernel"):
+        shell.run_cell_magic("kale", "step deploy --if 'nope > 0.1'", "y = 2")

@@ -1,4 +1,5 @@
-"""Checks of the control-flow options of steps: what ``--for`` loops over and who reads it.
+"""Checks of the control-flow options of steps: what ``--for`` loops over, what ``--if`` reads,
+and who reads their steps' variables.
 
 A ``--for VAR in LIST`` step runs once per item of LIST (KFP ``dsl.ParallelFor``) and
 passes on, for each variable a later step reads, the list of its per-item values
@@ -71,3 +72,75 @@ def _check_items(draft: Any, items: str, parameters: dict[str, Parameter],
     if producer in loops:
         raise AnalysisError(f"{where}, which --for step {producer!r} passes on as a list of "
                             "per-item values; build the list to loop over in a step without --for")
+
+
+def check_conditions(drafts: Sequence[Any], parameters: Sequence[Parameter]) -> None:
+    """Check every ``--if`` step once the steps are linked.
+
+    A step that did not run assigns nothing, so a step reading its variables (or
+    running ``--after`` it) must have the same condition: then both run or neither.
+
+    Raises
+    ------
+    AnalysisError
+        A condition reads a list or dict parameter, or a variable of a ``--for``
+        step (a list); a step reads a variable of (or runs after) a step whose
+        ``--if`` it does not share; an ``--if`` step reads a ``--for`` step's lists
+        (KFP 2.17 cannot compile ``dsl.Collected`` inside ``dsl.If``).
+    """
+    by_name = {p.name: p for p in parameters}
+    steps = {d.name: d for d in drafts}
+    for draft in drafts:
+        condition = draft.condition
+        if condition is not None:
+            _check_condition_names(draft, by_name, steps)
+        for name, producer in sorted(draft.inputs.items()):
+            _check_same_condition(draft, steps[producer], f"reads `{name}` of")
+        for after in draft.after:
+            if after in steps:
+                _check_same_condition(draft, steps[after], "runs --after")
+
+
+def _check_condition_names(draft: Any, parameters: dict[str, Parameter],
+                           steps: dict[str, Any]) -> None:
+    expression = draft.condition.expression
+    where = f"{draft.head.describe()}: step {draft.name!r} runs --if {expression!r}"
+    for name in draft.condition.names:
+        parameter = parameters.get(name)
+        producer = draft.condition_inputs.get(name)
+        if name not in draft.condition_inputs and parameter is not None \
+                and parameter.type in ("list", "dict"):
+            raise AnalysisError(f"{where}, but the parameter `{name}` is a {parameter.type}; a "
+                                "condition compares numbers, text or booleans")
+        if producer is not None and steps[producer].loop is not None:
+            raise AnalysisError(f"{where}, but `{name}` of --for step {producer!r} is a list of "
+                                "per-item values; compute a number from it in a step without "
+                                "--for and compare that")
+    loops = sorted(p for n, p in draft.inputs.items() if steps[p].loop is not None)
+    if loops:
+        raise AnalysisError(f"{where} and reads the per-item lists of --for step {loops[0]!r}; "
+                            "KFP cannot pass those into a condition: read them in a step without "
+                            "--if first and pass on what this step needs")
+
+
+def _check_same_condition(reader: Any, producer: Any, how: str) -> None:
+    if producer.condition is None:
+        return
+    mine = reader.condition.expression if reader.condition else None
+    if mine == producer.condition.expression:
+        return
+    theirs = producer.condition.expression
+    raise AnalysisError(
+        f"{reader.head.describe()}: step {reader.name!r} {how} step {producer.name!r}, which runs "
+        f"only --if {theirs!r}, so it may not have run; give step {reader.name!r} the same "
+        f"`--if {theirs!r}`, or compute what it needs in a step without --if")
+
+
+def scalar_outputs(drafts: Sequence[Any]) -> dict[str, tuple[str, ...]]:
+    """Per step, the variables later conditions read from it (emitted as output parameters):
+    ``{"train": ("best_accuracy",)}``."""
+    found: dict[str, set[str]] = {}
+    for draft in drafts:
+        for name, producer in draft.condition_inputs.items():
+            found.setdefault(producer, set()).add(name)
+    return {step: tuple(sorted(names)) for step, names in found.items()}

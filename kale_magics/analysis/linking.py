@@ -157,6 +157,8 @@ class Linker:
         for name in use.soft_reads:
             if name not in own:
                 self.resolve(draft, name, soft=True, below=head.index)
+        if draft.condition is not None and head is draft.head:
+            self._link_condition(draft)
         handles = {n: e for c in cells for n, e in self.effects[c.index].handles.items()}
         for name in (*(n for n in use.writes if n not in own), *annotation.outputs):
             handle = handles.get(name)
@@ -169,6 +171,26 @@ class Linker:
             if name not in use.writes:  # changed in place, so passed on from this step
                 self.writers.add(name, Writer(STEP, head, draft, conditional=True))
         self._note_callees(use)
+
+    def _link_condition(self, draft: Any) -> None:
+        """Find where each name of the step's ``--if`` comes from: a parameter, or the step
+        above that assigns it last (into ``draft.condition_inputs``)."""
+        expression = draft.condition.expression
+        for name in draft.condition.names:
+            writer = self.writers.nearest(name, draft.head.index)
+            if writer is not None and writer.kind == PARAMETERS:
+                continue
+            if writer is not None and writer.kind == STEP:
+                draft.condition_inputs[name] = writer.step.name
+                continue
+            where = (f"which only {writer.describe()} assigns" if writer is not None else
+                     "which is neither a parameter nor a variable an earlier step assigns")
+            close = difflib.get_close_matches(name, [*self.writers.step_names(), *self.parameters],
+                                              n=1)
+            hint = f" (did you mean `{close[0]}`?)" if close else ""
+            raise AnalysisError(f"{draft.head.describe()}: step {draft.name!r} runs --if "
+                                f"{expression!r}, which reads `{name}`, {where}{hint}; use a "
+                                "parameter or a variable an earlier step assigns")
 
     def _changed_by_methods(self, use: NameUse, head: Cell) -> set[str]:
         """Values (not modules, functions or classes) whose methods the step calls as statements

@@ -27,9 +27,9 @@ from kale_magics.analysis.parameters import read_parameters
 from kale_magics.analysis.star import StarImports
 from kale_magics.analysis.travel import travel_warnings
 from kale_magics.errors import AnalysisError
-from kale_magics.analysis.control import check_loops
-from kale_magics.model import (PRELUDE_KINDS, Cell, Input, Loop, Metric, PipelineSettings, Plan,
-                               Step, StepSettings)
+from kale_magics.analysis.control import check_conditions, check_loops, scalar_outputs
+from kale_magics.model import (PRELUDE_KINDS, Cell, Condition, Input, Loop, Metric,
+                               PipelineSettings, Plan, Step, StepSettings)
 from kale_magics.notebook.annotations import pipeline_name_from
 
 __all__ = ["KNOWN_NAMES", "build_plan"]
@@ -48,6 +48,8 @@ class _StepDraft:
     segments: list[list[Cell]] = field(default_factory=list)
     #: Problems Kale accepts in a Kale-tagged step, reported as warnings.
     warnings: list[str] = field(default_factory=list)
+    #: Names of the step's ``--if`` that earlier steps assign, with those steps.
+    condition_inputs: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -66,6 +68,11 @@ class _StepDraft:
     def loop(self) -> Loop | None:
         """``--for`` of the step's first annotated cell."""
         return self.explicit[0].annotation.loop if self.explicit else None
+
+    @property
+    def condition(self) -> Condition | None:
+        """``--if`` of the step's first annotated cell."""
+        return self.explicit[0].annotation.condition if self.explicit else None
 
     @property
     def after(self) -> tuple[str, ...]:
@@ -114,6 +121,7 @@ def _build(cells: Sequence[Cell], settings: PipelineSettings, notebook: str) -> 
     linker = Linker(cells, parameters, effects, star)
     linker.link(drafts)
     check_loops(drafts, parameters)
+    check_conditions(drafts, parameters)
     outside = {d.name: tuple(dict.fromkeys(e.what for c in d.cells
                                            for e in effects[c.index].reads_outside))
                for d in drafts}
@@ -250,12 +258,16 @@ def _outputs(drafts: Sequence[_StepDraft]) -> dict[str, set[str]]:
 def _order(drafts: Sequence[_StepDraft], outputs: dict[str, set[str]],
            defaults: StepSettings, outside: dict[str, tuple[str, ...]]) -> tuple[Step, ...]:
     """Freeze the drafts into Steps in a topological order, notebook order on ties."""
+    scalars = scalar_outputs(drafts)
     steps = {d.name: Step(
         name=d.name, cells=tuple(d.cells), after=d.after,
         inputs=tuple(Input(n, p) for n, p in sorted(d.inputs.items())),
         outputs=tuple(sorted(outputs[d.name])), parameters=tuple(sorted(d.parameters)),
         metrics=tuple(d.metrics), settings=defaults.merged(d.head.annotation.settings),
-        imports=_replayed(d), reads_outside=outside[d.name], loop=d.loop)
+        imports=_replayed(d), reads_outside=outside[d.name], loop=d.loop,
+        condition=d.condition,
+        condition_inputs=tuple(Input(n, p) for n, p in sorted(d.condition_inputs.items())),
+        scalars=scalars.get(d.name, ()))
         for d in drafts}
     position = {d.name: i for i, d in enumerate(drafts)}
     sorter = graphlib.TopologicalSorter({s.name: s.upstream for s in steps.values()})

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 from kale_magics.codegen.cell_code import (check_argument_size, check_parameter_sizes, places,
                                             prelude_cells, step_cells)
-from kale_magics.codegen.control import LOOP_ITEM, loop_lists
+from kale_magics.codegen.control import LOOP_ITEM, SCALAR_PREFIX, loop_lists
 from kale_magics.codegen.embedding import LOADER, RUNTIME_INPUT, runtime_component_function
 from kale_magics.codegen.layout import wrapped
 from kale_magics.codegen.literals import literal, string_literal
@@ -50,6 +50,7 @@ def signature(step: Step, parameters: Mapping[str, Parameter],
         kind = _artifact_class(i.name, artifact_types)
         args.append(f"in_{i.name}: Input[{f'List[{kind}]' if i.producer in loops else kind}]")
     args += [f"out_{n}: Output[{_artifact_class(n, artifact_types)}]" for n in step.outputs]
+    args += [f"{SCALAR_PREFIX}{n}: dsl.OutputPath(str)" for n in step.scalars]
     if step.metrics:
         args.append(f"{METRICS_ARTIFACT}: Output[Metrics]")
     names = [a.split(":")[0] for a in args]
@@ -100,7 +101,9 @@ def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str], 
                    ") -> list:" if returns else "):", 0)
     image = repr(step.settings.image) if step.settings.image else "BASE_IMAGE"
     control = ([f"loop=({step.loop.variable!r}, {LOOP_ITEM})"] if step.loop else []) \
-        + ([f"returns={returns!r}"] if returns else [])
+        + ([f"returns={returns!r}"] if returns else []) \
+        + ([wrapped("scalars={", [f"{n!r}: {SCALAR_PREFIX}{n}" for n in step.scalars], "}", 8)]
+           if step.scalars else [])
     source = (
         decorator(plan, image, packages)
         + f"{args}\n"

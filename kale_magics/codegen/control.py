@@ -13,11 +13,24 @@ parameter would turn ``1`` into ``1.0``):
 
 Consumers of a ``--for`` step's variables take ``dsl.Collected`` lists of its
 per-item artifacts, in item order.
+
+The steps sharing one ``--if "EXPR"`` are one ``dsl.If`` group, written where the
+last of them stands (so every task they read from is made before it; a step
+without that condition may not read them, ``analysis.control``). A small task,
+``kale_if_<first step>``, evaluates EXPR with Python in the step runtime, from the
+parameters and the JSON text of the scalar output parameters (``val_<name>``) the
+steps it reads emit, and the group runs when that task returns True: EXPR means
+exactly what it means in the kernel, ``and``/``or`` included.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from kale_magics.codegen.embedding import LOADER, RUNTIME_INPUT
+from kale_magics.codegen.layout import wrapped
 from kale_magics.codegen.naming import task_variable
+from kale_magics.codegen.parameters import kfp_type
 from kale_magics.errors import CompileError
 from kale_magics.model import Plan, Step
 
@@ -94,3 +107,66 @@ def loop_item(step: Step) -> str:
 def uses_items_component(plan: Plan) -> bool:
     """True when some ``--for`` step loops over a parameter (the module needs ``kale_items``)."""
     return any(s.loop is not None and _items_producer(s) is None for s in plan.steps)
+
+
+#: Prefix of a step's output parameter holding a variable a ``--if`` compares (JSON text).
+SCALAR_PREFIX = "val_"
+
+
+@dataclass(frozen=True)
+class ConditionGroup:
+    """The steps sharing one ``--if`` EXPR, in plan order, and its condition task."""
+
+    expression: str
+    steps: tuple[Step, ...]
+
+    @property
+    def component(self) -> str:
+        """The condition task's component: ``kale_if_<first step>``."""
+        return f"kale_if_{self.steps[0].name}"
+
+    @property
+    def task(self) -> str:
+        return task_variable(self.component)
+
+
+def condition_groups(plan: Plan) -> list[ConditionGroup]:
+    """The ``--if`` groups of ``plan``, in order of their first step."""
+    groups: dict[str, list[Step]] = {}
+    for step in plan.steps:
+        if step.condition is not None:
+            groups.setdefault(step.condition.expression, []).append(step)
+    return [ConditionGroup(expression, tuple(steps)) for expression, steps in groups.items()]
+
+
+def condition_component(plan: Plan, group: ConditionGroup) -> str:
+    """Source of the component evaluating ``group``'s EXPR (returns a bool)."""
+    head = group.steps[0]
+    assert head.condition is not None
+    parameters = {p.name: p for p in plan.parameters}
+    produced = {i.name for i in head.condition_inputs}
+    args = [f"{RUNTIME_INPUT}: Input[Artifact]"]
+    args += [f"{n}: {'str' if n in produced else kfp_type(parameters[n])}"
+             for n in head.condition.names]
+    call = [repr([s.name for s in group.steps]), repr(group.expression),
+            wrapped("{", [f"{n!r}: {n}" for n in head.condition.names], "}", 8)]
+    if produced:
+        call.append(f"json_values={sorted(produced)!r}")
+    return ("@dsl.component(base_image=BASE_IMAGE)\n"
+            + wrapped(f"def {group.component}(", args, ") -> bool:", 0) + "\n"
+            + f'    """Whether the steps of --if {group.expression!r} run."""\n'
+            + LOADER.replace("import run_step", "import run_condition")
+            + "    return run_condition(\n"
+            + "".join(f"        {argument},\n" for argument in call) + "    )\n")
+
+
+def condition_lines(group: ConditionGroup, indent: int) -> list[str]:
+    """The statements making ``group``'s condition task and opening its ``dsl.If``."""
+    head = group.steps[0]
+    assert head.condition is not None
+    sources = {i.name: f"{task_variable(i.producer)}.outputs[{SCALAR_PREFIX + i.name!r}]"
+               for i in head.condition_inputs}
+    args = [f"{RUNTIME_INPUT}={task_variable('kale_runtime')}.output"]
+    args += [f"{n}={sources.get(n, n)}" for n in head.condition.names]
+    return [wrapped(f"{group.task} = {group.component}(", args, ")", indent),
+            f"with dsl.If({group.task}.output == True, name={group.expression!r}):"]

@@ -22,8 +22,9 @@ from kale_magics.analysis.names import scan_blocks
 from kale_magics.codegen.cell_code import python_sources
 from kale_magics.codegen.components import (PIP_INDEX_URLS, PIP_TRUSTED_HOSTS, render_component,
                                              render_runtime_component)
-from kale_magics.codegen.control import (ITEMS_SOURCE, LOOP_ITEM, loop_item, loop_opening,
-                                         uses_items_component)
+from kale_magics.codegen.control import (ITEMS_SOURCE, LOOP_ITEM, condition_component,
+                                         condition_groups, condition_lines, loop_item,
+                                         loop_opening, uses_items_component)
 from kale_magics.codegen.layout import wrapped
 from kale_magics.codegen.embedding import RUNTIME_COMPONENT, RUNTIME_INPUT
 from kale_magics.codegen.naming import check_names, task_variable
@@ -100,6 +101,7 @@ def render_module(plan: Plan, artifact_types: Mapping[str, str] | None = None) -
           for step in plan.steps),
         render_runtime_component(plan, sources),
         *([ITEMS_SOURCE] if uses_items_component(plan) else []),
+        *(condition_component(plan, group) for group in condition_groups(plan)),
         _pipeline_function(plan),
     ]
     return RenderedModule("\n\n".join(parts), packages, warnings)
@@ -183,7 +185,14 @@ def _pipeline_function(plan: Plan) -> str:
     lines = [f"{task_variable(RUNTIME_COMPONENT)} = {RUNTIME_COMPONENT}()", *settings_lines(runtime)]
     body = "".join(f"    {line}\n" for line in lines)
     loops = {s.name for s in plan.steps if s.loop}
-    body += "".join(_step_block(step, loops, 4) for step in plan.steps)
+    groups = {s.name: g for g in condition_groups(plan) for s in g.steps}
+    for step in plan.steps:
+        group = groups.get(step.name)
+        if group is None:
+            body += _step_block(step, loops, 4)
+        elif step is group.steps[-1]:  # the group goes where its last step stands
+            body += "".join(f"    {line}\n" for line in condition_lines(group, 4))
+            body += "".join(_step_block(member, loops, 8) for member in group.steps)
     return f"{decorator}\ndef pipeline(\n{params}):\n{body}"
 
 

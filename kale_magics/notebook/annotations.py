@@ -8,7 +8,7 @@ Cell annotations (the first line of a code cell)::
 
     %%kale imports | functions | parameters | metrics | skip
     %%kale step NAME [--after STEP ...] [--inputs NAME ...] [--outputs NAME ...]
-                     [--for VAR in LIST [--parallelism N]] [OPTIONS]
+                     [--for VAR in LIST [--parallelism N]] [--if "EXPR"] [OPTIONS]
 
 Pipeline settings (a line anywhere in a code cell)::
 
@@ -242,7 +242,9 @@ def parse_cell_line(line: str) -> Annotation:
     return Annotation(kind="step", name=name, after=after,
                       inputs=_check_variables(ns.inputs, "--inputs"),
                       outputs=_check_variables(ns.outputs, "--outputs"),
-                      settings=step_options.settings_from(ns), loop=step_options.loop_from(ns))
+                      settings=step_options.settings_from(ns), loop=step_options.loop_from(ns),
+                      condition=(step_options.condition(ns.condition)
+                                 if ns.condition is not None else None))
 
 
 def parse_pipeline_line(line: str) -> PipelineSettings:
@@ -331,7 +333,7 @@ def cell_line(annotation: Annotation) -> str:
                           ("--outputs", annotation.outputs)):
         if names:
             words += [option, *names]
-    return " ".join([CELL_PREFIX, *words, *step_options.control_text(annotation.loop),
+    return " ".join([CELL_PREFIX, *words, *step_options.control_text(annotation.loop, annotation.condition),
                      *step_options.options_text(annotation.settings)])
 
 

@@ -47,7 +47,8 @@ from kale_magics.errors import RunError
 from kale_magics.model import Plan, requirement_name
 from kale_magics.redaction import redact_urls
 from kale_magics.runner import local_cache
-from kale_magics.runner.status import FAILED, RUNNING, SUCCEEDED, RunHooks, RunStatus, StepStatus
+from kale_magics.runner.status import (FAILED, RUNNING, SKIPPED, SUCCEEDED, RunHooks, RunStatus,
+                                       StepStatus)
 from kale_magics.runtime.channel import CHANNEL_ENV, EVENTS_FILE, log_path
 from kale_magics.runtime.step import WORKDIR_ENV
 
@@ -224,7 +225,8 @@ class _EventSink(LineSink):
         for event in self.events.new_events():
             if event.get("event") == "warning":
                 self.warnings.append(str(event.get("message", "")))
-            elif event["step"] in self.status.steps and event.get("event") in ("start", "end"):
+            elif event["step"] in self.status.steps and event.get("event") in (
+                    "start", "end", "condition"):
                 self._event(event)
 
     def cached(self, step: str, outputs: dict[str, Any]) -> None:
@@ -243,6 +245,10 @@ class _EventSink(LineSink):
     def _event(self, event: dict[str, Any]) -> None:
         step = event["step"]
         with contextlib.redirect_stdout(self.real_stdout), _plain_print(self.print):
+            if event["event"] == "condition":  # the step's --if, evaluated before it runs
+                if not event.get("value"):
+                    self.status.update_step(step, state=SKIPPED)
+                return
             if "item" in event:  # one item of a --for step
                 self._item_event(event)
                 return
@@ -491,7 +497,7 @@ def _execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: R
         return sink.warnings
     sink.poll()
     sink.unfinished()
-    failed = any(s.state != SUCCEEDED for s in status.steps.values())
+    failed = any(s.state not in (SUCCEEDED, SKIPPED) for s in status.steps.values())
     error = "" if not failed else _run_error(status, list(sink.run_log))
     status.finish(FAILED if failed else SUCCEEDED, error)
     return sink.warnings

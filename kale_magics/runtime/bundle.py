@@ -120,3 +120,11 @@ def run_step(step: str, cells: Mapping[int, Source],
     return _step.run_step(step=step, code=code, prelude=prelude, imports=replayed,
                    parameters=parameters or {}, inputs=inputs or {}, outputs=outputs or {},
                    metrics=metrics or {}, position=next(iter(cells)), **arguments)
+
+
+def run_condition(steps: Sequence[str], expression: str, values: Mapping[str, Any],
+                  json_values: Sequence[str] = ()) -> bool:
+    """The ``--if`` condition task: ``step.run_condition`` with the bundle off ``sys.path``."""
+    root = bundle_root()
+    sys.path[:] = [p for p in sys.path if not p or os.path.abspath(p) != root]
+    return _step.run_condition(steps, expression, values, json_values)

@@ -59,7 +59,8 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
              metrics: Mapping[str, str], metrics_artifact: Any = None,
              json_parameters: Sequence[str] = (), prelude: Sequence[tuple[str, str]] = (),
              imports: Sequence[tuple[str, str]] = (), position: int = 0,
-             loop: Optional[tuple[str, str]] = None, returns: str = "") -> Optional[list[str]]:
+             loop: Optional[tuple[str, str]] = None, returns: str = "",
+             scalars: Optional[Mapping[str, str]] = None) -> Optional[list[str]]:
     """Run a step; on failure print the user's traceback and exit with status 1.
 
     The step sees what the notebook sees at its cells: the ``prelude`` (imports
@@ -106,6 +107,9 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
     returns:
         A variable the step returns as the items of a later ``--for`` step: a list whose
         items are each given as JSON text (``kale_magics.codegen.control``).
+    scalars:
+        Variable -> the path of an output parameter: variables a later ``--if`` compares,
+        written there as JSON text (they must be numbers, text, booleans or None).
 
     Returns
     -------
@@ -120,7 +124,7 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
     blocks = _Blocks(tuple(prelude), tuple(imports), tuple(code))
     try:
         items = _run_step(step, blocks, parameters, inputs, outputs, metrics, metrics_artifact,
-                          json_parameters, position, _Control(loop, returns))
+                          json_parameters, position, _Control(loop, returns, scalars or {}))
     finally:  # an error the runtime did not expect: its traceback goes to the real stderr
         channel.OutputRelay.stop_active()
     if _main_module() == "kfp.dsl.executor_main":
@@ -133,6 +137,20 @@ class _Control(NamedTuple):
 
     loop: Optional[tuple[str, str]] = None
     returns: str = ""
+    scalars: Mapping[str, str] = {}
+
+    def save_scalars(self, step: str, namespace: Mapping[str, Any]) -> None:
+        """Write each of :attr:`scalars` as JSON text to its output parameter's path."""
+        for name, path in self.scalars.items():
+            problem = scalar_problem(name, namespace.get(name)) if name in namespace else (
+                f"`{name}` was never assigned (the assignment did not run)")
+            if problem:
+                message = f"step {step!r}: a later step's --if reads {problem}"
+                print(message, file=sys.stderr)
+                raise StepFailed(message, "", 0)
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(json.dumps(namespace[name]))
 
     def fields(self) -> dict[str, Any]:
         """Event fields: the item (JSON text) of a ``--for`` step."""
@@ -154,6 +172,55 @@ class _Control(NamedTuple):
             print(message, file=sys.stderr)
             raise StepFailed(message, "", 0)
         return [item_text(step, self.returns, item) for item in value]
+
+
+#: The types a ``--if`` condition compares.
+SCALAR_TYPES = (bool, int, float, str, type(None))
+
+
+def condition_value(expression: str, values: Mapping[str, Any]) -> bool:
+    """The truth of a ``--if`` EXPR over ``values`` (the names it reads).
+
+    EXPR was checked by the grammar (``notebook.step_options.condition``): comparisons of
+    names and literals joined by and/or, so it is evaluated without builtins.
+    """
+    return bool(eval(compile(expression, "<--if>", "eval"), {"__builtins__": {}}, dict(values)))
+
+
+def scalar_problem(name: str, value: Any) -> str:
+    """"" when ``value`` of ``name`` can be compared by a ``--if``, else why not (for messages)."""
+    if isinstance(value, SCALAR_TYPES):
+        return ""
+    return (f"`{name}` is a {type(value).__name__}, and a --if condition compares numbers, text, "
+            "booleans or None; compare a number computed from it")
+
+
+def run_condition(steps: Sequence[str], expression: str, values: Mapping[str, Any],
+                  json_values: Sequence[str] = ()) -> bool:
+    """Evaluate the ``--if`` EXPR of ``steps`` inside the pipeline's condition task.
+
+    Parameters
+    ----------
+    steps:
+        The steps the condition guards (reported in the ``condition`` event).
+    expression:
+        The checked EXPR.
+    values:
+        The names EXPR reads: parameter values (text escaped by :func:`escape_text` is
+        unescaped), and for the names in ``json_values`` the JSON text an earlier step
+        emitted (:func:`_save_scalars`).
+
+    Returns
+    -------
+    bool
+        The condition's value; the pipeline runs ``steps`` when it is True (``dsl.If``).
+    """
+    names = {n: json.loads(v) if n in json_values else unescape_text(v) for n, v in values.items()}
+    value = condition_value(expression, names)
+    print(f"--if {expression}: {value} ({', '.join(f'{n}={v!r}' for n, v in names.items())})")
+    for step in steps:
+        channel.emit("condition", step, value=value, expression=expression)
+    return value
 
 
 def json_item(item: Any) -> Optional[str]:
@@ -270,6 +337,7 @@ def _run_step(step: str, blocks: _Blocks, parameters: Mapping[str, Any],
                               (*blocks.prelude, *blocks.code))
         values = _log_metrics(step, metrics, namespace, metrics_artifact)
         items = control.items(step, namespace)
+        control.save_scalars(step, namespace)
     except (StepFailed, marshal.MarshalError) as error:
         if isinstance(error, marshal.MarshalError):
             print(f"step {step!r}: {error}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Control flow of a step cell in the kernel: a ``--for`` step runs its body once per item.
+"""Control flow of a step cell in the kernel: a ``--for`` step runs its body once per item, a
+``--if`` step only when its condition holds.
 
 The kernel does what the pipeline does (``codegen.control``): each item runs
 from the values the step's variables had before the cell (as each
@@ -15,8 +16,8 @@ import json
 from typing import Any, Callable, MutableMapping, Sequence
 
 from kale_magics.errors import AnnotationError
-from kale_magics.model import Loop
-from kale_magics.runtime.step import item_problem, json_item
+from kale_magics.model import Condition, Loop
+from kale_magics.runtime.step import condition_value, item_problem, json_item, scalar_problem
 
 _UNSET = object()
 
@@ -95,3 +96,26 @@ def _restore(namespace: MutableMapping[str, Any], values: dict[str, Any]) -> Non
             namespace.pop(name, None)
         else:
             namespace[name] = value
+
+
+def condition_holds(step: str, condition: Condition, namespace: MutableMapping[str, Any]) -> bool:
+    """The value of ``step``'s ``--if`` EXPR over the user namespace, as the pipeline's
+    condition task computes it (``runtime.step.condition_value``).
+
+    Raises
+    ------
+    AnnotationError
+        A name EXPR reads is not defined in the kernel, or is not a number, text,
+        boolean or None.
+    """
+    values = {}
+    for name in condition.names:
+        if name not in namespace:
+            raise AnnotationError(f"step {step!r} runs --if {condition.expression!r}, which reads "
+                                  f"`{name}`, not defined in this kernel; run the cell that "
+                                  "assigns it first, or fix the name")
+        problem = scalar_problem(name, namespace[name])
+        if problem:
+            raise AnnotationError(f"step {step!r} runs --if {condition.expression!r}: {problem}")
+        values[name] = namespace[name]
+    return condition_value(condition.expression, values)

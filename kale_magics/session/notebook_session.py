@@ -23,7 +23,7 @@ from kale_magics.notebook.locate import locate_notebook
 from kale_magics.notebook.step_record import step_record
 from kale_magics.runner.connection import KfpSession
 from kale_magics.runner.status import RunStatus
-from kale_magics.session.control import run_loop
+from kale_magics.session.control import condition_holds, run_loop
 from kale_magics.session.registry import ExecutedCell, Registry
 
 #: Kinds whose names the kernel tracks: steps (inputs, outputs) and what steps may read.
@@ -141,7 +141,8 @@ class NotebookSession:
 
         ``run_once`` runs the body once in the user namespace and returns the value of
         its last expression. A plain cell runs once; a ``--for`` step once per item
-        (:func:`kale_magics.session.control.run_loop`).
+        (:func:`kale_magics.session.control.run_loop`); a ``--if`` step only when its
+        condition holds (:func:`kale_magics.session.control.condition_holds`).
 
         Returns
         -------
@@ -152,9 +153,14 @@ class NotebookSession:
         Raises
         ------
         AnnotationError
-            The loop's list is missing, not a list, or holds an item JSON cannot carry.
+            The loop's list is missing, not a list, or holds an item JSON cannot carry; a
+            name the condition reads is missing or not a scalar.
         """
-        loop = entry.annotation.loop
+        loop, condition = entry.annotation.loop, entry.annotation.condition
+        step = entry.annotation.name or ""
+        if condition is not None and not condition_holds(step, condition, self.namespace):
+            return None, (f"step {step!r} did not run: its condition "
+                          f"`{condition.expression}` is false")
         if loop is None:
             return run_once(), ""
         note = run_loop(entry.annotation.name or "", loop, entry.use.writes, self.namespace,
