@@ -244,6 +244,9 @@ class PipelineSettings:
         Where steps install packages from on the cluster (a mirror, a private index).
     step_defaults:
         Execution settings every step gets unless it sets its own.
+    on_exit:
+        ``--on-exit STEP``: the step that runs after every other step, whether they
+        succeeded or not (``dsl.ExitHandler``), and reads ``PIPELINE_STATUS``.
     """
 
     name: str | None = None
@@ -254,6 +257,7 @@ class PipelineSettings:
     pip_index_urls: tuple[str, ...] = field(default=(), metadata=_merge_entries(_whole_list))
     pip_trusted_hosts: tuple[str, ...] = field(default=(), metadata=_merge_entries(_whole_list))
     step_defaults: StepSettings = field(default_factory=StepSettings)
+    on_exit: str | None = None
 
     @property
     def image(self) -> str | None:

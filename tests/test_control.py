@@ -19,7 +19,7 @@ from IPython.utils.capture import capture_output
 from kale_magics import api
 from kale_magics.errors import AnalysisError, AnnotationError
 from kale_magics.model import Loop
-from kale_magics.notebook.annotations import cell_line
+from kale_magics.notebook.annotations import cell_line, pipeline_line
 from tests.equivalence import compare, notebook_of
 from tests.test_codegen import GOLDEN, compile_to_dict, normalise
 
@@ -205,3 +205,59 @@ def test_condition_cell_runs_only_when_true_and_says_so(shell) -> None:
     assert shell.user_ns["y"] == 1
     with pytest.raises(UsageError, match="reads `nope`, not defined in this kernel"):
         shell.run_cell_magic("kale", "step deploy --if 'nope > 0.1'", "y = 2")
+
+
+# -- --on-exit ---------------------------------------------------------------------------------
+
+EXIT_CELLS = ("%kale pipeline --on-exit summary", "%%kale parameters\nN = 3",
+              "%%kale step train\nacc = N / 4", "%%kale step other\nprint('other', acc)",
+              "%%kale step summary\nprint('summary', N, PIPELINE_STATUS)")
+
+
+def test_on_exit_parses_and_prints_back() -> None:
+    settings = api.parse_pipeline_settings("--on-exit summary")
+    assert settings.on_exit == "summary"
+    assert api.parse_pipeline_settings(pipeline_line(settings)) == settings
+
+
+def test_exit_step_must_exist_and_cannot_read_other_steps(notebook) -> None:
+    with pytest.raises(AnalysisError, match="--on-exit 'summry' names no step; did you mean"):
+        api.read_plan(notebook("%kale pipeline --on-exit summry", "%%kale step summary\nx = 1"))
+    path = notebook("%kale pipeline --on-exit summary", "%%kale step a\nacc = 1",
+                    "%%kale step summary\nprint(acc)")
+    with pytest.raises(AnalysisError, match="reads `acc` of step 'a', but it runs whether or not"):
+        api.read_plan(path)
+
+
+def test_exit_ir_shape(notebook, tmp_path: Path) -> None:
+    ir, dsl = compile_to_dict(notebook(*EXIT_CELLS, name="exits"), tmp_path / "out")
+    tasks = ir["root"]["dag"]["tasks"]
+    assert tasks["summary"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    handler = next(t for n, t in tasks.items() if n.startswith("exit-handler"))
+    assert set(ir["components"][handler["componentRef"]["name"]]["dag"]["tasks"]) == {
+        "train", "other"}
+    assert "dsl.PipelineTaskFinalStatus" in dsl
+    assert [s.name for s in api.read_plan(tmp_path / "exits.ipynb").steps][-1] == "summary"
+
+
+def test_exit_step_sees_the_run_in_the_kernel_and_the_pipeline(notebook, tmp_path: Path) -> None:
+    path = notebook_of(tmp_path / "ok", *EXIT_CELLS, name="exits")
+    seen = compare(path, pipeline_root=tmp_path / "root")
+    assert seen.same_prints(), seen.explain()
+    assert seen.notebook["summary"] == [
+        "summary 3 {'state': 'SUCCEEDED', 'failed_steps': [], 'error': ''}"]
+    failing = notebook_of(tmp_path / "bad", *EXIT_CELLS[:2], "%%kale step train\nacc = N / 0",
+                          *EXIT_CELLS[3:], name="exits")
+    status = api.run_local(api.compile_notebook(failing), pipeline_root=str(tmp_path / "root2"))
+    assert status.state == "FAILED" and status.steps["other"].state == "SKIPPED"
+    assert status.steps["summary"].log[-1].startswith(
+        "summary 3 {'state': 'FAILED', 'failed_steps': ['train'],")
+
+
+def test_exit_step_in_the_kernel_reads_the_notebooks_run_so_far(shell) -> None:
+    shell.run_line_magic("kale", "pipeline --on-exit summary")
+    with pytest.raises(ZeroDivisionError):
+        shell.run_cell_magic("kale", "step train", "y = 1 / 0")
+    shell.run_cell_magic("kale", "step summary", "y = PIPELINE_STATUS")
+    assert shell.user_ns["y"] == {"state": "FAILED", "failed_steps": ["train"],
+                                  "error": "ZeroDivisionError: division by zero"}

@@ -9,6 +9,7 @@ time, naming the cell and the fix.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Sequence
 
 from kale_magics.errors import AnalysisError
@@ -144,3 +145,62 @@ def scalar_outputs(drafts: Sequence[Any]) -> dict[str, tuple[str, ...]]:
         for name, producer in draft.condition_inputs.items():
             found.setdefault(producer, set()).add(name)
     return {step: tuple(sorted(names)) for step, names in found.items()}
+
+
+def mark_exit_step(drafts: Sequence[Any], name: str | None) -> None:
+    """Mark the ``%kale pipeline --on-exit`` step among ``drafts`` (before linking).
+
+    Raises
+    ------
+    AnalysisError
+        No step has that name; the message suggests one.
+    """
+    if name is None:
+        return
+    found = [d for d in drafts if d.name == name]
+    if not found:
+        close = difflib.get_close_matches(name, [d.name for d in drafts], n=1)
+        hint = f"did you mean {close[0]!r}?" if close else \
+            f"steps are: {', '.join(d.name for d in drafts)}"
+        raise AnalysisError(f"%kale pipeline --on-exit {name!r} names no step; {hint}")
+    found[0].is_exit = True
+
+
+def check_exit_step(drafts: Sequence[Any]) -> list[str]:
+    """Check the exit step; return a warning when it is not the notebook's last step.
+
+    The exit step runs after every other step whether they succeeded or not
+    (``dsl.ExitHandler``), so it cannot wait for their variables: it reads
+    parameters and ``PIPELINE_STATUS`` only, and no step reads its variables.
+
+    Raises
+    ------
+    AnalysisError
+        The exit step reads a variable of a step, has ``--for``, ``--if`` or
+        ``--after``, or another step reads its variables or runs after it.
+    """
+    exits = [d for d in drafts if d.is_exit]
+    if not exits:
+        return []
+    exit_step = exits[0]
+    where = f"{exit_step.head.describe()}: the exit step {exit_step.name!r}"
+    if exit_step.inputs:
+        name, producer = sorted(exit_step.inputs.items())[0]
+        raise AnalysisError(f"{where} reads `{name}` of step {producer!r}, but it runs whether or "
+                            "not the other steps succeeded, so it cannot wait for their "
+                            "variables: read parameters and PIPELINE_STATUS there, or compute "
+                            f"`{name}` in the exit step itself")
+    if exit_step.loop or exit_step.condition or exit_step.after:
+        raise AnalysisError(f"{where} runs after every other step; remove its --for, --if and "
+                            "--after")
+    for draft in drafts:
+        if exit_step.name in (*draft.inputs.values(), *draft.after):
+            raise AnalysisError(f"{draft.head.describe()}: step {draft.name!r} reads from (or runs "
+                                f"--after) the exit step {exit_step.name!r}, which runs last; "
+                                "move what it needs into another step")
+    later = [d for d in drafts if d.head.index > exit_step.head.index]
+    if not later:
+        return []
+    return [f"{where} runs after every other step in the pipeline, but in the notebook it runs "
+            f"before step {later[0].name!r} ({later[0].head.place}), so PIPELINE_STATUS differs: "
+            "move the exit step's cell to the end of the notebook"]

@@ -34,6 +34,8 @@ from kale_magics.model import PRELUDE_KINDS, Cell, Metric, Parameter
 #: Names every step has without a producer: Python's builtins and the names
 #: the step runtime provides as IPython does in a notebook.
 KNOWN_NAMES = frozenset(dir(builtins)) | {"get_ipython", "display", "__name__"}
+#: What the ``%kale pipeline --on-exit`` step reads about the run (``runtime.step.pipeline_status``).
+PIPELINE_STATUS = "PIPELINE_STATUS"
 
 
 def scan_cells(cells: Sequence[Cell], callees: Mapping[str, Sequence[str]] | None = None,
@@ -150,6 +152,8 @@ class Linker:
         annotation, head = cells[0].annotation, cells[0]
         loop = draft.loop
         own = {loop.variable} if loop else set()  # the loop's item: bound in the step itself
+        if draft.is_exit:
+            own.add(PIPELINE_STATUS)  # the run's final state, bound by the step runtime
         items = (loop.items,) if loop and head is draft.head else ()
         for name in (*items, *use.reads, *annotation.inputs):
             if name not in own:

@@ -27,7 +27,8 @@ from kale_magics.analysis.parameters import read_parameters
 from kale_magics.analysis.star import StarImports
 from kale_magics.analysis.travel import travel_warnings
 from kale_magics.errors import AnalysisError
-from kale_magics.analysis.control import check_conditions, check_loops, scalar_outputs
+from kale_magics.analysis.control import (check_conditions, check_exit_step, check_loops,
+                                          mark_exit_step, scalar_outputs)
 from kale_magics.model import (PRELUDE_KINDS, Cell, Condition, Input, Loop, Metric,
                                PipelineSettings, Plan, Step, StepSettings)
 from kale_magics.notebook.annotations import pipeline_name_from
@@ -50,6 +51,8 @@ class _StepDraft:
     warnings: list[str] = field(default_factory=list)
     #: Names of the step's ``--if`` that earlier steps assign, with those steps.
     condition_inputs: dict[str, str] = field(default_factory=dict)
+    #: True for the ``%kale pipeline --on-exit`` step (it reads ``PIPELINE_STATUS``).
+    is_exit: bool = False
 
     @property
     def name(self) -> str:
@@ -119,9 +122,11 @@ def _build(cells: Sequence[Cell], settings: PipelineSettings, notebook: str) -> 
     effects = _effects(cells)
     star = StarImports(os.path.dirname(os.path.abspath(notebook)) if notebook else "")
     linker = Linker(cells, parameters, effects, star)
+    mark_exit_step(drafts, settings.on_exit)
     linker.link(drafts)
     check_loops(drafts, parameters)
     check_conditions(drafts, parameters)
+    notes += check_exit_step(drafts)
     outside = {d.name: tuple(dict.fromkeys(e.what for c in d.cells
                                            for e in effects[c.index].reads_outside))
                for d in drafts}
@@ -270,7 +275,10 @@ def _order(drafts: Sequence[_StepDraft], outputs: dict[str, set[str]],
         scalars=scalars.get(d.name, ()))
         for d in drafts}
     position = {d.name: i for i, d in enumerate(drafts)}
-    sorter = graphlib.TopologicalSorter({s.name: s.upstream for s in steps.values()})
+    last = {d.name for d in drafts if d.is_exit}  # the exit step runs after every other step
+    sorter = graphlib.TopologicalSorter({
+        s.name: tuple(n for n in steps if n not in last) if s.name in last else s.upstream
+        for s in steps.values()})
     try:
         sorter.prepare()
     except graphlib.CycleError as error:

@@ -186,13 +186,20 @@ def _pipeline_function(plan: Plan) -> str:
     body = "".join(f"    {line}\n" for line in lines)
     loops = {s.name for s in plan.steps if s.loop}
     groups = {s.name: g for g in condition_groups(plan) for s in g.steps}
+    indent, exit_step = 4, plan.settings.on_exit
+    if exit_step:  # made first, it runs last: dsl.ExitHandler around every other step
+        body += _task_lines(plan.step(exit_step), loops, indent, exit_step=True)
+        body += f"    with dsl.ExitHandler({task_variable(exit_step)}, name={plan.name!r}):\n"
+        indent = 8
     for step in plan.steps:
         group = groups.get(step.name)
+        if step.name == exit_step:
+            continue
         if group is None:
-            body += _step_block(step, loops, 4)
+            body += _step_block(step, loops, indent)
         elif step is group.steps[-1]:  # the group goes where its last step stands
-            body += "".join(f"    {line}\n" for line in condition_lines(group, 4))
-            body += "".join(_step_block(member, loops, 8) for member in group.steps)
+            body += "".join(f"{' ' * indent}{line}\n" for line in condition_lines(group, indent))
+            body += "".join(_step_block(member, loops, indent + 4) for member in group.steps)
     return f"{decorator}\ndef pipeline(\n{params}):\n{body}"
 
 
@@ -206,8 +213,8 @@ def _step_block(step: Step, loops: set[str], indent: int) -> str:
     return "".join(lines) + _task_lines(step, loops, indent)
 
 
-def _task_lines(step: Step, loops: set[str], indent: int) -> str:
-    args = [f"{RUNTIME_INPUT}={task_variable(RUNTIME_COMPONENT)}.output"]
+def _task_lines(step: Step, loops: set[str], indent: int, exit_step: bool = False) -> str:
+    args = [] if exit_step else [f"{RUNTIME_INPUT}={task_variable(RUNTIME_COMPONENT)}.output"]
     args += [f"{name}={name}" for name in step.parameters]
     if step.loop is not None:
         args.append(f"{LOOP_ITEM}={loop_item(step)}")

@@ -13,7 +13,8 @@ Cell annotations (the first line of a code cell)::
 Pipeline settings (a line anywhere in a code cell)::
 
     %kale pipeline [--name NAME] [--experiment E] [--description D] [--host URL]
-                   [--notebook PATH] [--pip-index-url URL] [--pip-trusted-host HOST] [OPTIONS]
+                   [--notebook PATH] [--pip-index-url URL] [--pip-trusted-host HOST]
+                   [--on-exit STEP] [OPTIONS]
 
 OPTIONS are the step execution options of ``notebook.step_options`` (``--cpu``,
 ``--memory``, ``--gpu``, ``--image``, ``--retries``, ``--timeout``, ``--env``,
@@ -97,6 +98,8 @@ def _pipeline_parser() -> GrammarParser:
     parser.add_argument("--host", help="KFP API endpoint for remote runs, e.g. http://kfp:8888")
     parser.add_argument("--notebook", help="path of this notebook, where the kernel cannot tell "
                         "(nbclient, papermill)")
+    parser.add_argument("--on-exit", metavar="STEP", help="the step that runs after every other "
+                        "step, whether they succeeded or not; it reads PIPELINE_STATUS")
     return parser
 
 
@@ -266,8 +269,9 @@ def parse_pipeline_line(line: str) -> PipelineSettings:
         except AnnotationError as error:
             raise AnnotationError(error.message, line=line) from None
     defaults = step_options.settings_from(ns)
+    on_exit = None if ns.on_exit is None else check_step_name(ns.on_exit, "--on-exit step")
     return PipelineSettings(name=ns.name, experiment=ns.experiment, description=ns.description,
-                            host=ns.host, notebook=ns.notebook,
+                            host=ns.host, notebook=ns.notebook, on_exit=on_exit,
                             pip_index_urls=tuple(ns.pip_index_url),
                             pip_trusted_hosts=tuple(ns.pip_trusted_host), step_defaults=defaults)
 
@@ -342,7 +346,7 @@ def pipeline_line(settings: PipelineSettings) -> str:
     words = []
     for option, value in (("--name", settings.name), ("--experiment", settings.experiment),
                           ("--description", settings.description), ("--host", settings.host),
-                          ("--notebook", settings.notebook)):
+                          ("--notebook", settings.notebook), ("--on-exit", settings.on_exit)):
         if value is not None:
             words += step_options.option_words(option, value)
     for option, values in (("--pip-index-url", settings.pip_index_urls),

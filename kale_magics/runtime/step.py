@@ -60,7 +60,8 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
              json_parameters: Sequence[str] = (), prelude: Sequence[tuple[str, str]] = (),
              imports: Sequence[tuple[str, str]] = (), position: int = 0,
              loop: Optional[tuple[str, str]] = None, returns: str = "",
-             scalars: Optional[Mapping[str, str]] = None) -> Optional[list[str]]:
+             scalars: Optional[Mapping[str, str]] = None, final_status: Any = None,
+             run_steps: Sequence[str] = ()) -> Optional[list[str]]:
     """Run a step; on failure print the user's traceback and exit with status 1.
 
     The step sees what the notebook sees at its cells: the ``prelude`` (imports
@@ -110,6 +111,11 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
     scalars:
         Variable -> the path of an output parameter: variables a later ``--if`` compares,
         written there as JSON text (they must be numbers, text, booleans or None).
+    final_status:
+        For the ``--on-exit`` step: KFP's ``dsl.PipelineTaskFinalStatus`` of the run's other
+        steps, bound as ``PIPELINE_STATUS`` (:func:`pipeline_status`).
+    run_steps:
+        For the ``--on-exit`` step: the other steps' names.
 
     Returns
     -------
@@ -124,7 +130,8 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
     blocks = _Blocks(tuple(prelude), tuple(imports), tuple(code))
     try:
         items = _run_step(step, blocks, parameters, inputs, outputs, metrics, metrics_artifact,
-                          json_parameters, position, _Control(loop, returns, scalars or {}))
+                          json_parameters, position,
+                          _Control(loop, returns, scalars or {}, final_status, tuple(run_steps)))
     finally:  # an error the runtime did not expect: its traceback goes to the real stderr
         channel.OutputRelay.stop_active()
     if _main_module() == "kfp.dsl.executor_main":
@@ -138,6 +145,8 @@ class _Control(NamedTuple):
     loop: Optional[tuple[str, str]] = None
     returns: str = ""
     scalars: Mapping[str, str] = {}
+    final_status: Any = None
+    run_steps: tuple[str, ...] = ()
 
     def save_scalars(self, step: str, namespace: Mapping[str, Any]) -> None:
         """Write each of :attr:`scalars` as JSON text to its output parameter's path."""
@@ -159,6 +168,8 @@ class _Control(NamedTuple):
     def bind(self, namespace: dict[str, Any]) -> None:
         if self.loop:
             namespace[self.loop[0]] = json.loads(self.loop[1])
+        if self.final_status is not None:
+            namespace[PIPELINE_STATUS] = pipeline_status(self.final_status, self.run_steps)
 
     def items(self, step: str, namespace: Mapping[str, Any]) -> Optional[list[str]]:
         """The JSON text of each item of :attr:`returns`; StepFailed when it is not a list of
@@ -172,6 +183,45 @@ class _Control(NamedTuple):
             print(message, file=sys.stderr)
             raise StepFailed(message, "", 0)
         return [item_text(step, self.returns, item) for item in value]
+
+
+#: The name the ``--on-exit`` step reads the run's state from.
+PIPELINE_STATUS = "PIPELINE_STATUS"
+
+
+def pipeline_status(final_status: Any, steps: Sequence[str]) -> dict[str, Any]:
+    """``PIPELINE_STATUS`` of the ``--on-exit`` step: ``{"state": "SUCCEEDED" | "FAILED" | ...,
+    "failed_steps": [...], "error": "..."}``.
+
+    ``state`` and ``error`` come from KFP's ``dsl.PipelineTaskFinalStatus`` (its
+    ``state`` and ``error_message``, KFP 2.17). KFP does not say which tasks failed:
+    a local run reads it from the run's events (:mod:`~kale_magics.runtime.channel`);
+    elsewhere the steps whose task names the error message holds are listed.
+    """
+    state = str(getattr(final_status, "state", "") or "")
+    error = str(getattr(final_status, "error_message", "") or "")
+    failed = _failed_in_channel(steps)
+    if failed is None:
+        failed = [s for s in steps if s.replace("_", "-") in error]
+    return {"state": state, "failed_steps": failed, "error": error}
+
+
+def _failed_in_channel(steps: Sequence[str]) -> Optional[list[str]]:
+    """The steps whose (any item's) last ``end`` event in the local run's events failed, in
+    ``steps`` order; None without a channel (on a cluster)."""
+    folder = os.environ.get(channel.CHANNEL_ENV)
+    if not folder:
+        return None
+    failed: set[str] = set()
+    try:
+        with open(os.path.join(folder, channel.EVENTS_FILE), encoding="ascii") as f:
+            for line in f:
+                event = json.loads(line)
+                if event.get("event") == "end" and event.get("state") == "FAILED":
+                    failed.add(event.get("step"))
+    except (OSError, ValueError):
+        return None
+    return [s for s in steps if s in failed]
 
 
 #: The types a ``--if`` condition compares.

@@ -23,6 +23,7 @@ from kale_magics.notebook.locate import locate_notebook
 from kale_magics.notebook.step_record import step_record
 from kale_magics.runner.connection import KfpSession
 from kale_magics.runner.status import RunStatus
+from kale_magics.runtime.step import PIPELINE_STATUS
 from kale_magics.session.control import condition_holds, run_loop
 from kale_magics.session.registry import ExecutedCell, Registry
 
@@ -88,6 +89,8 @@ class NotebookSession:
         self.settings = PipelineSettings()
         self.last_run: RunStatus | None = None
         self.server: KfpSession | None = None
+        #: Steps whose cell raised the last time it ran here, with the error (for PIPELINE_STATUS).
+        self.failed_steps: dict[str, str] = {}
 
     @classmethod
     def of(cls, shell: Any, fresh: bool = False) -> "NotebookSession":
@@ -158,14 +161,30 @@ class NotebookSession:
         """
         loop, condition = entry.annotation.loop, entry.annotation.condition
         step = entry.annotation.name or ""
+        if entry.annotation.kind != "step":
+            return run_once(), ""
         if condition is not None and not condition_holds(step, condition, self.namespace):
             return None, (f"step {step!r} did not run: its condition "
                           f"`{condition.expression}` is false")
-        if loop is None:
-            return run_once(), ""
-        note = run_loop(entry.annotation.name or "", loop, entry.use.writes, self.namespace,
-                        run_once)
-        return None, note
+        if step == self.settings.on_exit:
+            self.namespace[PIPELINE_STATUS] = self.pipeline_status()
+        self.failed_steps.pop(step, None)
+        try:
+            if loop is None:
+                return run_once(), ""
+            return None, run_loop(step, loop, entry.use.writes, self.namespace, run_once)
+        except BaseException as error:
+            self.failed_steps[step] = f"{type(error).__name__}: {error}"
+            raise
+
+    def pipeline_status(self) -> dict[str, Any]:
+        """``PIPELINE_STATUS`` as the ``--on-exit`` step sees it in the kernel: the notebook's own
+        run so far, ``{"state": "SUCCEEDED" | "FAILED", "failed_steps": [...], "error": "..."}``,
+        a step failed when its cell's last run here raised (the pipeline's shape:
+        ``runtime.step.pipeline_status``)."""
+        failed = list(self.failed_steps)
+        return {"state": "FAILED" if failed else "SUCCEEDED", "failed_steps": failed,
+                "error": self.failed_steps[failed[0]] if failed else ""}
 
     def unrecorded_types(self, plan: Plan, recorded: Mapping[str, str]) -> tuple[str, ...]:
         """Warnings for passed variables whose artifact class in this kernel differs from what
