@@ -261,3 +261,37 @@ def test_exit_step_in_the_kernel_reads_the_notebooks_run_so_far(shell) -> None:
     shell.run_cell_magic("kale", "step summary", "y = PIPELINE_STATUS")
     assert shell.user_ns["y"] == {"state": "FAILED", "failed_steps": ["train"],
                                   "error": "ZeroDivisionError: division by zero"}
+
+
+# -- drawing -----------------------------------------------------------------------------------
+
+def test_dag_draws_loops_conditions_groups_and_the_exit_step_apart(loops: Path) -> None:
+    from kale_magics.runner.status import RunStatus, StepStatus
+    from kale_magics.views import rich
+    from kale_magics.views.dag import Shape, dag_svg
+    from kale_magics.views.text import plan_text
+
+    plan = api.read_plan(loops)
+    status = RunStatus(pipeline=plan.name, steps={s.name: StepStatus(name=s.name)
+                                                  for s in plan.steps})
+    status.steps["sweep"].items = {"1": "SUCCEEDED", "2": "SUCCEEDED", "3": "RUNNING"}
+    svg = rich.dag_html(plan, status, 0.0)
+    assert re.search(r'data-step="sweep"[^>]*data-kind="loop".*2/3 succeeded, 1/3 running', svg)
+    assert svg.count('class="kale-condition"') >= 3  # dashed edges into deploy/notify/never
+    assert "if best &gt; LIMIT and MODE ==" in svg
+    assert "for c in C_VALUES (2 at a time)" in plan_text(plan)
+    drawn = dag_svg([("a", ()), ("b", ("a",)), ("end", ())], shapes={
+        "a": Shape(group="sub.ipynb"), "b": Shape(group="sub.ipynb"), "end": Shape(exit=True)})
+    assert drawn.count('class="kale-group" data-group="sub.ipynb"') == 1
+    ys = {m[0]: int(m[1]) for m in re.findall(r'data-step="(\w+)".*?<rect x="\d+" y="(\d+)"', drawn)}
+    assert ys["end"] > ys["b"] > ys["a"] and "on exit" in drawn
+
+
+def test_kale_conversion_names_what_kale_tags_cannot_express(loops: Path, tmp_path: Path) -> None:
+    _, warnings = api.convert(loops, tmp_path / "kale.ipynb", "kale-tags")
+    text = "\n".join(warnings)
+    assert "Kale tags cannot express --for c in C_VALUES --parallelism 2" in text
+    assert re.search(r"--if .*best > LIMIT.*\(Kale runs the step once, unconditionally\)", text)
+    exits = notebook_of(tmp_path / "exit", *EXIT_CELLS, name="exits")
+    _, warnings = api.convert(exits, tmp_path / "kale2.ipynb", "kale-tags")
+    assert any("--on-exit summary: Kale tags cannot express an exit step" in w for w in warnings)

@@ -17,7 +17,7 @@ from kale_magics.analysis.preflight import CheckReport
 from kale_magics.codegen.compile import CompiledPipeline
 from kale_magics.model import Plan, Step
 from kale_magics.runner.status import FAILED, TERMINAL_STATES, RunStatus, StepStatus
-from kale_magics.views.dag import dag_svg
+from kale_magics.views.dag import Shape, dag_svg
 from kale_magics.views.text import (
     check_verdict,
     duration_text,
@@ -46,6 +46,14 @@ def dag_steps(plan: Plan) -> list[tuple[str, tuple[str, ...]]]:
     return [(s.name, s.upstream) for s in plan.steps]
 
 
+def dag_shapes(plan: Plan) -> dict[str, Shape]:
+    """How each step is drawn: loop, condition, sub-notebook group, exit step."""
+    return {s.name: Shape(loop=s.loop is not None,
+                          condition=s.condition.expression if s.condition else "",
+                          group=s.cells[0].notebook, exit=s.name == plan.settings.on_exit)
+            for s in plan.steps}
+
+
 def plan_html(plan: Plan, live: Mapping[str, LiveValue]) -> str:
     """``%kale show`` in a notebook: the DAG picture and a table of steps."""
     rows = []
@@ -60,7 +68,7 @@ def plan_html(plan: Plan, live: Mapping[str, LiveValue]) -> str:
                      html.escape(", ".join(m.key for m in step.metrics))])
     title = html.escape(f"pipeline {plan.name}: {len(plan.steps)} steps, "
                         f"{len(plan.parameters)} parameters")
-    return (f"<div class='kale-show'><b>{title}</b><br>{dag_svg(dag_steps(plan))}"
+    return (f"<div class='kale-show'><b>{title}</b><br>{dag_svg(dag_steps(plan), shapes=dag_shapes(plan))}"
             + _table(["step", "cells", "--after", "inputs (producer)", "outputs", "parameters",
                       "metrics"], rows) + "</div>")
 
@@ -73,7 +81,8 @@ def dag_html(plan: Plan, status: RunStatus | None, now: float) -> str:
     steps = status.steps if status is not None else {}
     states = {name: s.state for name, s in steps.items()}
     notes = {s.name: step_note(steps.get(s.name), now) for s in plan.steps}
-    return f"<div class='kale-dag-view'>{dag_svg(dag_steps(plan), states, notes)}</div>"
+    svg = dag_svg(dag_steps(plan), states, notes, dag_shapes(plan))
+    return f"<div class='kale-dag-view'>{svg}</div>"
 
 
 def run_html(status: RunStatus, plan: Plan, now: float) -> str:
