@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import dataclasses
 import time
 from importlib import metadata
@@ -179,9 +180,13 @@ class KaleMagics(Magics):
         annotation = api.parse_annotation(line)
         tree, filename = self._parse_body(cell)
         entry = self.session.record(self._cell_id(), annotation, cell, tree)
-        result = self._run_tree(tree, filename)
+        result, note = self.session.run_body(
+            entry, lambda: self._run_tree(copy.deepcopy(tree), filename))
         if annotation.kind == "step":
-            self._show_step(entry, self.session.step_run(entry))
+            step = self.session.step_run(entry)
+            if note:
+                display({"text/plain": note}, raw=True)
+            self._show_step(entry, step)
         return result
 
     def _show_step(self, entry: Any, step: api.StepRun) -> None:

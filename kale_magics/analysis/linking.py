@@ -35,6 +35,8 @@ from kale_magics.model import PRELUDE_KINDS, Cell, Metric, Parameter
 #: Names every step has without a producer: Python's builtins and the names
 #: the step runtime provides as IPython does in a notebook.
 KNOWN_NAMES = frozenset(dir(builtins)) | {"get_ipython", "display", "__name__"}
+#: What the ``%kale pipeline --on-exit`` step reads about the run (``runtime.step.pipeline_status``).
+PIPELINE_STATUS = "PIPELINE_STATUS"
 
 
 def scan_cells(cells: Sequence[Cell], callees: Mapping[str, Sequence[str]] | None = None,
@@ -153,12 +155,21 @@ class Linker:
         use = scan_cells(cells, self.callees, self.star_names, self.changers)
         self._uses[draft.name] = use
         annotation, head = cells[0].annotation, cells[0]
-        for name in (*use.reads, *annotation.inputs):
-            self.resolve(draft, name, soft=False, below=head.index)
+        loop = draft.loop
+        own = {loop.variable} if loop else set()  # the loop's item: bound in the step itself
+        if draft.is_exit:
+            own.add(PIPELINE_STATUS)  # the run's final state, bound by the step runtime
+        items = (loop.items,) if loop and head is draft.head else ()
+        for name in (*items, *use.reads, *annotation.inputs):
+            if name not in own:
+                self.resolve(draft, name, soft=False, below=head.index)
         for name in use.soft_reads:
-            self.resolve(draft, name, soft=True, below=head.index)
+            if name not in own:
+                self.resolve(draft, name, soft=True, below=head.index)
+        if draft.condition is not None and head is draft.head:
+            self._link_condition(draft)
         handles = {n: e for c in cells for n, e in self.effects[c.index].handles.items()}
-        for name in (*use.writes, *annotation.outputs):
+        for name in (*(n for n in use.writes if n not in own), *annotation.outputs):
             handle = handles.get(name)
             self.writers.add(name, Writer(
                 STEP, head, draft,
@@ -170,6 +181,26 @@ class Linker:
             if name not in use.writes:  # changed in place, so passed on from this step
                 self.writers.add(name, Writer(STEP, head, draft, conditional=True))
         self._note_callees(use)
+
+    def _link_condition(self, draft: Any) -> None:
+        """Find where each name of the step's ``--if`` comes from: a parameter, or the step
+        above that assigns it last (into ``draft.condition_inputs``)."""
+        expression = draft.condition.expression
+        for name in draft.condition.names:
+            writer = self.writers.nearest(name, draft.head.index)
+            if writer is not None and writer.kind == PARAMETERS:
+                continue
+            if writer is not None and writer.kind == STEP:
+                draft.condition_inputs[name] = writer.step.name
+                continue
+            where = (f"which only {writer.describe()} assigns" if writer is not None else
+                     "which is neither a parameter nor a variable an earlier step assigns")
+            close = difflib.get_close_matches(name, [*self.writers.step_names(), *self.parameters],
+                                              n=1)
+            hint = f" (did you mean `{close[0]}`?)" if close else ""
+            raise AnalysisError(f"{draft.head.describe()}: step {draft.name!r} runs --if "
+                                f"{expression!r}, which reads `{name}`, {where}{hint}; use a "
+                                "parameter or a variable an earlier step assigns")
 
     def _changed_by_methods(self, use: NameUse, head: Cell) -> set[str]:
         """Values (not modules, functions or classes) whose methods the step calls as statements

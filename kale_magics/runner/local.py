@@ -208,7 +208,8 @@ class _EventSink(LineSink):
         for event in self.events.new_events():
             if event.get("event") == "warning":
                 self.warnings.append(str(event.get("message", "")))
-            elif event["step"] in self.status.steps and event.get("event") in ("start", "end"):
+            elif event["step"] in self.status.steps and event.get("event") in (
+                    "start", "end", "condition"):
                 self._event(event)
 
     def cached(self, step: str, outputs: dict[str, Any]) -> None:
@@ -227,6 +228,13 @@ class _EventSink(LineSink):
     def _event(self, event: dict[str, Any]) -> None:
         step = event["step"]
         with contextlib.redirect_stdout(self.real_stdout), _plain_print(self.print):
+            if event["event"] == "condition":  # the step's --if, evaluated before it runs
+                if not event.get("value"):
+                    self.status.update_step(step, state=SKIPPED)
+                return
+            if "item" in event:  # one item of a --for step
+                self._item_event(event)
+                return
             if event["event"] == "start":
                 self.status.update_step(step, state=RUNNING, start=event.get("time"))
                 return
@@ -237,6 +245,28 @@ class _EventSink(LineSink):
                 error=str(event.get("error", "")), cell=str(event.get("cell", "")),
                 line=event.get("line", 0), artifacts=event.get("outputs", {}),
                 metrics=event.get("metrics", {}), log=log_tail(path), log_path=path)
+
+
+    def _item_event(self, event: dict[str, Any]) -> None:
+        """One item of a ``--for`` step started or ended: the step is RUNNING while an item
+        runs, FAILED once one failed, SUCCEEDED when every item started so far succeeded."""
+        step = self.status.steps[event["step"]]
+        items = dict(step.items)
+        ended = SUCCEEDED if event.get("state") == SUCCEEDED else FAILED
+        items[str(event["item"])] = RUNNING if event["event"] == "start" else ended
+        states = set(items.values())
+        state = FAILED if FAILED in states else RUNNING if RUNNING in states else SUCCEEDED
+        changes: dict[str, Any] = {"items": items, "state": state}
+        if step.start is None:
+            changes["start"] = event.get("time")
+        if event["event"] == "end":
+            path = log_path(self.channel, step.name)
+            changes.update(end=event.get("time"), log=log_tail(path), log_path=path,
+                           duration_s=(event.get("time") or 0) - (step.start or event.get("time") or 0))
+            if ended == FAILED:
+                changes.update(error=str(event.get("error", "")), cell=str(event.get("cell", "")),
+                               line=event.get("line", 0))
+        self.status.update_step(step.name, **changes)
 
 
 @contextlib.contextmanager
@@ -502,7 +532,7 @@ def _execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: R
     sink.unfinished()
     if plan is not None:
         skip_dependents(plan, status)
-    failed = any(s.state != SUCCEEDED for s in status.steps.values())
+    failed = any(s.state not in (SUCCEEDED, SKIPPED) for s in status.steps.values())
     error = "" if not failed else _run_error(status, list(sink.run_log))
     status.finish(FAILED if failed else SUCCEEDED, error)
     return sink.warnings

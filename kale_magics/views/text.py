@@ -7,10 +7,10 @@ from typing import Iterable, Mapping, Optional
 
 from kale_magics.analysis.live import LiveValue
 from kale_magics.analysis.preflight import CheckReport
-from kale_magics.model import Plan, counted
+from kale_magics.model import Plan, Step, counted
 from kale_magics.runner.remote import ScheduleInfo
-from kale_magics.runner.status import (FAILED, RUNNING, SKIPPED, TERMINAL_STATES, RunStatus,
-                                      StepStatus)
+from kale_magics.runner.status import (FAILED, RUNNING, SKIPPED, SUCCEEDED, TERMINAL_STATES,
+                                      RunStatus, StepStatus)
 from kale_magics.session.notebook_session import StepRun
 
 #: How each state reads on a DAG node and in the panel's status line.
@@ -90,7 +90,26 @@ def plan_text(plan: Plan) -> str:
             lines.append(f"  -> {', '.join(step.outputs)}")
         if step.metrics:
             lines.append(f"  metrics: {', '.join(m.key for m in step.metrics)}")
+        control = control_text(step, plan.settings.on_exit == step.name)
+        if control:
+            lines.append(f"  {control}")
     return "\n".join(lines)
+
+
+def control_text(step: Step, exit_step: bool) -> str:
+    """A step's control flow in words: ``for c in C_VALUES (2 at a time); if acc > 0.9``,
+    ``on exit: after every other step``, ``from sub.ipynb``; "" for a plain step."""
+    parts = []
+    if step.loop is not None:
+        cap = f" ({step.loop.parallelism} at a time)" if step.loop.parallelism else ""
+        parts.append(f"for {step.loop.variable} in {step.loop.items}{cap}")
+    if step.condition is not None:
+        parts.append(f"if {step.condition.expression}")
+    if exit_step:
+        parts.append("on exit: after every other step")
+    if step.cells and step.cells[0].notebook:
+        parts.append(f"from {step.cells[0].notebook}")
+    return "; ".join(parts)
 
 
 def step_run_text(step: StepRun) -> str:
@@ -129,6 +148,11 @@ def step_note(step: StepStatus | None, now: float) -> str:
     """
     if step is None:
         return STATE_WORDS[None]
+    if step.items:  # a --for step: its items' states, "3/5 succeeded"
+        counts = step.item_counts()
+        return ", ".join(f"{counts[state]}/{len(step.items)} "
+                         f"{STATE_WORDS.get(state, state.lower())}"
+                         for state in (SUCCEEDED, RUNNING, FAILED) if state in counts)
     word = STATE_WORDS.get(step.state, step.state.lower())
     if step.cached:
         return f"{word} (cached)"
