@@ -10,6 +10,7 @@ or to a run target (``targets``), as KFP's ``Compiler.compile`` does; only
 - The kernel: :class:`NotebookSession` (one per shell), :func:`check`, :func:`live_values`.
 - Run: :func:`run` with a target (:class:`LocalTarget`, :class:`DockerTarget`, :class:`KfpTarget`);
   :func:`run_local` is ``run`` with a :class:`LocalTarget`.
+- The Model Registry: :func:`model_versions` (what a notebook's ``--register`` steps registered).
 - A KFP server beyond one run: :func:`connect`, :func:`submit` (schedules),
   :func:`remote_status`, :func:`watch_remote`, :func:`cancel_remote`,
   :func:`list_schedules`, :func:`delete_schedule`.
@@ -43,6 +44,8 @@ from kale_magics.notebook.step_record import STEP_MIME
 from kale_magics.runner import remote
 from kale_magics.runner.connection import KfpSession
 from kale_magics.runner.docker import DockerOptions, chosen_docker_options, docker_options
+from kale_magics.runner.registry import (RegisteredVersion, list_versions, registered_models,
+                                         registry_arguments, resolve_registry)
 from kale_magics.runner.remote import Schedule, ScheduleInfo, Submission
 from kale_magics.runner.status import RunHooks, RunStatus
 from kale_magics.runner.transport import RetryPolicy
@@ -57,12 +60,13 @@ from kale_magics.targets.target import RunTarget
 
 __all__ = ["CheckReport", "ChildWorker", "CompiledPipeline", "DockerOptions", "DockerTarget",
            "GrammarParser", "KaleError", "KfpSession", "KfpTarget", "LiveValue", "LocalTarget",
-           "NotebookSession", "Parameter", "PipelineSettings", "Plan", "RunHooks", "RunStatus",
+           "NotebookSession", "Parameter", "PipelineSettings", "Plan", "RegisteredVersion",
+           "RunHooks", "RunStatus",
            "RunTarget", "STEP_MIME", "Schedule", "ScheduleInfo", "StepRun", "Submission",
            "WatchOptions", "cancel_remote", "check", "chosen_docker_options", "coerce_arguments",
            "compile_notebook", "connect", "convert", "default_output_dir", "delete_schedule",
            "describe", "docker_options", "grammar_help", "list_schedules", "live_values",
-           "locate_notebook", "parse_annotation", "parse_param", "parse_pipeline_settings",
+           "locate_notebook", "model_versions", "parse_annotation", "parse_param", "parse_pipeline_settings",
            "read_plan", "remote_status", "run", "run_docker", "run_local", "split_args", "submit",
            "watch_options", "watch_remote"]
 
@@ -222,7 +226,12 @@ def run(compiled: CompiledPipeline, target: RunTarget, hooks: RunHooks | None = 
     KaleError
         The arguments are wrong, or the target cannot start the run.
     """
-    return target.run(compiled, run_arguments(compiled.plan, arguments or {}), hooks or RunHooks())
+    hooks = hooks or RunHooks()
+    typed = run_arguments(compiled.plan, arguments or {})
+    extra, messages = registry_arguments(compiled.plan, target.name)
+    for message in messages:
+        hooks.run_hook("on_message", message)
+    return target.run(compiled, {**typed, **extra}, hooks)
 
 
 def _compiled(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline,
@@ -292,7 +301,8 @@ def submit(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline, sess
     KaleError, RunError, KfpConnectionError, KfpAuthError
     """
     compiled = _compiled(notebook_or_compiled, output_dir)
-    return remote.submit(session, compiled, run_arguments(compiled.plan, arguments or {}),
+    extra, _ = registry_arguments(compiled.plan, "kfp")
+    return remote.submit(session, compiled, {**run_arguments(compiled.plan, arguments or {}), **extra},
                          experiment=experiment, run_name=run_name, enable_caching=enable_caching,
                          schedule=schedule, pipeline_root=pipeline_root)
 
@@ -368,3 +378,32 @@ def list_schedules(session: KfpSession, experiment: str | None = None) -> list[S
 def delete_schedule(session: KfpSession, recurring_run_id: str) -> None:
     """Delete a recurring run; the runs it already started stay."""
     remote.delete_schedule(session, recurring_run_id)
+
+
+# -- the Model Registry -------------------------------------------------------------------------
+
+def model_versions(notebook: str | os.PathLike[str], registry: str | None = None,
+                   token: str | None = None) -> tuple[str, list[RegisteredVersion]]:
+    """``(registry address, versions)``: every registered version of the models the notebook's
+    steps ``--register``, oldest first per model.
+
+    The address is ``registry``, else the notebook's ``--model-registry``, ``$MODEL_REGISTRY_URL``
+    or the config file (:func:`kale_magics.runner.registry.resolve_registry`); the token is
+    ``token``, else ``$MODEL_REGISTRY_TOKEN``.
+
+    Raises
+    ------
+    KaleError
+        The notebook does not read, registers no model, names no registry anywhere, or the
+        registry cannot be reached or refuses.
+    """
+    plan = read_plan(notebook)
+    models = registered_models(plan)
+    if not models:
+        raise KaleError(f"{os.path.basename(os.fspath(notebook))} registers no model; add "
+                        "--register VAR[:NAME] to the %%kale step that makes it")
+    found = resolve_registry(plan.settings, registry)
+    if found is None:
+        raise KaleError("no Model Registry address given: pass --model-registry URL, add it to "
+                        "%kale pipeline, or set $MODEL_REGISTRY_URL")
+    return found[0], list_versions(found[0], models, token)

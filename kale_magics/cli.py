@@ -14,7 +14,8 @@ import sys
 from typing import Any, Callable, Sequence
 
 from kale_magics import __version__, api
-from kale_magics.views.text import plan_text, run_summary, schedules_text, status_text, step_line
+from kale_magics.views.text import (models_text, plan_text, run_summary, schedules_text,
+                                    status_text, step_line)
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -177,6 +178,11 @@ def _schedules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    print(models_text(*api.model_versions(args.notebook, args.model_registry)))
+    return 0
+
+
 def _warn(messages: Sequence[str], kind: str = "warning") -> None:
     """Print each message on stderr (stdout stays clean for --json)."""
     for message in messages:
@@ -287,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("-o", "--output", required=True, metavar="OUT.ipynb",
                          help="where to write the converted copy")
     convert.set_defaults(handler=_convert)
+    models = sub.add_parser("models", help="list the registered versions of the notebook's models",
+                            description="list the versions of the models the notebook's steps "
+                            "--register, as the Kubeflow Model Registry holds them")
+    models.add_argument("notebook", help="the annotated .ipynb file (only read)")
+    models.add_argument("--model-registry", metavar="URL", help="registry address; default: the "
+                        "notebook's --model-registry, then $MODEL_REGISTRY_URL, then the config file")
+    models.set_defaults(handler=_models)
     return parser
 
 

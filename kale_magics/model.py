@@ -150,6 +150,30 @@ class StepSettings:
 
 
 @dataclass(frozen=True)
+class Registration:
+    """A model a step registers in the Kubeflow Model Registry after it ran (``--register``).
+
+    Attributes
+    ----------
+    variable:
+        The step's variable holding the model; saved as a KFP ``Model`` artifact.
+    model:
+        The registered model's name (``--register VAR:NAME``; default the variable's name).
+    format, format_version:
+        The model format (``--model-format sklearn:1.5``); None: told in the step from the
+        value's type (``runtime.registration.model_format``).
+    version:
+        The version's name (``--register-version``); None: the run's name.
+    """
+
+    variable: str
+    model: str
+    format: str | None = None
+    format_version: str | None = None
+    version: str | None = None
+
+
+@dataclass(frozen=True)
 class Annotation:
     """One parsed ``%%kale KIND ...`` line.
 
@@ -169,6 +193,8 @@ class Annotation:
         later steps are found to read. Empty when not given.
     settings:
         The step's own execution settings (resources, image, retries, ...).
+    registrations:
+        Models the step registers in the Model Registry (``--register``).
     """
 
     kind: str
@@ -177,6 +203,7 @@ class Annotation:
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     settings: StepSettings = field(default_factory=StepSettings)
+    registrations: tuple[Registration, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -198,6 +225,9 @@ class PipelineSettings:
         Path of the notebook file, for kernels that cannot tell (nbclient, papermill).
     pip_index_urls, pip_trusted_hosts:
         Where steps install packages from on the cluster (a mirror, a private index).
+    model_registry:
+        The Kubeflow Model Registry's REST address (``https://registry:443``) for steps that
+        ``--register`` models; without it, ``$MODEL_REGISTRY_URL`` or the config file.
     step_defaults:
         Execution settings every step gets unless it sets its own.
     """
@@ -209,6 +239,7 @@ class PipelineSettings:
     notebook: str | None = None
     pip_index_urls: tuple[str, ...] = field(default=(), metadata=_merge_entries(_whole_list))
     pip_trusted_hosts: tuple[str, ...] = field(default=(), metadata=_merge_entries(_whole_list))
+    model_registry: str | None = None
     step_defaults: StepSettings = field(default_factory=StepSettings)
 
     @property
@@ -360,6 +391,9 @@ class Step:
     reads_outside:
         What in the step's code reads files or other outside state
         (``"pandas.read_csv(...)"``): a cached result of the step may be stale.
+    registrations:
+        Models the step registers in the Model Registry after its code ran; each
+        variable is also one of ``outputs``.
     """
 
     name: str
@@ -372,6 +406,7 @@ class Step:
     settings: StepSettings = field(default_factory=StepSettings)
     imports: tuple[tuple[Cell, str], ...] = ()
     reads_outside: tuple[str, ...] = ()
+    registrations: tuple[Registration, ...] = ()
 
     @property
     def upstream(self) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ argument is the runtime bundle (``kale_runtime``, see ``codegen.embedding``).
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from typing import Mapping, Sequence
 
 from kale_magics.codegen.cell_code import (check_argument_size, check_parameter_sizes, places,
@@ -19,13 +20,21 @@ from kale_magics.codegen.layout import wrapped
 from kale_magics.codegen.literals import literal, string_literal
 from kale_magics.codegen.parameters import JSON_TYPES, kfp_type, kfp_value
 from kale_magics.errors import CompileError
-from kale_magics.model import Cell, Parameter, Plan, Step
+from kale_magics.model import Cell, Parameter, Plan, Registration, Step
 
 METRICS_ARTIFACT = "kale_metrics"
 ARTIFACT_CLASSES = ("Artifact", "Dataset", "Model")
 #: Module constants the decorators name (see ``pipeline.render_module``).
 PIP_INDEX_URLS = "PIP_INDEX_URLS"
 PIP_TRUSTED_HOSTS = "PIP_TRUSTED_HOSTS"
+#: The pipeline parameter (and component argument) holding the Model Registry's address for
+#: steps that ``--register`` models: the notebook's ``--model-registry`` by default, given at run
+#: time by the run target otherwise (``runner.registry``); never a token.
+REGISTRY_PARAMETER = "kale_model_registry"
+#: Component arguments of a registering step: KFP's run ID and run name placeholders.
+RUN_ID_ARGUMENT = "kale_run_id"
+RUN_NAME_ARGUMENT = "kale_run_name"
+REGISTRATION_ARGUMENTS = (REGISTRY_PARAMETER, RUN_ID_ARGUMENT, RUN_NAME_ARGUMENT)
 
 
 def signature(step: Step, parameters: Mapping[str, Parameter],
@@ -44,6 +53,8 @@ def signature(step: Step, parameters: Mapping[str, Parameter],
     args += [f"out_{n}: Output[{_artifact_class(n, artifact_types)}]" for n in step.outputs]
     if step.metrics:
         args.append(f"{METRICS_ARTIFACT}: Output[Metrics]")
+    if step.registrations:
+        args += [f"{name}: str" for name in REGISTRATION_ARGUMENTS]
     names = [a.split(":")[0] for a in args]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
@@ -53,6 +64,8 @@ def signature(step: Step, parameters: Mapping[str, Parameter],
 
 
 def _artifact_class(name: str, artifact_types: Mapping[str, str]) -> str:
+    """The KFP artifact class of variable ``name``; a registered model's is ``Model``
+    (``render_module`` puts it in ``artifact_types``)."""
     kind = artifact_types.get(name, "Artifact")
     return kind if kind in ARTIFACT_CLASSES else "Artifact"
 
@@ -119,7 +132,18 @@ def _run_step_arguments(step: Step, parameters: Mapping[str, Parameter],
              "}")):
         if items:
             found.append(wrapped(f"{keyword}={opening}", items, closing, 8))
-    return found + ([f"metrics_artifact={METRICS_ARTIFACT}"] if step.metrics else [])
+    found += [f"metrics_artifact={METRICS_ARTIFACT}"] if step.metrics else []
+    if step.registrations:
+        found.append(wrapped("registrations=[", [repr(_registration(r)) for r in step.registrations],
+                             "]", 8))
+        found += [f"model_registry={REGISTRY_PARAMETER}",
+                  f"run={{'id': {RUN_ID_ARGUMENT}, 'name': {RUN_NAME_ARGUMENT}}}"]
+    return found
+
+
+def _registration(registration: Registration) -> dict[str, str]:
+    """``runtime.registration.register``'s description of one ``--register``: unset fields left out."""
+    return {key: value for key, value in asdict(registration).items() if value is not None}
 
 
 def _cells(plan: Plan) -> list[Cell]:

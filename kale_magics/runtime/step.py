@@ -31,7 +31,7 @@ import time
 import traceback
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
-from kale_magics.runtime import channel, marshal, shell
+from kale_magics.runtime import channel, marshal, registration, shell
 
 #: Environment variable naming the working directory of a local run's steps.
 WORKDIR_ENV = "KALE_MAGICS_WORKDIR"
@@ -58,7 +58,9 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
              inputs: Mapping[str, Any], outputs: Mapping[str, Any],
              metrics: Mapping[str, str], metrics_artifact: Any = None,
              json_parameters: Sequence[str] = (), prelude: Sequence[tuple[str, str]] = (),
-             imports: Sequence[tuple[str, str]] = (), position: int = 0) -> None:
+             imports: Sequence[tuple[str, str]] = (), position: int = 0,
+             registrations: Sequence[Mapping[str, str]] = (), model_registry: str = "",
+             run: Mapping[str, str] | None = None) -> None:
     """Run a step; on failure print the user's traceback and exit with status 1.
 
     The step sees what the notebook sees at its cells: the ``prelude`` (imports
@@ -99,6 +101,9 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
     position:
         Index of the step's first cell in the notebook: of two steps passing
         the same object, the later one's value is bound (see :func:`_bind_identities`).
+    registrations, model_registry, run:
+        Models to register after the step's code ran, the Model Registry's address ("" to
+        skip) and ``{"id", "name"}`` of the run (see :func:`registration.register`).
 
     Raises
     ------
@@ -108,7 +113,8 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
     blocks = _Blocks(tuple(prelude), tuple(imports), tuple(code))
     try:
         _run_step(step, blocks, parameters, inputs, outputs, metrics, metrics_artifact,
-                  json_parameters, position)
+                  json_parameters, position, _Registering(tuple(registrations), model_registry,
+                                                          dict(run or {})))
     finally:  # an error the runtime did not expect: its traceback goes to the real stderr
         channel.OutputRelay.stop_active()
     if _main_module() == "kfp.dsl.executor_main":
@@ -125,6 +131,14 @@ class _Blocks(NamedTuple):
     @property
     def filenames(self) -> set[str]:
         return {filename for filename, _ in (*self.prelude, *self.imports, *self.code)}
+
+
+class _Registering(NamedTuple):
+    """What :func:`registration.register` needs besides the step's variables and outputs."""
+
+    registrations: tuple[Mapping[str, str], ...] = ()
+    registry: str = ""
+    run: Mapping[str, str] = {}
 
 
 #: Prefix of a str parameter value escaped by :func:`escape_text`.
@@ -175,7 +189,7 @@ def _main_module() -> str:
 def _run_step(step: str, blocks: _Blocks, parameters: Mapping[str, Any],
               inputs: Mapping[str, Any], outputs: Mapping[str, Any],
               metrics: Mapping[str, str], metrics_artifact: Any, json_parameters: Sequence[str],
-              position: int) -> None:
+              position: int, registering: _Registering = _Registering()) -> None:
     """The body of :func:`run_step`: the step runs here, in one namespace that ends with it."""
     workdir = os.environ.get(WORKDIR_ENV)
     if workdir:
@@ -197,8 +211,10 @@ def _run_step(step: str, blocks: _Blocks, parameters: Mapping[str, Any],
         saved = _save_outputs(step, position, outputs, namespace, prelude, received,
                               (*blocks.prelude, *blocks.code))
         values = _log_metrics(step, metrics, namespace, metrics_artifact)
-    except (StepFailed, marshal.MarshalError) as error:
-        if isinstance(error, marshal.MarshalError):
+        registration.register(step, registering.registrations, namespace, outputs,
+                              registering.registry, registering.run)
+    except (StepFailed, marshal.MarshalError, registration.RegistrationError) as error:
+        if not isinstance(error, StepFailed):
             print(f"step {step!r}: {error}", file=sys.stderr)
         emit("end", step, state="FAILED", duration_s=time.time() - started, **_describe(error))
         write_termination_message(step, **_describe(error))
