@@ -10,6 +10,7 @@ or to a run target (``targets``), as KFP's ``Compiler.compile`` does; only
 - The kernel: :class:`NotebookSession` (one per shell), :func:`check`, :func:`live_values`.
 - Run: :func:`run` with a target (:class:`LocalTarget`, :class:`DockerTarget`, :class:`KfpTarget`);
   :func:`run_local` is ``run`` with a :class:`LocalTarget`.
+- A Kubeflow notebook image with kale-magics: :func:`notebook_image`.
 - The Model Registry: :func:`model_versions` (what a notebook's ``--register`` steps registered).
 - A KFP server beyond one run: :func:`connect`, :func:`submit` (schedules),
   :func:`remote_status`, :func:`watch_remote`, :func:`cancel_remote`,
@@ -26,6 +27,7 @@ from kale_magics.analysis.live import LiveValue, describe
 from kale_magics.analysis.plan import build_plan
 from kale_magics.analysis.preflight import CheckReport, check_variables
 from kale_magics.codegen.compile import CompiledPipeline, compile_plan
+from kale_magics.codegen.image import ImageContext, write_image_context
 from kale_magics.codegen.parameters import coerce_arguments, parse_param, run_arguments
 from kale_magics.convert import convert_file
 from kale_magics.errors import KaleError
@@ -59,14 +61,14 @@ from kale_magics.targets.local import LocalTarget
 from kale_magics.targets.target import RunTarget
 
 __all__ = ["CheckReport", "ChildWorker", "CompiledPipeline", "DockerOptions", "DockerTarget",
-           "GrammarParser", "KaleError", "KfpSession", "KfpTarget", "LiveValue", "LocalTarget",
+           "GrammarParser", "ImageContext", "KaleError", "KfpSession", "KfpTarget", "LiveValue", "LocalTarget",
            "NotebookSession", "Parameter", "PipelineSettings", "Plan", "RegisteredVersion",
            "RunHooks", "RunStatus",
            "RunTarget", "STEP_MIME", "Schedule", "ScheduleInfo", "StepRun", "Submission",
            "WatchOptions", "cancel_remote", "check", "chosen_docker_options", "coerce_arguments",
            "compile_notebook", "connect", "convert", "default_output_dir", "delete_schedule",
            "describe", "docker_options", "grammar_help", "list_schedules", "live_values",
-           "locate_notebook", "model_versions", "parse_annotation", "parse_param", "parse_pipeline_settings",
+           "locate_notebook", "notebook_image", "model_versions", "parse_annotation", "parse_param", "parse_pipeline_settings",
            "read_plan", "remote_status", "run", "run_docker", "run_local", "split_args", "submit",
            "watch_options", "watch_remote"]
 
@@ -407,3 +409,18 @@ def model_versions(notebook: str | os.PathLike[str], registry: str | None = None
         raise KaleError("no Model Registry address given: pass --model-registry URL, add it to "
                         "%kale pipeline, or set $MODEL_REGISTRY_URL")
     return found[0], list_versions(found[0], models, token)
+
+
+# -- a notebook-server image --------------------------------------------------------------------
+
+def notebook_image(output_dir: str | os.PathLike[str], base: str | None = None,
+                   from_pypi: bool = False) -> ImageContext:
+    """Write the Dockerfile and build context of a Kubeflow notebook-server image with
+    kale-magics (see :mod:`kale_magics.codegen.image`).
+
+    Raises
+    ------
+    KaleError
+        A bad ``base``, an unwritable folder, or the kale-magics wheel cannot be built.
+    """
+    return write_image_context(output_dir, base, from_pypi)

@@ -183,6 +183,14 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image(args: argparse.Namespace) -> int:
+    context = api.notebook_image(args.output, args.base, args.from_pypi)
+    what = f"wheels/{context.wheel}" if context.wheel else "kale-magics from PyPI"
+    print(f"wrote {context.folder}/Dockerfile (FROM {context.base}, with {what})\n"
+          f"build it: {context.build_command}")
+    return 0
+
+
 def _warn(messages: Sequence[str], kind: str = "warning") -> None:
     """Print each message on stderr (stdout stays clean for --json)."""
     for message in messages:
@@ -300,6 +308,17 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--model-registry", metavar="URL", help="registry address; default: the "
                         "notebook's --model-registry, then $MODEL_REGISTRY_URL, then the config file")
     models.set_defaults(handler=_models)
+    image = sub.add_parser("image", help="write a Kubeflow notebook image's Dockerfile with "
+                           "kale-magics", description="write the Dockerfile and build context of a "
+                           "Kubeflow notebook-server image with kale-magics and its widgets")
+    image.add_argument("--base", metavar="IMAGE", help="image to extend: a Kubeflow name "
+                       "(jupyter-scipy, the default; codeserver-python for VS Code; jupyter-pytorch, "
+                       "...) or any image reference")
+    image.add_argument("-o", "--output", default="kale-notebook-image", metavar="DIR",
+                       help="folder for the Dockerfile and context (default kale-notebook-image)")
+    image.add_argument("--from-pypi", action="store_true",
+                       help="install kale-magics from PyPI instead of a wheel of this source")
+    image.set_defaults(handler=_image)
     return parser
 
 
