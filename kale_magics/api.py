@@ -11,6 +11,8 @@ or to a run target (``targets``), as KFP's ``Compiler.compile`` does; only
 - Run: :func:`run` with a target (:class:`LocalTarget`, :class:`DockerTarget`, :class:`KfpTarget`);
   :func:`run_local` is ``run`` with a :class:`LocalTarget`.
 - A notebook's runs: :func:`run_history`, :func:`compare_runs`, :func:`load_step`.
+- A Kubeflow notebook image with kale-magics: :func:`notebook_image`.
+- The Model Registry: :func:`model_versions` (what a notebook's ``--register`` steps registered).
 - A KFP server beyond one run: :func:`connect`, :func:`submit` (schedules),
   :func:`remote_status`, :func:`watch_remote`, :func:`cancel_remote`,
   :func:`list_schedules`, :func:`delete_schedule`.
@@ -26,6 +28,7 @@ from kale_magics.analysis.live import LiveValue, describe
 from kale_magics.analysis.plan import build_plan
 from kale_magics.analysis.preflight import CheckReport, check_variables
 from kale_magics.codegen.compile import CompiledPipeline, compile_plan
+from kale_magics.codegen.image import ImageContext, write_image_context
 from kale_magics.codegen.parameters import coerce_arguments, parse_param, run_arguments
 from kale_magics.convert import convert_file
 from kale_magics.errors import KaleError
@@ -46,6 +49,8 @@ from kale_magics.runner import history, remote
 from kale_magics.runner.connection import KfpSession
 from kale_magics.runner.history import ComparedValue, LoadedValue, RunHistory, RunRecord
 from kale_magics.runner.docker import DockerOptions, chosen_docker_options, docker_options
+from kale_magics.runner.registry import (RegisteredVersion, list_versions, registered_models,
+                                         registry_arguments, resolve_registry)
 from kale_magics.runner.remote import Schedule, ScheduleInfo, Submission
 from kale_magics.runner.status import RunHooks, RunStatus
 from kale_magics.runner.transport import RetryPolicy
@@ -60,14 +65,14 @@ from kale_magics.targets.local import LocalTarget
 from kale_magics.targets.target import RunTarget
 
 __all__ = ["CheckReport", "ChildWorker", "ComparedValue", "CompiledPipeline", "DockerOptions",
-           "DockerTarget", "GrammarParser", "KaleError", "KfpSession", "KfpTarget", "LiveValue",
+           "DockerTarget", "GrammarParser", "ImageContext", "KaleError", "KfpSession", "KfpTarget", "LiveValue",
            "LoadedValue", "LocalTarget", "NotebookSession", "Parameter", "PipelineSettings",
-           "Plan", "RunHistory", "RunHooks", "RunRecord", "RunStatus", "RunTarget", "STEP_MIME",
+           "Plan", "RegisteredVersion", "RunHistory", "RunHooks", "RunRecord", "RunStatus", "RunTarget", "STEP_MIME",
            "Schedule", "ScheduleInfo", "StepRun", "Submission", "WatchOptions", "cancel_remote",
            "check", "chosen_docker_options", "coerce_arguments", "compare_runs",
            "compile_notebook", "connect", "convert", "default_output_dir", "delete_schedule",
            "describe", "did_you_mean", "docker_options", "grammar_help", "list_schedules",
-           "live_values", "load_step", "locate_notebook", "panel_notices", "parse_annotation",
+           "live_values", "load_step", "locate_notebook", "model_versions", "notebook_image", "panel_notices", "parse_annotation",
            "parse_param", "parse_pipeline_settings", "read_plan", "remote_status", "run",
            "run_docker", "run_history", "run_local", "run_roots", "split_args", "submit",
            "watch_options", "watch_remote"]
@@ -234,7 +239,12 @@ def run(compiled: CompiledPipeline, target: RunTarget, hooks: RunHooks | None = 
     KaleError
         The arguments are wrong, or the target cannot start the run.
     """
-    return target.run(compiled, run_arguments(compiled.plan, arguments or {}), hooks or RunHooks())
+    hooks = hooks or RunHooks()
+    typed = run_arguments(compiled.plan, arguments or {})
+    extra, messages = registry_arguments(compiled.plan, target.name)
+    for message in messages:
+        hooks.run_hook("on_message", message)
+    return target.run(compiled, {**typed, **extra}, hooks)
 
 
 def _compiled(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline,
@@ -304,7 +314,8 @@ def submit(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline, sess
     KaleError, RunError, KfpConnectionError, KfpAuthError
     """
     compiled = _compiled(notebook_or_compiled, output_dir)
-    return remote.submit(session, compiled, run_arguments(compiled.plan, arguments or {}),
+    extra, _ = registry_arguments(compiled.plan, "kfp")
+    return remote.submit(session, compiled, {**run_arguments(compiled.plan, arguments or {}), **extra},
                          experiment=experiment, run_name=run_name, enable_caching=enable_caching,
                          schedule=schedule, pipeline_root=pipeline_root)
 
@@ -435,3 +446,45 @@ def load_step(notebook: str | os.PathLike[str], step: str, names: Sequence[str],
     runs = history.local_runs(roots, str(notebook))
     where = f"under {' or '.join(dict.fromkeys(os.path.relpath(r) for r in roots))}"
     return history.load_values(history.find_run(runs, run_id, where), step, names, namespace)
+# -- the Model Registry -------------------------------------------------------------------------
+
+def model_versions(notebook: str | os.PathLike[str], registry: str | None = None,
+                   token: str | None = None) -> tuple[str, list[RegisteredVersion]]:
+    """``(registry address, versions)``: every registered version of the models the notebook's
+    steps ``--register``, oldest first per model.
+
+    The address is ``registry``, else the notebook's ``--model-registry``, ``$MODEL_REGISTRY_URL``
+    or the config file (:func:`kale_magics.runner.registry.resolve_registry`); the token is
+    ``token``, else ``$MODEL_REGISTRY_TOKEN``.
+
+    Raises
+    ------
+    KaleError
+        The notebook does not read, registers no model, names no registry anywhere, or the
+        registry cannot be reached or refuses.
+    """
+    plan = read_plan(notebook)
+    models = registered_models(plan)
+    if not models:
+        raise KaleError(f"{os.path.basename(os.fspath(notebook))} registers no model; add "
+                        "--register VAR[:NAME] to the %%kale step that makes it")
+    found = resolve_registry(plan.settings, registry)
+    if found is None:
+        raise KaleError("no Model Registry address given: pass --model-registry URL, add it to "
+                        "%kale pipeline, or set $MODEL_REGISTRY_URL")
+    return found[0], list_versions(found[0], models, token)
+
+
+# -- a notebook-server image --------------------------------------------------------------------
+
+def notebook_image(output_dir: str | os.PathLike[str], base: str | None = None,
+                   from_pypi: bool = False) -> ImageContext:
+    """Write the Dockerfile and build context of a Kubeflow notebook-server image with
+    kale-magics (see :mod:`kale_magics.codegen.image`).
+
+    Raises
+    ------
+    KaleError
+        A bad ``base``, an unwritable folder, or the kale-magics wheel cannot be built.
+    """
+    return write_image_context(output_dir, base, from_pypi)

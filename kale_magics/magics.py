@@ -30,6 +30,7 @@ from kale_magics.views import history as history_views
 from kale_magics.views import rich
 from kale_magics.views.text import (
     check_text,
+    models_text,
     plan_text,
     run_summary,
     status_text,
@@ -117,6 +118,10 @@ ACTION_PARSERS: dict[str, api.GrammarParser] = {
                                          "(default: the latest; see %%kale runs)"}),
                            (("--pipeline-root",), {"action": "append", "default": [],
                                                    "help": "also look for local runs here"})),
+    "models": _action_parser("models", "List the registered versions of the models this "
+                             "notebook's steps --register in the Model Registry.",
+                             (("--model-registry",), {"metavar": "URL", "help": "registry address; "
+                              "default: %%kale pipeline --model-registry, then $MODEL_REGISTRY_URL"})),
     "panel": _action_parser("panel", "Show the deploy panel: settings, Check, Compile, Run, "
                             "Cancel, and the DAG with every step's state, live."),
 }
@@ -163,7 +168,7 @@ class KaleMagics(Magics):
             "show": self._show, "check": self._check, "compile": self._compile,
             "run": self._run, "status": self._status, "cancel": self._cancel,
             "export": self._export, "panel": self._panel, "runs": self._runs,
-            "load": self._load}
+            "load": self._load, "models": self._models}
 
     @line_cell_magic
     def kale(self, line: str, cell: str | None = None) -> Any:
@@ -345,6 +350,9 @@ class KaleMagics(Magics):
         status = api.cancel_remote(self._connect(args), run_id)
         ended = "" if status.state in ("CANCELED", "CANCELING") else " (it ended before it could be canceled)"
         print(f"run {run_id}: {status.state}{ended}")
+
+    def _models(self, args: argparse.Namespace) -> None:
+        print(models_text(*api.model_versions(self._notebook(args), args.model_registry)))
 
     def _export(self, args: argparse.Namespace) -> None:
         written, warnings = api.convert(self._notebook(args), args.kale_tags, "kale-tags")
