@@ -1,0 +1,181 @@
+"""Parameter sweeps: the search space, the best trial, and a real local sweep (issue 21, part 2)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import statistics
+import sys
+
+import pytest
+
+from kale_magics import api
+from kale_magics.model import Parameter
+from kale_magics.runner.search_space import parse_space, split_values
+from kale_magics.runner.sweep import Sweep, Trial
+from tests.conftest import write_notebook
+
+PARAMETERS = (Parameter("N", 10, "int"), Parameter("LR", 0.1, "float"),
+              Parameter("CRITERION", "gini", "str"), Parameter("DEEP", False, "bool"),
+              Parameter("SIZES", [1], "list"), Parameter("OPTS", {"a": 1}, "dict"))
+
+#: A tiny notebook: the metric is X * 10 + len(NAME); X == 2 fails.
+TINY = ("%kale pipeline --name tiny",
+        "%%kale parameters\nX = 1\nNAME = 'ab'",
+        "%%kale step score\nif X == 2:\n    raise ValueError('X=2 is refused')\n"
+        "score = float(X) * 10 + len(NAME)",
+        "%%kale metrics\nscore")
+
+
+def space(*specs: str):
+    return parse_space(PARAMETERS, specs)
+
+
+# -- the search space -------------------------------------------------------------------------
+
+def test_grid_is_the_product_first_parameter_slowest() -> None:
+    picks = space("N=1,2", "CRITERION=gini,entropy,log_loss").grid()
+    assert picks == [{"N": n, "CRITERION": c} for n in (1, 2) for c in ("gini", "entropy", "log_loss")]
+
+
+def test_values_are_literals_of_the_declared_type() -> None:
+    picks = space("LR=1,0.5", "DEEP=True,false", "SIZES=[1, 2],[3]", "OPTS={'a': 1, 'b': 2}",
+                  "CRITERION='a,b',plain text").grid()
+    first = picks[0]
+    assert type(first["LR"]) is float and first["LR"] == 1.0  # an int literal for a float parameter
+    assert [p["DEEP"] for p in picks[:5:4]] == [True, False]
+    assert {tuple(p["SIZES"]) for p in picks} == {(1, 2), (3,)}
+    assert first["OPTS"] == {"a": 1, "b": 2}
+    assert {p["CRITERION"] for p in picks} == {"a,b", "plain text"}
+    assert len(picks) == 2 * 2 * 2 * 1 * 2
+
+
+def test_split_keeps_commas_inside_brackets_and_quotes() -> None:
+    assert split_values("[1, 2], (3, 4) ,'x,y',\"z\"") == ["[1, 2]", "(3, 4)", "'x,y'", '"z"']
+
+
+@pytest.mark.parametrize("specs, message", [
+    (("N=1,2.5",), "parameter 'N' is int, but '2.5' is not an int literal"),
+    (("N=True",), "parameter 'N' is int"),
+    (("DEEP=maybe",), "parameter 'DEEP' is bool"),
+    (("SIZES={1: 2}",), "parameter 'SIZES' is list"),
+    (("LR=float('inf')",), "parameter 'LR' is float"),
+    (("LR=1e999",), "not a finite number"),
+    (("N=2**60",), "parameter 'N' is int"),
+    (("DEPTH=1,2",), "unknown parameter 'DEPTH'; the pipeline's parameters (%%kale parameters) are: N, LR"),
+    (("N=1", "N=2"), "parameter 'N' is given twice"),
+    (("N",), "'N' is not NAME=VALUES"),
+    (("N=1,,2",), "empty value"),
+    (("SIZES=[1, 2",), "unclosed quote or bracket"),
+    ((), "name the parameters to sweep"),
+    (("N=5:1",), "the low end must be below the high end"),
+    (("LR=0:1:log",), "both ends must be above 0"),
+    (("N=1:2.5",), "'2.5' is not an int literal; for example N=1,2,3 or N=1:100"),
+])
+def test_bad_specs_are_one_line_errors(specs, message) -> None:
+    with pytest.raises(api.KaleError) as raised:
+        parse_space(PARAMETERS, specs)
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_range_needs_random_picks() -> None:
+    with pytest.raises(api.KaleError, match="ranges need random picks: add --random N"):
+        space("N=1:10").grid()
+
+
+def test_random_picks_repeat_with_the_seed() -> None:
+    chosen = space("N=1:100", "LR=0.001:1:log", "CRITERION=gini,entropy", "DEEP=True")
+    first, again, other = chosen.sample(20, 7), chosen.sample(20, 7), chosen.sample(20, 8)
+    assert first == again and first != other
+    assert all(type(p["N"]) is int and 1 <= p["N"] <= 100 for p in first)
+    assert all(type(p["LR"]) is float and 0.001 <= p["LR"] <= 1 for p in first)
+    assert {p["CRITERION"] for p in first} == {"gini", "entropy"} and all(p["DEEP"] for p in first)
+    with pytest.raises(api.KaleError, match="--random 0"):
+        chosen.sample(0, 1)
+
+
+def test_ranges_are_uniform_and_log_ranges_log_uniform() -> None:
+    picks = space("LR=0.001:1:log", "N=1:1000:log").sample(4000, 3)
+    rates = [p["LR"] for p in picks]
+    # log-uniform on [1e-3, 1]: each decade holds a third of the picks, the median is 10**-1.5
+    decades = [sum(lo <= r < lo * 10 for r in rates) / len(rates) for lo in (0.001, 0.01, 0.1)]
+    assert all(0.3 < share < 0.37 for share in decades), decades
+    assert abs(math.log10(statistics.median(rates)) + 1.5) < 0.05
+    counts = [p["N"] for p in picks]
+    assert all(type(n) is int and 1 <= n <= 1000 for n in counts)
+    assert 0.3 < sum(n < 10 for n in counts) / len(counts) < 0.37  # a third below 10, not 1 %
+    uniform = [p["LR"] for p in space("LR=0:1").sample(4000, 3)]
+    assert abs(statistics.mean(uniform) - 0.5) < 0.02 and min(uniform) >= 0 and max(uniform) <= 1
+
+
+# -- the best trial and the table --------------------------------------------------------------
+
+def _sweep(goal: str, *results: tuple[str, float | None]) -> Sweep:
+    trials = [Trial(i, {"N": i}, state, {"acc": value} if value is not None else {})
+              for i, (state, value) in enumerate(results, 1)]
+    return Sweep("p", "acc", goal, trials, ("N",))
+
+
+def test_best_is_the_succeeded_trial_with_the_best_finite_value() -> None:
+    results = (("SUCCEEDED", 0.5), ("FAILED", 0.99), ("SUCCEEDED", float("nan")),
+               ("SUCCEEDED", 0.8), ("SUCCEEDED", 0.8), ("SUCCEEDED", 0.2), ("SUCCEEDED", None))
+    assert _sweep("maximize", *results).best.number == 4  # the first of equals
+    assert _sweep("minimize", *results).best.number == 6
+    assert _sweep("maximize", ("FAILED", None), ("SUCCEEDED", None)).best is None
+
+
+def test_table_is_a_dataframe_or_a_list_without_pandas(monkeypatch) -> None:
+    sweep = _sweep("maximize", ("SUCCEEDED", 0.5), ("SUCCEEDED", 0.7))
+    frame, note = sweep.table()
+    assert note == "" and list(frame.index) == [1, 2] and frame.loc[2, "best"]
+    assert list(frame.columns[:3]) == ["N", "state", "acc"]
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    rows, note = sweep.table()
+    assert rows == sweep.records() and rows[1]["best"] and "pandas is not installed" in note
+
+
+def test_unknown_metric_and_goal_are_refused(tmp_path) -> None:
+    compiled = api.compile_notebook(write_notebook(tmp_path / "tiny.ipynb", TINY))
+    with pytest.raises(api.KaleError, match="--metric 'acc' is not a metric of the pipeline; "
+                                            "its metrics .* are: score"):
+        api.plan_sweep(compiled, ["X=1,2"], metric="acc", goal="maximize")
+    with pytest.raises(api.KaleError, match="--maximize or --minimize"):
+        api.plan_sweep(compiled, ["X=1,2"], metric="score", goal="best")
+    picked = api.plan_sweep(compiled, ["X=1:9"], metric="score", goal="minimize", random=3)
+    assert isinstance(picked.seed, int) and len(picked.trials) == 3
+
+
+# -- a real local sweep ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    path = write_notebook(folder / "tiny.ipynb", TINY)
+    seen: list[list[str]] = []
+    result = api.sweep(path, ["X=1,2,3"], metric="score", goal="maximize", parallel=2,
+                       on_change=lambda s: seen.append([t.state for t in s.trials]))
+    return result, seen
+
+
+@pytest.mark.integration
+def test_local_sweep_runs_every_trial_and_marks_the_best(local_sweep) -> None:
+    result, seen = local_sweep
+    assert [t.state for t in result.trials] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
+    assert [t.metrics for t in result.trials] == [{"score": 12.0}, {}, {"score": 32.0}]
+    assert "ValueError: X=2 is refused" in result.trials[1].error  # and trial 3 still ran
+    assert result.best is result.trials[2]
+    assert dataclasses.replace(result, goal="minimize").best is result.trials[0]
+    rows = result.records()
+    assert [(r["X"], r["best"]) for r in rows] == [(1, False), (2, False), (3, True)]
+    assert seen[-1] == ["SUCCEEDED", "FAILED", "SUCCEEDED"] and ["RUNNING"] * 2 in \
+        [states[:2] for states in seen]  # two trials ran at once
+
+
+@pytest.mark.integration
+def test_local_trials_have_their_own_pipeline_roots(local_sweep) -> None:
+    result, _ = local_sweep
+    roots = [t.pipeline_root for t in result.trials]
+    assert len(set(roots)) == 3 and all(os.path.isdir(os.path.join(r, "logs")) for r in roots)
+    assert [os.path.basename(r) for r in roots] == ["trial-001", "trial-002", "trial-003"]
+    assert os.path.basename(os.path.dirname(roots[0])).startswith("tiny-")
