@@ -179,3 +179,86 @@ def test_local_trials_have_their_own_pipeline_roots(local_sweep) -> None:
     assert len(set(roots)) == 3 and all(os.path.isdir(os.path.join(r, "logs")) for r in roots)
     assert [os.path.basename(r) for r in roots] == ["trial-001", "trial-002", "trial-003"]
     assert os.path.basename(os.path.dirname(roots[0])).startswith("tiny-")
+
+
+# -- the front ends: parsing errors before anything runs, the magic's table and _kale_sweep ----
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return write_notebook(tmp_path_factory.mktemp("tiny") / "tiny.ipynb", TINY)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["X=1,2", "--metric", "score"], "one of the arguments --maximize --minimize is required"),
+    (["X=1,2", "--maximize"], "the following arguments are required: --metric"),
+])
+def test_cli_usage_errors(tiny_path, capsys, argv, message) -> None:
+    from kale_magics import cli
+
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["sweep", str(tiny_path), *argv])
+    assert raised.value.code == 2 and f"kale-magics sweep: error: {message}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["Y=1,2", "--metric", "score", "--maximize"], "unknown parameter 'Y'"),
+    (["X=a,b", "--metric", "score", "--maximize"], "parameter 'X' is int, but 'a' is not"),
+    (["X=1:5", "--metric", "score", "--maximize"], "ranges need random picks"),
+    (["X=1,2", "--metric", "acc", "--minimize"], "--metric 'acc' is not a metric"),
+    (["X=1,2", "--metric", "score", "--minimize", "--parallel", "0"], "--parallel 0"),
+])
+def test_cli_errors_are_one_line_before_any_trial(tiny_path, capsys, argv, message) -> None:
+    from kale_magics import cli
+
+    assert cli.main(["sweep", str(tiny_path), *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("kale-magics: error: ") and message in captured.err
+    assert captured.err.count("\n") == 1 and captured.out == ""
+    assert not (tiny_path.parent / ".kale" / "sweeps").exists()  # nothing ran
+
+
+@pytest.fixture
+def shell():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "kale_magics")
+    yield ip
+    ip.run_line_magic("unload_ext", "kale_magics")
+    ip.user_ns.pop("_kale_sweep", None)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("X=1,2 --metric score", "--maximize or --minimize"),
+    ("X=1,2 --maximize", "the following arguments are required: --metric"),
+    ("--metric score --maximize", "name the parameters to sweep"),
+    ("X=1,2 --metric score --maximize --bogus", "unrecognized arguments: --bogus"),
+    ("X=1,x --metric score --maximize", "parameter 'X' is int, but 'x' is not an int literal"),
+    ("X=1:3:log --metric score --maximize --random 0", "--random 0"),
+])
+def test_magic_errors_are_usage_errors(shell, tiny_path, line, message) -> None:
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace("-", r"\-")):
+        shell.run_line_magic("kale", f"sweep {line} --notebook {tiny_path}")
+    assert "_kale_sweep" not in shell.user_ns
+
+
+@pytest.mark.integration
+def test_magic_sweep_shows_a_live_table_and_sets_kale_sweep(shell, tiny_path, monkeypatch) -> None:
+    from kale_magics import magics
+
+    shown: list[dict] = []
+
+    class Handle:
+        def update(self, data, raw=False):
+            shown.append(data)
+
+    monkeypatch.setattr(magics, "display", lambda data, **kw: shown.append(data) or Handle())
+    shell.run_line_magic("kale", f"sweep --metric score --minimize X=3,2 NAME='a' "
+                                 f"--notebook {tiny_path}")
+    frame = shell.user_ns["_kale_sweep"]
+    assert list(frame["state"]) == ["SUCCEEDED", "FAILED"] and list(frame["best"]) == [True, False]
+    assert frame.loc[1, "score"] == 31.0 and frame.loc[1, "NAME"] == "a"
+    assert "*1" in shown[-1]["text/plain"] and "data-best='true'" in shown[-1]["text/html"]
+    assert any("running" in d.get("text/plain", "") for d in shown)  # updated while it ran
