@@ -21,6 +21,7 @@ from kale_magics.views.text import (
     status_text,
     step_line,
     sweep_heading,
+    sweep_outcome,
     sweep_text,
     trial_line,
 )
@@ -128,6 +129,8 @@ def _sweep(args: argparse.Namespace) -> int:
                        on_plan=lambda s: print(sweep_heading(s), file=out, flush=True),
                        on_change=changed)
     if args.json:
+        for line in sweep_outcome(result):
+            print(line, file=sys.stderr)
         print(json.dumps({"best": result.best.number if result.best else None,
                           "seed": result.seed, "trials": result.records()}, default=str))
     else:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import re
 import statistics
 import sys
 
 import pytest
 
-from kale_magics import api
+from kale_magics import api, cli
 from kale_magics.model import Parameter
 from kale_magics.runner.search_space import parse_space, split_values
 from kale_magics.runner.sweep import Sweep, Trial
 from tests.conftest import write_notebook
+from tests.kfp_server.fixtures import SECRET_TOKEN, kfp_server, token_env  # noqa: F401  (fixtures)
 
 PARAMETERS = (Parameter("N", 10, "int"), Parameter("LR", 0.1, "float"),
               Parameter("CRITERION", "gini", "str"), Parameter("DEEP", False, "bool"),
@@ -193,8 +196,6 @@ def tiny_path(tmp_path_factory):
     (["X=1,2", "--maximize"], "the following arguments are required: --metric"),
 ])
 def test_cli_usage_errors(tiny_path, capsys, argv, message) -> None:
-    from kale_magics import cli
-
     with pytest.raises(SystemExit) as raised:
         cli.main(["sweep", str(tiny_path), *argv])
     assert raised.value.code == 2 and f"kale-magics sweep: error: {message}" in capsys.readouterr().err
@@ -208,8 +209,6 @@ def test_cli_usage_errors(tiny_path, capsys, argv, message) -> None:
     (["X=1,2", "--metric", "score", "--minimize", "--parallel", "0"], "--parallel 0"),
 ])
 def test_cli_errors_are_one_line_before_any_trial(tiny_path, capsys, argv, message) -> None:
-    from kale_magics import cli
-
     assert cli.main(["sweep", str(tiny_path), *argv]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("kale-magics: error: ") and message in captured.err
@@ -262,3 +261,32 @@ def test_magic_sweep_shows_a_live_table_and_sets_kale_sweep(shell, tiny_path, mo
     assert frame.loc[1, "score"] == 31.0 and frame.loc[1, "NAME"] == "a"
     assert "*1" in shown[-1]["text/plain"] and "data-best='true'" in shown[-1]["text/html"]
     assert any("running" in d.get("text/plain", "") for d in shown)  # updated while it ran
+
+
+# -- a remote sweep against the KFP test server ------------------------------------------------
+
+@pytest.mark.integration
+def test_remote_sweep_through_the_cli(kfp_server, token_env, tmp_path, capsys) -> None:  # noqa: F811
+    """Three KFP runs from one uploaded version, two at once; KFP's REST API has no metric values,
+    so no best is marked and the sweep says why."""
+    path = write_notebook(tmp_path / "tiny.ipynb", TINY)
+    uploads = sum(r.startswith("POST /apis/v2beta1/pipelines/upload") for r in kfp_server.requests)
+    code = cli.main(["sweep", str(path), "X=1,2,3", "--metric", "score", "--maximize",
+                     "--parallel", "2", "--host", kfp_server.url, "--interval", "0.3", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads(out)
+    trials = result["trials"]
+    assert [(t["X"], t["state"]) for t in trials] == [(1, "SUCCEEDED"), (2, "FAILED"), (3, "SUCCEEDED")]
+    assert "ValueError: X=2 is refused" in trials[1]["error"] and result["best"] is None
+    for trial in trials:
+        run = kfp_server.run_json(trial["run_id"])
+        assert run["runtime_config"]["parameters"] == {"X": trial["X"]}
+        assert re.fullmatch(rf"tiny sweep \d{{8}}-\d{{6}} trial {trial['trial']}", run["display_name"])
+        assert trial["url"] == f"{kfp_server.url}/#/runs/details/{trial['run_id']}"
+    assert len({kfp_server.run_json(t["run_id"])["pipeline_version_reference"]["pipeline_version_id"]
+                for t in trials}) == 1
+    assert sum(r.startswith("POST /apis/v2beta1/pipelines/upload")
+               for r in kfp_server.requests) - uploads == 1
+    assert "no best trial: metric values are not available through the KFP REST API" in err
+    assert f"sweep of tiny: 3 trials {kfp_server.url}" in err and SECRET_TOKEN not in out + err

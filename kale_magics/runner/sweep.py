@@ -110,7 +110,7 @@ class Trial:
             self.state = RUNNING
         else:
             self.state = status.state if status.state in (SUCCEEDED, CANCELED) else FAILED
-            self.error, self.end = status.error, status.end
+            self.error, self.end = status.error or _step_error(status), status.end
 
 
 @dataclass
@@ -184,6 +184,15 @@ class Sweep:
             return self.records(), ("pandas is not installed: the result is a list of dicts "
                                     "(pip install pandas for a DataFrame)")
         return pandas.DataFrame.from_records(self.records(), index="trial"), ""
+
+
+def _step_error(status: RunStatus) -> str:
+    """``step 'train' failed (nb.ipynb, cell 3, line 2): ValueError: ...`` for the first failed
+    step of a run that gives no error of its own (a remote run), else ""."""
+    for step in status.failed_steps:
+        where = f" ({step.cell}, line {step.line})" if step.cell else ""
+        return f"step {step.name!r} failed{where}: {step.error or 'see its log'}"
+    return ""
 
 
 def _finite(value: Any) -> bool:
