@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
@@ -410,14 +411,16 @@ def sweep(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline, specs
           output_dir: str | None = None, enable_caching: bool | None = None,
           watch: WatchOptions | None = None,
           on_change: Callable[[Sweep], Any] | None = None,
-          on_plan: Callable[[Sweep], Any] | None = None) -> Sweep:
+          on_plan: Callable[[Sweep], Any] | None = None,
+          halt: threading.Event | None = None) -> Sweep:
     """Run one pipeline run per trial of a sweep (see :func:`plan_sweep`), compiled once, at most
     ``parallel`` at once, locally or on the KFP server at ``host`` (or of ``session``).
 
     A local trial runs in its own child process into ``<root>/trial-NNN`` (``pipeline_root``,
     default ``.kale/sweeps/<pipeline>-<time>``); a remote trial is one KFP run. A failed trial
     does not stop the others. ``on_plan`` is called once the trials are planned and checked,
-    ``on_change`` (in this thread) as trials change.
+    ``on_change`` (in this thread) as trials change; setting ``halt`` (from another thread)
+    cancels the running trials and ends the sweep, the trials not started CANCELED.
 
     Returns
     -------
@@ -450,4 +453,4 @@ def sweep(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline, specs
         targets = sweep_targets.local_trials(sweep_targets.sweep_root(compiled, pipeline_root, stamp))
     if on_plan is not None:
         on_plan(plan)
-    return run_sweep(plan, compiled, targets, parallel, on_change)
+    return run_sweep(plan, compiled, targets, parallel, on_change, halt)

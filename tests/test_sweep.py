@@ -9,6 +9,7 @@ import os
 import re
 import statistics
 import sys
+import threading
 
 import pytest
 
@@ -290,3 +291,21 @@ def test_remote_sweep_through_the_cli(kfp_server, token_env, tmp_path, capsys) -
                for r in kfp_server.requests) - uploads == 1
     assert "no best trial: metric values are not available through the KFP REST API" in err
     assert f"sweep of tiny: 3 trials {kfp_server.url}" in err and SECRET_TOKEN not in out + err
+
+
+@pytest.mark.integration
+def test_halting_a_sweep_cancels_the_running_trial_and_starts_no_other(tmp_path) -> None:
+    path = write_notebook(tmp_path / "slow.ipynb", (
+        "%kale pipeline --name slow", "%%kale imports\nimport time", "%%kale parameters\nX = 1",
+        "%%kale step wait\ntime.sleep(120)\nscore = X", "%%kale metrics\nscore"))
+    halt = threading.Event()
+
+    def changed(sweep: Sweep) -> None:
+        if sweep.trials[0].state == "RUNNING":
+            halt.set()
+
+    result = api.sweep(path, ["X=1,2,3"], metric="score", goal="maximize", halt=halt,
+                       on_change=changed)
+    assert [t.state for t in result.trials] == ["CANCELED"] * 3
+    assert result.trials[0].start is not None and result.trials[0].duration_s < 100
+    assert [t.start for t in result.trials[1:]] == [None, None] and result.best is None

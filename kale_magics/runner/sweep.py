@@ -46,6 +46,9 @@ class TrialTarget(Protocol):
     def run(self, compiled: CompiledPipeline, arguments: Mapping[str, Any],
             hooks: RunHooks) -> RunStatus: ...
 
+    @property
+    def can_cancel(self) -> bool: ...
+
     def cancel(self) -> None: ...
 
     def close(self) -> None: ...
@@ -224,7 +227,8 @@ def plan_sweep(plan: Plan, picks: list[dict[str, Any]], metric: str, goal: str,
 
 def run_sweep(sweep: Sweep, compiled: CompiledPipeline,
               new_target: Callable[[Trial], TrialTarget], parallel: int = 1,
-              on_change: Callable[[Sweep], Any] | None = None) -> Sweep:
+              on_change: Callable[[Sweep], Any] | None = None,
+              halt: threading.Event | None = None) -> Sweep:
     """Run every trial of ``sweep``, at most ``parallel`` at once; blocks until all end.
 
     Parameters
@@ -233,6 +237,9 @@ def run_sweep(sweep: Sweep, compiled: CompiledPipeline,
         Makes the target of one trial (called in the trial's worker thread).
     on_change:
         Called with ``sweep`` (in this thread) when a trial changes, and once at the end.
+    halt:
+        Set from another thread to stop the sweep: running trials are canceled, the trials
+        not started are CANCELED, and the sweep returns.
 
     Returns
     -------
@@ -248,41 +255,17 @@ def run_sweep(sweep: Sweep, compiled: CompiledPipeline,
     """
     if parallel < 1:
         raise KaleError(f"--parallel {parallel}: give how many trials may run at once, 1 or more")
-    changes: queue.Queue[Optional[Trial]] = queue.Queue()
-    running: dict[int, TrialTarget] = {}
-    stop = threading.Event()
-    arguments = {t.number: kfp_arguments(compiled.plan, t.arguments) for t in sweep.trials}
-
-    def one(trial: Trial) -> None:
-        try:
-            if not stop.is_set():
-                _run_trial(trial, compiled, arguments[trial.number], new_target, running, changes)
-        finally:
-            if trial.state not in TERMINAL_STATES:
-                trial.state, trial.error = CANCELED, trial.error or "the sweep was stopped"
-            changes.put(trial)
-
-    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="kale-sweep")
-    futures = [pool.submit(one, trial) for trial in sweep.trials]
+    trials = _TrialPool(compiled, new_target, parallel)
     try:
-        while not all(f.done() for f in futures) or not changes.empty():
-            try:
-                changes.get(timeout=0.5)
-                while not changes.empty():  # one update for a burst of changes
-                    changes.get_nowait()
-            except queue.Empty:
-                continue
+        trials.start(sweep.trials)
+        while trials.wait_for_change(halt):
             _notify(on_change, sweep)
     except BaseException:
-        stop.set()
-        for target in list(running.values()):
-            target.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
-        for trial in sweep.trials:
-            if trial.state not in TERMINAL_STATES:
-                trial.state, trial.error = CANCELED, "the sweep was stopped"
+        trials.stop(sweep)
         raise
-    pool.shutdown(wait=True)
+    if halt is not None and halt.is_set():
+        trials.stop(sweep)
+    trials.close()
     _notify(on_change, sweep)
     return sweep
 
@@ -292,30 +275,96 @@ def _notify(on_change: Callable[[Sweep], Any] | None, sweep: Sweep) -> None:
         RunHooks(on_status=on_change).run_hook("on_status", sweep)
 
 
-def _run_trial(trial: Trial, compiled: CompiledPipeline, arguments: dict[str, Any],
-               new_target: Callable[[Trial], TrialTarget], running: dict[int, TrialTarget],
-               changes: queue.Queue[Optional[Trial]]) -> None:
-    """Run one trial on its own target, recording its state; never raises an Exception."""
-    trial.start, trial.state = time.time(), RUNNING
-    changes.put(trial)
+class _TrialPool:
+    """Worker threads running trials, each on its own target, posting changes to a queue."""
 
-    def follow(status: RunStatus) -> None:
-        trial.follow(status)
-        changes.put(trial)
+    def __init__(self, compiled: CompiledPipeline, new_target: Callable[[Trial], TrialTarget],
+                 parallel: int) -> None:
+        self.compiled, self.new_target = compiled, new_target
+        self.changes: queue.Queue[Trial] = queue.Queue()
+        self.running: dict[int, TrialTarget] = {}
+        self.stopping = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="kale-sweep")
+        self.futures: list[Any] = []
 
-    try:
-        target = new_target(trial)
-    except Exception as error:  # noqa: BLE001 (a failed trial does not stop the others)
-        _failed(trial, error)
-        return
-    running[trial.number] = target
-    try:
-        follow(target.run(compiled, arguments, RunHooks(on_status=follow)))
-    except Exception as error:  # noqa: BLE001
-        _failed(trial, error)
-    finally:
-        running.pop(trial.number, None)
-        target.close()
+    def start(self, trials: list[Trial]) -> None:
+        self.futures = [self.pool.submit(self._one, trial) for trial in trials]
+
+    def wait_for_change(self, halt: threading.Event | None) -> bool:
+        """Wait for changes (taking a burst as one); False once every trial ended or ``halt``."""
+        while not (halt is not None and halt.is_set()):
+            if all(f.done() for f in self.futures) and self.changes.empty():
+                return False
+            try:
+                self.changes.get(timeout=0.2)
+                while not self.changes.empty():
+                    self.changes.get_nowait()
+                return True
+            except queue.Empty:
+                continue
+        return False
+
+    def stop(self, sweep: Sweep) -> None:
+        """Cancel the running trials, wait for their threads, mark the rest CANCELED.
+
+        A target can be canceled only once its run has started (a local run's process, a
+        submitted remote run: ``can_cancel``), so each running target is canceled as soon as
+        it can be, once, until every trial's thread has ended.
+        """
+        self.stopping.set()
+        for future in self.futures:
+            future.cancel()  # the trials not started
+        canceled: set[int] = set()
+        while not all(f.done() for f in self.futures):
+            for target in list(self.running.values()):
+                if id(target) not in canceled and target.can_cancel:
+                    canceled.add(id(target))
+                    try:
+                        target.cancel()
+                    except Exception:  # noqa: BLE001 (the run may have ended meanwhile)
+                        pass
+            time.sleep(0.1)
+        self.pool.shutdown(wait=True)
+        for trial in sweep.trials:
+            if trial.state not in TERMINAL_STATES:
+                trial.state, trial.error = CANCELED, "the sweep was stopped"
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def _one(self, trial: Trial) -> None:
+        try:
+            if not self.stopping.is_set():
+                self._run(trial)
+        finally:
+            if trial.state not in TERMINAL_STATES:
+                trial.state, trial.error = CANCELED, trial.error or "the sweep was stopped"
+            self.changes.put(trial)
+
+    def _run(self, trial: Trial) -> None:
+        """Run one trial on its own target, recording its state; never raises an Exception."""
+        trial.start, trial.state = time.time(), RUNNING
+        self.changes.put(trial)
+
+        def follow(status: RunStatus) -> None:
+            trial.follow(status)
+            self.changes.put(trial)
+
+        try:
+            target = self.new_target(trial)
+        except Exception as error:  # noqa: BLE001 (a failed trial does not stop the others)
+            _failed(trial, error)
+            return
+        self.running[trial.number] = target
+        try:
+            if not self.stopping.is_set():  # stopped while the target was made
+                arguments = kfp_arguments(self.compiled.plan, trial.arguments)
+                follow(target.run(self.compiled, arguments, RunHooks(on_status=follow)))
+        except Exception as error:  # noqa: BLE001
+            _failed(trial, error)
+        finally:
+            self.running.pop(trial.number, None)
+            target.close()
 
 
 def _failed(trial: Trial, error: Exception) -> None:
