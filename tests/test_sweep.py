@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import random
 import re
 import statistics
 import sys
@@ -95,22 +96,40 @@ def test_random_picks_repeat_with_the_seed() -> None:
     assert all(type(p["N"]) is int and 1 <= p["N"] <= 100 for p in first)
     assert all(type(p["LR"]) is float and 0.001 <= p["LR"] <= 1 for p in first)
     assert {p["CRITERION"] for p in first} == {"gini", "entropy"} and all(p["DEEP"] for p in first)
-    with pytest.raises(api.KaleError, match="--random 0"):
+    with pytest.raises(api.KaleError, match="--random 0: give the number of trials, 1 to 1000"):
         chosen.sample(0, 1)
+    with pytest.raises(api.KaleError, match="--random 1001"):
+        chosen.sample(1001, 1)
+
+
+def test_a_grid_larger_than_the_limit_is_refused_before_it_is_built() -> None:
+    values = ",".join(map(str, range(100)))
+    with pytest.raises(api.KaleError, match="the grid has 1000000 trials, more than 1000; give "
+                                            "fewer values, or take --random N picks"):
+        space(f"N={values}", f"LR={values}", f"CRITERION={values}").grid()
+
+
+def draws(spec: str, count: int = 4000) -> list:
+    """``count`` draws of one axis, seeded (more than one sweep's trials, for the shares)."""
+    axis, rng = space(spec).axes[0], random.Random(3)
+    return [axis.draw(rng) for _ in range(count)]
 
 
 def test_ranges_are_uniform_and_log_ranges_log_uniform() -> None:
-    picks = space("LR=0.001:1:log", "N=1:1000:log").sample(4000, 3)
-    rates = [p["LR"] for p in picks]
-    # log-uniform on [1e-3, 1]: each decade holds a third of the picks, the median is 10**-1.5
+    rates = draws("LR=0.001:1:log")
+    # log-uniform on [1e-3, 1]: each decade holds a third of the draws, the median is 10**-1.5
     decades = [sum(lo <= r < lo * 10 for r in rates) / len(rates) for lo in (0.001, 0.01, 0.1)]
     assert all(0.3 < share < 0.37 for share in decades), decades
     assert abs(math.log10(statistics.median(rates)) + 1.5) < 0.05
-    counts = [p["N"] for p in picks]
+    assert all(type(r) is float and 0.001 <= r <= 1 for r in rates)
+    counts = draws("N=1:1000:log")
     assert all(type(n) is int and 1 <= n <= 1000 for n in counts)
     assert 0.3 < sum(n < 10 for n in counts) / len(counts) < 0.37  # a third below 10, not 1 %
-    uniform = [p["LR"] for p in space("LR=0:1").sample(4000, 3)]
+    uniform = draws("LR=0:1")
     assert abs(statistics.mean(uniform) - 0.5) < 0.02 and min(uniform) >= 0 and max(uniform) <= 1
+    integers = draws("N=1:4")
+    assert set(integers) == {1, 2, 3, 4}  # both ends included
+    assert all(850 < integers.count(n) < 1150 for n in range(1, 5))  # evenly
 
 
 # -- the best trial and the table --------------------------------------------------------------

@@ -31,6 +31,8 @@ from kale_magics.codegen.parameters import MAX_EXACT_INT, value_problem
 from kale_magics.errors import KaleError
 from kale_magics.model import Parameter
 
+#: More trials than this is refused (a grid grows as the product of its value counts).
+MAX_TRIALS = 1000
 _RANGE = re.compile(r"^\s*(?P<lo>[^:]+?)\s*:\s*(?P<hi>[^:]+?)\s*(?::\s*(?P<log>log)\s*)?$")
 _BOOL_WORDS = {"true": True, "false": False}
 _EXAMPLES = {"int": "{0}=1,2,3 or {0}=1:100", "float": "{0}=0.1,0.5 or {0}=0.001:1:log",
@@ -90,13 +92,18 @@ class SearchSpace:
         Raises
         ------
         KaleError
-            An axis is a range (ranges need random picks: ``--random N``).
+            An axis is a range (ranges need random picks: ``--random N``), or the grid has
+            more than :data:`MAX_TRIALS` combinations.
         """
         ranges = [a.name for a in self.axes if a.is_range]
         if ranges:
             raise KaleError(f"{', '.join(ranges)} {'is a range' if len(ranges) == 1 else 'are ranges'}"
                             f"; ranges need random picks: add --random N (and --seed S to repeat them)"
                             ", or list values NAME=v1,v2")
+        size = math.prod(len(a.values) for a in self.axes)
+        if size > MAX_TRIALS:
+            raise KaleError(f"the grid has {size} trials, more than {MAX_TRIALS}; give fewer "
+                            "values, or take --random N picks of them")
         return [dict(zip([a.name for a in self.axes], combination))
                 for combination in itertools.product(*(a.values for a in self.axes))]
 
@@ -106,10 +113,10 @@ class SearchSpace:
         Raises
         ------
         KaleError
-            ``count`` is below 1.
+            ``count`` is below 1 or above :data:`MAX_TRIALS`.
         """
-        if count < 1:
-            raise KaleError(f"--random {count}: give the number of trials, 1 or more")
+        if not 1 <= count <= MAX_TRIALS:
+            raise KaleError(f"--random {count}: give the number of trials, 1 to {MAX_TRIALS}")
         rng = random.Random(seed)
         return [{a.name: a.draw(rng) for a in self.axes} for _ in range(count)]
 

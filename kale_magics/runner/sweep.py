@@ -220,6 +220,7 @@ def plan_sweep(plan: Plan, picks: list[dict[str, Any]], metric: str, goal: str,
         raise KaleError("say which way the metric is better: --maximize or --minimize")
     if not picks:
         raise KaleError("the sweep has no trials; give at least one value per parameter")
+
     return Sweep(plan.name, metric, goal, [Trial(i, pick, steps=len(plan.steps))
                                            for i, pick in enumerate(picks, 1)],
                  tuple(picks[0]), seed, where)
