@@ -328,3 +328,25 @@ def test_halting_a_sweep_cancels_the_running_trial_and_starts_no_other(tmp_path)
     assert [t.state for t in result.trials] == ["CANCELED"] * 3
     assert result.trials[0].start is not None and result.trials[0].duration_s < 100
     assert [t.start for t in result.trials[1:]] == [None, None] and result.best is None
+
+
+@pytest.mark.integration
+def test_magic_sweep_on_the_kfp_server(shell, kfp_server, token_env, tmp_path, monkeypatch) -> None:  # noqa: F811
+    from kale_magics import magics
+
+    shown: list[dict] = []
+
+    class Handle:
+        def update(self, data, raw=False):
+            shown.append(data)
+
+    monkeypatch.setattr(magics, "display", lambda data, **kw: shown.append(data) or Handle())
+    path = write_notebook(tmp_path / "tiny.ipynb", TINY)
+    shell.run_line_magic("kale", f"sweep X=1,3 --metric score --maximize --parallel 2 "
+                                 f"--host {kfp_server.url} --interval 0.3 --notebook {path}")
+    frame = shell.user_ns["_kale_sweep"]
+    assert list(frame["state"]) == ["SUCCEEDED", "SUCCEEDED"] and not frame["best"].any()
+    html = shown[-1]["text/html"]
+    assert all(f"href='{url}'" in html for url in frame["url"])  # each trial links to its run
+    assert "no best trial: metric values are not available through the KFP REST API" in \
+        shown[-1]["text/plain"]
