@@ -13,6 +13,7 @@ or to a run target (``targets``), as KFP's ``Compiler.compile`` does; only
 - A notebook's runs: :func:`run_history`, :func:`compare_runs`, :func:`load_step`.
 - A Kubeflow notebook image with kale-magics: :func:`notebook_image`.
 - The Model Registry: :func:`model_versions` (what a notebook's ``--register`` steps registered).
+- Sweep parameters: :func:`plan_sweep` (check and plan the trials), :func:`sweep` (run them).
 - A KFP server beyond one run: :func:`connect`, :func:`submit` (schedules),
   :func:`remote_status`, :func:`watch_remote`, :func:`cancel_remote`,
   :func:`list_schedules`, :func:`delete_schedule`.
@@ -21,8 +22,10 @@ or to a run target (``targets``), as KFP's ``Compiler.compile`` does; only
 from __future__ import annotations
 
 import os
+import secrets
+import threading
 from dataclasses import replace
-from typing import Any, Mapping, MutableMapping, Sequence
+from typing import Any, Callable, Mapping, MutableMapping, Sequence
 
 from kale_magics.analysis.live import LiveValue, describe
 from kale_magics.analysis.plan import build_plan
@@ -52,7 +55,10 @@ from kale_magics.runner.docker import DockerOptions, chosen_docker_options, dock
 from kale_magics.runner.registry import (RegisteredVersion, list_versions, registered_models,
                                          registry_arguments, resolve_registry)
 from kale_magics.runner.remote import Schedule, ScheduleInfo, Submission
+from kale_magics.runner.search_space import SearchSpace, parse_space
 from kale_magics.runner.status import RunHooks, RunStatus
+from kale_magics.runner.sweep import MAXIMIZE, MINIMIZE, Sweep, Trial, run_sweep
+from kale_magics.runner.sweep import plan_sweep as _plan_trials
 from kale_magics.runner.transport import RetryPolicy
 from kale_magics.runner.watch import WatchOptions, cancel
 from kale_magics.session import front_end
@@ -62,19 +68,22 @@ from kale_magics.targets.child import ChildWorker
 from kale_magics.targets.docker import DockerTarget
 from kale_magics.targets.kfp import KfpTarget, connect
 from kale_magics.targets.local import LocalTarget
+from kale_magics.targets import sweep as sweep_targets
 from kale_magics.targets.target import RunTarget
 
 __all__ = ["CheckReport", "ChildWorker", "ComparedValue", "CompiledPipeline", "DockerOptions",
-           "DockerTarget", "GrammarParser", "ImageContext", "KaleError", "KfpSession", "KfpTarget", "LiveValue",
-           "LoadedValue", "LocalTarget", "NotebookSession", "Parameter", "PipelineSettings",
-           "Plan", "RegisteredVersion", "RunHistory", "RunHooks", "RunRecord", "RunStatus", "RunTarget", "STEP_MIME",
-           "Schedule", "ScheduleInfo", "StepRun", "Submission", "WatchOptions", "cancel_remote",
-           "check", "chosen_docker_options", "coerce_arguments", "compare_runs",
-           "compile_notebook", "connect", "convert", "default_output_dir", "delete_schedule",
-           "describe", "did_you_mean", "docker_options", "grammar_help", "list_schedules",
-           "live_values", "load_step", "locate_notebook", "model_versions", "notebook_image", "panel_notices", "parse_annotation",
-           "parse_param", "parse_pipeline_settings", "read_plan", "remote_status", "run",
-           "run_docker", "run_history", "run_local", "run_roots", "split_args", "submit",
+           "DockerTarget", "GrammarParser", "ImageContext", "KaleError", "KfpSession",
+           "KfpTarget", "LiveValue", "LoadedValue", "LocalTarget", "MAXIMIZE", "MINIMIZE",
+           "NotebookSession", "Parameter", "PipelineSettings", "Plan", "RegisteredVersion",
+           "RunHistory", "RunHooks", "RunRecord", "RunStatus", "RunTarget", "STEP_MIME",
+           "Schedule", "ScheduleInfo", "SearchSpace", "StepRun", "Submission", "Sweep", "Trial",
+           "WatchOptions", "cancel_remote", "check", "chosen_docker_options", "coerce_arguments",
+           "compare_runs", "compile_notebook", "connect", "convert", "default_output_dir",
+           "delete_schedule", "describe", "did_you_mean", "docker_options", "grammar_help",
+           "list_schedules", "live_values", "load_step", "locate_notebook", "model_versions",
+           "notebook_image", "panel_notices", "parse_annotation", "parse_param",
+           "parse_pipeline_settings", "plan_sweep", "read_plan", "remote_status", "run",
+           "run_docker", "run_history", "run_local", "run_roots", "split_args", "submit", "sweep",
            "watch_options", "watch_remote"]
 
 
@@ -488,3 +497,80 @@ def notebook_image(output_dir: str | os.PathLike[str], base: str | None = None,
         A bad ``base``, an unwritable folder, or the kale-magics wheel cannot be built.
     """
     return write_image_context(output_dir, base, from_pypi)
+
+
+# -- parameter sweeps ---------------------------------------------------------------------------
+
+def plan_sweep(compiled: CompiledPipeline, specs: Sequence[str], *, metric: str, goal: str,
+               random: int | None = None, seed: int | None = None,
+               where: str = "locally") -> Sweep:
+    """The trials of a sweep of ``compiled``, checked before anything runs: every combination
+    of the values in ``specs`` (``["N=10,50", "CRITERION=gini,entropy"]``), or with ``random``
+    that many random picks (ranges ``NAME=lo:hi`` and ``NAME=lo:hi:log`` allowed), the same for
+    the same ``seed`` (default: a new seed, recorded in ``Sweep.seed``).
+
+    See :mod:`kale_magics.runner.search_space` for the value syntax.
+
+    Raises
+    ------
+    KaleError
+        An unknown parameter or metric, a value not of the parameter's declared type, a range
+        without ``random``, or ``goal`` neither :data:`MAXIMIZE` nor :data:`MINIMIZE`.
+    """
+    space = parse_space(compiled.plan.parameters, specs)
+    if random is None:
+        return _plan_trials(compiled.plan, space.grid(), metric, goal, None, where)
+    seed = secrets.randbelow(2**32) if seed is None else seed
+    return _plan_trials(compiled.plan, space.sample(random, seed), metric, goal, seed, where)
+
+
+def sweep(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline, specs: Sequence[str],
+          *, metric: str, goal: str, random: int | None = None, seed: int | None = None,
+          parallel: int = 1, host: str | None = None, session: KfpSession | None = None,
+          experiment: str | None = None, pipeline_root: str | None = None,
+          output_dir: str | None = None, enable_caching: bool | None = None,
+          watch: WatchOptions | None = None,
+          on_change: Callable[[Sweep], Any] | None = None,
+          on_plan: Callable[[Sweep], Any] | None = None,
+          halt: threading.Event | None = None) -> Sweep:
+    """Run one pipeline run per trial of a sweep (see :func:`plan_sweep`), compiled once, at most
+    ``parallel`` at once, locally or on the KFP server at ``host`` (or of ``session``).
+
+    A local trial runs in its own child process into ``<root>/trial-NNN`` (``pipeline_root``,
+    default ``.kale/sweeps/<pipeline>-<time>``); a remote trial is one KFP run. A failed trial
+    does not stop the others. ``on_plan`` is called once the trials are planned and checked,
+    ``on_change`` (in this thread) as trials change; setting ``halt`` (from another thread)
+    cancels the running trials and ends the sweep, the trials not started CANCELED.
+
+    Returns
+    -------
+    Sweep
+        Every trial ended; ``Sweep.best`` is the best SUCCEEDED trial by ``metric`` (None when no
+        trial has a value: remote runs do not report metric values, see ``Trial.metrics_note``).
+
+    Raises
+    ------
+    KaleError
+        The notebook does not compile, a spec, the metric or an option is wrong, or the server
+        cannot be reached; all before any trial runs.
+    """
+    compiled = _compiled(notebook_or_compiled, output_dir)
+    remote_run = host is not None or session is not None
+    plan = plan_sweep(compiled, specs, metric=metric, goal=goal, random=random, seed=seed,
+                      where=(session.connection.host if session else host) if remote_run
+                      else "locally")
+    if parallel < 1:
+        raise KaleError(f"--parallel {parallel}: give how many trials may run at once, 1 or more")
+    stamp = sweep_targets.sweep_stamp()
+    if remote_run:
+        session = session or connect(host, settings=compiled.plan.settings)
+        sweep_targets.prepare_remote(session, compiled, experiment, enable_caching)
+        targets = sweep_targets.remote_trials(session, compiled, stamp, experiment=experiment,
+                                              enable_caching=enable_caching,
+                                              pipeline_root=pipeline_root,
+                                              watch_options=watch or WatchOptions())
+    else:
+        targets = sweep_targets.local_trials(sweep_targets.sweep_root(compiled, pipeline_root, stamp))
+    if on_plan is not None:
+        on_plan(plan)
+    return run_sweep(plan, compiled, targets, parallel, on_change, halt)

@@ -16,7 +16,8 @@ from typing import Any, Callable, Sequence
 from kale_magics import __version__, api
 from kale_magics.views.history import comparison_text, history_json, runs_text
 from kale_magics.views.text import (models_text, plan_text, run_summary, schedules_text,
-                                    status_text, step_line)
+                                    status_text, step_line, sweep_heading, sweep_outcome,
+                                    sweep_text, trial_line)
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -96,6 +97,60 @@ def _run(args: argparse.Namespace) -> int:
             print(json.dumps(vars(getattr(target, "submission"))))
         return 0
     return _summary(args, status)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """Run the sweep; a line per trial as it starts and ends, then the table (or --json)."""
+    out = sys.stderr if args.json else sys.stdout
+    compiled = api.compile_notebook(args.notebook, args.output)
+    _warn(compiled.warnings)
+    session = _session(args) if args.host or args.remote else None
+    seen: dict[int, str] = {}
+
+    def changed(sweep: api.Sweep) -> None:
+        for trial in sweep.trials:
+            if seen.get(trial.number, "PENDING") != trial.state:
+                seen[trial.number] = trial.state
+                print(trial_line(sweep, trial), file=out, flush=True)
+
+    result = api.sweep(compiled, args.specs, metric=args.metric, goal=args.goal,
+                       random=args.random, seed=args.seed, parallel=args.parallel,
+                       session=session, experiment=args.experiment,
+                       pipeline_root=args.pipeline_root,
+                       enable_caching=False if args.no_cache else None,
+                       watch=api.watch_options(args.interval, args.timeout, args.max_outage),
+                       on_plan=lambda s: print(sweep_heading(s), file=out, flush=True),
+                       on_change=changed)
+    if args.json:
+        for line in sweep_outcome(result):
+            print(line, file=sys.stderr)
+        print(json.dumps({"best": result.best.number if result.best else None,
+                          "seed": result.seed, "trials": result.records()}, default=str))
+    else:
+        print(sweep_text(result))
+    return 0 if any(t.state == "SUCCEEDED" for t in result.trials) else 1
+
+
+def _add_sweep_options(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("specs", nargs="+", metavar="NAME=VALUES", help="a parameter's values: "
+                     "v1,v2,... (Python literals of its type), or with --random a range lo:hi "
+                     "or lo:hi:log")
+    cmd.add_argument("--metric", required=True, help="the %%%%kale metrics line ranking the trials")
+    goal = cmd.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--maximize", dest="goal", action="store_const", const="maximize")
+    goal.add_argument("--minimize", dest="goal", action="store_const", const="minimize")
+    cmd.add_argument("--random", type=int, metavar="N", help="N random picks instead of the grid")
+    cmd.add_argument("--seed", type=int, metavar="S", help="seed of the random picks (default: "
+                     "a new one, printed)")
+    cmd.add_argument("--parallel", type=int, default=1, metavar="K",
+                     help="trials running at once (default 1)")
+    cmd.add_argument("--pipeline-root", help="folder (local: trial-NNN under it; default "
+                     ".kale/sweeps/PIPELINE-TIME) or URI (remote) for the trials' artifacts")
+    cmd.add_argument("--no-cache", action="store_true", help="remote: run every step of every trial")
+    cmd.add_argument("--remote", action="store_true", help="run on the configured KFP server")
+    cmd.add_argument("--experiment", help="KFP experiment (remote)")
+    _connection_options(cmd)
+    _watch_options(cmd)
 
 
 def _summary(args: argparse.Namespace, status: api.RunStatus) -> int:
@@ -298,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
         "show": (_show, "print the steps, their edges and each step's inputs with producers"),
         "run": (_run, "compile and run the pipeline locally with kfp.local, in containers with "
                 "--docker, or on a KFP server with --host"),
+        "sweep": (_sweep, "run the pipeline once per combination of parameter values (or random "
+                  "picks), locally or on a KFP server, and show the best run by a metric"),
     }
     for name, (handler, help_text) in commands.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
@@ -307,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("-o", "--output", help="folder for generated files (default: .kale/ "
                              "next to the notebook)")
     _add_run_options(sub.choices["run"])
+    _add_sweep_options(sub.choices["sweep"])
     _add_remote_commands(sub)
     convert = sub.add_parser("convert", help="rewrite Kale's cell tags as %%kale lines, or back",
                              description="write a copy of NOTEBOOK annotated the other way: "

@@ -36,6 +36,7 @@ from kale_magics.views.text import (
     status_text,
     step_line,
     step_run_text,
+    sweep_text,
 )
 
 STEP_MIME = api.STEP_MIME
@@ -122,6 +123,30 @@ ACTION_PARSERS: dict[str, api.GrammarParser] = {
                              "notebook's steps --register in the Model Registry.",
                              (("--model-registry",), {"metavar": "URL", "help": "registry address; "
                               "default: %%kale pipeline --model-registry, then $MODEL_REGISTRY_URL"})),
+    "sweep": _action_parser("sweep", "Run the pipeline once per combination of parameter values "
+                            "(or --random N picks), locally or on a KFP server with --host (or "
+                            "--remote), at most --parallel K at once; a live table marks the best "
+                            "trial by --metric; the result goes to _kale_sweep.",
+                            (("specs",), {"nargs": "*", "metavar": "NAME=VALUES",
+                                          "help": "v1,v2,... (Python literals of the parameter's "
+                                          "type); with --random also lo:hi or lo:hi:log"}),
+                            (("--metric",), {"required": True, "help": "the metric ranking trials"}),
+                            (("--maximize",), {"dest": "goal", "action": "store_const",
+                                               "const": "maximize"}),
+                            (("--minimize",), {"dest": "goal", "action": "store_const",
+                                               "const": "minimize"}),
+                            (("--random",), {"type": int, "metavar": "N", "help": "random picks"}),
+                            (("--seed",), {"type": int, "metavar": "S", "help": "their seed"}),
+                            (("--parallel",), {"type": int, "default": 1, "metavar": "K",
+                                               "help": "trials at once (default 1)"}),
+                            (("--pipeline-root",), {"help": "where the trials' artifacts go"}),
+                            (("-o", "--output"), {"help": "output folder (default .kale/)"}),
+                            (("--remote",), {"action": "store_true",
+                                             "help": "run on the configured KFP server"}),
+                            (("--experiment",), {"help": "KFP experiment (remote)"}),
+                            (("--interval",), {"type": float, "default": 2.0,
+                                               "help": "seconds between status polls (remote)"}),
+                            *_REMOTE_OPTIONS),
     "panel": _action_parser("panel", "Show the deploy panel: settings, Check, Compile, Run, "
                             "Cancel, and the DAG with every step's state, live."),
 }
@@ -168,7 +193,8 @@ class KaleMagics(Magics):
             "show": self._show, "check": self._check, "compile": self._compile,
             "run": self._run, "status": self._status, "cancel": self._cancel,
             "export": self._export, "panel": self._panel, "runs": self._runs,
-            "load": self._load, "models": self._models}
+            "load": self._load, "models": self._models,
+            "sweep": self._sweep}
 
     @line_cell_magic
     def kale(self, line: str, cell: str | None = None) -> Any:
@@ -253,7 +279,10 @@ class KaleMagics(Magics):
             known = ["pipeline", *self.actions]
             raise UsageError(f"unknown action {action!r}{api.did_you_mean(action, known)}; use one "
                              f"of: {', '.join(known)} (see %kale?)")
-        args = ACTION_PARSERS[action].parse_args(api.split_args(rest))
+        parser = ACTION_PARSERS[action]
+        # a sweep's NAME=VALUES may come before or after its options
+        parse = parser.parse_intermixed_args if action == "sweep" else parser.parse_args
+        args = parse(api.split_args(rest))
         return self.actions[action](args)
 
     def _notebook(self, args: argparse.Namespace) -> str:
@@ -323,6 +352,31 @@ class KaleMagics(Magics):
         print(run_summary(status))
         if status.state != "SUCCEEDED":
             raise UsageError(status.error or f"pipeline {status.pipeline} {status.state}")
+
+    def _sweep(self, args: argparse.Namespace) -> None:
+        if args.goal is None:
+            raise UsageError("%kale sweep: say which way the metric is better: --maximize or "
+                             "--minimize")
+        compiled = api.compile_notebook(self._notebook(args), args.output)
+        for warning in compiled.warnings:
+            print(f"warning: {warning}")
+        remote = bool(args.host or args.remote)
+        handle = display({"text/plain": f"sweep of {compiled.plan.name}"}, raw=True,
+                         display_id=True)
+
+        def show(sweep: api.Sweep) -> None:
+            handle.update({"text/plain": sweep_text(sweep), "text/html": rich.sweep_html(sweep)},
+                          raw=True)
+
+        result = api.sweep(compiled, args.specs, metric=args.metric, goal=args.goal,
+                           random=args.random, seed=args.seed, parallel=args.parallel,
+                           session=self._connect(args) if remote else None,
+                           experiment=args.experiment, pipeline_root=args.pipeline_root,
+                           watch=api.watch_options(args.interval), on_plan=show, on_change=show)
+        table, note = result.table()
+        self.shell.user_ns["_kale_sweep"] = table
+        print(f"_kale_sweep: {note}" if note else
+              "_kale_sweep holds the trials as a pandas DataFrame")
 
     def _connect(self, args: argparse.Namespace) -> api.KfpSession:
         if args.host or args.namespace or args.token or self.session.server is None:

@@ -24,6 +24,7 @@ import ipywidgets as w
 from kale_widgets.form import SettingsForm
 from kale_widgets.history import RunHistoryView
 from kale_widgets.run_control import RunControl, RunRequest
+from kale_widgets.sweep_section import SweepSection
 
 from kale_magics import api
 from kale_magics.views import rich
@@ -78,6 +79,10 @@ class DeployPanel(w.VBox):
         except api.KaleError as exc:
             error = str(exc)
         self.form = SettingsForm(self.plan)
+        self.sweep = SweepSection(self.control.notebook if self.control else "", self.form,
+                                  getattr(shell, "user_ns", None), self.refresh)
+        if self.plan is not None:
+            self.sweep.sync(self.plan)
         self._build(path=self.control.notebook if self.control else "")
         self.message.value = rich.error_html(error) if error else ""
         self.refresh()
@@ -104,8 +109,11 @@ class DeployPanel(w.VBox):
         self.step_choice.add_class("kale-step-choice")
         self.step_choice.observe(lambda _: self._safely(self.refresh), names="value")
         title = w.HTML(f"<b>Kale deploy panel</b> <code>{html.escape(path)}</code>")
+        sweep = w.Accordion(children=[self.sweep.widget], titles=("parameter sweep",),
+                            selected_index=None)
+        sweep.add_class("kale-sweep-section")
         view = w.VBox([self.status_html, self.dag_html, self.metrics_html, self.step_choice,
-                       self.detail_html],
+                       self.detail_html, sweep],
                       layout=w.Layout(flex="1 1 auto", min_width="22em", overflow="auto"))
         settings = w.VBox([w.HTML("<b>settings</b>"), self.form.widget],
                           layout=w.Layout(flex="0 0 auto", width="29em"))
@@ -133,6 +141,7 @@ class DeployPanel(w.VBox):
         assert self.control is not None
         self.plan = self.control.plan(self.form.options())
         self.form.sync_parameters(self.plan)
+        self.sweep.sync(self.plan)
         return self.plan
 
     def check(self) -> None:
@@ -204,7 +213,8 @@ class DeployPanel(w.VBox):
         with self._lock:
             control, now = self.control, time.time()
             status = control.status if control else None
-            active = bool(control and control.active)
+            sweeping = self.sweep.active
+            active = bool(control and control.active) or sweeping
             previous = bool(control and control.previous)
             self.status_html.value = rich.status_line_html(
                 status, now, control.activity if control else "",
@@ -226,6 +236,7 @@ class DeployPanel(w.VBox):
             self.cancel_button.disabled = not can_cancel
             self.cancel_button.button_style = "danger" if can_cancel else ""  # grey when off
             self.form.set_enabled(not active)
+            self.sweep.set_enabled(not active and control is not None)
 
     def _shown_plan(self) -> api.Plan:
         compiled = self.control.compiled if self.control else None

@@ -1,4 +1,4 @@
-"""The names of the run arguments a step that ``--register``\s models gets (``codegen.components``,
+"""The names of the run arguments a step registering models (``--register``) gets (``codegen.components``,
 ``codegen.pipeline``, ``runner.registry``); a module of their own so ``codegen.naming`` can refuse
 them as names without importing the components."""
 

@@ -17,6 +17,7 @@ from kale_magics.analysis.preflight import CheckReport
 from kale_magics.codegen.compile import CompiledPipeline
 from kale_magics.model import Plan, Step, counted
 from kale_magics.runner.status import FAILED, SKIPPED, TERMINAL_STATES, RunStatus, StepStatus
+from kale_magics.runner.sweep import Sweep
 from kale_magics.session.notebook_session import StepRun
 from kale_magics.views.dag import Shape, dag_svg
 from kale_magics.views.text import (
@@ -26,6 +27,9 @@ from kale_magics.views.text import (
     size_text,
     skipped_steps,
     step_note,
+    sweep_heading,
+    sweep_outcome,
+    sweep_rows,
 )
 
 RED, GREY, GREEN = "#c62828", "#555", "#2e7d32"
@@ -314,3 +318,30 @@ def check_html(report: CheckReport) -> str:
     return (f"<div class='kale-check' data-ok='{str(report.ok).lower()}'>{table}{warnings}"
             f"<div style='color:{GREEN if report.ok else RED}'>{html.escape(check_verdict(report))}"
             "</div></div>")
+
+
+def sweep_html(sweep: Sweep) -> str:
+    """The sweep as an HTML table with the text view's content: the best trial's row bold and
+    green (``data-best``), failed trials' states red, a remote trial's number linked to its run."""
+    head, rows = sweep_rows(sweep)
+    best = sweep.best
+    body = []
+    for trial, row in zip(sweep.trials, rows):
+        color = GREEN if trial is best else RED if trial.state == FAILED else ""
+        style = f"color:{color};" if color else ""
+        weight = "font-weight:bold;" if trial is best else ""
+        number = html.escape(row[0].strip())
+        if trial.url:
+            number = (f"<a href='{html.escape(trial.url, quote=True)}' target='_blank' "
+                      f"rel='noopener' {_LINK_STYLE}>{number}</a>")
+        cells = "".join(_CELL.format(tag="td", text=c) for c in
+                        [number, *(html.escape(c) for c in row[1:])])
+        body.append(f"<tr class='kale-trial' data-trial='{trial.number}' "
+                    f"data-state='{html.escape(trial.state)}' data-best='{str(trial is best).lower()}' "
+                    f"style='{style}{weight}'>{cells}</tr>")
+    head_html = "".join(_CELL.format(tag="th", text=html.escape(h)) for h in head)
+    outcome = "".join(f"<div class='kale-sweep-outcome'>{_linked(line)}</div>"
+                      for line in sweep_outcome(sweep))
+    return (f"<div class='kale-sweep' data-done='{str(sweep.done).lower()}'>"
+            f"<div style='font-weight:bold'>{html.escape(sweep_heading(sweep))}</div>"
+            + _TABLE.format(head=head_html, rows="".join(body)) + outcome + "</div>")

@@ -1,9 +1,9 @@
-"""Plain-text views of a plan, a run, a check and recurring runs (the CLI, terminals, ``text/plain``)."""
+"""Plain-text views of a plan, a run, a check, a sweep and recurring runs (the CLI, terminals, ``text/plain``)."""
 
 from __future__ import annotations
 
 import datetime
-from typing import Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 from kale_magics.analysis.live import LiveValue
 from kale_magics.analysis.preflight import CheckReport
@@ -12,6 +12,7 @@ from kale_magics.runner.registry import RegisteredVersion
 from kale_magics.runner.remote import ScheduleInfo
 from kale_magics.runner.status import (FAILED, RUNNING, SKIPPED, SUCCEEDED, TERMINAL_STATES,
                                       RunStatus, StepStatus)
+from kale_magics.runner.sweep import Sweep, Trial
 from kale_magics.session.notebook_session import StepRun
 
 #: How each state reads on a DAG node and in the panel's status line.
@@ -277,3 +278,88 @@ def models_text(registry: str, versions: Iterable[RegisteredVersion]) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]
              for row in (header, *rows)]
     return "\n".join([f"Model Registry {registry}", *(line.rstrip() for line in lines)])
+def value_text(value: Any) -> str:
+    """A parameter or metric value in a table cell: ``0.1``, ``'gini'``, ``[1, 2]``, ``-`` for None."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return repr(value)
+
+
+def trial_state(trial: Trial) -> str:
+    """``running 2/3 steps``, ``succeeded 1.6 s``, ``failed 2.0 s``, ``pending``."""
+    word = STATE_WORDS.get(trial.state, trial.state.lower())
+    if trial.state == RUNNING:
+        return f"{word} {trial.steps_done}/{trial.steps or '?'} steps"
+    duration = trial.duration_s
+    return f"{word} {duration_text(duration)}" if trial.end and duration is not None else word
+
+
+def sweep_rows(sweep: Sweep) -> tuple[list[str], list[list[str]]]:
+    """The sweep table's header and rows (text cells): trial (``*`` marks the best), each swept
+    parameter, state, each metric (the ranking one first)."""
+    best, metrics = sweep.best, sweep.metric_names
+    head = ["trial", *sweep.parameters, "state", *metrics]
+    rows = [[f"{'*' if t is best else ' '}{t.number}", *(value_text(t.arguments[p]) for p in
+                                                         sweep.parameters),
+             trial_state(t), *(value_text(t.metrics.get(m)) for m in metrics)]
+            for t in sweep.trials]
+    return head, rows
+
+
+def sweep_heading(sweep: Sweep) -> str:
+    """``sweep of tiny: 3 trials locally, best by score (maximize)`` (and the random seed)."""
+    seed = f", random picks with --seed {sweep.seed}" if sweep.seed is not None else ""
+    return (f"sweep of {sweep.pipeline}: {len(sweep.trials)} trials {sweep.where}, best by "
+            f"{sweep.metric} ({sweep.goal}){seed}")
+
+
+def sweep_outcome(sweep: Sweep) -> list[str]:
+    """Lines under the table: the best trial, or why there is none; each failed trial's error."""
+    best = sweep.best
+    lines = [f"trial {t.number} failed: {t.error}" for t in sweep.trials
+             if t.state == FAILED and t.error]
+    if best is not None:
+        chosen = ", ".join(f"{p}={value_text(best.arguments[p])}" for p in sweep.parameters)
+        lines.append(f"best{'' if sweep.done else ' so far'}: trial {best.number} ({chosen}): "
+                     f"{sweep.metric} = "
+                     f"{value_text(best.metrics[sweep.metric])}")
+    elif sweep.done:
+        note = next((t.metrics_note for t in sweep.trials if t.metrics_note), "")
+        lines.append(f"no best trial: {note}" if note else
+                     f"no best trial: no trial succeeded with a value of {sweep.metric}")
+    return lines
+
+
+def trial_line(sweep: Sweep, trial: Trial) -> str:
+    """One line for a trial's change: ``trial 2 (X=2): failed 1.7 s  score=-  <error>``."""
+    chosen = ", ".join(f"{p}={value_text(trial.arguments[p])}" for p in sweep.parameters)
+    line = f"trial {trial.number} ({chosen}): {trial_state(trial)}"
+    if trial.metrics:
+        line += "  " + ", ".join(f"{k}={value_text(v)}" for k, v in trial.metrics.items())
+    if trial.url and trial.state == RUNNING:
+        line += f"  {trial.url}"
+    if trial.state == FAILED and trial.error:
+        line += f"  {trial.error}"
+    return line
+
+
+def sweep_text(sweep: Sweep) -> str:
+    """The sweep as a text table (``*`` marks the best trial), then :func:`sweep_outcome`.
+
+    Example::
+
+        sweep of tiny: 3 trials locally, best by score (maximize)
+        trial  X  state              score
+         1     1  succeeded 1.7 s    12
+         2     2  failed 1.7 s       -
+        *3     3  succeeded 1.6 s    32
+        trial 2 failed: step 'score' failed: ValueError: X=2 is refused (...)
+        best: trial 3 (X=3): score = 32
+    """
+    head, rows = sweep_rows(sweep)
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+    table = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+             for row in [head, *rows]]
+    return "\n".join([sweep_heading(sweep), *table, *sweep_outcome(sweep)])
