@@ -194,6 +194,12 @@ def test_runs_magic_prints_the_same_table(runs, shell) -> None:
         shell.run_line_magic("kale", "runs")
     assert captured.outputs[0].data["text/plain"] == views.runs_text(api.run_history(notebook))
     assert captured.outputs[0].data["text/html"].count('class="kale-run"') == 3
+    first, second = api.run_history(notebook).runs[:2]
+    with capture_output() as compared:
+        shell.run_line_magic("kale", f"runs --compare {first.run_id} {second.run_id}")
+    rows = api.compare_runs(first, second)
+    assert compared.outputs[0].data["text/plain"] == views.comparison_text(first, second, rows)
+    assert compared.outputs[0].data["text/html"].count('class="kale-differs"') == 3
 
 
 def test_no_runs_yet(notebook) -> None:

@@ -204,12 +204,15 @@ def write_record(plan: Plan, status: RunStatus, arguments: Mapping[str, Any], fo
 
 # -- reading ----------------------------------------------------------------------------------
 
+def _step_from_json(name: str, data: Mapping[str, Any]) -> StepRecord:
+    inputs = {n: (i["producer"], i["path"]) for n, i in (data.get("inputs") or {}).items()}
+    return StepRecord(name, data["state"], data.get("duration_s"), bool(data.get("cached")),
+                      data.get("error", ""), dict(data.get("outputs") or {}),
+                      dict(data.get("types") or {}), inputs)
+
+
 def _from_json(data: Mapping[str, Any], folder: str) -> RunRecord:
-    steps = tuple(StepRecord(name, s["state"], s.get("duration_s"), bool(s.get("cached")),
-                             s.get("error", ""), dict(s.get("outputs") or {}),
-                             dict(s.get("types") or {}),
-                             {n: (i["producer"], i["path"]) for n, i in (s.get("inputs") or {}).items()})
-                  for name, s in data["steps"].items())
+    steps = tuple(_step_from_json(name, s) for name, s in data["steps"].items())
     return RunRecord(run_id=data["run_id"], pipeline=data["pipeline"], where=data["where"],
                      state=data["state"], start=float(data["start"]), end=data.get("end"),
                      notebook=data.get("notebook", ""), parameters=dict(data["parameters"]),
@@ -297,7 +300,8 @@ def remote_runs(session: Any, plan: Plan, limit: int = MAX_RUNS) -> list[RunReco
         start = seconds(run.created_at) or 0.0
         records.append(RunRecord(
             run_id=run.run_id, pipeline=plan.name, where="kfp", state=str(run.state or "PENDING"),
-            start=start, end=seconds(run.finished_at), parameters=_plain_parameters(plan, config or {}),
+            start=start, end=seconds(run.finished_at),
+            parameters=_plain_parameters(plan, config or {}),
             error=str(getattr(run.error, "message", "") or "") if run.error else "",
             url=conn.run_url(run.run_id)))
     return sorted(records, key=lambda r: r.start, reverse=True)
@@ -350,11 +354,12 @@ class LoadedValue:
 
 
 def _loadable(step: StepRecord) -> dict[str, tuple[str, str, str]]:
-    """Variable -> (role, producer, folder): a succeeded step's outputs, then its inputs."""
-    found = {n: ("output", step.name, p) for n, p in step.outputs.items()}
+    """Variable -> (role, producer, folder): a succeeded step's outputs, then its inputs, each
+    sorted by name."""
+    found = {n: ("output", step.name, p) for n, p in sorted(step.outputs.items())}
     if step.state != SUCCEEDED:  # a failed step's outputs are not saved; its inputs are
         found = {}
-    for name, (producer, path) in step.inputs.items():
+    for name, (producer, path) in sorted(step.inputs.items()):
         found.setdefault(name, ("input", producer, path))
     return found
 
@@ -363,7 +368,9 @@ def _type_name(value: Any) -> str:
     """The type of ``value`` as people write it: ``pandas.DataFrame``, ``int``, ``Model``."""
     cls = type(value)
     module = cls.__module__.split(".")[0]
-    return cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+    if module in ("builtins", "__main__"):
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
 
 
 def load_values(record: RunRecord, step_name: str, names: Sequence[str],
@@ -389,10 +396,12 @@ def load_values(record: RunRecord, step_name: str, names: Sequence[str],
     if not loadable:
         what = "passes nothing on and received nothing" if step.state == SUCCEEDED else \
             f"was {step.state} and received nothing"
-        raise RunError(f"step {step_name!r} of run {record.run_id} {what}: there is nothing to load")
+        raise RunError(f"step {step_name!r} of run {record.run_id} {what}: there is nothing "
+                       "to load")
     unknown = [n for n in names if n not in loadable]
     if unknown:
-        kind = "saved or received" if step.state == SUCCEEDED else f"received (it was {step.state})"
+        kind = ("saved or received" if step.state == SUCCEEDED
+                else f"received (it was {step.state})")
         raise RunError(f"step {step_name!r} of run {record.run_id} {kind} no "
                        f"{', '.join(f'`{n}`' for n in unknown)}; it has: {', '.join(loadable)}")
     chosen = list(names) or [n for n, (role, _, _) in loadable.items()
