@@ -415,12 +415,9 @@ def run_history(notebook: str | os.PathLike[str], *, pipeline_roots: Sequence[st
                 server: KfpSession | None = None) -> RunHistory:
     """The notebook's runs, newest first: the local runs recorded under :func:`run_roots` and,
     with ``server``, the KFP server's runs of the notebook's pipeline (see
-    :mod:`kale_magics.runner.history`). A server that cannot list them adds a note instead.
-
-    Raises
-    ------
-    NotebookError, AnnotationError, AnalysisError
-        Only with ``server``: the notebook does not read (its pipeline's name is needed).
+    :mod:`kale_magics.runner.history`). A server that cannot list them, or a notebook that
+    does not read (the server's runs are found by its pipeline's name), adds a note instead;
+    nothing is raised.
     """
     runs = history.local_runs(run_roots(notebook, pipeline_roots), str(notebook))
     notes: list[str] = []

@@ -126,7 +126,7 @@ def shell(runs):
     ip.run_line_magic("kale", f"pipeline --notebook {runs[0]}")
     yield ip
     ip.run_line_magic("unload_ext", "kale_magics")
-    for name in ("items", "counts", "total", "share"):
+    for name in ("items", "counts", "total", "share", "N"):
         ip.user_ns.pop(name, None)
 
 
@@ -146,13 +146,17 @@ def test_load_binds_a_succeeded_steps_outputs_from_a_chosen_run(runs, shell) -> 
         f"loaded items (list): output of step 'make', run {records[1].run_id}"]
 
 
-def test_load_of_a_failed_step_binds_its_inputs(runs, shell) -> None:
+def test_load_of_a_failed_step_binds_its_inputs_and_parameters(runs, shell) -> None:
     _, _, records = runs
+    shell.user_ns["N"] = 3  # the kernel's own value; the run had N=5
     out = kale(shell, f"load total --run {records[1].run_id}")
-    assert shell.user_ns["items"] == [0, 1, 2, 3, 4]
-    assert out.strip() == f"loaded items (list): input of step 'total', made by 'make', run {records[1].run_id}"
+    assert shell.user_ns["items"] == [0, 1, 2, 3, 4] and shell.user_ns["N"] == 5
+    run_id = records[1].run_id
+    assert out.splitlines() == [
+        f"loaded items (list): input of step 'total', made by 'make', run {run_id}",
+        f"loaded N (int): parameter read by step 'total', run {run_id}"]
     # and now the step's code fails in the kernel as it did in the run
-    result = shell.run_cell("total = sum(items) / (5 - 5)")
+    result = shell.run_cell("total = sum(items) / (N - 5)")
     assert isinstance(result.error_in_exec, ZeroDivisionError)
 
 
@@ -166,7 +170,7 @@ def test_load_errors_are_one_line_and_bind_nothing(runs, shell) -> None:
     _, _, records = runs
     cases = {"load nope": "run {run} has no step 'nope'; its steps are: make, total, report",
              "load make nope": "step 'make' of run {run} saved or received no `nope`; it has: "
-                               "counts, items",
+                               "counts, items, N",
              "load make --run zzz": "no run 'zzz' of this notebook under"}
     for line, message in cases.items():
         with pytest.raises(UsageError) as caught:
@@ -194,6 +198,12 @@ def test_runs_magic_prints_the_same_table(runs, shell) -> None:
         shell.run_line_magic("kale", "runs")
     assert captured.outputs[0].data["text/plain"] == views.runs_text(api.run_history(notebook))
     assert captured.outputs[0].data["text/html"].count('class="kale-run"') == 3
+    first, second = api.run_history(notebook).runs[:2]
+    with capture_output() as compared:
+        shell.run_line_magic("kale", f"runs --compare {first.run_id} {second.run_id}")
+    rows = api.compare_runs(first, second)
+    assert compared.outputs[0].data["text/plain"] == views.comparison_text(first, second, rows)
+    assert compared.outputs[0].data["text/html"].count('class="kale-differs"') == 3
 
 
 def test_no_runs_yet(notebook) -> None:

@@ -59,8 +59,8 @@ class RunHistoryView(w.VBox):
         try:
             self.history = api.run_history(self.notebook, pipeline_roots=self._roots(),
                                            server=self._server())
-        except api.KaleError as error:
-            self.table.value = rich.error_html(f"runs not listed: {error}")
+        except Exception as error:  # shown in the panel, never as a traceback in the notebook
+            self.table.value = rich.error_html(f"runs not listed: {type(error).__name__}: {error}")
             return
         ids = [r.run_id for r in self.history.runs]
         chosen = (self.first.value, self.second.value)

@@ -18,6 +18,7 @@ brought a step back into the kernel with Rok snapshots.
 
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import os
@@ -62,6 +63,8 @@ class StepRecord:
         Variable -> ``module.qualname`` of the saved value's type.
     inputs:
         Variable -> ``(producer step, artifact folder)`` of what the step received.
+    parameters:
+        The pipeline parameters the step reads (their values are the run's).
     """
 
     name: str
@@ -72,6 +75,7 @@ class StepRecord:
     outputs: dict[str, str] = field(default_factory=dict)
     types: dict[str, str] = field(default_factory=dict)
     inputs: dict[str, tuple[str, str]] = field(default_factory=dict)
+    parameters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -168,9 +172,9 @@ def record_of(plan: Plan, status: RunStatus, arguments: Mapping[str, Any], folde
             path = produced.artifacts.get(item.name, {}).get("path") if produced else None
             if path:
                 inputs[item.name] = (item.producer, str(path))
+        types = {n: str(a.get("python_type", "")) for n, a in done.artifacts.items()}
         steps.append(StepRecord(step.name, done.state, done.duration_s, done.cached, done.error,
-                                outputs, {n: str(a.get("python_type", ""))
-                                          for n, a in done.artifacts.items()}, inputs))
+                                outputs, types, inputs, tuple(step.parameters)))
     return RunRecord(run_id=os.path.basename(folder), pipeline=plan.name, where=where,
                      state=status.state, start=status.start, end=status.end,
                      notebook=os.path.abspath(plan.notebook) if plan.notebook else "",
@@ -182,7 +186,8 @@ def _to_json(record: RunRecord) -> dict[str, Any]:
     steps = {s.name: {"state": s.state, "duration_s": s.duration_s, "cached": s.cached,
                       "error": s.error, "outputs": s.outputs, "types": s.types,
                       "inputs": {n: {"producer": p, "path": path}
-                                 for n, (p, path) in s.inputs.items()}}
+                                 for n, (p, path) in s.inputs.items()},
+                      "parameters": list(s.parameters)}
              for s in record.steps}
     return {"version": RECORD_VERSION, "run_id": record.run_id, "pipeline": record.pipeline,
             "notebook": record.notebook, "where": record.where, "state": record.state,
@@ -204,12 +209,16 @@ def write_record(plan: Plan, status: RunStatus, arguments: Mapping[str, Any], fo
 
 # -- reading ----------------------------------------------------------------------------------
 
+def _step_from_json(name: str, data: Mapping[str, Any]) -> StepRecord:
+    inputs = {n: (i["producer"], i["path"]) for n, i in (data.get("inputs") or {}).items()}
+    return StepRecord(name, data["state"], data.get("duration_s"), bool(data.get("cached")),
+                      data.get("error", ""), dict(data.get("outputs") or {}),
+                      dict(data.get("types") or {}), inputs,
+                      tuple(data.get("parameters") or ()))
+
+
 def _from_json(data: Mapping[str, Any], folder: str) -> RunRecord:
-    steps = tuple(StepRecord(name, s["state"], s.get("duration_s"), bool(s.get("cached")),
-                             s.get("error", ""), dict(s.get("outputs") or {}),
-                             dict(s.get("types") or {}),
-                             {n: (i["producer"], i["path"]) for n, i in (s.get("inputs") or {}).items()})
-                  for name, s in data["steps"].items())
+    steps = tuple(_step_from_json(name, s) for name, s in data["steps"].items())
     return RunRecord(run_id=data["run_id"], pipeline=data["pipeline"], where=data["where"],
                      state=data["state"], start=float(data["start"]), end=data.get("end"),
                      notebook=data.get("notebook", ""), parameters=dict(data["parameters"]),
@@ -297,7 +306,8 @@ def remote_runs(session: Any, plan: Plan, limit: int = MAX_RUNS) -> list[RunReco
         start = seconds(run.created_at) or 0.0
         records.append(RunRecord(
             run_id=run.run_id, pipeline=plan.name, where="kfp", state=str(run.state or "PENDING"),
-            start=start, end=seconds(run.finished_at), parameters=_plain_parameters(plan, config or {}),
+            start=start, end=seconds(run.finished_at),
+            parameters=_plain_parameters(plan, config or {}),
             error=str(getattr(run.error, "message", "") or "") if run.error else "",
             url=conn.run_url(run.run_id)))
     return sorted(records, key=lambda r: r.start, reverse=True)
@@ -339,7 +349,8 @@ def compare(first: RunRecord, second: RunRecord) -> list[ComparedValue]:
 @dataclass(frozen=True)
 class LoadedValue:
     """A value :func:`load_values` bound: its name, type, the step and run it came from,
-    and whether it was the step's ``"output"`` or ``"input"`` (then ``producer`` made it)."""
+    and whether it was the step's ``"output"``, ``"input"`` (then ``producer`` made it) or
+    ``"parameter"`` (the run's value)."""
 
     name: str
     type_name: str
@@ -349,13 +360,17 @@ class LoadedValue:
     producer: str
 
 
-def _loadable(step: StepRecord) -> dict[str, tuple[str, str, str]]:
-    """Variable -> (role, producer, folder): a succeeded step's outputs, then its inputs."""
-    found = {n: ("output", step.name, p) for n, p in step.outputs.items()}
+def _loadable(record: RunRecord, step: StepRecord) -> dict[str, tuple[str, str, str]]:
+    """Variable -> (role, producer, folder): a succeeded step's outputs, then what it received,
+    its inputs and (role ``"parameter"``, no folder) the parameters it reads, each sorted."""
+    found = {n: ("output", step.name, p) for n, p in sorted(step.outputs.items())}
     if step.state != SUCCEEDED:  # a failed step's outputs are not saved; its inputs are
         found = {}
-    for name, (producer, path) in step.inputs.items():
+    for name, (producer, path) in sorted(step.inputs.items()):
         found.setdefault(name, ("input", producer, path))
+    for name in sorted(step.parameters):
+        if name in record.parameters:
+            found.setdefault(name, ("parameter", "", ""))
     return found
 
 
@@ -363,15 +378,45 @@ def _type_name(value: Any) -> str:
     """The type of ``value`` as people write it: ``pandas.DataFrame``, ``int``, ``Model``."""
     cls = type(value)
     module = cls.__module__.split(".")[0]
-    return cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+    if module in ("builtins", "__main__"):
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
+
+
+def _chosen(step: StepRecord, loadable: Mapping[str, tuple[str, str, str]],
+            names: Sequence[str], run_id: str) -> list[str]:
+    """``names``, each checked; by default a succeeded step's outputs (for a last step, what it
+    received), a failed or skipped step's inputs and parameters.
+
+    Raises
+    ------
+    RunError
+        A name the step neither saved nor received, or nothing to load.
+    """
+    if not loadable:
+        what = ("passes nothing on and received nothing" if step.state == SUCCEEDED
+                else f"was {step.state} and received nothing")
+        raise RunError(f"step {step.name!r} of run {run_id} {what}: there is nothing to load")
+    unknown = [n for n in names if n not in loadable]
+    if unknown:
+        kind = ("saved or received" if step.state == SUCCEEDED
+                else f"received (it was {step.state})")
+        raise RunError(f"step {step.name!r} of run {run_id} {kind} no "
+                       f"{', '.join(f'`{n}`' for n in unknown)}; it has: {', '.join(loadable)}")
+    if names:
+        return list(names)
+    outputs = [n for n, (role, _, _) in loadable.items() if role == "output"]
+    return outputs if step.state == SUCCEEDED and outputs else list(loadable)
 
 
 def load_values(record: RunRecord, step_name: str, names: Sequence[str],
                 namespace: MutableMapping[str, Any]) -> list[LoadedValue]:
-    """Load step ``step_name``'s saved outputs (for a succeeded step) or its inputs (for a
-    failed or skipped one), or only ``names`` among those, into ``namespace`` with the step
-    runtime's marshal code (:func:`kale_magics.runtime.marshal.load`); functions and classes
-    the notebook defines resolve their globals in ``namespace``, as in a step.
+    """Load step ``step_name``'s saved outputs (for a succeeded step), or what it received, its
+    inputs and the run's values of the parameters it reads (for a failed or skipped one), or
+    only ``names`` among those, into ``namespace``, with the step runtime's marshal code
+    (:func:`kale_magics.runtime.marshal.load`); functions and classes the notebook defines
+    resolve their globals in ``namespace``, as in a step. Nothing is bound unless every value
+    loads.
 
     Returns
     -------
@@ -385,24 +430,15 @@ def load_values(record: RunRecord, step_name: str, names: Sequence[str],
         artifact that cannot be loaded (missing, removed, a package missing here).
     """
     step = record.step(step_name)
-    loadable = _loadable(step)
-    if not loadable:
-        what = "passes nothing on and received nothing" if step.state == SUCCEEDED else \
-            f"was {step.state} and received nothing"
-        raise RunError(f"step {step_name!r} of run {record.run_id} {what}: there is nothing to load")
-    unknown = [n for n in names if n not in loadable]
-    if unknown:
-        kind = "saved or received" if step.state == SUCCEEDED else f"received (it was {step.state})"
-        raise RunError(f"step {step_name!r} of run {record.run_id} {kind} no "
-                       f"{', '.join(f'`{n}`' for n in unknown)}; it has: {', '.join(loadable)}")
-    chosen = list(names) or [n for n, (role, _, _) in loadable.items()
-                             if role == ("output" if step.state == SUCCEEDED else "input")]
-    if not chosen and step.state == SUCCEEDED:  # a last step: its inputs are what it had
-        chosen = list(loadable)
-    values = {}
+    loadable = _loadable(record, step)
+    chosen = _chosen(step, loadable, names, record.run_id)
     globals_of = namespace if isinstance(namespace, dict) else None
+    values = {}
     for name in chosen:
-        path = loadable[name][2]
+        role, _, path = loadable[name]
+        if role == "parameter":
+            values[name] = copy.deepcopy(record.parameters[name])
+            continue
         try:
             values[name] = marshal.load(path, name, globals_of, namespace)
         except marshal.MarshalError as error:
@@ -415,7 +451,6 @@ def load_values(record: RunRecord, step_name: str, names: Sequence[str],
         loaded.append(LoadedValue(name, _type_name(value), step_name, record.run_id, role,
                                   producer))
     return loaded
-
 
 
 @dataclass(frozen=True)

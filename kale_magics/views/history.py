@@ -86,13 +86,18 @@ def comparison_text(first: RunRecord, second: RunRecord, rows: Sequence[Compared
                      for r in table)
 
 
+def _origin(value: LoadedValue) -> str:
+    if value.role == "output":
+        return f"output of step {value.step!r}"
+    if value.role == "parameter":
+        return f"parameter read by step {value.step!r}"
+    return f"input of step {value.step!r}, made by {value.producer!r}"
+
+
 def loaded_text(loaded: Iterable[LoadedValue]) -> str:
     """One line per loaded value: ``loaded df (pandas.DataFrame): output of step 'load', run R``."""
-    return "\n".join(
-        f"loaded {v.name} ({v.type_name}): " + (f"output of step {v.step!r}" if v.role == "output"
-                                              else f"input of step {v.step!r}, made by "
-                                                   f"{v.producer!r}") + f", run {v.run_id}"
-        for v in loaded)
+    return "\n".join(f"loaded {v.name} ({v.type_name}): {_origin(v)}, run {v.run_id}"
+                      for v in loaded)
 
 
 def _td(text: str, style: str = "", tag: str = "td") -> str:
