@@ -14,7 +14,9 @@ import sys
 from typing import Any, Callable, Sequence
 
 from kale_magics import __version__, api
-from kale_magics.views.text import plan_text, run_summary, schedules_text, status_text, step_line
+from kale_magics.views.history import comparison_text, history_json, runs_text
+from kale_magics.views.text import (models_text, plan_text, run_summary, schedules_text,
+                                    status_text, step_line)
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -177,6 +179,33 @@ def _schedules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs(args: argparse.Namespace) -> int:
+    remote = args.host or args.remote
+    found = api.run_history(args.notebook, pipeline_roots=args.pipeline_root,
+                            server=_session(args) if remote else None)
+    if args.compare:
+        first, second = (found.find(run_id, "listed") for run_id in args.compare)
+        print(comparison_text(first, second, api.compare_runs(first, second)))
+    elif args.json:
+        print(json.dumps(history_json(found)))
+    else:
+        print(runs_text(found))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    print(models_text(*api.model_versions(args.notebook, args.model_registry)))
+    return 0
+
+
+def _image(args: argparse.Namespace) -> int:
+    context = api.notebook_image(args.output, args.base, args.from_pypi)
+    what = f"wheels/{context.wheel}" if context.wheel else "kale-magics from PyPI"
+    print(f"wrote {context.folder}/Dockerfile (FROM {context.base}, with {what})\n"
+          f"build it: {context.build_command}")
+    return 0
+
+
 def _warn(messages: Sequence[str], kind: str = "warning") -> None:
     """Print each message on stderr (stdout stays clean for --json)."""
     for message in messages:
@@ -287,6 +316,24 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("-o", "--output", required=True, metavar="OUT.ipynb",
                          help="where to write the converted copy")
     convert.set_defaults(handler=_convert)
+    models = sub.add_parser("models", help="list the registered versions of the notebook's models",
+                            description="list the versions of the models the notebook's steps "
+                            "--register, as the Kubeflow Model Registry holds them")
+    models.add_argument("notebook", help="the annotated .ipynb file (only read)")
+    models.add_argument("--model-registry", metavar="URL", help="registry address; default: the "
+                        "notebook's --model-registry, then $MODEL_REGISTRY_URL, then the config file")
+    models.set_defaults(handler=_models)
+    image = sub.add_parser("image", help="write a Kubeflow notebook image's Dockerfile with "
+                           "kale-magics", description="write the Dockerfile and build context of a "
+                           "Kubeflow notebook-server image with kale-magics and its widgets")
+    image.add_argument("--base", metavar="IMAGE", help="image to extend: a Kubeflow name "
+                       "(jupyter-scipy, the default; codeserver-python for VS Code; jupyter-pytorch, "
+                       "...) or any image reference")
+    image.add_argument("-o", "--output", default="kale-notebook-image", metavar="DIR",
+                       help="folder for the Dockerfile and context (default kale-notebook-image)")
+    image.add_argument("--from-pypi", action="store_true",
+                       help="install kale-magics from PyPI instead of a wheel of this source")
+    image.set_defaults(handler=_image)
     return parser
 
 
@@ -310,7 +357,22 @@ def _add_remote_commands(sub: Any) -> None:
     schedules.add_argument("--delete", action="append", default=[], metavar="ID",
                            help="delete this recurring run (repeatable)")
     schedules.set_defaults(handler=_schedules)
-    for cmd in (status, cancel, schedules):
+    runs = sub.add_parser("runs", help="list a notebook's runs, or compare two",
+                          description="list NOTEBOOK's runs, newest first: local runs (recorded "
+                          "under the pipeline root) and, with --remote or --host, the KFP "
+                          "server's runs of its pipeline; state, start, duration, parameters, "
+                          "metrics")
+    runs.add_argument("notebook", help="the annotated .ipynb file (only read)")
+    runs.add_argument("--compare", nargs=2, metavar="RUN_ID", help="two runs side by side; "
+                      "* marks the values that differ")
+    runs.add_argument("--pipeline-root", action="append", default=[], metavar="DIR",
+                      help="also look for local runs here (repeatable; default .kale/local_runs "
+                      "and .kale/container_runs next to the notebook)")
+    runs.add_argument("--remote", action="store_true", help="also list the configured KFP "
+                      "server's runs")
+    runs.add_argument("--json", action="store_true", help="print the runs as a JSON list")
+    runs.set_defaults(handler=_runs)
+    for cmd in (status, cancel, schedules, runs):
         _connection_options(cmd)
     _watch_options(status)
 

@@ -171,6 +171,10 @@ def to_kale_tags(nb: Any, plan: Plan) -> tuple[Any, list[str]]:
         cell["source"] = source
         if tags != original_tags:
             cell.setdefault("metadata", {})["tags"] = tags
+    if plan.settings.on_exit:
+        warnings.append(f"%kale pipeline --on-exit {plan.settings.on_exit}: Kale tags cannot "
+                        "express an exit step; Kale runs it as an ordinary step, only when the "
+                        "others succeed, without PIPELINE_STATUS")
     out.cells = cells
     out.metadata[STASH] = {"kubeflow_notebook": out.metadata.get("kubeflow_notebook")}
     out.metadata["kubeflow_notebook"] = kale_tags.metadata_for(plan.name, plan.settings)

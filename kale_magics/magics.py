@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import dataclasses
 import time
 from importlib import metadata
@@ -25,9 +26,11 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 
 from kale_magics import api
+from kale_magics.views import history as history_views
 from kale_magics.views import rich
 from kale_magics.views.text import (
     check_text,
+    models_text,
     plan_text,
     run_summary,
     status_text,
@@ -96,6 +99,29 @@ ACTION_PARSERS: dict[str, api.GrammarParser] = {
     "export": _action_parser("export", "Write a copy of the notebook annotated with Kale's tags.",
                              (("--kale-tags",), {"required": True, "metavar": "OUT.ipynb",
                                                  "help": "where to write the copy"})),
+    "runs": _action_parser("runs", "List this notebook's runs (local, and on the KFP server with "
+                           "--remote or --host): state, start, duration, parameters, metrics.",
+                           (("--compare",), {"nargs": 2, "metavar": "RUN_ID",
+                                             "help": "two runs side by side; * marks what differs"}),
+                           (("--pipeline-root",), {"action": "append", "default": [],
+                                                   "help": "also look for local runs here"}),
+                           (("--remote",), {"action": "store_true",
+                                            "help": "also list the configured KFP server's runs"}),
+                           *_REMOTE_OPTIONS),
+    "load": _action_parser("load", "Load a step's saved outputs (or a failed step's inputs) from a "
+                           "local run into the kernel, to debug it.",
+                           (("step",), {"metavar": "STEP", "help": "the step"}),
+                           (("names",), {"nargs": "*", "metavar": "VAR",
+                                         "help": "only these variables (default: all)"}),
+                           (("--run",), {"dest": "run_id", "metavar": "RUN_ID",
+                                         "help": "a local run's id, or a part only it holds "
+                                         "(default: the latest; see %%kale runs)"}),
+                           (("--pipeline-root",), {"action": "append", "default": [],
+                                                   "help": "also look for local runs here"})),
+    "models": _action_parser("models", "List the registered versions of the models this "
+                             "notebook's steps --register in the Model Registry.",
+                             (("--model-registry",), {"metavar": "URL", "help": "registry address; "
+                              "default: %%kale pipeline --model-registry, then $MODEL_REGISTRY_URL"})),
     "panel": _action_parser("panel", "Show the deploy panel: settings, Check, Compile, Run, "
                             "Cancel, and the DAG with every step's state, live."),
 }
@@ -141,7 +167,8 @@ class KaleMagics(Magics):
         self.actions: dict[str, Callable[[argparse.Namespace], Any]] = {
             "show": self._show, "check": self._check, "compile": self._compile,
             "run": self._run, "status": self._status, "cancel": self._cancel,
-            "export": self._export, "panel": self._panel}
+            "export": self._export, "panel": self._panel, "runs": self._runs,
+            "load": self._load, "models": self._models}
 
     @line_cell_magic
     def kale(self, line: str, cell: str | None = None) -> Any:
@@ -158,9 +185,13 @@ class KaleMagics(Magics):
         annotation = api.parse_annotation(line)
         tree, filename = self._parse_body(cell)
         entry = self.session.record(self._cell_id(), annotation, cell, tree)
-        result = self._run_tree(tree, filename)
+        result, note = self.session.run_body(
+            entry, lambda: self._run_tree(copy.deepcopy(tree), filename))
         if annotation.kind == "step":
-            self._show_step(entry, self.session.step_run(entry))
+            step = self.session.step_run(entry)
+            if note:
+                display({"text/plain": note}, raw=True)
+            self._show_step(entry, step)
         return result
 
     def _show_step(self, entry: Any, step: api.StepRun) -> None:
@@ -320,15 +351,47 @@ class KaleMagics(Magics):
         ended = "" if status.state in ("CANCELED", "CANCELING") else " (it ended before it could be canceled)"
         print(f"run {run_id}: {status.state}{ended}")
 
+    def _models(self, args: argparse.Namespace) -> None:
+        print(models_text(*api.model_versions(self._notebook(args), args.model_registry)))
+
     def _export(self, args: argparse.Namespace) -> None:
         written, warnings = api.convert(self._notebook(args), args.kale_tags, "kale-tags")
         print("\n".join([*(f"warning: {w}" for w in warnings),
                          f"wrote {written} (annotated with Kale's cell tags)"]))
 
+    def _run_roots(self, given: list[str]) -> list[str]:
+        """``--pipeline-root`` folders, then the last local run's pipeline root in this kernel."""
+        last = self.session.last_run
+        extra = [last.pipeline_root] if last is not None and not last.run_id \
+            and last.pipeline_root else []
+        return [*given, *extra]
+
+    def _runs(self, args: argparse.Namespace) -> None:
+        notebook = self._notebook(args)
+        remote = args.host or args.remote or self.session.server is not None
+        found = api.run_history(notebook, pipeline_roots=self._run_roots(args.pipeline_root),
+                                server=self._connect(args) if remote else None)
+        if args.compare:
+            first, second = (found.find(run_id, "listed") for run_id in args.compare)
+            rows = api.compare_runs(first, second)
+            display({"text/plain": history_views.comparison_text(first, second, rows),
+                     "text/html": history_views.comparison_html(first, second, rows)}, raw=True)
+            return
+        display({"text/plain": history_views.runs_text(found),
+                 "text/html": history_views.runs_html(found)}, raw=True)
+
+    def _load(self, args: argparse.Namespace) -> None:
+        loaded = api.load_step(self._notebook(args), args.step, args.names, self.shell.user_ns,
+                               run_id=args.run_id,
+                               pipeline_roots=self._run_roots(args.pipeline_root))
+        print(history_views.loaded_text(loaded))
+
     def _panel(self, args: argparse.Namespace) -> None:
         """The deploy panel, found through its entry point (this module imports no other front
         end); shown again, it is the same panel and run."""
         notebook = self._notebook(args)
+        for notice in api.panel_notices(self.shell.user_ns):
+            print(f"notice: {notice}")
         if notebook not in self.panels:
             self.panels[notebook] = _panel_class()(notebook, shell=self.shell)
         display(self.panels[notebook])

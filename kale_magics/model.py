@@ -176,6 +176,68 @@ class StepSettings:
 
 
 @dataclass(frozen=True)
+class Registration:
+    """A model a step registers in the Kubeflow Model Registry after it ran (``--register``).
+
+    Attributes
+    ----------
+    variable:
+        The step's variable holding the model; saved as a KFP ``Model`` artifact.
+    model:
+        The registered model's name (``--register VAR:NAME``; default the variable's name).
+    format, format_version:
+        The model format (``--model-format sklearn:1.5``); None: told in the step from the
+        value's type (``runtime.registration.model_format``).
+    version:
+        The version's name (``--register-version``); None: the run's name.
+    """
+
+    variable: str
+    model: str
+    format: str | None = None
+    format_version: str | None = None
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class Loop:
+    """``--for VARIABLE in ITEMS [--parallelism N]`` of a step: the step runs once per item.
+
+    Attributes
+    ----------
+    variable:
+        The name bound to each item while the step's code runs (the step's own: later steps
+        do not see it).
+    items:
+        The list the step runs over: a list parameter or a variable an earlier step assigns.
+    parallelism:
+        How many items run at once at most (``dsl.ParallelFor(parallelism=...)``); None: no cap.
+    """
+
+    variable: str
+    items: str
+    parallelism: int | None = None
+
+
+@dataclass(frozen=True)
+class Condition:
+    """``--if "EXPR"`` of a step: the step runs only when EXPR is true.
+
+    Attributes
+    ----------
+    expression:
+        EXPR as ``ast.unparse`` writes it back (``"best_accuracy > 0.9 and MODE == 'full'"``):
+        comparisons of names with literals joined by ``and``/``or``, checked by the grammar.
+    names:
+        The names EXPR reads, in order of first use: pipeline parameters or scalar
+        variables of earlier steps.
+    """
+
+    expression: str
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Annotation:
     """One parsed ``%%kale KIND ...`` line.
 
@@ -195,6 +257,12 @@ class Annotation:
         later steps are found to read. Empty when not given.
     settings:
         The step's own execution settings (resources, image, retries, ...).
+    loop:
+        ``--for VAR in LIST``: the step runs once per item of LIST; None for a plain step.
+    condition:
+        ``--if "EXPR"``: the step runs only when EXPR is true; None for a plain step.
+    registrations:
+        Models the step registers in the Model Registry (``--register``).
     """
 
     kind: str
@@ -203,6 +271,9 @@ class Annotation:
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     settings: StepSettings = field(default_factory=StepSettings)
+    loop: Loop | None = None
+    condition: Condition | None = None
+    registrations: tuple[Registration, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -224,8 +295,14 @@ class PipelineSettings:
         Path of the notebook file, for kernels that cannot tell (nbclient, papermill).
     pip_index_urls, pip_trusted_hosts:
         Where steps install packages from on the cluster (a mirror, a private index).
+    model_registry:
+        The Kubeflow Model Registry's REST address (``https://registry:443``) for steps that
+        ``--register`` models; without it, ``$MODEL_REGISTRY_URL`` or the config file.
     step_defaults:
         Execution settings every step gets unless it sets its own.
+    on_exit:
+        ``--on-exit STEP``: the step that runs after every other step, whether they
+        succeeded or not (``dsl.ExitHandler``), and reads ``PIPELINE_STATUS``.
     """
 
     name: str | None = None
@@ -235,7 +312,9 @@ class PipelineSettings:
     notebook: str | None = None
     pip_index_urls: tuple[str, ...] = field(default=(), metadata=_merge_entries(_whole_list))
     pip_trusted_hosts: tuple[str, ...] = field(default=(), metadata=_merge_entries(_whole_list))
+    model_registry: str | None = None
     step_defaults: StepSettings = field(default_factory=StepSettings)
+    on_exit: str | None = None
 
     @property
     def image(self) -> str | None:
@@ -387,6 +466,20 @@ class Step:
     reads_outside:
         What in the step's code reads files or other outside state
         (``"pandas.read_csv(...)"``): a cached result of the step may be stale.
+    loop:
+        ``--for VAR in LIST``: the step runs once per item (``dsl.ParallelFor``) and every
+        output is the list of its per-item values, in item order (``dsl.Collected``).
+    condition:
+        ``--if "EXPR"``: the step runs only when EXPR is true (``dsl.If``).
+    condition_inputs:
+        The names of :attr:`condition` that earlier steps assign, with those steps (the
+        others are pipeline parameters).
+    scalars:
+        Variables of this step a later step's condition reads: emitted as output
+        parameters (JSON text) as well as artifacts.
+    registrations:
+        Models the step registers in the Model Registry after its code ran; each
+        variable is also one of ``outputs``.
     """
 
     name: str
@@ -399,11 +492,17 @@ class Step:
     settings: StepSettings = field(default_factory=StepSettings)
     imports: tuple[tuple[Cell, str], ...] = ()
     reads_outside: tuple[str, ...] = ()
+    loop: Loop | None = None
+    condition: Condition | None = None
+    condition_inputs: tuple[Input, ...] = ()
+    scalars: tuple[str, ...] = ()
+    registrations: tuple[Registration, ...] = ()
 
     @property
     def upstream(self) -> tuple[str, ...]:
-        """Every step this one waits for (data and ``--after`` edges), sorted."""
-        return tuple(sorted({i.producer for i in self.inputs} | set(self.after)))
+        """Every step this one waits for (data, condition and ``--after`` edges), sorted."""
+        return tuple(sorted({i.producer for i in (*self.inputs, *self.condition_inputs)}
+                            | set(self.after)))
 
 
 @dataclass(frozen=True)

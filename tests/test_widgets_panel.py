@@ -284,3 +284,44 @@ def test_cancel_a_remote_run(shell, panels, kfp_server, token_env, tmp_path) -> 
     panel.cancel_button.click()
     status = panel.control.wait(60)
     assert status.state == "CANCELED"
+
+
+SIBLINGS = ("%%kale step first\nx = 1", "%%kale step middle\ny = 1 / 0",
+            "%%kale step last\nz = 3", "%%kale step after_middle\nw = y + 1")
+SIBLING_STATES = {"first": "SUCCEEDED", "middle": "FAILED", "last": "SUCCEEDED",
+                  "after_middle": "SKIPPED"}
+
+
+def test_a_failed_sibling_stops_only_its_dependents_in_every_front_end(shell, panels,  # noqa: F811
+                                                                        tmp_path) -> None:
+    """Three independent steps, the middle one raising: the other two run (kfp.local alone
+    stops at the first failure), the step reading the failed one's output is skipped with the
+    reason, and the CLI, ``%kale run`` and the panel show the same states."""
+    from IPython.core.error import UsageError
+
+    from tests.test_cli import cli
+
+    path = write_notebook(tmp_path / "siblings.ipynb", SIBLINGS)
+    result = cli("run", str(path), "--no-cache")
+    assert result.returncode == 1
+    lines = [line for line in result.stdout.splitlines() if "  " in line and "|" not in line]
+    finals = {line.split()[0]: line.split()[1] for line in lines if "RUNNING" not in line}
+    assert finals == SIBLING_STATES
+    assert [line.split()[0] for line in lines if "RUNNING" in line] == ["first", "middle", "last"]
+    assert "after_middle  SKIPPED  upstream step 'middle' failed" in result.stdout
+    assert "step after_middle skipped: upstream step 'middle' failed" in result.stdout
+
+    with capture_output() as captured, pytest.raises(UsageError, match="step 'middle' failed"):
+        shell.run_line_magic("kale", f"run --notebook {path} --no-cache")
+    shown = [o.data for o in captured.outputs if "text/html" in o.data][-1]
+    assert dict(_node_states(shown["text/html"])) == SIBLING_STATES
+    assert "after_middle  SKIPPED  upstream step 'middle' failed" in shown["text/plain"]
+
+    panel = make_panel(panels, path, shell)
+    panel.form.caching.value = False
+    panel.run_button.click()
+    status = panel.control.wait(120)
+    panel.refresh()
+    assert status.state == "FAILED"
+    assert states(panel) == SIBLING_STATES
+    assert dict(_node_states(panel.dag_html.value)) == SIBLING_STATES

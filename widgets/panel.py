@@ -5,8 +5,9 @@ What it shows is rendered by the pure views of :mod:`kale_magics.views.rich`.
 Only standard ipywidgets 8 widgets (``HTML``, ``Button``, ``Dropdown``, ...), so
 it renders in Notebook 7, JupyterLab 4 and VS Code without a front-end build.
 Widget values are set from the run's background thread; ipykernel sends comm
-messages through its thread-safe IOPub socket, and the browser test checks
-that they arrive. One panel is one set of widget models: displaying it again
+messages through its thread-safe IOPub socket; ``tests/test_panel_kernel.py`` checks
+in a real ipykernel 7 kernel that they reach the client, and the browser test that
+they reach the page. One panel is one set of widget models: displaying it again
 (or in a second output) shows the same, current state.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 import ipywidgets as w
 from kale_widgets.form import SettingsForm
+from kale_widgets.history import RunHistoryView
 from kale_widgets.run_control import RunControl, RunRequest
 
 from kale_magics import api
@@ -110,6 +112,9 @@ class DeployPanel(w.VBox):
         self.children = [title, w.HBox([self.check_button, self.compile_button, self.run_button,
                                         self.cancel_button]),
                          self.message, w.HBox([settings, view])]
+        if self.control is not None:
+            self.history = RunHistoryView(path, self.control.server, self.control.pipeline_roots)
+            self.children = [*self.children, self.history]
 
     # -- buttons ----------------------------------------------------------------------------
 
@@ -188,6 +193,8 @@ class DeployPanel(w.VBox):
                 time.sleep(1.0)
                 self.refresh()
             self.refresh()
+            if self.control is not None:
+                self.history.reload()
 
         self._ticker = threading.Thread(target=tick, name="kale-panel-ticker", daemon=True)
         self._ticker.start()

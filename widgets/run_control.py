@@ -168,6 +168,16 @@ class RunControl:
                 closing.close()
         self._spare = self._target = None
 
+    def server(self) -> api.KfpSession | None:
+        """The KFP session of the last remote run, else the kernel's (``%kale`` magics'), or None."""
+        return getattr(self._target, "session", None) or self.session.server
+
+    def pipeline_roots(self) -> list[str]:
+        """The last local run's pipeline root (where its record is), if any."""
+        last = self.session.last_run
+        return [last.pipeline_root] if last is not None and not last.run_id and \
+            last.pipeline_root else []
+
     # -- in the background ------------------------------------------------------------------
 
     def _new_target(self, request: RunRequest) -> api.RunTarget:

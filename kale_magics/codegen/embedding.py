@@ -38,7 +38,8 @@ from kale_magics import __version__
 from kale_magics.codegen.literals import string_literal
 
 #: The runtime modules shipped to every step: ``kale_magics/runtime/<name>.py``. The one list.
-RUNTIME_MODULES = ("backends", "bundle", "channel", "marshal", "pickling", "shell", "step")
+RUNTIME_MODULES = ("backends", "bundle", "channel", "marshal", "pickling", "registration", "shell",
+                   "step")
 #: The component (and the pipeline function's task variable is ``<this>_task``).
 RUNTIME_COMPONENT = "kale_runtime"
 #: Every step's input artifact holding the bundle.
@@ -60,8 +61,8 @@ _WRITER = '''\
 def {name}({output}: Output[Artifact]):
     """Write the step runtime (with its bytecode) and the notebook's imports and functions cells.
 
-    The runtime is kale_magics/runtime/{{{modules}}}.py of kale-magics {version},
-    as zlib-compressed JSON in base64; sha256 of the JSON:
+    The runtime is kale_magics/runtime/{{{modules}}}.py
+    of kale-magics {version}, as zlib-compressed JSON in base64; sha256 of the JSON:
     {digest}.
     """
     import base64
@@ -176,3 +177,20 @@ def runtime_component_function(notebook: str, prelude: str, places: str = "[]") 
     return _WRITER.format(name=RUNTIME_COMPONENT, output=RUNTIME_OUTPUT, version=__version__,
                           modules=",".join(RUNTIME_MODULES), digest=digest, blob=blob,
                           notebook=string_literal(notebook), prelude=prelude, places=places)
+
+
+def embedded_loader(notebook: str, prelude: str, places: str = "[]") -> str:
+    """Lines that write the bundle into a new temporary folder and import the runtime from it.
+
+    For the ``--on-exit`` step: KFP gives an exit task no input from another task
+    (``dsl.ExitHandler``; the compiler refuses one), so it cannot take the
+    ``kale_runtime`` artifact and carries the runtime itself, once. The arguments are
+    those of :func:`runtime_component_function`.
+    """
+    writer = runtime_component_function(notebook, prelude, places).replace(
+        f"{RUNTIME_OUTPUT}.path", f"{RUNTIME_INPUT}.path")
+    body = writer.split('\n    """\n', 1)[1]
+    return ("    import tempfile\n"
+            "    import types\n"
+            f"    {RUNTIME_INPUT} = types.SimpleNamespace(path=tempfile.mkdtemp(prefix='kale-runtime-'))\n"
+            + body + LOADER)

@@ -7,12 +7,16 @@ so a line means the same thing wherever it is read.
 Cell annotations (the first line of a code cell)::
 
     %%kale imports | functions | parameters | metrics | skip
-    %%kale step NAME [--after STEP ...] [--inputs NAME ...] [--outputs NAME ...] [OPTIONS]
+    %%kale step NAME [--after STEP ...] [--inputs NAME ...] [--outputs NAME ...]
+                     [--for VAR in LIST [--parallelism N]] [--if "EXPR"] [OPTIONS]
+                     [--register VAR[:NAME] ...] [--model-format FORMAT[:VERSION]]
+                     [--register-version VERSION]
 
 Pipeline settings (a line anywhere in a code cell)::
 
     %kale pipeline [--name NAME] [--experiment E] [--description D] [--host URL]
-                   [--notebook PATH] [--pip-index-url URL] [--pip-trusted-host HOST] [OPTIONS]
+                   [--notebook PATH] [--pip-index-url URL] [--pip-trusted-host HOST]
+                   [--on-exit STEP] [--model-registry URL] [OPTIONS]
 
 OPTIONS are the step execution options of ``notebook.step_options`` (``--cpu``,
 ``--memory``, ``--gpu``, ``--image``, ``--retries``, ``--timeout``, ``--env``,
@@ -77,7 +81,9 @@ def _step_parser() -> GrammarParser:
                         help="variables read from earlier steps that analysis cannot see")
     parser.add_argument("--outputs", nargs="+", default=[], metavar="NAME",
                         help="variables passed on that analysis cannot see (e.g. changed in place)")
+    step_options.add_control_options(parser)
     step_options.add_options(parser)
+    step_options.add_registration_options(parser)
     return parser
 
 
@@ -95,6 +101,10 @@ def _pipeline_parser() -> GrammarParser:
     parser.add_argument("--host", help="KFP API endpoint for remote runs, e.g. http://kfp:8888")
     parser.add_argument("--notebook", help="path of this notebook, where the kernel cannot tell "
                         "(nbclient, papermill)")
+    parser.add_argument("--on-exit", metavar="STEP", help="the step that runs after every other "
+                        "step, whether they succeeded or not; it reads PIPELINE_STATUS")
+    parser.add_argument("--model-registry", metavar="URL",
+                        help="Kubeflow Model Registry address for steps that --register models")
     return parser
 
 
@@ -249,7 +259,10 @@ def parse_cell_line(line: str) -> Annotation:
     return Annotation(kind="step", name=name, after=after,
                       inputs=_check_variables(ns.inputs, "--inputs"),
                       outputs=_check_variables(ns.outputs, "--outputs"),
-                      settings=step_options.settings_from(ns))
+                      settings=step_options.settings_from(ns), loop=step_options.loop_from(ns),
+                      condition=(step_options.condition(ns.condition)
+                                 if ns.condition is not None else None),
+                      registrations=step_options.registrations_from(ns))
 
 
 def parse_pipeline_line(line: str) -> PipelineSettings:
@@ -271,10 +284,21 @@ def parse_pipeline_line(line: str) -> PipelineSettings:
         except AnnotationError as error:
             raise AnnotationError(error.message, line=line) from None
     defaults = step_options.settings_from(ns)
+    on_exit = None if ns.on_exit is None else check_step_name(ns.on_exit, "--on-exit step")
     return PipelineSettings(name=ns.name, experiment=ns.experiment, description=ns.description,
-                            host=ns.host, notebook=ns.notebook,
+                            host=ns.host, notebook=ns.notebook, on_exit=on_exit,
+                            model_registry=_optional_url(ns.model_registry, line),
                             pip_index_urls=tuple(ns.pip_index_url),
                             pip_trusted_hosts=tuple(ns.pip_trusted_host), step_defaults=defaults)
+
+
+def _optional_url(value: str | None, line: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        return step_options.registry_url(value)
+    except AnnotationError as error:
+        raise AnnotationError(error.message, line=line) from None
 
 
 def is_cell_annotation(first_line: str) -> bool:
@@ -363,7 +387,9 @@ def cell_line(annotation: Annotation) -> str:
                           ("--outputs", annotation.outputs)):
         if names:
             words += [option, *names]
-    return " ".join([CELL_PREFIX, *words, *step_options.options_text(annotation.settings)])
+    return " ".join([CELL_PREFIX, *words, *step_options.control_text(annotation.loop, annotation.condition),
+                     *step_options.options_text(annotation.settings),
+                     *step_options.registration_words(annotation.registrations)])
 
 
 def pipeline_line(settings: PipelineSettings) -> str:
@@ -371,7 +397,8 @@ def pipeline_line(settings: PipelineSettings) -> str:
     words = []
     for option, value in (("--name", settings.name), ("--experiment", settings.experiment),
                           ("--description", settings.description), ("--host", settings.host),
-                          ("--notebook", settings.notebook)):
+                          ("--notebook", settings.notebook), ("--on-exit", settings.on_exit),
+                          ("--model-registry", settings.model_registry)):
         if value is not None:
             words += step_options.option_words(option, value)
     for option, values in (("--pip-index-url", settings.pip_index_urls),

@@ -305,6 +305,9 @@ def tags_for(annotation: Annotation, upstream: tuple[str, ...]) -> tuple[list[st
         cpu=s.cpu, memory=s.memory, retries=s.retries, backoff_s=s.backoff_s, timeout_s=s.timeout_s,
         env=s.env, volumes=s.volumes, node_selector=s.node_selector, tolerations=s.tolerations,
         packages=s.packages)) if o.startswith("--")]
+    control = " ".join(step_options.control_text(annotation.loop, annotation.condition))
+    if control:  # Kale has no control flow: its step would run once, unconditionally
+        lost.append(f"{control} (Kale runs the step once, unconditionally)")
     return tags, lost
 
 

@@ -61,6 +61,9 @@ class StepStatus:
         Seconds from the step's container starting to the step's code starting,
         which is installing its ``packages_to_install`` (container runs only, else None);
         not part of :attr:`duration_s`.
+    items:
+        For a ``--for`` step: the state of each item run so far, by the item's JSON text, in
+        the order they started (empty for other steps).
     """
 
     name: str
@@ -79,6 +82,14 @@ class StepStatus:
     metrics: dict[str, float] = field(default_factory=dict)
     cached: bool = False
     install_s: Optional[float] = None
+    items: dict[str, str] = field(default_factory=dict)
+
+    def item_counts(self) -> dict[str, int]:
+        """How many items of a ``--for`` step are in each state: ``{"SUCCEEDED": 3, ...}``."""
+        counts: dict[str, int] = {}
+        for state in self.items.values():
+            counts[state] = counts.get(state, 0) + 1
+        return counts
 
     def log_tail(self, lines: int = 20) -> list[str]:
         """The last ``lines`` lines of the step's log."""

@@ -16,14 +16,15 @@ from kale_magics.analysis.live import LiveValue
 from kale_magics.analysis.preflight import CheckReport
 from kale_magics.codegen.compile import CompiledPipeline
 from kale_magics.model import Plan, Step, counted
-from kale_magics.runner.status import FAILED, TERMINAL_STATES, RunStatus, StepStatus
+from kale_magics.runner.status import FAILED, SKIPPED, TERMINAL_STATES, RunStatus, StepStatus
 from kale_magics.session.notebook_session import StepRun
-from kale_magics.views.dag import dag_svg
+from kale_magics.views.dag import Shape, dag_svg
 from kale_magics.views.text import (
     check_verdict,
     duration_text,
     live_text,
     size_text,
+    skipped_steps,
     step_note,
 )
 
@@ -88,6 +89,14 @@ def dag_steps(plan: Plan) -> list[tuple[str, tuple[str, ...]]]:
     return [(s.name, s.upstream) for s in plan.steps]
 
 
+def dag_shapes(plan: Plan) -> dict[str, Shape]:
+    """How each step is drawn: loop, condition, sub-notebook group, exit step."""
+    return {s.name: Shape(loop=s.loop is not None,
+                          condition=s.condition.expression if s.condition else "",
+                          group=s.cells[0].notebook, exit=s.name == plan.settings.on_exit)
+            for s in plan.steps}
+
+
 def plan_html(plan: Plan, live: Mapping[str, LiveValue]) -> str:
     """``%kale show`` in a notebook: the DAG picture and a table of steps."""
     rows = []
@@ -102,7 +111,8 @@ def plan_html(plan: Plan, live: Mapping[str, LiveValue]) -> str:
                      html.escape(", ".join(m.key for m in step.metrics))])
     title = html.escape(f"pipeline {plan.name}: {counted(len(plan.steps), 'step')}, "
                         f"{counted(len(plan.parameters), 'parameter')}")
-    return (f"<div class='kale-show'><b>{title}</b><br>{dag_svg(dag_steps(plan))}"
+    return (f"<div class='kale-show'><b>{title}</b><br>"
+            f"{dag_svg(dag_steps(plan), shapes=dag_shapes(plan))}"
             + _table(["step", "cells", "--after", "inputs (producer)", "outputs", "parameters",
                       "metrics"], rows) + "</div>")
 
@@ -142,7 +152,7 @@ def dag_html(plan: Plan, status: RunStatus | None, now: float, previous: bool = 
              if choose else "")
     return (f"<div class='kale-dag-view{' kale-dag-choose' if choose else ''}' "
             f"data-previous='{str(previous).lower()}'{click}>{style}{caption}"
-            f"{dag_svg(dag_steps(plan), states, notes)}</div>")
+            f"{dag_svg(dag_steps(plan), states, notes, dag_shapes(plan))}</div>")
 
 
 def run_html(status: RunStatus, plan: Plan, now: float) -> str:
@@ -160,6 +170,8 @@ def run_html(status: RunStatus, plan: Plan, now: float) -> str:
         tail = html.escape("\n".join(step.log_tail(15)))
         parts.append(f"<div style='color:{RED}'>step {html.escape(step.name)} failed"
                      f"{html.escape(where)}: {html.escape(step.error)}</div><pre>{tail}</pre>")
+    parts.extend(f"<div class='kale-skipped' style='color:{GREY}'>step {html.escape(step.name)} "
+                 f"skipped: {html.escape(step.error)}</div>" for step in skipped_steps(status))
     return "<div class='kale-run'>" + "<br>".join(parts) + "</div>"
 
 
@@ -259,6 +271,9 @@ def step_detail_html(step: Step, status: StepStatus | None, now: float,
         if tail.strip():
             parts.append(f"<pre class='kale-log-tail' style='font-size:11px;max-height:16em;"
                          f"overflow:auto'>{html.escape(tail)}</pre>")
+    elif status is not None and status.state == SKIPPED and status.error:
+        parts.append(f"<div class='kale-step-skipped' style='color:{GREY}'>"
+                     f"{html.escape(status.error)}</div>")
     return "".join(parts)
 
 

@@ -7,9 +7,11 @@ from typing import Iterable, Mapping, Optional
 
 from kale_magics.analysis.live import LiveValue
 from kale_magics.analysis.preflight import CheckReport
-from kale_magics.model import Plan, counted
+from kale_magics.model import Plan, Step, counted
+from kale_magics.runner.registry import RegisteredVersion
 from kale_magics.runner.remote import ScheduleInfo
-from kale_magics.runner.status import FAILED, RUNNING, TERMINAL_STATES, RunStatus, StepStatus
+from kale_magics.runner.status import (FAILED, RUNNING, SKIPPED, SUCCEEDED, TERMINAL_STATES,
+                                      RunStatus, StepStatus)
 from kale_magics.session.notebook_session import StepRun
 
 #: How each state reads on a DAG node and in the panel's status line.
@@ -89,7 +91,26 @@ def plan_text(plan: Plan) -> str:
             lines.append(f"  -> {', '.join(step.outputs)}")
         if step.metrics:
             lines.append(f"  metrics: {', '.join(m.key for m in step.metrics)}")
+        control = control_text(step, plan.settings.on_exit == step.name)
+        if control:
+            lines.append(f"  {control}")
     return "\n".join(lines)
+
+
+def control_text(step: Step, exit_step: bool) -> str:
+    """A step's control flow in words: ``for c in C_VALUES (2 at a time); if acc > 0.9``,
+    ``on exit: after every other step``, ``from sub.ipynb``; "" for a plain step."""
+    parts = []
+    if step.loop is not None:
+        cap = f" ({step.loop.parallelism} at a time)" if step.loop.parallelism else ""
+        parts.append(f"for {step.loop.variable} in {step.loop.items}{cap}")
+    if step.condition is not None:
+        parts.append(f"if {step.condition.expression}")
+    if exit_step:
+        parts.append("on exit: after every other step")
+    if step.cells and step.cells[0].notebook:
+        parts.append(f"from {step.cells[0].notebook}")
+    return "; ".join(parts)
 
 
 def step_run_text(step: StepRun) -> str:
@@ -128,6 +149,11 @@ def step_note(step: StepStatus | None, now: float) -> str:
     """
     if step is None:
         return STATE_WORDS[None]
+    if step.items:  # a --for step: its items' states, "3/5 succeeded"
+        counts = step.item_counts()
+        return ", ".join(f"{counts[state]}/{len(step.items)} "
+                         f"{STATE_WORDS.get(state, state.lower())}"
+                         for state in (SUCCEEDED, RUNNING, FAILED) if state in counts)
     word = STATE_WORDS.get(step.state, step.state.lower())
     if step.cached:
         return f"{word} (cached)"
@@ -150,9 +176,14 @@ def step_line(step: StepStatus) -> str:
         line += f"  {duration_text(step.duration_s)}"
     if step.install_s is not None:
         line += f"  (installed in {duration_text(step.install_s)})"
-    if step.state == FAILED and step.error:
+    if step.state in (FAILED, SKIPPED) and step.error:
         line += f"  {step.error}"
     return line
+
+
+def skipped_steps(status: RunStatus) -> list[StepStatus]:
+    """The steps that did not run because a step upstream of them failed (those with a reason)."""
+    return [s for s in status.steps.values() if s.state == SKIPPED and s.error]
 
 
 def run_summary(status: RunStatus) -> str:
@@ -165,6 +196,7 @@ def run_summary(status: RunStatus) -> str:
         lines.append(f"step {step.name} failed{where}: {step.error}")
         tail = [line for line in step.log_tail(15) if line.strip()]
         lines.extend(f"  | {line}" for line in tail)
+    lines.extend(f"step {step.name} skipped: {step.error}" for step in skipped_steps(status))
     if status.error and not status.failed_steps:
         lines.append(status.error)
     lines.extend(f"warning: {w}" for w in status.warnings)
@@ -221,3 +253,27 @@ def check_text(report: CheckReport) -> str:
                          f"{v.message}")
     lines.extend(f"warning: {w}" for w in report.warnings)
     return "\n".join([*lines, check_verdict(report)])
+
+
+def models_text(registry: str, versions: Iterable[RegisteredVersion]) -> str:
+    """The registered versions of a notebook's models as a table, one line per version::
+
+        Model Registry http://mr:8080
+        model  version       format         created (UTC)     run
+        wine   wine-2026...  sklearn 1.5.2  2026-12-02 11:49  wine-2026... (8b1f...)
+
+    ``registry`` is the registry's address; a model with no version shows no line, and
+    no version at all gives one line saying so.
+    """
+    rows = [(v.model, v.version, f"{v.format} {v.format_version}".strip(),
+             datetime.datetime.fromtimestamp(v.created_ms / 1000, datetime.timezone.utc)
+             .strftime("%Y-%m-%d %H:%M") if v.created_ms else "",
+             f"{v.run_name} ({v.run_id})" if v.run_id else v.run_name, v.uri)
+            for v in versions]
+    if not rows:
+        return f"Model Registry {registry}: no registered version of this notebook's models yet"
+    header = ("model", "version", "format", "created (UTC)", "run", "uri")
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]
+             for row in (header, *rows)]
+    return "\n".join([f"Model Registry {registry}", *(line.rstrip() for line in lines)])
