@@ -203,3 +203,13 @@ def test_a_local_run_leaves_the_callers_process_as_it_was(notebook) -> None:
     assert results and results[0].state == "SUCCEEDED", results
     assert during == before
     assert _process_state() == before
+
+
+def test_metrics_keep_the_notebooks_order_when_the_step_comes_from_the_cache(tmp_path) -> None:
+    path = write_notebook(tmp_path / "order.ipynb", (
+        "%%kale step a\nzeta = 1.0\nalpha = 2.0\nmid = 3.0", "%%kale metrics\nzeta\nmid\nalpha"))
+    compiled = api.compile_notebook(path)
+    runs = [api.run_local(compiled, pipeline_root=str(tmp_path / "root")) for _ in range(2)]
+    assert [run.steps["a"].cached for run in runs] == [False, True]
+    assert list(runs[1].steps["a"].metrics) != ["zeta", "mid", "alpha"]  # the cache sorts them
+    assert [list(run.metrics) for run in runs] == [["zeta", "mid", "alpha"]] * 2
