@@ -13,9 +13,6 @@ runs once per front end on a small notebook:
   beside the new error;
 - item 6: the line under a step cell is styled HTML naming what travels (inputs with their
   producer), not the names the step keeps to itself.
-
-Items 1, 2 and 6 are built on the branch ``experience``; until it is merged their checks are
-expected to fail here (``xfail``, not strict).
 """
 
 from __future__ import annotations
@@ -50,10 +47,6 @@ TINY = ("%load_ext kale_magics\n%kale pipeline --name tiny",
         "%%kale metrics\ntotal")
 #: The panel after a skip cell (a panel cell right after the metrics cell is item 1's trap).
 PANEL_AFTER_SKIP = ("%%kale skip\nprint('the panel is below')", "%kale panel")
-
-
-def _needs(item: int) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=False, reason=f"needs issue 20 item {item} from branch experience")
 
 
 def _url(base: str, ui: str, name: str) -> str:
@@ -143,7 +136,6 @@ def test_panel_lists_the_runs_and_compares_two(jupyter, browser, browser_report,
 
 # -- items 1, 2 and 6: built on the branch experience ---------------------------------------------
 
-@_needs(1)
 @pytest.mark.parametrize("ui", UIS)
 def test_panel_cell_after_the_metrics_cell_saved_then_run(jupyter, browser, browser_report,  # noqa: F811
                                                           ui) -> None:
@@ -169,7 +161,6 @@ def test_panel_cell_after_the_metrics_cell_saved_then_run(jupyter, browser, brow
         page.close()
 
 
-@_needs(2)
 @pytest.mark.parametrize("ui", UIS)
 def test_compile_error_shows_the_last_run_as_last(jupyter, browser, browser_report, ui) -> None:  # noqa: F811
     base, root = jupyter
@@ -196,7 +187,6 @@ def test_compile_error_shows_the_last_run_as_last(jupyter, browser, browser_repo
         page.close()
 
 
-@_needs(6)
 @pytest.mark.parametrize("ui", UIS)
 def test_step_cell_line_is_html_naming_what_travels(jupyter, browser, browser_report, ui) -> None:  # noqa: F811
     base, root = jupyter
