@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -78,8 +79,15 @@ def _contents(base: str, name: str, body: dict | None = None) -> dict:
         f"{base}/api/contents/{name}", method="PUT" if body is not None else "GET",
         data=json.dumps(body).encode() if body is not None else None,
         headers={"Authorization": f"token {TOKEN}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
+    for attempt in range(5):  # a read racing the front end's save can be refused (400) once
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as error:
+            if body is not None or error.code != 400 or attempt == 4:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
 
 
 def _press_run(page: object, outcome: str = "SUCCEEDED", timeout_ms: int = 120_000) -> None:
