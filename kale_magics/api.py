@@ -11,6 +11,7 @@ or to a run target (``targets``), as KFP's ``Compiler.compile`` does; only
 - Run: :func:`run` with a target (:class:`LocalTarget`, :class:`DockerTarget`, :class:`KfpTarget`);
   :func:`run_local` is ``run`` with a :class:`LocalTarget`.
 - Sweep parameters: :func:`plan_sweep` (check and plan the trials), :func:`sweep` (run them).
+- A notebook's runs: :func:`run_history`, :func:`compare_runs`, :func:`load_step`.
 - A KFP server beyond one run: :func:`connect`, :func:`submit` (schedules),
   :func:`remote_status`, :func:`watch_remote`, :func:`cancel_remote`,
   :func:`list_schedules`, :func:`delete_schedule`.
@@ -22,7 +23,7 @@ import os
 import secrets
 import threading
 from dataclasses import replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, MutableMapping, Sequence
 
 from kale_magics.analysis.live import LiveValue, describe
 from kale_magics.analysis.plan import build_plan
@@ -36,6 +37,7 @@ from kale_magics.notebook.annotations import (
     PIPELINE_PARSER,
     STEP_PARSER,
     GrammarParser,
+    did_you_mean,
     parse_cell_line,
     parse_pipeline_line,
     split_args,
@@ -43,8 +45,9 @@ from kale_magics.notebook.annotations import (
 from kale_magics.notebook.locate import locate_notebook
 from kale_magics.notebook.reader import AnnotatedNotebook, read_notebook, with_warnings
 from kale_magics.notebook.step_record import STEP_MIME
-from kale_magics.runner import remote
+from kale_magics.runner import history, remote
 from kale_magics.runner.connection import KfpSession
+from kale_magics.runner.history import ComparedValue, LoadedValue, RunHistory, RunRecord
 from kale_magics.runner.docker import DockerOptions, chosen_docker_options, docker_options
 from kale_magics.runner.remote import Schedule, ScheduleInfo, Submission
 from kale_magics.runner.search_space import SearchSpace, parse_space
@@ -53,6 +56,7 @@ from kale_magics.runner.sweep import MAXIMIZE, MINIMIZE, Sweep, Trial, run_sweep
 from kale_magics.runner.sweep import plan_sweep as _plan_trials
 from kale_magics.runner.transport import RetryPolicy
 from kale_magics.runner.watch import WatchOptions, cancel
+from kale_magics.session import front_end
 from kale_magics.session.notebook_session import NotebookSession, StepRun
 from kale_magics.targets import kfp as kfp_target
 from kale_magics.targets.child import ChildWorker
@@ -62,17 +66,19 @@ from kale_magics.targets.local import LocalTarget
 from kale_magics.targets import sweep as sweep_targets
 from kale_magics.targets.target import RunTarget
 
-__all__ = ["CheckReport", "ChildWorker", "CompiledPipeline", "DockerOptions", "DockerTarget",
-           "GrammarParser", "KaleError", "KfpSession", "KfpTarget", "LiveValue", "LocalTarget",
-           "NotebookSession", "Parameter", "PipelineSettings", "Plan", "RunHooks", "RunStatus",
-           "MAXIMIZE", "MINIMIZE", "RunTarget", "STEP_MIME", "Schedule", "ScheduleInfo",
-           "SearchSpace", "StepRun", "Submission", "Sweep", "Trial",
-           "WatchOptions", "cancel_remote", "check", "chosen_docker_options", "coerce_arguments",
+__all__ = ["CheckReport", "ChildWorker", "ComparedValue", "CompiledPipeline", "DockerOptions",
+           "DockerTarget", "GrammarParser", "KaleError", "KfpSession", "KfpTarget", "LiveValue",
+           "LoadedValue", "LocalTarget", "MAXIMIZE", "MINIMIZE", "NotebookSession", "Parameter", "PipelineSettings",
+           "Plan", "RunHistory", "RunHooks", "RunRecord", "RunStatus", "RunTarget", "STEP_MIME",
+           "Schedule", "ScheduleInfo", "SearchSpace", "StepRun", "Submission", "Sweep",
+           "Trial", "WatchOptions", "cancel_remote",
+           "check", "chosen_docker_options", "coerce_arguments", "compare_runs",
            "compile_notebook", "connect", "convert", "default_output_dir", "delete_schedule",
-           "describe", "docker_options", "grammar_help", "list_schedules", "live_values",
-           "locate_notebook", "parse_annotation", "parse_param", "parse_pipeline_settings",
-           "plan_sweep", "read_plan", "remote_status", "run", "run_docker", "run_local",
-           "split_args", "submit", "sweep",
+           "describe", "did_you_mean", "docker_options", "grammar_help", "list_schedules",
+           "live_values", "load_step", "locate_notebook", "panel_notices", "parse_annotation",
+           "parse_param", "parse_pipeline_settings", "plan_sweep", "read_plan", "remote_status", "run",
+           "run_docker", "run_history", "run_local", "run_roots", "split_args", "submit",
+           "sweep",
            "watch_options", "watch_remote"]
 
 
@@ -194,6 +200,12 @@ def check(notebook: str | os.PathLike[str], session: NotebookSession) -> CheckRe
     return CheckReport(check_variables(plan, session.namespace),
                        (*session.registry.unsaved(annotated.cells),
                         *session.unrecorded_types(plan, annotated.artifact_types)))
+
+
+def panel_notices(namespace: Mapping[str, Any]) -> list[str]:
+    """Why the deploy panel may not render in the front end showing this kernel, each with its
+    fix: VS Code with ipywidgets 8.1.9 (see :mod:`kale_magics.session.front_end`)."""
+    return front_end.widget_notices(namespace, front_end.installed_ipywidgets())
 
 
 def live_values(plan: Plan, namespace: Mapping[str, Any]) -> dict[str, LiveValue]:
@@ -454,3 +466,58 @@ def sweep(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline, specs
     if on_plan is not None:
         on_plan(plan)
     return run_sweep(plan, compiled, targets, parallel, on_change, halt)
+
+
+# -- a notebook's runs ------------------------------------------------------------------------
+
+def run_roots(notebook: str | os.PathLike[str], pipeline_roots: Sequence[str] = ()) -> list[str]:
+    """Where a notebook's local runs are: ``pipeline_roots`` (``--pipeline-root`` of earlier
+    runs), then ``.kale/local_runs`` and ``.kale/container_runs`` next to it (the defaults)."""
+    out = default_output_dir(notebook)
+    return [*pipeline_roots, os.path.join(out, "local_runs"), os.path.join(out, "container_runs")]
+
+
+def run_history(notebook: str | os.PathLike[str], *, pipeline_roots: Sequence[str] = (),
+                server: KfpSession | None = None) -> RunHistory:
+    """The notebook's runs, newest first: the local runs recorded under :func:`run_roots` and,
+    with ``server``, the KFP server's runs of the notebook's pipeline (see
+    :mod:`kale_magics.runner.history`). A server that cannot list them adds a note instead.
+
+    Raises
+    ------
+    NotebookError, AnnotationError, AnalysisError
+        Only with ``server``: the notebook does not read (its pipeline's name is needed).
+    """
+    runs = history.local_runs(run_roots(notebook, pipeline_roots), str(notebook))
+    notes: list[str] = []
+    if server is not None:
+        try:
+            runs += history.remote_runs(server, read_plan(notebook))
+        except KaleError as error:
+            notes.append(f"runs on {server.connection.host} not listed: {error}")
+    return RunHistory(tuple(sorted(runs, key=lambda r: r.start, reverse=True)), tuple(notes))
+
+
+def compare_runs(first: RunRecord, second: RunRecord) -> list[ComparedValue]:
+    """State, duration, parameters and metrics of two runs side by side (``differs`` marks
+    the values that are not equal)."""
+    return history.compare(first, second)
+
+
+def load_step(notebook: str | os.PathLike[str], step: str, names: Sequence[str],
+              namespace: MutableMapping[str, Any], *, run_id: str | None = None,
+              pipeline_roots: Sequence[str] = ()) -> list[LoadedValue]:
+    """Bind a local run's saved values of ``step`` in ``namespace`` (the user namespace): its
+    outputs when it succeeded, its inputs when it failed, or only ``names``; from run
+    ``run_id`` (a local run's id, or a part only it holds), default the latest.
+
+    Raises
+    ------
+    RunError
+        No recorded local run, an unknown run, step or variable, or a value that cannot be
+        loaded; one line naming it and what there is.
+    """
+    roots = run_roots(notebook, pipeline_roots)
+    runs = history.local_runs(roots, str(notebook))
+    where = f"under {' or '.join(dict.fromkeys(os.path.relpath(r) for r in roots))}"
+    return history.load_values(history.find_run(runs, run_id, where), step, names, namespace)

@@ -14,6 +14,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from kale_magics import __version__, api
+from kale_magics.views.history import comparison_text, history_json, runs_text
 from kale_magics.views.text import (
     plan_text,
     run_summary,
@@ -241,6 +242,20 @@ def _schedules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs(args: argparse.Namespace) -> int:
+    remote = args.host or args.remote
+    found = api.run_history(args.notebook, pipeline_roots=args.pipeline_root,
+                            server=_session(args) if remote else None)
+    if args.compare:
+        first, second = (found.find(run_id, "listed") for run_id in args.compare)
+        print(comparison_text(first, second, api.compare_runs(first, second)))
+    elif args.json:
+        print(json.dumps(history_json(found)))
+    else:
+        print(runs_text(found))
+    return 0
+
+
 def _warn(messages: Sequence[str], kind: str = "warning") -> None:
     """Print each message on stderr (stdout stays clean for --json)."""
     for message in messages:
@@ -377,7 +392,22 @@ def _add_remote_commands(sub: Any) -> None:
     schedules.add_argument("--delete", action="append", default=[], metavar="ID",
                            help="delete this recurring run (repeatable)")
     schedules.set_defaults(handler=_schedules)
-    for cmd in (status, cancel, schedules):
+    runs = sub.add_parser("runs", help="list a notebook's runs, or compare two",
+                          description="list NOTEBOOK's runs, newest first: local runs (recorded "
+                          "under the pipeline root) and, with --remote or --host, the KFP "
+                          "server's runs of its pipeline; state, start, duration, parameters, "
+                          "metrics")
+    runs.add_argument("notebook", help="the annotated .ipynb file (only read)")
+    runs.add_argument("--compare", nargs=2, metavar="RUN_ID", help="two runs side by side; "
+                      "* marks the values that differ")
+    runs.add_argument("--pipeline-root", action="append", default=[], metavar="DIR",
+                      help="also look for local runs here (repeatable; default .kale/local_runs "
+                      "and .kale/container_runs next to the notebook)")
+    runs.add_argument("--remote", action="store_true", help="also list the configured KFP "
+                      "server's runs")
+    runs.add_argument("--json", action="store_true", help="print the runs as a JSON list")
+    runs.set_defaults(handler=_runs)
+    for cmd in (status, cancel, schedules, runs):
         _connection_options(cmd)
     _watch_options(status)
 

@@ -25,12 +25,12 @@ from typing import Any, Callable
 from kale_magics.analysis.names import python_source
 from kale_magics.atomic import write_text_atomic
 from kale_magics.errors import NotebookError
-from kale_magics.model import Annotation, Plan
+from kale_magics.model import Annotation, Plan, cell_place
 from kale_magics.notebook import kale_tags
 from kale_magics.notebook.annotations import (
-    LINE_PREFIX,
     cell_line,
     cell_magic,
+    is_tool_line,
     pipeline_line,
 )
 from kale_magics.notebook.reader import annotate_cells, code_cells, load_notebook, read_settings
@@ -42,8 +42,7 @@ def _strip_magics(source: str) -> str:
     """The cell without its ``%%kale`` line and without ``%load_ext kale_magics``/``%kale`` lines."""
     magic = cell_magic(source)
     lines = (magic[1].lstrip("\n") if magic else source).splitlines()
-    return "\n".join(line for line in lines if not (
-        line.strip().startswith(f"{LINE_PREFIX} ") or line.strip() == "%load_ext kale_magics"))
+    return "\n".join(line for line in lines if not is_tool_line(line))
 
 
 def _kale_parameters(source: str) -> tuple[str, str]:
@@ -64,7 +63,7 @@ def _kale_metrics(source: str, index: int, warnings: list[str]) -> str:
         if text.isidentifier():
             lines.append(f"print({text})")
         elif text:
-            warnings.append(f"cell {index}: metric `{text}` is not a variable name, which Kale "
+            warnings.append(f"{cell_place(index)}: metric `{text}` is not a variable name, which Kale "
                             "requires; left out of the Kale metrics cell")
     return "\n".join(lines)
 
@@ -153,7 +152,7 @@ def to_kale_tags(nb: Any, plan: Plan) -> tuple[Any, list[str]]:
             kale, lost = kale_tags.tags_for(own, edges)
             tags += kale
             if lost:
-                warnings.append(f"cell {index}: Kale tags cannot express {' '.join(lost)}; "
+                warnings.append(f"{cell_place(index)}: Kale tags cannot express {' '.join(lost)}; "
                                 "kept for converting back, ignored by Kale")
             if magic and own.kind == "parameters":
                 source, moved = _kale_parameters(source)
@@ -172,6 +171,10 @@ def to_kale_tags(nb: Any, plan: Plan) -> tuple[Any, list[str]]:
         cell["source"] = source
         if tags != original_tags:
             cell.setdefault("metadata", {})["tags"] = tags
+    if plan.settings.on_exit:
+        warnings.append(f"%kale pipeline --on-exit {plan.settings.on_exit}: Kale tags cannot "
+                        "express an exit step; Kale runs it as an ordinary step, only when the "
+                        "others succeed, without PIPELINE_STATUS")
     out.cells = cells
     out.metadata[STASH] = {"kubeflow_notebook": out.metadata.get("kubeflow_notebook")}
     out.metadata["kubeflow_notebook"] = kale_tags.metadata_for(plan.name, plan.settings)
@@ -188,7 +191,7 @@ def _plain_python(source: str, index: int, warnings: list[str]) -> str:
     if python.strip() == source.strip():
         return source
     changed = [line.strip() for line in source.splitlines() if line.strip().startswith(("%", "!"))]
-    warnings.append(f"cell {index}: IPython syntax written as get_ipython() calls for Kale, which "
+    warnings.append(f"{cell_place(index)}: IPython syntax written as get_ipython() calls for Kale, which "
                     f"run only where IPython is: {'; '.join(changed)[:200]}")
     return python
 
@@ -219,7 +222,7 @@ def _new_code_cell(nb: Any, source: str) -> Any:
 
 
 def _moved_parameters(nb: Any, source: str, index: int, warnings: list[str]) -> Any:
-    warnings.append(f"cell {index}: Kale 2.3 takes only plain int, float, str and bool "
+    warnings.append(f"{cell_place(index)}: Kale 2.3 takes only plain int, float, str and bool "
                     f"parameters; {', '.join(line.split('=')[0].strip() for line in source.splitlines())} "
                     "became constants in a functions cell")
     moved = _new_code_cell(nb, source)
@@ -265,10 +268,10 @@ def to_magics(nb: Any, name: str | None = None, keep: frozenset[int] = frozenset
             else:
                 cell["metadata"]["tags"] = stash["tags"]
         elif _is_reference(cell):
-            warnings.append(f"cell {index}: `notebook:` references keep their Kale tag, which "
+            warnings.append(f"{cell_place(index)}: `notebook:` references keep their Kale tag, which "
                             "has no %%kale form (a notebook may mix both)")
         elif index in keep:
-            warnings.append(f"cell {index}: kept with its Kale tags: its step reads names no step "
+            warnings.append(f"{cell_place(index)}: kept with its Kale tags: its step reads names no step "
                             "assigns, which Kale's rules compile and %%kale lines do not")
         elif cell.get("cell_type") == "code":
             warnings += _convert_cell(cell, index, continued.get(index), (steps or {}).get(index))

@@ -14,6 +14,7 @@ URL (``http://user:password@host``).
 
 from __future__ import annotations
 
+from kale_magics.model import cell_place
 from kale_magics.redaction import redact_urls
 
 
@@ -47,11 +48,13 @@ class AnnotationError(KaleError):
     line:
         The offending magic line, as written.
     cell:
-        The notebook cell index (0-based) when known, else None.
+        The notebook cell's index (0-based position in the cell list) when known, else
+        None; the message names it as people see it (``cell 10`` for index 9, see
+        :func:`~kale_magics.model.cell_place`).
     """
 
     def __init__(self, message: str, line: str = "", cell: int | None = None) -> None:
-        where = f"cell {cell}: " if cell is not None else ""
+        where = f"{cell_place(cell)}: " if cell is not None else ""
         super().__init__(f"{where}{message}")
         self.line = line
         self.cell = cell

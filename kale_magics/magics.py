@@ -7,14 +7,16 @@ are the cell's own, and the value of a final expression is returned so IPython
 displays it as ``Out``). A malformed line raises ``UsageError`` and the body is
 not run. ``%kale ACTION ...`` shows, checks, compiles, runs and exports the
 pipeline; actions are routed through a table, as jupysql's ``magic_cmd.py`` does.
-Typed errors become ``UsageError(f"{type(e).__name__}: {e}")``, which IPython
-shows without a traceback.
+Typed errors become ``UsageError(str(e))``, which IPython shows without a
+traceback; the message is the user's one line, never led by our class name.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import copy
+import dataclasses
 import time
 from importlib import metadata
 from typing import Any, Callable
@@ -24,6 +26,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 
 from kale_magics import api
+from kale_magics.views import history as history_views
 from kale_magics.views import rich
 from kale_magics.views.text import (
     check_text,
@@ -120,6 +123,25 @@ ACTION_PARSERS: dict[str, api.GrammarParser] = {
                             (("--interval",), {"type": float, "default": 2.0,
                                                "help": "seconds between status polls (remote)"}),
                             *_REMOTE_OPTIONS),
+    "runs": _action_parser("runs", "List this notebook's runs (local, and on the KFP server with "
+                           "--remote or --host): state, start, duration, parameters, metrics.",
+                           (("--compare",), {"nargs": 2, "metavar": "RUN_ID",
+                                             "help": "two runs side by side; * marks what differs"}),
+                           (("--pipeline-root",), {"action": "append", "default": [],
+                                                   "help": "also look for local runs here"}),
+                           (("--remote",), {"action": "store_true",
+                                            "help": "also list the configured KFP server's runs"}),
+                           *_REMOTE_OPTIONS),
+    "load": _action_parser("load", "Load a step's saved outputs (or a failed step's inputs) from a "
+                           "local run into the kernel, to debug it.",
+                           (("step",), {"metavar": "STEP", "help": "the step"}),
+                           (("names",), {"nargs": "*", "metavar": "VAR",
+                                         "help": "only these variables (default: all)"}),
+                           (("--run",), {"dest": "run_id", "metavar": "RUN_ID",
+                                         "help": "a local run's id, or a part only it holds "
+                                         "(default: the latest; see %%kale runs)"}),
+                           (("--pipeline-root",), {"action": "append", "default": [],
+                                                   "help": "also look for local runs here"})),
     "panel": _action_parser("panel", "Show the deploy panel: settings, Check, Compile, Run, "
                             "Cancel, and the DAG with every step's state, live."),
 }
@@ -135,7 +157,9 @@ def _help() -> str:
 
 
 def _usage_error(error: Exception) -> UsageError:
-    return UsageError(f"{type(error).__name__}: {error}")
+    """A typed error as IPython shows it without a traceback: its one-line message only
+    (``AnalysisError`` and friends are ours, not the user's words)."""
+    return UsageError(str(error))
 
 
 @magics_class
@@ -158,10 +182,13 @@ class KaleMagics(Magics):
         super().__init__(shell)
         self.session = api.NotebookSession.of(shell, fresh=True)
         self.panels: dict[str, Any] = {}
+        #: The line shown under each step cell run here: (display handle, registry entry, StepRun).
+        self.step_lines: dict[str, tuple[Any, Any, api.StepRun]] = {}
         self.actions: dict[str, Callable[[argparse.Namespace], Any]] = {
             "show": self._show, "check": self._check, "compile": self._compile,
             "run": self._run, "status": self._status, "cancel": self._cancel,
-            "export": self._export, "sweep": self._sweep, "panel": self._panel}
+            "export": self._export, "panel": self._panel, "runs": self._runs,
+            "load": self._load, "sweep": self._sweep}
 
     @line_cell_magic
     def kale(self, line: str, cell: str | None = None) -> Any:
@@ -178,11 +205,28 @@ class KaleMagics(Magics):
         annotation = api.parse_annotation(line)
         tree, filename = self._parse_body(cell)
         entry = self.session.record(self._cell_id(), annotation, cell, tree)
-        result = self._run_tree(tree, filename)
+        result, note = self.session.run_body(
+            entry, lambda: self._run_tree(copy.deepcopy(tree), filename))
         if annotation.kind == "step":
             step = self.session.step_run(entry)
-            display({"text/plain": step_run_text(step), STEP_MIME: step.record()}, raw=True)
+            if note:
+                display({"text/plain": note}, raw=True)
+            self._show_step(entry, step)
         return result
+
+    def _show_step(self, entry: Any, step: api.StepRun) -> None:
+        """Display the line under a step cell (HTML, text for terminals, and the step's record);
+        the lines of the steps it reads from are updated in place to name it as a reader."""
+        handle = display(_step_output(step), raw=True, display_id=True)
+        self.step_lines[entry.key] = (handle, entry, step)
+        producers = set(step.inputs.values())
+        for key, (shown, earlier, line) in list(self.step_lines.items()):
+            if key == entry.key or line.name not in producers or shown is None:
+                continue
+            updated = dataclasses.replace(line, readers=self.session.readers(earlier))
+            if updated != line:
+                shown.update(_step_output(updated), raw=True)
+                self.step_lines[key] = (shown, earlier, updated)
 
     def _cell_id(self) -> str | None:
         """The front end's id of the cell being run (JupyterLab, Notebook 7, VS Code send it)."""
@@ -226,8 +270,9 @@ class KaleMagics(Magics):
             self.session.pipeline(rest)
             return None
         if action not in self.actions:
-            raise UsageError(f"unknown action {action!r}; use one of: pipeline, "
-                             f"{', '.join(self.actions)} (see %kale?)")
+            known = ["pipeline", *self.actions]
+            raise UsageError(f"unknown action {action!r}{api.did_you_mean(action, known)}; use one "
+                             f"of: {', '.join(known)} (see %kale?)")
         parser = ACTION_PARSERS[action]
         # a sweep's NAME=VALUES may come before or after its options
         parse = parser.parse_intermixed_args if action == "sweep" else parser.parse_args
@@ -275,8 +320,9 @@ class KaleMagics(Magics):
                              watch_options=api.watch_options(args.interval))
 
     def _run(self, args: argparse.Namespace) -> None:
-        compiled = api.compile_notebook(self._notebook(args), args.output)
         arguments = dict(api.parse_param(p) for p in args.param)
+        compiled = api.compile_notebook(self._notebook(args), args.output)
+        api.coerce_arguments(compiled.plan, arguments)  # a bad value: refused before any output
         target = self._target(args)
         for warning in compiled.warnings:
             print(f"warning: {warning}")
@@ -358,13 +404,49 @@ class KaleMagics(Magics):
         print("\n".join([*(f"warning: {w}" for w in warnings),
                          f"wrote {written} (annotated with Kale's cell tags)"]))
 
+    def _run_roots(self, given: list[str]) -> list[str]:
+        """``--pipeline-root`` folders, then the last local run's pipeline root in this kernel."""
+        last = self.session.last_run
+        extra = [last.pipeline_root] if last is not None and not last.run_id \
+            and last.pipeline_root else []
+        return [*given, *extra]
+
+    def _runs(self, args: argparse.Namespace) -> None:
+        notebook = self._notebook(args)
+        remote = args.host or args.remote or self.session.server is not None
+        found = api.run_history(notebook, pipeline_roots=self._run_roots(args.pipeline_root),
+                                server=self._connect(args) if remote else None)
+        if args.compare:
+            first, second = (found.find(run_id, "listed") for run_id in args.compare)
+            rows = api.compare_runs(first, second)
+            display({"text/plain": history_views.comparison_text(first, second, rows),
+                     "text/html": history_views.comparison_html(first, second, rows)}, raw=True)
+            return
+        display({"text/plain": history_views.runs_text(found),
+                 "text/html": history_views.runs_html(found)}, raw=True)
+
+    def _load(self, args: argparse.Namespace) -> None:
+        loaded = api.load_step(self._notebook(args), args.step, args.names, self.shell.user_ns,
+                               run_id=args.run_id,
+                               pipeline_roots=self._run_roots(args.pipeline_root))
+        print(history_views.loaded_text(loaded))
+
     def _panel(self, args: argparse.Namespace) -> None:
         """The deploy panel, found through its entry point (this module imports no other front
         end); shown again, it is the same panel and run."""
         notebook = self._notebook(args)
+        for notice in api.panel_notices(self.shell.user_ns):
+            print(f"notice: {notice}")
         if notebook not in self.panels:
             self.panels[notebook] = _panel_class()(notebook, shell=self.shell)
         display(self.panels[notebook])
+
+
+def _step_output(step: api.StepRun) -> dict[str, Any]:
+    """The output of a step cell: a compact HTML line, its text for terminals, and the record
+    the saved notebook keeps (``application/vnd.kale-magics.step+json``)."""
+    return {"text/plain": step_run_text(step), "text/html": rich.step_run_html(step),
+            STEP_MIME: step.record()}
 
 
 def _panel_class() -> Any:

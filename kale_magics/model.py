@@ -22,6 +22,32 @@ CELL_KINDS = ("imports", "functions", "parameters", "step", "metrics", "skip")
 PRELUDE_KINDS = ("imports", "functions")
 
 
+def cell_place(index: float, notebook: str = "") -> str:
+    """How every message names a notebook cell: ``cell 10``, or ``other.ipynb cell 3``.
+
+    The number is the one people see: 1-based and counting every cell, markdown
+    included, as JupyterLab's status bar ("Cell 10 of 12") and Notebook 7 number
+    them. ``index`` is the cell's 0-based position in the notebook's cell list
+    (nbformat's ``cells``), so index 9 is ``cell 10``.
+
+    Parameters
+    ----------
+    index:
+        The 0-based position in the cell list (a referenced notebook's cell: its position
+        in that notebook).
+    notebook:
+        The file name of the notebook the cell is in when it is not the pipeline's own.
+    """
+    where = f"{notebook} " if notebook else ""
+    return f"{where}cell {int(index) + 1}"
+
+
+def counted(count: int, noun: str) -> str:
+    """``1 step``, ``2 steps``, ``0 parameters``: a count with its noun in the right number
+    (``noun`` is the singular; the plural adds ``s``)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def requirement_name(requirement: str) -> str:
     """The canonical distribution name of a pip requirement (PEP 503, ``packaging``'s
     ``canonicalize_name``): ``"Scikit_Learn>=1"`` -> ``"scikit-learn"``, ``"zope.interface"`` ->
@@ -150,6 +176,44 @@ class StepSettings:
 
 
 @dataclass(frozen=True)
+class Loop:
+    """``--for VARIABLE in ITEMS [--parallelism N]`` of a step: the step runs once per item.
+
+    Attributes
+    ----------
+    variable:
+        The name bound to each item while the step's code runs (the step's own: later steps
+        do not see it).
+    items:
+        The list the step runs over: a list parameter or a variable an earlier step assigns.
+    parallelism:
+        How many items run at once at most (``dsl.ParallelFor(parallelism=...)``); None: no cap.
+    """
+
+    variable: str
+    items: str
+    parallelism: int | None = None
+
+
+@dataclass(frozen=True)
+class Condition:
+    """``--if "EXPR"`` of a step: the step runs only when EXPR is true.
+
+    Attributes
+    ----------
+    expression:
+        EXPR as ``ast.unparse`` writes it back (``"best_accuracy > 0.9 and MODE == 'full'"``):
+        comparisons of names with literals joined by ``and``/``or``, checked by the grammar.
+    names:
+        The names EXPR reads, in order of first use: pipeline parameters or scalar
+        variables of earlier steps.
+    """
+
+    expression: str
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Annotation:
     """One parsed ``%%kale KIND ...`` line.
 
@@ -169,6 +233,10 @@ class Annotation:
         later steps are found to read. Empty when not given.
     settings:
         The step's own execution settings (resources, image, retries, ...).
+    loop:
+        ``--for VAR in LIST``: the step runs once per item of LIST; None for a plain step.
+    condition:
+        ``--if "EXPR"``: the step runs only when EXPR is true; None for a plain step.
     """
 
     kind: str
@@ -177,6 +245,8 @@ class Annotation:
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     settings: StepSettings = field(default_factory=StepSettings)
+    loop: Loop | None = None
+    condition: Condition | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +270,9 @@ class PipelineSettings:
         Where steps install packages from on the cluster (a mirror, a private index).
     step_defaults:
         Execution settings every step gets unless it sets its own.
+    on_exit:
+        ``--on-exit STEP``: the step that runs after every other step, whether they
+        succeeded or not (``dsl.ExitHandler``), and reads ``PIPELINE_STATUS``.
     """
 
     name: str | None = None
@@ -210,6 +283,7 @@ class PipelineSettings:
     pip_index_urls: tuple[str, ...] = field(default=(), metadata=_merge_entries(_whole_list))
     pip_trusted_hosts: tuple[str, ...] = field(default=(), metadata=_merge_entries(_whole_list))
     step_defaults: StepSettings = field(default_factory=StepSettings)
+    on_exit: str | None = None
 
     @property
     def image(self) -> str | None:
@@ -232,8 +306,8 @@ class Cell:
     Attributes
     ----------
     index:
-        Position of the cell in the notebook (0-based, counting every cell,
-        markdown included), as Jupyter's cell list shows it.
+        Position of the cell in the notebook's cell list (0-based, counting every
+        cell, markdown included); messages show it 1-based (:func:`cell_place`).
     source:
         The cell's code with the ``%%kale`` line replaced by an empty line, so
         line numbers in it are the notebook cell's own line numbers.
@@ -276,16 +350,17 @@ class Cell:
         return ""
 
     def describe(self) -> str:
-        """``cell 7 ("model = fit(df)")``: how errors name this cell (``notebook_a.ipynb cell 2
-        (...)`` for a cell of a referenced notebook)."""
+        """``cell 8 ("model = fit(df)")``: how errors name this cell (``notebook_a.ipynb cell 2
+        (...)`` for a cell of a referenced notebook); numbers as :func:`cell_place`."""
         return f"{self.place} ({self.first_line[:60]!r})"
 
     @property
     def place(self) -> str:
-        """``cell 7``, or ``notebook_a.ipynb cell 2`` for a cell of a referenced notebook."""
+        """``cell 8`` (1-based, every cell counted), or ``notebook_a.ipynb cell 2`` for a cell
+        of a referenced notebook: :func:`cell_place`."""
         if self.notebook:
-            return f"{self.notebook} cell {self.number}"
-        return f"cell {self.index}"
+            return cell_place(self.number if self.number is not None else 0, self.notebook)
+        return cell_place(self.index)
 
 
 @dataclass(frozen=True)
@@ -360,6 +435,17 @@ class Step:
     reads_outside:
         What in the step's code reads files or other outside state
         (``"pandas.read_csv(...)"``): a cached result of the step may be stale.
+    loop:
+        ``--for VAR in LIST``: the step runs once per item (``dsl.ParallelFor``) and every
+        output is the list of its per-item values, in item order (``dsl.Collected``).
+    condition:
+        ``--if "EXPR"``: the step runs only when EXPR is true (``dsl.If``).
+    condition_inputs:
+        The names of :attr:`condition` that earlier steps assign, with those steps (the
+        others are pipeline parameters).
+    scalars:
+        Variables of this step a later step's condition reads: emitted as output
+        parameters (JSON text) as well as artifacts.
     """
 
     name: str
@@ -372,11 +458,16 @@ class Step:
     settings: StepSettings = field(default_factory=StepSettings)
     imports: tuple[tuple[Cell, str], ...] = ()
     reads_outside: tuple[str, ...] = ()
+    loop: Loop | None = None
+    condition: Condition | None = None
+    condition_inputs: tuple[Input, ...] = ()
+    scalars: tuple[str, ...] = ()
 
     @property
     def upstream(self) -> tuple[str, ...]:
-        """Every step this one waits for (data and ``--after`` edges), sorted."""
-        return tuple(sorted({i.producer for i in self.inputs} | set(self.after)))
+        """Every step this one waits for (data, condition and ``--after`` edges), sorted."""
+        return tuple(sorted({i.producer for i in (*self.inputs, *self.condition_inputs)}
+                            | set(self.after)))
 
 
 @dataclass(frozen=True)

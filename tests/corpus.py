@@ -48,8 +48,8 @@ def step(line: str, body: str = "x = 1") -> tuple[str, ...]:
 
 MAGIC_LINES = [
     ("empty kind", "%%kale", "needs a kind"),
-    ("unknown kind", "%%kale stepp a", "unknown annotation kind 'stepp'; use one of"),
-    ("kind in capitals", "%%kale STEP a", "unknown annotation kind 'STEP'"),
+    ("unknown kind", "%%kale stepp a", "unknown annotation kind 'stepp' (did you mean 'step'?); use one of"),
+    ("kind in capitals", "%%kale STEP a", "unknown annotation kind 'STEP' (did you mean 'step'?)"),
     ("no step name", "%%kale step", "required: name"),
     ("step name is a keyword", "%%kale step class", "invalid step name 'class'"),
     ("step name is a soft keyword", "%%kale step match", "invalid step name 'match'"),
@@ -101,7 +101,7 @@ NOTEBOOK_CASES = [
          cells=("x = 1", "#md text")),
     Case("no code cells", "AnalysisError", ("no `%%kale step NAME` cell",), cells=("#md only",)),
     Case("same step name makes a cycle", "AnalysisError",
-         ("cell 0", "cell 2", "cycle", "give the later cells a step name of their own"),
+         ("cell 1", "cell 3", "cycle", "give the later cells a step name of their own"),
          cells=("%%kale step a\nx = 1", "%%kale step b\ny = x", "%%kale step a\nz = y")),
     Case("after unknown step", "AnalysisError", ("--after 'loda'", "did you mean 'load'"),
          cells=("%%kale step load\nx = 1", "%%kale step b --after loda\ny = x")),
@@ -112,7 +112,7 @@ NOTEBOOK_CASES = [
                 "%%kale step c --after b\nz = 3")),
     Case("empty step", "AnalysisError", ("reads `x`",),
          cells=("%%kale step a\n", "%%kale step b\ny = x")),
-    Case("name from nowhere", "AnalysisError", ("cell 0", "reads `data`", "assign it in an earlier step"),
+    Case("name from nowhere", "AnalysisError", ("cell 1", "reads `data`", "assign it in an earlier step"),
          cells=("%%kale step a\nprint(data)",)),
     Case("name from a later step", "AnalysisError", ("comes later", "move that assignment above"),
          cells=("%%kale step a\nprint(x)", "%%kale step b\nx = 1")),
@@ -138,13 +138,13 @@ NOTEBOOK_CASES = [
          cells=("%%kale step a\nx = 1", "%%kale metrics\nghost")),
     Case("metrics not an expression", "AnalysisError", ("is not a Python expression",),
          cells=("%%kale step a\nx = 1", "%%kale metrics\nx = 2")),
-    Case("step syntax error", "AnalysisError", ("cell 0", "SyntaxError at line 3", "fix the cell"),
+    Case("step syntax error", "AnalysisError", ("cell 1", "SyntaxError at line 3", "fix the cell"),
          cells=("%%kale step a\nx = 1\nif x\n    y = 2",)),
-    Case("continuation syntax error", "AnalysisError", ("cell 1", "SyntaxError"),
+    Case("continuation syntax error", "AnalysisError", ("cell 2", "SyntaxError"),
          cells=("%%kale step a\nx = 1", "def f(:\n    pass")),
-    Case("bad magic in second cell", "AnnotationError", ("cell 1:", "invalid step name 'B'"),
+    Case("bad magic in second cell", "AnnotationError", ("cell 2:", "invalid step name 'B'"),
          cells=("%%kale step a\nx = 1", "%%kale step B\ny = x")),
-    Case("bad pipeline line in a cell", "AnnotationError", ("cell 0:", "unrecognized arguments"),
+    Case("bad pipeline line in a cell", "AnnotationError", ("cell 1:", "unrecognized arguments"),
          cells=("%kale pipeline --nme x", "%%kale step a\nx = 1")),
     Case("param clashes with artifact", "CompileError", ("rename the parameter",),
          cells=("%%kale parameters\nin_x = 1", "%%kale step a\nx = in_x", "%%kale step b\ny = x + in_x")),
@@ -158,9 +158,9 @@ NOTEBOOK_CASES = [
              {"cells": [{"cell_type": "code", "input": "x = 1", "language": "python",
                          "outputs": []}]}]})),
     Case("binary garbage", "NotebookError", ("is not a valid Jupyter notebook",), raw="\x00\x01\x02"),
-    Case("kale cell with both", "AnnotationError", ("cell 0", "both a `%%kale` line and Kale tags"),
+    Case("kale cell with both", "AnnotationError", ("cell 1", "both a `%%kale` line and Kale tags"),
          kale=((("%%kale step a\nx = 1", ("step:a",)),), {})),
-    Case("kale step name underscore", "AnnotationError", ("cell 0: Kale step invalid step name",),
+    Case("kale step name underscore", "AnnotationError", ("cell 1: Kale step invalid step name",),
          kale=((("x = 1", ("step:_x",)),), {})),
     Case("kale bad limit", "AnnotationError", ("Kale limit 'disk' is not supported",),
          kale=((("x = 1", ("step:a", "limit:disk:1Gi")),), {})),
@@ -200,9 +200,9 @@ def notebook_text(case: Case) -> str:
 
 def all_cases() -> list[Case]:
     """Every case: magic lines and pipeline lines (as one-cell notebooks) and notebooks."""
-    cases = [Case(name, "AnnotationError", ("cell 0:", fragment), cells=step(line))
+    cases = [Case(name, "AnnotationError", ("cell 1:", fragment), cells=step(line))
              for name, line, fragment in MAGIC_LINES]
-    cases += [Case(name, "AnnotationError", ("cell 0:", fragment),
+    cases += [Case(name, "AnnotationError", ("cell 1:", fragment),
                    cells=(line, "%%kale step a\nx = 1")) for name, line, fragment in PIPELINE_LINES]
     return cases + NOTEBOOK_CASES
 

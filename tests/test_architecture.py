@@ -24,7 +24,7 @@ CORE = BASE | {"notebook", "analysis", "codegen", "runner", "runtime", "convert"
 #: (``__version__``), which every unit may read.
 ALLOWED: dict[str, set[str]] = {
     "redaction": set(),
-    "errors": {"redaction"},
+    "errors": {"redaction", "model"},
     "model": set(),
     "atomic": set(),
     "runtime": set(),

@@ -250,7 +250,7 @@ def test_an_unpassable_value_names_the_cell_and_line_that_assigns_it(tmp_path) -
     assert status.state == "FAILED" and make.state == "FAILED"
     assert make.error.startswith("step 'make': cannot pass `gen` (generator) to later steps")
     assert "Compute `gen` in each step that reads it instead of passing it" in make.error
-    assert (make.cell, make.line) == ("nb.ipynb, cell 0 (step make)", 2)
+    assert (make.cell, make.line) == ("nb.ipynb, cell 1 (step make)", 2)
 
 
 def test_backends_module_imports_only_the_standard_library_at_top_level() -> None:

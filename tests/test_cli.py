@@ -36,7 +36,7 @@ def test_compile_to_chosen_folder(notebook, tmp_path: Path) -> None:
 def test_show_prints_steps_edges_and_producers(notebook) -> None:
     result = cli("show", str(notebook(*SMALL, name="small")))
     assert result.returncode == 0
-    assert "step b  cells 2   after: a" in result.stdout
+    assert "step b  cells 3   after: a" in result.stdout
     assert "<- x (a)" in result.stdout
 
 
@@ -60,11 +60,11 @@ def test_run_prints_steps_and_summary_and_fails_with_1(notebook) -> None:
     assert "pipeline small SUCCEEDED" in ok.stdout and "y = 21" in ok.stdout
     bad = cli("run", str(notebook("%%kale step a\nraise ValueError('no good')", name="bad")))
     assert bad.returncode == 1
-    assert "step a failed (bad.ipynb, cell 0 (step a), line 2): ValueError: no good" in bad.stdout
+    assert "step a failed (bad.ipynb, cell 1 (step a), line 2): ValueError: no good" in bad.stdout
 
 
 @pytest.mark.parametrize("cells, message", [
-    (("%%kale step Bad\nx = 1",), "cell 0: invalid step name 'Bad'"),
+    (("%%kale step Bad\nx = 1",), "cell 1: invalid step name 'Bad'"),
     (("%%kale step a\ny = x",), "step 'a' reads `x`"),
 ])
 def test_errors_are_one_line_and_exit_2(notebook, cells, message) -> None:

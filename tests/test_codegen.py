@@ -210,7 +210,7 @@ def test_a_cell_too_large_even_compressed_is_refused_naming_it_and_its_size(note
 
     noise = base64.b64encode(random.Random(7).randbytes(200_000)).decode("ascii")
     path = notebook("%%kale step load\nx = 1", f"%%kale step blob\nDATA = {noise!r}", name="huge")
-    with pytest.raises(CompileError, match=r"^cell 1 \(\"DATA = '.*\"\) is 260 KiB of code: with "
+    with pytest.raises(CompileError, match=r"^cell 2 \(\"DATA = '.*\"\) is 260 KiB of code: with "
                                            r"it the component of step 'blob' would be \d+ KiB even "
                                            r"compressed, over the 128 KiB Linux allows"):
         api.compile_notebook(path, str(tmp_path / "out"))
@@ -326,7 +326,7 @@ def test_a_failing_cell_of_a_referenced_notebook_is_named_by_its_notebook_and_nu
         "b = a + 1", "b = a + undefined_name"))
     status = api.run_local(root, output_dir=str(tmp_path / "out"))
     failed = status.steps["part_use"]
-    assert failed.state == "FAILED" and failed.cell == "part.ipynb, cell 2 (step part_use)"
+    assert failed.state == "FAILED" and failed.cell == "part.ipynb, cell 3 (step part_use)"
     assert "NameError" in failed.error
 
 

@@ -239,8 +239,8 @@ def test_a_task_that_is_no_step_has_its_output_forwarded_as_it_comes(notebook, t
 
 
 @pytest.mark.parametrize("options, message", [
-    ("--docker-network host", "RunError: --docker-network applies to runs in containers: add --docker"),
-    ("--docker --remote", "RunError: --docker runs the steps in containers on this machine"),
+    ("--docker-network host", "--docker-network applies to runs in containers: add --docker"),
+    ("--docker --remote", "--docker runs the steps in containers on this machine"),
 ])
 def test_magic_refuses_bad_container_options_as_the_cli_does(shell, notebook, options,
                                                              message) -> None:
@@ -270,5 +270,5 @@ def test_panel_offers_containers_and_refuses_a_bad_volume_map_before_anything_st
             choice.volume_map) == (True, False, "host", ("data=/tmp", "scratch"))
     panel.run_button.click()
     assert "kale-error" in panel.message.value
-    assert "RunError: --volume-map &#x27;scratch&#x27; is not valid" in panel.message.value
+    assert "--volume-map &#x27;scratch&#x27; is not valid" in panel.message.value
     assert panel.control.status is None and not panel.control.active

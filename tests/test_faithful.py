@@ -115,7 +115,7 @@ def test_case06_env_and_cd_magics_run_in_the_step(tmp_path: Path) -> None:
         "print('file', open('here.txt').read().strip())\n%matplotlib inline\nx = 1"))
     assert result.same_prints(), result.explain()
     assert result.notebook["a"] == ["env: MODE=fast", "env: LEVEL=2", "env fast 2", "file inside"]
-    warning = result.warning("%matplotlib inline", "step 'a'", "cell 1")
+    warning = result.warning("%matplotlib inline", "step 'a'", "cell 2")
     skipped = warning.split(" skips ")[1].split("which only the notebook runs")[0]
     assert "%cd" not in skipped and "%env" not in skipped and "move it to a `%%kale skip`" in warning
 
@@ -137,8 +137,8 @@ def test_case07_process_state_set_in_a_step_is_a_warning(notebook, setting, kind
     plan = api.read_plan(notebook("%%kale step a\n" + setting + "\nx = 1",
                                   "%%kale step b\nprint(x)"))
     warning = next(w for w in plan.warnings if kind in w)
-    assert warning.startswith("cell 0 (")
-    assert "step 'a' changes" in warning and "'b' (cell 1" in warning
+    assert warning.startswith("cell 1 (")
+    assert "step 'a' changes" in warning and "'b' (cell 2" in warning
     assert "imports or functions cell" in warning
 
 
@@ -153,7 +153,7 @@ def test_case07_seed_in_a_step_differs_and_says_so(tmp_path: Path) -> None:
     result = compare(notebook_of(tmp_path, "%%kale step a\nimport random\nrandom.seed(7)\nx = 1",
                                  "%%kale step b\nprint('draw', random.random() < 2)"))
     assert result.same_prints(), result.explain()
-    result.warning("random seeds", "`random.seed(...)` (line 3)", "'b' (cell 2")
+    result.warning("random seeds", "`random.seed(...)` (line 3)", "'b' (cell 3")
 
 
 # -- case 8: KFP placeholders in user text reach the step byte for byte -----------------------
@@ -179,7 +179,7 @@ def test_case09_open_file_passed_to_a_later_step_is_refused(notebook) -> None:
         api.read_plan(notebook("%%kale step a\nfh = open('out.txt', 'w')\nfh.write('data')",
                                "%%kale step b\nfh.close()"))
     message = str(info.value)
-    assert message.startswith("cell 0 (")
+    assert message.startswith("cell 1 (")
     assert "`fh`" in message and "an open file" in message and "step 'b' reads it" in message
     assert "open it again in step 'b'" in message and "\n" not in message
 
@@ -263,7 +263,7 @@ def test_case14_star_import_names_are_known(tmp_path: Path) -> None:
 def test_case15_skipped_assignment_is_warned_naming_both_cells(tmp_path: Path) -> None:
     result = compare(notebook_of(tmp_path, "%%kale step a\nx = 1", "%%kale skip\nx = 2",
                                  "%%kale step b\nprint('x', x)"))
-    warning = result.warning("step 'b' reads `x`", "cell 2 ('x = 2')", "step 'a' (cell 1")
+    warning = result.warning("step 'b' reads `x`", "cell 3 ('x = 2')", "step 'a' (cell 2")
     assert "remove `%%kale skip`" in warning
     assert result.notebook["b"] == ["x 2"] and "x 1" in result.pipeline["b"]
 

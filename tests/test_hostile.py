@@ -167,6 +167,16 @@ def test_list_argument_with_a_tuple_is_refused(notebook) -> None:
         api.coerce_arguments(plan, {"L": "[(1, 2)]"})
 
 
+def test_a_bad_list_value_shows_the_fix_in_the_syntax_it_was_typed_in(notebook) -> None:
+    plan = api.read_plan(notebook("%%kale parameters\nNAMES = ['a']", "%%kale step a\nx = NAMES"))
+    with pytest.raises(KaleError) as option:
+        api.coerce_arguments(plan, {"NAMES": "[1, 2"})
+    with pytest.raises(KaleError) as field:
+        api.coerce_arguments(plan, {"NAMES": "[1, 2"}, fields=True)
+    assert str(option.value).endswith("for example --param 'NAMES=[1, 2]'")
+    assert str(field.value).endswith("for example [1, 2]")
+
+
 def test_host_with_password_is_refused_redacted(notebook) -> None:
     line = bad_input(cli("run", str(notebook("%%kale step a\nx = 1")),
                          "--host", "http://alice:Sup3rS3cretPw@127.0.0.1:9"))

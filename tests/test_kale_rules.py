@@ -131,7 +131,7 @@ def test_a_merged_step_changing_what_another_read_is_a_warning(tmp_path) -> None
                                           ("a = a + 10", ["step:first"])])
     warnings = api.read_plan(path).warnings
     assert len(warnings) == 1 and warnings[0].startswith(
-        "cell 1 ('b = a + 1'): step 'second' reads `a`, which cell 2 ('a = a + 10') assigns "
+        "cell 2 ('b = a + 1'): step 'second' reads `a`, which cell 3 ('a = a + 10') assigns "
         "afterwards in the same step 'first'")
     assert warnings[0].endswith("give that cell a step name of its own")
 
@@ -141,7 +141,7 @@ def test_a_merged_step_shadowing_what_it_receives_is_a_warning(tmp_path) -> None
                                           ("y = x", ["step:first"])])
     plan = api.read_plan(path)
     assert plan.step("first").inputs[0].producer == "second"
-    assert any("step 'first' reads `x`, which cell 0 ('x = 1') assigns in the same step 'first'"
+    assert any("step 'first' reads `x`, which cell 1 ('x = 1') assigns in the same step 'first'"
                in w and "wins over the one received" in w for w in plan.warnings)
 
 
@@ -160,7 +160,7 @@ def test_merge_that_makes_a_cycle_is_refused_naming_the_cells(notebook) -> None:
     with pytest.raises(AnalysisError) as info:
         api.read_plan(path)
     message = str(info.value)
-    assert "cell 0 ('a = 1') and cell 2 ('c = b + 1')" in message
+    assert "cell 1 ('a = 1') and cell 3 ('c = b + 1')" in message
     assert "cycle: " in message and "give the later cells a step name of their own" in message
 
 
@@ -168,10 +168,10 @@ def test_kale_tagged_merge_that_makes_a_cycle_runs_its_cells_as_steps_of_their_o
     plan = api.read_plan(tagged(tmp_path / "nb.ipynb", CYCLE))  # Kale compiles it (Example.ipynb)
     assert [(s.name, [c.index for c in s.cells]) for s in plan.steps] == [
         ("first", [0]), ("second", [1]), ("first_2", [2])]
-    assert plan.warnings[0].startswith("the cells of step 'first' (cell 0 ('a = 1') and cell 2 "
+    assert plan.warnings[0].startswith("the cells of step 'first' (cell 1 ('a = 1') and cell 3 "
                                        "('c = b + 1')) are one step because they share its name, "
                                        "and merging them makes a cycle")
-    assert plan.warnings[0].endswith("so cell 2 runs as step 'first_2'")
+    assert plan.warnings[0].endswith("so cell 3 runs as step 'first_2'")
 
 
 @pytest.mark.integration
@@ -190,7 +190,7 @@ def test_settings_on_a_later_cell_of_a_merged_step_are_a_warning(tmp_path) -> No
                                           ("a = 2", ["step:first", "limit:memory:2Gi"])])
     plan = api.read_plan(path)
     assert plan.step("first").settings.memory_limit == "1Gi"
-    assert any("cell 1" in w and "taken from its first cell" in w for w in plan.warnings)
+    assert any("cell 2" in w and "taken from its first cell" in w for w in plan.warnings)
 
 
 def test_prev_tags_on_a_later_cell_of_a_merged_step_are_ignored_as_in_kale(tmp_path) -> None:
@@ -198,7 +198,7 @@ def test_prev_tags_on_a_later_cell_of_a_merged_step_are_ignored_as_in_kale(tmp_p
                                           ("c = 1", ["step:first", "prev:second"])])
     plan = api.read_plan(path)
     assert plan.step("first").after == ()
-    assert any(w.startswith("cell 2 ('c = 1'): the settings and --after (prev:) edges of step "
+    assert any(w.startswith("cell 3 ('c = 1'): the settings and --after (prev:) edges of step "
                             "'first' are taken from its first cell") for w in plan.warnings)
 
 
@@ -236,13 +236,13 @@ def test_prev_with_two_names_is_a_malformed_prev_tag(tmp_path) -> None:
                                           ("y = x", ["prev:sum:cumsum", "step:os"])])
     with pytest.raises(AnnotationError) as info:
         api.read_plan(path)
-    assert str(info.value) == ("cell 1: tag 'prev:sum:cumsum' is a malformed `prev:` tag (one step "
+    assert str(info.value) == ("cell 2: tag 'prev:sum:cumsum' is a malformed `prev:` tag (one step "
                                "name after the colon); write one tag per upstream step (prev:sum, "
                                "prev:cumsum)")
 
 
 def test_two_step_names_on_one_cell_are_refused(tmp_path) -> None:
-    with pytest.raises(AnnotationError, match="cell 0: a cell can belong to one step only"):
+    with pytest.raises(AnnotationError, match="cell 1: a cell can belong to one step only"):
         api.read_plan(tagged(tmp_path / "nb.ipynb", [("x = 1", ["step:a", "step:b"])]))
 
 
@@ -263,7 +263,7 @@ def test_unknown_tag_warnings_are_printed_when_the_compile_fails(tmp_path) -> No
 def test_warnings_before_a_malformed_tag_are_kept(tmp_path) -> None:
     path = tagged(tmp_path / "nb.ipynb", [("x = 1", ["step:a", "mystery"]),
                                           ("y = x", ["prev:a:b", "step:b"])])
-    with pytest.raises(AnnotationError, match=r"malformed `prev:` tag.*warnings: cell 0: unknown "
+    with pytest.raises(AnnotationError, match=r"malformed `prev:` tag.*warnings: cell 1: unknown "
                                               r"tag 'mystery' ignored"):
         api.read_plan(path)
 
@@ -345,7 +345,7 @@ def test_a_referenced_notebooks_steps_join_the_pipeline_under_its_name(tmp_path)
     assert plan.step("part_use").after == ("part_load",)
     assert plan.step("final").inputs[0].producer == "part_use"
     assert plan.step("part_load").settings.image == "python:3.12"  # the referenced notebook's own
-    assert plan.step("part_load").cells[0].describe() == "part.ipynb cell 1 ('a = math.sqrt(16)')"
+    assert plan.step("part_load").cells[0].describe() == "part.ipynb cell 2 ('a = math.sqrt(16)')"
 
 
 @pytest.mark.integration
@@ -360,7 +360,7 @@ def test_untagged_cells_after_a_reference_belong_to_the_next_step(tmp_path) -> N
                                ("c = b * d", ["step:final"])])
     assert [c.index for c in api.read_plan(root).step("final").cells] == [1, 2]
     dangling = composed(tmp_path, [reference("part", "./part.ipynb"), ("d = 1", [])])
-    with pytest.raises(AnnotationError, match="cell 1: untagged code after a `notebook:` cell must "
+    with pytest.raises(AnnotationError, match="cell 2: untagged code after a `notebook:` cell must "
                                               "be followed by a `step:` cell that owns it"):
         api.read_plan(dangling)
 

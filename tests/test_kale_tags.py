@@ -90,11 +90,11 @@ def test_unknown_tag_and_key_are_warnings(tmp_path) -> None:
     plan = api.read_plan(path)
     assert plan.warnings == (
         "kubeflow_notebook: key 'katib_run' ignored", "kubeflow_notebook: key 'surprise' ignored",
-        "cell 0: unknown tag 'mystery' ignored",
-        "cell 0: tag 'report:enabled' has no effect here (Kale-specific)")
+        "cell 1: unknown tag 'mystery' ignored",
+        "cell 1: tag 'report:enabled' has no effect here (Kale-specific)")
     result = subprocess.run([sys.executable, "-m", "kale_magics", "show", str(path)],
                             capture_output=True, text=True)
-    assert result.returncode == 0 and "warning: cell 0: unknown tag 'mystery' ignored" in result.stderr
+    assert result.returncode == 0 and "warning: cell 1: unknown tag 'mystery' ignored" in result.stderr
 
 
 def test_notebook_metadata(tmp_path) -> None:
@@ -122,12 +122,12 @@ def test_mixed_notebook_and_a_cell_with_both(tmp_path) -> None:
                                               ("%%kale step use\ny = x + 1", [])])
     assert api.read_plan(mixed).step("use").inputs[0].producer == "load"
     both = tagged(tmp_path / "both.ipynb", [("%%kale step a\nx = 1", ["step:a"])])
-    with pytest.raises(AnnotationError, match=r"^cell 0: the cell has both a `%%kale` line and Kale tags"):
+    with pytest.raises(AnnotationError, match=r"^cell 1: the cell has both a `%%kale` line and Kale tags"):
         api.read_plan(both)
 
 
 @pytest.mark.parametrize("tags, fragment", [
-    (["step:_hidden"], "cell 0: Kale step invalid step name '_hidden'"),
+    (["step:_hidden"], "cell 1: Kale step invalid step name '_hidden'"),
     (["step:a", "limit:ephemeral-storage:1Gi"], "Kale limit 'ephemeral-storage' is not supported"),
     (["step:a", "limit:memory:lots"], "limit:memory 'lots' is not valid"),
 ])

@@ -107,9 +107,9 @@ def test_failing_step_reports_cell_line_and_traceback(notebook) -> None:
     boom = status.steps["boom"]
     assert boom.state == "FAILED"
     assert boom.error == "ZeroDivisionError: division by zero"
-    assert (boom.cell, boom.line) == ("failing.ipynb, cell 1 (step boom)", 3)
+    assert (boom.cell, boom.line) == ("failing.ipynb, cell 2 (step boom)", 3)
     log = "\n".join(boom.log)
-    assert 'File "failing.ipynb, cell 1 (step boom)", line 3' in log
+    assert 'File "failing.ipynb, cell 2 (step boom)", line 3' in log
     assert "z = y / 0" in log
     assert "\x1b[" not in log
     assert "kale_magics/runtime" not in log  # the runtime's own frames are hidden

@@ -76,17 +76,47 @@ def test_bad_line_raises_usage_error_and_body_does_not_run(shell, line) -> None:
     assert "ran" not in shell.user_ns
 
 
+def test_near_misses_get_did_you_mean(shell) -> None:
+    with pytest.raises(UsageError, match=r"unknown annotation kind 'stpe' \(did you mean 'step'\?\)"):
+        shell.run_cell_magic("kale", "stpe a", "x = 1")
+    with pytest.raises(UsageError, match=r"unknown action 'pannel' \(did you mean 'panel'\?\)"):
+        shell.run_line_magic("kale", "pannel")
+    with pytest.raises(UsageError) as far:
+        shell.run_line_magic("kale", "frobnicate")
+    assert "did you mean" not in str(far.value)
+
+
+def test_errors_are_the_message_without_our_class_name(shell, tmp_path) -> None:
+    with pytest.raises(UsageError) as bad_line:
+        shell.run_cell_magic("kale", "step Bad", "x = 1")
+    path = write_notebook(tmp_path / "nb.ipynb", ("%%kale step a\ny = missing_name",))
+    with pytest.raises(UsageError) as bad_plan:
+        shell.run_line_magic("kale", f"show --notebook {path}")
+    for raised in (bad_line, bad_plan):
+        assert not str(raised.value).split(":")[0].endswith("Error"), str(raised.value)
+    assert str(bad_line.value).startswith("invalid step name 'Bad'")
+    assert "missing_name" in str(bad_plan.value)
+
+
 def test_step_cell_shows_a_compact_line_with_live_types(shell) -> None:
-    run(shell, "%%kale step load\nrows = [1, 2, 3]")
     with capture_output() as captured:
+        run(shell, "%%kale step load\nrows = [1, 2, 3]\nunused = 5")
         run(shell, "%%kale step total --after load\nsize = len(rows)\nlabel = 'n'")
-    data = captured.outputs[0].data
-    assert data["text/plain"] == ("step total  <- rows: list len 3 (load)  -> size: int, "
-                                  "label: str len 1")
+    data = captured.outputs[1].data
+    assert data["text/plain"] == "step total  <- rows: list len 3 (load)"  # no reader of size yet
     assert data[STEP_MIME] == {"kind": "step", "name": "total", "after": ["load"],
                                "inputs": {"rows": "load"}, "outputs": ["size", "label"],
                                "types": {"rows": "list", "size": "int", "label": "str"},
                                "artifacts": {"size": "Artifact", "label": "Artifact"}}
+    html = data["text/html"]
+    assert "kale-step-line" in html and "data-name='rows'" in html and "\u2190 load" in html
+    assert "data-name='size'" not in html and ">label<" not in html  # bound; no step reads them
+    # the line under `load` is updated in place once a step reads from it
+    update = captured.outputs[2]
+    assert update.data["text/plain"] == "step load  -> rows: list len 3 (to total)"
+    assert "unused" not in update.data["text/html"] and "\u2192 total" in update.data["text/html"]
+    assert update.transient["display_id"] == captured.outputs[0].transient["display_id"]
+    assert update.data[STEP_MIME] == captured.outputs[0].data[STEP_MIME]  # the same record
 
 
 def test_registry_keyed_by_cell_id(shell) -> None:
@@ -153,7 +183,7 @@ def test_show_text_and_html_with_live_types(shell, small) -> None:
     with capture_output() as captured:
         shell.run_line_magic("kale", f"show --notebook {small}")
     data = captured.outputs[0].data
-    assert "step total  cells 3   after: make" in data["text/plain"]
+    assert "step total  cells 4   after: make" in data["text/plain"]
     assert "<svg" in data["text/html"] and "items: list len 3 (make)" in data["text/html"]
 
 
@@ -221,6 +251,13 @@ def test_run_and_status(shell, small) -> None:
     assert "pipeline small SUCCEEDED" in captured.stdout and "size = 10" in captured.stdout
 
 
+def test_a_bad_param_is_refused_before_anything_is_printed(shell, small) -> None:
+    with capture_output() as captured, pytest.raises(UsageError, match="parameter 'N' is int"):
+        shell.run_line_magic("kale", f"run --notebook {small} --param N=five")
+    assert captured.stdout == "" and captured.outputs == []  # no "running ... locally"
+    assert kale(shell).last_run is None
+
+
 def test_export_kale_tags_writes_a_copy_and_refuses_the_source(shell, small, tmp_path) -> None:
     out = tmp_path / "tagged.ipynb"
     before = small.read_bytes()
@@ -256,7 +293,7 @@ def test_check_warns_about_unsaved_cells(shell, small) -> None:
     with capture_output() as captured:
         shell.run_line_magic("kale", f"check --notebook {small}")
     text = captured.outputs[0].data["text/plain"]
-    assert "warning: cell 2 ('items = list(range(N))') differs from what this kernel ran" in text
+    assert "warning: cell 3 ('items = list(range(N))') differs from what this kernel ran" in text
     assert "ran in this kernel but is not in the saved notebook" in text
 
 

@@ -135,7 +135,7 @@ def test_failed_step_reports_its_error_and_exit_code_1(kfp_server, token_env, no
     run_id = next(line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("run "))
     url = f"{kfp_server.url}/#/runs/details/{run_id}"
     assert "broken  FAILED" in out and "pipeline failing FAILED" in out
-    assert (f"step broken failed (failing.ipynb, cell 2 (step broken), line 2): ZeroDivisionError: "
+    assert (f"step broken failed (failing.ipynb, cell 3 (step broken), line 2): ZeroDivisionError: "
             f"division by zero; its log is in the KFP UI: {url} (node 'broken > executor', pod failing-") in out
     code = cli.main(["status", run_id, "--host", kfp_server.url])
     out, _ = capsys.readouterr()

@@ -38,7 +38,7 @@ def test_failure_then_fix_resumes_from_the_failed_step(tmp_path, capsys) -> None
     assert first.state == "FAILED"
     total = first.steps["total"]
     assert (total.state, total.error) == ("FAILED", "ZeroDivisionError: division by zero")
-    assert (total.cell, total.line) == ("nb.ipynb, cell 3 (step total)", 2)
+    assert (total.cell, total.line) == ("nb.ipynb, cell 4 (step total)", 2)
     assert first.steps["report"].state == "SKIPPED"  # dependents are not run
     assert any("size = sum(items) / DIVISOR" in line for line in total.log_tail())
 

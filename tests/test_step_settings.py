@@ -203,6 +203,30 @@ def test_missing_package_fails_before_running(notebook, tmp_path) -> None:
     assert not (tmp_path / "out" / "local_runs").exists()
 
 
+def test_missing_module_fails_before_running(notebook, tmp_path) -> None:
+    path = notebook("%%kale imports\nimport json", "%%kale step a\nx = 1",
+                    "%%kale step b\nimport nonexistent_pkg_xyz.sub as sub\ny = x", name="nomod")
+    with pytest.raises(RunError, match=r"^steps import modules that are not installed here "
+                                       r"\(b: nonexistent_pkg_xyz\); a local run never installs "
+                                       r"anything: run `pip install nonexistent_pkg_xyz` first.*"
+                                       r"--packages"):
+        api.run_local(path, output_dir=str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "local_runs").exists()  # no step started
+
+
+@pytest.mark.integration
+def test_imports_that_may_not_run_or_are_beside_the_notebook_do_not_refuse(notebook, tmp_path) -> None:
+    (tmp_path / "helper_beside.py").write_text("VALUE = 41\n")
+    path = notebook("%%kale step a\nimport helper_beside\ntry:\n    import nonexistent_pkg_xyz\n"
+                    "except ImportError:\n    nonexistent_pkg_xyz = None\n"
+                    "def later():\n    import other_missing_pkg_xyz\n"
+                    "x = helper_beside.VALUE + 1",
+                    "%%kale step b\nprint(x, nonexistent_pkg_xyz)", name="maybe")
+    status = api.run_local(path, output_dir=str(tmp_path / "out"))
+    assert status.state == "SUCCEEDED", status.error
+    assert "42 None" in "\n".join(status.steps["b"].log)
+
+
 @pytest.mark.integration
 def test_settings_apply_locally_env_and_retries(notebook, tmp_path) -> None:
     marker = tmp_path / "attempts"

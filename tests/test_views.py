@@ -92,12 +92,51 @@ def test_status_line_before_during_and_after(plan) -> None:
     assert "href='http://kfp:8888/#/runs/details/r-1'" in line and "run r-1 in the KFP UI" in line
 
 
+def test_the_previous_run_is_labelled_as_such(plan) -> None:
+    status = status_of(plan, make=StepStatus("make", state="FAILED", duration_s=1.8))
+    status.state, status.start, status.end = "FAILED", NOW - 100, NOW - 98.2
+    line = rich.status_line_html(status, NOW, started=NOW - 1, previous=True)
+    assert "<span class='kale-previous'>previous run</span>" in line
+    assert "<span class='kale-elapsed'>1.8 s</span>" in line  # its own time, not the new press's
+    dag = rich.dag_html(plan, status, NOW, previous=True)
+    assert "previous run" in dag and node_states(dag)["make"] == ("FAILED", "failed 1.8 s")
+    assert "previous run" not in rich.dag_html(plan, status, NOW)
+    assert "previous run" not in rich.status_line_html(status, NOW)
+
+
+def test_step_line_lists_what_travels_in_html_that_never_breaks_a_name() -> None:
+    from kale_magics.analysis.live import LiveValue
+    from kale_magics.session.notebook_session import StepRun
+
+    frame = LiveValue("DataFrame", 2048, "891x12", "Dataset")
+    step = StepRun("split_data", (), inputs={"raw_frame": "load_data"},
+                   outputs=("X_train", "scratch"), live={"raw_frame": frame, "X_train": frame},
+                   readers={"X_train": ("train", "evaluate")})
+    line = rich.step_run_html(step)
+    chips = re.findall(r"<span class='kale-(input|output)' data-name='([^']+)' "
+                       r"style='white-space:nowrap", line)
+    assert chips == [("input", "raw_frame"), ("output", "X_train")]  # not `scratch`: no reader
+    assert "DataFrame 891x12" in line and "\u2190 load_data" in line
+    assert "\u2192 train, evaluate" in line and "scratch" not in line
+    assert text.step_run_text(step) == ("step split_data  <- raw_frame: DataFrame 891x12, 2.0 KiB "
+                                        "(load_data)  -> X_train: DataFrame 891x12, 2.0 KiB "
+                                        "(to train, evaluate)")
+    alone = rich.step_run_html(StepRun("a", (), outputs=("x",)))
+    assert "nothing passed" in alone and "<b>" not in alone and "data-name" not in alone
+
+
 def test_metrics_table_and_remote_note(plan) -> None:
     status = status_of(plan, total=StepStatus("total", state="SUCCEEDED",
                                               metrics={"size": 3.0, "acc": 0.98148148}))
     table = rich.metrics_html(status)
-    assert re.findall(r"kale-metric-name'>([^<]+)</td><td class='kale-metric-value'[^>]*>([^<]+)<",
-                      table) == [("size", "3"), ("acc", "0.981481")]
+    assert re.findall(r"kale-metric-name'[^>]*>([^<]+)</td><td class='kale-metric-value'[^>]*>"
+                      r"([^<]+)<", table) == [("size", "3"), ("acc", "0.981481")]
+    cells = re.findall(r"<t[dh] [^>]*style='([^']*)'", table)
+    assert cells and all("padding:1px 12px 1px 4px" in c and "line-height:1.35" in c for c in cells)
+    # a cached step's metrics come back sorted: the notebook's order is kept
+    status.metric_order = ["size", "acc"]
+    status.steps["total"].metrics = {"acc": 0.98148148, "size": 3.0}
+    assert list(status.metrics) == ["size", "acc"]
     remote = status_of(plan)
     remote.metrics_note = "metric values are not available; see them in the KFP UI: http://h/#/runs/x"
     assert rich.metrics_html(remote) == ""  # not before the run ends
@@ -150,3 +189,30 @@ def test_one_duration_format_in_every_view(plan) -> None:
         assert "succeeded 2 min 5 s" in view
     assert [text.duration_text(s) for s in (0.44, 9.96, 12.4, 59.4, 60, 3599)] == [
         "0.4 s", "10.0 s", "12 s", "59 s", "1 min 0 s", "59 min 59 s"]
+
+
+def test_counts_have_the_right_number(plan, tmp_path) -> None:
+    assert text.plan_text(plan).startswith("pipeline flow (3 steps, 1 parameter)")
+    one = api.read_plan(write_notebook(tmp_path / "one.ipynb", ("%%kale step a\nx = 1",)))
+    assert text.plan_text(one).startswith("pipeline one (1 step, 0 parameters)")
+    assert "1 step, 0 parameters" in rich.plan_html(one, {})
+
+
+def test_a_click_on_a_dag_node_chooses_the_step_in_the_panel(plan) -> None:
+    plain = rich.dag_html(plan, None, NOW)
+    assert "onclick" not in plain
+    view = rich.dag_html(plan, None, NOW, choose=True)
+    handler = re.search(r'onclick="([^"]+)"', view).group(1)
+    assert ".kale-step-choice select" in handler and "dispatchEvent(new Event('change'" in handler
+    assert "closest('[data-step]')" in handler and 'data-step="make"' in view
+    assert "cursor:pointer" in view and "stroke-width:2.5" not in view
+    assert "g.kale-step[data-step='total'] rect{stroke:#1565c0" in rich.dag_html(
+        plan, None, NOW, choose=True, chosen="total")
+
+
+def test_the_plan_gives_a_run_its_metric_order(tmp_path) -> None:
+    from kale_magics.runner.local import plan_status
+
+    plan = api.read_plan(write_notebook(tmp_path / "m.ipynb", (
+        "%%kale step a\nzeta = 1\nalpha = 2", "%%kale metrics\nzeta\nalpha")))
+    assert plan_status(plan, "", None, []).metric_order == ["zeta", "alpha"]

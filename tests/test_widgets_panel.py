@@ -3,6 +3,7 @@ real local runs (kfp.local in the panel's child process) and runs on the KFP API
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def test_form_is_filled_from_the_notebook_and_typed(shell, panels, tmp_path) -> 
                                                                           "python:3.11-slim")
     assert form.caching.value is False and form.host.value == "http://kfp.example:8888"
     kinds = {name: type(widget) for name, (_, widget) in form.parameters.items()}
-    assert kinds == {"N": w.IntText, "SCALE": w.FloatText, "FLAG": w.Checkbox, "NAMES": w.Text}
+    assert kinds == {"N": w.IntText, "SCALE": w.Text, "FLAG": w.Checkbox, "NAMES": w.Text}
     assert form.parameters["NAMES"][1].value == '["a", "b"]'
     assert form.options() == "--name my-flow --experiment exp1 --image python:3.11-slim --no-cache"
     assert form.remote_box.layout.display == "none"
@@ -76,6 +77,9 @@ def test_run_locally_shows_every_step_and_metrics(shell, panels, tmp_path) -> No
     path = write_notebook(tmp_path / "flow.ipynb", FLOW)
     panel = make_panel(panels, path, shell)
     assert panel.cancel_button.disabled and not panel.run_button.disabled
+    assert panel.cancel_button.button_style == ""  # grey while there is nothing to cancel
+    assert panel.form.parameters["SCALE"][1].value == "0.5"
+    panel.form.parameters["SCALE"][1].value = "1.0"  # a float field keeps what is written
     panel.form.parameters["N"][1].value = 5
     panel.form.parameters["NAMES"][1].value = '["a", "b", "c"]'
     seen: list[tuple[str, str]] = []
@@ -87,12 +91,30 @@ def test_run_locally_shows_every_step_and_metrics(shell, panels, tmp_path) -> No
     panel.refresh()
     assert status.state == "SUCCEEDED", panel.message.value
     assert states(panel) == {"make": "SUCCEEDED", "total": "SUCCEEDED"}
-    assert status.metrics == {"size": 10 * 0.5 + 3 + 1}
-    assert "<td class='kale-metric-value' style='text-align:right'>9</td>" in panel.metrics_html.value
+    assert status.metrics == {"size": 10 * 1.0 + 3 + 1}
+    assert re.search(r"<td class='kale-metric-value' style='[^']*padding[^']*'>14</td>",
+                     panel.metrics_html.value)
     assert ("make", "RUNNING") in seen and ("total", "SUCCEEDED") in seen  # updates while running
     assert not panel.run_button.disabled and panel.cancel_button.disabled
     assert "kale-error" not in panel.message.value
     assert panel.control.all_succeeded_at is not None
+    assert "previous run" not in panel.status_html.value + panel.dag_html.value
+
+    # a bad field value, then a compile error: the new error is new, the last run stays the last
+    done = dict(_node_states(panel.dag_html.value))
+    panel.form.parameters["NAMES"][1].value = "[1, 2"
+    panel.run_button.click()
+    assert "NAMES" in panel.message.value and "kale-error" in panel.message.value
+    assert dict(_node_states(panel.dag_html.value)) == done == {"make": "SUCCEEDED",
+                                                                "total": "SUCCEEDED"}
+    assert "previous run" in panel.status_html.value and "SUCCEEDED" in panel.status_html.value
+    assert "kale-dag-caption" in panel.dag_html.value and "not started" not in panel.dag_html.value
+    write_notebook(path, (*FLOW[:3], "%%kale step total\nsize = sum(itemz)", FLOW[4]))
+    panel.form.parameters["NAMES"][1].value = '["a"]'
+    panel.run_button.click()
+    assert "itemz" in panel.message.value and "kale-error" in panel.message.value
+    assert dict(_node_states(panel.dag_html.value)) == done
+    assert "data-previous='true'" in panel.status_html.value
 
 
 def _node_states(svg: str) -> list[tuple[str, str]]:
@@ -130,7 +152,7 @@ def test_cancel_a_local_run(shell, panels, tmp_path) -> None:  # noqa: F811
     while time.time() < deadline and states(panel)["wait"] != "RUNNING":
         time.sleep(0.1)
     panel.refresh()
-    assert not panel.cancel_button.disabled
+    assert not panel.cancel_button.disabled and panel.cancel_button.button_style == "danger"
     started = time.time()
     panel.cancel_button.click()
     status = panel.control.wait(30)
@@ -145,6 +167,7 @@ def test_failed_step_shows_error_and_log_tail(shell, panels, tmp_path) -> None: 
     path = write_notebook(tmp_path / "bad.ipynb", (
         "%%kale step make\nitems = [1, 2]", "%%kale step divide\nprint('about to divide')\nr = 1 / 0"))
     panel = make_panel(panels, path, shell)
+    panel.step_choice.value = "make"  # chosen before the run: the failure takes over once
     panel.run_button.click()
     status = panel.control.wait(120)
     panel.refresh()
@@ -154,6 +177,9 @@ def test_failed_step_shows_error_and_log_tail(shell, panels, tmp_path) -> None: 
     assert panel.step_choice.value == "divide"  # the failed step is selected
     assert "ZeroDivisionError" in panel.detail_html.value
     assert "about to divide" in panel.detail_html.value
+    panel.step_choice.value = "make"  # then the user's choice stays
+    panel.refresh()
+    assert panel.step_choice.value == "make" and "data-step='make'" in panel.detail_html.value
 
 
 def test_check_and_compile_buttons(shell, panels, tmp_path) -> None:  # noqa: F811
@@ -188,6 +214,8 @@ def test_bad_parameter_value_names_the_parameter(shell, panels, tmp_path) -> Non
     panel.form.parameters["NAMES"][1].value = "[1, 2"
     panel.run_button.click()
     assert "NAMES" in panel.message.value and "kale-error" in panel.message.value
+    assert "for example [1, 2]" in panel.message.value  # what to type in the field
+    assert "--param" not in panel.message.value and "Error:" not in panel.message.value
     assert not panel.control.active and not panel.run_button.disabled
 
 
@@ -236,7 +264,8 @@ def test_remote_errors_are_one_red_line(shell, panels, kfp_server, token_env, tm
     panel.run_button.click()
     panel.control.wait(30)
     panel.refresh()
-    assert "KfpAuthError" in panel.message.value and "kale-error" in panel.message.value
+    assert "kale-error" in panel.message.value and "KfpAuthError" not in panel.message.value
+    assert "credentials" in panel.message.value or "401" in panel.message.value
     assert "wrong-token-123" not in panel.message.value
 
 
@@ -288,3 +317,44 @@ def test_sweep_section_bad_values_are_one_red_line(shell, panels, tmp_path) -> N
     assert "parameter &#x27;X&#x27; is int, but &#x27;two&#x27;" in panel.sweep.table.value
     assert "kale-error" in panel.sweep.table.value and panel.sweep.result is None
     assert not panel.sweep.active and not (tmp_path / ".kale" / "sweeps").exists()
+
+
+SIBLINGS = ("%%kale step first\nx = 1", "%%kale step middle\ny = 1 / 0",
+            "%%kale step last\nz = 3", "%%kale step after_middle\nw = y + 1")
+SIBLING_STATES = {"first": "SUCCEEDED", "middle": "FAILED", "last": "SUCCEEDED",
+                  "after_middle": "SKIPPED"}
+
+
+def test_a_failed_sibling_stops_only_its_dependents_in_every_front_end(shell, panels,  # noqa: F811
+                                                                        tmp_path) -> None:
+    """Three independent steps, the middle one raising: the other two run (kfp.local alone
+    stops at the first failure), the step reading the failed one's output is skipped with the
+    reason, and the CLI, ``%kale run`` and the panel show the same states."""
+    from IPython.core.error import UsageError
+
+    from tests.test_cli import cli
+
+    path = write_notebook(tmp_path / "siblings.ipynb", SIBLINGS)
+    result = cli("run", str(path), "--no-cache")
+    assert result.returncode == 1
+    lines = [line for line in result.stdout.splitlines() if "  " in line and "|" not in line]
+    finals = {line.split()[0]: line.split()[1] for line in lines if "RUNNING" not in line}
+    assert finals == SIBLING_STATES
+    assert [line.split()[0] for line in lines if "RUNNING" in line] == ["first", "middle", "last"]
+    assert "after_middle  SKIPPED  upstream step 'middle' failed" in result.stdout
+    assert "step after_middle skipped: upstream step 'middle' failed" in result.stdout
+
+    with capture_output() as captured, pytest.raises(UsageError, match="step 'middle' failed"):
+        shell.run_line_magic("kale", f"run --notebook {path} --no-cache")
+    shown = [o.data for o in captured.outputs if "text/html" in o.data][-1]
+    assert dict(_node_states(shown["text/html"])) == SIBLING_STATES
+    assert "after_middle  SKIPPED  upstream step 'middle' failed" in shown["text/plain"]
+
+    panel = make_panel(panels, path, shell)
+    panel.form.caching.value = False
+    panel.run_button.click()
+    status = panel.control.wait(120)
+    panel.refresh()
+    assert status.state == "FAILED"
+    assert states(panel) == SIBLING_STATES
+    assert dict(_node_states(panel.dag_html.value)) == SIBLING_STATES

@@ -49,14 +49,15 @@ class TargetChoice:
 
 
 def parameter_widget(parameter: api.Parameter) -> w.Widget:
-    """A field typed from the parameter's default: int, float, bool, str; list/dict as JSON."""
+    """A field typed from the parameter's default: int, bool, str; a float as text (``1.0``
+    stays ``1.0``; typed by :func:`kale_magics.api.coerce_arguments`); list/dict as JSON."""
     common = {"description": parameter.name, "style": _STYLE, "layout": _WIDE}
     if parameter.type == "bool":
         return w.Checkbox(value=bool(parameter.value), indent=True, **common)
     if parameter.type == "int":
         return w.IntText(value=parameter.value, **common)
-    if parameter.type == "float":
-        return w.FloatText(value=parameter.value, **common)
+    if parameter.type == "float":  # a FloatText shows 1.0 as "1": text keeps the written form
+        return w.Text(value=repr(parameter.value), placeholder="a number, e.g. 0.5", **common)
     if parameter.type == "str":
         return w.Text(value=parameter.value, **common)
     return w.Text(value=json.dumps(parameter.value), placeholder="JSON", **common)

@@ -5,21 +5,24 @@ What it shows is rendered by the pure views of :mod:`kale_magics.views.rich`.
 Only standard ipywidgets 8 widgets (``HTML``, ``Button``, ``Dropdown``, ...), so
 it renders in Notebook 7, JupyterLab 4 and VS Code without a front-end build.
 Widget values are set from the run's background thread; ipykernel sends comm
-messages through its thread-safe IOPub socket, and the browser test checks
-that they arrive. One panel is one set of widget models: displaying it again
+messages through its thread-safe IOPub socket; ``tests/test_panel_kernel.py`` checks
+in a real ipykernel 7 kernel that they reach the client, and the browser test that
+they reach the page. One panel is one set of widget models: displaying it again
 (or in a second output) shows the same, current state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ipywidgets as w
 from kale_widgets.form import SettingsForm
+from kale_widgets.history import RunHistoryView
 from kale_widgets.run_control import RunControl, RunRequest
 from kale_widgets.sweep_section import SweepSection
 
@@ -63,6 +66,7 @@ class DeployPanel(w.VBox):
         self.add_class("kale-panel")
         self._lock = threading.RLock()
         self._ticker: threading.Thread | None = None
+        self._shown_failure: Any = None  # the run whose failed step the chooser was set to
         shell = _shell(shell)
         session = api.NotebookSession.of(shell) if shell is not None else api.NotebookSession()
         self.control: RunControl | None = None
@@ -73,7 +77,7 @@ class DeployPanel(w.VBox):
                                       interval_s=interval_s, warm_worker=warm_worker)
             self.plan = self.control.plan()
         except api.KaleError as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = str(exc)
         self.form = SettingsForm(self.plan)
         self.sweep = SweepSection(self.control.notebook if self.control else "", self.form,
                                   getattr(shell, "user_ns", None), self.refresh)
@@ -97,7 +101,7 @@ class DeployPanel(w.VBox):
                                      "write the KFP DSL and YAML", self.compile)
         self.run_button = button("Run", "kale-run-button", "success",
                                  "compile and run on the chosen target", self.run)
-        self.cancel_button = button("Cancel", "kale-cancel-button", "danger",
+        self.cancel_button = button("Cancel", "kale-cancel-button", "",
                                     "stop the active run", self.cancel)
         self.status_html, self.dag_html, self.metrics_html = w.HTML(), w.HTML(), w.HTML()
         self.message, self.detail_html = w.HTML(), w.HTML()
@@ -116,6 +120,9 @@ class DeployPanel(w.VBox):
         self.children = [title, w.HBox([self.check_button, self.compile_button, self.run_button,
                                         self.cancel_button]),
                          self.message, w.HBox([settings, view])]
+        if self.control is not None:
+            self.history = RunHistoryView(path, self.control.server, self.control.pipeline_roots)
+            self.children = [*self.children, self.history]
 
     # -- buttons ----------------------------------------------------------------------------
 
@@ -124,7 +131,7 @@ class DeployPanel(w.VBox):
         try:
             handler()
         except api.KaleError as error:
-            self.message.value = rich.error_html(f"{type(error).__name__}: {error}")
+            self.message.value = rich.error_html(str(error))
         except Exception as error:
             self.message.value = rich.error_html(f"unexpected {type(error).__name__}: {error}")
         self.refresh()
@@ -143,10 +150,13 @@ class DeployPanel(w.VBox):
             self.message.value = rich.check_html(self.control.check())
 
     def compile(self) -> None:
-        """Compile; show where the DSL and the YAML went."""
+        """Compile; show where the DSL and the YAML went (a compile error: the last run stays
+        shown, labelled as the previous run)."""
         if self._ready():
-            self._reload()
-            self.message.value = rich.compile_html(self.control.compile(self.form.options()))
+            with self._previous_on_error():
+                self._reload()
+                compiled = self.control.compile(self.form.options())
+            self.message.value = rich.compile_html(compiled)
 
     def run(self) -> None:
         """Compile and run on the chosen target; refused while a run is active."""
@@ -156,11 +166,23 @@ class DeployPanel(w.VBox):
             self.message.value = rich.info_html([_BUSY])
             return
         self.message.value = ""
-        self._reload()
+        with self._previous_on_error():
+            self._reload()
         request = RunRequest(self.form.options(), self.form.arguments(), self.form.chosen_target(),
                              self.form.caching.value)
         if self.control.start_run(request):
             self._start_ticker()
+
+    @contextlib.contextmanager
+    def _previous_on_error(self) -> Iterator[None]:
+        """A failure inside (the notebook does not compile) leaves the last run shown as the
+        previous run, beside the new error."""
+        try:
+            yield
+        except Exception:
+            if self.control is not None:
+                self.control.nothing_started()
+            raise
 
     def cancel(self) -> None:
         """Stop the active run."""
@@ -180,6 +202,8 @@ class DeployPanel(w.VBox):
                 time.sleep(1.0)
                 self.refresh()
             self.refresh()
+            if self.control is not None:
+                self.history.reload()
 
         self._ticker = threading.Thread(target=tick, name="kale-panel-ticker", daemon=True)
         self._ticker.start()
@@ -189,12 +213,15 @@ class DeployPanel(w.VBox):
         with self._lock:
             control, now = self.control, time.time()
             status = control.status if control else None
-            sweeping = self.sweep.active
-            active = bool(control and control.active) or sweeping
+            active = bool(control and control.active) or self.sweep.active
+            previous = bool(control and control.previous)
             self.status_html.value = rich.status_line_html(
-                status, now, control.activity if control else "", control.started if control else None)
+                status, now, control.activity if control else "",
+                control.started if control else None, previous=previous)
             if self.plan is not None:
-                self.dag_html.value = rich.dag_html(self._shown_plan(), status, now)
+                chosen = self.step_choice.value if self.step_choice.value != _NO_STEP else ""
+                self.dag_html.value = rich.dag_html(self._shown_plan(), status, now, previous,
+                                                    choose=True, chosen=chosen or "")
                 self._refresh_steps(status)
             self.metrics_html.value = rich.metrics_html(status)
             if not active and self.message.value == rich.info_html([_BUSY]):
@@ -204,7 +231,9 @@ class DeployPanel(w.VBox):
                 control.error = ""
             self.run_button.disabled = active or control is None
             self.check_button.disabled = self.compile_button.disabled = active or control is None
-            self.cancel_button.disabled = not (control and control.can_cancel)
+            can_cancel = bool(control and control.can_cancel)
+            self.cancel_button.disabled = not can_cancel
+            self.cancel_button.button_style = "danger" if can_cancel else ""  # grey when off
             self.form.set_enabled(not active)
             self.sweep.set_enabled(not active and control is not None)
 
@@ -218,7 +247,8 @@ class DeployPanel(w.VBox):
         if list(self.step_choice.options) != names:
             self.step_choice.options = names
         failed = status.failed_steps if status is not None else []
-        if failed and self.step_choice.value == _NO_STEP:
+        if failed and self._shown_failure is not status:  # once per run: then the user chooses
+            self._shown_failure = status
             self.step_choice.value = failed[0].name
         chosen = self.step_choice.value
         if chosen == _NO_STEP or chosen is None:

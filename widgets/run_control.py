@@ -60,6 +60,10 @@ class RunControl:
         What is going on before a status exists ("compiling", "submitting ...").
     error:
         The last failure as one message naming the fix ("" when none).
+    previous:
+        True when :attr:`status` is the run before a Run press that started nothing (the
+        notebook did not compile, a value was bad): the panel shows it as "previous run"
+        beside the new error, not as the new attempt's result and not as "not started".
     started, all_succeeded_at:
         When Run was pressed, and when the last step turned SUCCEEDED (seconds since the epoch).
     """
@@ -73,6 +77,7 @@ class RunControl:
         self.compiled: api.CompiledPipeline | None = None
         self.activity = ""
         self.error = ""
+        self.previous = False
         self.started: float | None = None
         self.all_succeeded_at: float | None = None
         self._lock = threading.Lock()
@@ -122,21 +127,26 @@ class RunControl:
             if self._active:
                 return False
             self._active = True
-            self.activity, self.error, self.status = "compiling", "", None
-            self.started, self.all_succeeded_at = time.time(), None
+            self.activity, self.error, self.started = "compiling", "", time.time()
+            self.previous = self.status is not None  # shown as such until the new run starts
         self._changed()
         try:
             compiled = self.compile(request.options)
-            api.coerce_arguments(compiled.plan, request.arguments)  # a bad value: nothing starts
+            api.coerce_arguments(compiled.plan, request.arguments, fields=True)  # nothing starts
             self._target = self._new_target(request)  # bad target options: nothing starts
         except Exception:
             self.activity, self._active = "", False
             raise
-        self.activity = ""
+        self.activity, self.status, self.previous, self.all_succeeded_at = "", None, False, None
         self._thread = threading.Thread(target=self._guarded, name="kale-panel-run", daemon=True,
                                         args=(self._run, compiled, request.arguments, True))
         self._thread.start()
         return True
+
+    def nothing_started(self) -> None:
+        """A Run or Compile press failed before a run could start (the caller's own step, such
+        as re-reading the notebook): the last run stays shown, as the previous run."""
+        self.previous = self.status is not None
 
     def cancel(self) -> None:
         """Stop the active run: kill a local run's process, or ask KFP to terminate the run."""
@@ -157,6 +167,16 @@ class RunControl:
             if closing is not None:
                 closing.close()
         self._spare = self._target = None
+
+    def server(self) -> api.KfpSession | None:
+        """The KFP session of the last remote run, else the kernel's (``%kale`` magics'), or None."""
+        return getattr(self._target, "session", None) or self.session.server
+
+    def pipeline_roots(self) -> list[str]:
+        """The last local run's pipeline root (where its record is), if any."""
+        last = self.session.last_run
+        return [last.pipeline_root] if last is not None and not last.run_id and \
+            last.pipeline_root else []
 
     # -- in the background ------------------------------------------------------------------
 
@@ -200,7 +220,7 @@ class RunControl:
         try:
             action(*args)
         except api.KaleError as error:
-            self.error = f"{type(error).__name__}: {error}"
+            self.error = str(error)
         except Exception as error:  # shown in the panel, never as a traceback in the notebook
             self.error = f"unexpected {type(error).__name__}: {error}"
         finally:

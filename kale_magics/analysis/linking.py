@@ -25,6 +25,7 @@ import builtins
 import difflib
 from typing import Any, Mapping, Sequence
 
+from kale_magics.analysis.changes import Changes
 from kale_magics.analysis.effects import Effects
 from kale_magics.analysis.names import NameUse, StarNames, python_source, scan, scan_blocks
 from kale_magics.analysis.writers import PARAMETERS, PRELUDE, SKIP, STEP, Writer, Writers
@@ -34,10 +35,13 @@ from kale_magics.model import PRELUDE_KINDS, Cell, Metric, Parameter
 #: Names every step has without a producer: Python's builtins and the names
 #: the step runtime provides as IPython does in a notebook.
 KNOWN_NAMES = frozenset(dir(builtins)) | {"get_ipython", "display", "__name__"}
+#: What the ``%kale pipeline --on-exit`` step reads about the run (``runtime.step.pipeline_status``).
+PIPELINE_STATUS = "PIPELINE_STATUS"
 
 
 def scan_cells(cells: Sequence[Cell], callees: Mapping[str, Sequence[str]] | None = None,
-               star_names: StarNames | None = None) -> NameUse:
+               star_names: StarNames | None = None,
+               changers: Mapping[str, Changes] | None = None) -> NameUse:
     """The names ``cells`` (run one after the other) read and bind.
 
     Raises
@@ -55,7 +59,7 @@ def scan_cells(cells: Sequence[Cell], callees: Mapping[str, Sequence[str]] | Non
                                 f"{error.msg}; fix the cell (IPython syntax such as `!cmd` "
                                 "and `%magic` is fine)") from None
         sources.append(source)
-    return scan_blocks(sources, callees, star_names)
+    return scan_blocks(sources, callees, star_names, changers)
 
 
 class Linker:
@@ -86,6 +90,7 @@ class Linker:
         self.star_names = star_names
         self.writers = Writers()
         self.callees: dict[str, tuple[str, ...]] = {}
+        self.changers: dict[str, Changes] = {}  # what calling each function changes
         self.classes: set[str] = set()
         self.same: dict[str, frozenset[str]] = {}  # names that are one object (`params = cfg`)
         self.warnings: list[str] = []
@@ -130,7 +135,7 @@ class Linker:
                 self._record_cell(cell, SKIP)
 
     def _record_cell(self, cell: Cell, kind: str) -> None:
-        use = scan_cells([cell], self.callees, self.star_names)
+        use = scan_cells([cell], self.callees, self.star_names, self.changers)
         for name in use.writes:
             self.writers.add(name, Writer(kind, cell, conditional=name in use.conditional,
                                           imported=tuple(use.imported.get(name, ()))))
@@ -141,29 +146,61 @@ class Linker:
         """What calling each name ``use`` binds reads, from now on (nothing for a plain value)."""
         for name in use.writes:
             self.callees[name] = tuple(use.globals_of.get(name, ()))
+            self.changers.pop(name, None)
+        self.changers.update(use.changes_of)
         self.classes = (self.classes - set(use.writes)) | set(use.classes)
 
     def _link_step(self, draft: Any, cells: Sequence[Cell]) -> None:
         """Link ``cells``, the step's cells (or a run of them) that start at ``cells[0]``."""
-        use = scan_cells(cells, self.callees, self.star_names)
+        use = scan_cells(cells, self.callees, self.star_names, self.changers)
         self._uses[draft.name] = use
         annotation, head = cells[0].annotation, cells[0]
-        for name in (*use.reads, *annotation.inputs):
-            self.resolve(draft, name, soft=False, below=head.index)
+        loop = draft.loop
+        own = {loop.variable} if loop else set()  # the loop's item: bound in the step itself
+        if draft.is_exit:
+            own.add(PIPELINE_STATUS)  # the run's final state, bound by the step runtime
+        items = (loop.items,) if loop and head is draft.head else ()
+        for name in (*items, *use.reads, *annotation.inputs):
+            if name not in own:
+                self.resolve(draft, name, soft=False, below=head.index)
         for name in use.soft_reads:
-            self.resolve(draft, name, soft=True, below=head.index)
+            if name not in own:
+                self.resolve(draft, name, soft=True, below=head.index)
+        if draft.condition is not None and head is draft.head:
+            self._link_condition(draft)
         handles = {n: e for c in cells for n, e in self.effects[c.index].handles.items()}
-        for name in (*use.writes, *annotation.outputs):
+        for name in (*(n for n in use.writes if n not in own), *annotation.outputs):
             handle = handles.get(name)
             self.writers.add(name, Writer(
                 STEP, head, draft,
                 conditional=name in use.conditional or name not in use.writes,
                 imported=tuple(use.imported.get(name, ())),
                 handle=f"{handle.kind} (`{handle.what}`, line {handle.line})" if handle else ""))
-        for name in self._note_aliases(use) | self._changed_by_methods(use, head):
+        changed = self._changed_by_methods(use, head) | self._changed_by_calls(use, head)
+        for name in self._note_aliases(use) | changed:
             if name not in use.writes:  # changed in place, so passed on from this step
                 self.writers.add(name, Writer(STEP, head, draft, conditional=True))
         self._note_callees(use)
+
+    def _link_condition(self, draft: Any) -> None:
+        """Find where each name of the step's ``--if`` comes from: a parameter, or the step
+        above that assigns it last (into ``draft.condition_inputs``)."""
+        expression = draft.condition.expression
+        for name in draft.condition.names:
+            writer = self.writers.nearest(name, draft.head.index)
+            if writer is not None and writer.kind == PARAMETERS:
+                continue
+            if writer is not None and writer.kind == STEP:
+                draft.condition_inputs[name] = writer.step.name
+                continue
+            where = (f"which only {writer.describe()} assigns" if writer is not None else
+                     "which is neither a parameter nor a variable an earlier step assigns")
+            close = difflib.get_close_matches(name, [*self.writers.step_names(), *self.parameters],
+                                              n=1)
+            hint = f" (did you mean `{close[0]}`?)" if close else ""
+            raise AnalysisError(f"{draft.head.describe()}: step {draft.name!r} runs --if "
+                                f"{expression!r}, which reads `{name}`, {where}{hint}; use a "
+                                "parameter or a variable an earlier step assigns")
 
     def _changed_by_methods(self, use: NameUse, head: Cell) -> set[str]:
         """Values (not modules, functions or classes) whose methods the step calls as statements
@@ -172,6 +209,18 @@ class Linker:
         for name in use.maybe_changed:
             above = self.writers.nearest(name, head.index)
             if above is None or above.imported or self.callees.get(name) or name in self.classes:
+                continue
+            changed |= self.same.get(name, frozenset()) | {name}
+        return changed
+
+    def _changed_by_calls(self, use: NameUse, head: Cell) -> set[str]:
+        """Names the step's calls of notebook functions change (``bump()`` writing the global
+        ``counter``, ``add(items)`` appending to its parameter), with their other names:
+        the step passes them on, as the kernel would see them changed after this cell."""
+        changed: set[str] = set()
+        for name in use.changed_by_calls:
+            above = self.writers.nearest(name, head.index)
+            if above is not None and above.imported:
                 continue
             changed |= self.same.get(name, frozenset()) | {name}
         return changed

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kale_magics.analysis.changes import Call, Changes, Slot, changed_by_call
 from kale_magics.runtime.shell import NO_VAR_EXPAND, DollarFormatter
 
 __all__ = ["NameUse", "python_source", "scan", "scan_blocks", "scan_trees"]
@@ -84,8 +85,18 @@ class NameUse:
         never bound to a new object: every other name of that object changes too.
     maybe_changed : tuple of str
         Names not in :attr:`writes` whose method is called as a statement at the
-        top level (``model.fit(X, y)``, ``items.append(x)``): the call's result
-        is dropped, so it may change the object in place.
+        top level (``model.fit(X, y)``, ``items.append(x)``), or whose method is
+        one that changes its object wherever it is called (``d.setdefault(k, [])``,
+        ``lst.pop()``): it may change the object in place.
+    changes_of : mapping of str to Changes
+        For each name bound at module level to a function, a class or an instance of
+        a class, what calling it (or its methods) changes besides its result
+        (:class:`~kale_magics.analysis.changes.Changes`); absent when nothing.
+    changed_by_calls : tuple of str
+        Names not in :attr:`writes` that the code's calls of notebook functions change:
+        globals they rebind or change in place (``bump()`` with ``global counter``),
+        transitively, and names passed to a parameter they change in place
+        (``add(items)`` with ``def add(lst): lst.append(1)``).
     """
 
     reads: tuple[str, ...]
@@ -99,6 +110,8 @@ class NameUse:
     aliases: Mapping[str, str] = field(default_factory=dict)
     changed_in_place: tuple[str, ...] = ()
     maybe_changed: tuple[str, ...] = ()
+    changes_of: Mapping[str, Changes] = field(default_factory=dict)
+    changed_by_calls: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------
@@ -226,7 +239,8 @@ def scan(source: str) -> NameUse:
 
 
 def scan_blocks(sources: Sequence[str], callees: Callees | None = None,
-                star_names: StarNames | None = None) -> NameUse:
+                star_names: StarNames | None = None,
+                changers: Mapping[str, Changes] | None = None) -> NameUse:
     """Analyse blocks of plain Python run one after the other in one namespace.
 
     A name bound in block 1 and read in block 2 is not a read; deferred reads
@@ -244,6 +258,10 @@ def scan_blocks(sources: Sequence[str], callees: Callees | None = None,
     star_names : callable, optional
         ``star_names(module)`` gives the names ``from module import *`` binds
         (None when unknown); without it a star import binds nothing.
+    changers : mapping of str to Changes, optional
+        What functions defined elsewhere change when called, by name
+        (:attr:`NameUse.changes_of` of their producers): gives
+        :attr:`NameUse.changed_by_calls`.
 
     Returns
     -------
@@ -256,13 +274,14 @@ def scan_blocks(sources: Sequence[str], callees: Callees | None = None,
         The error raised by :func:`ast.parse` on the first invalid block; its
         ``lineno`` is relative to that block.
     """
-    return scan_trees([_parse(source) for source in sources], callees, star_names)
+    return scan_trees([_parse(source) for source in sources], callees, star_names, changers)
 
 
 def scan_trees(trees: Sequence[ast.Module], callees: Callees | None = None,
-               star_names: StarNames | None = None) -> NameUse:
+               star_names: StarNames | None = None,
+               changers: Mapping[str, Changes] | None = None) -> NameUse:
     """Like :func:`scan_blocks`, for blocks already parsed with :func:`ast.parse`."""
-    visitor = _NameVisitor(callees or {}, star_names)
+    visitor = _NameVisitor(callees or {}, star_names, changers or {})
     definite: set[str] = set()
     for tree in trees:
         visitor.visit(tree)
@@ -403,6 +422,14 @@ _READ_ONLY = frozenset({
     "exists", "is_file", "is_dir", "log", "debug", "warning", "error", "write_text",
     "write_bytes"})
 
+#: Methods that change their object wherever they are called, even inside an expression
+#: (``d.setdefault(k, []).append(x)``, ``last = stack.pop()``).
+_MUTATORS = frozenset({
+    "append", "extend", "insert", "pop", "popitem", "remove", "clear", "update", "setdefault",
+    "add", "discard", "sort", "reverse", "appendleft", "extendleft", "popleft", "rotate",
+    "fill", "resize", "put", "put_nowait", "send", "fit", "partial_fit", "fit_transform",
+    "shuffle", "__setitem__", "__delitem__"})
+
 
 _MODULE = "module"
 _FUNCTION = "function"
@@ -424,6 +451,41 @@ class _Scope:
     declared_global: set[str] = field(default_factory=set)
     declared_nonlocal: set[str] = field(default_factory=set)
     pending: list[str] = field(default_factory=list)
+    params: tuple[str, ...] = ()
+    positional: int = 0
+    changed: list[str] = field(default_factory=list)  # names whose objects the body changes
+    global_changes: set[str] = field(default_factory=set)  # `global x; x = ...`
+    calls: list[tuple[str, dict[Slot, str]]] = field(default_factory=list)
+    nested: list[Changes] = field(default_factory=list)  # of methods (class scopes)
+
+
+def _call_base(node: ast.expr) -> str | None:
+    """``d`` for ``d.setdefault(k, [])`` or ``d["a"].items``: the name a chain starts from."""
+    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _is_globals(node: ast.expr) -> bool:
+    """``globals()``."""
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            and node.func.id == "globals" and not node.args and not node.keywords)
+
+
+def _passed(node: ast.Call) -> dict[Slot, str]:
+    """The name (or the base name of a part) given in each argument slot of a call."""
+    passed: dict[Slot, str] = {}
+    for index, argument in enumerate(node.args):
+        if isinstance(argument, ast.Starred):
+            break
+        base = _base_name(argument)
+        if base is not None:
+            passed[index] = base
+    for keyword in node.keywords:
+        base = _base_name(keyword.value) if keyword.arg else None
+        if base is not None:
+            passed[keyword.arg] = base  # type: ignore[index]
+    return passed
 
 
 def _base_name(node: ast.expr) -> str | None:
@@ -447,7 +509,8 @@ def _parameters(args: ast.arguments) -> Iterable[ast.arg]:
 class _NameVisitor(ast.NodeVisitor):
     """Walk module code, keeping an explicit stack of scopes."""
 
-    def __init__(self, callees: Callees, star_names: StarNames | None) -> None:
+    def __init__(self, callees: Callees, star_names: StarNames | None,
+                 changers: Mapping[str, Changes]) -> None:
         self._module = _Scope(_MODULE)
         self._stack: list[_Scope] = [self._module]
         self._writes: dict[str, None] = {}
@@ -467,6 +530,9 @@ class _NameVisitor(ast.NodeVisitor):
         self._mutated: set[str] = set()  # changed in place (`cfg["lr"] = 2`)
         self._plain: set[str] = set()  # bound by a plain binding
         self._method_called: dict[str, None] = {}
+        self._changers = changers
+        self._changes_of: dict[str, Changes] = {}
+        self._changed_calls: dict[str, None] = {}
 
     def result(self, definite: set[str]) -> NameUse:
         """Resolve deferred reads against all module bindings."""
@@ -481,7 +547,9 @@ class _NameVisitor(ast.NodeVisitor):
                        dict(self._globals_of), dict(self._imported), tuple(sorted(self._classes)),
                        dict(self._aliases), tuple(n for n in self._writes
                                                   if n in self._mutated and n not in self._plain),
-                       tuple(n for n in self._method_called if n not in self._writes))
+                       tuple(n for n in self._method_called if n not in self._writes),
+                       dict(self._changes_of),
+                       tuple(n for n in self._changed_calls if n not in self._writes))
 
     def visit_Module(self, node: ast.Module) -> None:
         """Visit each top-level statement, noting what the functions it binds read when called."""
@@ -491,6 +559,7 @@ class _NameVisitor(ast.NodeVisitor):
             self.visit(statement)
             deferred = tuple(dict.fromkeys(n for n, d in self._events[start:] if d))
             deferred += self._instance_of(statement)
+            self._note_changes(statement)
             for name in self._statement_bound:
                 self._globals_of[name] = deferred
                 if not deferred:
@@ -539,6 +608,78 @@ class _NameVisitor(ast.NodeVisitor):
             return self._globals_of[maker]
         return tuple(self._callees.get(maker, ())) if maker not in self._module.bound else ()
 
+    def _note_changes(self, statement: ast.stmt) -> None:
+        """Keep :attr:`NameUse.changes_of` for what ``statement`` bound: a function or class
+        (recorded when its body ends), an instance ``m = Meter()``, else nothing."""
+        value = getattr(statement, "value", None)
+        instance = None
+        if (isinstance(statement, ast.Assign) and isinstance(value, ast.Call)
+                and isinstance(value.func, ast.Name)):
+            maker = self._changes_of.get(value.func.id) or self._changers.get(value.func.id)
+            instance = maker if maker is not None and maker.of_class else None
+        defined = statement.name if isinstance(
+            statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else None
+        for name in self._statement_bound:
+            if instance is not None:
+                self._changes_of[name] = instance
+            elif name != defined:
+                self._changes_of.pop(name, None)
+
+    def _function_scope(self) -> _Scope | None:
+        """The innermost function scope the code being visited is in, None at module level."""
+        return next((s for s in reversed(self._stack) if s.kind == _FUNCTION), None)
+
+    def _changed(self, base: str) -> None:
+        """The object named ``base`` is changed in place here (in a function: by the function)."""
+        function = self._function_scope()
+        if function is not None:
+            function.changed.append(base)
+        else:
+            self._method_called.setdefault(base)
+
+    def _global_assigned(self, name: str) -> None:
+        """``globals()["name"] = ...``: at module level a binding, in a function a change."""
+        function = self._function_scope()
+        if function is not None:
+            function.global_changes.add(name)
+        else:
+            self._bind(name, 0)
+
+    def _note_call(self, node: ast.Call) -> None:
+        """A call of a notebook function: what it changes, here or in the enclosing function."""
+        func = node.func
+        if isinstance(func, ast.Name):
+            callee, passed = func.id, _passed(node)
+        elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+            callee, passed = func.value.id, {}  # a method of an instance or class
+        else:
+            callee, passed = "", {}
+        if isinstance(func, ast.Attribute):
+            if _is_globals(func.value) and func.attr in ("update", "setdefault"):
+                for keyword in node.keywords:
+                    if keyword.arg:
+                        self._global_assigned(keyword.arg)
+                key = node.args[0] if func.attr == "setdefault" and node.args else None
+                if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                    self._global_assigned(key.value)
+            elif func.attr in _MUTATORS:
+                base = _call_base(func.value)
+                if base is not None:
+                    self._changed(base)
+        if isinstance(func, ast.Name) and func.id in ("setattr", "delattr") and node.args:
+            base = _base_name(node.args[0])
+            if base is not None:
+                self._changed(base)
+        if not callee:
+            return
+        function = self._function_scope()
+        if function is not None:
+            function.calls.append((callee, passed))
+            return
+        table = {**self._changers, **self._changes_of}
+        for name in changed_by_call(table, callee, passed):
+            self._changed_calls.setdefault(name)
+
     def _callee_reads(self, name: str, deferred: bool) -> None:
         """Reading a function defined elsewhere soft-reads the globals it reads, transitively."""
         if name in self._module.bound and not deferred:
@@ -555,6 +696,8 @@ class _NameVisitor(ast.NodeVisitor):
 
     def _bind(self, name: str, index: int = -1) -> None:
         scope = self._stack[index]
+        if scope is not self._module and name in scope.declared_global:
+            scope.global_changes.add(name)
         if scope is self._module or name in scope.declared_global:
             self._module.bound.add(name)
             self._writes.setdefault(name)
@@ -568,7 +711,14 @@ class _NameVisitor(ast.NodeVisitor):
     def _bind_base(self, target: ast.expr) -> None:
         """``df["a"] = 1`` at module level modifies, hence binds, ``df``."""
         base = _base_name(target)
-        if base is not None and self._stack[-1] is self._module:
+        if (base is None and isinstance(target, ast.Subscript) and _is_globals(target.value)
+                and isinstance(target.slice, ast.Constant) and isinstance(target.slice.value, str)):
+            self._global_assigned(target.slice.value)  # globals()["x"] = ...
+            return
+        function = self._function_scope()
+        if base is not None and function is not None:
+            function.changed.append(base)
+        elif base is not None and self._stack[-1] is self._module:
             plain = base in self._plain
             self._bind(base)
             self._mutated.add(base)
@@ -611,6 +761,9 @@ class _NameVisitor(ast.NodeVisitor):
             self._read(node.target.id)
             self.visit(node.value)
             self._bind(node.target.id)
+            function = self._function_scope()
+            if function is not None and self._stack[-1] is function:  # `lst += [1]` changes lst
+                function.changed.append(node.target.id)
         else:
             self.generic_visit(node.target)
             self.visit(node.value)
@@ -634,6 +787,7 @@ class _NameVisitor(ast.NodeVisitor):
         """Also analyse the code that ``%time``/``%%time``/``%%capture`` run in this namespace,
         the expressions IPython expands in a command or magic line, and ``%%capture NAME``."""
         self.generic_visit(node)
+        self._note_call(node)
         for tree in _magic_code(node):
             for statement in tree.body:
                 self.visit(statement)
@@ -649,11 +803,11 @@ class _NameVisitor(ast.NodeVisitor):
         """``model.fit(X, y)`` as a statement: its result is dropped, so it may change ``model``."""
         self.generic_visit(node)
         call = node.value
-        if (self._stack[-1] is self._module and isinstance(call, ast.Call)
+        if (self._stack[-1] in (self._module, self._function_scope()) and isinstance(call, ast.Call)
                 and isinstance(call.func, ast.Attribute) and call.func.attr not in _READ_ONLY):
             base = _base_name(call.func.value)
             if base is not None:
-                self._method_called.setdefault(base)
+                self._changed(base)
 
     def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
         self.visit(node.value)
@@ -747,7 +901,11 @@ class _NameVisitor(ast.NodeVisitor):
             self.visit(decorator)
         self._visit_signature(node.args, node.returns)
         self._bind(node.name)
-        self._visit_function_body(node.args, node.body)
+        changes = self._visit_function_body(node.args, node.body)
+        if self._stack[-1] is self._module:
+            self._changes_of.pop(node.name, None)
+            if changes:
+                self._changes_of[node.name] = changes
 
     visit_AsyncFunctionDef = visit_FunctionDef
 
@@ -767,8 +925,11 @@ class _NameVisitor(ast.NodeVisitor):
             if annotation is not None:
                 self.visit(annotation)
 
-    def _visit_function_body(self, args: ast.arguments, body: list[Any]) -> None:
-        scope = _Scope(_FUNCTION, bound={param.arg for param in _parameters(args)})
+    def _visit_function_body(self, args: ast.arguments, body: list[Any]) -> Changes:
+        """Visit a function's body; return what calling it changes."""
+        params = tuple(param.arg for param in _parameters(args))
+        scope = _Scope(_FUNCTION, bound=set(params), params=params,
+                       positional=len(args.posonlyargs) + len(args.args))
         self._stack.append(scope)
         for node in body:
             self.visit(node)
@@ -779,18 +940,36 @@ class _NameVisitor(ast.NodeVisitor):
                 self._module_read(name, deferred=True)
             elif name not in scope.bound:
                 self._lookup(name, parent, deferred=True, see_class=False)
+        changes = _function_changes(scope)
+        outer = self._stack[parent]
+        if outer.kind == _CLASS:  # a method: the class's instances change what it changes
+            outer.nested.append(changes)
+        elif outer.kind == _FUNCTION or self._function_scope() is not None:
+            # a nested function may be called by its parent: its changes are the parent's
+            into = self._function_scope()
+            into.changed.extend(changes.globals)  # type: ignore[union-attr]
+            into.calls.extend((c.callee, {s: n for s, n, p in c.passed if not p})  # type: ignore[union-attr]
+                              for c in changes.calls)
+        return changes
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
         keywords = [keyword.value for keyword in node.keywords]
         for expr in [*node.decorator_list, *node.bases, *keywords]:
             self.visit(expr)
-        self._stack.append(_Scope(_CLASS))
+        scope = _Scope(_CLASS)
+        self._stack.append(scope)
         for stmt in node.body:
             self.visit(stmt)
         self._stack.pop()
         self._bind(node.name)
         if self._stack[-1] is self._module:
             self._classes.add(node.name)
+            changes = Changes(of_class=True)
+            for method in scope.nested:
+                changes = changes.merged(method)
+            self._changes_of.pop(node.name, None)
+            if changes:
+                self._changes_of[node.name] = changes
 
     # -- comprehensions -----------------------------------------------------
 
@@ -821,3 +1000,33 @@ class _NameVisitor(ast.NodeVisitor):
 
     def visit_DictComp(self, node: ast.DictComp) -> None:
         self._visit_comprehension(node.generators, node.key, node.value)
+
+
+def _function_changes(scope: _Scope) -> Changes:
+    """What calling the function whose body was ``scope`` changes (see :class:`Changes`)."""
+    def where(name: str) -> str:
+        if name in scope.params:
+            return "parameter"
+        if name in scope.declared_global:
+            return "global"
+        if name in scope.bound or name in scope.declared_nonlocal:
+            return "local"
+        return "global"
+
+    changed_globals = set(scope.global_changes)
+    mutated = set()
+    for name in scope.changed:
+        kind = where(name)
+        if kind == "parameter":
+            mutated.add(name)
+        elif kind == "global":
+            changed_globals.add(name)
+    calls = []
+    for callee, passed in scope.calls:
+        if where(callee) != "global":
+            continue
+        kept = tuple((slot, name, where(name) == "parameter") for slot, name in passed.items()
+                     if where(name) != "local")
+        calls.append(Call(callee, kept))
+    return Changes(scope.params, scope.positional, frozenset(changed_globals), frozenset(mutated),
+                   tuple(dict.fromkeys(calls)))

@@ -27,8 +27,10 @@ from kale_magics.analysis.parameters import read_parameters
 from kale_magics.analysis.star import StarImports
 from kale_magics.analysis.travel import travel_warnings
 from kale_magics.errors import AnalysisError
-from kale_magics.model import (PRELUDE_KINDS, Cell, Input, Metric, PipelineSettings, Plan, Step,
-                               StepSettings)
+from kale_magics.analysis.control import (check_conditions, check_exit_step, check_loops,
+                                          mark_exit_step, scalar_outputs)
+from kale_magics.model import (PRELUDE_KINDS, Cell, Condition, Input, Loop, Metric,
+                               PipelineSettings, Plan, Step, StepSettings)
 from kale_magics.notebook.annotations import pipeline_name_from
 
 __all__ = ["KNOWN_NAMES", "build_plan"]
@@ -47,6 +49,10 @@ class _StepDraft:
     segments: list[list[Cell]] = field(default_factory=list)
     #: Problems Kale accepts in a Kale-tagged step, reported as warnings.
     warnings: list[str] = field(default_factory=list)
+    #: Names of the step's ``--if`` that earlier steps assign, with those steps.
+    condition_inputs: dict[str, str] = field(default_factory=dict)
+    #: True for the ``%kale pipeline --on-exit`` step (it reads ``PIPELINE_STATUS``).
+    is_exit: bool = False
 
     @property
     def name(self) -> str:
@@ -60,6 +66,16 @@ class _StepDraft:
     def explicit(self) -> list[Cell]:
         """The cells that carry the step's own annotation (its ``%%kale step`` line or tags)."""
         return [c for c in self.cells if c.explicit]
+
+    @property
+    def loop(self) -> Loop | None:
+        """``--for`` of the step's first annotated cell."""
+        return self.explicit[0].annotation.loop if self.explicit else None
+
+    @property
+    def condition(self) -> Condition | None:
+        """``--if`` of the step's first annotated cell."""
+        return self.explicit[0].annotation.condition if self.explicit else None
 
     @property
     def after(self) -> tuple[str, ...]:
@@ -106,7 +122,11 @@ def _build(cells: Sequence[Cell], settings: PipelineSettings, notebook: str) -> 
     effects = _effects(cells)
     star = StarImports(os.path.dirname(os.path.abspath(notebook)) if notebook else "")
     linker = Linker(cells, parameters, effects, star)
+    mark_exit_step(drafts, settings.on_exit)
     linker.link(drafts)
+    check_loops(drafts, parameters)
+    check_conditions(drafts, parameters)
+    notes += check_exit_step(drafts)
     outside = {d.name: tuple(dict.fromkeys(e.what for c in d.cells
                                            for e in effects[c.index].reads_outside))
                for d in drafts}
@@ -243,15 +263,22 @@ def _outputs(drafts: Sequence[_StepDraft]) -> dict[str, set[str]]:
 def _order(drafts: Sequence[_StepDraft], outputs: dict[str, set[str]],
            defaults: StepSettings, outside: dict[str, tuple[str, ...]]) -> tuple[Step, ...]:
     """Freeze the drafts into Steps in a topological order, notebook order on ties."""
+    scalars = scalar_outputs(drafts)
     steps = {d.name: Step(
         name=d.name, cells=tuple(d.cells), after=d.after,
         inputs=tuple(Input(n, p) for n, p in sorted(d.inputs.items())),
         outputs=tuple(sorted(outputs[d.name])), parameters=tuple(sorted(d.parameters)),
         metrics=tuple(d.metrics), settings=defaults.merged(d.head.annotation.settings),
-        imports=_replayed(d), reads_outside=outside[d.name])
+        imports=_replayed(d), reads_outside=outside[d.name], loop=d.loop,
+        condition=d.condition,
+        condition_inputs=tuple(Input(n, p) for n, p in sorted(d.condition_inputs.items())),
+        scalars=scalars.get(d.name, ()))
         for d in drafts}
     position = {d.name: i for i, d in enumerate(drafts)}
-    sorter = graphlib.TopologicalSorter({s.name: s.upstream for s in steps.values()})
+    last = {d.name for d in drafts if d.is_exit}  # the exit step runs after every other step
+    sorter = graphlib.TopologicalSorter({
+        s.name: tuple(n for n in steps if n not in last) if s.name in last else s.upstream
+        for s in steps.values()})
     try:
         sorter.prepare()
     except graphlib.CycleError as error:

@@ -14,7 +14,9 @@ from typing import Mapping, Sequence
 
 from kale_magics.codegen.cell_code import (check_argument_size, check_parameter_sizes, places,
                                             prelude_cells, step_cells)
-from kale_magics.codegen.embedding import LOADER, RUNTIME_INPUT, runtime_component_function
+from kale_magics.codegen.control import LOOP_ITEM, SCALAR_PREFIX, loop_lists
+from kale_magics.codegen.embedding import (LOADER, RUNTIME_INPUT, embedded_loader,
+                                           runtime_component_function)
 from kale_magics.codegen.layout import wrapped
 from kale_magics.codegen.literals import literal, string_literal
 from kale_magics.codegen.parameters import JSON_TYPES, kfp_type, kfp_value
@@ -22,6 +24,8 @@ from kale_magics.errors import CompileError
 from kale_magics.model import Cell, Parameter, Plan, Step
 
 METRICS_ARTIFACT = "kale_metrics"
+#: The exit step's argument holding KFP's ``dsl.PipelineTaskFinalStatus``.
+FINAL_STATUS = "kale_status"
 ARTIFACT_CLASSES = ("Artifact", "Dataset", "Model")
 #: Module constants the decorators name (see ``pipeline.render_module``).
 PIP_INDEX_URLS = "PIP_INDEX_URLS"
@@ -29,8 +33,15 @@ PIP_TRUSTED_HOSTS = "PIP_TRUSTED_HOSTS"
 
 
 def signature(step: Step, parameters: Mapping[str, Parameter],
-              artifact_types: Mapping[str, str]) -> list[str]:
+              artifact_types: Mapping[str, str], loops: frozenset[str] = frozenset(),
+              exit_step: bool = False) -> list[str]:
     """The component's arguments, ``["kale_runtime: Input[Artifact]", "N: int", ...]``.
+
+    ``loops`` names the ``--for`` steps: an input from one of them is the list of its
+    per-item artifacts (``Input[List[Artifact]]``, fed by ``dsl.Collected``), and a
+    ``--for`` step takes its item as ``kale_item: str`` (JSON text).
+    The ``--on-exit`` step (``exit_step``) takes KFP's ``PipelineTaskFinalStatus`` as
+    ``kale_status``.
 
     Raises
     ------
@@ -38,10 +49,15 @@ def signature(step: Step, parameters: Mapping[str, Parameter],
         Two arguments would have the same name (a parameter called like an
         artifact argument, e.g. ``in_df``); the message says which to rename.
     """
-    args = [f"{RUNTIME_INPUT}: Input[Artifact]"]
+    args = [] if exit_step else [f"{RUNTIME_INPUT}: Input[Artifact]"]
     args += [f"{name}: {kfp_type(parameters[name])}" for name in step.parameters]
-    args += [f"in_{i.name}: Input[{_artifact_class(i.name, artifact_types)}]" for i in step.inputs]
+    args += [f"{LOOP_ITEM}: str"] if step.loop is not None else []
+    for i in step.inputs:
+        kind = _artifact_class(i.name, artifact_types)
+        args.append(f"in_{i.name}: Input[{f'List[{kind}]' if i.producer in loops else kind}]")
     args += [f"out_{n}: Output[{_artifact_class(n, artifact_types)}]" for n in step.outputs]
+    args += [f"{SCALAR_PREFIX}{n}: dsl.OutputPath(str)" for n in step.scalars]
+    args += [f"{FINAL_STATUS}: dsl.PipelineTaskFinalStatus"] if exit_step else []
     if step.metrics:
         args.append(f"{METRICS_ARTIFACT}: Output[Metrics]")
     names = [a.split(":")[0] for a in args]
@@ -86,15 +102,26 @@ def render_component(plan: Plan, step: Step, artifact_types: Mapping[str, str], 
         ``cell_code.check_argument_size``), or two arguments clash.
     """
     parameters = {p.name: p for p in plan.parameters}
-    args = wrapped(f"def {step.name}(", signature(step, parameters, artifact_types), "):", 0)
+    loops = frozenset(s.name for s in plan.steps if s.loop)
+    returns = loop_lists(plan).get(step.name)
+    exit_step = step.name == plan.settings.on_exit
+    args = wrapped(f"def {step.name}(", signature(step, parameters, artifact_types, loops, exit_step),
+                   ") -> list:" if returns else "):", 0)
     image = repr(step.settings.image) if step.settings.image else "BASE_IMAGE"
+    control = ([f"loop=({step.loop.variable!r}, {LOOP_ITEM})"] if step.loop else []) \
+        + ([f"returns={returns!r}"] if returns else []) \
+        + ([wrapped("scalars={", [f"{n!r}: {SCALAR_PREFIX}{n}" for n in step.scalars], "}", 8)]
+           if step.scalars else []) \
+        + ([f"final_status={FINAL_STATUS}",
+            wrapped("run_steps=[", [repr(s.name) for s in plan.steps if s is not step], "]", 8)]
+           if exit_step else [])
     source = (
         decorator(plan, image, packages)
         + f"{args}\n"
-        + LOADER
-        + "    run_step(\n"
+        + (_exit_loader(plan, sources) if exit_step else LOADER)
+        + ("    return run_step(\n" if returns else "    run_step(\n")
         + "".join(f"        {argument},\n"
-                  for argument in _run_step_arguments(step, parameters, sources))
+                  for argument in (*_run_step_arguments(step, parameters, sources), *control))
         + "    )\n"
     )
     check_argument_size(f"component of step {step.name!r}", source, step.cells)
@@ -152,6 +179,12 @@ def render_runtime_component(plan: Plan, sources: Mapping[int, str]) -> str:
     check_argument_size("step runtime component (with the imports and functions cells)", source,
                         plan.prelude)
     return source
+
+
+def _exit_loader(plan: Plan, sources: Mapping[int, str]) -> str:
+    """The ``--on-exit`` step's start: it writes the runtime bundle itself (``embedded_loader``)."""
+    return embedded_loader(os.path.basename(plan.notebook),
+                           prelude_cells(plan.prelude, sources, " " * 12), places(_cells(plan)))
 
 
 def _json_names(step: Step, parameters: Mapping[str, Parameter]) -> list[str]:

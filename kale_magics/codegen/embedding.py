@@ -176,3 +176,20 @@ def runtime_component_function(notebook: str, prelude: str, places: str = "[]") 
     return _WRITER.format(name=RUNTIME_COMPONENT, output=RUNTIME_OUTPUT, version=__version__,
                           modules=",".join(RUNTIME_MODULES), digest=digest, blob=blob,
                           notebook=string_literal(notebook), prelude=prelude, places=places)
+
+
+def embedded_loader(notebook: str, prelude: str, places: str = "[]") -> str:
+    """Lines that write the bundle into a new temporary folder and import the runtime from it.
+
+    For the ``--on-exit`` step: KFP gives an exit task no input from another task
+    (``dsl.ExitHandler``; the compiler refuses one), so it cannot take the
+    ``kale_runtime`` artifact and carries the runtime itself, once. The arguments are
+    those of :func:`runtime_component_function`.
+    """
+    writer = runtime_component_function(notebook, prelude, places).replace(
+        f"{RUNTIME_OUTPUT}.path", f"{RUNTIME_INPUT}.path")
+    body = writer.split('\n    """\n', 1)[1]
+    return ("    import tempfile\n"
+            "    import types\n"
+            f"    {RUNTIME_INPUT} = types.SimpleNamespace(path=tempfile.mkdtemp(prefix='kale-runtime-'))\n"
+            + body + LOADER)

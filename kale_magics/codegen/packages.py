@@ -9,6 +9,7 @@ a PyPI package (Kale's fault). A local run installs none of them.
 
 from __future__ import annotations
 
+import ast
 import csv
 import functools
 import os
@@ -141,6 +142,32 @@ def step_packages(modules: Iterable[str], installed: InstalledPackages) -> tuple
         wanted.add(owner)
         wanted.update(RUNTIME_EXTRAS.get(module, ()))
     return sorted(installed.pin(d) for d in wanted - PROVIDED), unknown
+
+
+@functools.lru_cache(maxsize=4096)  # pure; a second run meets the same cells again
+def sure_imports(source: str) -> tuple[str, ...]:
+    """Top-level modules that plain Python ``source`` imports whenever it runs to its end.
+
+    Only ``import``/``from ... import`` statements at the top level of the code (or in the
+    body of a top-level ``with``) count, absolute imports only, in order, without
+    duplicates; an import in a function, a class, a branch, a loop or a ``try`` (``try:
+    import ujson`` / ``except ImportError``) may never run, so a module missing there is
+    not a reason to refuse a run. ``()`` for code that does not parse.
+    """
+    try:
+        body = ast.parse(source).body
+    except (SyntaxError, ValueError):
+        return ()
+    found: dict[str, None] = {}
+    while body:
+        node, *body = body
+        if isinstance(node, (ast.With, ast.AsyncWith)):
+            body = [*node.body, *body]
+        elif isinstance(node, ast.Import):
+            found.update(dict.fromkeys(a.name.partition(".")[0] for a in node.names))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.setdefault(node.module.partition(".")[0])
+    return tuple(m for m in found if m != "__future__")
 
 
 def with_producers(own: Iterable[str], producers: Iterable[Iterable[str]]) -> list[str]:

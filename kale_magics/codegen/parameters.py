@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import shlex
 from typing import Any, Mapping
 
 from kale_magics.analysis.parameters import MAX_EXACT_INT
@@ -65,13 +66,23 @@ def parse_param(text: str) -> tuple[str, str]:
     return name.strip(), value
 
 
-def coerce_arguments(plan: Plan, raw: Mapping[str, Any]) -> dict[str, Any]:
+def coerce_arguments(plan: Plan, raw: Mapping[str, Any], *, fields: bool = False) -> dict[str, Any]:
     """Type pipeline arguments given as text (``--param N=5``) from the parameters' defaults.
 
     Values that are not strings are passed through. A ``str`` parameter takes
     the text as it is; ``bool`` accepts true/false/1/0/yes/no; ``list`` and
     ``dict`` accept JSON or a Python literal; ``int`` must fit KFP's doubles; a
     value KFP cannot carry unchanged is refused (:func:`value_problem`).
+
+    Parameters
+    ----------
+    plan:
+        The plan whose parameters type the values.
+    raw:
+        Values by parameter name: text, or already typed values.
+    fields:
+        The values come from a form's fields (the deploy panel): a message's example
+        is what to type in the field (``[1, 2]``), not ``--param 'NAME=[1, 2]'``.
 
     Raises
     ------
@@ -85,10 +96,11 @@ def coerce_arguments(plan: Plan, raw: Mapping[str, Any]) -> dict[str, Any]:
             known = ", ".join(parameters) or "none"
             raise KaleError(f"unknown parameter {name!r}; the pipeline's parameters are: {known}")
         kind = parameters[name].type
-        result[name] = _coerce(name, kind, value) if isinstance(value, str) else value
+        result[name] = _coerce(name, kind, value, fields) if isinstance(value, str) else value
         problem = value_problem(parameters[name], result[name])
         if problem:
-            raise KaleError(f"parameter {name!r}: {problem}; for example {_EXAMPLES[kind]}")
+            raise KaleError(f"parameter {name!r}: {problem}; for example "
+                            f"{_example(name, kind, fields)}")
     return result
 
 
@@ -103,7 +115,7 @@ def run_arguments(plan: Plan, raw: Mapping[str, Any]) -> dict[str, Any]:
     return kfp_arguments(plan, coerce_arguments(plan, raw))
 
 
-def _coerce(name: str, kind: str, text: str) -> Any:
+def _coerce(name: str, kind: str, text: str, fields: bool = False) -> Any:
     try:
         if kind == "str":
             return text
@@ -123,12 +135,21 @@ def _coerce(name: str, kind: str, text: str) -> Any:
         return value
     except (KeyError, ValueError, SyntaxError):
         raise KaleError(f"parameter {name!r} is {kind}, but {text!r} is not a valid {kind}; "
-                        f"for example {_EXAMPLES[kind]}") from None
+                        f"for example {_example(name, kind, fields)}") from None
 
 
-_EXAMPLES = {"bool": "--param NAME=true", "int": "--param NAME=5", "float": "--param NAME=0.5",
-             "list": "--param 'NAME=[1, 2]'", "dict": "--param 'NAME={\"a\": 1}'",
-             "str": "--param NAME=text"}
+#: A valid value of each parameter type, as typed in a field (JSON for lists and dicts).
+_EXAMPLES = {"bool": "true", "int": "5", "float": "0.5", "list": "[1, 2]", "dict": '{"a": 1}',
+             "str": "text"}
+
+
+def _example(name: str, kind: str, fields: bool) -> str:
+    """A valid value of ``kind``: as typed in a form's field (``[1, 2]``), or as the
+    command-line option (``--param 'N=[1, 2]'``), quoted for a shell where needed."""
+    value = _EXAMPLES[kind]
+    if fields:
+        return value
+    return f"--param {shlex.quote(f'{name}={value}')}"
 
 
 def _structured(text: str) -> Any:

@@ -22,6 +22,9 @@ from kale_magics.analysis.names import scan_blocks
 from kale_magics.codegen.cell_code import python_sources
 from kale_magics.codegen.components import (PIP_INDEX_URLS, PIP_TRUSTED_HOSTS, render_component,
                                              render_runtime_component)
+from kale_magics.codegen.control import (ITEMS_SOURCE, LOOP_ITEM, condition_component,
+                                         condition_groups, condition_lines, loop_item,
+                                         loop_opening, uses_items_component)
 from kale_magics.codegen.layout import wrapped
 from kale_magics.codegen.embedding import RUNTIME_COMPONENT, RUNTIME_INPUT
 from kale_magics.codegen.naming import check_names, task_variable
@@ -97,6 +100,8 @@ def render_module(plan: Plan, artifact_types: Mapping[str, str] | None = None) -
         *(render_component(plan, step, types, constants[step.name], sources)
           for step in plan.steps),
         render_runtime_component(plan, sources),
+        *([ITEMS_SOURCE] if uses_items_component(plan) else []),
+        *(condition_component(plan, group) for group in condition_groups(plan)),
         _pipeline_function(plan),
     ]
     return RenderedModule("\n\n".join(parts), packages, warnings)
@@ -149,7 +154,8 @@ def _header(plan: Plan) -> str:
         '"""\n'
         "from kfp import dsl\n"
         + ("from kfp import kubernetes\n" if uses_kubernetes(_all_tasks(plan)) else "")
-        + "from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output\n\n"
+        + "from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output\n"
+        + ("from typing import List\n" if any(s.loop for s in plan.steps) else "") + "\n"
         f"NOTEBOOK = {notebook!r}\n"
     )
 
@@ -177,17 +183,46 @@ def _pipeline_function(plan: Plan) -> str:
     decorator += f", description={description!r})" if description else ")"
     runtime = _runtime_task(plan)
     lines = [f"{task_variable(RUNTIME_COMPONENT)} = {RUNTIME_COMPONENT}()", *settings_lines(runtime)]
-    body = "".join(f"    {line}\n" for line in lines) + "".join(_task_lines(step) for step in plan.steps)
+    body = "".join(f"    {line}\n" for line in lines)
+    loops = {s.name for s in plan.steps if s.loop}
+    groups = {s.name: g for g in condition_groups(plan) for s in g.steps}
+    indent, exit_step = 4, plan.settings.on_exit
+    if exit_step:  # made first, it runs last: dsl.ExitHandler around every other step
+        body += _task_lines(plan.step(exit_step), loops, indent, exit_step=True)
+        body += f"    with dsl.ExitHandler({task_variable(exit_step)}, name={plan.name!r}):\n"
+        indent = 8
+    for step in plan.steps:
+        group = groups.get(step.name)
+        if step.name == exit_step:
+            continue
+        if group is None:
+            body += _step_block(step, loops, indent)
+        elif step is group.steps[-1]:  # the group goes where its last step stands
+            body += "".join(f"{' ' * indent}{line}\n" for line in condition_lines(group, indent))
+            body += "".join(_step_block(member, loops, indent + 4) for member in group.steps)
     return f"{decorator}\ndef pipeline(\n{params}):\n{body}"
 
 
-def _task_lines(step: Step) -> str:
-    args = [f"{RUNTIME_INPUT}={task_variable(RUNTIME_COMPONENT)}.output"]
+def _step_block(step: Step, loops: set[str], indent: int) -> str:
+    """The statements making ``step``'s task at column ``indent``, inside its
+    ``dsl.ParallelFor`` for a ``--for`` step."""
+    lines = []
+    if step.loop is not None:
+        lines += [" " * indent + line + "\n" for line in loop_opening(step)]
+        indent += 4
+    return "".join(lines) + _task_lines(step, loops, indent)
+
+
+def _task_lines(step: Step, loops: set[str], indent: int, exit_step: bool = False) -> str:
+    args = [] if exit_step else [f"{RUNTIME_INPUT}={task_variable(RUNTIME_COMPONENT)}.output"]
     args += [f"{name}={name}" for name in step.parameters]
-    args += [f"in_{i.name}={task_variable(i.producer)}.outputs[{'out_' + i.name!r}]"
-             for i in step.inputs]
-    lines = [wrapped(f"{task_variable(step.name)} = {step.name}(", args, ")", 4)]
+    if step.loop is not None:
+        args.append(f"{LOOP_ITEM}={loop_item(step)}")
+    for i in step.inputs:
+        output = f"{task_variable(i.producer)}.outputs[{'out_' + i.name!r}]"
+        args.append(f"in_{i.name}=" + (f"dsl.Collected({output})" if i.producer in loops else output))
+    lines = [wrapped(f"{task_variable(step.name)} = {step.name}(", args, ")", indent)]
     if step.after:
         lines.append(wrapped(f"{task_variable(step.name)}.after(",
-                             [task_variable(a) for a in step.after], ")", 4))
-    return "".join(f"    {line}\n" for line in (*lines, *settings_lines(step)))
+                             [task_variable(a) for a in step.after], ")", indent))
+    return "".join(f"{' ' * indent}{line}\n" for line in (*lines, *settings_lines(step)))

@@ -7,12 +7,14 @@ so a line means the same thing wherever it is read.
 Cell annotations (the first line of a code cell)::
 
     %%kale imports | functions | parameters | metrics | skip
-    %%kale step NAME [--after STEP ...] [--inputs NAME ...] [--outputs NAME ...] [OPTIONS]
+    %%kale step NAME [--after STEP ...] [--inputs NAME ...] [--outputs NAME ...]
+                     [--for VAR in LIST [--parallelism N]] [--if "EXPR"] [OPTIONS]
 
 Pipeline settings (a line anywhere in a code cell)::
 
     %kale pipeline [--name NAME] [--experiment E] [--description D] [--host URL]
-                   [--notebook PATH] [--pip-index-url URL] [--pip-trusted-host HOST] [OPTIONS]
+                   [--notebook PATH] [--pip-index-url URL] [--pip-trusted-host HOST]
+                   [--on-exit STEP] [OPTIONS]
 
 OPTIONS are the step execution options of ``notebook.step_options`` (``--cpu``,
 ``--memory``, ``--gpu``, ``--image``, ``--retries``, ``--timeout``, ``--env``,
@@ -77,6 +79,7 @@ def _step_parser() -> GrammarParser:
                         help="variables read from earlier steps that analysis cannot see")
     parser.add_argument("--outputs", nargs="+", default=[], metavar="NAME",
                         help="variables passed on that analysis cannot see (e.g. changed in place)")
+    step_options.add_control_options(parser)
     step_options.add_options(parser)
     return parser
 
@@ -95,6 +98,8 @@ def _pipeline_parser() -> GrammarParser:
     parser.add_argument("--host", help="KFP API endpoint for remote runs, e.g. http://kfp:8888")
     parser.add_argument("--notebook", help="path of this notebook, where the kernel cannot tell "
                         "(nbclient, papermill)")
+    parser.add_argument("--on-exit", metavar="STEP", help="the step that runs after every other "
+                        "step, whether they succeeded or not; it reads PIPELINE_STATUS")
     return parser
 
 
@@ -195,6 +200,15 @@ def _check_variables(names: Sequence[str], option: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """``" (did you mean 'step'?)"`` when ``word`` (in any case) is a near miss of one of
+    ``choices`` (:func:`difflib.get_close_matches`, cutoff 0.6), else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(word.lower(), choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def parse_cell_line(line: str) -> Annotation:
     """Parse a ``%%kale KIND ...`` line (with or without the ``%%kale`` prefix).
 
@@ -224,8 +238,8 @@ def parse_cell_line(line: str) -> Annotation:
                               "(for example `%%kale step train`)", line=line)
     kind, rest = args[0], args[1:]
     if kind not in CELL_KINDS:
-        raise AnnotationError(f"unknown annotation kind {kind!r}; use one of {', '.join(CELL_KINDS)}",
-                              line=line)
+        raise AnnotationError(f"unknown annotation kind {kind!r}{did_you_mean(kind, CELL_KINDS)}; "
+                              f"use one of {', '.join(CELL_KINDS)}", line=line)
     if kind != "step":
         if rest:
             raise AnnotationError(f"`%%kale {kind}` takes no arguments, got {' '.join(rest)!r}",
@@ -240,7 +254,9 @@ def parse_cell_line(line: str) -> Annotation:
     return Annotation(kind="step", name=name, after=after,
                       inputs=_check_variables(ns.inputs, "--inputs"),
                       outputs=_check_variables(ns.outputs, "--outputs"),
-                      settings=step_options.settings_from(ns))
+                      settings=step_options.settings_from(ns), loop=step_options.loop_from(ns),
+                      condition=(step_options.condition(ns.condition)
+                                 if ns.condition is not None else None))
 
 
 def parse_pipeline_line(line: str) -> PipelineSettings:
@@ -262,8 +278,9 @@ def parse_pipeline_line(line: str) -> PipelineSettings:
         except AnnotationError as error:
             raise AnnotationError(error.message, line=line) from None
     defaults = step_options.settings_from(ns)
+    on_exit = None if ns.on_exit is None else check_step_name(ns.on_exit, "--on-exit step")
     return PipelineSettings(name=ns.name, experiment=ns.experiment, description=ns.description,
-                            host=ns.host, notebook=ns.notebook,
+                            host=ns.host, notebook=ns.notebook, on_exit=on_exit,
                             pip_index_urls=tuple(ns.pip_index_url),
                             pip_trusted_hosts=tuple(ns.pip_trusted_host), step_defaults=defaults)
 
@@ -308,6 +325,31 @@ def cell_magic(source: str) -> tuple[str, str] | None:
     return arguments, "\n" * (leading + 1) + body
 
 
+#: Lines of a tool-control cell besides ``%kale ...``: loading the extension.
+_EXTENSION_LINES = frozenset({"%load_ext kale_magics", "%reload_ext kale_magics"})
+
+
+def is_tool_line(line: str) -> bool:
+    """True when ``line`` is a ``%kale ...`` line magic (``%kale panel``, ``%kale pipeline ...``)
+    or loads the extension (``%load_ext kale_magics``): it drives the tool, it is no pipeline code."""
+    text = line.strip()
+    return text == LINE_PREFIX or text.startswith(LINE_PREFIX + " ") or text in _EXTENSION_LINES
+
+
+def is_tool_cell(source: str) -> bool:
+    """True when a code cell holds only tool control: ``%kale ...`` line magics (and
+    ``%load_ext kale_magics``), blank lines and comments, at least one magic.
+
+    Such a cell (``%kale panel`` placed under a ``%%kale metrics`` or a step cell, say)
+    is never pipeline code and never continues the annotation of the cell above it:
+    the reader leaves it out (README, "Annotations"). A cell with any other line is
+    code as usual.
+    """
+    lines = [line.strip() for line in source.splitlines()]
+    code = [line for line in lines if line and not line.startswith("#")]
+    return bool(code) and all(is_tool_line(line) for line in code)
+
+
 def is_pipeline_line(line: str) -> bool:
     """True when ``line`` is a ``%kale pipeline ...`` line."""
     args = line.strip().split(None, 2)
@@ -329,7 +371,8 @@ def cell_line(annotation: Annotation) -> str:
                           ("--outputs", annotation.outputs)):
         if names:
             words += [option, *names]
-    return " ".join([CELL_PREFIX, *words, *step_options.options_text(annotation.settings)])
+    return " ".join([CELL_PREFIX, *words, *step_options.control_text(annotation.loop, annotation.condition),
+                     *step_options.options_text(annotation.settings)])
 
 
 def pipeline_line(settings: PipelineSettings) -> str:
@@ -337,7 +380,7 @@ def pipeline_line(settings: PipelineSettings) -> str:
     words = []
     for option, value in (("--name", settings.name), ("--experiment", settings.experiment),
                           ("--description", settings.description), ("--host", settings.host),
-                          ("--notebook", settings.notebook)):
+                          ("--notebook", settings.notebook), ("--on-exit", settings.on_exit)):
         if value is not None:
             words += step_options.option_words(option, value)
     for option, values in (("--pip-index-url", settings.pip_index_urls),

@@ -19,7 +19,7 @@ import ast
 from typing import Any
 
 from kale_magics.errors import AnnotationError
-from kale_magics.model import Annotation, PipelineSettings, StepSettings
+from kale_magics.model import Annotation, PipelineSettings, StepSettings, cell_place
 from kale_magics.notebook import step_options
 from kale_magics.notebook.annotations import check_pipeline_name, check_step_name
 
@@ -109,7 +109,7 @@ def annotation_from_tags(tags: list[str], index: int) -> tuple[Annotation | None
         A step name we cannot use, a malformed ``prev:`` or ``step:`` tag (such
         as ``prev:a:b``), or a malformed limit; the message names the cell.
     """
-    where = f"cell {index}"
+    where = cell_place(index)
     warnings = [f"{where}: unknown tag {t!r} ignored{_KALE_0_HINTS.get(t, '')}"
                 for t in tags if not is_kale_tag(t)]
     warnings += [f"{where}: tag {t!r} has no effect here (Kale-specific)"
@@ -147,13 +147,13 @@ def reference_name(tags: list[str] | tuple[str, ...], index: int) -> str | None:
     AnnotationError
         An empty or malformed name, or two references on one cell.
     """
-    names = [_tag_value(t, f"cell {index}") for t in tags if t.startswith("notebook:")]
+    names = [_tag_value(t, cell_place(index)) for t in tags if t.startswith("notebook:")]
     if not names:
         return None
     if len(names) > 1 or not names[0]:
-        raise AnnotationError(f"cell {index}: a `notebook:` cell references one notebook by a "
+        raise AnnotationError(f"{cell_place(index)}: a `notebook:` cell references one notebook by a "
                               f"name, as `notebook:prepare`; it has {', '.join(tags)}")
-    return _step_name(names[0], f"cell {index}")
+    return _step_name(names[0], cell_place(index))
 
 
 def _tag_value(tag: str, where: str) -> str:
@@ -200,7 +200,7 @@ def metrics_from_kale(source: str, index: int) -> str:
             call = None
         if not (isinstance(call, ast.Call) and getattr(call.func, "id", "") == "print"
                 and len(call.args) == 1 and not call.keywords):
-            raise AnnotationError(f"cell {index}, line {number}: a Kale pipeline-metrics cell holds "
+            raise AnnotationError(f"{cell_place(index)}, line {number}: a Kale pipeline-metrics cell holds "
                                   f"`print(name)` lines; `{text}` is not one")
         lines.append(ast.unparse(call.args[0]))
     return "\n".join(lines)
@@ -305,6 +305,9 @@ def tags_for(annotation: Annotation, upstream: tuple[str, ...]) -> tuple[list[st
         cpu=s.cpu, memory=s.memory, retries=s.retries, backoff_s=s.backoff_s, timeout_s=s.timeout_s,
         env=s.env, volumes=s.volumes, node_selector=s.node_selector, tolerations=s.tolerations,
         packages=s.packages)) if o.startswith("--")]
+    control = " ".join(step_options.control_text(annotation.loop, annotation.condition))
+    if control:  # Kale has no control flow: its step would run once, unconditionally
+        lost.append(f"{control} (Kale runs the step once, unconditionally)")
     return tags, lost
 
 

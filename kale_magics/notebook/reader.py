@@ -2,7 +2,8 @@
 
 The reader never writes the notebook. It returns the annotated code cells (each
 with its effective annotation: a cell without one continues the annotation of
-the code cell above it, as in Kale; Kale's ``skip`` tag is transparent), the
+the code cell above it, as in Kale; Kale's ``skip`` tag and cells of ``%kale``
+line magics only are transparent), the
 pipeline settings (Kale's ``kubeflow_notebook`` metadata, then every ``%kale
 pipeline`` line in notebook order), and warnings about Kale tags and keys it
 ignored. A notebook may mix ``%%kale`` lines and Kale tags, but not in one
@@ -24,13 +25,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from kale_magics.errors import AnnotationError, KaleError, NotebookError
-from kale_magics.model import Annotation, Cell, PipelineSettings
+from kale_magics.model import Annotation, Cell, PipelineSettings, cell_place
 from kale_magics.notebook import kale_tags
 from kale_magics.notebook.annotations import (
     cell_magic,
     check_step_name,
     check_unicode,
     is_pipeline_line,
+    is_tool_cell,
     parse_cell_line,
     parse_pipeline_line,
 )
@@ -189,7 +191,7 @@ def load_notebook(path: str | os.PathLike[str]) -> Any:
                             "open and re-save it in Jupyter") from None
     bad = [i for i, cell in enumerate(nb.cells) if not _well_formed(cell)]
     if bad:  # nbformat only logs schema errors
-        raise NotebookError(f"{os.fspath(path)} is not a valid Jupyter notebook (cell {bad[0]}: the "
+        raise NotebookError(f"{os.fspath(path)} is not a valid Jupyter notebook ({cell_place(bad[0])}: the "
                             "source must be text and the metadata a mapping with a list of tags); "
                             "open and re-save it in Jupyter")
     return nb
@@ -236,8 +238,10 @@ def annotate_cells(cells: Iterable[CodeCell],
                    expand: Expand | None = None) -> tuple[tuple[Cell, ...], list[str]]:
     """Give each code cell its effective annotation, following Kale's ``parse_notebook``.
 
-    A cell with no annotation continues the annotation of the cell above it.
-    A cell tagged ``skip`` with Kale's tags is transparent, as in Kale
+    A cell with no annotation continues the annotation of the cell above it,
+    except a cell of ``%kale ...`` line magics only (``%kale panel``): it is tool
+    control, never pipeline code, and the cell after it continues as if it were
+    not there (:func:`~kale_magics.notebook.annotations.is_tool_cell`). A cell tagged ``skip`` with Kale's tags is transparent, as in Kale
     (``NotebookProcessor.parse_notebook`` does not make it the previous step):
     the untagged cells after it continue the annotation before it. After a
     ``%%kale skip`` line the untagged cells are skipped too: for the magics
@@ -278,6 +282,9 @@ def _annotate(cell: CodeCell, reading: _Reading, expand: Expand | None) -> None:
         _reference(cell, name, reading, expand)
         return
     own, source, found, tagged = _own_annotation(cell)
+    if own is None and is_tool_cell(cell.source):
+        reading.warnings += found
+        return  # `%kale panel` and the like: tool control, no pipeline code, continues nothing
     if own is None and reading.tagged and reading.current is not None \
             and reading.current.kind == "metrics":
         source = kale_tags.metrics_from_kale(cell.source, cell.index)

@@ -11,12 +11,14 @@ CPU ``2``, ``0.5`` or ``500m`` and memory ``4Gi``, ``512M`` or ``1000000``
 from __future__ import annotations
 
 import argparse
+import ast
+import keyword
 import re
 import shlex
 from typing import Any, Callable
 
 from kale_magics.errors import AnnotationError
-from kale_magics.model import StepSettings
+from kale_magics.model import Condition, Loop, StepSettings
 
 CPU = re.compile(r"([0-9]*[.])?[0-9]+m?")
 MEMORY = re.compile(r"[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?")
@@ -148,6 +150,124 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     add("--packages", nargs="+", default=[], metavar="REQ", help="packages to add or pin, e.g. torch==2.1")
     add("--label", action="append", default=[], metavar="KEY=VALUE", help="pod label")
     add("--annotation", action="append", default=[], metavar="KEY=VALUE", help="pod annotation")
+
+
+def add_control_options(parser: argparse.ArgumentParser) -> None:
+    """Declare the control-flow options of a step line: ``--for VAR in LIST``, ``--parallelism``."""
+    parser.add_argument("--for", dest="loop", nargs=3, metavar=("VAR", "in", "LIST"),
+                        help="run the step once per item of LIST (a list parameter or a list an "
+                        "earlier step assigns), with VAR bound to the item")
+    parser.add_argument("--parallelism", help="how many items of --for run at once at most")
+    parser.add_argument("--if", dest="condition", metavar="EXPR",
+                        help="run the step only when EXPR is true: comparisons of parameters or "
+                        "scalar variables of earlier steps with literals, joined by and/or")
+
+
+_COMPARISONS = (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE)
+_IF_EXAMPLE = 'for example --if "best_accuracy > 0.9 and MODE == \'full\'"'
+
+
+def condition(text: str) -> Condition:
+    """Parse and check the EXPR of ``--if "EXPR"`` with :mod:`ast`.
+
+    EXPR is comparisons (``==``, ``!=``, ``<``, ``<=``, ``>``, ``>=``) of names with
+    literals (numbers, text, True, False, None) or other names, joined by ``and``/``or``
+    (parentheses allowed). Nothing else is accepted: no calls, attributes, subscripts,
+    arithmetic, ``not`` or bare names, so EXPR means the same in the kernel, in the
+    step runtime and on a KFP server.
+
+    Raises
+    ------
+    AnnotationError
+        EXPR is not Python, or holds something other than the above; the message names it.
+    """
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as error:
+        raise AnnotationError(f"--if {text!r} is not a Python expression ({error.msg}); "
+                              f"{_IF_EXAMPLE}", line=text) from None
+    _check_condition(tree.body, text)
+    found = sorted((n for n in ast.walk(tree) if isinstance(n, ast.Name)),
+                   key=lambda n: (n.lineno, n.col_offset))
+    names = [n.id for n in found]
+    return Condition(ast.unparse(tree), tuple(dict.fromkeys(names)))
+
+
+def _check_condition(node: ast.expr, text: str) -> None:
+    if isinstance(node, ast.BoolOp):
+        for value in node.values:
+            _check_condition(value, text)
+        return
+    if isinstance(node, ast.Compare) and all(isinstance(op, _COMPARISONS) for op in node.ops):
+        for operand in (node.left, *node.comparators):
+            _check_operand(operand, text)
+        if not any(isinstance(o, ast.Name) for o in (node.left, *node.comparators)):
+            raise _bad_condition(node, text, "compares no variable")
+        return
+    raise _bad_condition(node, text, "is not a comparison")
+
+
+def _check_operand(node: ast.expr, text: str) -> None:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        node = node.operand
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return
+    elif isinstance(node, ast.Name):
+        return
+    elif isinstance(node, ast.Constant) and type(node.value) in (int, float, str, bool, type(None)):
+        if not isinstance(node.value, str) or not ("{{" in node.value or "}}" in node.value):
+            return
+        raise _bad_condition(node, text, "holds {{ or }}, which KFP reads as a placeholder")
+    what = {ast.Call: "a call", ast.Attribute: "an attribute", ast.Subscript: "a subscript"}.get(
+        type(node), "not a name or a literal")
+    raise _bad_condition(node, text, f"is {what}" if what.startswith("a") else f"is {what}")
+
+
+def _bad_condition(node: ast.expr, text: str, why: str) -> AnnotationError:
+    return AnnotationError(
+        f"--if {text!r}: `{ast.unparse(node)}` {why}; EXPR compares parameters or scalar "
+        f"variables of earlier steps with literals, joined by and/or ({_IF_EXAMPLE})", line=text)
+
+
+def loop_from(ns: argparse.Namespace) -> Loop | None:
+    """The :class:`Loop` of a parsed step line, or None without ``--for``.
+
+    Raises
+    ------
+    AnnotationError
+        ``--for`` not of the form ``VAR in LIST`` with two variable names, or
+        ``--parallelism`` not a whole number >= 1, or given without ``--for``.
+    """
+    if ns.loop is None:
+        if ns.parallelism is not None:
+            raise AnnotationError("--parallelism caps the items of a --for loop; add "
+                                  "`--for VAR in LIST` or remove --parallelism",
+                                  line=ns.parallelism)
+        return None
+    variable, word, items = ns.loop
+    names = [n for n in (variable, items) if not n.isidentifier() or keyword.iskeyword(n)]
+    if word != "in" or names or variable == items:
+        raise AnnotationError(f"--for {' '.join(ns.loop)!r} is not valid; write --for VAR in LIST "
+                              "with two different variable names, for example --for c in C_VALUES",
+                              line=" ".join(ns.loop))
+    parallelism = None
+    if ns.parallelism is not None:
+        parallelism = count(ns.parallelism, "--parallelism")
+        if parallelism < 1:
+            raise _bad("--parallelism", ns.parallelism, "2", "at least 1")
+    return Loop(variable, items, parallelism)
+
+
+def control_text(loop: Loop | None, condition: Condition | None = None) -> list[str]:
+    """The words of ``--for VAR in LIST [--parallelism N]`` and ``--if EXPR`` (shell-quoted),
+    the inverse of :func:`loop_from` and :func:`condition`."""
+    words = []
+    if loop is not None:
+        words += ["--for", loop.variable, "in", loop.items]
+        words += ["--parallelism", str(loop.parallelism)] if loop.parallelism else []
+    if condition is not None:
+        words += option_words("--if", condition.expression)
+    return words
 
 
 def _optional(value: str | None, convert: Callable[[str], Any]) -> Any:

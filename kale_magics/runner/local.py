@@ -30,6 +30,8 @@ import collections
 import contextlib
 import copy
 import datetime
+import importlib.machinery
+import importlib.util
 import io
 import json
 import os
@@ -41,13 +43,17 @@ import warnings
 from importlib import metadata
 from typing import Any, Iterator, Mapping, TextIO
 
+from kale_magics.codegen.cell_code import python_sources
 from kale_magics.codegen.compile import CompiledPipeline, dump_ir, read_ir
+from kale_magics.codegen.packages import sure_imports
 from kale_magics.codegen.settings import local_noops
 from kale_magics.errors import RunError
 from kale_magics.model import Plan, requirement_name
 from kale_magics.redaction import redact_urls
-from kale_magics.runner import local_cache
-from kale_magics.runner.status import FAILED, RUNNING, SUCCEEDED, RunHooks, RunStatus, StepStatus
+from kale_magics.runner import history, local_cache
+from kale_magics.runner.local_dag import ordered_dag
+from kale_magics.runner.status import (FAILED, PENDING, RUNNING, SKIPPED, SUCCEEDED, RunHooks,
+                                      RunStatus, StepStatus)
 from kale_magics.runtime.channel import CHANNEL_ENV, EVENTS_FILE, log_path
 from kale_magics.runtime.step import WORKDIR_ENV
 
@@ -87,28 +93,6 @@ def local_ir(ir: dict[str, Any], env: Mapping[str, str], installs: bool = False)
         container["env"] = [*container.get("env", []),
                             *({"name": k, "value": v} for k, v in sorted(env.items()))]
     return local
-
-
-def in_plan_order(ir: dict[str, Any], steps: list[str]) -> dict[str, Any]:
-    """``ir`` (a local copy) where each task also depends on the task before it in ``steps``.
-
-    kfp.local runs tasks one at a time, in a depth-first walk of the DAG that
-    starts from its task map in that map's iteration order
-    (``kfp.local.graph_utils.topological_sort``, KFP 2.17), which is the
-    protobuf map's order, not the notebook's: independent steps ran in a
-    different order from run to run. ``steps`` is the plan's order, notebook
-    order where nothing else orders them, so chaining them makes local runs
-    reproducible and in notebook order. kfp.local already stops at the first
-    failed task, and ``dependentTasks`` is not part of its cache key; the IR
-    compiled for a cluster keeps its parallel branches.
-    """
-    tasks = ir["root"]["dag"]["tasks"]
-    names = [task_name for task_name in (local_cache.task_name(s) for s in steps) if task_name in tasks]
-    for before, task in zip(names, names[1:]):
-        dependent = tasks[task].setdefault("dependentTasks", [])
-        if before not in dependent:
-            dependent.append(before)
-    return ir
 
 
 def _unambiguous_name(ir: dict[str, Any]) -> str:
@@ -224,7 +208,8 @@ class _EventSink(LineSink):
         for event in self.events.new_events():
             if event.get("event") == "warning":
                 self.warnings.append(str(event.get("message", "")))
-            elif event["step"] in self.status.steps and event.get("event") in ("start", "end"):
+            elif event["step"] in self.status.steps and event.get("event") in (
+                    "start", "end", "condition"):
                 self._event(event)
 
     def cached(self, step: str, outputs: dict[str, Any]) -> None:
@@ -243,6 +228,13 @@ class _EventSink(LineSink):
     def _event(self, event: dict[str, Any]) -> None:
         step = event["step"]
         with contextlib.redirect_stdout(self.real_stdout), _plain_print(self.print):
+            if event["event"] == "condition":  # the step's --if, evaluated before it runs
+                if not event.get("value"):
+                    self.status.update_step(step, state=SKIPPED)
+                return
+            if "item" in event:  # one item of a --for step
+                self._item_event(event)
+                return
             if event["event"] == "start":
                 self.status.update_step(step, state=RUNNING, start=event.get("time"))
                 return
@@ -253,6 +245,28 @@ class _EventSink(LineSink):
                 error=str(event.get("error", "")), cell=str(event.get("cell", "")),
                 line=event.get("line", 0), artifacts=event.get("outputs", {}),
                 metrics=event.get("metrics", {}), log=log_tail(path), log_path=path)
+
+
+    def _item_event(self, event: dict[str, Any]) -> None:
+        """One item of a ``--for`` step started or ended: the step is RUNNING while an item
+        runs, FAILED once one failed, SUCCEEDED when every item started so far succeeded."""
+        step = self.status.steps[event["step"]]
+        items = dict(step.items)
+        ended = SUCCEEDED if event.get("state") == SUCCEEDED else FAILED
+        items[str(event["item"])] = RUNNING if event["event"] == "start" else ended
+        states = set(items.values())
+        state = FAILED if FAILED in states else RUNNING if RUNNING in states else SUCCEEDED
+        changes: dict[str, Any] = {"items": items, "state": state}
+        if step.start is None:
+            changes["start"] = event.get("time")
+        if event["event"] == "end":
+            path = log_path(self.channel, step.name)
+            changes.update(end=event.get("time"), log=log_tail(path), log_path=path,
+                           duration_s=(event.get("time") or 0) - (step.start or event.get("time") or 0))
+            if ended == FAILED:
+                changes.update(error=str(event.get("error", "")), cell=str(event.get("cell", "")),
+                               line=event.get("line", 0))
+        self.status.update_step(step.name, **changes)
 
 
 @contextlib.contextmanager
@@ -311,6 +325,49 @@ def _check_packages(compiled: CompiledPipeline) -> None:
                        "run on a cluster")
 
 
+def missing_modules(plan: Plan, workdir: str) -> dict[str, list[str]]:
+    """Modules each step of ``plan`` surely imports (``codegen.packages.sure_imports`` of the
+    imports and functions cells and the step's cells) that this Python cannot import, by step
+    name, steps without any left out.
+
+    A module is importable when ``importlib.util.find_spec`` finds it here, or when it is a
+    module or package in ``workdir`` (a step runs there with it on ``sys.path``, as a kernel
+    started in the notebook's folder does). Nothing is imported to decide.
+    """
+    sources = python_sources((*plan.prelude, *(c for step in plan.steps for c in step.cells)))
+    prelude = [m for c in plan.prelude for m in sure_imports(sources[c.index])]
+    missing = {}
+    for step in plan.steps:
+        own = (m for c in step.cells for m in sure_imports(sources[c.index]))
+        modules = dict.fromkeys([*prelude, *own])
+        absent = [m for m in modules if not _importable(m, workdir)]
+        if absent:
+            missing[step.name] = absent
+    return missing
+
+
+def _importable(module: str, workdir: str) -> bool:
+    if module in sys.stdlib_module_names or module in sys.builtin_module_names:
+        return True
+    try:
+        if importlib.util.find_spec(module) is not None:
+            return True
+    except (ImportError, ValueError):  # a broken or half-imported module: not ours to judge
+        return True
+    return importlib.machinery.PathFinder.find_spec(module, [workdir]) is not None
+
+
+def _check_modules(plan: Plan, workdir: str) -> None:
+    missing = missing_modules(plan, workdir)
+    if missing:
+        listed = "; ".join(f"{step}: {', '.join(modules)}" for step, modules in missing.items())
+        every = sorted({m for modules in missing.values() for m in modules})
+        raise RunError(f"steps import modules that are not installed here ({listed}); a local run "
+                       f"never installs anything: run `pip install {' '.join(every)}` first (a "
+                       "package can be named differently from its module), or name the package "
+                       "with --packages on the step and run in containers or on a cluster")
+
+
 def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = None,
               pipeline_root: str | None = None, workdir: str | None = None,
               hooks: RunHooks | None = None, echo: TextIO | None = None,
@@ -348,18 +405,21 @@ def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = 
     ------
     RunError
         The compiled YAML cannot be read, a step needs a package that is not
-        installed here (nothing is installed; the message lists them), or the
-        run's log folder cannot be created under the pipeline root.
+        installed here or imports a module this Python cannot import (nothing is
+        installed; the message lists them), or the run's log folder cannot be
+        created under the pipeline root.
     """
     _check_packages(compiled)
     plan = compiled.plan
+    workdir = os.path.abspath(workdir or os.path.dirname(plan.notebook) or ".")
+    _check_modules(plan, workdir)
     root = os.path.abspath(pipeline_root or os.path.join(os.path.dirname(compiled.yaml_path),
                                                          "local_runs"))
     status = plan_status(plan, root, hooks, local_notices(compiled))
     ir, _ = read_ir(compiled)  # the platform spec (kfp-kubernetes) has no local effect
     if from_step is not None:
         ir = local_cache.rerun(ir, local_cache.downstream(plan, from_step))
-    env = {WORKDIR_ENV: os.path.abspath(workdir or os.path.dirname(plan.notebook) or ".")}
+    env = {WORKDIR_ENV: workdir}
     execute_plan(plan, local_ir(ir, env), dict(arguments or {}), status, echo, enable_caching)
     return status
 
@@ -370,15 +430,17 @@ def plan_status(plan: Plan, pipeline_root: str, hooks: RunHooks | None,
     return RunStatus(pipeline=plan.name, pipeline_root=pipeline_root, hooks=hooks or RunHooks(),
                      steps={s.name: StepStatus(name=s.name, inputs=[i.name for i in s.inputs],
                                                outputs=list(s.outputs)) for s in plan.steps},
-                     notices=notices)
+                     notices=notices, metric_order=[m.key for s in plan.steps for m in s.metrics])
 
 
 def execute_plan(plan: Plan, ir: dict[str, Any], arguments: dict[str, Any], status: RunStatus,
                  echo: TextIO | None, enable_caching: bool, runner: Any = None) -> None:
     """Run the prepared local copy ``ir`` of ``plan`` with ``kfp.local`` into ``status.pipeline_root``
-    and follow it into ``status``: steps in plan order (:func:`in_plan_order`), a new channel
-    folder (named to the steps in ``$KALE_MAGICS_CHANNEL`` while the run lasts), then the
-    warnings of steps taken from the cache and those the steps reported.
+    and follow it into ``status``: steps in plan order, a failed step stopping only the steps
+    depending on it (``local_dag.ordered_dag``), a new channel folder (named to the steps in
+    ``$KALE_MAGICS_CHANNEL`` while the run lasts), then the warnings of steps taken from the
+    cache and those the steps reported, and the run's record
+    (:func:`kale_magics.runner.history.write_record`) in the channel folder.
 
     ``runner`` is the kfp.local runner; default ``SubprocessRunner(use_venv=False)``.
 
@@ -389,11 +451,13 @@ def execute_plan(plan: Plan, ir: dict[str, Any], arguments: dict[str, Any], stat
     """
     channel = _channel_folder(status.pipeline_root, plan.name)
     with _run_environment(channel):
-        step_warnings = _execute(in_plan_order(ir, [s.name for s in plan.steps]), arguments,
-                                 status.pipeline_root, status, echo, enable_caching, channel, runner)
+        step_warnings = _execute(ir, arguments, status.pipeline_root, status, echo, enable_caching,
+                                 channel, runner, plan)
     found = [*local_cache.stale_warnings(plan, status), *step_warnings]
     status.warnings.extend(found)
     status.notices.extend(found)  # the panel shows notices
+    history.write_record(plan, status, arguments, channel,
+                         "local" if runner is None else "containers")
 
 
 def _channel_folder(root: str, pipeline: str) -> str:
@@ -440,7 +504,7 @@ def _run_environment(channel: str) -> Iterator[None]:
 
 def _execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: RunStatus,
              echo: TextIO | None, enable_caching: bool, channel: str,
-             runner: Any = None) -> list[str]:
+             runner: Any = None, plan: Plan | None = None) -> list[str]:
     """Run ``ir`` with kfp.local, updating ``status``; the warnings the steps reported."""
     from kfp import components, local
 
@@ -455,7 +519,7 @@ def _execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: R
     status.hooks.run_hook("on_status", status)
     try:
         with contextlib.redirect_stdout(sink), warnings.catch_warnings(record=True) as caught, \
-                local_cache.listening(hits):
+                local_cache.listening(hits), ordered_dag(list(status.steps)):
             warnings.simplefilter("always")
             pipeline(**arguments)
         sink.run_log.extend(f"warning: {w.message}" for w in caught)
@@ -466,10 +530,34 @@ def _execute(ir: dict[str, Any], arguments: dict[str, Any], root: str, status: R
         return sink.warnings
     sink.poll()
     sink.unfinished()
-    failed = any(s.state != SUCCEEDED for s in status.steps.values())
+    if plan is not None:
+        skip_dependents(plan, status)
+    failed = any(s.state not in (SUCCEEDED, SKIPPED) for s in status.steps.values())
     error = "" if not failed else _run_error(status, list(sink.run_log))
     status.finish(FAILED if failed else SUCCEEDED, error)
     return sink.warnings
+
+
+def skip_dependents(plan: Plan, status: RunStatus) -> None:
+    """Mark SKIPPED, with the reason, each step that did not start because a step it depends on
+    (through data or ``--after``, directly or not) failed: ``upstream step 'b' failed``.
+
+    Steps are visited in plan order (producers first); a step's reason names the failed
+    steps upstream of it, in plan order.
+    """
+    causes: dict[str, list[str]] = {}
+    for step in plan.steps:
+        found: dict[str, None] = {}
+        for upstream in step.upstream:
+            state = status.steps[upstream].state if upstream in status.steps else None
+            if state == FAILED:
+                found[upstream] = None
+            found.update(dict.fromkeys(causes.get(upstream, ())))
+        causes[step.name] = list(found)
+        if found and status.steps[step.name].state == PENDING:
+            named = ", ".join(repr(c) for c in sorted(found, key=list(status.steps).index))
+            status.update_step(step.name, state=SKIPPED,
+                               error=f"upstream step{'s' if len(found) > 1 else ''} {named} failed")
 
 
 def _run_error(status: RunStatus, run_log: list[str]) -> str:

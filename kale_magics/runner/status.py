@@ -61,6 +61,9 @@ class StepStatus:
         Seconds from the step's container starting to the step's code starting,
         which is installing its ``packages_to_install`` (container runs only, else None);
         not part of :attr:`duration_s`.
+    items:
+        For a ``--for`` step: the state of each item run so far, by the item's JSON text, in
+        the order they started (empty for other steps).
     """
 
     name: str
@@ -79,6 +82,14 @@ class StepStatus:
     metrics: dict[str, float] = field(default_factory=dict)
     cached: bool = False
     install_s: Optional[float] = None
+    items: dict[str, str] = field(default_factory=dict)
+
+    def item_counts(self) -> dict[str, int]:
+        """How many items of a ``--for`` step are in each state: ``{"SUCCEEDED": 3, ...}``."""
+        counts: dict[str, int] = {}
+        for state in self.items.values():
+            counts[state] = counts.get(state, 0) + 1
+        return counts
 
     def log_tail(self, lines: int = 20) -> list[str]:
         """The last ``lines`` lines of the step's log."""
@@ -149,6 +160,9 @@ class RunStatus:
     warnings:
         What the run found that may make its results differ from the
         notebook's, e.g. a step taken from the cache whose code reads files.
+    metric_order:
+        The metric keys in notebook order (the ``%%kale metrics`` lines); :attr:`metrics`
+        follows it whichever way the values arrived (a cached step's come back sorted).
     """
 
     pipeline: str
@@ -164,11 +178,13 @@ class RunStatus:
     metrics_note: str = ""
     notices: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    metric_order: list[str] = field(default_factory=list, repr=False)
 
     @property
     def metrics(self) -> dict[str, float]:
-        """All metrics logged by the steps."""
-        return {k: v for s in self.steps.values() for k, v in s.metrics.items()}
+        """All metrics logged by the steps, in :attr:`metric_order` (then any others)."""
+        found = {k: v for s in self.steps.values() for k, v in s.metrics.items()}
+        return {**{k: found[k] for k in self.metric_order if k in found}, **found}
 
     @property
     def duration_s(self) -> float:

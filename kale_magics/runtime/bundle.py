@@ -48,11 +48,14 @@ def unpack(source: Source) -> str:
 
 
 def cell_filename(notebook: str, index: float, label: str) -> str:
-    """The filename a cell's code runs under: ``"titanic.ipynb, cell 7 (step train)"``.
+    """The filename a cell's code runs under: ``"titanic.ipynb, cell 8 (step train)"`` for
+    the cell at 0-based ``index`` 7.
 
-    Tracebacks and the step's ``end`` event name the cell by it.
+    Tracebacks and the step's ``end`` event name the cell by it, numbered as people see
+    it: 1-based, every cell counted (``kale_magics.model.cell_place``, which this module,
+    importing only the standard library, repeats).
     """
-    return f"{notebook or 'notebook'}, cell {index} ({label})"
+    return f"{notebook or 'notebook'}, cell {int(index) + 1} ({label})"
 
 
 def bundle_root() -> str:
@@ -70,7 +73,7 @@ def run_step(step: str, cells: Mapping[int, Source],
              imports: Sequence[tuple[int, str, str]] = (),
              parameters: Optional[Mapping[str, Any]] = None, inputs: Optional[Mapping[str, Any]] = None,
              outputs: Optional[Mapping[str, Any]] = None, metrics: Optional[Mapping[str, str]] = None,
-             **arguments: Any) -> None:
+             **arguments: Any) -> Any:
     """Run ``step`` through ``kale_magics.runtime.step.run_step``, with the bundle's prelude.
 
     The bundle folder is taken off ``sys.path`` first (the step put it there to
@@ -93,7 +96,12 @@ def run_step(step: str, cells: Mapping[int, Source],
         leaves empty ones out).
     **arguments:
         The other arguments of ``step.run_step`` (``json_parameters``,
-        ``metrics_artifact``).
+        ``metrics_artifact``, ``loop``, ``returns``).
+
+    Returns
+    -------
+    list of str or None
+        What ``step.run_step`` returns: the items of a later ``--for`` loop, with ``returns``.
 
     Raises
     ------
@@ -112,6 +120,14 @@ def run_step(step: str, cells: Mapping[int, Source],
     prelude = [(filename(index, kind), unpack(source)) for index, kind, source in found["prelude"]]
     code = [(filename(index, f"step {step}"), unpack(source)) for index, source in cells.items()]
     replayed = [(filename(index, label), statement) for index, label, statement in imports]
-    _step.run_step(step=step, code=code, prelude=prelude, imports=replayed,
+    return _step.run_step(step=step, code=code, prelude=prelude, imports=replayed,
                    parameters=parameters or {}, inputs=inputs or {}, outputs=outputs or {},
                    metrics=metrics or {}, position=next(iter(cells)), **arguments)
+
+
+def run_condition(steps: Sequence[str], expression: str, values: Mapping[str, Any],
+                  json_values: Sequence[str] = ()) -> bool:
+    """The ``--if`` condition task: ``step.run_condition`` with the bundle off ``sys.path``."""
+    root = bundle_root()
+    sys.path[:] = [p for p in sys.path if not p or os.path.abspath(p) != root]
+    return _step.run_condition(steps, expression, values, json_values)

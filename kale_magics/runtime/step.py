@@ -29,7 +29,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 from kale_magics.runtime import channel, marshal, shell
 
@@ -58,7 +58,10 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
              inputs: Mapping[str, Any], outputs: Mapping[str, Any],
              metrics: Mapping[str, str], metrics_artifact: Any = None,
              json_parameters: Sequence[str] = (), prelude: Sequence[tuple[str, str]] = (),
-             imports: Sequence[tuple[str, str]] = (), position: int = 0) -> None:
+             imports: Sequence[tuple[str, str]] = (), position: int = 0,
+             loop: Optional[tuple[str, str]] = None, returns: str = "",
+             scalars: Optional[Mapping[str, str]] = None, final_status: Any = None,
+             run_steps: Sequence[str] = ()) -> Optional[list[str]]:
     """Run a step; on failure print the user's traceback and exit with status 1.
 
     The step sees what the notebook sees at its cells: the ``prelude`` (imports
@@ -99,6 +102,25 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
     position:
         Index of the step's first cell in the notebook: of two steps passing
         the same object, the later one's value is bound (see :func:`_bind_identities`).
+    loop:
+        ``(VARIABLE, ITEM)`` for one item of a ``--for`` step: ITEM is JSON text, bound
+        decoded to VARIABLE after the inputs; the ``start`` and ``end`` events carry it.
+    returns:
+        A variable the step returns as the items of a later ``--for`` step: a list whose
+        items are each given as JSON text (``kale_magics.codegen.control``).
+    scalars:
+        Variable -> the path of an output parameter: variables a later ``--if`` compares,
+        written there as JSON text (they must be numbers, text, booleans or None).
+    final_status:
+        For the ``--on-exit`` step: KFP's ``dsl.PipelineTaskFinalStatus`` of the run's other
+        steps, bound as ``PIPELINE_STATUS`` (:func:`pipeline_status`).
+    run_steps:
+        For the ``--on-exit`` step: the other steps' names.
+
+    Returns
+    -------
+    list of str or None
+        With ``returns``: the JSON text of each item of that variable; else None.
 
     Raises
     ------
@@ -107,12 +129,178 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
     """
     blocks = _Blocks(tuple(prelude), tuple(imports), tuple(code))
     try:
-        _run_step(step, blocks, parameters, inputs, outputs, metrics, metrics_artifact,
-                  json_parameters, position)
+        items = _run_step(step, blocks, parameters, inputs, outputs, metrics, metrics_artifact,
+                          json_parameters, position,
+                          _Control(loop, returns, scalars or {}, final_status, tuple(run_steps)))
     finally:  # an error the runtime did not expect: its traceback goes to the real stderr
         channel.OutputRelay.stop_active()
     if _main_module() == "kfp.dsl.executor_main":
         prepare_exit()
+    return items
+
+
+class _Control(NamedTuple):
+    """The control-flow arguments of a step: its loop item, the variable it returns as items."""
+
+    loop: Optional[tuple[str, str]] = None
+    returns: str = ""
+    scalars: Mapping[str, str] = {}
+    final_status: Any = None
+    run_steps: tuple[str, ...] = ()
+
+    def save_scalars(self, step: str, namespace: Mapping[str, Any]) -> None:
+        """Write each of :attr:`scalars` as JSON text to its output parameter's path."""
+        for name, path in self.scalars.items():
+            problem = scalar_problem(name, namespace.get(name)) if name in namespace else (
+                f"`{name}` was never assigned (the assignment did not run)")
+            if problem:
+                message = f"step {step!r}: a later step's --if reads {problem}"
+                print(message, file=sys.stderr)
+                raise StepFailed(message, "", 0)
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(json.dumps(namespace[name]))
+
+    def fields(self) -> dict[str, Any]:
+        """Event fields: the item (JSON text) of a ``--for`` step."""
+        return {"item": self.loop[1]} if self.loop else {}
+
+    def bind(self, namespace: dict[str, Any]) -> None:
+        if self.loop:
+            namespace[self.loop[0]] = json.loads(self.loop[1])
+        if self.final_status is not None:
+            namespace[PIPELINE_STATUS] = pipeline_status(self.final_status, self.run_steps)
+
+    def items(self, step: str, namespace: Mapping[str, Any]) -> Optional[list[str]]:
+        """The JSON text of each item of :attr:`returns`; StepFailed when it is not a list of
+        JSON values."""
+        if not self.returns:
+            return None
+        value = namespace.get(self.returns)
+        if not isinstance(value, (list, tuple)):
+            message = (f"step {step!r}: a later --for step loops over `{self.returns}`, which is "
+                       f"a {type(value).__name__}, not a list; assign it a list")
+            print(message, file=sys.stderr)
+            raise StepFailed(message, "", 0)
+        return [item_text(step, self.returns, item) for item in value]
+
+
+#: The name the ``--on-exit`` step reads the run's state from.
+PIPELINE_STATUS = "PIPELINE_STATUS"
+
+
+def pipeline_status(final_status: Any, steps: Sequence[str]) -> dict[str, Any]:
+    """``PIPELINE_STATUS`` of the ``--on-exit`` step: ``{"state": "SUCCEEDED" | "FAILED" | ...,
+    "failed_steps": [...], "error": "..."}``.
+
+    ``state`` and ``error`` come from KFP's ``dsl.PipelineTaskFinalStatus`` (its
+    ``state`` and ``error_message``, KFP 2.17). KFP does not say which tasks failed:
+    a local run reads it from the run's events (:mod:`~kale_magics.runtime.channel`);
+    elsewhere the steps whose task names the error message holds are listed.
+    """
+    state = str(getattr(final_status, "state", "") or "")
+    error = str(getattr(final_status, "error_message", "") or "")
+    failed = _failed_in_channel(steps)
+    if failed is None:
+        failed = [s for s in steps if s.replace("_", "-") in error]
+    return {"state": state, "failed_steps": failed, "error": error}
+
+
+def _failed_in_channel(steps: Sequence[str]) -> Optional[list[str]]:
+    """The steps whose (any item's) last ``end`` event in the local run's events failed, in
+    ``steps`` order; None without a channel (on a cluster)."""
+    folder = os.environ.get(channel.CHANNEL_ENV)
+    if not folder:
+        return None
+    failed: set[str] = set()
+    try:
+        with open(os.path.join(folder, channel.EVENTS_FILE), encoding="ascii") as f:
+            for line in f:
+                event = json.loads(line)
+                if event.get("event") == "end" and event.get("state") == "FAILED":
+                    failed.add(event.get("step"))
+    except (OSError, ValueError):
+        return None
+    return [s for s in steps if s in failed]
+
+
+#: The types a ``--if`` condition compares.
+SCALAR_TYPES = (bool, int, float, str, type(None))
+
+
+def condition_value(expression: str, values: Mapping[str, Any]) -> bool:
+    """The truth of a ``--if`` EXPR over ``values`` (the names it reads).
+
+    EXPR was checked by the grammar (``notebook.step_options.condition``): comparisons of
+    names and literals joined by and/or, so it is evaluated without builtins.
+    """
+    return bool(eval(compile(expression, "<--if>", "eval"), {"__builtins__": {}}, dict(values)))
+
+
+def scalar_problem(name: str, value: Any) -> str:
+    """"" when ``value`` of ``name`` can be compared by a ``--if``, else why not (for messages)."""
+    if isinstance(value, SCALAR_TYPES):
+        return ""
+    return (f"`{name}` is a {type(value).__name__}, and a --if condition compares numbers, text, "
+            "booleans or None; compare a number computed from it")
+
+
+def run_condition(steps: Sequence[str], expression: str, values: Mapping[str, Any],
+                  json_values: Sequence[str] = ()) -> bool:
+    """Evaluate the ``--if`` EXPR of ``steps`` inside the pipeline's condition task.
+
+    Parameters
+    ----------
+    steps:
+        The steps the condition guards (reported in the ``condition`` event).
+    expression:
+        The checked EXPR.
+    values:
+        The names EXPR reads: parameter values (text escaped by :func:`escape_text` is
+        unescaped), and for the names in ``json_values`` the JSON text an earlier step
+        emitted (:func:`_save_scalars`).
+
+    Returns
+    -------
+    bool
+        The condition's value; the pipeline runs ``steps`` when it is True (``dsl.If``).
+    """
+    names = {n: json.loads(v) if n in json_values else unescape_text(v) for n, v in values.items()}
+    value = condition_value(expression, names)
+    print(f"--if {expression}: {value} ({', '.join(f'{n}={v!r}' for n, v in names.items())})")
+    for step in steps:
+        channel.emit("condition", step, value=value, expression=expression)
+    return value
+
+
+def json_item(item: Any) -> Optional[str]:
+    """``item`` as the JSON text a ``--for`` step receives, or None when JSON cannot hold it
+    unchanged (loop items travel as KFP parameters, which are JSON)."""
+    try:
+        text = json.dumps(item, sort_keys=True, allow_nan=False)
+        back = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    return text if back == item and type(back) is type(item) else None
+
+
+def item_problem(step: str, name: str, item: Any) -> str:
+    """Why ``item`` of ``name`` cannot be an item of ``step``'s ``--for`` loop, for messages."""
+    text = repr(item)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return (f"step {step!r}: the item {text} of `{name}` (a {type(item).__name__}) cannot be a "
+            "--for item: items travel as JSON, so use numbers, text, booleans, None, or lists "
+            "and dicts of them with text keys (a path or an index instead of an object)")
+
+
+def item_text(step: str, name: str, item: Any) -> str:
+    """:func:`json_item`, or StepFailed (printed) naming the item."""
+    text = json_item(item)
+    if text is None:
+        message = item_problem(step, name, item)
+        print(message, file=sys.stderr)
+        raise StepFailed(message, "", 0)
+    return text
 
 
 class _Blocks(NamedTuple):
@@ -175,7 +363,7 @@ def _main_module() -> str:
 def _run_step(step: str, blocks: _Blocks, parameters: Mapping[str, Any],
               inputs: Mapping[str, Any], outputs: Mapping[str, Any],
               metrics: Mapping[str, str], metrics_artifact: Any, json_parameters: Sequence[str],
-              position: int) -> None:
+              position: int, control: "_Control") -> Optional[list[str]]:
     """The body of :func:`run_step`: the step runs here, in one namespace that ends with it."""
     workdir = os.environ.get(WORKDIR_ENV)
     if workdir:
@@ -183,7 +371,7 @@ def _run_step(step: str, blocks: _Blocks, parameters: Mapping[str, Any],
     if "" not in sys.path:  # as in a kernel: modules in the working directory import
         sys.path.insert(0, "")
     started = time.time()
-    emit("start", step)
+    emit("start", step, **control.fields())
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
     filenames = blocks.filenames
     try:
@@ -193,19 +381,24 @@ def _run_step(step: str, blocks: _Blocks, parameters: Mapping[str, Any],
         namespace.update({name: unescape_text(value) for name, value in parameters.items()})
         namespace.update({name: json.loads(parameters[name]) for name in json_parameters})
         received = _load_inputs(step, inputs, namespace, prelude)
+        control.bind(namespace)
         _run_code(blocks.code, namespace, filenames)
         saved = _save_outputs(step, position, outputs, namespace, prelude, received,
                               (*blocks.prelude, *blocks.code))
         values = _log_metrics(step, metrics, namespace, metrics_artifact)
+        items = control.items(step, namespace)
+        control.save_scalars(step, namespace)
     except (StepFailed, marshal.MarshalError) as error:
         if isinstance(error, marshal.MarshalError):
             print(f"step {step!r}: {error}", file=sys.stderr)
-        emit("end", step, state="FAILED", duration_s=time.time() - started, **_describe(error))
+        emit("end", step, state="FAILED", duration_s=time.time() - started, **_describe(error),
+             **control.fields())
         write_termination_message(step, **_describe(error))
         sys.stderr.flush()
         raise SystemExit(1) from None
     emit("end", step, state="SUCCEEDED", duration_s=time.time() - started,
-         outputs=saved, metrics=values)
+         outputs=saved, metrics=values, **control.fields())
+    return items
 
 
 def write_termination_message(step: str, error: str, cell: str, line: int) -> None:
@@ -288,6 +481,9 @@ def _load_inputs(step: str, inputs: Mapping[str, Any], namespace: dict[str, Any]
     to one object here."""
     received = {}
     for name, artifact in inputs.items():
+        if isinstance(artifact, list):  # the per-item values of a --for step, in item order
+            namespace[name] = [marshal.load(a.path, name, namespace, prelude) for a in artifact]
+            continue
         value = marshal.load(artifact.path, name, namespace, prelude)
         namespace[name] = value
         metadata = getattr(artifact, "metadata", None) or {}

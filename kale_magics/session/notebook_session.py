@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass, field
-from typing import Any, Mapping, MutableMapping
+from typing import Any, Callable, Mapping, MutableMapping
 
 from kale_magics.analysis.live import LiveValue, artifact_class, describe
 from kale_magics.analysis.names import NameUse, scan_trees
@@ -23,6 +23,8 @@ from kale_magics.notebook.locate import locate_notebook
 from kale_magics.notebook.step_record import step_record
 from kale_magics.runner.connection import KfpSession
 from kale_magics.runner.status import RunStatus
+from kale_magics.runtime.step import PIPELINE_STATUS
+from kale_magics.session.control import condition_holds, run_loop
 from kale_magics.session.registry import ExecutedCell, Registry
 
 #: Kinds whose names the kernel tracks: steps (inputs, outputs) and what steps may read.
@@ -45,6 +47,9 @@ class StepRun:
         Names the cell binds (not starting with ``_``), in binding order.
     live:
         Type and size of each input and output the namespace holds.
+    readers:
+        Output -> the other steps run in this kernel that read it (``--outputs`` names
+        too, with no reader known): what travels on, as far as the kernel knows.
     """
 
     name: str
@@ -52,6 +57,14 @@ class StepRun:
     inputs: dict[str, str] = field(default_factory=dict)
     outputs: tuple[str, ...] = ()
     live: dict[str, LiveValue] = field(default_factory=dict)
+    readers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> tuple[str, ...]:
+        """The outputs that travel to a later step (:attr:`readers`), in binding order, then
+        ``--outputs`` names the cell does not bind."""
+        return (*(n for n in self.outputs if n in self.readers),
+                *(n for n in self.readers if n not in self.outputs))
 
     def record(self) -> dict[str, Any]:
         """The step's record for the cell's output (``notebook.step_record``): what the saved
@@ -87,6 +100,8 @@ class NotebookSession:
         self.settings = PipelineSettings()
         self.last_run: RunStatus | None = None
         self.server: KfpSession | None = None
+        #: Steps whose cell raised the last time it ran here, with the error (for PIPELINE_STATUS).
+        self.failed_steps: dict[str, str] = {}
 
     @classmethod
     def of(cls, shell: Any, fresh: bool = False) -> "NotebookSession":
@@ -135,6 +150,53 @@ class NotebookSession:
         use = scan_trees([tree]) if annotation.kind in ANALYSED_KINDS else NameUse((), (), ())
         return self.registry.record(cell_id, annotation, source, use)
 
+    def run_body(self, entry: ExecutedCell, run_once: Callable[[], Any]) -> tuple[Any, str]:
+        """Run the body of the annotated cell ``entry`` as its control options say.
+
+        ``run_once`` runs the body once in the user namespace and returns the value of
+        its last expression. A plain cell runs once; a ``--for`` step once per item
+        (:func:`kale_magics.session.control.run_loop`); a ``--if`` step only when its
+        condition holds (:func:`kale_magics.session.control.condition_holds`).
+
+        Returns
+        -------
+        tuple
+            ``(value, note)``: the value to display (None for a loop) and a line saying
+            what ran differently from a plain cell ("" for a plain cell).
+
+        Raises
+        ------
+        AnnotationError
+            The loop's list is missing, not a list, or holds an item JSON cannot carry; a
+            name the condition reads is missing or not a scalar.
+        """
+        loop, condition = entry.annotation.loop, entry.annotation.condition
+        step = entry.annotation.name or ""
+        if entry.annotation.kind != "step":
+            return run_once(), ""
+        if condition is not None and not condition_holds(step, condition, self.namespace):
+            return None, (f"step {step!r} did not run: its condition "
+                          f"`{condition.expression}` is false")
+        if step == self.settings.on_exit:
+            self.namespace[PIPELINE_STATUS] = self.pipeline_status()
+        self.failed_steps.pop(step, None)
+        try:
+            if loop is None:
+                return run_once(), ""
+            return None, run_loop(step, loop, entry.use.writes, self.namespace, run_once)
+        except BaseException as error:
+            self.failed_steps[step] = f"{type(error).__name__}: {error}"
+            raise
+
+    def pipeline_status(self) -> dict[str, Any]:
+        """``PIPELINE_STATUS`` as the ``--on-exit`` step sees it in the kernel: the notebook's own
+        run so far, ``{"state": "SUCCEEDED" | "FAILED", "failed_steps": [...], "error": "..."}``,
+        a step failed when its cell's last run here raised (the pipeline's shape:
+        ``runtime.step.pipeline_status``)."""
+        failed = list(self.failed_steps)
+        return {"state": "FAILED" if failed else "SUCCEEDED", "failed_steps": failed,
+                "error": self.failed_steps[failed[0]] if failed else ""}
+
     def unrecorded_types(self, plan: Plan, recorded: Mapping[str, str]) -> tuple[str, ...]:
         """Warnings for passed variables whose artifact class in this kernel differs from what
         the saved notebook records (the compiled IR uses the saved one: save the notebook)."""
@@ -154,7 +216,19 @@ class NotebookSession:
     def step_run(self, entry: ExecutedCell) -> StepRun:
         """What the step cell ``entry`` passes, with the live values it read and bound."""
         producers = self.registry.producers(entry.key)
-        inputs = {n: producers[n] for n in entry.use.reads if n in producers}
-        outputs = tuple(n for n in entry.use.writes if not n.startswith("_"))
+        loop = entry.annotation.loop
+        own = {loop.variable} if loop else set()
+        reads = (*((loop.items,) if loop else ()), *entry.use.reads)
+        inputs = {n: producers[n] for n in reads if n in producers and n not in own}
+        outputs = tuple(n for n in entry.use.writes if not n.startswith("_") and n not in own)
         live = {n: describe(self.namespace[n]) for n in (*inputs, *outputs) if n in self.namespace}
-        return StepRun(entry.annotation.name or "", entry.annotation.after, inputs, outputs, live)
+        return StepRun(entry.annotation.name or "", entry.annotation.after, inputs, outputs, live,
+                       self.readers(entry))
+
+    def readers(self, entry: ExecutedCell) -> dict[str, tuple[str, ...]]:
+        """Output of the step cell ``entry`` -> the other steps run here that read it; its
+        ``--outputs`` names are passed on whoever reads them (an empty tuple when unknown)."""
+        outputs = [n for n in entry.use.writes if not n.startswith("_")]
+        found = self.registry.readers(entry.key, outputs)
+        declared = {n: () for n in entry.annotation.outputs if n not in found}
+        return {**found, **declared}

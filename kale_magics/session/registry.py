@@ -74,6 +74,23 @@ class Registry:
                 found.update(dict.fromkeys(cell.use.writes, cell.annotation.name or ""))
         return found
 
+    def readers(self, key: str, names: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """Name -> the other steps run here that read it, for each of ``names`` some step reads.
+
+        What the cell ``key`` binds and another step cell run in this kernel reads (a
+        step of another name, in the order of their latest runs): what travels from
+        it, as far as this kernel knows; steps not yet run are not known.
+        """
+        own = self._cells[key].annotation.name if key in self._cells else None
+        found: dict[str, tuple[str, ...]] = {}
+        for name in names:
+            steps = [c.annotation.name or "" for c in self.cells()
+                     if c.key != key and c.annotation.kind == "step"
+                     and c.annotation.name != own and name in c.use.reads]
+            if steps:
+                found[name] = tuple(dict.fromkeys(steps))
+        return found
+
     def step_names(self) -> set[str]:
         """Names of the steps executed in this kernel."""
         return {c.annotation.name for c in self._cells.values() if c.annotation.name}

@@ -33,6 +33,7 @@ from typing import IO, Any, ClassVar, Mapping
 from kale_magics.codegen.compile import CompiledPipeline
 from kale_magics import errors
 from kale_magics.errors import KaleError
+from kale_magics.model import counted
 from kale_magics.runner.status import CANCELED, FAILED, RunHooks, RunStatus, StepStatus
 from kale_magics.targets.target import RunTarget
 
@@ -267,9 +268,10 @@ class ChildProcessTarget(RunTarget):
         self._running = worker
         status = RunStatus(pipeline=compiled.plan.name, hooks=hooks, steps={
             s.name: StepStatus(name=s.name, inputs=[i.name for i in s.inputs],
-                               outputs=list(s.outputs)) for s in compiled.plan.steps})
+                               outputs=list(s.outputs)) for s in compiled.plan.steps},
+            metric_order=[m.key for s in compiled.plan.steps for m in s.metrics])
         hooks.run_hook("on_message", f"running {compiled.plan.name} {self.where} "
-                                     f"({len(compiled.plan.steps)} steps)")
+                                     f"({counted(len(compiled.plan.steps), 'step')})")
         hooks.run_hook("on_status", status)
         try:
             return worker.run(Job(self.runner, compiled, dict(arguments), self.options), status)

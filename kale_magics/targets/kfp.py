@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from kale_magics.codegen.compile import CompiledPipeline
-from kale_magics.model import Plan, PipelineSettings
+from kale_magics.model import PipelineSettings, Plan, counted
 from kale_magics.runner import remote, watch
 from kale_magics.runner.connection import KfpSession, open_session, resolve_connection
 from kale_magics.runner.status import RunHooks, RunStatus
@@ -120,7 +120,7 @@ class KfpTarget(RunTarget):
         plan = compiled.plan
         session = self.connect(plan.settings, hooks)
         hooks.run_hook("on_message", f"submitting {plan.name} to {session.connection.host} "
-                                     f"({len(plan.steps)} steps)")
+                                     f"({counted(len(plan.steps), 'step')})")
         submission = remote.submit(session, compiled, arguments, **self.submit_options)
         self.submission = submission
         verb = "uploaded new" if submission.new_version else "reusing unchanged"

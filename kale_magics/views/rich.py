@@ -15,15 +15,17 @@ from collections.abc import Iterable, Mapping
 from kale_magics.analysis.live import LiveValue
 from kale_magics.analysis.preflight import CheckReport
 from kale_magics.codegen.compile import CompiledPipeline
-from kale_magics.model import Plan, Step
-from kale_magics.runner.status import FAILED, TERMINAL_STATES, RunStatus, StepStatus
+from kale_magics.model import Plan, Step, counted
+from kale_magics.runner.status import FAILED, SKIPPED, TERMINAL_STATES, RunStatus, StepStatus
 from kale_magics.runner.sweep import Sweep
-from kale_magics.views.dag import dag_svg
+from kale_magics.session.notebook_session import StepRun
+from kale_magics.views.dag import Shape, dag_svg
 from kale_magics.views.text import (
     check_verdict,
     duration_text,
     live_text,
     size_text,
+    skipped_steps,
     step_note,
     sweep_heading,
     sweep_outcome,
@@ -45,9 +47,58 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     return _TABLE.format(head=head_html, rows=rows_html)
 
 
+_STEP_LINE = ("<div class='kale-step-line' data-step='{step}' style='font-family:var(--jp-ui-font-"
+              "family,system-ui,sans-serif);font-size:12px;line-height:1.7;color:#444;"
+              "padding:1px 0'>{parts}</div>")
+_CHIP = ("<span class='kale-{kind}' data-name='{name}' style='white-space:nowrap;margin-right:"
+         "10px'><code style='background:#f3f3f3;border-radius:3px;padding:0 3px'>{name}</code>"
+         "{detail}</span>")
+
+
+def _chip(kind: str, name: str, live: LiveValue | None, link: str) -> str:
+    """One variable of the step line: its name, its type (and shape), where it comes from or
+    goes; never broken across lines."""
+    kind_text = f" {live.type_name}" + (f" {live.shape}" if live.shape else "") if live else ""
+    detail = (f"<span style='color:{GREY}'>{html.escape(kind_text)}</span>"
+              f"<span style='color:#1565c0'> {html.escape(link)}</span>" if link else
+              f"<span style='color:{GREY}'>{html.escape(kind_text)}</span>")
+    return _CHIP.format(kind=kind, name=html.escape(name, quote=True), detail=detail)
+
+
+def step_run_html(step: StepRun) -> str:
+    """The line under a step cell run in the kernel (``text/html``): the step's name as a
+    badge, then what travels: each input with its type and the step it comes from
+    (``df DataFrame 891x12 ← load``), each output a later step reads with the steps that
+    read it (``model RandomForestClassifier → evaluate``). Names the step binds that no
+    step reads are left out; a variable never wraps in the middle. Same content as
+    :func:`kale_magics.views.text.step_run_text`."""
+    parts = [f"<span class='kale-step-badge' style='background:#e3f2fd;color:#0d47a1;border-radius"
+             f":3px;padding:1px 6px;margin-right:10px;white-space:nowrap;font-weight:600'>step "
+             f"{html.escape(step.name)}</span>"]
+    if step.inputs:
+        parts.append(f"<span style='color:{GREY};margin-right:4px'>in</span>")
+        parts += [_chip("input", n, step.live.get(n), f"\u2190 {p}") for n, p in step.inputs.items()]
+    if step.passed:
+        parts.append(f"<span style='color:{GREY};margin-right:4px'>out</span>")
+        parts += [_chip("output", n, step.live.get(n),
+                        f"\u2192 {', '.join(step.readers[n])}" if step.readers.get(n) else "")
+                  for n in step.passed]
+    if not step.inputs and not step.passed:
+        parts.append(f"<span style='color:{GREY}'>nothing passed to or from other steps yet</span>")
+    return _STEP_LINE.format(step=html.escape(step.name, quote=True), parts="".join(parts))
+
+
 def dag_steps(plan: Plan) -> list[tuple[str, tuple[str, ...]]]:
     """``(name, upstream)`` of every step, for :func:`kale_magics.views.dag.dag_svg`."""
     return [(s.name, s.upstream) for s in plan.steps]
+
+
+def dag_shapes(plan: Plan) -> dict[str, Shape]:
+    """How each step is drawn: loop, condition, sub-notebook group, exit step."""
+    return {s.name: Shape(loop=s.loop is not None,
+                          condition=s.condition.expression if s.condition else "",
+                          group=s.cells[0].notebook, exit=s.name == plan.settings.on_exit)
+            for s in plan.steps}
 
 
 def plan_html(plan: Plan, live: Mapping[str, LiveValue]) -> str:
@@ -62,22 +113,50 @@ def plan_html(plan: Plan, live: Mapping[str, LiveValue]) -> str:
                      html.escape(", ".join(step.after)), inputs, outputs,
                      html.escape(", ".join(step.parameters)),
                      html.escape(", ".join(m.key for m in step.metrics))])
-    title = html.escape(f"pipeline {plan.name}: {len(plan.steps)} steps, "
-                        f"{len(plan.parameters)} parameters")
-    return (f"<div class='kale-show'><b>{title}</b><br>{dag_svg(dag_steps(plan))}"
+    title = html.escape(f"pipeline {plan.name}: {counted(len(plan.steps), 'step')}, "
+                        f"{counted(len(plan.parameters), 'parameter')}")
+    return (f"<div class='kale-show'><b>{title}</b><br>"
+            f"{dag_svg(dag_steps(plan), shapes=dag_shapes(plan))}"
             + _table(["step", "cells", "--after", "inputs (producer)", "outputs", "parameters",
                       "metrics"], rows) + "</div>")
 
 
-def dag_html(plan: Plan, status: RunStatus | None, now: float) -> str:
+#: What a click on a DAG node does in the deploy panel: choose that step in the panel's step
+#: chooser (an ipywidgets Dropdown, whose ``<option>`` values are its labels) and tell the
+#: Dropdown's view, which listens for ``change`` on its ``<select>`` (ipywidgets 8
+#: ``DropdownView._handle_change``) and sends the choice to the kernel. An ``HTML`` widget
+#: sets its value as ``innerHTML``, which keeps inline handlers: no anywidget, no front-end build.
+_CHOOSE_ON_CLICK = (
+    "var n=event.target.closest('[data-step]'),p=this.closest('.kale-panel'),"
+    "s=p&&p.querySelector('.kale-step-choice select');"
+    "if(n&&s){s.value=n.getAttribute('data-step');"
+    "s.dispatchEvent(new Event('change',{bubbles:true}));}")
+
+
+def dag_html(plan: Plan, status: RunStatus | None, now: float, previous: bool = False,
+             choose: bool = False, chosen: str = "") -> str:
     """The pipeline's DAG as SVG, each step coloured and labelled by its state.
 
-    Before a run (``status`` None) every step is "not started".
+    Before a run (``status`` None) every step is "not started". ``previous`` says
+    ``status`` is the run before a Run press that started nothing (a compile error,
+    a bad value): the DAG keeps that run's states under the caption "previous run".
+    ``choose`` (the deploy panel) makes a click on a node choose that step in the
+    panel's step chooser (:data:`_CHOOSE_ON_CLICK`); the ``chosen`` step's node is outlined.
     """
     steps = status.steps if status is not None else {}
     states = {name: s.state for name, s in steps.items()}
     notes = {s.name: step_note(steps.get(s.name), now) for s in plan.steps}
-    return f"<div class='kale-dag-view'>{dag_svg(dag_steps(plan), states, notes)}</div>"
+    caption = (f"<div class='kale-dag-caption' style='color:{GREY};font-size:12px'>"
+               "previous run</div>" if previous and status is not None else "")
+    click = (f" onclick=\"{_CHOOSE_ON_CLICK}\" title='click a step to see its details'"
+             if choose else "")
+    outline = (f".kale-dag-choose g.kale-step[data-step='{html.escape(chosen, quote=True)}'] rect"
+               "{stroke:#1565c0;stroke-width:2.5}" if chosen else "")
+    style = (f"<style>.kale-dag-choose g.kale-step{{cursor:pointer}}{outline}</style>"
+             if choose else "")
+    return (f"<div class='kale-dag-view{' kale-dag-choose' if choose else ''}' "
+            f"data-previous='{str(previous).lower()}'{click}>{style}{caption}"
+            f"{dag_svg(dag_steps(plan), states, notes, dag_shapes(plan))}</div>")
 
 
 def run_html(status: RunStatus, plan: Plan, now: float) -> str:
@@ -95,11 +174,13 @@ def run_html(status: RunStatus, plan: Plan, now: float) -> str:
         tail = html.escape("\n".join(step.log_tail(15)))
         parts.append(f"<div style='color:{RED}'>step {html.escape(step.name)} failed"
                      f"{html.escape(where)}: {html.escape(step.error)}</div><pre>{tail}</pre>")
+    parts.extend(f"<div class='kale-skipped' style='color:{GREY}'>step {html.escape(step.name)} "
+                 f"skipped: {html.escape(step.error)}</div>" for step in skipped_steps(status))
     return "<div class='kale-run'>" + "<br>".join(parts) + "</div>"
 
 
 def status_line_html(status: RunStatus | None, now: float, activity: str = "",
-                     started: float | None = None) -> str:
+                     started: float | None = None, previous: bool = False) -> str:
     """The run's state, elapsed time and (remote runs) the link to the KFP UI.
 
     Parameters
@@ -112,13 +193,18 @@ def status_line_html(status: RunStatus | None, now: float, activity: str = "",
         What is going on before the run has a status ("compiling", "submitting").
     started:
         When Run was pressed; the elapsed time counts from it when given.
+    previous:
+        ``status`` is the run before a Run press that started nothing (a compile
+        error, a bad value): the line says "previous run" so it is not read as the
+        new attempt's result (its own start and end give its time).
     """
     if status is None:
         text = html.escape(activity or "ready: press Run to compile and run the pipeline")
         return f"<div class='kale-status' data-state=''>{text}</div>"
-    begin = started if started is not None else status.start
+    begin = status.start if previous or started is None else started
     end = status.end if status.state in TERMINAL_STATES and status.end else now
-    parts = [f"<b>{html.escape(status.pipeline)}</b>",
+    label = ["<span class='kale-previous'>previous run</span>"] if previous else []
+    parts = [*label, f"<b>{html.escape(status.pipeline)}</b>",
              f"<span class='kale-run-state'>{html.escape(status.state)}</span>",
              f"<span class='kale-elapsed'>{duration_text(max(0.0, end - begin))}</span>"]
     if activity:
@@ -127,20 +213,28 @@ def status_line_html(status: RunStatus | None, now: float, activity: str = "",
         url = html.escape(status.url, quote=True)
         parts.append(f"<a class='kale-run-link' href='{url}' target='_blank' {_LINK_STYLE}"
                      f"rel='noopener'>run {html.escape(status.run_id)} in the KFP UI</a>")
-    return (f"<div class='kale-status' data-state='{html.escape(status.state)}'>"
-            + " &middot; ".join(parts) + "</div>")
+    return (f"<div class='kale-status' data-state='{html.escape(status.state)}' "
+            f"data-previous='{str(previous).lower()}'>" + " &middot; ".join(parts) + "</div>")
+
+
+#: A metrics table cell: padded apart, one compact line high (notebook themes make rows tall).
+_METRIC_CELL = ("padding:1px 12px 1px 4px;line-height:1.35;height:auto;border:none;"
+                "border-bottom:1px solid #eee;vertical-align:baseline")
 
 
 def metrics_html(status: RunStatus | None) -> str:
-    """The run's final metrics as a small table (or why there are none)."""
+    """The run's final metrics as a small table (or why there are none), in notebook order
+    (:attr:`~kale_magics.runner.status.RunStatus.metrics`)."""
     if status is None:
         return ""
     if status.metrics:
-        rows = "".join(f"<tr><td class='kale-metric-name'>{html.escape(k)}</td>"
-                       f"<td class='kale-metric-value' style='text-align:right'>{v:.6g}</td></tr>"
+        rows = "".join(f"<tr><td class='kale-metric-name' style='{_METRIC_CELL}'>{html.escape(k)}"
+                       f"</td><td class='kale-metric-value' style='{_METRIC_CELL};text-align:right;"
+                       f"font-variant-numeric:tabular-nums'>{v:.6g}</td></tr>"
                        for k, v in status.metrics.items())
-        return ("<table class='kale-metrics' style='border-collapse:collapse;font-size:12px'>"
-                "<thead><tr><th style='text-align:left'>metric</th><th>value</th></tr></thead>"
+        return ("<table class='kale-metrics' style='border-collapse:collapse;font-size:12px;"
+                f"margin:2px 0'><thead><tr><th style='{_METRIC_CELL};text-align:left'>metric</th>"
+                f"<th style='{_METRIC_CELL};text-align:right'>value</th></tr></thead>"
                 f"<tbody>{rows}</tbody></table>")
     if status.metrics_note and status.state in TERMINAL_STATES:
         return f"<div class='kale-metrics-note' style='color:{GREY}'>{_linked(status.metrics_note)}</div>"
@@ -181,6 +275,9 @@ def step_detail_html(step: Step, status: StepStatus | None, now: float,
         if tail.strip():
             parts.append(f"<pre class='kale-log-tail' style='font-size:11px;max-height:16em;"
                          f"overflow:auto'>{html.escape(tail)}</pre>")
+    elif status is not None and status.state == SKIPPED and status.error:
+        parts.append(f"<div class='kale-step-skipped' style='color:{GREY}'>"
+                     f"{html.escape(status.error)}</div>")
     return "".join(parts)
 
 

@@ -7,9 +7,10 @@ from typing import Any, Iterable, Mapping, Optional
 
 from kale_magics.analysis.live import LiveValue
 from kale_magics.analysis.preflight import CheckReport
-from kale_magics.model import Plan
+from kale_magics.model import Plan, Step, counted
 from kale_magics.runner.remote import ScheduleInfo
-from kale_magics.runner.status import FAILED, RUNNING, TERMINAL_STATES, RunStatus, StepStatus
+from kale_magics.runner.status import (FAILED, RUNNING, SKIPPED, SUCCEEDED, TERMINAL_STATES,
+                                      RunStatus, StepStatus)
 from kale_magics.runner.sweep import Sweep, Trial
 from kale_magics.session.notebook_session import StepRun
 
@@ -71,7 +72,8 @@ def plan_text(plan: Plan) -> str:
           -> model
     """
     params = ", ".join(f"{p.name}: {p.type} = {p.value!r}" for p in plan.parameters)
-    lines = [f"pipeline {plan.name} ({len(plan.steps)} steps, {len(plan.parameters)} parameters)"]
+    lines = [f"pipeline {plan.name} ({counted(len(plan.steps), 'step')}, "
+             f"{counted(len(plan.parameters), 'parameter')})"]
     if params:
         lines.append(f"parameters: {params}")
     width = max(len(s.name) for s in plan.steps)
@@ -89,13 +91,35 @@ def plan_text(plan: Plan) -> str:
             lines.append(f"  -> {', '.join(step.outputs)}")
         if step.metrics:
             lines.append(f"  metrics: {', '.join(m.key for m in step.metrics)}")
+        control = control_text(step, plan.settings.on_exit == step.name)
+        if control:
+            lines.append(f"  {control}")
     return "\n".join(lines)
 
 
-def step_run_text(step: StepRun) -> str:
-    """The line under a step cell run in the kernel, inputs grouped by producer::
+def control_text(step: Step, exit_step: bool) -> str:
+    """A step's control flow in words: ``for c in C_VALUES (2 at a time); if acc > 0.9``,
+    ``on exit: after every other step``, ``from sub.ipynb``; "" for a plain step."""
+    parts = []
+    if step.loop is not None:
+        cap = f" ({step.loop.parallelism} at a time)" if step.loop.parallelism else ""
+        parts.append(f"for {step.loop.variable} in {step.loop.items}{cap}")
+    if step.condition is not None:
+        parts.append(f"if {step.condition.expression}")
+    if exit_step:
+        parts.append("on exit: after every other step")
+    if step.cells and step.cells[0].notebook:
+        parts.append(f"from {step.cells[0].notebook}")
+    return "; ".join(parts)
 
-        step total  <- rows: list len 3 (load)  -> size: int, label: str len 1
+
+def step_run_text(step: StepRun) -> str:
+    """The line under a step cell run in the kernel (``text/plain``): what travels, inputs
+    grouped by producer, then the outputs later steps read with those steps::
+
+        step total  <- rows: list len 3 (load)  -> size: int (to report)
+
+    Names the step binds that no step run in this kernel reads are left out.
     """
     by_producer: dict[str, list[str]] = {}
     for name, producer in step.inputs.items():
@@ -103,9 +127,14 @@ def step_run_text(step: StepRun) -> str:
     text = f"step {step.name}"
     if by_producer:
         text += "  <- " + "; ".join(f"{', '.join(v)} ({p})" for p, v in by_producer.items())
-    if step.outputs:
-        text += "  -> " + ", ".join(live_text(n, step.live) for n in step.outputs)
+    if step.passed:
+        text += "  -> " + ", ".join(_passed_text(n, step) for n in step.passed)
     return text
+
+
+def _passed_text(name: str, step: StepRun) -> str:
+    readers = step.readers.get(name, ())
+    return live_text(name, step.live) + (f" (to {', '.join(readers)})" if readers else "")
 
 
 def step_note(step: StepStatus | None, now: float) -> str:
@@ -120,6 +149,11 @@ def step_note(step: StepStatus | None, now: float) -> str:
     """
     if step is None:
         return STATE_WORDS[None]
+    if step.items:  # a --for step: its items' states, "3/5 succeeded"
+        counts = step.item_counts()
+        return ", ".join(f"{counts[state]}/{len(step.items)} "
+                         f"{STATE_WORDS.get(state, state.lower())}"
+                         for state in (SUCCEEDED, RUNNING, FAILED) if state in counts)
     word = STATE_WORDS.get(step.state, step.state.lower())
     if step.cached:
         return f"{word} (cached)"
@@ -142,9 +176,14 @@ def step_line(step: StepStatus) -> str:
         line += f"  {duration_text(step.duration_s)}"
     if step.install_s is not None:
         line += f"  (installed in {duration_text(step.install_s)})"
-    if step.state == FAILED and step.error:
+    if step.state in (FAILED, SKIPPED) and step.error:
         line += f"  {step.error}"
     return line
+
+
+def skipped_steps(status: RunStatus) -> list[StepStatus]:
+    """The steps that did not run because a step upstream of them failed (those with a reason)."""
+    return [s for s in status.steps.values() if s.state == SKIPPED and s.error]
 
 
 def run_summary(status: RunStatus) -> str:
@@ -157,6 +196,7 @@ def run_summary(status: RunStatus) -> str:
         lines.append(f"step {step.name} failed{where}: {step.error}")
         tail = [line for line in step.log_tail(15) if line.strip()]
         lines.extend(f"  | {line}" for line in tail)
+    lines.extend(f"step {step.name} skipped: {step.error}" for step in skipped_steps(status))
     if status.error and not status.failed_steps:
         lines.append(status.error)
     lines.extend(f"warning: {w}" for w in status.warnings)

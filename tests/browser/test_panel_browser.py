@@ -247,3 +247,29 @@ def test_remote_run_on_the_kfp_test_server(jupyter, browser, kfp_server,  # noqa
         assert panel.locator(".kale-error").count() == 0
     finally:
         page.close()
+
+
+#: A small notebook for what needs no run: two steps, then the panel.
+SMALL_CELLS = ("%load_ext kale_magics", "%%kale step load\nrows = [1, 2, 3]",
+               "%%kale step total\nsize = len(rows)", "%kale panel")
+
+
+def test_a_click_on_a_dag_node_chooses_the_step(jupyter, browser, browser_report) -> None:
+    """The DAG is SVG in an ipywidgets HTML widget: a click on a node sets the step chooser
+    (a Dropdown) through its <select>, and the kernel shows that step's details."""
+    base, root = jupyter
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in SMALL_CELLS]
+    nbformat.write(nb, root / "click.ipynb")
+    page = _open_and_run_all(browser, f"{base}/notebooks/click.ipynb?token={TOKEN}", browser_report)
+    try:
+        panel = page.locator(".kale-panel")
+        panel.locator("g.kale-step[data-step=total]").click()
+        panel.locator(".kale-step-detail[data-step=total]").wait_for(timeout=30_000)
+        assert panel.locator(".kale-step-choice select").input_value() == "total"
+        assert "rows (from load)" in panel.locator(".kale-step-detail").inner_text()
+        panel.locator("g.kale-step[data-step=load] text").first.click()  # on the node's label
+        panel.locator(".kale-step-detail[data-step=load]").wait_for(timeout=30_000)
+        _shot(panel, "dag-click", browser_report)
+    finally:
+        page.close()
