@@ -204,6 +204,16 @@ def test_local_trials_have_their_own_pipeline_roots(local_sweep) -> None:
     assert os.path.basename(os.path.dirname(roots[0])).startswith("tiny-")
 
 
+@pytest.mark.integration
+def test_local_trials_are_in_the_notebooks_run_history(local_sweep) -> None:
+    result, _ = local_sweep
+    notebook = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.dirname(result.trials[0].pipeline_root)))), "tiny.ipynb")
+    runs = api.run_history(notebook).runs
+    assert sorted((r.parameters["X"], r.state, r.metrics.get("score")) for r in runs) == [
+        (1, "SUCCEEDED", 12.0), (2, "FAILED", None), (3, "SUCCEEDED", 32.0)]
+
+
 # -- the front ends: parsing errors before anything runs, the magic's table and _kale_sweep ----
 
 @pytest.fixture(scope="module")
