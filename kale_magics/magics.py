@@ -371,6 +371,8 @@ class KaleMagics(Magics):
         self.shell.user_ns["_kale_sweep"] = table
         print(f"_kale_sweep: {note}" if note else
               "_kale_sweep holds the trials as a pandas DataFrame")
+        if not any(t.state == "SUCCEEDED" for t in result.trials):
+            raise UsageError(f"sweep of {result.pipeline}: no trial succeeded; see the table above")
 
     def _connect(self, args: argparse.Namespace) -> api.KfpSession:
         if args.host or args.namespace or args.token or self.session.server is None:

@@ -341,6 +341,15 @@ def test_halting_a_sweep_cancels_the_running_trial_and_starts_no_other(tmp_path)
 
 
 @pytest.mark.integration
+def test_magic_sweep_where_no_trial_succeeds_is_a_usage_error(shell, tiny_path) -> None:
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError, match="sweep of tiny: no trial succeeded; see the table above"):
+        shell.run_line_magic("kale", f"sweep X=2 --metric score --maximize --notebook {tiny_path}")
+    assert list(shell.user_ns["_kale_sweep"]["state"]) == ["FAILED"]  # the table is still there
+
+
+@pytest.mark.integration
 def test_magic_sweep_on_the_kfp_server(shell, kfp_server, token_env, tmp_path, monkeypatch) -> None:  # noqa: F811
     from kale_magics import magics
 
