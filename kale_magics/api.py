@@ -10,8 +10,10 @@ or to a run target (``targets``), as KFP's ``Compiler.compile`` does; only
 - The kernel: :class:`NotebookSession` (one per shell), :func:`check`, :func:`live_values`.
 - Run: :func:`run` with a target (:class:`LocalTarget`, :class:`DockerTarget`, :class:`KfpTarget`);
   :func:`run_local` is ``run`` with a :class:`LocalTarget`.
-- Sweep parameters: :func:`plan_sweep` (check and plan the trials), :func:`sweep` (run them).
 - A notebook's runs: :func:`run_history`, :func:`compare_runs`, :func:`load_step`.
+- A Kubeflow notebook image with kale-magics: :func:`notebook_image`.
+- The Model Registry: :func:`model_versions` (what a notebook's ``--register`` steps registered).
+- Sweep parameters: :func:`plan_sweep` (check and plan the trials), :func:`sweep` (run them).
 - A KFP server beyond one run: :func:`connect`, :func:`submit` (schedules),
   :func:`remote_status`, :func:`watch_remote`, :func:`cancel_remote`,
   :func:`list_schedules`, :func:`delete_schedule`.
@@ -29,6 +31,7 @@ from kale_magics.analysis.live import LiveValue, describe
 from kale_magics.analysis.plan import build_plan
 from kale_magics.analysis.preflight import CheckReport, check_variables
 from kale_magics.codegen.compile import CompiledPipeline, compile_plan
+from kale_magics.codegen.image import ImageContext, write_image_context
 from kale_magics.codegen.parameters import coerce_arguments, parse_param, run_arguments
 from kale_magics.convert import convert_file
 from kale_magics.errors import KaleError
@@ -49,6 +52,8 @@ from kale_magics.runner import history, remote
 from kale_magics.runner.connection import KfpSession
 from kale_magics.runner.history import ComparedValue, LoadedValue, RunHistory, RunRecord
 from kale_magics.runner.docker import DockerOptions, chosen_docker_options, docker_options
+from kale_magics.runner.registry import (RegisteredVersion, list_versions, registered_models,
+                                         registry_arguments, resolve_registry)
 from kale_magics.runner.remote import Schedule, ScheduleInfo, Submission
 from kale_magics.runner.search_space import SearchSpace, parse_space
 from kale_magics.runner.status import RunHooks, RunStatus
@@ -67,18 +72,18 @@ from kale_magics.targets import sweep as sweep_targets
 from kale_magics.targets.target import RunTarget
 
 __all__ = ["CheckReport", "ChildWorker", "ComparedValue", "CompiledPipeline", "DockerOptions",
-           "DockerTarget", "GrammarParser", "KaleError", "KfpSession", "KfpTarget", "LiveValue",
-           "LoadedValue", "LocalTarget", "MAXIMIZE", "MINIMIZE", "NotebookSession", "Parameter", "PipelineSettings",
-           "Plan", "RunHistory", "RunHooks", "RunRecord", "RunStatus", "RunTarget", "STEP_MIME",
-           "Schedule", "ScheduleInfo", "SearchSpace", "StepRun", "Submission", "Sweep",
-           "Trial", "WatchOptions", "cancel_remote",
-           "check", "chosen_docker_options", "coerce_arguments", "compare_runs",
-           "compile_notebook", "connect", "convert", "default_output_dir", "delete_schedule",
-           "describe", "did_you_mean", "docker_options", "grammar_help", "list_schedules",
-           "live_values", "load_step", "locate_notebook", "panel_notices", "parse_annotation",
-           "parse_param", "parse_pipeline_settings", "plan_sweep", "read_plan", "remote_status", "run",
-           "run_docker", "run_history", "run_local", "run_roots", "split_args", "submit",
-           "sweep",
+           "DockerTarget", "GrammarParser", "ImageContext", "KaleError", "KfpSession",
+           "KfpTarget", "LiveValue", "LoadedValue", "LocalTarget", "MAXIMIZE", "MINIMIZE",
+           "NotebookSession", "Parameter", "PipelineSettings", "Plan", "RegisteredVersion",
+           "RunHistory", "RunHooks", "RunRecord", "RunStatus", "RunTarget", "STEP_MIME",
+           "Schedule", "ScheduleInfo", "SearchSpace", "StepRun", "Submission", "Sweep", "Trial",
+           "WatchOptions", "cancel_remote", "check", "chosen_docker_options", "coerce_arguments",
+           "compare_runs", "compile_notebook", "connect", "convert", "default_output_dir",
+           "delete_schedule", "describe", "did_you_mean", "docker_options", "grammar_help",
+           "list_schedules", "live_values", "load_step", "locate_notebook", "model_versions",
+           "notebook_image", "panel_notices", "parse_annotation", "parse_param",
+           "parse_pipeline_settings", "plan_sweep", "read_plan", "remote_status", "run",
+           "run_docker", "run_history", "run_local", "run_roots", "split_args", "submit", "sweep",
            "watch_options", "watch_remote"]
 
 
@@ -243,7 +248,12 @@ def run(compiled: CompiledPipeline, target: RunTarget, hooks: RunHooks | None = 
     KaleError
         The arguments are wrong, or the target cannot start the run.
     """
-    return target.run(compiled, run_arguments(compiled.plan, arguments or {}), hooks or RunHooks())
+    hooks = hooks or RunHooks()
+    typed = run_arguments(compiled.plan, arguments or {})
+    extra, messages = registry_arguments(compiled.plan, target.name)
+    for message in messages:
+        hooks.run_hook("on_message", message)
+    return target.run(compiled, {**typed, **extra}, hooks)
 
 
 def _compiled(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline,
@@ -313,7 +323,8 @@ def submit(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline, sess
     KaleError, RunError, KfpConnectionError, KfpAuthError
     """
     compiled = _compiled(notebook_or_compiled, output_dir)
-    return remote.submit(session, compiled, run_arguments(compiled.plan, arguments or {}),
+    extra, _ = registry_arguments(compiled.plan, "kfp")
+    return remote.submit(session, compiled, {**run_arguments(compiled.plan, arguments or {}), **extra},
                          experiment=experiment, run_name=run_name, enable_caching=enable_caching,
                          schedule=schedule, pipeline_root=pipeline_root)
 
@@ -391,6 +402,105 @@ def delete_schedule(session: KfpSession, recurring_run_id: str) -> None:
     remote.delete_schedule(session, recurring_run_id)
 
 
+# -- a notebook's runs ------------------------------------------------------------------------
+
+def run_roots(notebook: str | os.PathLike[str], pipeline_roots: Sequence[str] = ()) -> list[str]:
+    """Where a notebook's local runs are: ``pipeline_roots`` (``--pipeline-root`` of earlier
+    runs), then ``.kale/local_runs`` and ``.kale/container_runs`` next to it (the defaults), then
+    the trials of its local sweeps (``.kale/sweeps/<pipeline>-<time>/trial-NNN``)."""
+    out = default_output_dir(notebook)
+    return [*pipeline_roots, os.path.join(out, "local_runs"), os.path.join(out, "container_runs"),
+            *sweep_targets.trial_roots(out)]
+
+
+def run_history(notebook: str | os.PathLike[str], *, pipeline_roots: Sequence[str] = (),
+                server: KfpSession | None = None) -> RunHistory:
+    """The notebook's runs, newest first: the local runs recorded under :func:`run_roots` and,
+    with ``server``, the KFP server's runs of the notebook's pipeline (see
+    :mod:`kale_magics.runner.history`). A server that cannot list them adds a note instead.
+
+    Raises
+    ------
+    NotebookError, AnnotationError, AnalysisError
+        Only with ``server``: the notebook does not read (its pipeline's name is needed).
+    """
+    runs = history.local_runs(run_roots(notebook, pipeline_roots), str(notebook))
+    notes: list[str] = []
+    if server is not None:
+        try:
+            runs += history.remote_runs(server, read_plan(notebook))
+        except KaleError as error:
+            notes.append(f"runs on {server.connection.host} not listed: {error}")
+    return RunHistory(tuple(sorted(runs, key=lambda r: r.start, reverse=True)), tuple(notes))
+
+
+def compare_runs(first: RunRecord, second: RunRecord) -> list[ComparedValue]:
+    """State, duration, parameters and metrics of two runs side by side (``differs`` marks
+    the values that are not equal)."""
+    return history.compare(first, second)
+
+
+def load_step(notebook: str | os.PathLike[str], step: str, names: Sequence[str],
+              namespace: MutableMapping[str, Any], *, run_id: str | None = None,
+              pipeline_roots: Sequence[str] = ()) -> list[LoadedValue]:
+    """Bind a local run's saved values of ``step`` in ``namespace`` (the user namespace): its
+    outputs when it succeeded, its inputs when it failed, or only ``names``; from run
+    ``run_id`` (a local run's id, or a part only it holds), default the latest.
+
+    Raises
+    ------
+    RunError
+        No recorded local run, an unknown run, step or variable, or a value that cannot be
+        loaded; one line naming it and what there is.
+    """
+    roots = run_roots(notebook, pipeline_roots)
+    runs = history.local_runs(roots, str(notebook))
+    where = f"under {' or '.join(dict.fromkeys(os.path.relpath(r) for r in roots))}"
+    return history.load_values(history.find_run(runs, run_id, where), step, names, namespace)
+# -- the Model Registry -------------------------------------------------------------------------
+
+def model_versions(notebook: str | os.PathLike[str], registry: str | None = None,
+                   token: str | None = None) -> tuple[str, list[RegisteredVersion]]:
+    """``(registry address, versions)``: every registered version of the models the notebook's
+    steps ``--register``, oldest first per model.
+
+    The address is ``registry``, else the notebook's ``--model-registry``, ``$MODEL_REGISTRY_URL``
+    or the config file (:func:`kale_magics.runner.registry.resolve_registry`); the token is
+    ``token``, else ``$MODEL_REGISTRY_TOKEN``.
+
+    Raises
+    ------
+    KaleError
+        The notebook does not read, registers no model, names no registry anywhere, or the
+        registry cannot be reached or refuses.
+    """
+    plan = read_plan(notebook)
+    models = registered_models(plan)
+    if not models:
+        raise KaleError(f"{os.path.basename(os.fspath(notebook))} registers no model; add "
+                        "--register VAR[:NAME] to the %%kale step that makes it")
+    found = resolve_registry(plan.settings, registry)
+    if found is None:
+        raise KaleError("no Model Registry address given: pass --model-registry URL, add it to "
+                        "%kale pipeline, or set $MODEL_REGISTRY_URL")
+    return found[0], list_versions(found[0], models, token)
+
+
+# -- a notebook-server image --------------------------------------------------------------------
+
+def notebook_image(output_dir: str | os.PathLike[str], base: str | None = None,
+                   from_pypi: bool = False) -> ImageContext:
+    """Write the Dockerfile and build context of a Kubeflow notebook-server image with
+    kale-magics (see :mod:`kale_magics.codegen.image`).
+
+    Raises
+    ------
+    KaleError
+        A bad ``base``, an unwritable folder, or the kale-magics wheel cannot be built.
+    """
+    return write_image_context(output_dir, base, from_pypi)
+
+
 # -- parameter sweeps ---------------------------------------------------------------------------
 
 def plan_sweep(compiled: CompiledPipeline, specs: Sequence[str], *, metric: str, goal: str,
@@ -466,60 +576,3 @@ def sweep(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline, specs
     if on_plan is not None:
         on_plan(plan)
     return run_sweep(plan, compiled, targets, parallel, on_change, halt)
-
-
-# -- a notebook's runs ------------------------------------------------------------------------
-
-def run_roots(notebook: str | os.PathLike[str], pipeline_roots: Sequence[str] = ()) -> list[str]:
-    """Where a notebook's local runs are: ``pipeline_roots`` (``--pipeline-root`` of earlier
-    runs), then ``.kale/local_runs`` and ``.kale/container_runs`` next to it (the defaults), then
-    the trials of its local sweeps (``.kale/sweeps/<pipeline>-<time>/trial-NNN``)."""
-    out = default_output_dir(notebook)
-    return [*pipeline_roots, os.path.join(out, "local_runs"), os.path.join(out, "container_runs"),
-            *sweep_targets.trial_roots(out)]
-
-
-def run_history(notebook: str | os.PathLike[str], *, pipeline_roots: Sequence[str] = (),
-                server: KfpSession | None = None) -> RunHistory:
-    """The notebook's runs, newest first: the local runs recorded under :func:`run_roots` and,
-    with ``server``, the KFP server's runs of the notebook's pipeline (see
-    :mod:`kale_magics.runner.history`). A server that cannot list them adds a note instead.
-
-    Raises
-    ------
-    NotebookError, AnnotationError, AnalysisError
-        Only with ``server``: the notebook does not read (its pipeline's name is needed).
-    """
-    runs = history.local_runs(run_roots(notebook, pipeline_roots), str(notebook))
-    notes: list[str] = []
-    if server is not None:
-        try:
-            runs += history.remote_runs(server, read_plan(notebook))
-        except KaleError as error:
-            notes.append(f"runs on {server.connection.host} not listed: {error}")
-    return RunHistory(tuple(sorted(runs, key=lambda r: r.start, reverse=True)), tuple(notes))
-
-
-def compare_runs(first: RunRecord, second: RunRecord) -> list[ComparedValue]:
-    """State, duration, parameters and metrics of two runs side by side (``differs`` marks
-    the values that are not equal)."""
-    return history.compare(first, second)
-
-
-def load_step(notebook: str | os.PathLike[str], step: str, names: Sequence[str],
-              namespace: MutableMapping[str, Any], *, run_id: str | None = None,
-              pipeline_roots: Sequence[str] = ()) -> list[LoadedValue]:
-    """Bind a local run's saved values of ``step`` in ``namespace`` (the user namespace): its
-    outputs when it succeeded, its inputs when it failed, or only ``names``; from run
-    ``run_id`` (a local run's id, or a part only it holds), default the latest.
-
-    Raises
-    ------
-    RunError
-        No recorded local run, an unknown run, step or variable, or a value that cannot be
-        loaded; one line naming it and what there is.
-    """
-    roots = run_roots(notebook, pipeline_roots)
-    runs = history.local_runs(roots, str(notebook))
-    where = f"under {' or '.join(dict.fromkeys(os.path.relpath(r) for r in roots))}"
-    return history.load_values(history.find_run(runs, run_id, where), step, names, namespace)

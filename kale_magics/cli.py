@@ -15,17 +15,9 @@ from typing import Any, Callable, Sequence
 
 from kale_magics import __version__, api
 from kale_magics.views.history import comparison_text, history_json, runs_text
-from kale_magics.views.text import (
-    plan_text,
-    run_summary,
-    schedules_text,
-    status_text,
-    step_line,
-    sweep_heading,
-    sweep_outcome,
-    sweep_text,
-    trial_line,
-)
+from kale_magics.views.text import (models_text, plan_text, run_summary, schedules_text,
+                                    status_text, step_line, sweep_heading, sweep_outcome,
+                                    sweep_text, trial_line)
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -258,6 +250,19 @@ def _runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    print(models_text(*api.model_versions(args.notebook, args.model_registry)))
+    return 0
+
+
+def _image(args: argparse.Namespace) -> int:
+    context = api.notebook_image(args.output, args.base, args.from_pypi)
+    what = f"wheels/{context.wheel}" if context.wheel else "kale-magics from PyPI"
+    print(f"wrote {context.folder}/Dockerfile (FROM {context.base}, with {what})\n"
+          f"build it: {context.build_command}")
+    return 0
+
+
 def _warn(messages: Sequence[str], kind: str = "warning") -> None:
     """Print each message on stderr (stdout stays clean for --json)."""
     for message in messages:
@@ -371,6 +376,24 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("-o", "--output", required=True, metavar="OUT.ipynb",
                          help="where to write the converted copy")
     convert.set_defaults(handler=_convert)
+    models = sub.add_parser("models", help="list the registered versions of the notebook's models",
+                            description="list the versions of the models the notebook's steps "
+                            "--register, as the Kubeflow Model Registry holds them")
+    models.add_argument("notebook", help="the annotated .ipynb file (only read)")
+    models.add_argument("--model-registry", metavar="URL", help="registry address; default: the "
+                        "notebook's --model-registry, then $MODEL_REGISTRY_URL, then the config file")
+    models.set_defaults(handler=_models)
+    image = sub.add_parser("image", help="write a Kubeflow notebook image's Dockerfile with "
+                           "kale-magics", description="write the Dockerfile and build context of a "
+                           "Kubeflow notebook-server image with kale-magics and its widgets")
+    image.add_argument("--base", metavar="IMAGE", help="image to extend: a Kubeflow name "
+                       "(jupyter-scipy, the default; codeserver-python for VS Code; jupyter-pytorch, "
+                       "...) or any image reference")
+    image.add_argument("-o", "--output", default="kale-notebook-image", metavar="DIR",
+                       help="folder for the Dockerfile and context (default kale-notebook-image)")
+    image.add_argument("--from-pypi", action="store_true",
+                       help="install kale-magics from PyPI instead of a wheel of this source")
+    image.set_defaults(handler=_image)
     return parser
 
 

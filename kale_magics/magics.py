@@ -30,6 +30,7 @@ from kale_magics.views import history as history_views
 from kale_magics.views import rich
 from kale_magics.views.text import (
     check_text,
+    models_text,
     plan_text,
     run_summary,
     status_text,
@@ -99,6 +100,29 @@ ACTION_PARSERS: dict[str, api.GrammarParser] = {
     "export": _action_parser("export", "Write a copy of the notebook annotated with Kale's tags.",
                              (("--kale-tags",), {"required": True, "metavar": "OUT.ipynb",
                                                  "help": "where to write the copy"})),
+    "runs": _action_parser("runs", "List this notebook's runs (local, and on the KFP server with "
+                           "--remote or --host): state, start, duration, parameters, metrics.",
+                           (("--compare",), {"nargs": 2, "metavar": "RUN_ID",
+                                             "help": "two runs side by side; * marks what differs"}),
+                           (("--pipeline-root",), {"action": "append", "default": [],
+                                                   "help": "also look for local runs here"}),
+                           (("--remote",), {"action": "store_true",
+                                            "help": "also list the configured KFP server's runs"}),
+                           *_REMOTE_OPTIONS),
+    "load": _action_parser("load", "Load a step's saved outputs (or a failed step's inputs) from a "
+                           "local run into the kernel, to debug it.",
+                           (("step",), {"metavar": "STEP", "help": "the step"}),
+                           (("names",), {"nargs": "*", "metavar": "VAR",
+                                         "help": "only these variables (default: all)"}),
+                           (("--run",), {"dest": "run_id", "metavar": "RUN_ID",
+                                         "help": "a local run's id, or a part only it holds "
+                                         "(default: the latest; see %%kale runs)"}),
+                           (("--pipeline-root",), {"action": "append", "default": [],
+                                                   "help": "also look for local runs here"})),
+    "models": _action_parser("models", "List the registered versions of the models this "
+                             "notebook's steps --register in the Model Registry.",
+                             (("--model-registry",), {"metavar": "URL", "help": "registry address; "
+                              "default: %%kale pipeline --model-registry, then $MODEL_REGISTRY_URL"})),
     "sweep": _action_parser("sweep", "Run the pipeline once per combination of parameter values "
                             "(or --random N picks), locally or on a KFP server with --host (or "
                             "--remote), at most --parallel K at once; a live table marks the best "
@@ -123,25 +147,6 @@ ACTION_PARSERS: dict[str, api.GrammarParser] = {
                             (("--interval",), {"type": float, "default": 2.0,
                                                "help": "seconds between status polls (remote)"}),
                             *_REMOTE_OPTIONS),
-    "runs": _action_parser("runs", "List this notebook's runs (local, and on the KFP server with "
-                           "--remote or --host): state, start, duration, parameters, metrics.",
-                           (("--compare",), {"nargs": 2, "metavar": "RUN_ID",
-                                             "help": "two runs side by side; * marks what differs"}),
-                           (("--pipeline-root",), {"action": "append", "default": [],
-                                                   "help": "also look for local runs here"}),
-                           (("--remote",), {"action": "store_true",
-                                            "help": "also list the configured KFP server's runs"}),
-                           *_REMOTE_OPTIONS),
-    "load": _action_parser("load", "Load a step's saved outputs (or a failed step's inputs) from a "
-                           "local run into the kernel, to debug it.",
-                           (("step",), {"metavar": "STEP", "help": "the step"}),
-                           (("names",), {"nargs": "*", "metavar": "VAR",
-                                         "help": "only these variables (default: all)"}),
-                           (("--run",), {"dest": "run_id", "metavar": "RUN_ID",
-                                         "help": "a local run's id, or a part only it holds "
-                                         "(default: the latest; see %%kale runs)"}),
-                           (("--pipeline-root",), {"action": "append", "default": [],
-                                                   "help": "also look for local runs here"})),
     "panel": _action_parser("panel", "Show the deploy panel: settings, Check, Compile, Run, "
                             "Cancel, and the DAG with every step's state, live."),
 }
@@ -188,7 +193,8 @@ class KaleMagics(Magics):
             "show": self._show, "check": self._check, "compile": self._compile,
             "run": self._run, "status": self._status, "cancel": self._cancel,
             "export": self._export, "panel": self._panel, "runs": self._runs,
-            "load": self._load, "sweep": self._sweep}
+            "load": self._load, "models": self._models,
+            "sweep": self._sweep}
 
     @line_cell_magic
     def kale(self, line: str, cell: str | None = None) -> Any:
@@ -400,6 +406,9 @@ class KaleMagics(Magics):
         status = api.cancel_remote(self._connect(args), run_id)
         ended = "" if status.state in ("CANCELED", "CANCELING") else " (it ended before it could be canceled)"
         print(f"run {run_id}: {status.state}{ended}")
+
+    def _models(self, args: argparse.Namespace) -> None:
+        print(models_text(*api.model_versions(self._notebook(args), args.model_registry)))
 
     def _export(self, args: argparse.Namespace) -> None:
         written, warnings = api.convert(self._notebook(args), args.kale_tags, "kale-tags")

@@ -176,6 +176,30 @@ class StepSettings:
 
 
 @dataclass(frozen=True)
+class Registration:
+    """A model a step registers in the Kubeflow Model Registry after it ran (``--register``).
+
+    Attributes
+    ----------
+    variable:
+        The step's variable holding the model; saved as a KFP ``Model`` artifact.
+    model:
+        The registered model's name (``--register VAR:NAME``; default the variable's name).
+    format, format_version:
+        The model format (``--model-format sklearn:1.5``); None: told in the step from the
+        value's type (``runtime.registration.model_format``).
+    version:
+        The version's name (``--register-version``); None: the run's name.
+    """
+
+    variable: str
+    model: str
+    format: str | None = None
+    format_version: str | None = None
+    version: str | None = None
+
+
+@dataclass(frozen=True)
 class Loop:
     """``--for VARIABLE in ITEMS [--parallelism N]`` of a step: the step runs once per item.
 
@@ -237,6 +261,8 @@ class Annotation:
         ``--for VAR in LIST``: the step runs once per item of LIST; None for a plain step.
     condition:
         ``--if "EXPR"``: the step runs only when EXPR is true; None for a plain step.
+    registrations:
+        Models the step registers in the Model Registry (``--register``).
     """
 
     kind: str
@@ -247,6 +273,7 @@ class Annotation:
     settings: StepSettings = field(default_factory=StepSettings)
     loop: Loop | None = None
     condition: Condition | None = None
+    registrations: tuple[Registration, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -268,6 +295,9 @@ class PipelineSettings:
         Path of the notebook file, for kernels that cannot tell (nbclient, papermill).
     pip_index_urls, pip_trusted_hosts:
         Where steps install packages from on the cluster (a mirror, a private index).
+    model_registry:
+        The Kubeflow Model Registry's REST address (``https://registry:443``) for steps that
+        ``--register`` models; without it, ``$MODEL_REGISTRY_URL`` or the config file.
     step_defaults:
         Execution settings every step gets unless it sets its own.
     on_exit:
@@ -282,6 +312,7 @@ class PipelineSettings:
     notebook: str | None = None
     pip_index_urls: tuple[str, ...] = field(default=(), metadata=_merge_entries(_whole_list))
     pip_trusted_hosts: tuple[str, ...] = field(default=(), metadata=_merge_entries(_whole_list))
+    model_registry: str | None = None
     step_defaults: StepSettings = field(default_factory=StepSettings)
     on_exit: str | None = None
 
@@ -446,6 +477,9 @@ class Step:
     scalars:
         Variables of this step a later step's condition reads: emitted as output
         parameters (JSON text) as well as artifacts.
+    registrations:
+        Models the step registers in the Model Registry after its code ran; each
+        variable is also one of ``outputs``.
     """
 
     name: str
@@ -462,6 +496,7 @@ class Step:
     condition: Condition | None = None
     condition_inputs: tuple[Input, ...] = ()
     scalars: tuple[str, ...] = ()
+    registrations: tuple[Registration, ...] = ()
 
     @property
     def upstream(self) -> tuple[str, ...]:

@@ -286,39 +286,6 @@ def test_cancel_a_remote_run(shell, panels, kfp_server, token_env, tmp_path) -> 
     assert status.state == "CANCELED"
 
 
-def test_sweep_section_runs_trials_and_marks_the_best(shell, panels, tmp_path) -> None:  # noqa: F811
-    from tests.test_sweep import TINY
-
-    path = write_notebook(tmp_path / "tiny.ipynb", TINY)
-    panel = make_panel(panels, path, shell, warm_worker=False)
-    section = panel.sweep
-    assert list(section.metric.options) == ["score"] and section.stop_button.disabled
-    section.specs.value = "X=3,1"
-    section.goal.value = "minimize"
-    section.start_button.click()
-    assert section.start_button.disabled and panel.run_button.disabled  # one thing at a time
-    result = section.wait(120)
-    assert [t.state for t in result.trials] == ["SUCCEEDED", "SUCCEEDED"]
-    assert result.best is result.trials[1]  # X=1: score 12, the smaller
-    assert "data-trial='2' data-state='SUCCEEDED' data-best='true'" in section.table.value
-    frame = shell.user_ns.pop("_kale_sweep")
-    assert list(frame["score"]) == [32.0, 12.0]
-    panel.refresh()
-    assert not section.start_button.disabled and not panel.run_button.disabled
-
-
-def test_sweep_section_bad_values_are_one_red_line(shell, panels, tmp_path) -> None:  # noqa: F811
-    from tests.test_sweep import TINY
-
-    path = write_notebook(tmp_path / "tiny.ipynb", TINY)
-    panel = make_panel(panels, path, shell, warm_worker=False)
-    panel.sweep.specs.value = "X=1,two"
-    panel.sweep.start_button.click()
-    assert "parameter &#x27;X&#x27; is int, but &#x27;two&#x27;" in panel.sweep.table.value
-    assert "kale-error" in panel.sweep.table.value and panel.sweep.result is None
-    assert not panel.sweep.active and not (tmp_path / ".kale" / "sweeps").exists()
-
-
 SIBLINGS = ("%%kale step first\nx = 1", "%%kale step middle\ny = 1 / 0",
             "%%kale step last\nz = 3", "%%kale step after_middle\nw = y + 1")
 SIBLING_STATES = {"first": "SUCCEEDED", "middle": "FAILED", "last": "SUCCEEDED",
@@ -358,3 +325,36 @@ def test_a_failed_sibling_stops_only_its_dependents_in_every_front_end(shell, pa
     assert status.state == "FAILED"
     assert states(panel) == SIBLING_STATES
     assert dict(_node_states(panel.dag_html.value)) == SIBLING_STATES
+
+
+def test_sweep_section_runs_trials_and_marks_the_best(shell, panels, tmp_path) -> None:  # noqa: F811
+    from tests.test_sweep import TINY
+
+    path = write_notebook(tmp_path / "tiny.ipynb", TINY)
+    panel = make_panel(panels, path, shell, warm_worker=False)
+    section = panel.sweep
+    assert list(section.metric.options) == ["score"] and section.stop_button.disabled
+    section.specs.value = "X=3,1"
+    section.goal.value = "minimize"
+    section.start_button.click()
+    assert section.start_button.disabled and panel.run_button.disabled  # one thing at a time
+    result = section.wait(120)
+    assert [t.state for t in result.trials] == ["SUCCEEDED", "SUCCEEDED"]
+    assert result.best is result.trials[1]  # X=1: score 12, the smaller
+    assert "data-trial='2' data-state='SUCCEEDED' data-best='true'" in section.table.value
+    frame = shell.user_ns.pop("_kale_sweep")
+    assert list(frame["score"]) == [32.0, 12.0]
+    panel.refresh()
+    assert not section.start_button.disabled and not panel.run_button.disabled
+
+
+def test_sweep_section_bad_values_are_one_red_line(shell, panels, tmp_path) -> None:  # noqa: F811
+    from tests.test_sweep import TINY
+
+    path = write_notebook(tmp_path / "tiny.ipynb", TINY)
+    panel = make_panel(panels, path, shell, warm_worker=False)
+    panel.sweep.specs.value = "X=1,two"
+    panel.sweep.start_button.click()
+    assert "parameter &#x27;X&#x27; is int, but &#x27;two&#x27;" in panel.sweep.table.value
+    assert "kale-error" in panel.sweep.table.value and panel.sweep.result is None
+    assert not panel.sweep.active and not (tmp_path / ".kale" / "sweeps").exists()

@@ -213,7 +213,8 @@ class DeployPanel(w.VBox):
         with self._lock:
             control, now = self.control, time.time()
             status = control.status if control else None
-            active = bool(control and control.active) or self.sweep.active
+            sweeping = self.sweep.active
+            active = bool(control and control.active) or sweeping
             previous = bool(control and control.previous)
             self.status_html.value = rich.status_line_html(
                 status, now, control.activity if control else "",

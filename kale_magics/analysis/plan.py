@@ -29,7 +29,7 @@ from kale_magics.analysis.travel import travel_warnings
 from kale_magics.errors import AnalysisError
 from kale_magics.analysis.control import (check_conditions, check_exit_step, check_loops,
                                           mark_exit_step, scalar_outputs)
-from kale_magics.model import (PRELUDE_KINDS, Cell, Condition, Input, Loop, Metric,
+from kale_magics.model import (PRELUDE_KINDS, Annotation, Cell, Condition, Input, Loop, Metric,
                                PipelineSettings, Plan, Step, StepSettings)
 from kale_magics.notebook.annotations import pipeline_name_from
 
@@ -253,7 +253,8 @@ def _replayed(draft: _StepDraft) -> tuple[tuple[Cell, str], ...]:
 
 
 def _outputs(drafts: Sequence[_StepDraft]) -> dict[str, set[str]]:
-    outputs = {d.name: {n for c in d.explicit for n in c.annotation.outputs} for d in drafts}
+    outputs = {d.name: {n for c in d.explicit for n in c.annotation.outputs}
+               | {r.variable for r in d.head.annotation.registrations} for d in drafts}
     for draft in drafts:
         for name, producer in draft.inputs.items():
             outputs[producer].add(name)
@@ -268,11 +269,11 @@ def _order(drafts: Sequence[_StepDraft], outputs: dict[str, set[str]],
         name=d.name, cells=tuple(d.cells), after=d.after,
         inputs=tuple(Input(n, p) for n, p in sorted(d.inputs.items())),
         outputs=tuple(sorted(outputs[d.name])), parameters=tuple(sorted(d.parameters)),
-        metrics=tuple(d.metrics), settings=defaults.merged(d.head.annotation.settings),
+        metrics=tuple(d.metrics), settings=_settings(defaults, d.head.annotation),
         imports=_replayed(d), reads_outside=outside[d.name], loop=d.loop,
         condition=d.condition,
         condition_inputs=tuple(Input(n, p) for n, p in sorted(d.condition_inputs.items())),
-        scalars=scalars.get(d.name, ()))
+        scalars=scalars.get(d.name, ()), registrations=d.head.annotation.registrations)
         for d in drafts}
     position = {d.name: i for i, d in enumerate(drafts)}
     last = {d.name for d in drafts if d.is_exit}  # the exit step runs after every other step
@@ -289,6 +290,15 @@ def _order(drafts: Sequence[_StepDraft], outputs: dict[str, set[str]],
         order.extend(steps[name] for name in ready)
         sorter.done(*ready)
     return tuple(order)
+
+
+def _settings(defaults: StepSettings, annotation: Annotation) -> StepSettings:
+    """The step's settings over the pipeline's defaults; a step that registers models is not
+    cached unless it says so (``--cache``): a cached step would register nothing."""
+    settings = defaults.merged(annotation.settings)
+    if annotation.registrations and annotation.settings.cache is None:
+        settings = replace(settings, cache=False)
+    return settings
 
 
 class _MergeCycle(AnalysisError):

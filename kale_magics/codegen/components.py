@@ -10,18 +10,21 @@ argument is the runtime bundle (``kale_runtime``, see ``codegen.embedding``).
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from typing import Mapping, Sequence
 
 from kale_magics.codegen.cell_code import (check_argument_size, check_parameter_sizes, places,
                                             prelude_cells, step_cells)
 from kale_magics.codegen.control import LOOP_ITEM, SCALAR_PREFIX, loop_lists
+from kale_magics.codegen.registration_arguments import (REGISTRATION_ARGUMENTS, REGISTRY_PARAMETER,
+                                                        RUN_ID_ARGUMENT, RUN_NAME_ARGUMENT)
 from kale_magics.codegen.embedding import (LOADER, RUNTIME_INPUT, embedded_loader,
                                            runtime_component_function)
 from kale_magics.codegen.layout import wrapped
 from kale_magics.codegen.literals import literal, string_literal
 from kale_magics.codegen.parameters import JSON_TYPES, kfp_type, kfp_value
 from kale_magics.errors import CompileError
-from kale_magics.model import Cell, Parameter, Plan, Step
+from kale_magics.model import Cell, Parameter, Plan, Registration, Step
 
 METRICS_ARTIFACT = "kale_metrics"
 #: The exit step's argument holding KFP's ``dsl.PipelineTaskFinalStatus``.
@@ -60,6 +63,8 @@ def signature(step: Step, parameters: Mapping[str, Parameter],
     args += [f"{FINAL_STATUS}: dsl.PipelineTaskFinalStatus"] if exit_step else []
     if step.metrics:
         args.append(f"{METRICS_ARTIFACT}: Output[Metrics]")
+    if step.registrations:
+        args += [f"{name}: str" for name in REGISTRATION_ARGUMENTS]
     names = [a.split(":")[0] for a in args]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
@@ -69,6 +74,8 @@ def signature(step: Step, parameters: Mapping[str, Parameter],
 
 
 def _artifact_class(name: str, artifact_types: Mapping[str, str]) -> str:
+    """The KFP artifact class of variable ``name``; a registered model's is ``Model``
+    (``render_module`` puts it in ``artifact_types``)."""
     kind = artifact_types.get(name, "Artifact")
     return kind if kind in ARTIFACT_CLASSES else "Artifact"
 
@@ -146,7 +153,18 @@ def _run_step_arguments(step: Step, parameters: Mapping[str, Parameter],
              "}")):
         if items:
             found.append(wrapped(f"{keyword}={opening}", items, closing, 8))
-    return found + ([f"metrics_artifact={METRICS_ARTIFACT}"] if step.metrics else [])
+    found += [f"metrics_artifact={METRICS_ARTIFACT}"] if step.metrics else []
+    if step.registrations:
+        found.append(wrapped("registrations=[", [repr(_registration(r)) for r in step.registrations],
+                             "]", 8))
+        found += [f"model_registry={REGISTRY_PARAMETER}",
+                  f"run={{'id': {RUN_ID_ARGUMENT}, 'name': {RUN_NAME_ARGUMENT}}}"]
+    return found
+
+
+def _registration(registration: Registration) -> dict[str, str]:
+    """``runtime.registration.register``'s description of one ``--register``: unset fields left out."""
+    return {key: value for key, value in asdict(registration).items() if value is not None}
 
 
 def _cells(plan: Plan) -> list[Cell]:

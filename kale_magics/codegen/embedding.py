@@ -38,7 +38,8 @@ from kale_magics import __version__
 from kale_magics.codegen.literals import string_literal
 
 #: The runtime modules shipped to every step: ``kale_magics/runtime/<name>.py``. The one list.
-RUNTIME_MODULES = ("backends", "bundle", "channel", "marshal", "pickling", "shell", "step")
+RUNTIME_MODULES = ("backends", "bundle", "channel", "marshal", "pickling", "registration", "shell",
+                   "step")
 #: The component (and the pipeline function's task variable is ``<this>_task``).
 RUNTIME_COMPONENT = "kale_runtime"
 #: Every step's input artifact holding the bundle.
@@ -60,8 +61,8 @@ _WRITER = '''\
 def {name}({output}: Output[Artifact]):
     """Write the step runtime (with its bytecode) and the notebook's imports and functions cells.
 
-    The runtime is kale_magics/runtime/{{{modules}}}.py of kale-magics {version},
-    as zlib-compressed JSON in base64; sha256 of the JSON:
+    The runtime is kale_magics/runtime/{{{modules}}}.py
+    of kale-magics {version}, as zlib-compressed JSON in base64; sha256 of the JSON:
     {digest}.
     """
     import base64

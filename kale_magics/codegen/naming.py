@@ -29,6 +29,7 @@ import re
 import unicodedata
 from typing import Iterable
 
+from kale_magics.codegen.registration_arguments import REGISTRATION_ARGUMENTS
 from kale_magics.codegen.embedding import LOADER_NAMES, RUNTIME_COMPONENT
 from kale_magics.codegen.parameters import value_problem
 from kale_magics.errors import CompileError
@@ -97,7 +98,9 @@ def _check_parameters(plan: Plan, steps: list[str], kubernetes: bool) -> None:
     taken.update({RUNTIME_COMPONENT: "the step runtime's component",
                   task_variable(RUNTIME_COMPONENT): "the task variable of the step runtime",
                   **{name: "a name each step's component uses to load the step runtime"
-                     for name in LOADER_NAMES}})
+                     for name in LOADER_NAMES},
+                  **{name: "an argument of the steps that register models"
+                     for name in REGISTRATION_ARGUMENTS}})
     for parameter in plan.parameters:
         name = parameter.name
         problem = value_problem(parameter, parameter.value)

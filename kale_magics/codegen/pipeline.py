@@ -15,12 +15,13 @@ import functools
 import os
 import sys
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 from kale_magics import __version__
 from kale_magics.analysis.names import scan_blocks
 from kale_magics.codegen.cell_code import python_sources
-from kale_magics.codegen.components import (PIP_INDEX_URLS, PIP_TRUSTED_HOSTS, render_component,
+from kale_magics.codegen.components import (PIP_INDEX_URLS, PIP_TRUSTED_HOSTS, REGISTRY_PARAMETER,
+                                             RUN_ID_ARGUMENT, RUN_NAME_ARGUMENT, render_component,
                                              render_runtime_component)
 from kale_magics.codegen.control import (ITEMS_SOURCE, LOOP_ITEM, condition_component,
                                          condition_groups, condition_lines, loop_item,
@@ -80,6 +81,7 @@ def render_module(plan: Plan, artifact_types: Mapping[str, str] | None = None) -
     """
     check_names(plan, kubernetes=uses_kubernetes(plan.steps))
     types = dict(artifact_types or {})
+    types.update({r.variable: "Model" for step in plan.steps for r in step.registrations})
     sources = python_sources((*plan.prelude, *(c for step in plan.steps for c in step.cells)))
     imports = {index: _imports(source) for index, source in sources.items()}
     prelude = [m for c in plan.prelude for m in imports[c.index]]
@@ -89,6 +91,8 @@ def render_module(plan: Plan, artifact_types: Mapping[str, str] | None = None) -
         derived, missing = step_packages(modules, installed)
         producers = sorted({i.producer for i in step.inputs})
         derived = with_producers(derived, (packages[p] for p in producers))
+        if step.registrations:  # the step registers with the model-registry client
+            derived = with_overrides(derived, registry_requirement(installed))
         packages[step.name] = with_overrides(derived, step.settings.packages)
         unknown += [m for m in missing if m not in unknown]
     warnings = [f"no installed package provides module {m!r}; install it here, or name its "
@@ -105,6 +109,12 @@ def render_module(plan: Plan, artifact_types: Mapping[str, str] | None = None) -
         _pipeline_function(plan),
     ]
     return RenderedModule("\n\n".join(parts), packages, warnings)
+
+
+def registry_requirement(installed: Any) -> list[str]:
+    """``["model-registry==X"]``, pinned to the version installed here, or unpinned."""
+    pinned, _ = step_packages(["model_registry"], installed)
+    return pinned or ["model-registry"]
 
 
 @functools.lru_cache(maxsize=4096)  # pure; a recompile meets the same cells again
@@ -178,6 +188,8 @@ def _all_tasks(plan: Plan) -> tuple[Step, ...]:
 def _pipeline_function(plan: Plan) -> str:
     params = "".join(f"    {p.name}: {kfp_type(p)} = {kfp_value(p, p.value)!r},\n"
                      for p in plan.parameters)
+    if any(step.registrations for step in plan.steps):
+        params += f"    {REGISTRY_PARAMETER}: str = {plan.settings.model_registry or ''!r},\n"
     description = plan.settings.description
     decorator = f"@dsl.pipeline(name={plan.name!r}"
     decorator += f", description={description!r})" if description else ")"
@@ -221,6 +233,10 @@ def _task_lines(step: Step, loops: set[str], indent: int, exit_step: bool = Fals
     for i in step.inputs:
         output = f"{task_variable(i.producer)}.outputs[{'out_' + i.name!r}]"
         args.append(f"in_{i.name}=" + (f"dsl.Collected({output})" if i.producer in loops else output))
+    if step.registrations:
+        args += [f"{REGISTRY_PARAMETER}={REGISTRY_PARAMETER}",
+                 f"{RUN_ID_ARGUMENT}=dsl.PIPELINE_JOB_ID_PLACEHOLDER",
+                 f"{RUN_NAME_ARGUMENT}=dsl.PIPELINE_JOB_NAME_PLACEHOLDER"]
     lines = [wrapped(f"{task_variable(step.name)} = {step.name}(", args, ")", indent)]
     if step.after:
         lines.append(wrapped(f"{task_variable(step.name)}.after(",

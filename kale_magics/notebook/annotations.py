@@ -9,12 +9,14 @@ Cell annotations (the first line of a code cell)::
     %%kale imports | functions | parameters | metrics | skip
     %%kale step NAME [--after STEP ...] [--inputs NAME ...] [--outputs NAME ...]
                      [--for VAR in LIST [--parallelism N]] [--if "EXPR"] [OPTIONS]
+                     [--register VAR[:NAME] ...] [--model-format FORMAT[:VERSION]]
+                     [--register-version VERSION]
 
 Pipeline settings (a line anywhere in a code cell)::
 
     %kale pipeline [--name NAME] [--experiment E] [--description D] [--host URL]
                    [--notebook PATH] [--pip-index-url URL] [--pip-trusted-host HOST]
-                   [--on-exit STEP] [OPTIONS]
+                   [--on-exit STEP] [--model-registry URL] [OPTIONS]
 
 OPTIONS are the step execution options of ``notebook.step_options`` (``--cpu``,
 ``--memory``, ``--gpu``, ``--image``, ``--retries``, ``--timeout``, ``--env``,
@@ -81,6 +83,7 @@ def _step_parser() -> GrammarParser:
                         help="variables passed on that analysis cannot see (e.g. changed in place)")
     step_options.add_control_options(parser)
     step_options.add_options(parser)
+    step_options.add_registration_options(parser)
     return parser
 
 
@@ -100,6 +103,8 @@ def _pipeline_parser() -> GrammarParser:
                         "(nbclient, papermill)")
     parser.add_argument("--on-exit", metavar="STEP", help="the step that runs after every other "
                         "step, whether they succeeded or not; it reads PIPELINE_STATUS")
+    parser.add_argument("--model-registry", metavar="URL",
+                        help="Kubeflow Model Registry address for steps that --register models")
     return parser
 
 
@@ -256,7 +261,8 @@ def parse_cell_line(line: str) -> Annotation:
                       outputs=_check_variables(ns.outputs, "--outputs"),
                       settings=step_options.settings_from(ns), loop=step_options.loop_from(ns),
                       condition=(step_options.condition(ns.condition)
-                                 if ns.condition is not None else None))
+                                 if ns.condition is not None else None),
+                      registrations=step_options.registrations_from(ns))
 
 
 def parse_pipeline_line(line: str) -> PipelineSettings:
@@ -281,8 +287,18 @@ def parse_pipeline_line(line: str) -> PipelineSettings:
     on_exit = None if ns.on_exit is None else check_step_name(ns.on_exit, "--on-exit step")
     return PipelineSettings(name=ns.name, experiment=ns.experiment, description=ns.description,
                             host=ns.host, notebook=ns.notebook, on_exit=on_exit,
+                            model_registry=_optional_url(ns.model_registry, line),
                             pip_index_urls=tuple(ns.pip_index_url),
                             pip_trusted_hosts=tuple(ns.pip_trusted_host), step_defaults=defaults)
+
+
+def _optional_url(value: str | None, line: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        return step_options.registry_url(value)
+    except AnnotationError as error:
+        raise AnnotationError(error.message, line=line) from None
 
 
 def is_cell_annotation(first_line: str) -> bool:
@@ -372,7 +388,8 @@ def cell_line(annotation: Annotation) -> str:
         if names:
             words += [option, *names]
     return " ".join([CELL_PREFIX, *words, *step_options.control_text(annotation.loop, annotation.condition),
-                     *step_options.options_text(annotation.settings)])
+                     *step_options.options_text(annotation.settings),
+                     *step_options.registration_words(annotation.registrations)])
 
 
 def pipeline_line(settings: PipelineSettings) -> str:
@@ -380,7 +397,8 @@ def pipeline_line(settings: PipelineSettings) -> str:
     words = []
     for option, value in (("--name", settings.name), ("--experiment", settings.experiment),
                           ("--description", settings.description), ("--host", settings.host),
-                          ("--notebook", settings.notebook), ("--on-exit", settings.on_exit)):
+                          ("--notebook", settings.notebook), ("--on-exit", settings.on_exit),
+                          ("--model-registry", settings.model_registry)):
         if value is not None:
             words += step_options.option_words(option, value)
     for option, values in (("--pip-index-url", settings.pip_index_urls),

@@ -18,7 +18,7 @@ import shlex
 from typing import Any, Callable
 
 from kale_magics.errors import AnnotationError
-from kale_magics.model import Condition, Loop, StepSettings
+from kale_magics.model import Condition, Loop, Registration, StepSettings
 
 CPU = re.compile(r"([0-9]*[.])?[0-9]+m?")
 MEMORY = re.compile(r"[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?")
@@ -26,6 +26,10 @@ DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(s|m|h)")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+#: Names of registered models, their versions and formats: what the Model Registry's UI and
+#: KServe's storage paths take without quoting.
+REGISTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+REGISTRY_URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?")
 _SECONDS = {"s": 1, "m": 60, "h": 3600}
 
 
@@ -122,6 +126,82 @@ def package(value: str) -> str:
         raise _bad("--packages", value, "scikit-learn==1.5.2",
                    str(error).splitlines()[0]) from None
     return value
+
+
+def add_registration_options(parser: argparse.ArgumentParser) -> None:
+    """Declare ``--register``, ``--model-format`` and ``--register-version`` on a step line."""
+    add = parser.add_argument
+    add("--register", action="append", default=[], metavar="VAR[:NAME]",
+        help="register the variable's value in the Model Registry after the step (as NAME)")
+    add("--model-format", metavar="FORMAT[:VERSION]",
+        help="model format of the registered models, e.g. sklearn:1.5 (default: from the type)")
+    add("--register-version", metavar="VERSION",
+        help="version name of the registered models (default: the run's name)")
+
+
+def registrations_from(ns: argparse.Namespace) -> tuple[Registration, ...]:
+    """``--register VAR[:NAME]`` entries (with the step's ``--model-format`` and
+    ``--register-version``) as :class:`Registration`, one per variable.
+
+    Raises
+    ------
+    AnnotationError
+        VAR not a Python name, NAME, FORMAT or VERSION not a registry name, or
+        ``--model-format`` / ``--register-version`` without ``--register``.
+    """
+    if not ns.register:
+        for option, value in (("--model-format", ns.model_format),
+                              ("--register-version", ns.register_version)):
+            if value is not None:
+                raise AnnotationError(f"{option} needs --register VAR[:NAME] on the same line; "
+                                      "for example --register model:wine --model-format sklearn",
+                                      line=value)
+        return ()
+    fmt, _, fmt_version = (ns.model_format or "").partition(":")
+    for option, value in (("--model-format", fmt), ("--model-format", fmt_version),
+                          ("--register-version", ns.register_version)):
+        if value and not REGISTRY_NAME.fullmatch(value):
+            raise _bad(option, value, "sklearn:1.5" if option == "--model-format" else "v2",
+                       "letters, digits, '.', '_' and '-'")
+    found = {}
+    for entry in ns.register:
+        variable, _, model = entry.partition(":")
+        model = model or variable
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", variable) or not REGISTRY_NAME.fullmatch(model):
+            raise _bad("--register", entry, "model:wine", "a variable, then a model name")
+        found[variable] = Registration(variable, model, fmt or None, fmt_version or None,
+                                       ns.register_version)
+    return tuple(found.values())
+
+
+def registration_words(registrations: tuple[Registration, ...]) -> list[str]:
+    """The ``--register``/``--model-format``/``--register-version`` words that parse to
+    ``registrations`` (the inverse of :func:`registrations_from`)."""
+    words: list[str] = []
+    for r in registrations:
+        words += ["--register", r.variable if r.model == r.variable else f"{r.variable}:{r.model}"]
+    first = registrations[0] if registrations else None
+    if first and first.format:
+        words += ["--model-format", first.format + (f":{first.format_version}"
+                                                    if first.format_version else "")]
+    if first and first.version:
+        words += ["--register-version", first.version]
+    return words
+
+
+def registry_url(value: str, option: str = "--model-registry") -> str:
+    """The Model Registry's address, ``http(s)://HOST[:PORT][/PATH]``, without a trailing ``/``.
+
+    Raises
+    ------
+    AnnotationError
+        Not of that form (no scheme, a user name or password in it, ...).
+    """
+    url = value.strip().rstrip("/")
+    if not REGISTRY_URL.fullmatch(url):
+        raise _bad(option, value, "https://model-registry.kubeflow:8443",
+                   "http(s)://HOST[:PORT], with no user name or password")
+    return url
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:

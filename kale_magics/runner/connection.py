@@ -148,7 +148,18 @@ class Connection:
 #: The config file's keys and the types they must have.
 _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "host": (str,), "namespace": (str,), "ui_host": (str,), "token_file": (str,),
-    "connect_timeout_s": (int, float)}
+    "connect_timeout_s": (int, float), "model_registry": (str,)}
+
+
+def user_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The user config file's settings (:func:`config_path`), ``{}`` when there is none.
+
+    Raises
+    ------
+    KaleError
+        The file is not a JSON object, or a key has the wrong type.
+    """
+    return _config(os.environ if environ is None else environ)
 
 
 def _config(environ: Mapping[str, str]) -> dict[str, Any]:

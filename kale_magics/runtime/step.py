@@ -31,7 +31,7 @@ import time
 import traceback
 from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence
 
-from kale_magics.runtime import channel, marshal, shell
+from kale_magics.runtime import channel, marshal, registration, shell
 
 #: Environment variable naming the working directory of a local run's steps.
 WORKDIR_ENV = "KALE_MAGICS_WORKDIR"
@@ -61,7 +61,9 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
              imports: Sequence[tuple[str, str]] = (), position: int = 0,
              loop: Optional[tuple[str, str]] = None, returns: str = "",
              scalars: Optional[Mapping[str, str]] = None, final_status: Any = None,
-             run_steps: Sequence[str] = ()) -> Optional[list[str]]:
+             run_steps: Sequence[str] = (), registrations: Sequence[Mapping[str, str]] = (),
+             model_registry: str = "",
+             run: Optional[Mapping[str, str]] = None) -> Optional[list[str]]:
     """Run a step; on failure print the user's traceback and exit with status 1.
 
     The step sees what the notebook sees at its cells: the ``prelude`` (imports
@@ -116,6 +118,9 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
         steps, bound as ``PIPELINE_STATUS`` (:func:`pipeline_status`).
     run_steps:
         For the ``--on-exit`` step: the other steps' names.
+    registrations, model_registry, run:
+        Models to register after the step's code ran, the Model Registry's address ("" to
+        skip) and ``{"id", "name"}`` of the run (see :func:`registration.register`).
 
     Returns
     -------
@@ -131,7 +136,8 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
     try:
         items = _run_step(step, blocks, parameters, inputs, outputs, metrics, metrics_artifact,
                           json_parameters, position,
-                          _Control(loop, returns, scalars or {}, final_status, tuple(run_steps)))
+                          _Control(loop, returns, scalars or {}, final_status, tuple(run_steps)),
+                          _Registering(tuple(registrations), model_registry, dict(run or {})))
     finally:  # an error the runtime did not expect: its traceback goes to the real stderr
         channel.OutputRelay.stop_active()
     if _main_module() == "kfp.dsl.executor_main":
@@ -315,6 +321,14 @@ class _Blocks(NamedTuple):
         return {filename for filename, _ in (*self.prelude, *self.imports, *self.code)}
 
 
+class _Registering(NamedTuple):
+    """What :func:`registration.register` needs besides the step's variables and outputs."""
+
+    registrations: tuple[Mapping[str, str], ...] = ()
+    registry: str = ""
+    run: Mapping[str, str] = {}
+
+
 #: Prefix of a str parameter value escaped by :func:`escape_text`.
 ESCAPED_TEXT = "kale-magics-escaped-text:"
 #: Text KFP replaces in a component's command and parameter values (kfp.local's
@@ -363,7 +377,8 @@ def _main_module() -> str:
 def _run_step(step: str, blocks: _Blocks, parameters: Mapping[str, Any],
               inputs: Mapping[str, Any], outputs: Mapping[str, Any],
               metrics: Mapping[str, str], metrics_artifact: Any, json_parameters: Sequence[str],
-              position: int, control: "_Control") -> Optional[list[str]]:
+              position: int, control: "_Control",
+              registering: "_Registering") -> Optional[list[str]]:
     """The body of :func:`run_step`: the step runs here, in one namespace that ends with it."""
     workdir = os.environ.get(WORKDIR_ENV)
     if workdir:
@@ -388,8 +403,10 @@ def _run_step(step: str, blocks: _Blocks, parameters: Mapping[str, Any],
         values = _log_metrics(step, metrics, namespace, metrics_artifact)
         items = control.items(step, namespace)
         control.save_scalars(step, namespace)
-    except (StepFailed, marshal.MarshalError) as error:
-        if isinstance(error, marshal.MarshalError):
+        registration.register(step, registering.registrations, namespace, outputs,
+                              registering.registry, registering.run)
+    except (StepFailed, marshal.MarshalError, registration.RegistrationError) as error:
+        if not isinstance(error, StepFailed):
             print(f"step {step!r}: {error}", file=sys.stderr)
         emit("end", step, state="FAILED", duration_s=time.time() - started, **_describe(error),
              **control.fields())

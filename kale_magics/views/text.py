@@ -8,6 +8,7 @@ from typing import Any, Iterable, Mapping, Optional
 from kale_magics.analysis.live import LiveValue
 from kale_magics.analysis.preflight import CheckReport
 from kale_magics.model import Plan, Step, counted
+from kale_magics.runner.registry import RegisteredVersion
 from kale_magics.runner.remote import ScheduleInfo
 from kale_magics.runner.status import (FAILED, RUNNING, SKIPPED, SUCCEEDED, TERMINAL_STATES,
                                       RunStatus, StepStatus)
@@ -255,6 +256,28 @@ def check_text(report: CheckReport) -> str:
     return "\n".join([*lines, check_verdict(report)])
 
 
+def models_text(registry: str, versions: Iterable[RegisteredVersion]) -> str:
+    """The registered versions of a notebook's models as a table, one line per version::
+
+        Model Registry http://mr:8080
+        model  version       format         created (UTC)     run
+        wine   wine-2026...  sklearn 1.5.2  2026-12-02 11:49  wine-2026... (8b1f...)
+
+    ``registry`` is the registry's address; a model with no version shows no line, and
+    no version at all gives one line saying so.
+    """
+    rows = [(v.model, v.version, f"{v.format} {v.format_version}".strip(),
+             datetime.datetime.fromtimestamp(v.created_ms / 1000, datetime.timezone.utc)
+             .strftime("%Y-%m-%d %H:%M") if v.created_ms else "",
+             f"{v.run_name} ({v.run_id})" if v.run_id else v.run_name, v.uri)
+            for v in versions]
+    if not rows:
+        return f"Model Registry {registry}: no registered version of this notebook's models yet"
+    header = ("model", "version", "format", "created (UTC)", "run", "uri")
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]
+             for row in (header, *rows)]
+    return "\n".join([f"Model Registry {registry}", *(line.rstrip() for line in lines)])
 def value_text(value: Any) -> str:
     """A parameter or metric value in a table cell: ``0.1``, ``'gini'``, ``[1, 2]``, ``-`` for None."""
     if value is None:
