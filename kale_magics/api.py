@@ -406,9 +406,11 @@ def delete_schedule(session: KfpSession, recurring_run_id: str) -> None:
 
 def run_roots(notebook: str | os.PathLike[str], pipeline_roots: Sequence[str] = ()) -> list[str]:
     """Where a notebook's local runs are: ``pipeline_roots`` (``--pipeline-root`` of earlier
-    runs), then ``.kale/local_runs`` and ``.kale/container_runs`` next to it (the defaults)."""
+    runs), then ``.kale/local_runs`` and ``.kale/container_runs`` next to it (the defaults), then
+    the trials of its local sweeps (``.kale/sweeps/<pipeline>-<time>/trial-NNN``)."""
     out = default_output_dir(notebook)
-    return [*pipeline_roots, os.path.join(out, "local_runs"), os.path.join(out, "container_runs")]
+    return [*pipeline_roots, os.path.join(out, "local_runs"), os.path.join(out, "container_runs"),
+            *sweep_targets.trial_roots(out)]
 
 
 def run_history(notebook: str | os.PathLike[str], *, pipeline_roots: Sequence[str] = (),

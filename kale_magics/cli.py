@@ -137,8 +137,10 @@ def _add_sweep_options(cmd: argparse.ArgumentParser) -> None:
                      "or lo:hi:log")
     cmd.add_argument("--metric", required=True, help="the %%%%kale metrics line ranking the trials")
     goal = cmd.add_mutually_exclusive_group(required=True)
-    goal.add_argument("--maximize", dest="goal", action="store_const", const="maximize")
-    goal.add_argument("--minimize", dest="goal", action="store_const", const="minimize")
+    goal.add_argument("--maximize", dest="goal", action="store_const", const="maximize",
+                      help="the best trial has the largest value of the metric")
+    goal.add_argument("--minimize", dest="goal", action="store_const", const="minimize",
+                      help="the best trial has the smallest value")
     cmd.add_argument("--random", type=int, metavar="N", help="N random picks instead of the grid")
     cmd.add_argument("--seed", type=int, metavar="S", help="seed of the random picks (default: "
                      "a new one, printed)")

@@ -132,9 +132,9 @@ ACTION_PARSERS: dict[str, api.GrammarParser] = {
                                           "type); with --random also lo:hi or lo:hi:log"}),
                             (("--metric",), {"required": True, "help": "the metric ranking trials"}),
                             (("--maximize",), {"dest": "goal", "action": "store_const",
-                                               "const": "maximize"}),
+                                               "const": "maximize", "help": "larger is better"}),
                             (("--minimize",), {"dest": "goal", "action": "store_const",
-                                               "const": "minimize"}),
+                                               "const": "minimize", "help": "smaller is better"}),
                             (("--random",), {"type": int, "metavar": "N", "help": "random picks"}),
                             (("--seed",), {"type": int, "metavar": "S", "help": "their seed"}),
                             (("--parallel",), {"type": int, "default": 1, "metavar": "K",
@@ -377,6 +377,8 @@ class KaleMagics(Magics):
         self.shell.user_ns["_kale_sweep"] = table
         print(f"_kale_sweep: {note}" if note else
               "_kale_sweep holds the trials as a pandas DataFrame")
+        if not any(t.state == "SUCCEEDED" for t in result.trials):
+            raise UsageError(f"sweep of {result.pipeline}: no trial succeeded; see the table above")
 
     def _connect(self, args: argparse.Namespace) -> api.KfpSession:
         if args.host or args.namespace or args.token or self.session.server is None:

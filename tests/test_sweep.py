@@ -204,6 +204,16 @@ def test_local_trials_have_their_own_pipeline_roots(local_sweep) -> None:
     assert os.path.basename(os.path.dirname(roots[0])).startswith("tiny-")
 
 
+@pytest.mark.integration
+def test_local_trials_are_in_the_notebooks_run_history(local_sweep) -> None:
+    result, _ = local_sweep
+    notebook = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.dirname(result.trials[0].pipeline_root)))), "tiny.ipynb")
+    runs = api.run_history(notebook).runs
+    assert sorted((r.parameters["X"], r.state, r.metrics.get("score")) for r in runs) == [
+        (1, "SUCCEEDED", 12.0), (2, "FAILED", None), (3, "SUCCEEDED", 32.0)]
+
+
 # -- the front ends: parsing errors before anything runs, the magic's table and _kale_sweep ----
 
 @pytest.fixture(scope="module")
@@ -328,6 +338,15 @@ def test_halting_a_sweep_cancels_the_running_trial_and_starts_no_other(tmp_path)
     assert [t.state for t in result.trials] == ["CANCELED"] * 3
     assert result.trials[0].start is not None and result.trials[0].duration_s < 100
     assert [t.start for t in result.trials[1:]] == [None, None] and result.best is None
+
+
+@pytest.mark.integration
+def test_magic_sweep_where_no_trial_succeeds_is_a_usage_error(shell, tiny_path) -> None:
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError, match="sweep of tiny: no trial succeeded; see the table above"):
+        shell.run_line_magic("kale", f"sweep X=2 --metric score --maximize --notebook {tiny_path}")
+    assert list(shell.user_ns["_kale_sweep"]["state"]) == ["FAILED"]  # the table is still there
 
 
 @pytest.mark.integration

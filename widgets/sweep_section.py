@@ -89,7 +89,7 @@ class SweepSection:
         try:
             run = self._prepared()
         except api.KaleError as error:
-            self.table.value = rich.error_html(f"{type(error).__name__}: {error}")
+            self.table.value = rich.error_html(str(error))
             return
         self._halt = threading.Event()
         self._thread = threading.Thread(target=run, name="kale-panel-sweep", daemon=True)
@@ -134,8 +134,10 @@ class SweepSection:
                                         halt=self._halt, **options)
                 if self.namespace is not None:
                     self.namespace["_kale_sweep"] = self.result.table()[0]
-            except Exception as error:  # shown in the panel, never as a traceback
-                self.table.value = rich.error_html(f"{type(error).__name__}: {error}")
+            except api.KaleError as error:  # shown in the panel, never as a traceback
+                self.table.value = rich.error_html(str(error))
+            except Exception as error:
+                self.table.value = rich.error_html(f"unexpected {type(error).__name__}: {error}")
             finally:
                 self._set_running(False)
         return run

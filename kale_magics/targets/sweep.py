@@ -15,6 +15,7 @@ same version, and each trial is one KFP run named ``<pipeline> sweep <time> tria
 from __future__ import annotations
 
 import datetime
+import glob
 import os
 from typing import Callable
 
@@ -37,6 +38,12 @@ def sweep_root(compiled: CompiledPipeline, pipeline_root: str | None, stamp: str
     ``<output folder>/sweeps/<pipeline>-<stamp>`` (beside ``local_runs``)."""
     return os.path.abspath(pipeline_root or os.path.join(
         os.path.dirname(compiled.yaml_path), "sweeps", f"{compiled.plan.name}-{stamp}"))
+
+
+def trial_roots(output_dir: str) -> list[str]:
+    """The pipeline roots of the local sweeps' trials under ``output_dir`` (``.kale/``), where
+    the run history finds their runs."""
+    return sorted(glob.glob(os.path.join(glob.escape(output_dir), "sweeps", "*", "trial-[0-9]*")))
 
 
 def local_trials(root: str) -> Callable[[Trial], LocalTarget]:
