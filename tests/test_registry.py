@@ -279,3 +279,30 @@ def test_cli_models_and_its_errors(environment, tmp_path):
     assert down.returncode == 2
     assert down.stderr.startswith("kale-magics: error: cannot reach the Model Registry at "
                                   "http://127.0.0.1:9") and "Traceback" not in down.stderr
+
+
+# -- on a KFP server (the stand-in, tests/kfp_server): the run is the model's source -----------
+
+from tests.kfp_server.fixtures import kfp_server, token_env  # noqa: E402,F401  (fixtures)
+
+
+def test_a_kfp_run_registers_with_the_run_as_source(compiled, kfp_server, token_env,  # noqa: F811
+                                                    registry, monkeypatch):
+    monkeypatch.setenv("MODEL_REGISTRY_TOKEN", TOKEN)
+    monkeypatch.delenv("MODEL_REGISTRY_URL", raising=False)
+    target = api.KfpTarget(kfp_server.url, watch_options=api.watch_options(interval_s=0.5))
+    before = len(kfp_server.store.runs)
+    with pytest.raises(KaleError, match="registers model wine, but no Model Registry address"):
+        api.run(compiled, target)
+    assert len(kfp_server.store.runs) == before  # refused before anything was submitted
+    monkeypatch.setenv("MODEL_REGISTRY_URL", registry.url)
+    status = api.run(compiled, target)
+    assert status.state == "SUCCEEDED", status
+    (artifact,) = registry.artifacts.values()
+    workflow = kfp_server.store.runs[status.run_id].workflow.name
+    assert (artifact["modelSourceId"], artifact["modelSourceName"], artifact["modelSourceGroup"]) \
+        == (status.run_id, workflow, "kubeflow")
+    assert kfp_server.run_json(status.run_id)["runtime_config"]["parameters"] == {
+        "kale_model_registry": registry.url}
+    spec = json.dumps(kfp_server.run_json(status.run_id))
+    assert TOKEN not in spec
