@@ -109,6 +109,14 @@ def test_the_registry_address_is_a_parameter_and_no_token_reaches_the_ir(tmp_pat
     assert TOKEN not in dsl and TOKEN not in ir
 
 
+def test_registering_a_variable_the_step_does_not_assign_is_a_compile_error(tmp_path):
+    path = write_notebook(tmp_path / "nb.ipynb", (
+        "%%kale step load\nmodel = 1", "%%kale step train --register model\nscore = model + 1"))
+    with pytest.raises(KaleError, match="cell 1 .*: step 'train' registers `model` \\(--register\\), "
+                       "which the step never assigns"):
+        api.compile_notebook(path, str(tmp_path / "out"))
+
+
 def test_a_parameter_named_like_a_registration_argument_is_refused(tmp_path):
     path = write_notebook(tmp_path / "nb.ipynb", (
         "%%kale parameters\nkale_run_id = 'x'", "%%kale step train --register m\nm = kale_run_id"))
