@@ -124,6 +124,22 @@ def test_a_parameter_named_like_a_registration_argument_is_refused(tmp_path):
         api.compile_notebook(path, str(tmp_path / "out"))
 
 
+def test_exporting_to_kale_tags_says_registration_is_lost(tmp_path):
+    path = write_notebook(tmp_path / "wine.ipynb", WINE)
+    _, warnings = api.convert(path, tmp_path / "kale.ipynb", "kale-tags")
+    assert any("Kale tags cannot express --register --register-version" in w for w in warnings)
+
+
+def test_a_local_run_without_the_client_refuses_with_the_pip_line(compiled, monkeypatch):
+    from kale_magics.runner import local
+
+    real = local._installed_version
+    monkeypatch.setattr(local, "_installed_version",
+                        lambda name: None if name == "model-registry" else real(name))
+    with pytest.raises(KaleError, match=r"run `pip install model-registry==[0-9.]+` first"):
+        local._check_packages(compiled)
+
+
 # -- the address: notebook, environment, config file ------------------------------------------
 
 def test_registry_arguments_follow_notebook_environment_config(compiled, tmp_path, monkeypatch):

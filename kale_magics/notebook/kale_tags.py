@@ -305,6 +305,8 @@ def tags_for(annotation: Annotation, upstream: tuple[str, ...]) -> tuple[list[st
         cpu=s.cpu, memory=s.memory, retries=s.retries, backoff_s=s.backoff_s, timeout_s=s.timeout_s,
         env=s.env, volumes=s.volumes, node_selector=s.node_selector, tolerations=s.tolerations,
         packages=s.packages)) if o.startswith("--")]
+    lost += [o for o in step_options.registration_words(annotation.registrations)
+             if o.startswith("--")]
     return tags, lost
 
 
