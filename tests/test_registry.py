@@ -109,11 +109,35 @@ def test_the_registry_address_is_a_parameter_and_no_token_reaches_the_ir(tmp_pat
     assert TOKEN not in dsl and TOKEN not in ir
 
 
+def test_registering_a_variable_the_step_does_not_assign_is_a_compile_error(tmp_path):
+    path = write_notebook(tmp_path / "nb.ipynb", (
+        "%%kale step load\nmodel = 1", "%%kale step train --register model\nscore = model + 1"))
+    with pytest.raises(KaleError, match="cell 1 .*: step 'train' registers `model` \\(--register\\), "
+                       "which the step never assigns"):
+        api.compile_notebook(path, str(tmp_path / "out"))
+
+
 def test_a_parameter_named_like_a_registration_argument_is_refused(tmp_path):
     path = write_notebook(tmp_path / "nb.ipynb", (
         "%%kale parameters\nkale_run_id = 'x'", "%%kale step train --register m\nm = kale_run_id"))
     with pytest.raises(KaleError, match="parameter `kale_run_id` has the name of an argument"):
         api.compile_notebook(path, str(tmp_path / "out"))
+
+
+def test_exporting_to_kale_tags_says_registration_is_lost(tmp_path):
+    path = write_notebook(tmp_path / "wine.ipynb", WINE)
+    _, warnings = api.convert(path, tmp_path / "kale.ipynb", "kale-tags")
+    assert any("Kale tags cannot express --register --register-version" in w for w in warnings)
+
+
+def test_a_local_run_without_the_client_refuses_with_the_pip_line(compiled, monkeypatch):
+    from kale_magics.runner import local
+
+    real = local._installed_version
+    monkeypatch.setattr(local, "_installed_version",
+                        lambda name: None if name == "model-registry" else real(name))
+    with pytest.raises(KaleError, match=r"run `pip install model-registry==[0-9.]+` first"):
+        local._check_packages(compiled)
 
 
 # -- the address: notebook, environment, config file ------------------------------------------
@@ -279,3 +303,30 @@ def test_cli_models_and_its_errors(environment, tmp_path):
     assert down.returncode == 2
     assert down.stderr.startswith("kale-magics: error: cannot reach the Model Registry at "
                                   "http://127.0.0.1:9") and "Traceback" not in down.stderr
+
+
+# -- on a KFP server (the stand-in, tests/kfp_server): the run is the model's source -----------
+
+from tests.kfp_server.fixtures import kfp_server, token_env  # noqa: E402,F401  (fixtures)
+
+
+def test_a_kfp_run_registers_with_the_run_as_source(compiled, kfp_server, token_env,  # noqa: F811
+                                                    registry, monkeypatch):
+    monkeypatch.setenv("MODEL_REGISTRY_TOKEN", TOKEN)
+    monkeypatch.delenv("MODEL_REGISTRY_URL", raising=False)
+    target = api.KfpTarget(kfp_server.url, watch_options=api.watch_options(interval_s=0.5))
+    before = len(kfp_server.store.runs)
+    with pytest.raises(KaleError, match="registers model wine, but no Model Registry address"):
+        api.run(compiled, target)
+    assert len(kfp_server.store.runs) == before  # refused before anything was submitted
+    monkeypatch.setenv("MODEL_REGISTRY_URL", registry.url)
+    status = api.run(compiled, target)
+    assert status.state == "SUCCEEDED", status
+    (artifact,) = registry.artifacts.values()
+    workflow = kfp_server.store.runs[status.run_id].workflow.name
+    assert (artifact["modelSourceId"], artifact["modelSourceName"], artifact["modelSourceGroup"]) \
+        == (status.run_id, workflow, "kubeflow")
+    assert kfp_server.run_json(status.run_id)["runtime_config"]["parameters"] == {
+        "kale_model_registry": registry.url}
+    spec = json.dumps(kfp_server.run_json(status.run_id))
+    assert TOKEN not in spec

@@ -117,6 +117,7 @@ def _build(cells: Sequence[Cell], settings: PipelineSettings, notebook: str) -> 
     """:func:`build_plan` for one grouping of the cells into steps."""
     drafts = _group_steps(cells)
     notes = _check_names(drafts)
+    _check_registered(drafts)
     parameters = read_parameters([c for c in cells if c.annotation.kind == "parameters"])
     prelude = tuple(c for c in cells if c.annotation.kind in PRELUDE_KINDS)
     effects = _effects(cells)
@@ -243,6 +244,19 @@ def _check_names(drafts: Sequence[_StepDraft]) -> list[str]:
                 raise AnalysisError(f"{draft.head.describe()}: step {draft.name!r} runs --after "
                                     f"{after!r}, which is not a step; {hint}")
     return warnings
+
+
+def _check_registered(drafts: Sequence[_StepDraft]) -> None:
+    """Refuse a ``--register VAR`` whose step never assigns VAR (it would fail after running)."""
+    for draft in drafts:
+        registrations = draft.head.annotation.registrations
+        writes = scan_cells(draft.cells).writes if registrations else set()
+        for registration in registrations:
+            if registration.variable not in writes:
+                raise AnalysisError(
+                    f"{draft.head.describe()}: step {draft.name!r} registers `{registration.variable}`"
+                    f" (--register), which the step never assigns; assign it in the step, or "
+                    f"register a variable the step makes")
 
 
 def _replayed(draft: _StepDraft) -> tuple[tuple[Cell, str], ...]:

@@ -308,6 +308,8 @@ def tags_for(annotation: Annotation, upstream: tuple[str, ...]) -> tuple[list[st
     control = " ".join(step_options.control_text(annotation.loop, annotation.condition))
     if control:  # Kale has no control flow: its step would run once, unconditionally
         lost.append(f"{control} (Kale runs the step once, unconditionally)")
+    lost += [o for o in step_options.registration_words(annotation.registrations)
+             if o.startswith("--")]
     return tags, lost
 
 

@@ -27,6 +27,8 @@ from typing import Any, Mapping, Sequence
 TOKEN_ENV = "MODEL_REGISTRY_TOKEN"
 #: The namespace of the pod the step runs in (Kubernetes mounts it with the service account).
 NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+#: Environment variable naming that file elsewhere (the KFP test server gives each run one).
+NAMESPACE_FILE_ENV = "KALE_MAGICS_NAMESPACE_FILE"
 #: Model formats by the top-level module of the value's type (KServe's format names).
 FORMATS = {"sklearn": "sklearn", "xgboost": "xgboost", "lightgbm": "lightgbm",
            "torch": "pytorch", "tensorflow": "tensorflow", "keras": "tensorflow",
@@ -153,7 +155,7 @@ def _version_exists(client: Any, model: str, version: str) -> bool:
 
 def _namespace() -> str | None:
     try:
-        with open(NAMESPACE_FILE, encoding="utf-8") as f:
+        with open(os.environ.get(NAMESPACE_FILE_ENV) or NAMESPACE_FILE, encoding="utf-8") as f:
             return f.read().strip() or None
     except OSError:
         return None

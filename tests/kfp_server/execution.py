@@ -111,6 +111,16 @@ class Execution:
                 str(folder / "arguments.json"), str(folder / "root"),
                 str(self.cache_root or "")]
 
+    def _pod_env(self) -> dict[str, str]:
+        """What a KFP pod knows of its run: the run id and the workflow's name (KFP's
+        ``{{$.pipeline_job_uuid}}`` and ``{{$.pipeline_job_name}}``, which the worker puts in
+        place of kfp.local's own), and the namespace file of its service account (named by
+        ``KALE_MAGICS_NAMESPACE_FILE``; in single-user mode the ``kubeflow`` namespace)."""
+        namespace = self.folder / "namespace"
+        namespace.write_text(self.run.namespace or "kubeflow", encoding="utf-8")
+        return {"KFP_TEST_RUN_ID": self.run.run_id, "KFP_TEST_RUN_NAME": self.run.workflow.name,
+                "KALE_MAGICS_NAMESPACE_FILE": str(namespace)}
+
     def _run(self) -> None:
         time.sleep(self.pending_s)
         with self._lock:
@@ -122,7 +132,8 @@ class Execution:
                 self.process = subprocess.Popen(
                     self._command(), cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
                     start_new_session=True,
-                    env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+                    env={**os.environ, **self._pod_env(),
+                         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
         done_error: Optional[str] = None
         assert self.process.stdout is not None
         for line in self.process.stdout:  # ends when the worker exits or is killed

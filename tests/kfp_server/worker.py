@@ -101,7 +101,12 @@ def main(argv: list[str]) -> int:
                        TERMINATION_LOG_ENV: str(termination_log)})
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root,
                raise_on_error=False, enable_caching=bool(cache_root), cache_root=cache_root or None)
-    pipeline = components.load_component_from_text(yaml.safe_dump(local_ir(ir, {})))
+    text = yaml.safe_dump(local_ir(ir, {}))
+    for placeholder, variable in (("{{$.pipeline_job_uuid}}", "KFP_TEST_RUN_ID"),
+                                  ("{{$.pipeline_job_name}}", "KFP_TEST_RUN_NAME")):
+        if os.environ.get(variable):  # as KFP's driver resolves them: the run's, not kfp.local's
+            text = text.replace(placeholder, os.environ[variable])
+    pipeline = components.load_component_from_text(text)
     sink = LogSink(events, sys.stderr, termination_log)
     try:
         with contextlib.redirect_stdout(sink), listening(CacheHits(sink)):

@@ -19,6 +19,7 @@ taken, 401 without the bearer token when the server has one.
 from __future__ import annotations
 
 import base64
+import functools
 import http.server
 import json
 import re
@@ -36,11 +37,17 @@ PREFIXES = ("/api/model_registry/v1alpha3", "/api/model_registry/v1")
 SPEC = Path(__file__).with_name("model-registry.openapi.yaml")
 
 
+@functools.lru_cache(maxsize=1)
+def _spec_schemas(path: Path) -> dict[str, Any]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the spec is 3,500 lines
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=loader)["components"]["schemas"]
+
+
 class Schemas:
     """Field names and required fields of the spec's schemas, following ``allOf`` and ``$ref``."""
 
     def __init__(self, path: Path = SPEC) -> None:
-        self.schemas = yaml.safe_load(path.read_text(encoding="utf-8"))["components"]["schemas"]
+        self.schemas = _spec_schemas(path)
 
     def _resolve(self, schema: dict[str, Any]) -> dict[str, Any]:
         while "$ref" in schema:
