@@ -8,7 +8,11 @@
   taking turns;
 - ``child_exit``: how long a process that has imported kfp.local and the local
   runner (the run's child process, ``targets.child``) takes to exit after its
-  last report: what the caller waited for before it stopped waiting.
+  last report: what the caller waited for before it stopped waiting;
+- ``pipeline_load``: making the callable pipeline kfp.local runs from the local
+  IR of ``notebooks/titanic.ipynb``, and its pipeline spec: KFP's
+  ``load_component_from_text`` (pure-Python YAML, twice) against
+  ``runner.local.pipeline_component`` (from the dict).
 """
 
 from __future__ import annotations
@@ -62,6 +66,31 @@ def child_exit_seconds(runs: int) -> float:
     return statistics.median(waits)
 
 
+def pipeline_load_seconds(runs: int) -> dict[str, float]:
+    """Median seconds to make Titanic's local pipeline and its spec, ``{"kfp_yaml": s, "ours": s}``."""
+    import tempfile
+    from pathlib import Path
+
+    from kfp import components
+
+    from kale_magics import api
+    from kale_magics.codegen.compile import dump_ir, read_ir
+    from kale_magics.runner.local import local_ir, pipeline_component
+
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "titanic.ipynb"
+    with tempfile.TemporaryDirectory(prefix="bench-parts-") as folder:
+        ir = local_ir(read_ir(api.compile_notebook(notebook, folder))[0], {})
+    found: dict[str, list[float]] = {"kfp_yaml": [], "ours": []}
+    for _ in range(runs):
+        start = time.perf_counter()
+        _ = components.load_component_from_text(dump_ir([ir])).pipeline_spec
+        found["kfp_yaml"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        _ = pipeline_component(ir).pipeline_spec
+        found["ours"].append(time.perf_counter() - start)
+    return {way: statistics.median(times) for way, times in found.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -70,6 +99,9 @@ def main() -> None:
     print(f"exit collection, nothing frozen:     {collect['plain'] * 1000:8.1f} ms")
     print(f"exit collection, KFP frozen:         {collect['frozen'] * 1000:8.1f} ms")
     print(f"child's exit after its last report:  {child_exit_seconds(args.runs) * 1000:8.1f} ms")
+    load = pipeline_load_seconds(args.runs)
+    print(f"Titanic's pipeline, KFP from YAML:   {load['kfp_yaml'] * 1000:8.1f} ms")
+    print(f"Titanic's pipeline, from the IR:     {load['ours'] * 1000:8.1f} ms")
 
 
 if __name__ == "__main__":
