@@ -359,7 +359,12 @@ def prepare_exit() -> None:
     """Make the ending process's exit cheap: collect garbage now, then freeze what is left.
 
     At exit CPython's collections walk every object still alive; with pandas and
-    scikit-learn loaded that took 0.35 s per step here, 0.12 s after this. The
+    scikit-learn loaded that took 0.35 s per step here, 0.12 s after this. What the
+    process had imported before the step started (KFP's executor, the runtime) was
+    frozen then, so this collection skips it (about 40 % of the objects with
+    Titanic's imports). Freezing after the imports cell would skip them all, but it
+    would freeze the step's namespace too, and what only the namespace holds would
+    never be collected. The
     step's namespace is garbage by now, so its objects are finalized here as at
     exit (an unclosed file is flushed); the frozen objects are still freed at
     shutdown, only not searched for cycles, and Python does not promise
@@ -385,6 +390,11 @@ def _run_step(step: str, blocks: _Blocks, parameters: Mapping[str, Any],
         os.chdir(workdir)
     if "" not in sys.path:  # as in a kernel: modules in the working directory import
         sys.path.insert(0, "")
+    if _main_module() == "kfp.dsl.executor_main":
+        # What the process imported before the step (KFP's executor, this runtime) stays to the
+        # end: later collections, prepare_exit's included, skip it. Not later: the step's
+        # namespace must stay collectable (a file left open in a reference cycle is flushed).
+        gc.freeze()
     started = time.time()
     emit("start", step, **control.fields())
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}

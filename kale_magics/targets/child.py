@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from typing import IO, Any, ClassVar, Mapping
 
@@ -118,6 +119,7 @@ class ChildWorker:
             [sys.executable, "-m", "kale_magics.targets.child"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self.log, cwd=cwd, start_new_session=True)
         self.canceled = False
+        self.finished = False
 
     @property
     def alive(self) -> bool:
@@ -149,7 +151,8 @@ class ChildWorker:
                 pass
             for line in stdout:
                 if self._apply(status, line):
-                    break
+                    self.finished = True
+                    return status  # the run is over: the child's exit is not waited for
             self.process.wait()
         except BaseException:
             self.cancel()
@@ -204,9 +207,17 @@ class ChildWorker:
                 pass
 
     def close(self) -> None:
-        """Stop an idle or running child and remove its log."""
-        self.cancel()
-        self.process.wait()
+        """Stop an idle or running child and remove its log.
+
+        A child that reported its run's end has nothing left to do but exit (interpreter
+        shutdown with kfp loaded: about 0.1 s): it is left to exit by itself, not killed (so
+        background processes a step started live on as before), and reaped by a daemon thread
+        instead of being waited for."""
+        if self.finished:
+            threading.Thread(target=self.process.wait, name="kale-child-reaper", daemon=True).start()
+        else:
+            self.cancel()
+            self.process.wait()
         for stream in (self.process.stdin, self.process.stdout):
             if stream is not None and not stream.closed:
                 stream.close()
