@@ -152,6 +152,10 @@ class KaleMagics(Magics):
 
     def _annotate(self, line: str, cell: str) -> Any:
         annotation = api.parse_annotation(line)
+        if annotation.kind == "notebook":  # its body is not run: the sub-notebook's pipeline is
+            note = api.run_notebook_cell(self.session, annotation, cell)
+            display({"text/plain": note}, raw=True)
+            return None
         tree, filename = self._parse_body(cell)
         entry = self.session.record(self._cell_id(), annotation, cell, tree)
         result, note = self.session.run_body(
