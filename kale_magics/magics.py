@@ -107,6 +107,7 @@ def _help() -> str:
     return ("Annotate notebook cells as a Kubeflow Pipelines v2 pipeline, then show, check, "
             "compile and run it.\n\nCell magic (first line of a cell; the cell still runs as "
             "usual)::\n\n    %%kale imports | functions | parameters | metrics | skip\n"
+            "    %%kale notebook PATH [--param NAME=EXPR ...] [--outputs VAR ...]\n"
             f"{step}\nLine magics::\n\n{pipeline}\n{actions}")
 
 

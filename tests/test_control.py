@@ -362,3 +362,8 @@ def test_sub_notebook_computes_what_the_notebook_computes(outer: Path, tmp_path:
     assert seen.same_prints(), seen.explain()
     assert seen.notebook["finish"] == ["finish 44"]  # FACTOR = start = 11: 11 + 22, plus 11
     assert seen.pipeline["inner_add"][-1] == "inner total 33"
+
+
+def test_kale_conversion_of_a_sub_notebook_cell_warns(outer: Path, tmp_path: Path) -> None:
+    _, warnings = api.convert(outer, tmp_path / "kale.ipynb", "kale-tags")
+    assert any("Kale tags cannot express `notebook` (a sub-pipeline" in w for w in warnings)

@@ -292,11 +292,8 @@ def _annotate(cell: CodeCell, reading: _Reading, expand: Expand | None) -> None:
         source = kale_tags.metrics_from_kale(cell.source, cell.index)
     reading.warnings += found
     if own is not None and own.kind == "notebook":
-        if reading.sub is None:
-            raise AnnotationError("`%%kale notebook` needs the notebook's own file to find the "
-                                  "sub-notebook; compile the notebook file", cell=cell.index)
         check_notebook_body(source, cell.index)
-        cells, warnings = reading.sub(own, cell)
+        cells, warnings = reading.sub(own, cell) if reading.sub else ([], [])  # no file: no cells
         reading.cells += cells
         reading.warnings += warnings
         reading.current, reading.tagged, reading.awaiting = None, False, False
