@@ -27,6 +27,7 @@ import threading
 from dataclasses import replace
 from typing import Any, Callable, Mapping, MutableMapping, Sequence
 
+from kale_magics.analysis.control import passing
 from kale_magics.analysis.live import LiveValue, describe
 from kale_magics.analysis.plan import build_plan
 from kale_magics.analysis.preflight import CheckReport, check_variables
@@ -46,7 +47,8 @@ from kale_magics.notebook.annotations import (
     split_args,
 )
 from kale_magics.notebook.locate import locate_notebook
-from kale_magics.notebook.reader import AnnotatedNotebook, read_notebook, with_warnings
+from kale_magics.notebook.reader import (AnnotatedNotebook, check_notebook_body, read_notebook,
+                                         with_warnings)
 from kale_magics.notebook.step_record import STEP_MIME
 from kale_magics.runner import history, remote
 from kale_magics.runner.connection import KfpSession
@@ -277,6 +279,35 @@ def run_local(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline,
     """
     target = LocalTarget(pipeline_root, enable_caching=enable_caching, from_step=from_step)
     return run(_compiled(notebook_or_compiled, output_dir), target, hooks, arguments=arguments)
+
+
+def run_notebook_cell(session: NotebookSession, annotation: Annotation, body: str = "",
+                      pipeline_root: str | None = None) -> str:
+    """Run a ``%%kale notebook PATH`` cell in the kernel: the sub-notebook's pipeline locally
+    (a child process) with its ``--param`` values from the user namespace, then its
+    ``--outputs`` variables bound there. PATH is relative to the kernel's working directory
+    (the notebook's folder in Jupyter and nbclient). Returns a line saying what ran.
+
+    Raises
+    ------
+    KaleError
+        The sub-notebook does not compile, an EXPR fails, its run fails, or a variable
+        it should pass on is missing.
+    """
+    assert annotation.notebook is not None
+    check_notebook_body(body)
+    path = os.path.abspath(annotation.notebook.path)
+    plan, producers = passing(read_plan(path), annotation.outputs)
+    annotated = read_notebook(path)
+    compiled = compile_plan(plan, default_output_dir(path), annotated.artifact_types)
+    arguments = session.sub_arguments(annotation)
+    status = run(compiled, LocalTarget(pipeline_root), arguments=arguments)
+    if status.state != "SUCCEEDED":
+        raise KaleError(f"the sub-notebook {annotation.notebook.path} failed: {status.error}")
+    session.bind_outputs(status, producers)
+    bound = ", ".join(f"`{n}`" for n in producers) or "nothing"
+    return (f"ran {annotation.notebook.path} ({len(plan.steps)} steps) as a local pipeline; "
+            f"bound {bound}")
 
 
 def run_docker(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline,

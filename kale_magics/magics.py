@@ -158,6 +158,7 @@ def _help() -> str:
     return ("Annotate notebook cells as a Kubeflow Pipelines v2 pipeline, then show, check, "
             "compile and run it.\n\nCell magic (first line of a cell; the cell still runs as "
             "usual)::\n\n    %%kale imports | functions | parameters | metrics | skip\n"
+            "    %%kale notebook PATH [--param NAME=EXPR ...] [--outputs VAR ...]\n"
             f"{step}\nLine magics::\n\n{pipeline}\n{actions}")
 
 
@@ -209,6 +210,10 @@ class KaleMagics(Magics):
 
     def _annotate(self, line: str, cell: str) -> Any:
         annotation = api.parse_annotation(line)
+        if annotation.kind == "notebook":  # its body is not run: the sub-notebook's pipeline is
+            note = api.run_notebook_cell(self.session, annotation, cell)
+            display({"text/plain": note}, raw=True)
+            return None
         tree, filename = self._parse_body(cell)
         entry = self.session.record(self._cell_id(), annotation, cell, tree)
         result, note = self.session.run_body(

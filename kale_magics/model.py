@@ -16,7 +16,7 @@ from typing import Any, Callable
 from packaging.utils import canonicalize_name
 
 #: The annotation kinds of ``%%kale KIND``, in the order the help lists them.
-CELL_KINDS = ("imports", "functions", "parameters", "step", "metrics", "skip")
+CELL_KINDS = ("imports", "functions", "parameters", "step", "metrics", "skip", "notebook")
 
 #: Kinds whose code is prepended to every step (Kale semantics).
 PRELUDE_KINDS = ("imports", "functions")
@@ -238,6 +238,23 @@ class Condition:
 
 
 @dataclass(frozen=True)
+class SubNotebook:
+    """``%%kale notebook PATH [--param NAME=EXPR ...]``: a notebook whose pipeline runs here.
+
+    Attributes
+    ----------
+    path:
+        The annotated notebook, relative to the folder of the one that holds the cell.
+    params:
+        ``(NAME, EXPR)``: the sub-notebook's parameter NAME set from EXPR, a Python
+        expression over this notebook's parameters and variables.
+    """
+
+    path: str
+    params: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Annotation:
     """One parsed ``%%kale KIND ...`` line.
 
@@ -263,6 +280,9 @@ class Annotation:
         ``--if "EXPR"``: the step runs only when EXPR is true; None for a plain step.
     registrations:
         Models the step registers in the Model Registry (``--register``).
+    notebook:
+        For ``kind == "notebook"``: the sub-notebook and its parameters (its ``--outputs``
+        are :attr:`outputs`).
     """
 
     kind: str
@@ -274,6 +294,7 @@ class Annotation:
     loop: Loop | None = None
     condition: Condition | None = None
     registrations: tuple[Registration, ...] = ()
+    notebook: SubNotebook | None = None
 
 
 @dataclass(frozen=True)
@@ -361,6 +382,10 @@ class Cell:
     number:
         The cell's position in its own notebook, for a cell of a referenced
         notebook; None when it is ``index``.
+    scope:
+        For a cell of a ``%%kale notebook`` sub-notebook: the labels of the sub-notebooks
+        it is in, joined by ``/`` (``"prep"``, ``"prep/inner"``); "" for the pipeline's
+        own notebook and for Kale's ``notebook:NAME`` cells.
     """
 
     index: int
@@ -371,6 +396,7 @@ class Cell:
     tagged: bool = False
     notebook: str = ""
     number: int | None = None
+    scope: str = ""
 
     @property
     def first_line(self) -> str:

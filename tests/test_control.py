@@ -295,3 +295,75 @@ def test_kale_conversion_names_what_kale_tags_cannot_express(loops: Path, tmp_pa
     exits = notebook_of(tmp_path / "exit", *EXIT_CELLS, name="exits")
     _, warnings = api.convert(exits, tmp_path / "kale2.ipynb", "kale-tags")
     assert any("--on-exit summary: Kale tags cannot express an exit step" in w for w in warnings)
+
+
+# -- %%kale notebook ---------------------------------------------------------------------------
+
+INNER = ("%%kale parameters\nFACTOR = 2\nVALUES = [1, 2]",
+         "%%kale step scale --for v in VALUES\nscaled = v * FACTOR",
+         "%%kale step add\ntotal = sum(scaled)\nprint('inner total', total)")
+OUTER = ("%%kale parameters\nBASE = 10", "%%kale step start\nstart = BASE + 1",
+         "%%kale notebook inner.ipynb --param FACTOR=start --outputs total\n# the inner pipeline",
+         "%%kale step finish\nprint('finish', total + start)")
+
+
+@pytest.fixture(scope="module")
+def outer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("sub")
+    notebook_of(folder, *INNER, name="inner")
+    return notebook_of(folder, *OUTER, name="outer")
+
+
+def test_notebook_line_parses_and_prints_back() -> None:
+    annotation = api.parse_annotation("notebook prep.ipynb --param 'N=M * 2' --outputs df y")
+    assert annotation.notebook.params == (("N", "M * 2"),) and annotation.outputs == ("df", "y")
+    assert api.parse_annotation(cell_line(annotation)) == annotation
+    with pytest.raises(AnnotationError, match="is not NAME=EXPR"):
+        api.parse_annotation("notebook prep.ipynb --param N=")
+
+
+def test_sub_notebook_steps_join_the_plan_as_a_group(outer: Path, tmp_path: Path) -> None:
+    plan = api.read_plan(outer)
+    assert [s.name for s in plan.steps] == ["start", "inner_params", "inner_scale", "inner_add",
+                                            "finish"]
+    assert plan.step("inner_scale").loop is not None  # the nested case: a loop in a sub-notebook
+    assert plan.step("finish").inputs[1].producer == "inner_add"
+    from kale_magics.views import rich
+    assert rich.dag_html(plan, None, 0.0).count('data-group="inner.ipynb"') == 1
+    ir, _ = compile_to_dict(outer, tmp_path / "out")
+    got = normalise(ir)
+    golden = GOLDEN / "subnotebook.yaml"
+    if os.environ.get("KALE_UPDATE_GOLDEN"):
+        golden.write_text(yaml.safe_dump(got, sort_keys=True))
+    assert got == yaml.safe_load(golden.read_text())
+
+
+def test_sub_notebook_errors_name_the_fix(outer: Path) -> None:
+    folder = outer.parent
+    cycle = notebook_of(folder, "%%kale notebook cyc_b.ipynb\n#", name="cyc_a")
+    notebook_of(folder, "%%kale notebook cyc_a.ipynb\n#", name="cyc_b")
+    with pytest.raises(AnnotationError, match=r"cycle of notebooks: cyc_a.ipynb -> cyc_b.ipynb "
+                       r"-> cyc_a.ipynb"):
+        api.read_plan(cycle)
+    hidden = notebook_of(folder, "%%kale notebook inner.ipynb --outputs total\n#",
+                         "%%kale step f\nprint(scaled)", name="hidden")
+    with pytest.raises(AnalysisError, match="add `--outputs scaled` to its `%%kale notebook"):
+        api.read_plan(hidden)
+    unknown = notebook_of(folder, "%%kale notebook inner.ipynb --param NOPE=1\n#", name="unknown")
+    with pytest.raises(AnnotationError, match="--param NOPE names no parameter"):
+        api.read_plan(unknown)
+    code = notebook_of(folder, "%%kale notebook inner.ipynb\nx = 1", name="code")
+    with pytest.raises(AnnotationError, match="its body holds comments, not code"):
+        api.read_plan(code)
+
+
+def test_sub_notebook_computes_what_the_notebook_computes(outer: Path, tmp_path: Path) -> None:
+    seen = compare(outer, pipeline_root=tmp_path / "root")
+    assert seen.same_prints(), seen.explain()
+    assert seen.notebook["finish"] == ["finish 44"]  # FACTOR = start = 11: 11 + 22, plus 11
+    assert seen.pipeline["inner_add"][-1] == "inner total 33"
+
+
+def test_kale_conversion_of_a_sub_notebook_cell_warns(outer: Path, tmp_path: Path) -> None:
+    _, warnings = api.convert(outer, tmp_path / "kale.ipynb", "kale-tags")
+    assert any("Kale tags cannot express `notebook` (a sub-pipeline" in w for w in warnings)

@@ -10,10 +10,12 @@ time, naming the cell and the fix.
 from __future__ import annotations
 
 import difflib
+from dataclasses import replace
 from typing import Any, Sequence
 
+from kale_magics.analysis.linking import scan_cells
 from kale_magics.errors import AnalysisError
-from kale_magics.model import Parameter
+from kale_magics.model import Parameter, Plan
 
 
 def check_loops(drafts: Sequence[Any], parameters: Sequence[Parameter]) -> None:
@@ -204,3 +206,86 @@ def check_exit_step(drafts: Sequence[Any]) -> list[str]:
     return [f"{where} runs after every other step in the pipeline, but in the notebook it runs "
             f"before step {later[0].name!r} ({later[0].head.place}), so PIPELINE_STATUS differs: "
             "move the exit step's cell to the end of the notebook"]
+
+
+def _parent(scope: str) -> str:
+    return scope.rpartition("/")[0]
+
+
+def check_scopes(drafts: Sequence[Any], cells: Sequence[Any]) -> None:
+    """Check what the steps of ``%%kale notebook`` sub-notebooks read, and what reads them.
+
+    A sub-notebook runs as its own pipeline in the kernel, so in the pipeline too
+    its steps see only its own variables and its parameters (its ``LABEL_params``
+    step, which alone reads the outer notebook's variables), and the outer
+    notebook sees only the variables its ``--outputs`` lists.
+
+    Raises
+    ------
+    AnalysisError
+        A step reads a variable across a sub-notebook's edge that the rules above do
+        not let through; the message names the notebook and the fix.
+    """
+    markers = {c.scope: c for c in cells if c.annotation.kind == "notebook"}
+    scopes = {d.name: d.head.scope for d in drafts}
+    for draft in drafts:
+        mine = draft.head.scope
+        params_step = bool(mine) and draft.name == mine.replace("/", "_") + "_params"
+        outer = _parent(mine) if params_step else mine
+        for name, producer in sorted(draft.inputs.items()):
+            theirs = scopes[producer]
+            if theirs == mine or (params_step and theirs == outer):
+                continue
+            marker = markers.get(theirs)
+            if marker is not None and _parent(theirs) == outer and name in marker.annotation.outputs:
+                continue
+            raise AnalysisError(_scope_message(draft, name, producer, theirs, markers))
+        if mine and draft.parameters and not params_step:
+            name = sorted(draft.parameters)[0]
+            raise AnalysisError(
+                f"{draft.head.describe()}: step {draft.name!r} of {markers[mine].annotation.notebook.path} "
+                f"reads `{name}`, a parameter of the notebook that runs it, not its own; a "
+                f"sub-notebook sees its own variables and parameters only: pass it with "
+                f"`--param {name}={name}` and a parameter `{name}` in the sub-notebook")
+
+
+def _scope_message(draft: Any, name: str, producer: str, theirs: str,
+                   markers: dict[str, Any]) -> str:
+    marker = markers.get(theirs)
+    where = f"{draft.head.describe()}: step {draft.name!r} reads `{name}` of step {producer!r}"
+    if marker is not None and _parent(theirs) == draft.head.scope:
+        path = marker.annotation.notebook.path
+        return (f"{where}, which the sub-notebook {path} assigns but does not pass on; add "
+                f"`--outputs {name}` to its `%%kale notebook {path}` cell")
+    inside = markers[draft.head.scope].annotation.notebook.path if draft.head.scope in markers \
+        else "this notebook"
+    return (f"{where}, outside {inside}; a sub-notebook sees only its own variables and its "
+            "parameters (pass values in with --param) and passes out only its --outputs")
+
+
+def passing(plan: Plan, names: Sequence[str]) -> tuple[Plan, dict[str, str]]:
+    """``plan`` (a sub-notebook's) with each of ``names`` passed on as an artifact by the last
+    step that assigns it, and that step per name: what a ``%%kale notebook --outputs`` run in
+    the kernel reads back.
+
+    Raises
+    ------
+    AnalysisError
+        No step assigns a name, or only a ``--for`` step does (its values are per item).
+    """
+    producers: dict[str, str] = {}
+    steps = list(plan.steps)
+    for name in names:
+        writers = [i for i, s in enumerate(steps)
+                   if name in scan_cells(s.cells).writes or name in s.outputs]
+        if not writers:
+            raise AnalysisError(f"--outputs {name}: no step of {plan.notebook or 'the notebook'} "
+                                f"assigns `{name}`; list a variable one of its steps assigns")
+        last = steps[writers[-1]]
+        if last.loop is not None:
+            raise AnalysisError(f"--outputs {name}: `{name}` comes from --for step "
+                                f"{last.name!r} of {plan.notebook}; pass on a list built in a "
+                                "step without --for")
+        steps[writers[-1]] = replace(last, outputs=tuple(sorted({*last.outputs, name})))
+        producers[name] = last.name
+    return replace(plan, steps=tuple(steps)), producers

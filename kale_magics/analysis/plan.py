@@ -28,7 +28,7 @@ from kale_magics.analysis.star import StarImports
 from kale_magics.analysis.travel import travel_warnings
 from kale_magics.errors import AnalysisError
 from kale_magics.analysis.control import (check_conditions, check_exit_step, check_loops,
-                                          mark_exit_step, scalar_outputs)
+                                          check_scopes, mark_exit_step, scalar_outputs)
 from kale_magics.model import (PRELUDE_KINDS, Annotation, Cell, Condition, Input, Loop, Metric,
                                PipelineSettings, Plan, Step, StepSettings)
 from kale_magics.notebook.annotations import pipeline_name_from
@@ -127,6 +127,7 @@ def _build(cells: Sequence[Cell], settings: PipelineSettings, notebook: str) -> 
     linker.link(drafts)
     check_loops(drafts, parameters)
     check_conditions(drafts, parameters)
+    check_scopes(drafts, cells)
     notes += check_exit_step(drafts)
     outside = {d.name: tuple(dict.fromkeys(e.what for c in d.cells
                                            for e in effects[c.index].reads_outside))

@@ -7,6 +7,7 @@ so a line means the same thing wherever it is read.
 Cell annotations (the first line of a code cell)::
 
     %%kale imports | functions | parameters | metrics | skip
+    %%kale notebook PATH [--param NAME=EXPR ...] [--outputs VAR ...]
     %%kale step NAME [--after STEP ...] [--inputs NAME ...] [--outputs NAME ...]
                      [--for VAR in LIST [--parallelism N]] [--if "EXPR"] [OPTIONS]
                      [--register VAR[:NAME] ...] [--model-format FORMAT[:VERSION]]
@@ -26,6 +27,7 @@ OPTIONS are the step execution options of ``notebook.step_options`` (``--cpu``,
 from __future__ import annotations
 
 import argparse
+import ast
 import keyword
 import re
 import shlex
@@ -33,7 +35,7 @@ from typing import NoReturn, Sequence
 
 from kale_magics.errors import AnnotationError
 from kale_magics.notebook import step_options
-from kale_magics.model import CELL_KINDS, Annotation, PipelineSettings
+from kale_magics.model import CELL_KINDS, Annotation, PipelineSettings, SubNotebook
 
 CELL_PREFIX = "%%kale"
 LINE_PREFIX = "%kale"
@@ -108,7 +110,19 @@ def _pipeline_parser() -> GrammarParser:
     return parser
 
 
+def _notebook_parser() -> GrammarParser:
+    parser = GrammarParser(prog="%%kale notebook", add_help=False,
+                           description="Run an annotated notebook's pipeline here (a sub-pipeline).")
+    parser.add_argument("path", help="the notebook, relative to this one")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=EXPR",
+                        help="set its parameter NAME from EXPR over this notebook's variables")
+    parser.add_argument("--outputs", nargs="+", default=[], metavar="VAR",
+                        help="its variables later steps here read")
+    return parser
+
+
 STEP_PARSER = _step_parser()
+NOTEBOOK_PARSER = _notebook_parser()
 PIPELINE_PARSER = _pipeline_parser()
 
 
@@ -245,6 +259,8 @@ def parse_cell_line(line: str) -> Annotation:
     if kind not in CELL_KINDS:
         raise AnnotationError(f"unknown annotation kind {kind!r}{did_you_mean(kind, CELL_KINDS)}; "
                               f"use one of {', '.join(CELL_KINDS)}", line=line)
+    if kind == "notebook":
+        return _notebook_annotation(rest, line)
     if kind != "step":
         if rest:
             raise AnnotationError(f"`%%kale {kind}` takes no arguments, got {' '.join(rest)!r}",
@@ -263,6 +279,29 @@ def parse_cell_line(line: str) -> Annotation:
                       condition=(step_options.condition(ns.condition)
                                  if ns.condition is not None else None),
                       registrations=step_options.registrations_from(ns))
+
+
+def _notebook_annotation(args: list[str], line: str) -> Annotation:
+    """``%%kale notebook PATH [--param NAME=EXPR ...] [--outputs VAR ...]``."""
+    ns = NOTEBOOK_PARSER.parse_args(args)
+    if not ns.path.endswith(".ipynb"):
+        raise AnnotationError(f"%%kale notebook {ns.path!r}: name a .ipynb file, for example "
+                              "`%%kale notebook prep.ipynb --param N=N --outputs df`", line=line)
+    params = []
+    for text in ns.param:
+        name, sep, expression = text.partition("=")
+        name = name.strip()
+        try:
+            valid = bool(sep) and VARIABLE_NAME.fullmatch(name) is not None \
+                and bool(ast.parse(expression.strip(), mode="eval"))
+        except SyntaxError:
+            valid = False
+        if not valid or keyword.iskeyword(name):
+            raise AnnotationError(f"--param {text!r} is not NAME=EXPR with EXPR a Python "
+                                  "expression; for example --param N=N_ESTIMATORS*2", line=line)
+        params.append((name, expression.strip()))
+    return Annotation(kind="notebook", outputs=_check_variables(ns.outputs, "--outputs"),
+                      notebook=SubNotebook(ns.path, tuple(params)))
 
 
 def parse_pipeline_line(line: str) -> PipelineSettings:
@@ -380,6 +419,12 @@ def pipeline_name_from(text: str) -> str:
 
 def cell_line(annotation: Annotation) -> str:
     """The ``%%kale`` line that parses to ``annotation``: the inverse of :func:`parse_cell_line`."""
+    if annotation.kind == "notebook" and annotation.notebook is not None:
+        words = ["notebook", shlex.quote(annotation.notebook.path)]
+        for name, expression in annotation.notebook.params:
+            words += step_options.option_words("--param", f"{name}={expression}")
+        words += ["--outputs", *annotation.outputs] if annotation.outputs else []
+        return " ".join([CELL_PREFIX, *words])
     if annotation.kind != "step":
         return f"{CELL_PREFIX} {annotation.kind}"
     words = ["step", annotation.name or ""]

@@ -289,6 +289,9 @@ _METADATA_READERS = frozenset({"pipeline_name", "experiment_name", "experiment",
 
 def tags_for(annotation: Annotation, upstream: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """Kale tags for ``annotation``, and the settings Kale's tags cannot express."""
+    if annotation.kind == "notebook":  # Kale's notebook: tag cannot set parameters or outputs
+        return ["skip"], [f"`{annotation.kind}` (a sub-pipeline: the cell is skipped by Kale; "
+                          "reference the notebook with Kale's notebook: tag instead)"]
     if annotation.kind != "step":
         return [KIND_TAGS[annotation.kind]], []
     s = annotation.settings

@@ -18,6 +18,7 @@ about 1.8 s on the benchmark machine, more than the rest of a compile.
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import os
@@ -35,6 +36,7 @@ from kale_magics.notebook.annotations import (
     is_tool_cell,
     parse_cell_line,
     parse_pipeline_line,
+    step_name_hint,
 )
 from kale_magics.notebook.step_record import recorded_artifacts
 
@@ -99,8 +101,9 @@ def read_notebook(path: str | os.PathLike[str]) -> AnnotatedNotebook:
     _check_unicode(cells, meta)
     settings, meta_warnings = kale_tags.settings_from_metadata(meta)
     expand = functools.partial(read_reference, os.path.dirname(os.path.abspath(path)))
+    sub = functools.partial(read_sub_notebook, (os.path.abspath(path),), "")
     try:
-        annotated, warnings = annotate_cells(cells, expand)
+        annotated, warnings = annotate_cells(cells, expand, sub)
     except (AnnotationError, NotebookError) as error:
         raise with_warnings(error, meta_warnings) from None
     return AnnotatedNotebook(path=os.fspath(path), cells=annotated,
@@ -232,10 +235,16 @@ class _Reading:
     #: After a ``notebook:`` cell: untagged cells wait for the next step cell (Kale 2.3).
     awaiting: bool = False
     pending: list[tuple[CodeCell, str]] = field(default_factory=list)
+    #: Reads the notebook of a ``%%kale notebook`` cell (:func:`read_sub_notebook`).
+    sub: "SubReader | None" = None
 
 
-def annotate_cells(cells: Iterable[CodeCell],
-                   expand: Expand | None = None) -> tuple[tuple[Cell, ...], list[str]]:
+#: Reads the notebook of a ``%%kale notebook`` cell: ``(annotation, cell) -> (cells, warnings)``.
+SubReader = Callable[[Annotation, CodeCell], tuple[list[Cell], list[str]]]
+
+
+def annotate_cells(cells: Iterable[CodeCell], expand: Expand | None = None,
+                   sub: SubReader | None = None) -> tuple[tuple[Cell, ...], list[str]]:
     """Give each code cell its effective annotation, following Kale's ``parse_notebook``.
 
     A cell with no annotation continues the annotation of the cell above it,
@@ -262,7 +271,7 @@ def annotate_cells(cells: Iterable[CodeCell],
         A malformed ``%%kale`` line or Kale tag, or a reference that cannot be
         read; the error's ``warnings`` attribute holds the warnings found before it.
     """
-    reading = _Reading()
+    reading = _Reading(sub=sub)
     for cell in cells:
         try:
             _annotate(cell, reading, expand)
@@ -289,6 +298,13 @@ def _annotate(cell: CodeCell, reading: _Reading, expand: Expand | None) -> None:
             and reading.current.kind == "metrics":
         source = kale_tags.metrics_from_kale(cell.source, cell.index)
     reading.warnings += found
+    if own is not None and own.kind == "notebook":
+        check_notebook_body(source, cell.index)
+        cells, warnings = reading.sub(own, cell) if reading.sub else ([], [])  # no file: no cells
+        reading.cells += cells
+        reading.warnings += warnings
+        reading.current, reading.tagged, reading.awaiting = None, False, False
+        return
     if own is None:
         if reading.awaiting and cell.source.strip():
             reading.pending.append((cell, source))
@@ -366,6 +382,116 @@ def read_reference(base: str, name: str, cell: CodeCell) -> tuple[list[Cell], li
     return ([replace(c, annotation=renamed.get(id(c.annotation), c.annotation), notebook=file,
                      number=c.index, index=cell.index + (k + 1) * step)  # between it and the next
              for k, c in enumerate(cells)], [f"{file}: {w}" for w in found + warnings])
+
+
+def check_notebook_body(body: str, index: int | None = None) -> None:
+    """Refuse code in a ``%%kale notebook`` cell (comments are fine: IPython needs a body).
+
+    Raises
+    ------
+    AnnotationError
+        The body holds code, which would never run.
+    """
+    if any(line.strip() and not line.strip().startswith("#") for line in body.splitlines()):
+        raise AnnotationError("a `%%kale notebook` cell runs the sub-notebook only: its body holds "
+                              "comments, not code (code there would not run); move the code to a "
+                              "step cell", cell=index)
+
+
+def read_sub_notebook(chain: tuple[str, ...], scope: str, annotation: Annotation,
+                      cell: CodeCell) -> tuple[list[Cell], list[str]]:
+    """The cells a ``%%kale notebook PATH`` cell brings into the pipeline (a sub-pipeline).
+
+    The sub-notebook is read with these rules (its own ``%%kale notebook`` cells
+    too); its steps are named ``LABEL_STEP`` (LABEL from its file name, nested
+    labels joined by ``_``) and grouped under :attr:`Cell.scope`; its parameters
+    cells become one step, ``LABEL_params``, that assigns each parameter its
+    default or, for ``--param NAME=EXPR``, EXPR evaluated first over this
+    notebook's variables. The cell itself is kept (kind ``notebook``) with the
+    sub-notebook's scope, for its ``--outputs``.
+
+    Parameters
+    ----------
+    chain:
+        The absolute paths of the notebooks that hold this cell, outermost first.
+    scope:
+        The scope of the notebook holding the cell ("" for the pipeline's own).
+
+    Raises
+    ------
+    AnnotationError
+        A cycle of notebooks (the message names the chain), a ``--param`` naming
+        no parameter of the sub-notebook, or a step name too long with its label.
+    NotebookError
+        The file is missing or not a notebook.
+    """
+    assert annotation.notebook is not None
+    base = os.path.dirname(chain[-1])
+    path = os.path.normpath(os.path.join(base, annotation.notebook.path))
+    if path in chain:
+        names = " -> ".join(os.path.basename(p) for p in (*chain[chain.index(path):], path))
+        raise AnnotationError(f"%%kale notebook {annotation.notebook.path!r} makes a cycle of "
+                              f"notebooks: {names}; a notebook cannot run itself", cell=cell.index)
+    nb = _read_v4_json(path) or load_notebook(path)
+    label = step_name_hint(os.path.splitext(os.path.basename(path))[0])
+    inner_scope = f"{scope}/{label}" if scope else label
+    reader = functools.partial(read_sub_notebook, (*chain, path), inner_scope)
+    inner, warnings = annotate_cells(code_cells(nb), None, reader)
+    file = os.path.basename(path)
+    cells = [replace(c, scope=c.scope or inner_scope, notebook=c.notebook or file,
+                     number=c.number if c.notebook else c.index) for c in inner
+             if c.annotation.kind != "skip"]
+    cells = _params_step(cells, annotation, inner_scope, cell)
+    cells = [_prefixed(c, label + "_", cell) if c.scope == inner_scope else c for c in cells]
+    step = 1 / (len(cells) + 2)
+    marker = Cell(index=cell.index, source="", annotation=annotation, cell_id=cell.cell_id,
+                  scope=inner_scope)
+    return ([marker, *(replace(c, index=cell.index + (k + 1) * step)
+                       for k, c in enumerate(cells))], [f"{file}: {w}" for w in warnings])
+
+
+def _prefixed(c: Cell, prefix: str, at: CodeCell) -> Cell:
+    """``c`` with its step (and --after steps) named ``PREFIX + name``."""
+    a = c.annotation
+    if a.kind != "step" or a.name is None:
+        return c
+    try:
+        name = check_step_name(prefix + a.name)
+    except AnnotationError as error:
+        raise AnnotationError(f"%%kale notebook: its step {a.name!r} is named {prefix + a.name} "
+                              f"here, which is not usable ({error.message})",
+                              cell=at.index) from None
+    return replace(c, annotation=replace(a, name=name, after=tuple(prefix + s for s in a.after)))
+
+
+def _params_step(cells: list[Cell], annotation: Annotation, scope: str, at: CodeCell) -> list[Cell]:
+    """``cells`` with the sub-notebook's own parameters cells replaced by one step, ``params``,
+    which sets each parameter: ``--param`` values first (over the outer notebook's variables),
+    then the defaults, then the given values over them."""
+    assert annotation.notebook is not None
+    own = [c for c in cells if c.scope == scope and c.annotation.kind == "parameters"]
+    given = dict(annotation.notebook.params)
+    names: list[str] = []
+    for c in own:
+        for node in ast.walk(ast.parse(c.source)):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.append(node.id)
+    unknown = [n for n in given if n not in names]
+    if unknown:
+        raise AnnotationError(f"%%kale notebook {annotation.notebook.path!r}: --param "
+                              f"{unknown[0]} names no parameter of that notebook (its parameters: "
+                              f"{', '.join(names) or 'none'})", cell=at.index)
+    if not own:
+        return cells
+    lines = ["_kale_given = {" + ", ".join(f"{n!r}: ({e})" for n, e in given.items()) + "}"]
+    lines += [c.source for c in own]
+    lines += [f"{n} = _kale_given[{n!r}]" for n in given]
+    step = Cell(index=own[0].index, source="\n".join(lines),
+                annotation=Annotation(kind="step", name="params"), scope=scope,
+                notebook=own[0].notebook, number=own[0].number)
+    first = cells.index(own[0])
+    rest = [c for c in cells if c not in own]
+    return rest[:first] + [step] + rest[first:]
 
 
 E = TypeVar("E", bound=KaleError)

@@ -23,6 +23,7 @@ from kale_magics.notebook.locate import locate_notebook
 from kale_magics.notebook.step_record import step_record
 from kale_magics.runner.connection import KfpSession
 from kale_magics.runner.status import RunStatus
+from kale_magics.runtime import marshal
 from kale_magics.runtime.step import PIPELINE_STATUS
 from kale_magics.session.control import condition_holds, run_loop
 from kale_magics.session.registry import ExecutedCell, Registry
@@ -187,6 +188,45 @@ class NotebookSession:
         except BaseException as error:
             self.failed_steps[step] = f"{type(error).__name__}: {error}"
             raise
+
+    def sub_arguments(self, annotation: Annotation) -> dict[str, Any]:
+        """The parameters of a ``%%kale notebook`` cell's notebook: each ``--param`` EXPR
+        evaluated in the user namespace.
+
+        Raises
+        ------
+        AnnotationError
+            An EXPR fails; the message names it and the error.
+        """
+        assert annotation.notebook is not None
+        values = {}
+        for name, expression in annotation.notebook.params:
+            try:
+                values[name] = eval(compile(expression, f"<--param {name}>", "eval"),
+                                    dict(self.namespace))
+            except Exception as error:
+                raise AnnotationError(f"--param {name}={expression}: {type(error).__name__}: "
+                                      f"{error}; fix the expression or run the cells it reads "
+                                      "first") from None
+        return values
+
+    def bind_outputs(self, status: RunStatus, producers: Mapping[str, str]) -> None:
+        """Bind each variable a sub-notebook's run passed on (``producers``: variable -> step)
+        into the user namespace, loaded from the run's artifacts.
+
+        Raises
+        ------
+        AnnotationError
+            The run kept no artifact for a variable.
+        """
+        loaded = {}
+        for name, step in producers.items():
+            saved = status.steps[step].artifacts.get(name) if step in status.steps else None
+            if not saved or "path" not in saved:
+                raise AnnotationError(f"--outputs {name}: step {step!r} of the sub-notebook left "
+                                      "no artifact for it")
+            loaded[name] = marshal.load(saved["path"], name, dict(self.namespace))
+        self.namespace.update(loaded)
 
     def pipeline_status(self) -> dict[str, Any]:
         """``PIPELINE_STATUS`` as the ``--on-exit`` step sees it in the kernel: the notebook's own
