@@ -112,7 +112,7 @@ def test_the_registry_address_is_a_parameter_and_no_token_reaches_the_ir(tmp_pat
 def test_registering_a_variable_the_step_does_not_assign_is_a_compile_error(tmp_path):
     path = write_notebook(tmp_path / "nb.ipynb", (
         "%%kale step load\nmodel = 1", "%%kale step train --register model\nscore = model + 1"))
-    with pytest.raises(KaleError, match="cell 1 .*: step 'train' registers `model` \\(--register\\), "
+    with pytest.raises(KaleError, match="cell 2 .*: step 'train' registers `model` \\(--register\\), "
                        "which the step never assigns"):
         api.compile_notebook(path, str(tmp_path / "out"))
 
