@@ -55,22 +55,23 @@ def changed_by_calls(tmp_path_factory: pytest.TempPathFactory) -> Equivalence:
         tmp_path_factory.mktemp("calls"), CHANGERS,
         "%%kale step make\ncounter = 0\nitems = []\ncfg = {'inner': []}\nLOG = []\n"
         "logger = Logger()\nseen = {'old': 1}\nbox = Box()\ndef bump_by(n):\n"
-        "    global counter\n    counter += n",
+        "    global counter\n    counter += n\ndef init_late():\n    global late\n    late = 3",
         "%%kale step call\nbump_twice()\nbump_by(5)\ninit()\nset_flag()\nadd(items)\n"
         "add_via(target=items)\nput(seen, key='k')\nforget(seen, 'old')\nadd(cfg['inner'], 3)\n"
-        "grow(items)\nlogger.log('hi')\nrename(box)",
+        "grow(items)\nlogger.log('hi')\nrename(box)\ninit_late()",
         "%%kale step show\nprint('counter', counter, 'total', total, 'flag', flag)\n"
-        "print('items', items, 'seen', seen, 'cfg', cfg)\nprint('log', LOG, 'box', box.name)"))
+        "print('items', items, 'seen', seen, 'cfg', cfg)\nprint('log', LOG, 'box', box.name, late)"))
 
 
 def test_globals_changed_by_called_functions_travel(changed_by_calls: Equivalence) -> None:
     """`bump()` (global counter), transitively (`bump_twice`), a function defined in a step,
-    a function creating a global, `globals()['flag'] = ...`, a method appending to a global."""
+    a function creating a global (also one defined in an earlier step: defining it binds
+    nothing), `globals()['flag'] = ...`, a method appending to a global."""
     result = changed_by_calls
     assert result.same_prints(), result.explain()
     assert result.notebook["show"][0] == "counter 7 total 10 flag on"
     producers = {i.name: i.producer for i in result.plan.step("show").inputs}
-    assert all(producers[name] == "call" for name in ("counter", "total", "flag", "LOG"))
+    assert all(producers[name] == "call" for name in ("counter", "total", "flag", "LOG", "late"))
 
 
 def test_arguments_changed_by_called_functions_travel(changed_by_calls: Equivalence) -> None:
@@ -78,7 +79,7 @@ def test_arguments_changed_by_called_functions_travel(changed_by_calls: Equivale
     of a value (`cfg['inner']`), `lst += [...]`, an attribute of an instance."""
     result = changed_by_calls
     assert result.notebook["show"][1] == "items [1, 2, 9] seen {'k': 1} cfg {'inner': [3]}"
-    assert result.notebook["show"][2] == "log ['hi'] box renamed"
+    assert result.notebook["show"][2] == "log ['hi'] box renamed 3"
     producers = {i.name: i.producer for i in result.plan.step("show").inputs}
     assert all(producers[name] == "call" for name in ("items", "seen", "cfg", "box"))
 

@@ -149,10 +149,10 @@ def notebook_facts(trees: Iterable[ast.Module]) -> NotebookFacts:
         for node in tree.body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _yields(node):
                 generators.add(node.name)
-        for node in ast.walk(tree):
-            written = _written_module(node)
-            if written is not None:
-                modules[written[0]] = written[1]
+            elif isinstance(node, ast.Expr):  # `%%writefile` is one call statement
+                written = _written_module(node.value)
+                if written is not None:
+                    modules[written[0]] = written[1]
     return NotebookFacts(import_aliases(trees), modules, frozenset(generators))
 
 

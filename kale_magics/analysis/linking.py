@@ -163,6 +163,9 @@ class Linker:
             self.resolve(draft, name, soft=True, below=head.index)
         handles = {n: e for c in cells for n, e in self.effects[c.index].handles.items()}
         for name in (*use.writes, *annotation.outputs):
+            if name in use.via_functions and name not in use.changed_by_calls \
+                    and name not in annotation.outputs:
+                continue  # `def init(): global total; ...` binds `total` only when called
             handle = handles.get(name)
             self.writers.add(name, Writer(
                 STEP, head, draft,

@@ -31,6 +31,7 @@ instead of receiving the module as data.
 from __future__ import annotations
 
 import ast
+import collections
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,8 +99,12 @@ class NameUse:
         (a numpy view), so a change in place through one may change the other.
     functions : tuple of str
         Names whose last top-level binding is a ``def``, sorted.
+    via_functions : tuple of str
+        Names in :attr:`writes` bound only inside functions (``global total; total = 10``),
+        never by the code's own top-level statements: defining the function does not bind
+        them, calling it does (:attr:`changed_by_calls`).
     changed_by_calls : tuple of str
-        Names not in :attr:`writes` that the code's calls of notebook functions change:
+        Names that the code's calls of notebook functions change:
         globals they rebind or change in place (``bump()`` with ``global counter``),
         transitively, and names passed to a parameter they change in place
         (``add(items)`` with ``def add(lst): lst.append(1)``), or the function itself
@@ -122,6 +127,7 @@ class NameUse:
     changed_by_calls: tuple[str, ...] = ()
     derived: Mapping[str, str] = field(default_factory=dict)
     functions: tuple[str, ...] = ()
+    via_functions: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------
@@ -584,6 +590,8 @@ class _NameVisitor(ast.NodeVisitor):
         self._changed_calls: dict[str, None] = {}
         self._derived: dict[str, str] = {}  # `view = arr[1:]`
         self._functions: set[str] = set()
+        self._via_functions: set[str] = set()  # bound with `global` in a function
+        self._at_top: set[str] = set()  # bound by a top-level statement
 
     def result(self, definite: set[str]) -> NameUse:
         """Resolve deferred reads against all module bindings."""
@@ -600,7 +608,9 @@ class _NameVisitor(ast.NodeVisitor):
                                                   if n in self._mutated and n not in self._plain),
                        tuple(n for n in self._method_called if n not in self._writes),
                        dict(self._changes_of), self._changed_by_calls(),
-                       dict(self._derived), tuple(sorted(self._functions)))
+                       dict(self._derived), tuple(sorted(self._functions)),
+                       tuple(n for n in self._writes
+                             if n in self._via_functions and n not in self._at_top))
 
     def _changed_by_calls(self) -> tuple[str, ...]:
         """:attr:`NameUse.changed_by_calls`, with the names values changed in place came from."""
@@ -610,7 +620,7 @@ class _NameVisitor(ast.NodeVisitor):
             source = self._derived.get(name)
             if source is not None:
                 changed.setdefault(source)
-        return tuple(n for n in changed if n not in self._writes)
+        return tuple(changed)
 
     def visit_Module(self, node: ast.Module) -> None:
         """Visit each top-level statement, noting what the functions it binds read when called."""
@@ -740,7 +750,9 @@ class _NameVisitor(ast.NodeVisitor):
         if function is not None:
             function.calls.append((callee, passed))
             return
-        table = {**self._changers, **self._changes_of}
+        if callee not in self._changes_of and callee not in self._changers:
+            return
+        table = collections.ChainMap(self._changes_of, self._changers)
         maker = table.get(callee)
         if maker is not None and isinstance(func, ast.Attribute) \
                 and func.attr in maker.self_changing:
@@ -766,6 +778,9 @@ class _NameVisitor(ast.NodeVisitor):
         scope = self._stack[index]
         if scope is not self._module and name in scope.declared_global:
             scope.global_changes.add(name)
+            self._via_functions.add(name)
+        elif scope is self._module:
+            self._at_top.add(name)
         if scope is self._module or name in scope.declared_global:
             self._module.bound.add(name)
             self._writes.setdefault(name)
