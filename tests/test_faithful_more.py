@@ -209,3 +209,12 @@ def test_generator_passed_to_a_later_step_is_refused(notebook) -> None:
         message = str(info.value)
         assert message.startswith("cell 0 (") and "`gen` a generator" in message
         assert "make a list of it (`gen = list(...)`)" in message and "\n" not in message
+
+
+def test_opaque_assignment_in_the_functions_cell_is_a_warning(notebook) -> None:
+    plan = api.read_plan(notebook(
+        "%%kale functions\ndef register(name, value):\n    globals()[name] = value",
+        "%%kale step a\nregister('w', 1)", "%%kale step b\nprint(1)"))
+    warning = next(w for w in plan.warnings if "cannot see" in w)
+    assert warning.startswith("cell 0 (") and "the functions cell" in warning
+    assert "`globals()[name] = ...` (line 3)" in warning and "`--outputs NAME`" in warning
