@@ -218,3 +218,19 @@ def test_opaque_assignment_in_the_functions_cell_is_a_warning(notebook) -> None:
     warning = next(w for w in plan.warnings if "cannot see" in w)
     assert warning.startswith("cell 0 (") and "the functions cell" in warning
     assert "`globals()[name] = ...` (line 3)" in warning and "`--outputs NAME`" in warning
+
+
+def test_what_a_call_changes_is_resolved_transitively_and_at_call_time() -> None:
+    """`f` calls `g` defined after it; a recursive function; a keyword; a part of a value; a
+    function rebound to a plain value no longer changes anything."""
+    from kale_magics.analysis.names import scan, scan_blocks
+
+    defined = scan("def f(lst, *, extra=None):\n    g(lst)\n    if extra is not None:\n"
+                   "        g(extra)\ndef g(v):\n    v.append(1)\n    g(v)\n"
+                   "def h():\n    global n\n    n = 1\n    return k()\ndef k():\n    return h()")
+    use = scan_blocks(["f(items, extra=cfg['part'])\nh()\nf(fresh)\nfresh = []"],
+                      changers=defined.changes_of)
+    assert set(use.changed_by_calls) == {"items", "cfg", "n", "fresh"}
+    assert "n" not in use.writes  # calling `h` changes `n`; the linker passes it on
+    rebound = scan_blocks(["f = 1\nf(items)"], changers=defined.changes_of)
+    assert rebound.changed_by_calls == ()

@@ -750,8 +750,9 @@ class _NameVisitor(ast.NodeVisitor):
         if function is not None:
             function.calls.append((callee, passed))
             return
-        if callee not in self._changes_of and callee not in self._changers:
-            return
+        if callee not in self._changes_of and (callee not in self._changers
+                                               or callee in self._module.bound):
+            return  # unknown, or rebound here to something that changes nothing
         table = collections.ChainMap(self._changes_of, self._changers)
         maker = table.get(callee)
         if maker is not None and isinstance(func, ast.Attribute) \
