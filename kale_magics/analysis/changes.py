@@ -56,6 +56,11 @@ class Changes:
         ``obj.attr = v``, ``lst += [1]``, ``del d[k]``).
     calls:
         Calls the body makes that may change more (resolved by :func:`changed_by_call`).
+    defaults:
+        Parameters with a default value: changing one in place changes the function itself
+        (``def f(x, acc=[]): acc.append(x)``).
+    self_changing:
+        For a class: its methods that change their instance (``self.total += v``).
     of_class:
         True for a class (the union of its methods' changes): its instances change the same.
     """
@@ -65,15 +70,18 @@ class Changes:
     globals: frozenset[str] = frozenset()
     mutated: frozenset[str] = frozenset()
     calls: tuple[Call, ...] = ()
+    defaults: frozenset[str] = frozenset()
+    self_changing: frozenset[str] = frozenset()
     of_class: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.globals or self.mutated or self.calls)
+        return bool(self.globals or self.mutated or self.calls or self.self_changing)
 
     def merged(self, other: "Changes") -> "Changes":
         """The changes of both (a class: all its methods), without parameters."""
         return Changes(globals=self.globals | other.globals,
-                       calls=tuple(dict.fromkeys((*self.calls, *other.calls))), of_class=True)
+                       calls=tuple(dict.fromkeys((*self.calls, *other.calls))),
+                       self_changing=self.self_changing | other.self_changing, of_class=True)
 
     def parameter(self, slot: Slot) -> str | None:
         """The parameter an argument in ``slot`` binds, None when none does."""
@@ -98,8 +106,9 @@ def changed_by_call(table: Mapping[str, Changes], callee: str, passed: Mapping[S
     Returns
     -------
     set of str
-        Globals the call changes, transitively, and the passed names whose objects it changes
-        in place. Empty for an unknown callee; a recursive call is followed once.
+        Globals the call changes, transitively, the passed names whose objects it changes
+        in place, and ``callee`` itself when it changes a default value it was not given.
+        Empty for an unknown callee; a recursive call is followed once.
     """
     changes = table.get(callee)
     if changes is None or callee in seen:
@@ -113,6 +122,8 @@ def changed_by_call(table: Mapping[str, Changes], callee: str, passed: Mapping[S
             bound[parameter] = name
             if parameter in changes.mutated:
                 found.add(name)
+    if (changes.mutated & changes.defaults) - set(bound):
+        found.add(callee)  # a default value changed: the function carries it
     for call in changes.calls:
         inner = {slot: bound[name] if is_parameter else name
                  for slot, name, is_parameter in call.passed

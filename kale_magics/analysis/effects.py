@@ -12,8 +12,13 @@ with import aliases resolved (``np.random.seed`` is ``numpy.random.seed``):
 * magics a step skips (anything but the ones ``runtime.shell`` runs);
 * reads of files and other outside state (``open``, ``pd.read_csv``, ``!cmd``),
   which make a cached step's result stale when the files change;
-* names bound to handles (``fh = open(...)``, ``conn = sqlite3.connect(...)``),
-  which cannot be passed to another step.
+* names bound to handles (``fh = open(...)``, ``conn = sqlite3.connect(...)``)
+  and generators, which cannot be passed to another step;
+* the state of imported modules (``mymod.LABEL = 1``, a call of a function of a
+  module the notebook writes with ``%%writefile`` that rebinds its globals):
+  a later step imports the module again, without the change;
+* assignments the name analysis cannot see (``globals().update(d)``,
+  ``globals()[name] = v``, ``exec(code)``).
 """
 
 from __future__ import annotations
@@ -103,13 +108,84 @@ class Effects:
     reads_outside:
         Calls that read files or other outside state (``"pandas.read_csv(...)"``).
     handles:
-        Names bound at the top level of the cell to a handle, with what it is.
+        Names bound at the top level of the cell to a handle or a generator, with what it is.
+    opaque:
+        Assignments of variables the name analysis cannot see (``globals().update(d)``).
     """
 
     state: tuple[Effect, ...] = ()
     skipped_magics: tuple[Effect, ...] = ()
     reads_outside: tuple[Effect, ...] = ()
     handles: Mapping[str, Effect] = field(default_factory=dict)
+    opaque: tuple[Effect, ...] = ()
+
+
+@dataclass(frozen=True)
+class NotebookFacts:
+    """What the whole notebook defines that the effects of one cell depend on.
+
+    Attributes
+    ----------
+    aliases:
+        Import aliases (:func:`import_aliases`).
+    local_modules:
+        Modules the notebook writes with ``%%writefile NAME.py`` -> the functions in them
+        that rebind the module's globals (``global COUNT``).
+    generators:
+        Top-level functions of the notebook that are generators (their body yields).
+    """
+
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    local_modules: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    generators: frozenset[str] = frozenset()
+
+
+def notebook_facts(trees: Iterable[ast.Module]) -> NotebookFacts:
+    """The :class:`NotebookFacts` of the cells parsed as ``trees``."""
+    trees = list(trees)
+    modules: dict[str, frozenset[str]] = {}
+    generators = set()
+    for tree in trees:
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _yields(node):
+                generators.add(node.name)
+            elif isinstance(node, ast.Expr):  # `%%writefile` is one call statement
+                written = _written_module(node.value)
+                if written is not None:
+                    modules[written[0]] = written[1]
+    return NotebookFacts(import_aliases(trees), modules, frozenset(generators))
+
+
+def _yields(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """Whether ``function``'s own body (not a nested function's) yields."""
+    todo = list(function.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.Yield, ast.YieldFrom)):
+            return True
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            todo.extend(ast.iter_child_nodes(node))
+    return False
+
+
+def _written_module(node: ast.AST) -> tuple[str, frozenset[str]] | None:
+    """``("mymod", {"inc"})`` for ``%%writefile mymod.py`` holding ``def inc(): global COUNT``."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "run_cell_magic" and len(node.args) == 3
+            and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args)
+            and node.args[0].value == "writefile"):  # type: ignore[attr-defined]
+        return None
+    words = node.args[1].value.split()  # type: ignore[attr-defined]
+    path = words[-1] if words else ""
+    if not path.endswith(".py"):
+        return None
+    try:
+        body = ast.parse(node.args[2].value)  # type: ignore[attr-defined]
+    except SyntaxError:
+        return None
+    changing = frozenset(n.name for n in body.body if isinstance(n, ast.FunctionDef)
+                         and any(isinstance(g, ast.Global) for g in ast.walk(n)))
+    return path.replace("\\", "/").rsplit("/", 1)[-1][:-3], changing
 
 
 def import_aliases(trees: Iterable[ast.Module]) -> dict[str, str]:
@@ -147,12 +223,20 @@ def dotted(node: ast.AST, aliases: Mapping[str, str]) -> str:
     return ""
 
 
-def cell_effects(tree: ast.Module, aliases: Mapping[str, str]) -> Effects:
-    """The effects of one cell's code (see :class:`Effects`)."""
-    state, magics, reads = [], [], []
+def cell_effects(tree: ast.Module, facts: NotebookFacts | Mapping[str, str]) -> Effects:
+    """The effects of one cell's code (see :class:`Effects`); ``facts`` may be the import
+    aliases alone."""
+    if not isinstance(facts, NotebookFacts):
+        facts = NotebookFacts(aliases=facts)
+    aliases = facts.aliases
+    state, magics, reads, opaque = [], [], [], []
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             name = dotted(node.func, aliases)
+            opaque.extend(_opaque_call(node, name))
+            module, _, function = name.rpartition(".")
+            if function in facts.local_modules.get(module, ()):
+                state.append(Effect(f"{name}(...)", f"the state of module `{module}`", node.lineno))
             magic = _magic(node)
             if magic is not None:
                 kind, text = magic
@@ -170,12 +254,51 @@ def cell_effects(tree: ast.Module, aliases: Mapping[str, str]) -> Effects:
             base = dotted(target, aliases)
             kind = next((k for prefix, k in _STATE_TARGETS.items()
                          if base == prefix or base.startswith(prefix + ".")), None)
+            if kind is None and isinstance(target, ast.Attribute):
+                kind = _module_state(target, aliases)
             if kind is not None:
                 state.append(Effect(f"{ast.unparse(target)} = ...", kind, node.lineno))
+            if (isinstance(target, ast.Subscript) and _namespace_call(target.value)
+                    and not (isinstance(target.slice, ast.Constant)
+                             and isinstance(target.slice.value, str))):
+                opaque.append(Effect(f"{ast.unparse(target)} = ...", "opaque", node.lineno))
     def by_line(found: list[Effect]) -> tuple[Effect, ...]:
         return tuple(sorted(found, key=lambda e: e.line))
 
-    return Effects(by_line(state), by_line(magics), by_line(reads), _handles(tree, aliases))
+    return Effects(by_line(state), by_line(magics), by_line(reads),
+                   _handles(tree, aliases, facts.generators), by_line(opaque))
+
+
+def _namespace_call(node: ast.expr) -> bool:
+    """``globals()``, ``vars()`` or ``locals()`` (at the top level, the module's namespace)."""
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args
+            and node.func.id in ("globals", "vars", "locals"))
+
+
+def _opaque_call(node: ast.Call, name: str) -> list[Effect]:
+    """``globals().update(d)``, ``exec(code)``, ``setattr(sys.modules[__name__], ...)``."""
+    func = node.func
+    if isinstance(func, ast.Attribute) and _namespace_call(func.value) \
+            and func.attr in ("update", "setdefault", "__setitem__", "pop", "clear") \
+            and (node.args or func.attr != "update"):
+        if not (func.attr == "setdefault" and node.args and isinstance(node.args[0], ast.Constant)):
+            return [Effect(f"{ast.unparse(func)}(...)", "opaque", node.lineno)]
+    if name == "exec" and not (len(node.args) == 1 and isinstance(node.args[0], ast.Constant)):
+        return [Effect("exec(...)", "opaque", node.lineno)]
+    if name in ("setattr", "delattr") and node.args \
+            and ast.unparse(node.args[0]).startswith("sys.modules"):
+        return [Effect(f"{name}({ast.unparse(node.args[0])}, ...)", "opaque", node.lineno)]
+    return []
+
+
+def _module_state(target: ast.Attribute, aliases: Mapping[str, str]) -> str | None:
+    """``the state of module `mymod``` for ``mymod.LABEL = 1`` (``mymod`` an imported name)."""
+    node: ast.expr = target
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        node = node.value
+    if isinstance(node, ast.Name) and node.id in aliases:
+        return f"the state of module `{aliases[node.id].partition('.')[0]}`"
+    return None
 
 
 def _assigned(node: ast.AST) -> list[ast.expr]:
@@ -222,8 +345,10 @@ def _reads_outside(name: str, magic: tuple[str, str] | None) -> bool:
     return last in _READ_CALLS or last.startswith(_READ_PREFIXES) or name.startswith("requests.")
 
 
-def _handles(tree: ast.Module, aliases: Mapping[str, str]) -> dict[str, Effect]:
-    """Top-level names whose last binding in ``tree`` is a handle (``fh = open(p)``)."""
+def _handles(tree: ast.Module, aliases: Mapping[str, str],
+             generators: frozenset[str] = frozenset()) -> dict[str, Effect]:
+    """Top-level names whose last binding in ``tree`` is a handle (``fh = open(p)``) or a
+    generator (``gen = (x for x in xs)``, a call of a generator function of the notebook)."""
     found: dict[str, Effect] = {}
     for node in tree.body:
         pairs: list[tuple[ast.expr, ast.expr | None]] = []
@@ -233,6 +358,10 @@ def _handles(tree: ast.Module, aliases: Mapping[str, str]) -> dict[str, Effect]:
             pairs = [(i.optional_vars, i.context_expr) for i in node.items if i.optional_vars]
         for target, value in pairs:
             kind = _handle_kind(value, aliases)
+            if isinstance(value, ast.GeneratorExp) or (
+                    isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+                    and value.func.id in generators):
+                kind = "a generator"
             for name in (n.id for n in ast.walk(target) if isinstance(n, ast.Name)):
                 if kind is None or not isinstance(target, ast.Name):
                     found.pop(name, None)

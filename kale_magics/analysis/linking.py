@@ -92,6 +92,9 @@ class Linker:
         self.callees: dict[str, tuple[str, ...]] = {}
         self.changers: dict[str, Changes] = {}  # what calling each function changes
         self.classes: set[str] = set()
+        self.functions: set[str] = set()
+        self.derived: dict[str, tuple[str, Any]] = {}  # `view = arr[1:]`: (source, step)
+        self._derived_changes: list[tuple[Any, str, str, Any]] = []  # (step, name, source, maker)
         self.same: dict[str, frozenset[str]] = {}  # names that are one object (`params = cfg`)
         self.warnings: list[str] = []
         self._uses: dict[str, NameUse] = {}
@@ -149,6 +152,7 @@ class Linker:
             self.changers.pop(name, None)
         self.changers.update(use.changes_of)
         self.classes = (self.classes - set(use.writes)) | set(use.classes)
+        self.functions = (self.functions - set(use.writes)) | set(use.functions)
 
     def _link_step(self, draft: Any, cells: Sequence[Cell]) -> None:
         """Link ``cells``, the step's cells (or a run of them) that start at ``cells[0]``."""
@@ -170,6 +174,9 @@ class Linker:
             self._link_condition(draft)
         handles = {n: e for c in cells for n, e in self.effects[c.index].handles.items()}
         for name in (*(n for n in use.writes if n not in own), *annotation.outputs):
+            if name in use.via_functions and name not in use.changed_by_calls \
+                    and name not in annotation.outputs:
+                continue  # `def init(): global total; ...` binds `total` only when called
             handle = handles.get(name)
             self.writers.add(name, Writer(
                 STEP, head, draft,
@@ -180,6 +187,7 @@ class Linker:
         for name in self._note_aliases(use) | changed:
             if name not in use.writes:  # changed in place, so passed on from this step
                 self.writers.add(name, Writer(STEP, head, draft, conditional=True))
+        self._note_derived(draft, use, changed)
         self._note_callees(use)
 
     def _link_condition(self, draft: Any) -> None:
@@ -208,7 +216,7 @@ class Linker:
         changed: set[str] = set()
         for name in use.maybe_changed:
             above = self.writers.nearest(name, head.index)
-            if above is None or above.imported or self.callees.get(name) or name in self.classes:
+            if above is None or above.imported or name in self.functions or name in self.classes:
                 continue
             changed |= self.same.get(name, frozenset()) | {name}
         return changed
@@ -224,6 +232,46 @@ class Linker:
                 continue
             changed |= self.same.get(name, frozenset()) | {name}
         return changed
+
+    def _note_derived(self, draft: Any, use: NameUse, changed: set[str]) -> None:
+        """Note values made from others (``view = arr[1:]``) and the steps that change such a
+        value in place after another step made it: the two no longer share memory there."""
+        in_place = set(use.changed_in_place) | changed
+        for name in in_place & set(self.derived):
+            source, maker = self.derived[name]
+            if maker is not draft and name not in use.derived:
+                self._derived_changes.append((draft, name, source, maker))
+        for name in use.writes:
+            if name in use.derived:
+                self.derived[name] = (use.derived[name], draft)
+            elif name not in in_place:
+                self.derived.pop(name, None)
+        for name in set(use.changed_in_place) & self.classes:  # `Cfg.rate = 5`
+            self.warnings.append(
+                f"{draft.head.describe()}: step {draft.name!r} changes the class `{name}` "
+                "(an attribute of the class itself); instances that other steps saved carry "
+                "the class as those steps saw it, so later steps may see the old attribute: "
+                f"set it where `{name}` is defined, or keep the value in a variable of its own")
+
+    def derived_warnings(self) -> list[str]:
+        """A warning for each step that changes a value made from another in an earlier step
+        (``view = arr[1:]`` there, ``view[0] = 5`` here) when a later step reads the source."""
+        found = []
+        for draft, name, source, maker in self._derived_changes:
+            if not any(source in (*use.reads, *use.soft_reads) for step, use in self._uses.items()
+                       if self._head_of(step) > draft.head.index):
+                continue
+            found.append(
+                f"{draft.head.describe()}: step {draft.name!r} changes `{name}` in place, which "
+                f"step {maker.name!r} ({maker.head.describe()}) made from `{source}` (a slice or "
+                f"view may share memory with it); each step gets its own copy, so `{source}` does "
+                "not change with it as in the notebook: make the change through "
+                f"`{source}` (`{source}[...] = ...`), or make `{name}` from `{source}` again in "
+                f"step {draft.name!r}")
+        return found
+
+    def _head_of(self, step: str) -> int:
+        return next(d.head.index for d in self._drafts if d.name == step)
 
     def _note_aliases(self, use: NameUse) -> set[str]:
         """Follow which names are one object; return the other names of objects ``use`` changes
@@ -264,6 +312,13 @@ class Linker:
         if writer.imported and not forced:
             draft.imports[name] = (writer.cell, writer.imported)
             return
+        if writer.handle.startswith("a generator"):
+            raise AnalysisError(
+                f"{writer.cell.describe()}: step {writer.step.name!r} assigns `{name}` "
+                f"{writer.handle}, and step {draft.name!r} reads it; a generator cannot be "
+                "passed between steps (it cannot be saved, and what it already yielded is "
+                f"gone): make a list of it (`{name} = list(...)`), or create it again in step "
+                f"{draft.name!r}")
         if writer.handle:
             raise AnalysisError(
                 f"{writer.cell.describe()}: step {writer.step.name!r} assigns `{name}` "

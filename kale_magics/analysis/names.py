@@ -31,6 +31,7 @@ instead of receiving the module as data.
 from __future__ import annotations
 
 import ast
+import collections
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -92,11 +93,23 @@ class NameUse:
         For each name bound at module level to a function, a class or an instance of
         a class, what calling it (or its methods) changes besides its result
         (:class:`~kale_magics.analysis.changes.Changes`); absent when nothing.
+    derived : mapping of str to str
+        ``{"view": "arr"}`` for a last binding ``view = arr[1:]`` (or ``arr.T``,
+        ``arr.reshape(...)``) at the top level: the value may share memory with ``arr``
+        (a numpy view), so a change in place through one may change the other.
+    functions : tuple of str
+        Names whose last top-level binding is a ``def``, sorted.
+    via_functions : tuple of str
+        Names in :attr:`writes` bound only inside functions (``global total; total = 10``),
+        never by the code's own top-level statements: defining the function does not bind
+        them, calling it does (:attr:`changed_by_calls`).
     changed_by_calls : tuple of str
-        Names not in :attr:`writes` that the code's calls of notebook functions change:
+        Names that the code's calls of notebook functions change:
         globals they rebind or change in place (``bump()`` with ``global counter``),
         transitively, and names passed to a parameter they change in place
-        (``add(items)`` with ``def add(lst): lst.append(1)``).
+        (``add(items)`` with ``def add(lst): lst.append(1)``), or the function itself
+        when it changes a default value of a parameter (``def f(x, acc=[])``); also names
+        changed through a value derived from them (``view += 1`` after ``view = arr[1:]``).
     """
 
     reads: tuple[str, ...]
@@ -112,6 +125,9 @@ class NameUse:
     maybe_changed: tuple[str, ...] = ()
     changes_of: Mapping[str, Changes] = field(default_factory=dict)
     changed_by_calls: tuple[str, ...] = ()
+    derived: Mapping[str, str] = field(default_factory=dict)
+    functions: tuple[str, ...] = ()
+    via_functions: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------
@@ -301,6 +317,18 @@ def _parse(source: str) -> ast.Module:
 _CODE_MAGICS = {"run_line_magic": ("time",), "run_cell_magic": ("time", "capture")}
 
 
+def _exec_code(node: ast.Call) -> list[ast.Module]:
+    """The parsed code of ``exec("z = 5")`` (a constant string, no namespace given)."""
+    if not (isinstance(node.func, ast.Name) and node.func.id == "exec" and len(node.args) == 1
+            and not node.keywords and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)):
+        return []
+    try:
+        return [ast.parse(node.args[0].value)]
+    except SyntaxError:
+        return []
+
+
 def _magic_code(node: ast.Call) -> list[ast.Module]:
     """The parsed code of ``get_ipython().run_line_magic('time', 'CODE')`` and similar calls.
 
@@ -428,7 +456,32 @@ _MUTATORS = frozenset({
     "append", "extend", "insert", "pop", "popitem", "remove", "clear", "update", "setdefault",
     "add", "discard", "sort", "reverse", "appendleft", "extendleft", "popleft", "rotate",
     "fill", "resize", "put", "put_nowait", "send", "fit", "partial_fit", "fit_transform",
-    "shuffle", "__setitem__", "__delitem__"})
+    "shuffle", "__setitem__", "__delitem__", "__next__", "throw",
+    # drawing from a random generator advances its state
+    "random", "integers", "normal", "uniform", "choice", "choices", "permutation",
+    "standard_normal", "randint", "randn", "rand", "gauss", "getrandbits", "randrange",
+    "exponential", "poisson", "binomial", "lognormal", "multivariate_normal", "bytes"})
+
+#: Functions that change the object given as their first argument (by their last name part).
+_ARGUMENT_MUTATORS = frozenset({
+    "next", "shuffle", "heappush", "heappop", "heapify", "heapreplace", "heappushpop", "insort",
+    "insort_left", "insort_right", "copyto", "place", "putmask", "fill_diagonal", "setattr",
+    "delattr"})
+
+#: Methods whose result may share memory with their object (numpy views).
+_VIEW_METHODS = frozenset({"view", "reshape", "ravel", "transpose", "squeeze", "swapaxes",
+                           "flatten_view", "expand_dims", "moveaxis"})
+
+
+def _derived_from(value: ast.expr) -> str | None:
+    """``arr`` for ``arr[1:]``, ``arr.T``, ``arr.reshape(2, 2)``, ``df["a"]``: the name whose
+    value the result may share memory with; None for anything else."""
+    if isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) \
+            and value.func.attr in _VIEW_METHODS:
+        value = value.func.value
+    if isinstance(value, (ast.Subscript, ast.Attribute)):
+        return _base_name(value)
+    return None
 
 
 _MODULE = "module"
@@ -453,10 +506,12 @@ class _Scope:
     pending: list[str] = field(default_factory=list)
     params: tuple[str, ...] = ()
     positional: int = 0
+    defaults: set[str] = field(default_factory=set)
     changed: list[str] = field(default_factory=list)  # names whose objects the body changes
     global_changes: set[str] = field(default_factory=set)  # `global x; x = ...`
     calls: list[tuple[str, dict[Slot, str]]] = field(default_factory=list)
     nested: list[Changes] = field(default_factory=list)  # of methods (class scopes)
+    self_changing: set[str] = field(default_factory=set)  # methods changing their instance
 
 
 def _call_base(node: ast.expr) -> str | None:
@@ -533,6 +588,10 @@ class _NameVisitor(ast.NodeVisitor):
         self._changers = changers
         self._changes_of: dict[str, Changes] = {}
         self._changed_calls: dict[str, None] = {}
+        self._derived: dict[str, str] = {}  # `view = arr[1:]`
+        self._functions: set[str] = set()
+        self._via_functions: set[str] = set()  # bound with `global` in a function
+        self._at_top: set[str] = set()  # bound by a top-level statement
 
     def result(self, definite: set[str]) -> NameUse:
         """Resolve deferred reads against all module bindings."""
@@ -548,8 +607,20 @@ class _NameVisitor(ast.NodeVisitor):
                        dict(self._aliases), tuple(n for n in self._writes
                                                   if n in self._mutated and n not in self._plain),
                        tuple(n for n in self._method_called if n not in self._writes),
-                       dict(self._changes_of),
-                       tuple(n for n in self._changed_calls if n not in self._writes))
+                       dict(self._changes_of), self._changed_by_calls(),
+                       dict(self._derived), tuple(sorted(self._functions)),
+                       tuple(n for n in self._writes
+                             if n in self._via_functions and n not in self._at_top))
+
+    def _changed_by_calls(self) -> tuple[str, ...]:
+        """:attr:`NameUse.changed_by_calls`, with the names values changed in place came from."""
+        changed = dict(self._changed_calls)
+        touched = [*self._mutated, *self._method_called, *self._changed_calls]
+        for name in touched:
+            source = self._derived.get(name)
+            if source is not None:
+                changed.setdefault(source)
+        return tuple(changed)
 
     def visit_Module(self, node: ast.Module) -> None:
         """Visit each top-level statement, noting what the functions it binds read when called."""
@@ -666,8 +737,11 @@ class _NameVisitor(ast.NodeVisitor):
                 base = _call_base(func.value)
                 if base is not None:
                     self._changed(base)
-        if isinstance(func, ast.Name) and func.id in ("setattr", "delattr") and node.args:
-            base = _base_name(node.args[0])
+        last = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+        changed = [node.args[0]] if last in _ARGUMENT_MUTATORS and node.args else []
+        changed += [k.value for k in node.keywords if k.arg == "out"]  # np.add(a, 1, out=a)
+        for argument in changed:
+            base = _base_name(argument)
             if base is not None:
                 self._changed(base)
         if not callee:
@@ -676,7 +750,14 @@ class _NameVisitor(ast.NodeVisitor):
         if function is not None:
             function.calls.append((callee, passed))
             return
-        table = {**self._changers, **self._changes_of}
+        if callee not in self._changes_of and (callee not in self._changers
+                                               or callee in self._module.bound):
+            return  # unknown, or rebound here to something that changes nothing
+        table = collections.ChainMap(self._changes_of, self._changers)
+        maker = table.get(callee)
+        if maker is not None and isinstance(func, ast.Attribute) \
+                and func.attr in maker.self_changing:
+            self._changed(callee)  # `acc.push(5)` where push changes `self`
         for name in changed_by_call(table, callee, passed):
             self._changed_calls.setdefault(name)
 
@@ -698,12 +779,17 @@ class _NameVisitor(ast.NodeVisitor):
         scope = self._stack[index]
         if scope is not self._module and name in scope.declared_global:
             scope.global_changes.add(name)
+            self._via_functions.add(name)
+        elif scope is self._module:
+            self._at_top.add(name)
         if scope is self._module or name in scope.declared_global:
             self._module.bound.add(name)
             self._writes.setdefault(name)
             self._statement_bound.append(name)
             self._imported.pop(name, None)
             self._aliases.pop(name, None)
+            self._derived.pop(name, None)
+            self._functions.discard(name)
             self._plain.add(name)
         elif name not in scope.declared_nonlocal:
             scope.bound.add(name)
@@ -719,8 +805,10 @@ class _NameVisitor(ast.NodeVisitor):
         if base is not None and function is not None:
             function.changed.append(base)
         elif base is not None and self._stack[-1] is self._module:
-            plain = base in self._plain
+            plain, derived = base in self._plain, self._derived.get(base)
             self._bind(base)
+            if derived is not None:  # a change in place keeps what the value was made from
+                self._derived[base] = derived
             self._mutated.add(base)
             if not plain:
                 self._plain.discard(base)
@@ -755,12 +843,28 @@ class _NameVisitor(ast.NodeVisitor):
                 and all(isinstance(t, ast.Name) for t in node.targets)):
             for target in node.targets:  # `params = cfg`: one object under two names
                 self._aliases[target.id] = node.value.id  # type: ignore[union-attr]
+        elif (node is self._statement and len(node.targets) > 1
+              and all(isinstance(t, ast.Name) for t in node.targets)):
+            for target in node.targets[1:]:  # `x = y = []`: one object under two names
+                self._aliases[target.id] = node.targets[0].id  # type: ignore[union-attr]
+        source = _derived_from(node.value)
+        if (node is self._statement and source is not None
+                and all(isinstance(t, ast.Name) for t in node.targets)):
+            for target in node.targets:  # `view = arr[1:]`: may share memory with `arr`
+                self._derived[target.id] = source  # type: ignore[union-attr]
 
     def visit_AugAssign(self, node: ast.AugAssign) -> None:
         if isinstance(node.target, ast.Name):
             self._read(node.target.id)
             self.visit(node.value)
+            plain, derived = node.target.id in self._plain, self._derived.get(node.target.id)
             self._bind(node.target.id)
+            if self._stack[-1] is self._module:  # `items += [2]` changes a list in place
+                self._mutated.add(node.target.id)
+                if derived is not None:
+                    self._derived[node.target.id] = derived
+                if not plain:
+                    self._plain.discard(node.target.id)
             function = self._function_scope()
             if function is not None and self._stack[-1] is function:  # `lst += [1]` changes lst
                 function.changed.append(node.target.id)
@@ -788,7 +892,7 @@ class _NameVisitor(ast.NodeVisitor):
         the expressions IPython expands in a command or magic line, and ``%%capture NAME``."""
         self.generic_visit(node)
         self._note_call(node)
-        for tree in _magic_code(node):
+        for tree in [*_magic_code(node), *_exec_code(node)]:
             for statement in tree.body:
                 self.visit(statement)
         soft, self._soft = self._soft, True
@@ -808,6 +912,9 @@ class _NameVisitor(ast.NodeVisitor):
             base = _base_name(call.func.value)
             if base is not None:
                 self._changed(base)
+        elif (self._stack[-1] is self._module and isinstance(call, ast.Call)
+              and isinstance(call.func, ast.Name) and call.func.id not in self._functions):
+            self._method_called.setdefault(call.func.id)  # `tick()`: a closure may change itself
 
     def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
         self.visit(node.value)
@@ -821,6 +928,9 @@ class _NameVisitor(ast.NodeVisitor):
     def visit_For(self, node: ast.For | ast.AsyncFor) -> None:
         self.visit(node.iter)
         self.visit(node.target)
+        source = _call_base(node.iter)
+        if self._stack[-1] is self._module and isinstance(node.target, ast.Name) and source:
+            self._derived[node.target.id] = source  # `for row in rows`: each row is a part of rows
         for stmt in node.body + node.orelse:
             self.visit(stmt)
 
@@ -902,10 +1012,16 @@ class _NameVisitor(ast.NodeVisitor):
         self._visit_signature(node.args, node.returns)
         self._bind(node.name)
         changes = self._visit_function_body(node.args, node.body)
-        if self._stack[-1] is self._module:
+        outer = self._stack[-1]
+        if outer is self._module:
+            self._functions.add(node.name)
             self._changes_of.pop(node.name, None)
             if changes:
                 self._changes_of[node.name] = changes
+        elif outer.kind == _CLASS:  # a method: the class's instances change what it changes
+            outer.nested.append(changes)
+            if changes.params and changes.params[0] in changes.mutated:
+                outer.self_changing.add(node.name)
 
     visit_AsyncFunctionDef = visit_FunctionDef
 
@@ -928,8 +1044,12 @@ class _NameVisitor(ast.NodeVisitor):
     def _visit_function_body(self, args: ast.arguments, body: list[Any]) -> Changes:
         """Visit a function's body; return what calling it changes."""
         params = tuple(param.arg for param in _parameters(args))
-        scope = _Scope(_FUNCTION, bound=set(params), params=params,
-                       positional=len(args.posonlyargs) + len(args.args))
+        positional = [*args.posonlyargs, *args.args]
+        defaults = {p.arg for p in positional[len(positional) - len(args.defaults):]
+                    if args.defaults} | {p.arg for p, d in zip(args.kwonlyargs, args.kw_defaults)
+                                         if d is not None}
+        scope = _Scope(_FUNCTION, bound=set(params), params=params, positional=len(positional),
+                       defaults=defaults)
         self._stack.append(scope)
         for node in body:
             self.visit(node)
@@ -942,9 +1062,7 @@ class _NameVisitor(ast.NodeVisitor):
                 self._lookup(name, parent, deferred=True, see_class=False)
         changes = _function_changes(scope)
         outer = self._stack[parent]
-        if outer.kind == _CLASS:  # a method: the class's instances change what it changes
-            outer.nested.append(changes)
-        elif outer.kind == _FUNCTION or self._function_scope() is not None:
+        if outer.kind != _CLASS and self._function_scope() is not None:
             # a nested function may be called by its parent: its changes are the parent's
             into = self._function_scope()
             into.changed.extend(changes.globals)  # type: ignore[union-attr]
@@ -964,7 +1082,7 @@ class _NameVisitor(ast.NodeVisitor):
         self._bind(node.name)
         if self._stack[-1] is self._module:
             self._classes.add(node.name)
-            changes = Changes(of_class=True)
+            changes = Changes(of_class=True, self_changing=frozenset(scope.self_changing))
             for method in scope.nested:
                 changes = changes.merged(method)
             self._changes_of.pop(node.name, None)
@@ -1029,4 +1147,4 @@ def _function_changes(scope: _Scope) -> Changes:
                      if where(name) != "local")
         calls.append(Call(callee, kept))
     return Changes(scope.params, scope.positional, frozenset(changed_globals), frozenset(mutated),
-                   tuple(dict.fromkeys(calls)))
+                   tuple(dict.fromkeys(calls)), defaults=frozenset(scope.defaults))

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
-from kale_magics.analysis.effects import Effects, cell_effects, import_aliases
+from kale_magics.analysis.effects import Effects, cell_effects, notebook_facts
 from kale_magics.analysis.linking import KNOWN_NAMES, Linker, scan_cells
 from kale_magics.analysis.names import python_source
 from kale_magics.analysis.parameters import read_parameters
@@ -125,6 +125,7 @@ def _build(cells: Sequence[Cell], settings: PipelineSettings, notebook: str) -> 
     linker = Linker(cells, parameters, effects, star)
     mark_exit_step(drafts, settings.on_exit)
     linker.link(drafts)
+    linker.warnings.extend(linker.derived_warnings())
     check_loops(drafts, parameters)
     check_conditions(drafts, parameters)
     check_scopes(drafts, cells)
@@ -152,8 +153,8 @@ def _effects(cells: Sequence[Cell]) -> dict[int, Effects]:
             trees[cell.index] = ast.parse(python_source(cell.source))
         except SyntaxError:
             scan_cells([cell])  # raises the AnalysisError naming the cell
-    aliases = import_aliases(trees.values())
-    return {index: cell_effects(tree, aliases) for index, tree in trees.items()}
+    facts = notebook_facts(trees.values())
+    return {index: cell_effects(tree, facts) for index, tree in trees.items()}
 
 
 def _stem(path: str) -> str:

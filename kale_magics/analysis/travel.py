@@ -54,6 +54,19 @@ def travel_warnings(cells: Sequence[Cell], drafts: Sequence[Any],
         later = [d for d in drafts if d.head.index > cell.index and d is not step]
         if found.state and later and (step is not None or kind == "skip"):
             warnings.append(_state_warning(cell, step, found.state, later))
+        if found.opaque and later and step is not None:
+            warnings.append(
+                f"{cell.describe()}: step {step.name!r} assigns variables in a way the analysis "
+                f"cannot see ({_listed(found.opaque)}); later steps {_steps(later)} get such a "
+                "variable only if the step lists it: add `--outputs NAME` to the step's "
+                "`%%kale step` line for each variable it assigns this way (in the notebook, "
+                "every later cell sees them)")
+        if found.opaque and kind in PRELUDE_KINDS and drafts:
+            warnings.append(
+                f"{cell.describe()}: the {kind} cell assigns variables in a way the analysis "
+                f"cannot see ({_listed(found.opaque)}); a step that calls that code passes such "
+                "a variable on to later steps only if it lists it: add `--outputs NAME` to "
+                "that step's `%%kale step` line")
         if found.skipped_magics and (step is not None or kind in PRELUDE_KINDS):
             where = f"step {step.name!r}" if step else f"every step (this is the {kind} cell)"
             warnings.append(f"{cell.describe()}: {where} skips {_listed(found.skipped_magics)}, "
