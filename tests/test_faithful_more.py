@@ -173,8 +173,8 @@ def test_view_changed_in_a_later_step_is_a_warning(notebook) -> None:
                                   "view = arr[:2]", "%%kale step b\nview[0] = 5",
                                   "%%kale step c\nprint(arr)"))
     warning = next(w for w in plan.warnings if "made from `arr`" in w)
-    assert warning.startswith("cell 1 ('view[0] = 5'): step 'b' changes `view` in place")
-    assert "step 'a' (cell 0" in warning and "make `view` from `arr` again in step 'b'" in warning
+    assert warning.startswith("cell 2 ('view[0] = 5'): step 'b' changes `view` in place")
+    assert "step 'a' (cell 1" in warning and "make `view` from `arr` again in step 'b'" in warning
     quiet = api.read_plan(notebook("%%kale step a\nimport numpy as np\narr = np.zeros(3)\n"
                                    "view = arr[:2]", "%%kale step b\nview[0] = 5",
                                    "%%kale step c\nprint(view)", name="quiet"))
@@ -190,11 +190,11 @@ def test_module_state_class_attributes_and_opaque_assignments_are_warnings(noteb
         "exec(compile('v = 1', 'f', 'exec'))",
         "%%kale step d\nprint(mymod.COUNT, Cfg.rate, w)"))
     module = next(w for w in plan.warnings if "the state of module `mymod`" in w)
-    assert module.startswith("cell 2 (") and "`mymod.inc(...)` (line 2)" in module
+    assert module.startswith("cell 3 (") and "`mymod.inc(...)` (line 2)" in module
     assert "`mymod.LABEL = ...` (line 3)" in module and "pure" not in module
-    assert "'d' (cell 3" in module
+    assert "'d' (cell 4" in module
     cls = next(w for w in plan.warnings if "changes the class `Cfg`" in w)
-    assert cls.startswith("cell 2 (") and "set it where `Cfg` is defined" in cls
+    assert cls.startswith("cell 3 (") and "set it where `Cfg` is defined" in cls
     opaque = next(w for w in plan.warnings if "cannot see" in w)
     assert "`globals().update(...)` (line 5)" in opaque and "`exec(...)` (line 6)" in opaque
     assert "add `--outputs NAME`" in opaque
@@ -207,7 +207,7 @@ def test_generator_passed_to_a_later_step_is_refused(notebook) -> None:
         with pytest.raises(AnalysisError) as info:
             api.read_plan(notebook(f"%%kale step a\n{made}", "%%kale step b\nprint(list(gen))"))
         message = str(info.value)
-        assert message.startswith("cell 0 (") and "`gen` a generator" in message
+        assert message.startswith("cell 1 (") and "`gen` a generator" in message
         assert "make a list of it (`gen = list(...)`)" in message and "\n" not in message
 
 
@@ -216,7 +216,7 @@ def test_opaque_assignment_in_the_functions_cell_is_a_warning(notebook) -> None:
         "%%kale functions\ndef register(name, value):\n    globals()[name] = value",
         "%%kale step a\nregister('w', 1)", "%%kale step b\nprint(1)"))
     warning = next(w for w in plan.warnings if "cannot see" in w)
-    assert warning.startswith("cell 0 (") and "the functions cell" in warning
+    assert warning.startswith("cell 1 (") and "the functions cell" in warning
     assert "`globals()[name] = ...` (line 3)" in warning and "`--outputs NAME`" in warning
 
 
