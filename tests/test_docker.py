@@ -32,6 +32,7 @@ from kale_magics.codegen.pipeline import default_image
 from kale_magics.runner.docker import DockerOptions, container_root, run_docker, stop_containers
 from kale_magics.runner.status import RunStatus
 from tests.conftest import EXAMPLES
+from tests.docker_env import docker_client_or_skip
 from tests.test_examples import execute
 from tests.conftest import write_notebook
 from tests.test_magics import kale, shell  # noqa: F401  (shell: the IPython shell fixture)
@@ -44,27 +45,7 @@ NETWORK = os.environ.get("KALE_MAGICS_TEST_DOCKER_NETWORK", "host")
 @pytest.fixture(scope="module", autouse=True)
 def docker_ready() -> None:
     """Skip the module unless a Docker daemon answers and has (or can pull) the base image."""
-    try:
-        import docker
-    except ImportError:
-        pytest.skip("the docker Python package is not installed: pip install -e '.[test]'")
-    where = os.environ.get("DOCKER_HOST") or "the default socket"
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException:
-        pytest.skip(f"no Docker daemon reachable at {where}: start Docker, or run .ci/run, "
-                    "which starts one")
-    try:
-        client.images.get(default_image())
-    except docker.errors.ImageNotFound:
-        try:
-            client.images.pull(default_image())
-        except docker.errors.DockerException:
-            pytest.skip(f"image {default_image()} is not on the Docker at {where} and cannot be "
-                        "pulled: build it with .ci/python-image")
-    finally:
-        client.close()
+    docker_client_or_skip(default_image()).close()
 
 
 def _run(path: Path, tmp_path: Path, **options) -> tuple[RunStatus, list[str]]:

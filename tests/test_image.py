@@ -19,6 +19,7 @@ import pytest
 
 from kale_magics import __version__, api
 from kale_magics.codegen.image import KUBEFLOW_TAG, base_image, dockerfile
+from tests.docker_env import docker_client_or_skip
 
 NETWORK = os.environ.get("KALE_MAGICS_TEST_DOCKER_NETWORK", "host")
 STAND_IN = "kale-magics/test-kubeflow-notebook:1"
@@ -121,22 +122,7 @@ def test_cli_image_writes_the_context_and_says_how_to_build(tmp_path):
 
 @pytest.fixture(scope="module")
 def docker_client():
-    try:
-        import docker
-    except ImportError:
-        pytest.skip("the docker Python package is not installed: pip install -e '.[test]'")
-    where = os.environ.get("DOCKER_HOST") or "the default socket"
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException:
-        pytest.skip(f"no Docker daemon reachable at {where}: start Docker, or run .ci/run, "
-                    "which starts one")
-    try:
-        client.images.get("python:3.11")
-    except docker.errors.ImageNotFound:
-        pytest.skip(f"image python:3.11 is not on the Docker at {where}: build it with "
-                    ".ci/python-image")
+    client = docker_client_or_skip("python:3.11")
     yield client
     client.close()
 
