@@ -219,12 +219,19 @@ class Follower:
         for name, view in views.items():
             step = self.status.steps[name]
             cache_hit = view.state == step.state == SUCCEEDED and view.cached and not step.cached
+            items = dict(view.items)
+            if items and items != step.items and step.state not in TERMINAL_STATES and view.state in (
+                    PENDING, step.state):  # only the items moved on
+                changes.append((time.time(), name, {"state": step.state, "items": items}))
             if not cache_hit and (view.state in (PENDING, step.state) or step.state in TERMINAL_STATES):
                 continue
             now = time.time()
             direct = view.state == SKIPPED or view.cached or view.driver_failed
             if step.state == PENDING and not direct:
-                changes.append((view.start or now, name, {"state": RUNNING, "start": view.start}))
+                running = {"state": RUNNING, "start": view.start}
+                if view.state == RUNNING and items:
+                    running["items"] = items
+                changes.append((view.start or now, name, running))
             if view.state != RUNNING:
                 changes.append((view.end or now, name, self._final(name, view)))
         return changes
@@ -236,6 +243,9 @@ class Follower:
                                   "duration_s": 0.0 if view.cached else duration}
         if view.state == SKIPPED or view.cached:
             change["start"] = view.start
+        if view.items:
+            change["items"] = dict(view.items)
+            self.status.steps[name].items = dict(view.items)  # the failure below names them
         if view.state == FAILED:
             if view.driver_failed:
                 self._driver_failed.add(name)
@@ -256,6 +266,9 @@ class Follower:
             what = "KFP's driver failed before the step ran"
         else:
             what = facts.error or facts.message or "KFP reports no error text for it"
+        failed_items = [key for key, state in self.status.steps[name].items.items() if state == FAILED]
+        if failed_items:  # a --for step: which items (by position, as KFP names iterations)
+            what = f"item {', '.join(failed_items)} failed: {what}"
         return {"state": FAILED, "error": f"{what}; {where}", "cell": facts.cell, "line": facts.line}
 
     def _finish(self, state: str, run: Any) -> None:
