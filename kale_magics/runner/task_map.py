@@ -199,8 +199,14 @@ def _loop_view(task: str, by_name: dict[str, list[Entry]], workflow: str,
                     else None, items=tuple(items))
 
 
-def step_views(steps: Sequence[str], found: Sequence[Entry]) -> dict[str, StepView]:
-    """The view of each step (by step name) from a run's entries, whatever their order."""
+def step_views(steps: Sequence[str], found: Sequence[Entry],
+               groups: Optional[dict[str, list[str]]] = None) -> dict[str, StepView]:
+    """The view of each step (by step name) from a run's entries, whatever their order.
+
+    ``groups``: each step's enclosing groups (``{"deploy": ["condition-4"]}``, from the
+    pipeline spec); a step not started whose group's node is SKIPPED (a false ``dsl.If``: KFP
+    makes no node for the tasks inside) is SKIPPED.
+    """
     by_name: dict[str, list[Entry]] = {}
     for entry in found:
         by_name.setdefault(entry.name, []).append(entry)
@@ -225,8 +231,15 @@ def step_views(steps: Sequence[str], found: Sequence[Entry]) -> dict[str, StepVi
     succeeded = [node for node, _ in pairs.values() if node is not None and node.state == SUCCEEDED]
     all_cached = bool(succeeded) and sum(e.state == SKIPPED and e.name == "executor"
                                          for e in executors) == len(succeeded)
-    return {step: loops.get(step) or _view(node, driver, executors, all_cached)
-            for step, (node, driver) in pairs.items()}
+    skipped = {e.name for e in found if e.state == SKIPPED}
+    views = {step: loops.get(step) or _view(node, driver, executors, all_cached)
+             for step, (node, driver) in pairs.items()}
+    for step, view in views.items():
+        group = next((g for g in (groups or {}).get(step, []) if g in skipped), None)
+        if view.state == PENDING and group is not None:
+            entry = next(e for e in found if e.name == group and e.state == SKIPPED)
+            views[step] = StepView(SKIPPED, entry.start, entry.end)
+    return views
 
 
 def _view(node: Optional[Entry], driver: Optional[Entry], executors: list[Entry],
