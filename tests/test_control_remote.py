@@ -15,6 +15,7 @@ import pytest
 
 from kale_magics import api, cli
 from tests.equivalence import notebook_of
+from tests.test_control import INNER, OUTER
 from tests.kfp_server.fixtures import kfp_server, token_env  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
@@ -79,3 +80,18 @@ def test_a_failing_item_fails_the_loop_and_the_exit_step_still_runs(kfp_server, 
     assert {n: steps[n]["state"] for n in ("best", "never", "deploy", "summary")} == {
         "best": "SKIPPED", "never": "SKIPPED", "deploy": "SKIPPED", "summary": "SUCCEEDED"}
     assert "summary {'state': 'FAILED'" in log and "'sweep'" in log
+
+
+def test_a_sub_notebook_with_a_loop_on_the_server(kfp_server, token_env, tmp_path) -> None:  # noqa: F811
+    """The nested case: a ``%%kale notebook`` whose steps hold a ``--for`` loop."""
+    notebook_of(tmp_path, *INNER, name="inner")
+    outer = notebook_of(tmp_path, *OUTER, name="outer")
+    session = api.connect(kfp_server.url)
+    submission = api.submit(outer, session, output_dir=str(tmp_path / "out"))
+    status = api.watch_remote(session, submission.run_id, interval_s=0.3)
+    assert {n: s.state for n, s in status.steps.items()} == {
+        "start": "SUCCEEDED", "inner_params": "SUCCEEDED", "inner_scale": "SUCCEEDED",
+        "inner_add": "SUCCEEDED", "finish": "SUCCEEDED"}, status
+    assert status.steps["inner_scale"].items == {"#0": "SUCCEEDED", "#1": "SUCCEEDED"}
+    log = (kfp_server.folder / submission.run_id / "log.txt").read_text(errors="replace")
+    assert "inner total 33" in log and "finish 44" in log  # FACTOR = start = 11: [11, 22]
