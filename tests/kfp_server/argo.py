@@ -202,6 +202,8 @@ class Workflow:
             name = f"{self._prefix(up, iteration)}.{up}"
             inside = [n for n in self.nodes.values()
                       if n["name"].startswith((f"{name}.", f"{name}(")) or n["name"] == name]
+            if any(n["phase"] not in DONE and n["type"] == "Pod" for n in inside):
+                continue  # still running (a terminated run): ended below with the workflow
             phase = "Failed" if any(n["phase"] in ("Failed", "Error") for n in inside) else "Succeeded"
             for node in inside:
                 if node["phase"] not in DONE and node["type"] in ("DAG", "TaskGroup"):
@@ -271,6 +273,10 @@ class Workflow:
 
     def finish(self, phase: str, when: float, message: str = "") -> None:
         """The workflow ends: unstarted dependents are Omitted, running nodes fail."""
+        in_loop = {t for t, spec in self.tasks.items()
+                   if any(self.tasks.get(g, TaskSpec()).kind == "loop" for g in spec.group.split("."))}
+        for task in self.tasks.keys() - in_loop:  # the groups a task waits for have ended
+            self._close_groups(task, when, None)
         for task, spec in self.tasks.items():
             if spec.kind or any(self.tasks.get(g, TaskSpec()).kind == "loop" for g in spec.group.split(".")):
                 continue  # groups, and tasks in loops, are not Omitted one by one here
