@@ -74,7 +74,8 @@ def task_specs(ir: dict[str, Any]) -> dict[str, TaskSpec]:
             loop = "parameterIterator" in task or "artifactIterator" in task
             found[name] = TaskSpec(after=list(task.get("dependentTasks", [])),
                                    retries=int(task.get("retryPolicy", {}).get("maxRetryCount", 0)),
-                                   group=group, kind="loop" if loop else "group" if "dag" in component else "")
+                                   group=group,
+                                   kind="loop" if loop else "group" if "dag" in component else "")
             if "dag" in component:
                 walk(component["dag"], f"{group}.{name}" if group else name)
 

@@ -2,10 +2,15 @@
 
 It plays the part of KFP's Argo workflow: it executes the uploaded IR with ``kfp.local``
 (``SubprocessRunner(use_venv=False)``) and reports, as JSON lines on its stdout, each
-task's start (every retry attempt), cache hit and end, which the server applies to the
-run's Argo workflow. Task boundaries come from kfp.local's own log lines ("Executing task
-'x'", "Task 'x' finished with status SUCCESS", "Task x cache hit"), not from anything
-kale-magics prints, so the server works for any KFP pipeline.
+task's start (every retry attempt), cache hit and end, and each condition group whose
+condition was false, which the server applies to the run's Argo workflow. Task boundaries
+come from kfp.local's own log records ("Executing task 'x'", "Task 'x' finished with status
+SUCCESS", "Task x cache hit", "Skipping conditional task condition-3"), read by a filter on
+the root logger, not from anything kale-magics prints, so the server works for any KFP
+pipeline. A ParallelFor's iterations run in threads and kfp.local's records do not say which
+iteration they are about: the worker wraps kfp.local's ``execute_task`` to note, per thread,
+the iteration (``for-loop-2-iteration-1``) it runs, and tags the events with it (the
+innermost loop only: a loop inside a loop is not told apart).
 
 Like a pod, every task gets a Kubernetes termination-message file: empty when the task
 starts, read when it ends (its text becomes the end event's ``message``, which Argo puts
