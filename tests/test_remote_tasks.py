@@ -251,3 +251,41 @@ def test_cache_hits_of_every_step_are_seen_whatever_the_times() -> None:
     flow.cache_task("total", T0)
     assert {n: (v.state, v.cached) for n, v in views(flow, ["make", "total"]).items()} == {
         "make": ("SUCCEEDED", True), "total": ("SUCCEEDED", True)}
+
+
+def test_loop_iterations_roll_up_and_a_skipped_condition_skips_its_step() -> None:
+    """KFP's nodes for ``dsl.ParallelFor`` (``for-loop-2(i).sweep``) and a false ``dsl.If`` (the
+    group's node Skipped, no node for the task inside), in any order; helper tasks are nodes too."""
+    tasks = {"exit-handler-1": TaskSpec(kind="group"), "kale-items": TaskSpec(group="exit-handler-1"),
+             "for-loop-2": TaskSpec(["kale-items"], group="exit-handler-1", kind="loop"),
+             "sweep": TaskSpec(group="exit-handler-1.for-loop-2"),
+             "best": TaskSpec(["for-loop-2"], group="exit-handler-1"),
+             "condition-3": TaskSpec(["best"], group="exit-handler-1", kind="group"),
+             "never": TaskSpec(group="exit-handler-1.condition-3"),
+             "summary": TaskSpec(["exit-handler-1"])}
+    flow = make_workflow(tasks)
+    flow.start_task("kale-items", T0 + 1)
+    flow.end_task("kale-items", True, T0 + 1)
+    for i in range(3):
+        flow.start_task("sweep", T0 + 2, i)
+    flow.end_task("sweep", True, T0 + 3, iteration=0)
+    steps, groups = ["sweep", "best", "never", "summary"], {"never": ["exit-handler-1", "condition-3"]}
+
+    def seen() -> list[dict[str, task_map.StepView]]:
+        runs = [as_run(flow, seed=seed) for seed in range(10)]
+        return [task_map.step_views(steps, task_map.entries(r.run_details.task_details), groups)
+                for r in runs]
+
+    for found in seen():
+        assert found["sweep"].state == "RUNNING"
+        assert found["sweep"].items == (("#0", "SUCCEEDED"), ("#1", "RUNNING"), ("#2", "RUNNING"))
+    flow.end_task("sweep", True, T0 + 4, iteration=1)
+    flow.end_task("sweep", True, T0 + 4, iteration=2)
+    assert {f["sweep"].state for f in seen()} == {"RUNNING"}  # its group has not ended yet
+    flow.start_task("best", T0 + 5)  # the loop's group ended before its dependent started
+    flow.end_task("best", True, T0 + 6)
+    flow.skip_group("condition-3", T0 + 7)
+    for found in seen():
+        assert {n: v.state for n, v in found.items()} == {
+            "sweep": "SUCCEEDED", "best": "SUCCEEDED", "never": "SKIPPED", "summary": "PENDING"}
+        assert (found["sweep"].start, found["sweep"].end) == (T0 + 2, T0 + 4)

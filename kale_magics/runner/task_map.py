@@ -104,6 +104,10 @@ class StepView:
         The step's outputs came from KFP's cache.
     driver_failed:
         KFP's driver failed before the step's code ran.
+    items:
+        For a step in a ParallelFor group: ``(("#0", state), ("#1", state), ...)``, one per
+        iteration KFP has made a node for, by iteration index (KFP's Argo nodes name
+        iterations ``for-loop-2(0)``, ..., not by item value); empty for other steps.
     """
 
     state: str = PENDING
@@ -111,6 +115,7 @@ class StepView:
     end: Optional[float] = None
     cached: bool = False
     driver_failed: bool = False
+    items: tuple[tuple[str, str], ...] = ()
 
 
 def workflow_name(found: Sequence[Entry]) -> str:
@@ -145,18 +150,76 @@ def _by_structure(task: str, by_name: dict[str, list[Entry]], workflow: str,
     return next((n for n in nodes if n.children), nodes[0] if nodes else None), driver
 
 
-def step_views(steps: Sequence[str], found: Sequence[Entry]) -> dict[str, StepView]:
-    """The view of each step (by step name) from a run's entries, whatever their order."""
+def node_names(found: Sequence[Entry], workflow: str) -> set[str]:
+    """The full names of the workflow's nodes under ``<workflow>.root``, rebuilt from display
+    names and child ids: ``P.D`` is a node when some entry is called ``D`` and some entry's
+    children hold ``node_id(P.D)``, for a node ``P`` already found (nested groups and loop
+    iterations such as ``<wf>.root.exit-handler-1.for-loop-2(0).train``)."""
+    ids = set().union(*(e.children for e in found)) if found else set()
+    names, known = {e.name for e in found}, {f"{workflow}.root"}
+    frontier = set(known)
+    while frontier:
+        new = {f"{p}.{d}" for p in frontier for d in names if node_id(workflow, f"{p}.{d}") in ids}
+        frontier = new - known
+        known |= frontier
+    return known
+
+
+ITERATION = re.compile(r"\((\d+)\)$")
+
+
+def _loop_view(task: str, by_name: dict[str, list[Entry]], workflow: str,
+               names: set[str]) -> Optional[StepView]:
+    """The view of a step inside a ParallelFor group: one node per iteration ``...(N).task``,
+    rolled up (FAILED when an iteration failed, RUNNING while one runs or the loop's group
+    has not ended, else SUCCEEDED); None for a step not in a loop."""
+    nodes = sorted((n for n in names if n.endswith(f".{task}") and ITERATION.search(n[:-len(task) - 1])),
+                   key=lambda n: int(ITERATION.search(n[:-len(task) - 1]).group(1)))
+    if not nodes:
+        return None
+    items, starts, ends = [], [], []
+    for name in nodes:
+        index = ITERATION.search(name[:-len(task) - 1]).group(1)
+        executors = {node_id(workflow, f"{name}.executor")}
+        entry = next((e for e in by_name.get(task, []) if e.children & executors), None)
+        state = entry.state if entry is not None and entry.state else PENDING
+        items.append((f"#{index}", state))
+        starts += [entry.start] if entry is not None and entry.start else []
+        ends += [entry.end] if entry is not None and entry.end else []
+    group = nodes[0][:-len(task) - 1]
+    group = group[:group.rindex("(")]  # the loop's TaskGroup node
+    group_entries = [e for e in by_name.get(group.rsplit(".", 1)[-1], [])
+                     if any(node_id(workflow, n) in e.children for n in
+                            (m[:-len(task) - 1] for m in nodes))]
+    group_done = any(e.state and e.state != "RUNNING" for e in group_entries)
+    states = {state for _, state in items}
+    state = ("FAILED" if "FAILED" in states else
+             SUCCEEDED if states == {SUCCEEDED} and group_done else "RUNNING")
+    return StepView(state, min(starts, default=None), max(ends, default=None) if state != "RUNNING"
+                    else None, items=tuple(items))
+
+
+def step_views(steps: Sequence[str], found: Sequence[Entry],
+               groups: Optional[dict[str, list[str]]] = None) -> dict[str, StepView]:
+    """The view of each step (by step name) from a run's entries, whatever their order.
+
+    ``groups``: each step's enclosing groups (``{"deploy": ["condition-4"]}``, from the
+    pipeline spec); a step not started whose group's node is SKIPPED (a false ``dsl.If``: KFP
+    makes no node for the tasks inside) is SKIPPED.
+    """
     by_name: dict[str, list[Entry]] = {}
     for entry in found:
         by_name.setdefault(entry.name, []).append(entry)
     workflow = workflow_name(found)
-    groups = [n for n in by_name if n.startswith(("condition-", "for-loop-", "exit-handler-"))]
-    prefixes = [f"{workflow}.root", *(f"{workflow}.root.{g}" for g in groups)]
-    pairs, taken = {}, set()
+    names = node_names(found, workflow) if workflow else set()
+    prefixes = sorted(names)
+    pairs, taken, loops = {}, set(), {}
     for step in steps:  # without the workflow's name: the steps' nodes first, then their drivers
         task = task_name(step)
-        if workflow:
+        if workflow and (loop := _loop_view(task, by_name, workflow, names)) is not None:
+            loops[step] = loop
+            pairs[step] = (None, None)
+        elif workflow:
             pairs[step] = _by_structure(task, by_name, workflow, prefixes)
         else:
             pairs[step] = (_pick(by_name.get(task, []), taken), None)
@@ -168,7 +231,15 @@ def step_views(steps: Sequence[str], found: Sequence[Entry]) -> dict[str, StepVi
     succeeded = [node for node, _ in pairs.values() if node is not None and node.state == SUCCEEDED]
     all_cached = bool(succeeded) and sum(e.state == SKIPPED and e.name == "executor"
                                          for e in executors) == len(succeeded)
-    return {step: _view(node, driver, executors, all_cached) for step, (node, driver) in pairs.items()}
+    skipped = {e.name for e in found if e.state == SKIPPED}
+    views = {step: loops.get(step) or _view(node, driver, executors, all_cached)
+             for step, (node, driver) in pairs.items()}
+    for step, view in views.items():
+        group = next((g for g in (groups or {}).get(step, []) if g in skipped), None)
+        if view.state == PENDING and group is not None:
+            entry = next(e for e in found if e.name == group and e.state == SKIPPED)
+            views[step] = StepView(SKIPPED, entry.start, entry.end)
+    return views
 
 
 def _view(node: Optional[Entry], driver: Optional[Entry], executors: list[Entry],

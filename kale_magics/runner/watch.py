@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from kale_magics.codegen.embedding import RUNTIME_COMPONENT
-from kale_magics.errors import RunError
+from kale_magics.errors import KaleError, RunError
 from kale_magics.model import Plan, task_name
 from kale_magics.runner import remote, task_map
 from kale_magics.runner.connection import KfpSession
@@ -90,12 +90,8 @@ def get_run(session: KfpSession, run_id: str, retry: RetryPolicy = RetryPolicy()
                 run_id=run_id, policy=retry, sleep=sleep)
 
 
-def run_steps(session: KfpSession, run: Any) -> list[str]:
-    """The step names of a run, from its pipeline spec (inline, or its pipeline version's).
-
-    A step's name is its component's (``comp-train-forest`` runs ``train_forest``), so
-    ``train_forest`` and ``train-forest`` map back exactly.
-    """
+def run_spec(session: KfpSession, run: Any) -> dict[str, Any]:
+    """The run's pipeline spec (inline, or its pipeline version's; {} when unknown)."""
     spec = run.pipeline_spec
     reference = run.pipeline_version_reference
     if not spec and reference is not None and reference.pipeline_version_id:
@@ -104,10 +100,39 @@ def run_steps(session: KfpSession, run: Any) -> list[str]:
                        pipeline_id=reference.pipeline_id,
                        pipeline_version_id=reference.pipeline_version_id)
         spec = version.pipeline_spec
-    spec = (spec or {}).get("pipeline_spec", spec or {})  # {pipeline_spec, platform_spec} wrapper
-    tasks = spec.get("root", {}).get("dag", {}).get("tasks", {})
-    order = _topological({name: set(task.get("dependentTasks", [])) for name, task in tasks.items()})
-    steps = [_step_of(name, tasks[name]) for name in order]
+    return (spec or {}).get("pipeline_spec", spec or {})  # {pipeline_spec, platform_spec} wrapper
+
+
+def spec_groups(spec: dict[str, Any]) -> dict[str, list[str]]:
+    """Each step of a spec (by step name) and the groups around its task, outermost first
+    (``{"deploy": ["exit-handler-1", "condition-4"]}``). Groups (a component with a ``dag``:
+    ``dsl.If``, ``dsl.ParallelFor``, ``dsl.ExitHandler``) and kale-magics' helper tasks
+    (components ``comp-kale-...``: the runtime, a loop's items, a condition's check; no step
+    may be called ``kale...``) are no steps."""
+    components = spec.get("components", {})
+    found: dict[str, list[str]] = {}
+
+    def walk(dag: dict[str, Any], groups: list[str]) -> None:
+        tasks = dag.get("tasks", {})
+        order = _topological({n: set(t.get("dependentTasks", [])) & set(tasks) for n, t in tasks.items()})
+        for name in order:
+            component = tasks[name].get("componentRef", {}).get("name", "")
+            if "dag" in components.get(component, {}):
+                walk(components[component]["dag"], [*groups, name])
+            elif not component.startswith("comp-kale-"):
+                found[_step_of(name, tasks[name])] = groups
+
+    walk(spec.get("root", {}).get("dag", {}), [])
+    return found
+
+
+def run_steps(session: KfpSession, run: Any) -> list[str]:
+    """The step names of a run, from its pipeline spec, upstream first (:func:`spec_groups`).
+
+    A step's name is its component's (``comp-train-forest`` runs ``train_forest``), so
+    ``train_forest`` and ``train-forest`` map back exactly.
+    """
+    steps = list(spec_groups(run_spec(session, run)))
     return [step for step in steps if step != RUNTIME_COMPONENT]  # it writes the runtime, no step
 
 
@@ -164,6 +189,8 @@ class Follower:
         self.facts: Optional[WorkflowFacts] = None
         self._facts_readable = True
         self._driver_failed: set[str] = set()
+        #: Each step's enclosing groups (:func:`spec_groups`), to see a false condition's steps.
+        self.groups: dict[str, list[str]] = {}
 
     @property
     def canceled(self) -> bool:
@@ -192,7 +219,7 @@ class Follower:
                            f"look at it in the KFP UI: {self.status.url}")
         self.cancel_seen = self.cancel_seen or state == CANCELING
         tasks = run.run_details.task_details if run.run_details else None
-        views = task_map.step_views(list(self.status.steps), task_map.entries(tasks))
+        views = task_map.step_views(list(self.status.steps), task_map.entries(tasks), self.groups)
         if state in TERMINAL_STATES or any(v.state == FAILED and self.status.steps[n].state not in
                                            TERMINAL_STATES for n, v in views.items()):
             self._read_facts()
@@ -219,12 +246,19 @@ class Follower:
         for name, view in views.items():
             step = self.status.steps[name]
             cache_hit = view.state == step.state == SUCCEEDED and view.cached and not step.cached
+            items = dict(view.items)
+            if items and items != step.items and step.state not in TERMINAL_STATES and view.state in (
+                    PENDING, step.state):  # only the items moved on
+                changes.append((time.time(), name, {"state": step.state, "items": items}))
             if not cache_hit and (view.state in (PENDING, step.state) or step.state in TERMINAL_STATES):
                 continue
             now = time.time()
             direct = view.state == SKIPPED or view.cached or view.driver_failed
             if step.state == PENDING and not direct:
-                changes.append((view.start or now, name, {"state": RUNNING, "start": view.start}))
+                running = {"state": RUNNING, "start": view.start}
+                if view.state == RUNNING and items:
+                    running["items"] = items
+                changes.append((view.start or now, name, running))
             if view.state != RUNNING:
                 changes.append((view.end or now, name, self._final(name, view)))
         return changes
@@ -236,6 +270,9 @@ class Follower:
                                   "duration_s": 0.0 if view.cached else duration}
         if view.state == SKIPPED or view.cached:
             change["start"] = view.start
+        if view.items:
+            change["items"] = dict(view.items)
+            self.status.steps[name].items = dict(view.items)  # the failure below names them
         if view.state == FAILED:
             if view.driver_failed:
                 self._driver_failed.add(name)
@@ -256,6 +293,9 @@ class Follower:
             what = "KFP's driver failed before the step ran"
         else:
             what = facts.error or facts.message or "KFP reports no error text for it"
+        failed_items = [key for key, state in self.status.steps[name].items.items() if state == FAILED]
+        if failed_items:  # a --for step: which items (by position, as KFP names iterations)
+            what = f"item {', '.join(failed_items)} failed: {what}"
         return {"state": FAILED, "error": f"{what}; {where}", "cell": facts.cell, "line": facts.line}
 
     def _finish(self, state: str, run: Any) -> None:
@@ -283,6 +323,10 @@ def start(session: KfpSession, run_id: str, plan: Optional[Plan] = None,
     """Read the run once and return its follower, the status up to date."""
     run = get_run(session, run_id, retry, sleep)
     follower = Follower(session, new_status(session, run, plan, hooks))
+    try:
+        follower.groups = spec_groups(run_spec(session, run))
+    except (KaleError, AttributeError, TypeError):  # without it a false condition's step is
+        follower.groups = {}                        # SKIPPED when the run ends
     follower.apply(run)
     return follower
 

@@ -100,9 +100,12 @@ def facts(manifest: dict[str, Any], steps: Sequence[str]) -> WorkflowFacts:
     found = {}
     for step in steps:
         task = task_name(step)
-        dag = next((n for name, n in by_name.items() if name.endswith(f".{task}")
-                    and n.get("templateName") != "system-container-driver"
-                    and by_name.get(f"{name}.executor") is not None), None)
+        dags = [n for name, n in by_name.items() if name.endswith(f".{task}")
+                and n.get("templateName") != "system-container-driver"
+                and by_name.get(f"{name}.executor") is not None]
+        # a --for step has one node per loop iteration: a failed one tells why the step failed
+        dag = min(dags, key=lambda n: (n.get("phase") not in ("Failed", "Error"), n.get("name", "")),
+                  default=None)
         if dag is not None:
             found[step] = _step_facts(dag, by_name[f"{dag['name']}.executor"], nodes, workflow)
     return WorkflowFacts(terminated, found)
@@ -123,7 +126,14 @@ def _step_facts(dag: dict[str, Any], executor: dict[str, Any], nodes: dict[str, 
            if workflow and attempt.get("id") else "")
     return StepFacts(failed=True, error=str(summary.get("error", "")), cell=str(summary.get("cell", "")),
                      line=int(summary.get("line") or 0), message=message, pod=pod,
-                     node=f"{dag.get('displayName', '')} > {attempt.get('displayName', 'executor')}")
+                     node=f"{_iteration(dag)}{dag.get('displayName', '')} > "
+                          f"{attempt.get('displayName', 'executor')}")
+
+
+def _iteration(dag: dict[str, Any]) -> str:
+    """``"for-loop-2(1) > "`` for a task node inside a loop iteration, else ""."""
+    outer = dag.get("name", "").rsplit(".", 2)
+    return f"{outer[-2]} > " if len(outer) == 3 and outer[-2].endswith(")") else ""
 
 
 def _summary(message: str) -> dict[str, Any]:

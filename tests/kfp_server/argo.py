@@ -59,11 +59,15 @@ def seconds_text(moment: Optional[float]) -> str:
 
 @dataclass
 class TaskSpec:
-    """One pipeline task as the compiler sees it: upstream tasks, retries, enclosing group."""
+    """One pipeline task as the compiler sees it: upstream tasks, retries, enclosing groups
+    (``group``: their names from the outermost, joined by ``.``), and ``kind``: "" for a task
+    that runs a container, "group" for a condition or exit-handler group, "loop" for a
+    ParallelFor group."""
 
     after: list[str] = field(default_factory=list)
     retries: int = 0
     group: str = ""
+    kind: str = ""
 
 
 class Workflow:
@@ -118,16 +122,54 @@ class Workflow:
     def _end(self, node: dict[str, Any], phase: str, when: float, message: str = "") -> None:
         node.update(phase=phase, finishedAt=when, message=message or node["message"])
 
-    def _prefix(self, task: str) -> str:
-        group = self.tasks[task].group
-        return f"{self.name}.root.{group}" if group else f"{self.name}.root"
+    def _prefix(self, task: str, iteration: Optional[int] = None) -> str:
+        """The name of the DAG node a task's nodes are in. A ParallelFor group ``for-loop-2``
+        is a TaskGroup node ``D.for-loop-2`` with one DAG node per iteration,
+        ``D.for-loop-2(0)``, ... (Argo's names for a task expanded ``withSequence``)."""
+        prefix = f"{self.name}.root"
+        for group in filter(None, self.tasks[task].group.split(".")):
+            kind = self.tasks[group].kind if group in self.tasks else ""
+            prefix += f".{group}({iteration or 0})" if kind == "loop" else f".{group}"
+        return prefix
 
-    def _outbound(self, task: str) -> list[str]:
-        """The node ids a task's dependents hang from (its executor, or its last attempt)."""
-        prefix = f"{self._prefix(task)}.{task}"
+    def _ensure_groups(self, task: str, iteration: Optional[int], when: float) -> None:
+        """Make the nodes of the groups around ``task`` (their drivers, DAGs, iterations)."""
+        groups = [g for g in self.tasks[task].group.split(".") if g]
+        for depth, group in enumerate(groups):
+            outer = self._prefix(group, iteration) if group in self.tasks else f"{self.name}.root"
+            name = f"{outer}.{group}"
+            if self.node_id(name) not in self.nodes:
+                parents = [n for up in self.tasks[group].after for n in self._outbound(up, iteration)] \
+                    if group in self.tasks else []
+                driver = self._add(f"{name}-driver", "Pod", "system-dag-driver",
+                                   parents or [self.node_id(outer)], when, phase="Succeeded")
+                kind = "TaskGroup" if self.tasks.get(group, TaskSpec()).kind == "loop" else "DAG"
+                self._add(name, kind, group, [driver["id"]], when)
+            if self.tasks.get(group, TaskSpec()).kind == "loop":
+                step = f"{outer}.{group}({iteration or 0})"
+                if self.node_id(step) not in self.nodes:
+                    self._add(step, "DAG", group, [self.node_id(name)], when)
+
+    def skip_group(self, group: str, when: float, iteration: Optional[int] = None) -> None:
+        """A condition group whose condition is false: its driver ran, its node is Skipped."""
+        if group not in self.tasks:
+            return self.add_group(group, when, skipped=True)
+        self._ensure_groups(group, iteration, when)
+        outer = self._prefix(group, iteration)
+        parents = [n for up in self.tasks[group].after for n in self._outbound(up, iteration)]
+        driver = self._add(f"{outer}.{group}-driver", "Pod", "system-dag-driver",
+                           parents or [self.node_id(outer)], when, phase="Succeeded")
+        node = self._add(f"{outer}.{group}", "Skipped", group, [driver["id"]], when, phase="Skipped")
+        node["message"] = "when 'false != false' evaluated false"
+
+    def _outbound(self, task: str, iteration: Optional[int] = None) -> list[str]:
+        """The node ids a task's dependents hang from (its executor, or its last attempt;
+        a group's node)."""
+        prefix = f"{self._prefix(task, iteration)}.{task}" if task in self.tasks else \
+            f"{self.name}.root.{task}"
         executor = self.nodes.get(self.node_id(f"{prefix}.executor"))
         if executor is None:
-            return [self.node_id(prefix)]
+            return [self.node_id(prefix)] if self.node_id(prefix) in self.nodes else []
         if executor["type"] == "Retry" and executor["children"]:
             return [executor["children"][-1]]
         return [executor["id"]]
@@ -151,20 +193,39 @@ class Workflow:
         if skipped:
             node["message"] = "when 'false != false' evaluated false"
 
-    def _driver(self, task: str, when: float) -> dict[str, Any]:
-        prefix, spec = self._prefix(task), self.tasks[task]
-        parents = [n for up in spec.after for n in self._outbound(up)] or [self.node_id(prefix)]
+    def _close_groups(self, task: str, when: float, iteration: Optional[int]) -> None:
+        """Groups ``task`` waits for have ended (Argo starts a dependent after its group's
+        DAG, a loop's iterations too, finished): Failed when a node inside failed."""
+        for up in self.tasks[task].after:
+            if not self.tasks.get(up, TaskSpec()).kind:
+                continue
+            name = f"{self._prefix(up, iteration)}.{up}"
+            inside = [n for n in self.nodes.values()
+                      if n["name"].startswith((f"{name}.", f"{name}(")) or n["name"] == name]
+            if any(n["phase"] not in DONE and n["type"] == "Pod" for n in inside):
+                continue  # still running (a terminated run): ended below with the workflow
+            phase = "Failed" if any(n["phase"] in ("Failed", "Error") for n in inside) else "Succeeded"
+            for node in inside:
+                if node["phase"] not in DONE and node["type"] in ("DAG", "TaskGroup"):
+                    self._end(node, phase, when)
+
+    def _driver(self, task: str, when: float, iteration: Optional[int] = None) -> dict[str, Any]:
+        self._ensure_groups(task, iteration, when)
+        self._close_groups(task, when, iteration)
+        prefix, spec = self._prefix(task, iteration), self.tasks[task]
+        parents = [n for up in spec.after for n in self._outbound(up, iteration)] or [self.node_id(prefix)]
         return self._add(f"{prefix}.{task}-driver", "Pod", "system-container-driver", parents, when,
                          phase="Succeeded")
 
-    def start_task(self, task: str, when: float) -> None:
-        """The task's executor starts (again, for a retry attempt)."""
-        prefix = f"{self._prefix(task)}.{task}"
+    def start_task(self, task: str, when: float, iteration: Optional[int] = None) -> None:
+        """The task's executor starts (again, for a retry attempt); ``iteration``: which
+        iteration of the loop group around it."""
+        prefix = f"{self._prefix(task, iteration)}.{task}"
         if self.node_id(prefix) not in self.nodes:
-            driver = self._driver(task, when)
+            driver = self._driver(task, when, iteration)
             self._add(prefix, "DAG", "system-container-executor", [driver["id"]], when)
-        attempt = self.attempts.get(task, -1) + 1
-        self.attempts[task] = attempt
+        attempt = self.attempts.get(prefix, -1) + 1
+        self.attempts[prefix] = attempt
         if not self.tasks[task].retries:
             self._add(f"{prefix}.executor", "Pod", "system-container-impl", [self.node_id(prefix)], when)
             return
@@ -173,10 +234,10 @@ class Workflow:
         self._add(f"{prefix}.executor({attempt})", "Pod", "system-container-impl",
                   [self.node_id(f"{prefix}.executor")], when)
 
-    def cache_task(self, task: str, when: float) -> None:
+    def cache_task(self, task: str, when: float, iteration: Optional[int] = None) -> None:
         """The driver found a cache hit: the task succeeds, its executor is Skipped."""
-        prefix = f"{self._prefix(task)}.{task}"
-        driver = self._driver(task, when)
+        prefix = f"{self._prefix(task, iteration)}.{task}"
+        driver = self._driver(task, when, iteration)
         node = self._add(prefix, "DAG", "system-container-executor", [driver["id"]], when,
                          phase="Succeeded")
         executor = self._add(f"{prefix}.executor", "Skipped", "system-container-impl", [node["id"]],
@@ -194,16 +255,17 @@ class Workflow:
         """KFP's driver fails (resolving inputs, the pod spec): the task's node is never made."""
         self._end(self._driver(task, when), "Failed", when, message)
 
-    def end_task(self, task: str, succeeded: bool, when: float, message: str = "") -> None:
+    def end_task(self, task: str, succeeded: bool, when: float, message: str = "",
+                 iteration: Optional[int] = None) -> None:
         """The current attempt ended; the task ends unless a retry follows."""
-        prefix = f"{self._prefix(task)}.{task}"
+        prefix = f"{self._prefix(task, iteration)}.{task}"
         executor = self.node(f"{prefix}.executor")
         phase = "Succeeded" if succeeded else "Failed"
         attempt = executor
         if executor["type"] == "Retry":
             attempt = self.nodes[executor["children"][-1]]
         self._end(attempt, phase, when, message if not succeeded else "")
-        if not succeeded and self.attempts[task] < self.tasks[task].retries:
+        if not succeeded and self.attempts[prefix] < self.tasks[task].retries:
             return
         if attempt is not executor:
             self._end(executor, phase, when, attempt["message"])
@@ -211,10 +273,18 @@ class Workflow:
 
     def finish(self, phase: str, when: float, message: str = "") -> None:
         """The workflow ends: unstarted dependents are Omitted, running nodes fail."""
+        in_loop = {t for t, spec in self.tasks.items()
+                   if any(self.tasks.get(g, TaskSpec()).kind == "loop" for g in spec.group.split("."))}
+        for task in self.tasks.keys() - in_loop:  # the groups a task waits for have ended
+            self._close_groups(task, when, None)
         for task, spec in self.tasks.items():
+            if spec.kind or any(self.tasks.get(g, TaskSpec()).kind == "loop" for g in spec.group.split(".")):
+                continue  # groups, and tasks in loops, are not Omitted one by one here
             started = self.node_id(f"{self._prefix(task)}.{task}-driver") in self.nodes
-            blocked = any(self.node(f"{self._prefix(up)}.{up}")["phase"] in ("Failed", "Error")
-                          for up in spec.after if self.node_id(f"{self._prefix(up)}.{up}") in self.nodes)
+            ups = [f"{self._prefix(up)}.{up}" if up in self.tasks else f"{self.name}.root.{up}"
+                   for up in spec.after]
+            blocked = any(self.node(up)["phase"] in ("Failed", "Error")
+                          for up in ups if self.node_id(up) in self.nodes)
             if not started and blocked and not self.terminated:
                 self._add(f"{self._prefix(task)}.{task}-driver", "Skipped", "system-container-driver",
                           [], when, phase="Omitted")["message"] = "omitted: depends condition not met"

@@ -154,13 +154,16 @@ class Execution:
                 return
             if run.state == "PENDING":
                 run.set_state("RUNNING")
+            iteration = event.get("iteration")
             if event["event"] == "start":
-                run.workflow.start_task(task, when)
+                run.workflow.start_task(task, when, iteration)
             elif event["event"] == "cached":
-                run.workflow.cache_task(task, when)
+                run.workflow.cache_task(task, when, iteration)
+            elif event["event"] == "skipped":
+                run.workflow.skip_group(task, when, iteration)
             elif event["event"] == "end":
                 message = POD_ERROR + (f": {event['message']}" if event.get("message") else "")
-                run.workflow.end_task(task, event["state"] == "SUCCEEDED", when, message)
+                run.workflow.end_task(task, event["state"] == "SUCCEEDED", when, message, iteration)
 
     def _finish(self, done_error: Optional[str]) -> None:
         if self.outcome == "canceled":

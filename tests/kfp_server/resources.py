@@ -63,11 +63,24 @@ def without_zero(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def task_specs(ir: dict[str, Any]) -> dict[str, TaskSpec]:
-    """The root DAG's tasks of a compiled pipeline: upstream tasks and retry counts."""
-    tasks = ir.get("root", {}).get("dag", {}).get("tasks", {})
-    return {name: TaskSpec(after=list(task.get("dependentTasks", [])),
-                           retries=int(task.get("retryPolicy", {}).get("maxRetryCount", 0)))
-            for name, task in tasks.items()}
+    """Every task of a compiled pipeline, nested groups' too (KFP's task names are unique in
+    a pipeline): upstream tasks, retry counts, enclosing groups; groups (a component with a
+    ``dag``) have kind "group", or "loop" with a ``parameterIterator``/``artifactIterator``."""
+    found: dict[str, TaskSpec] = {}
+
+    def walk(dag: dict[str, Any], group: str) -> None:
+        for name, task in dag.get("tasks", {}).items():
+            component = ir.get("components", {}).get(task.get("componentRef", {}).get("name", ""), {})
+            loop = "parameterIterator" in task or "artifactIterator" in task
+            found[name] = TaskSpec(after=list(task.get("dependentTasks", [])),
+                                   retries=int(task.get("retryPolicy", {}).get("maxRetryCount", 0)),
+                                   group=group,
+                                   kind="loop" if loop else "group" if "dag" in component else "")
+            if "dag" in component:
+                walk(component["dag"], f"{group}.{name}" if group else name)
+
+    walk(ir.get("root", {}).get("dag", {}), "")
+    return found
 
 
 class Store:
