@@ -212,5 +212,5 @@ def test_metrics_keep_the_notebooks_order_when_the_step_comes_from_the_cache(tmp
     compiled = api.compile_notebook(path)
     runs = [api.run_local(compiled, pipeline_root=str(tmp_path / "root")) for _ in range(2)]
     assert [run.steps["a"].cached for run in runs] == [False, True]
-    assert list(runs[1].steps["a"].metrics) != ["zeta", "mid", "alpha"]  # the cache sorts them
+    # kfp.local's cache may give the metrics back in another order (sorted, as seen before)
     assert [list(run.metrics) for run in runs] == [["zeta", "mid", "alpha"]] * 2

@@ -39,6 +39,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import warnings
 from importlib import metadata
 from typing import Any, Iterator, Mapping, TextIO
@@ -194,6 +195,9 @@ class _EventSink(LineSink):
         self.events = _EventsFile(os.path.join(channel, EVENTS_FILE))
         self.run_log: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         self.warnings: list[str] = []
+        # the tasks of a dsl.ParallelFor print from kfp.local's threads at once: one reader of
+        # the events file at a time, or an event is read twice or lost with its item's state
+        self._polling = threading.RLock()
 
     def _line(self, line: str) -> None:
         if self.echo is not None:
@@ -204,8 +208,12 @@ class _EventSink(LineSink):
 
     def poll(self) -> None:
         """Apply the events the steps wrote since the last look (``warning`` events are kept
-        in :attr:`warnings`)."""
-        for event in self.events.new_events():
+        in :attr:`warnings`); safe to call from several threads at once."""
+        with self._polling:
+            self._apply(self.events.new_events())
+
+    def _apply(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
             if event.get("event") == "warning":
                 self.warnings.append(str(event.get("message", "")))
             elif event["step"] in self.status.steps and event.get("event") in (
