@@ -27,7 +27,8 @@ def test_the_servers_runs_of_the_notebooks_pipeline_are_listed(kfp_server, token
     first = api.submit(path, session, {"N": "4"}, output_dir=str(tmp_path / "a"))
     second = api.submit(path, session, {"NAMES": "['b', 'c']"}, output_dir=str(tmp_path / "a"))
     api.submit(notebook(*OTHER, name="other"), session, output_dir=str(tmp_path / "b"))
-    api.watch_remote(session, second.run_id, interval_s=0.2)
+    for run in (first, second):  # both ended: the two listings below must agree
+        api.watch_remote(session, run.run_id, interval_s=0.2)
     found = api.run_history(path, server=session)
     assert [r.run_id for r in found.runs] == [second.run_id, first.run_id]  # newest first
     assert all(r.where == "kfp" and r.url.endswith(r.run_id) for r in found.runs)
