@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict
-from typing import Mapping, Sequence
+from typing import Mapping
 
 from kale_magics.codegen.cell_code import (check_argument_size, check_parameter_sizes, places,
                                             prelude_cells, step_cells)

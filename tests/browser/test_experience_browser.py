@@ -31,7 +31,6 @@ from tests.browser.test_panel_browser import (  # noqa: F401  (fixtures)
     TOKEN,
     _accept_dialogs,
     _run_all_cells,
-    _say,
     _shot,
     browser,
     jupyter,
