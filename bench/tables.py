@@ -62,10 +62,11 @@ def local_run(section: dict[str, Any]) -> str:
     for r in section.get("notebooks", []):
         ours = r["ours"]
         rows.append((r["notebook"], ours.get("steps"), ours.get("total_s"), ours.get("compile_s"),
-                     ours.get("run_s"), ours.get("step_sum_s"), ours.get("overhead_per_step_s"),
+                     ours.get("run_s"), ours.get("step_sum_s"), ours.get("imports_s"),
+                     ours.get("overhead_per_step_s"),
                      ours.get("bookkeeping_per_step_s"), ours.get("largest_gap_s"), r["nbclient_s"], r["kale_total_s"],
                      r["ours_over_nbclient"], r["kale_over_ours"]))
-    text = table(("notebook", "steps", "ours s", "compile", "run", "in steps", "ovh/step",
+    text = table(("notebook", "steps", "ours s", "compile", "run", "in steps", "imports", "ovh/step",
                   "bookkeep/step", "max gap", "nbclient s", "Kale s", "ours/nbcl", "Kale/ours"), rows)
     notes = [f"  {r['notebook']}: {note}" for r in section.get("notebooks", [])
              for note in ([r["kale_note"]] if r.get("kale_note") else []) + r.get("errors", [])]
@@ -135,7 +136,7 @@ def targets(rows: Sequence[dict[str, Any]]) -> str:
 SECTIONS = (("compile_process", "1. Compile latency, whole process (median seconds)",
              compile_process),
             ("compile_warm", "2. Compile latency in a warm kernel", compile_warm),
-            ("local_run", "3. Local run (median seconds; ovh/step = run - in steps, per step)",
+            ("local_run", "3. Local run (median seconds; ovh/step = run - in steps - imports, per step)",
              local_run),
             ("marshal", "4. Data passing, save + load", marshal),
             ("magic", "5. Magic overhead", magic),

@@ -51,7 +51,7 @@ from kale_magics.codegen.settings import local_noops
 from kale_magics.errors import RunError
 from kale_magics.model import Plan, requirement_name
 from kale_magics.redaction import redact_urls
-from kale_magics.runner import history, local_cache
+from kale_magics.runner import history, local_cache, prefork
 from kale_magics.runner.local_dag import ordered_dag
 from kale_magics.runner.status import (FAILED, PENDING, RUNNING, SKIPPED, SUCCEEDED, RunHooks,
                                       RunStatus, StepStatus)
@@ -68,7 +68,9 @@ LINE_LIMIT = 4096
 
 
 def local_ir(ir: dict[str, Any], env: Mapping[str, str], installs: bool = False) -> dict[str, Any]:
-    """Return a copy of the IR for a local run: no pip installs, extra environment variables.
+    """Return a copy of the IR for a local run: no pip installs, extra environment variables,
+    and (unless ``installs``) each step started through the step server's client
+    (``runner.prefork``).
 
     Parameters
     ----------
@@ -90,7 +92,10 @@ def local_ir(ir: dict[str, Any], env: Mapping[str, str], installs: bool = False)
         # KFP's lightweight component: ["sh", "-c", "<pip install ...> && "$0" "$@"", "sh", "-ec", ...]
         if not installs and command[:2] == ["sh", "-c"] and "pip install" in command[2] \
                 and command[3:4] == ["sh"]:
-            container["command"] = command[3:]
+            container["command"] = command = command[3:]
+        if not installs and command[:2] == ["sh", "-ec"]:
+            container["command"] = [*command[:2], prefork.client_command(command[2]),
+                                    *command[3:]]
         container["env"] = [*container.get("env", []),
                             *({"name": k, "value": v} for k, v in sorted(env.items()))]
     return local
@@ -428,7 +433,8 @@ def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = 
     if from_step is not None:
         ir = local_cache.rerun(ir, local_cache.downstream(plan, from_step))
     env = {WORKDIR_ENV: workdir}
-    execute_plan(plan, local_ir(ir, env), dict(arguments or {}), status, echo, enable_caching)
+    execute_plan(plan, local_ir(ir, env), dict(arguments or {}), status, echo, enable_caching,
+                 step_env=env)
     return status
 
 
@@ -442,7 +448,8 @@ def plan_status(plan: Plan, pipeline_root: str, hooks: RunHooks | None,
 
 
 def execute_plan(plan: Plan, ir: dict[str, Any], arguments: dict[str, Any], status: RunStatus,
-                 echo: TextIO | None, enable_caching: bool, runner: Any = None) -> None:
+                 echo: TextIO | None, enable_caching: bool, runner: Any = None,
+                 step_env: Mapping[str, str] | None = None) -> None:
     """Run the prepared local copy ``ir`` of ``plan`` with ``kfp.local`` into ``status.pipeline_root``
     and follow it into ``status``: steps in plan order, a failed step stopping only the steps
     depending on it (``local_dag.ordered_dag``), a new channel folder (named to the steps in
@@ -450,7 +457,9 @@ def execute_plan(plan: Plan, ir: dict[str, Any], arguments: dict[str, Any], stat
     cache and those the steps reported, and the run's record
     (:func:`kale_magics.runner.history.write_record`) in the channel folder.
 
-    ``runner`` is the kfp.local runner; default ``SubprocessRunner(use_venv=False)``.
+    ``runner`` is the kfp.local runner; default ``SubprocessRunner(use_venv=False)``, whose
+    steps are forked from a step server (``runner.prefork``) given ``step_env``, the
+    environment variables ``ir`` gives every step.
 
     Raises
     ------
@@ -458,7 +467,9 @@ def execute_plan(plan: Plan, ir: dict[str, Any], arguments: dict[str, Any], stat
         The channel folder cannot be created.
     """
     channel = _channel_folder(status.pipeline_root, plan.name)
-    with _run_environment(channel):
+    server = (prefork.step_server(plan, step_env, step_env.get(WORKDIR_ENV, os.getcwd()), channel)
+              if runner is None and step_env is not None else contextlib.nullcontext())
+    with _run_environment(channel), server:
         step_warnings = _execute(ir, arguments, status.pipeline_root, status, echo, enable_caching,
                                  channel, runner, plan)
     found = [*local_cache.stale_warnings(plan, status), *step_warnings]

@@ -1,0 +1,268 @@
+"""The step server of a local run: one Python process that imports KFP's executor and the
+notebook's leading imports once, then forks a process for each step that asks.
+
+A step of a local run is ``python3 -m kfp.dsl.executor_main ...`` started by ``kfp.local``;
+most of its start is importing KFP (0.3-0.6 s) and the notebook's imports cell again
+(pandas and scikit-learn: about 1 s). Here both are imported once per run, and each step's
+process is a fork of this one that then runs ``kfp.dsl.executor_main`` as ``__main__``
+exactly as ``python -m`` does (:func:`runpy.run_module`), and exits through the normal
+interpreter exit (threads joined, ``atexit``, module teardown).
+
+It runs as a script, ``python -c "<runpy.run_path>" <this file> FD PRELOAD``, with the standard
+library only, so nothing of kale-magics is imported into the steps' processes. ``PRELOAD``
+is Python source of import statements only (``runner.prefork.preload_source`` chooses
+them); it runs with the working directory and ``sys.path`` a step has when its imports
+cell runs. A step whose environment or working directory differs from this process's is
+refused and its client runs the step itself, unforked (``runner.prefork_client``).
+
+Protocol, one connection per step on the Unix socket listening on descriptor ``FD`` (bound
+by the local run before this starts, so no client finds it missing): the client sends a
+4-byte big-endian length with its standard input, output and error attached
+(``SCM_RIGHTS``), then that many bytes of JSON ``{"argv": [...], "env": {...}, "cwd":
+"...", "executable": "..."}`` (``argv``: the module to run, then its arguments); the server
+answers one JSON line, ``{"pid": N}`` or ``{"refused": "why"}``, and, when the step's
+process ends, ``{"exit": CODE}`` (:func:`os.waitstatus_to_exitcode`: negative when a
+signal ended it). A client that goes away first takes its step's process with it
+(``SIGKILL``). The server ends when its standard input (held by the local run) closes.
+
+Linux only (``os.pidfd_open``): elsewhere the local run starts no server.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import runpy
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+
+#: Environment variables that may differ between the server and a step it forks: the
+#: step's own value is set in the forked process. ``kfp.local``'s command sets
+#: ``_KFP_RUNTIME`` for the step only; the step's shell (``sh -ec``) sets the others.
+PER_STEP_ENV = ("_KFP_RUNTIME", "PWD", "OLDPWD", "SHLVL", "_")
+#: Environment variable naming the steps' working directory (``runtime.step.WORKDIR_ENV``).
+WORKDIR_ENV = "KALE_MAGICS_WORKDIR"
+HEADER = struct.Struct(">I")
+
+
+def log(message: str) -> None:
+    """One line in the server's log (its standard output, a file of the run's log folder)."""
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+def preload(source: str) -> None:
+    """Import what the steps import first, as their imports cell does: in the steps' working
+    directory with ``""`` first on ``sys.path`` (``runtime.step``), then back.
+
+    An import that fails ends the preload there; the step meets the same error itself.
+    """
+    start, cwd = time.perf_counter(), os.getcwd()
+    sys.path[0] = cwd  # python -m puts the working directory first, as an absolute path
+    import kfp.dsl.executor_main  # noqa: F401 (what every step runs)
+
+    log(f"imported KFP's executor in {time.perf_counter() - start:.3f} s")
+    start = time.perf_counter()
+    workdir = os.environ.get(WORKDIR_ENV)
+    if workdir:
+        os.chdir(workdir)
+    sys.path.insert(0, "")
+    try:
+        exec(compile(source, "<kale-magics preload>", "exec"), {"__name__": "__kale_preload__"})
+    except Exception as error:  # the step's own import reports it
+        log(f"preload stopped: {type(error).__name__}: {error}")
+    finally:
+        sys.path.remove("")
+        os.chdir(cwd)
+    log(f"ran the leading imports in {time.perf_counter() - start:.3f} s "
+        f"({len(sys.modules)} modules imported)")
+    gc.collect()
+    gc.freeze()  # the steps share these pages; their collections skip them
+
+
+#: This process's environment as it started, before the preload (an import may set variables:
+#: scikit-learn sets ``KMP_DUPLICATE_LIB_OK``, as it does in a step).
+START_ENV = dict(os.environ)
+
+
+def refusal(request: dict) -> str:
+    """Why the step of ``request`` must not be a fork of this process ("" when it may)."""
+    if request.get("executable") != sys.executable:
+        return f"another Python: {request.get('executable')}"
+    if request.get("cwd") != os.getcwd():
+        return f"another working directory: {request.get('cwd')}"
+    env = request.get("env") or {}
+    differ = sorted(k for k in {*env, *START_ENV} - set(PER_STEP_ENV)
+                    if env.get(k) != START_ENV.get(k))
+    return f"environment variables differ: {', '.join(differ)}" if differ else ""
+
+
+def read_request(conn: socket.socket) -> tuple[dict, list[int]]:
+    """The client's request and its standard input, output and error."""
+    conn.settimeout(10)
+    data, fds, _, _ = socket.recv_fds(conn, HEADER.size, 3)
+    if len(data) != HEADER.size or len(fds) != 3:
+        raise OSError("incomplete request")
+    (size,) = HEADER.unpack(data)
+    body = b""
+    while len(body) < size:
+        chunk = conn.recv(size - len(body))
+        if not chunk:
+            raise OSError("incomplete request")
+        body += chunk
+    conn.settimeout(None)
+    return json.loads(body), fds
+
+
+def become_step(request: dict, fds: list[int]) -> None:
+    """In the forked process: take the client's standard streams, environment, arguments and
+    working directory, as a process ``kfp.local`` started would have them."""
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    for name in PER_STEP_ENV:
+        value = request["env"].get(name)
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    sys.argv = ["", *request["argv"][1:]]
+    import importlib
+
+    importlib.invalidate_caches()  # files written since the preload are found
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:  # a new process seeds numpy's global generator afresh at import
+        numpy.random.seed()
+
+
+class Server:
+    """The accept loop: a fork per request, each step process's end reported to its client."""
+
+    def __init__(self, listener: int) -> None:
+        self.listener = socket.socket(fileno=listener)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ, ("accept",))
+        self.selector.register(sys.stdin, selectors.EVENT_READ, ("lifeline",))
+        self.steps: dict[int, tuple[socket.socket, int]] = {}
+
+    def serve(self) -> tuple[dict, list[int]]:
+        """Serve until standard input closes (then exit); return only in a forked step process,
+        with its request and its client's standard streams."""
+        while True:
+            for key, _ in self.selector.select():
+                kind, *data = key.data
+                if kind == "accept":
+                    forked = self.accept()
+                    if forked is not None:
+                        return forked
+                elif kind == "lifeline":
+                    if not os.read(sys.stdin.fileno(), 4096):
+                        self.stop()
+                elif kind == "client":  # the client went away before its step ended
+                    self.kill(data[0])
+                elif kind == "step":
+                    self.reap(data[0])
+
+    def accept(self) -> tuple[dict, list[int]] | None:
+        conn, _ = self.listener.accept()
+        try:
+            request, fds = read_request(conn)
+        except (OSError, ValueError) as error:
+            log(f"bad request: {error}")
+            conn.close()
+            return None
+        why = refusal(request)
+        if why:
+            log(f"refused: {why}")
+            for fd in fds:
+                os.close(fd)
+            send(conn, {"refused": why})
+            conn.close()
+            return None
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            self.close()
+            conn.close()
+            return request, fds
+        for fd in fds:
+            os.close(fd)
+        pidfd = os.pidfd_open(pid)
+        self.steps[pid] = (conn, pidfd)
+        self.selector.register(pidfd, selectors.EVENT_READ, ("step", pid))
+        self.selector.register(conn, selectors.EVENT_READ, ("client", pid))
+        send(conn, {"pid": pid})
+        log(f"forked pid {pid}: {request['argv'][-1]}")
+        return None
+
+    def kill(self, pid: int) -> None:
+        conn, _ = self.steps[pid]
+        self.selector.unregister(conn)
+        log(f"client of pid {pid} went away: killing it")
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def reap(self, pid: int) -> None:
+        conn, pidfd = self.steps.pop(pid)
+        self.selector.unregister(pidfd)
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        log(f"pid {pid} ended: {code}")
+        try:
+            self.selector.unregister(conn)
+        except KeyError:
+            pass
+        send(conn, {"exit": code})
+        conn.close()
+
+    def close(self) -> None:
+        """In a forked step process: let go of the server's sockets and descriptors."""
+        self.selector.close()
+        self.listener.close()
+        for conn, pidfd in self.steps.values():
+            conn.close()
+            os.close(pidfd)
+        self.steps.clear()
+
+    def stop(self) -> None:
+        """The run ended: kill what is left of its steps and exit."""
+        for pid in list(self.steps):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log("run ended")
+        sys.exit(0)
+
+
+def send(conn: socket.socket, message: dict) -> None:
+    """One JSON line to a client; a client that went away is not an error."""
+    try:
+        conn.sendall(json.dumps(message).encode() + b"\n")
+    except OSError:
+        pass
+
+
+def main() -> None:
+    """Start serving (``sys.argv``: the listening socket's descriptor, the preload source); in
+    a forked step process run the module the client names (KFP's executor) as ``python -m
+    MODULE ARGS`` would, then exit normally."""
+    listener, source = int(sys.argv[1]), sys.argv[2]
+    server = Server(listener)  # clients may connect (and wait) while the preload runs
+    preload(source)
+    request, fds = server.serve()
+    del server
+    become_step(request, fds)
+    runpy.run_module(request["argv"][0], run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Forked step processes of local runs (``runner.prefork``): what is imported ahead, the client
+and server protocol, and that a forked step computes what the notebook computes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from kale_magics import api
+from kale_magics.model import Annotation, Cell
+from kale_magics.runner import prefork
+from kale_magics.runner.local import local_ir
+from tests.equivalence import compare, notebook_of
+
+linux_only = pytest.mark.skipif(not prefork.supported(),
+                                reason="forked steps need Linux with pidfd_open (kernel 5.3+)")
+
+
+def plan_of(*sources: str) -> SimpleNamespace:
+    """A stand-in plan with these imports/functions cells as its prelude."""
+    return SimpleNamespace(prelude=tuple(Cell(index=i, source=s, annotation=Annotation("imports"))
+                                         for i, s in enumerate(sources)))
+
+
+def test_the_preload_is_the_leading_imports_of_the_imports_cells(tmp_path: Path) -> None:
+    plan = plan_of("from __future__ import annotations\nimport os, json\nimport numpy as np\n"
+                   "from sklearn.linear_model import LogisticRegression",
+                   "import pandas as pd\nfrom scipy import stats")
+    assert prefork.preload_source(plan, str(tmp_path)).splitlines() == [
+        "import os, json", "import numpy as np",
+        "from sklearn.linear_model import LogisticRegression", "import pandas as pd",
+        "from scipy import stats"]
+
+
+@pytest.mark.parametrize("stopper", [
+    "os.environ['OMP_NUM_THREADS'] = '1'",  # the environment set before an import
+    "%env OMP_NUM_THREADS=1",
+    "%cd /tmp",
+    "import requests",  # not known to be fork-safe
+    "import torch",
+    "from . import sibling",
+    "def f():\n    return 1",
+])
+def test_the_preload_stops_at_the_first_statement_that_is_not_a_fork_safe_import(
+        tmp_path: Path, stopper: str) -> None:
+    plan = plan_of(f"import json\n{stopper}\nimport numpy")
+    assert prefork.preload_source(plan, str(tmp_path)) == "import json"
+
+
+def test_a_module_of_the_notebooks_folder_is_never_preloaded(tmp_path: Path) -> None:
+    (tmp_path / "numpy.py").write_text("VALUE = 1\n")
+    assert prefork.preload_source(plan_of("import json\nimport numpy"), str(tmp_path)) \
+        == "import json"
+
+
+def test_the_local_ir_starts_each_step_through_the_client_and_keeps_kfps_markers() -> None:
+    script = ('program_path=$(mktemp -d)\n\nprintf "%s" "$0" > "$program_path/ephemeral_component.py"'
+              '\n_KFP_RUNTIME=true python3 -m kfp.dsl.executor_main --component_module_path '
+              '"$program_path/ephemeral_component.py" "$@"\n')
+    ir = {"pipelineInfo": {"name": "p"}, "deploymentSpec": {"executors": {"exec-a": {"container": {
+        "command": ["sh", "-ec", script, "def a(): ..."], "args": ["--executor_input", "{{$}}"],
+        "image": "python:3.11"}}}}}
+    command = local_ir(ir, {})["deploymentSpec"]["executors"]["exec-a"]["container"]["command"]
+    assert command[3] == "def a(): ..."
+    assert 'exec python3 -S "${KALE_MAGICS_STEP_CLIENT:' in command[2]
+    # kfp.local accepts only commands naming its executor module, and finds the user's code
+    # after the element holding the program path and "$@"
+    assert "kfp.dsl.executor_main" in command[2] and '"$@"' in command[2]
+    assert "python3 -m kfp.dsl.executor_main" not in command[2]
+    containers = local_ir(ir, {}, installs=True)["deploymentSpec"]["executors"]["exec-a"]
+    assert containers["container"]["command"][2] == script
+
+
+# --- the protocol, with a module of our own in place of KFP's executor ------------------------
+
+STEP_MODULE = """import os, sys, time
+mode = sys.argv[1]
+print("pid", os.getpid(), "ppid", os.getppid(), "runtime", os.environ.get("_KFP_RUNTIME"),
+      "pwd", os.environ.get("PWD"), flush=True)
+if mode == "sleep":
+    time.sleep(60)
+sys.exit(int(mode))
+"""
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A step server with nothing preloaded; ``stepmod`` importable through PYTHONPATH."""
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "stepmod.py").write_text(STEP_MODULE)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "mods"))
+    with prefork.step_server(plan_of(), {}, str(tmp_path), str(tmp_path)):
+        yield SimpleNamespace(log=tmp_path / prefork.LOG_NAME, env=dict(os.environ))
+
+
+def client(env: dict[str, str], *args: str, **options) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-S", str(prefork.CLIENT_SOURCE), "stepmod", *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **options)
+
+
+def wait_for(predicate, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@linux_only
+def test_a_forked_step_gets_the_clients_output_and_exit_status_and_its_own_environment(
+        server: SimpleNamespace) -> None:
+    # the step's shell sets PWD (kfp.local runs `sh -ec`): the step's own value, not the server's
+    process = client({**server.env, "_KFP_RUNTIME": "true", "PWD": "/shell/said"}, "3")
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 3
+    fields = out.decode().split()
+    assert fields[0] == "pid" and fields[5] == "true" and fields[7] == "/shell/said"
+    assert f"forked pid {fields[1]}" in server.log.read_text()  # the server's child, not the client's
+    assert fields[3] != str(process.pid)
+
+
+@linux_only
+def test_a_step_whose_environment_differs_runs_unforked(server: SimpleNamespace) -> None:
+    process = client({**server.env, "OMP_NUM_THREADS": "1"}, "4")
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 4
+    assert out.decode().split()[1] == str(process.pid)  # os.execv: the client became the step
+    assert "refused: environment variables differ: OMP_NUM_THREADS" in server.log.read_text()
+
+
+@linux_only
+def test_a_killed_client_takes_its_step_process_with_it(server: SimpleNamespace) -> None:
+    process = client(server.env, "sleep")
+    assert process.stdout is not None
+    pid = int(process.stdout.readline().split()[1])
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    wait_for(lambda: f"pid {pid} ended: -{int(signal.SIGKILL)}" in server.log.read_text())
+
+
+@linux_only
+def test_a_signalled_client_ends_its_step_process_the_same_way(server: SimpleNamespace) -> None:
+    process = client(server.env, "sleep")
+    assert process.stdout is not None
+    pid = int(process.stdout.readline().split()[1])
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == -signal.SIGTERM
+    assert f"pid {pid} ended: -{int(signal.SIGTERM)}" in server.log.read_text()
+
+
+def test_without_a_server_the_client_is_kfps_executor(tmp_path: Path) -> None:
+    (tmp_path / "stepmod.py").write_text(STEP_MODULE)
+    env = {k: v for k, v in os.environ.items() if k != "KALE_MAGICS_STEP_SERVER"}
+    process = client({**env, "PYTHONPATH": str(tmp_path)}, "5")
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 5 and out.decode().split()[1] == str(process.pid)
+
+
+# --- forked steps compute what the notebook computes -------------------------------------------
+
+@linux_only
+def test_forked_steps_draw_fresh_random_numbers_exit_normally_and_match_the_notebook(
+        tmp_path: Path) -> None:
+    """Each step is a fork of one process that imported numpy: without a fresh seed every step
+    would draw the same numbers (in the kernel they differ); atexit handlers and non-daemon
+    threads end as in a process that exits normally."""
+    path = notebook_of(
+        tmp_path,
+        "%%kale imports\nimport random\nimport numpy as np\nimport numpy.random\nimport atexit\n"
+        "import threading",
+        "%%kale step a\nx = float(np.random.rand())\nr = random.random()",
+        "%%kale step b\ny = float(np.random.rand())\ns = random.random()",
+        "%%kale step c\nprint('numpy differs', x != y)\nprint('random differs', r != s)\n"
+        "def late():\n    import time\n    time.sleep(0.3)\n    open('thread.txt', 'w').write('t')\n"
+        "threading.Thread(target=late).start()\n"
+        "atexit.register(lambda: open('atexit.txt', 'w').write('a'))")
+    result = compare(path)
+    assert result.same_prints(), result.explain()
+    assert result.pipeline["c"][:2] == ["numpy differs True", "random differs True"]
+    (log,) = tmp_path.rglob(prefork.LOG_NAME)
+    text = log.read_text()
+    assert "refused" not in text and text.count("forked pid") == 4  # a, b, c and kale_runtime
+    for name in ("atexit.txt", "thread.txt"):  # the kernel wrote them too: once more, alone
+        (tmp_path / name).unlink()
+    status = api.run_local(api.compile_notebook(path), enable_caching=False)
+    assert status.state == "SUCCEEDED", status.error
+    assert (tmp_path / "atexit.txt").read_text() == "a"
+    assert (tmp_path / "thread.txt").read_text() == "t"
+
+
+@linux_only
+def test_prefork_off_runs_every_step_unforked(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(prefork.PREFORK_ENV, "0")
+    path = notebook_of(tmp_path, "%%kale imports\nimport json",
+                       "%%kale step a\nprint(json.dumps([1]))")
+    status = api.run_local(api.compile_notebook(path))
+    assert status.state == "SUCCEEDED" and status.steps["a"].log[-1] == "[1]"
+    assert not list(tmp_path.rglob(prefork.LOG_NAME))
