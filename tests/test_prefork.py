@@ -69,11 +69,19 @@ def test_the_local_ir_starts_each_step_through_the_client_and_keeps_kfps_markers
         "image": "python:3.11"}}}}}
     command = local_ir(ir, {})["deploymentSpec"]["executors"]["exec-a"]["container"]["command"]
     assert command[3] == "def a(): ..."
-    assert 'exec python3 -S "${KALE_MAGICS_STEP_CLIENT:' in command[2]
+    assert "python3 ${KALE_MAGICS_STEP_LAUNCH:--m} kfp.dsl.executor_main" in command[2]
     # kfp.local accepts only commands naming its executor module, and finds the user's code
     # after the element holding the program path and "$@"
     assert "kfp.dsl.executor_main" in command[2] and '"$@"' in command[2]
     assert "python3 -m kfp.dsl.executor_main" not in command[2]
+    line = prefork.client_command(prefork.EXECUTOR)
+    for launch, expected in ((None, "python3 -m kfp.dsl.executor_main"),
+                             ("-S /x/client.py", "python3 -S /x/client.py kfp.dsl.executor_main")):
+        env = {k: v for k, v in os.environ.items() if k != prefork.LAUNCH_ENV}
+        words = subprocess.run(["sh", "-ec", f'printf "%s " {line}'], capture_output=True,
+                               text=True, env={**env, **({prefork.LAUNCH_ENV: launch} if launch
+                                                         else {})}, check=True).stdout
+        assert words.strip() == expected  # no server: KFP's own command
     containers = local_ir(ir, {}, installs=True)["deploymentSpec"]["executors"]["exec-a"]
     assert containers["container"]["command"][2] == script
 

@@ -31,6 +31,7 @@ import ast
 import contextlib
 import importlib.machinery
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -45,8 +46,9 @@ from kale_magics.runner.prefork_client import SERVER_ENV
 
 #: Environment variable that turns the step server off when "0".
 PREFORK_ENV = "KALE_MAGICS_PREFORK"
-#: Environment variable naming the client script, for the steps' command.
-CLIENT_ENV = "KALE_MAGICS_STEP_CLIENT"
+#: Environment variable holding the words that start the client in the steps' command
+#: (``-S <client script>``); unset, the command starts KFP's executor as KFP's does.
+LAUNCH_ENV = "KALE_MAGICS_STEP_LAUNCH"
 #: The server's log, in the run's log folder.
 LOG_NAME = "step-server.log"
 #: Third-party packages imported ahead of the steps, besides the standard library: their import
@@ -55,9 +57,10 @@ LOG_NAME = "step-server.log"
 FORK_SAFE = frozenset({"numpy", "pandas", "scipy", "sklearn", "matplotlib", "seaborn",
                        "statsmodels"})
 #: What KFP's lightweight component runs, and what runs instead (``kfp.local`` puts its own
-#: Python in place of ``python3``).
+#: Python in place of ``python3``): the client where a step server set ``$KALE_MAGICS_STEP_LAUNCH``,
+#: else KFP's executor itself (a test server's run, a run with the server off).
 EXECUTOR = "python3 -m kfp.dsl.executor_main"
-CLIENT = 'exec python3 -S "${%s:?kale-magics local runs only}" kfp.dsl.executor_main' % CLIENT_ENV
+CLIENT = "python3 ${%s:--m} kfp.dsl.executor_main" % LAUNCH_ENV
 SERVER_SOURCE = Path(__file__).with_name("prefork_server.py")
 #: Runs the server script by its path with ``sys.path`` as ``python -c`` leaves it (not the
 #: script's folder first, as ``python SCRIPT`` would: the steps inherit it).
@@ -127,14 +130,15 @@ def step_server(plan: Plan, env: Mapping[str, str], workdir: str, log_folder: st
     """Serve forked step processes while the block runs (a local run's ``kfp.local`` call).
 
     ``env`` holds the environment variables the IR gives every step; the server gets this
-    process's environment plus those, and its log is ``log_folder/step-server.log``. The
-    client's path is always set (``$KALE_MAGICS_STEP_CLIENT``); the server's socket
-    (``$KALE_MAGICS_STEP_SERVER``) only when :func:`supported`. Both are set in this process's
-    environment for the block only, as the run's other variables (``runner.local``).
+    process's environment plus those, and its log is ``log_folder/step-server.log``. When
+    :func:`supported`, ``$KALE_MAGICS_STEP_LAUNCH`` (the client, for the steps' command) and
+    ``$KALE_MAGICS_STEP_SERVER`` (the server's socket) are set in this process's environment
+    for the block only, as the run's other variables (``runner.local``); otherwise nothing is
+    and the steps start unforked.
     """
-    previous = {name: os.environ.get(name) for name in (CLIENT_ENV, SERVER_ENV)}
-    os.environ[CLIENT_ENV] = str(CLIENT_SOURCE)
-    folder = tempfile.mkdtemp(prefix="kale-magics-steps-") if supported() else None
+    previous = {name: os.environ.get(name) for name in (LAUNCH_ENV, SERVER_ENV)}
+    usable = supported() and not re.search(r"[\s*?\[\]]", str(CLIENT_SOURCE))  # one shell word
+    folder = tempfile.mkdtemp(prefix="kale-magics-steps-") if usable else None
     process = None
     try:
         if folder is not None:
@@ -157,6 +161,7 @@ def _start(path: str, plan: Plan, env: Mapping[str, str], workdir: str,
     """Bind and listen on ``path`` here (a step that starts before the server is ready waits
     in the backlog), then start the server with the socket."""
     os.environ[SERVER_ENV] = path
+    os.environ[LAUNCH_ENV] = f"-S {CLIENT_SOURCE}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener, \
             open(os.path.join(log_folder, LOG_NAME), "ab") as log:
         listener.bind(path)
