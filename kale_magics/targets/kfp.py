@@ -8,6 +8,7 @@ from kale_magics.codegen.compile import CompiledPipeline
 from kale_magics.model import PipelineSettings, Plan, counted
 from kale_magics.runner import remote, watch
 from kale_magics.runner.connection import KfpSession, open_session, resolve_connection
+from kale_magics.runner.mlmd import MetricsReader
 from kale_magics.runner.status import RunHooks, RunStatus
 from kale_magics.runner.transport import RetryPolicy
 from kale_magics.targets.target import RunTarget
@@ -71,6 +72,9 @@ class KfpTarget(RunTarget):
         How to follow the run (poll interval, time limit, outage tolerance).
     follow:
         False: return right after the run was created (state as first reported).
+    metrics:
+        Reads the run's metric values from ML Metadata when it ends (KFP's REST API has none);
+        None: the status keeps its ``metrics_note`` saying where to see them.
 
     Attributes
     ----------
@@ -89,7 +93,7 @@ class KfpTarget(RunTarget):
                  run_name: str | None = None, enable_caching: bool | None = None,
                  pipeline_root: str | None = None,
                  watch_options: watch.WatchOptions = watch.WatchOptions(),
-                 follow: bool = True) -> None:
+                 follow: bool = True, metrics: MetricsReader | None = None) -> None:
         self.connection_options: dict[str, Any] = dict(
             host=host, namespace=namespace, token=token, cookies=cookies,
             connect_timeout_s=connect_timeout_s)
@@ -97,7 +101,7 @@ class KfpTarget(RunTarget):
         self.submit_options: dict[str, Any] = dict(
             experiment=experiment, run_name=run_name, enable_caching=enable_caching,
             pipeline_root=pipeline_root)
-        self.watch_options, self.follow = watch_options, follow
+        self.watch_options, self.follow, self.metrics = watch_options, follow, metrics
         self.session = session
         self.submission: remote.Submission | None = None
 
@@ -129,7 +133,10 @@ class KfpTarget(RunTarget):
         hooks.run_hook("on_message", f"run {submission.run_id}: {submission.url}")
         if not self.follow:
             return status_of(session, submission.run_id, plan, hooks, self.watch_options.retry)
-        return follow(session, submission.run_id, hooks, plan, self.watch_options)
+        status = follow(session, submission.run_id, hooks, plan, self.watch_options)
+        if self.metrics is not None:
+            self.metrics.fill(status, plan)
+        return status
 
     @property
     def can_cancel(self) -> bool:
