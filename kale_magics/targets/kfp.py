@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 from kale_magics.codegen.compile import CompiledPipeline
@@ -133,10 +134,24 @@ class KfpTarget(RunTarget):
         hooks.run_hook("on_message", f"run {submission.run_id}: {submission.url}")
         if not self.follow:
             return status_of(session, submission.run_id, plan, hooks, self.watch_options.retry)
-        status = follow(session, submission.run_id, hooks, plan, self.watch_options)
-        if self.metrics is not None:
-            self.metrics.fill(status, plan)
-        return status
+        return follow(session, submission.run_id, self._reading_metrics(hooks, plan), plan,
+                      self.watch_options)
+
+    def _reading_metrics(self, hooks: RunHooks, plan: Plan) -> RunHooks:
+        """``hooks``, but the run's metric values are read (once) as it ends, before its final
+        ``on_status`` and ``on_done``, so subscribers see them with the end state."""
+        reader = self.metrics
+        if reader is None:
+            return hooks
+        read: list[bool] = []
+
+        def on_status(status: RunStatus) -> None:
+            if status.end is not None and not read:
+                read.append(True)
+                reader.fill(status, plan)
+            hooks.run_hook("on_status", status)
+
+        return dataclasses.replace(hooks, on_status=on_status)
 
     @property
     def can_cancel(self) -> bool:
