@@ -576,7 +576,8 @@ def sweep(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline, specs
     -------
     Sweep
         Every trial ended; ``Sweep.best`` is the best SUCCEEDED trial by ``metric`` (None when no
-        trial has a value: remote runs do not report metric values, see ``Trial.metrics_note``).
+        trial has a value; a remote trial's values are read from ML Metadata through the KFP
+        UI's host, ``Trial.metrics_note`` says why when that failed).
 
     Raises
     ------
