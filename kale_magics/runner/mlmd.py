@@ -194,6 +194,18 @@ class MlmdClient:
         return values
 
 
+def step_metrics(per_task: dict[str, dict[str, float]], plan: Plan) -> dict[str, dict[str, float]]:
+    """:meth:`MlmdClient.run_metrics`'s values by step name (a step's KFP task is
+    :func:`~kale_magics.model.task_name` of it), each step's in its ``%%kale metrics`` order;
+    tasks that are no step of ``plan`` left out."""
+    found = {}
+    for step in plan.steps:
+        values = per_task.get(task_name(step.name), {})
+        order = [m.key for m in step.metrics]
+        found[step.name] = {**{k: values[k] for k in order if k in values}, **values}
+    return {step: values for step, values in found.items() if values}
+
+
 def metric_values(artifact: Any) -> dict[str, float]:
     """The metric values of a ``system.Metrics`` artifact: its custom properties holding a
     number (double or int), without KFP's own (:data:`NOT_METRICS`); the order KFP stored them
@@ -250,10 +262,9 @@ class MetricsReader:
         if failure:
             status.metrics_note = f"{failure}; see the metric values in the KFP UI: {status.url}"
             return
-        steps = {task_name(step.name): step.name for step in plan.steps}
-        for task, values in per_task.items():
-            if steps.get(task) in status.steps:
-                status.steps[steps[task]].metrics = values
+        for step, values in step_metrics(per_task, plan).items():
+            if step in status.steps:
+                status.steps[step].metrics = values
         status.metric_order = [m.key for step in plan.steps for m in step.metrics]
         expected = status.state == SUCCEEDED and any(step.metrics for step in plan.steps)
         status.metrics_note = "" if status.metrics or not expected else (
