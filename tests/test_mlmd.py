@@ -166,8 +166,50 @@ def test_unreachable_or_refused(kfp_server) -> None:  # noqa: F811
     with pytest.raises(MlmdUnavailable, match="connection refused") as raised:
         client_for(kfp_server, ui_host=closed).run_metrics("run-1")
     assert raised.value.lasting and closed in str(raised.value)
-    with pytest.raises(MlmdUnavailable, match=r"refused the request \(HTTP 401\) with its credentials"):
+    with pytest.raises(MlmdUnavailable, match=r"refused the request \(HTTP 401\) with the "
+                                              r"credentials from --token") as raised:
         client_for(kfp_server, token="wrong-token").run_metrics("run-1")
+    assert "wrong-token" not in str(raised.value)
+
+
+def test_a_redirect_is_not_followed_with_the_credentials() -> None:
+    """A login redirect to another server: refused, and that server never sees the token."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Capture(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(200)
+            self.end_headers()
+
+        do_POST = do_GET
+
+        def log_message(self, *args) -> None:
+            pass
+
+    class Redirect(Capture):
+        def do_POST(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{capture.server_address[1]}/login")
+            self.end_headers()
+
+    capture = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Capture)
+    redirect = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    for server in (capture, redirect):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = MlmdClient(Connection(host=f"http://127.0.0.1:{redirect.server_address[1]}",
+                                       token=SECRET_TOKEN, auth="--token"), timeout_s=3)
+        with pytest.raises(MlmdUnavailable, match="HTTP 302, a redirect"):
+            client.run_metrics("run-1")
+    finally:
+        for server in (capture, redirect):
+            server.shutdown()
+            server.server_close()
+    assert seen == []
 
 
 def test_credentials_go_only_to_the_api_hosts_server(kfp_server) -> None:  # noqa: F811

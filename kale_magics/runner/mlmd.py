@@ -48,6 +48,18 @@ TIMEOUT_S = 5.0
 _OUTPUT_EVENTS = {mlmd_proto.enum_value("Event.Type", name) for name in ("OUTPUT", "DECLARED_OUTPUT")}
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Refuse redirects: urllib would send the token and cookies on to the new address."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the 3xx becomes an HTTPError
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+#: HTTP statuses of a failure that may pass.
+_PASSING_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
 class MlmdUnavailable(KaleError):
     """MLMD cannot be read: the message is one line saying why and what to check.
 
@@ -127,11 +139,11 @@ class MlmdClient:
     def _post(self, request: urllib.request.Request) -> tuple[bytes, dict[str, str]]:
         """The body and lower-cased headers of a 200 gRPC-Web answer."""
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
+            with _OPENER.open(request, timeout=self.timeout_s) as answer:
                 body = answer.read()
                 headers = {k.lower(): v for k, v in answer.headers.items()}
         except urllib.error.HTTPError as error:
-            raise self._unavailable(self._http_reason(error.code)) from None
+            raise self._unavailable(*self._http_reason(error.code)) from None
         except urllib.error.URLError as error:
             raise self._unavailable(f"{_reason(error.reason)} ({self._where()})") from None
         except (TimeoutError, socket.timeout):
@@ -144,12 +156,19 @@ class MlmdClient:
             raise self._unavailable(f"it answered with {kind}, not gRPC-Web ({self._where()})")
         return body, headers
 
-    def _http_reason(self, code: int) -> str:
+    def _http_reason(self, code: int) -> tuple[str, bool]:
+        """Why an HTTP error status, and whether it is lasting (5xx and 429 may pass)."""
         if code in (401, 403):
-            sent = "its credentials" if "Authorization" in self.headers() or "Cookie" in \
-                self.headers() else "no credentials (they go only to the KFP API host's server)"
-            return f"it refused the request (HTTP {code}) with {sent}"
-        return f"it answered HTTP {code} ({self._where()})"
+            if {"Authorization", "Cookie"} & set(self.headers()):
+                return (f"it refused the request (HTTP {code}) with the credentials from "
+                        f"{self.connection.auth}; the KFP UI may want other ones (session "
+                        "cookies: --cookies)"), True
+            return (f"it refused the request (HTTP {code}); no credentials were sent, as they go "
+                    "only to the KFP API host's server"), True
+        if 300 <= code < 400:
+            return (f"it answered HTTP {code}, a redirect (to a login page?), which is not "
+                    "followed so that no credentials go elsewhere"), True
+        return f"it answered HTTP {code} ({self._where()})", code not in _PASSING_STATUSES
 
     def _where(self) -> str:
         return (f"the KFP UI serves ML Metadata, the KFP API server does not: set ${UI_ENV} "
