@@ -64,8 +64,7 @@ class Execution:
                  folder: Path, pending_s: float = 0.3, cache_root: Optional[Path] = None,
                  cancel_s: float = 0.5, mlmd: Optional[MlmdStore] = None) -> None:
         self.store, self.run, self.folder, self.pending_s = store, run, folder, pending_s
-        self.mlmd = mlmd
-        self.spec = next(iter(yaml.safe_load_all(spec_text)), None) or {}
+        self.mlmd, self.spec_text = mlmd, spec_text
         self.cache_root, self.cancel_s = cache_root, cancel_s
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "pipeline.yaml").write_text(spec_text, encoding="utf-8")
@@ -179,7 +178,11 @@ class Execution:
         if self.mlmd is None or event["event"] != "end" or task not in self.run.workflow.tasks:
             return
         succeeded = event["state"] == "SUCCEEDED"
-        outputs = task_outputs(self.spec, str(self.folder / "root"), task) if succeeded else {}
+        try:
+            spec = next(iter(yaml.safe_load_all(self.spec_text)), None) or {}
+        except yaml.YAMLError:
+            spec = {}
+        outputs = task_outputs(spec, str(self.folder / "root"), task) if succeeded else {}
         self.mlmd.record_task(self.run.run_id, task, succeeded, outputs)
 
     def _finish(self, done_error: Optional[str]) -> None:
