@@ -448,15 +448,20 @@ def run_history(notebook: str | os.PathLike[str], *, pipeline_roots: Sequence[st
                 server: KfpSession | None = None) -> RunHistory:
     """The notebook's runs, newest first: the local runs recorded under :func:`run_roots` and,
     with ``server``, the KFP server's runs of the notebook's pipeline (see
-    :mod:`kale_magics.runner.history`). A server that cannot list them, or a notebook that
-    does not read (the server's runs are found by its pipeline's name), adds a note instead;
-    nothing is raised.
+    :mod:`kale_magics.runner.history`), with the metric values ML Metadata holds for those
+    that ended. A server that cannot list them, or a notebook that does not read (the server's
+    runs are found by its pipeline's name), or ML Metadata that cannot be read adds a note
+    instead; nothing is raised.
     """
     runs = history.local_runs(run_roots(notebook, pipeline_roots), str(notebook))
     notes: list[str] = []
     if server is not None:
         try:
-            runs += history.remote_runs(server, read_plan(notebook))
+            plan = read_plan(notebook)
+            remote, note = history.with_remote_metrics(server.connection, plan,
+                                                       history.remote_runs(server, plan))
+            runs += remote
+            notes += [note] if note else []
         except KaleError as error:
             notes.append(f"runs on {server.connection.host} not listed: {error}")
     return RunHistory(tuple(sorted(runs, key=lambda r: r.start, reverse=True)), tuple(notes))
@@ -576,7 +581,8 @@ def sweep(notebook_or_compiled: str | os.PathLike[str] | CompiledPipeline, specs
     -------
     Sweep
         Every trial ended; ``Sweep.best`` is the best SUCCEEDED trial by ``metric`` (None when no
-        trial has a value: remote runs do not report metric values, see ``Trial.metrics_note``).
+        trial has a value; a remote trial's values are read from ML Metadata through the KFP
+        UI's host, ``Trial.metrics_note`` says why when that failed).
 
     Raises
     ------

@@ -37,11 +37,23 @@ def test_the_servers_runs_of_the_notebooks_pipeline_are_listed(kfp_server, token
     assert found.runs[0].state == "SUCCEEDED" and found.runs[0].duration_s is not None
     rows = {r.name: r.differs for r in api.compare_runs(*found.runs)}
     assert rows["N"] and rows["NAMES"]
-    # the CLI lists the same runs, with "(not reported)" for KFP's metrics
+    # metric values from ML Metadata: sum(range(4)) and sum(range(3)), as the notebook computes
+    assert [r.metrics for r in found.runs] == [{"result": 3.0}, {"result": 6.0}]
+    assert found.notes == ()
+    # the CLI lists the same runs
     assert cli.main(["runs", str(path), "--host", kfp_server.url]) == 0
     out = capsys.readouterr().out
     assert out.strip() == views.runs_text(api.run_history(path, server=session)).strip()
-    assert second.run_id in out and "(not reported)" in out and SECRET_TOKEN not in out
+    assert second.run_id in out and "result=6.0" in out and SECRET_TOKEN not in out
+    # without ML Metadata (the host is the bare API server): listed, no values, one note
+    fault = kfp_server.faults.add(path="/ml_metadata.", status=404)
+    try:
+        bare = api.run_history(path, server=session)
+    finally:
+        kfp_server.faults.clear()
+    assert [r.metrics for r in bare.runs] == [{}, {}] and fault.hits == 1
+    assert len(bare.notes) == 1 and "answered HTTP 404" in bare.notes[0]
+    assert "(not reported)" in views.runs_text(bare)
 
 
 def test_a_refused_listing_is_a_note_beside_the_local_runs(kfp_server, token_env,  # noqa: F811

@@ -297,8 +297,8 @@ def test_magic_sweep_shows_a_live_table_and_sets_kale_sweep(shell, tiny_path, mo
 
 @pytest.mark.integration
 def test_remote_sweep_through_the_cli(kfp_server, token_env, tmp_path, capsys) -> None:  # noqa: F811
-    """Three KFP runs from one uploaded version, two at once; KFP's REST API has no metric values,
-    so no best is marked and the sweep says why."""
+    """Three KFP runs from one uploaded version, two at once; each trial's metric value read from
+    ML Metadata (as locally: 12, none, 32), the best marked."""
     path = write_notebook(tmp_path / "tiny.ipynb", TINY)
     uploads = sum(r.startswith("POST /apis/v2beta1/pipelines/upload") for r in kfp_server.requests)
     code = cli.main(["sweep", str(path), "X=1,2,3", "--metric", "score", "--maximize",
@@ -308,7 +308,9 @@ def test_remote_sweep_through_the_cli(kfp_server, token_env, tmp_path, capsys) -
     result = json.loads(out)
     trials = result["trials"]
     assert [(t["X"], t["state"]) for t in trials] == [(1, "SUCCEEDED"), (2, "FAILED"), (3, "SUCCEEDED")]
-    assert "ValueError: X=2 is refused" in trials[1]["error"] and result["best"] is None
+    assert "ValueError: X=2 is refused" in trials[1]["error"] and result["best"] == 3
+    assert [t["score"] for t in trials] == [12.0, None, 32.0] and [t["best"] for t in trials] == \
+        [False, False, True]
     for trial in trials:
         run = kfp_server.run_json(trial["run_id"])
         assert run["runtime_config"]["parameters"] == {"X": trial["X"]}
@@ -318,7 +320,7 @@ def test_remote_sweep_through_the_cli(kfp_server, token_env, tmp_path, capsys) -
                 for t in trials}) == 1
     assert sum(r.startswith("POST /apis/v2beta1/pipelines/upload")
                for r in kfp_server.requests) - uploads == 1
-    assert "no best trial: metric values are not available through the KFP REST API" in err
+    assert "best: trial 3 (X=3): score = 32" in err and "no best trial" not in err
     assert f"sweep of tiny: 3 trials {kfp_server.url}" in err and SECRET_TOKEN not in out + err
 
 
@@ -364,8 +366,8 @@ def test_magic_sweep_on_the_kfp_server(shell, kfp_server, token_env, tmp_path, m
     shell.run_line_magic("kale", f"sweep X=1,3 --metric score --maximize --parallel 2 "
                                  f"--host {kfp_server.url} --interval 0.3 --notebook {path}")
     frame = shell.user_ns["_kale_sweep"]
-    assert list(frame["state"]) == ["SUCCEEDED", "SUCCEEDED"] and not frame["best"].any()
+    assert list(frame["state"]) == ["SUCCEEDED", "SUCCEEDED"]
+    assert list(frame["score"]) == [12.0, 32.0] and list(frame["best"]) == [False, True]
     html = shown[-1]["text/html"]
     assert all(f"href='{url}'" in html for url in frame["url"])  # each trial links to its run
-    assert "no best trial: metric values are not available through the KFP REST API" in \
-        shown[-1]["text/plain"]
+    assert "*2" in shown[-1]["text/plain"] and "data-best='true'" in html

@@ -10,7 +10,8 @@ before run records existed have no record and are not listed.
 Remote runs are the KFP server's runs of the pipeline named like the notebook's
 (``run_service_list_runs``, as ``kfp.Client.list_runs`` calls it, kept when their
 ``pipeline_version_reference`` names that pipeline). KFP's REST API does not report metric
-values (see :attr:`~kale_magics.runner.status.RunStatus.metrics_note`), so remote runs list none.
+values; :func:`with_remote_metrics` reads those of the runs that ended from ML Metadata
+(:mod:`kale_magics.runner.mlmd`), as the KFP UI does.
 
 Issue 20 items 9 and 10; Kale users asked for run history in kubeflow/kale issue 855, and Kale
 brought a step back into the kernel with Rok snapshots.
@@ -19,6 +20,7 @@ brought a step back into the kernel with Rok snapshots.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import glob
 import json
 import os
@@ -29,7 +31,7 @@ from kale_magics.atomic import write_text_atomic
 from kale_magics.codegen.parameters import JSON_TYPES
 from kale_magics.errors import RunError
 from kale_magics.model import Plan
-from kale_magics.runner.status import SUCCEEDED, RunStatus
+from kale_magics.runner.status import SUCCEEDED, TERMINAL_STATES, RunStatus
 from kale_magics.runtime import marshal
 from kale_magics.runtime.step import unescape_text
 
@@ -97,7 +99,8 @@ class RunRecord:
     parameters:
         Parameter name -> value as the notebook writes it (lists and dicts decoded).
     metrics:
-        Metric name -> value, in the notebook's order (empty for remote runs).
+        Metric name -> value, in the notebook's order (a remote run's read from ML Metadata,
+        empty when they could not be).
     steps:
         The steps in plan order (empty for remote runs).
     error:
@@ -311,6 +314,36 @@ def remote_runs(session: Any, plan: Plan, limit: int = MAX_RUNS) -> list[RunReco
             error=str(getattr(run.error, "message", "") or "") if run.error else "",
             url=conn.run_url(run.run_id)))
     return sorted(records, key=lambda r: r.start, reverse=True)
+
+
+def with_remote_metrics(connection: Any, plan: Plan,
+                        records: Sequence[RunRecord]) -> tuple[list[RunRecord], str]:
+    """``records`` (a KFP server's runs, :func:`remote_runs`), each that ended with the metric
+    values ML Metadata holds for it (in the notebook's order), and why they could not be read
+    ("" when they were): after the first failure no other run is asked.
+
+    ``connection`` is the session's :class:`~kale_magics.runner.connection.Connection`; each run
+    costs four or five gRPC-Web calls (:meth:`~kale_magics.runner.mlmd.MlmdClient.run_metrics`).
+    Never raises.
+    """
+    from kale_magics.runner import mlmd
+
+    client, note, found = mlmd.MlmdClient(connection), "", []
+    order = [m.key for step in plan.steps for m in step.metrics]
+    for record in records:
+        if note or record.state not in TERMINAL_STATES:
+            found.append(record)
+            continue
+        try:
+            per_task = client.run_metrics(record.run_id)
+        except mlmd.MlmdUnavailable as error:
+            note = str(error)
+            found.append(record)
+            continue
+        values = {k: v for step in mlmd.step_metrics(per_task, plan).values() for k, v in step.items()}
+        found.append(dataclasses.replace(record, metrics={
+            **{k: values[k] for k in order if k in values}, **values}))
+    return found, note
 
 
 # -- comparing --------------------------------------------------------------------------------

@@ -67,7 +67,8 @@ class Trial:
     state:
         PENDING, RUNNING, SUCCEEDED, FAILED or CANCELED.
     metrics:
-        Every metric the run's steps logged (empty for a remote run: see ``metrics_note``).
+        Every metric the run's steps logged (a remote run's read from ML Metadata as it ends;
+        empty when that failed: see ``metrics_note``).
     steps_done, steps:
         Steps finished so far, and the pipeline's step count.
     error:
@@ -79,7 +80,7 @@ class Trial:
     start, end:
         Wall-clock times (seconds since the epoch), None until known.
     metrics_note:
-        Why ``metrics`` is empty though the run succeeded, else "".
+        Why ``metrics`` is empty though the run succeeded (ML Metadata could not be read), else "".
     """
 
     number: int

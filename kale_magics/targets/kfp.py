@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 from kale_magics.codegen.compile import CompiledPipeline
 from kale_magics.model import PipelineSettings, Plan, counted
 from kale_magics.runner import remote, watch
 from kale_magics.runner.connection import KfpSession, open_session, resolve_connection
+from kale_magics.runner.mlmd import MetricsReader
 from kale_magics.runner.status import RunHooks, RunStatus
 from kale_magics.runner.transport import RetryPolicy
 from kale_magics.targets.target import RunTarget
@@ -71,6 +73,9 @@ class KfpTarget(RunTarget):
         How to follow the run (poll interval, time limit, outage tolerance).
     follow:
         False: return right after the run was created (state as first reported).
+    metrics:
+        Reads the run's metric values from ML Metadata when it ends (KFP's REST API has none);
+        None: the status keeps its ``metrics_note`` saying where to see them.
 
     Attributes
     ----------
@@ -89,7 +94,7 @@ class KfpTarget(RunTarget):
                  run_name: str | None = None, enable_caching: bool | None = None,
                  pipeline_root: str | None = None,
                  watch_options: watch.WatchOptions = watch.WatchOptions(),
-                 follow: bool = True) -> None:
+                 follow: bool = True, metrics: MetricsReader | None = None) -> None:
         self.connection_options: dict[str, Any] = dict(
             host=host, namespace=namespace, token=token, cookies=cookies,
             connect_timeout_s=connect_timeout_s)
@@ -97,7 +102,7 @@ class KfpTarget(RunTarget):
         self.submit_options: dict[str, Any] = dict(
             experiment=experiment, run_name=run_name, enable_caching=enable_caching,
             pipeline_root=pipeline_root)
-        self.watch_options, self.follow = watch_options, follow
+        self.watch_options, self.follow, self.metrics = watch_options, follow, metrics
         self.session = session
         self.submission: remote.Submission | None = None
 
@@ -129,7 +134,24 @@ class KfpTarget(RunTarget):
         hooks.run_hook("on_message", f"run {submission.run_id}: {submission.url}")
         if not self.follow:
             return status_of(session, submission.run_id, plan, hooks, self.watch_options.retry)
-        return follow(session, submission.run_id, hooks, plan, self.watch_options)
+        return follow(session, submission.run_id, self._reading_metrics(hooks, plan), plan,
+                      self.watch_options)
+
+    def _reading_metrics(self, hooks: RunHooks, plan: Plan) -> RunHooks:
+        """``hooks``, but the run's metric values are read (once) as it ends, before its final
+        ``on_status`` and ``on_done``, so subscribers see them with the end state."""
+        reader = self.metrics
+        if reader is None:
+            return hooks
+        read: list[bool] = []
+
+        def on_status(status: RunStatus) -> None:
+            if status.end is not None and not read:
+                read.append(True)
+                reader.fill(status, plan)
+            hooks.run_hook("on_status", status)
+
+        return dataclasses.replace(hooks, on_status=on_status)
 
     @property
     def can_cancel(self) -> bool:

@@ -9,7 +9,10 @@ in parallel.
 
 Remote trials share one connection; the pipeline version and the experiment are made once
 before any trial starts (:func:`prepare_remote`), so parallel trials never race to upload the
-same version, and each trial is one KFP run named ``<pipeline> sweep <time> trial N``.
+same version, and each trial is one KFP run named ``<pipeline> sweep <time> trial N``. When a
+trial's run ends its metric values are read from ML Metadata through the KFP UI's host
+(:mod:`kale_magics.runner.mlmd`; KFP's REST API has none), by one reader shared by the trials,
+so an unreachable MLMD is tried once and every trial says the same why.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Callable
 from kale_magics.codegen.compile import CompiledPipeline
 from kale_magics.runner import remote
 from kale_magics.runner.connection import KfpSession
+from kale_magics.runner.mlmd import MetricsReader, MlmdClient
 from kale_magics.runner.sweep import Trial
 from kale_magics.runner.watch import WatchOptions
 from kale_magics.targets.kfp import KfpTarget
@@ -74,9 +78,12 @@ def remote_trials(session: KfpSession, compiled: CompiledPipeline, stamp: str, *
                   pipeline_root: str | None = None,
                   watch_options: WatchOptions = WatchOptions()) -> Callable[[Trial], KfpTarget]:
     """Targets of remote trials: trial N is the run ``<pipeline> sweep <stamp> trial N`` on the
-    server of ``session``, followed to its end."""
+    server of ``session``, followed to its end, then its metric values read from ML Metadata."""
+    metrics = MetricsReader(MlmdClient(session.connection))
+
     def target(trial: Trial) -> KfpTarget:
         return KfpTarget(session=session, experiment=experiment, enable_caching=enable_caching,
                          pipeline_root=pipeline_root, watch_options=watch_options,
-                         run_name=f"{compiled.plan.name} sweep {stamp} trial {trial.number}")
+                         run_name=f"{compiled.plan.name} sweep {stamp} trial {trial.number}",
+                         metrics=metrics)
     return target

@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
+from tests.kfp_server.mlmd import MlmdStore, task_outputs
 from tests.kfp_server.protocol import HttpError
 from tests.kfp_server.resources import TERMINAL, RunRecord, Store
 
@@ -53,12 +56,15 @@ class Execution:
         kfp.local's task cache shared by the server's runs (KFP's cache), or None.
     cancel_s:
         How long Argo takes to stop a terminated run (CANCELING lasts this long).
+    mlmd:
+        Where the run's tasks are recorded as KFP's launcher records them (their metric values).
     """
 
     def __init__(self, store: Store, run: RunRecord, spec_text: str, arguments: dict,
                  folder: Path, pending_s: float = 0.3, cache_root: Optional[Path] = None,
-                 cancel_s: float = 0.5) -> None:
+                 cancel_s: float = 0.5, mlmd: Optional[MlmdStore] = None) -> None:
         self.store, self.run, self.folder, self.pending_s = store, run, folder, pending_s
+        self.mlmd, self.spec_text = mlmd, spec_text
         self.cache_root, self.cancel_s = cache_root, cancel_s
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "pipeline.yaml").write_text(spec_text, encoding="utf-8")
@@ -142,6 +148,7 @@ class Execution:
                 done_error = event["error"]
             else:
                 self._apply(event)
+                self._record(event)
         self.process.stdout.close()
         self.process.wait()
         self._finish(done_error)
@@ -164,6 +171,19 @@ class Execution:
             elif event["event"] == "end":
                 message = POD_ERROR + (f": {event['message']}" if event.get("message") else "")
                 run.workflow.end_task(task, event["state"] == "SUCCEEDED", when, message, iteration)
+
+    def _record(self, event: dict) -> None:
+        """A task's end, recorded in ML Metadata with the outputs it wrote (as KFP's launcher)."""
+        task = event.get("task", "")
+        if self.mlmd is None or event["event"] != "end" or task not in self.run.workflow.tasks:
+            return
+        succeeded = event["state"] == "SUCCEEDED"
+        try:
+            spec = next(iter(yaml.safe_load_all(self.spec_text)), None) or {}
+        except yaml.YAMLError:
+            spec = {}
+        outputs = task_outputs(spec, str(self.folder / "root"), task) if succeeded else {}
+        self.mlmd.record_task(self.run.run_id, task, succeeded, outputs)
 
     def _finish(self, done_error: Optional[str]) -> None:
         if self.outcome == "canceled":

@@ -4,7 +4,8 @@ No KFP server can run on a machine without Kubernetes, so the tests talk to
 this one through the real ``kfp.Client``. It keeps pipelines, versions,
 experiments, runs and recurring runs in memory (:mod:`.resources`), executes
 each run with ``kfp.local`` in a worker process (:mod:`.execution`) and reports
-it as the Argo workflow KFP would run (:mod:`.argo`), and injects faults on
+it as the Argo workflow KFP would run (:mod:`.argo`), records each task in ML Metadata and
+serves it over gRPC-Web as the KFP UI's host does (:mod:`.mlmd`), and injects faults on
 request (:mod:`.faults`): error statuses, slowness, dropped connections, a run
 lost mid-way, the whole server going away.
 
@@ -40,6 +41,8 @@ from tests.kfp_server import routes
 from tests.kfp_server.access import Access
 from tests.kfp_server.execution import Execution
 from tests.kfp_server.faults import Faults
+from tests.kfp_server.mlmd import PREFIX as MLMD_PREFIX
+from tests.kfp_server.mlmd import MlmdStore
 from tests.kfp_server.protocol import HttpError, Request, Response, error_body, error_response
 from tests.kfp_server.resources import RunRecord, Store
 from tests.kfp_server.wire import Spec, upload_error_violations
@@ -77,6 +80,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return self._send(fault.status, fault.answer(app.strict))
         request = Request(self.command, url.path, dict(urllib.parse.parse_qsl(url.query)),
                           {k.lower(): v for k, v in self.headers.items()}, body, {})
+        if url.path.startswith(MLMD_PREFIX) and self.command == "POST":
+            return self._send_grpc_web(*app.grpc_web(request))
         answer = app.handle(request)
         if fault is not None and fault.reset_after:
             return self._reset()
@@ -87,6 +92,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                               else ("application/json", json.dumps(body).encode()))
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_grpc_web(self, status: int, headers: dict[str, str], data: bytes) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -142,6 +155,7 @@ class KfpTestServer:
         self.store = Store()
         self.faults = Faults()
         self.executions: dict[str, Execution] = {}
+        self.mlmd = MlmdStore()
         self.requests: list[str] = []
         self.violations: list[str] = []
         self.spec = Spec.load() if strict else None
@@ -171,6 +185,13 @@ class KfpTestServer:
             answer = 500, error_body(500, f"{type(error).__name__}: {error}", self.strict)
         self._check_answer(request, answer)
         return answer
+
+    def grpc_web(self, request: Request) -> tuple[int, dict[str, str], bytes]:
+        """Answer a gRPC-Web call to ML Metadata (:mod:`.mlmd`), as the KFP UI's host does;
+        without the bearer token, HTTP 401 as the API."""
+        if self.token and request.headers.get("authorization") != f"Bearer {self.token}":
+            return 401, {"content-type": "text/plain"}, b"Unauthenticated\n"
+        return (200, *self.mlmd.answer(request.path, request.body))
 
     def _refuse_unknown_fields(self, request: Request) -> None:
         """Strict mode: a JSON body with a field the API does not define is HTTP 400.
@@ -238,7 +259,7 @@ class KfpTestServer:
     def execute(self, run: RunRecord, spec_text: str, arguments: dict[str, Any]) -> None:
         """Start executing ``run`` in the background (called by the create-run handler)."""
         execution = Execution(self.store, run, spec_text, arguments, self.folder / run.run_id,
-                              self.pending_s, self.cache_root)
+                              self.pending_s, self.cache_root, mlmd=self.mlmd)
         self.executions[run.run_id] = execution
         execution.start()
 
