@@ -3,7 +3,9 @@ and server protocol, and that a forked step computes what the notebook computes.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -211,3 +213,37 @@ def test_prefork_off_runs_every_step_unforked(tmp_path: Path,
     status = api.run_local(api.compile_notebook(path))
     assert status.state == "SUCCEEDED" and status.steps["a"].log[-1] == "[1]"
     assert not list(tmp_path.rglob(prefork.LOG_NAME))
+
+
+PROCESS_PROBE = """%%kale step a
+info = {"cwd": os.getcwd(), "path": sys.path, "argv0": os.path.basename(sys.argv[0]),
+        "main": sys.modules["__main__"].__spec__.name, "argv": len(sys.argv),
+        "env": sorted(k for k in os.environ if not k.startswith("KALE_MAGICS_STEP_")),
+        "stdout": [sys.stdout.isatty(), sys.stdout.line_buffering, sys.stdout.encoding],
+        "stdin": [sys.stdin.isatty(), sys.stdin.encoding],
+        "signals": [str(signal.getsignal(s)) for s in (signal.SIGINT, signal.SIGTERM,
+                                                        signal.SIGPIPE, signal.SIGCHLD)],
+        "gc": [gc.isenabled(), gc.get_threshold()], "flags": list(sys.flags),
+        "numpy": "numpy" in sys.modules, "pwd": os.environ.get("PWD") == os.getcwd()}
+print("INFO", json.dumps(info))"""
+
+
+@linux_only
+def test_a_forked_step_process_looks_like_an_unforked_one(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a step can see of its process, forked and with the server off, is the same."""
+    path = notebook_of(tmp_path, "%%kale imports\nimport gc, json, os, signal, sys\nimport numpy",
+                       PROCESS_PROBE)
+    compiled = api.compile_notebook(path)
+    seen = []
+    for prefork_on in ("1", "0"):
+        monkeypatch.setenv(prefork.PREFORK_ENV, prefork_on)
+        status = api.run_local(compiled, enable_caching=False)
+        assert status.state == "SUCCEEDED", status.error
+        (line,) = [x for x in status.steps["a"].log if x.startswith("INFO ")]
+        info = json.loads(line[5:])
+        # each run has its own temporary folders and pipeline-root folders (named by time)
+        info["path"] = [re.sub(r"kale-magics-run-\w+/tmp\.\w+|\d", "", p) for p in info["path"]]
+        seen.append(info)
+    assert seen[0] == seen[1]
+    assert len(list(tmp_path.rglob(prefork.LOG_NAME))) == 1  # the first run was forked
