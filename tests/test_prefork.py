@@ -247,3 +247,24 @@ def test_a_forked_step_process_looks_like_an_unforked_one(tmp_path: Path,
         seen.append(info)
     assert seen[0] == seen[1]
     assert len(list(tmp_path.rglob(prefork.LOG_NAME))) == 1  # the first run was forked
+
+
+@linux_only
+def test_forked_steps_fit_boosted_models_with_threads_as_the_notebook_does(tmp_path: Path) -> None:
+    """xgboost and LightGBM imported by the step server; each forked step starts its OpenMP
+    threads itself and the models score as in the kernel."""
+    pytest.importorskip("xgboost")
+    pytest.importorskip("lightgbm")
+    result = compare(notebook_of(
+        tmp_path, "%%kale imports\nimport numpy as np\nimport xgboost as xgb\nimport lightgbm as lgb",
+        "%%kale step data\nrng = np.random.default_rng(0)\nX = rng.normal(size=(400, 6))\n"
+        "y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype(int)",
+        "%%kale step boost\nbooster = xgb.XGBClassifier(n_estimators=20, max_depth=3, n_jobs=2,"
+        " random_state=0).fit(X, y)\nxgb_accuracy = float((booster.predict(X) == y).mean())",
+        "%%kale step light\nmodel = lgb.LGBMClassifier(n_estimators=20, n_jobs=2, random_state=0,"
+        " verbose=-1).fit(X, y)\nlgb_accuracy = float((model.predict(X) == y).mean())",
+        "%%kale metrics\nxgb_accuracy\nlgb_accuracy"))
+    assert result.status.state == "SUCCEEDED", result.explain()
+    assert result.same_metrics() and len(result.pipeline_metrics) == 2, result.explain()
+    (log,) = tmp_path.rglob(prefork.LOG_NAME)
+    assert "refused" not in log.read_text() and log.read_text().count("forked pid") == 4

@@ -52,10 +52,14 @@ LAUNCH_ENV = "KALE_MAGICS_STEP_LAUNCH"
 #: The server's log, in the run's log folder.
 LOG_NAME = "step-server.log"
 #: Third-party packages imported ahead of the steps, besides the standard library: their import
-#: starts no thread that a fork would lose (numpy's OpenBLAS pool re-forms after a fork) and
-#: reads nothing but the environment and the working directory, which the server shares.
+#: reads nothing but the environment and the working directory, which the server shares, and
+#: the threads it starts survive a fork as designed (OpenBLAS and Arrow re-form their pools in
+#: the child; OpenMP in xgboost and LightGBM starts its pool at the first parallel region, in
+#: the step). Not here: torch, TensorFlow, JAX (threads and device state at import that a fork
+#: breaks or that could not be checked here).
 FORK_SAFE = frozenset({"numpy", "pandas", "scipy", "sklearn", "matplotlib", "seaborn",
-                       "statsmodels"})
+                       "statsmodels", "xgboost", "lightgbm", "PIL", "joblib", "pyarrow", "yaml",
+                       "requests", "cloudpickle", "dill"})
 #: What KFP's lightweight component runs, and what runs instead (``kfp.local`` puts its own
 #: Python in place of ``python3``): the client where a step server set ``$KALE_MAGICS_STEP_LAUNCH``,
 #: else KFP's executor itself (a test server's run, a run with the server off).
