@@ -45,7 +45,7 @@ def test_the_preload_is_the_leading_imports_of_the_imports_cells(tmp_path: Path)
     "os.environ['OMP_NUM_THREADS'] = '1'",  # the environment set before an import
     "%env OMP_NUM_THREADS=1",
     "%cd /tmp",
-    "import requests",  # not known to be fork-safe
+    "import tensorflow",  # not fork-safe
     "import torch",
     "from . import sibling",
     "def f():\n    return 1",
