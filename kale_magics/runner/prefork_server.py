@@ -52,17 +52,21 @@ HEADER = struct.Struct(">I")
 
 def log(message: str) -> None:
     """One line in the server's log (its standard output, a file of the run's log folder)."""
-    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+    now = time.time()
+    print(f"{time.strftime('%H:%M:%S', time.localtime(now))}.{int(now % 1 * 1000):03d} {message}",
+          flush=True)
 
 
 def preload(source: str) -> None:
-    """Import what the steps import first, as their imports cell does: in the steps' working
-    directory with ``""`` first on ``sys.path`` (``runtime.step``), then back.
+    """Import what the steps import first: KFP's executor with ``_KFP_RUNTIME=true`` (as the
+    steps' command runs it), then ``source`` as their imports cell does, in the steps' working
+    directory with ``""`` first on ``sys.path`` (``runtime.step``); then back.
 
     An import that fails ends the preload there; the step meets the same error itself.
     """
     start, cwd = time.perf_counter(), os.getcwd()
     sys.path[0] = cwd  # python -m puts the working directory first, as an absolute path
+    os.environ["_KFP_RUNTIME"] = "true"  # as the steps' command sets it: KFP without its client
     import kfp.dsl.executor_main  # noqa: F401 (what every step runs)
 
     log(f"imported KFP's executor in {time.perf_counter() - start:.3f} s")
@@ -78,6 +82,7 @@ def preload(source: str) -> None:
     finally:
         sys.path.remove("")
         os.chdir(cwd)
+        os.environ.pop("_KFP_RUNTIME")  # each step sets its own (become_step)
     log(f"ran the leading imports in {time.perf_counter() - start:.3f} s "
         f"({len(sys.modules)} modules imported)")
     gc.collect()
@@ -105,17 +110,23 @@ def read_request(conn: socket.socket) -> tuple[dict, list[int]]:
     """The client's request and its standard input, output and error."""
     conn.settimeout(10)
     data, fds, _, _ = socket.recv_fds(conn, HEADER.size, 3)
-    if len(data) != HEADER.size or len(fds) != 3:
-        raise OSError("incomplete request")
-    (size,) = HEADER.unpack(data)
-    body = b""
-    while len(body) < size:
-        chunk = conn.recv(size - len(body))
-        if not chunk:
+    try:
+        if len(data) != HEADER.size or len(fds) != 3:
             raise OSError("incomplete request")
-        body += chunk
+        (size,) = HEADER.unpack(data)
+        body = b""
+        while len(body) < size:
+            chunk = conn.recv(size - len(body))
+            if not chunk:
+                raise OSError("incomplete request")
+            body += chunk
+        request = json.loads(body)
+    except (OSError, ValueError):
+        for fd in fds:
+            os.close(fd)
+        raise
     conn.settimeout(None)
-    return json.loads(body), fds
+    return request, fds
 
 
 def become_step(request: dict, fds: list[int]) -> None:
@@ -134,9 +145,9 @@ def become_step(request: dict, fds: list[int]) -> None:
     import importlib
 
     importlib.invalidate_caches()  # files written since the preload are found
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:  # a new process seeds numpy's global generator afresh at import
-        numpy.random.seed()
+    generators = sys.modules.get("numpy.random")
+    if generators is not None:  # a new process seeds numpy's global generator at its import
+        generators.seed()
 
 
 class Server:

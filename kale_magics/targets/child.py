@@ -31,7 +31,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import IO, Any, ClassVar, Mapping
 
-from kale_magics.codegen.compile import CompiledPipeline
+from kale_magics.codegen.compile import CompiledPipeline, import_kfp_dsl
 from kale_magics import errors
 from kale_magics.errors import KaleError
 from kale_magics.model import counted
@@ -79,6 +79,7 @@ def main() -> int:
     """Wait for a job on stdin, run it, report on stdout (fd 1; stray output goes to stderr)."""
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
+    import_kfp_dsl()  # KFP without its client (kfp.local does not use it): 0.05 s, not 0.9 s
     import kfp.local  # noqa: F401  (paid while waiting: the reason to start ahead of time)
 
     try:
