@@ -460,12 +460,17 @@ class KfpSession:
     terminated:
         Ids of the runs this session asked KFP to terminate: KFP ends them FAILED, and they
         are reported CANCELED.
+    metrics_reader:
+        The :class:`~kale_magics.runner.mlmd.MetricsReader` of the runs read through this
+        connection, made on first use by :func:`kale_magics.runner.mlmd.reader_of` (None
+        until then).
     """
 
     connection: Connection
     client: Any = field(repr=False)
     healthz: dict[str, Any] = field(default_factory=dict)
     terminated: set[str] = field(default_factory=set)
+    metrics_reader: Any = field(default=None, repr=False, compare=False)
 
     @property
     def multi_user(self) -> bool:

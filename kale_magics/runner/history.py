@@ -41,8 +41,6 @@ RECORD_FILE = "run.json"
 RECORD_VERSION = 1
 #: Runs listed at most (newest first).
 MAX_RUNS = 100
-#: What a remote run lists instead of metrics.
-REMOTE_METRICS_NOTE = "KFP's REST API does not report metric values; see the run's page"
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from typing import Any
 from kale_magics.errors import KaleError
 from kale_magics.model import Plan, task_name
 from kale_magics.runner import grpc_web, mlmd_proto
-from kale_magics.runner.connection import UI_ENV, Connection, same_server
+from kale_magics.runner.connection import UI_ENV, Connection, KfpSession, same_server
 from kale_magics.runner.status import SUCCEEDED, RunStatus
 
 SERVICE = "ml_metadata.MetadataStoreService"
@@ -251,9 +251,10 @@ def _reason(error: object) -> str:
 class MetricsReader:
     """Puts the metric values MLMD holds for a remote run into its status.
 
-    One reader serves all the runs of a sweep: after a lasting failure (no endpoint, refused,
-    not gRPC-Web) it asks no more, and every later run carries the same note, so the sweep
-    says once why metrics are missing.
+    One reader serves all the runs of a KFP connection (:func:`reader_of`): a sweep's trials,
+    and the single runs, watches and status reads of a kernel or command. After a lasting
+    failure (no endpoint, refused, not gRPC-Web) it asks no more, and every later run carries
+    the same note, so a sweep says once why metrics are missing.
 
     Parameters
     ----------
@@ -266,10 +267,15 @@ class MetricsReader:
         self.failure = ""
         self._lock = threading.Lock()
 
-    def fill(self, status: RunStatus, plan: Plan) -> None:
-        """Set each step's ``metrics`` from MLMD (steps by task name, :func:`task_name`), the
-        status's ``metric_order`` from ``plan``, and ``metrics_note`` to "" or why values are
-        missing. Never raises."""
+    def fill(self, status: RunStatus, plan: Plan | None = None) -> None:
+        """Set each step's ``metrics`` from MLMD and ``metrics_note`` to "" or why values are
+        missing (the reason, what to check and the run's page in the KFP UI). Never raises.
+
+        With ``plan`` a step is found by its KFP task name (:func:`task_name`) and the
+        status's ``metric_order`` is the notebook's (``%%kale metrics`` lines); without it (a
+        run followed by its id: the steps come from the run's pipeline spec) each status
+        step's task name is looked up and the values come sorted by name.
+        """
         failure = self.failure
         if not failure:
             try:
@@ -281,11 +287,34 @@ class MetricsReader:
         if failure:
             status.metrics_note = f"{failure}; see the metric values in the KFP UI: {status.url}"
             return
-        for step, values in step_metrics(per_task, plan).items():
+        if plan is not None:
+            found = step_metrics(per_task, plan)
+            status.metric_order = [m.key for step in plan.steps for m in step.metrics]
+        else:
+            found = {step: per_task[task_name(step)] for step in status.steps
+                     if per_task.get(task_name(step))}
+        for step, values in found.items():
             if step in status.steps:
                 status.steps[step].metrics = values
-        status.metric_order = [m.key for step in plan.steps for m in step.metrics]
-        expected = status.state == SUCCEEDED and any(step.metrics for step in plan.steps)
+        expected = status.state == SUCCEEDED and plan is not None and \
+            any(step.metrics for step in plan.steps)
         status.metrics_note = "" if status.metrics or not expected else (
             f"ML Metadata at {self.client.endpoint} holds no metric values of run "
             f"{status.run_id}; see the run's page in the KFP UI: {status.url}")
+
+
+_READERS_LOCK = threading.Lock()
+
+
+def reader_of(session: KfpSession) -> MetricsReader:
+    """The metric reader of ``session`` (made on first use, then kept on the session), so
+    every run read through one KFP connection shares one reader and its remembered failure.
+
+    The client reaches MLMD at the connection's UI host (else its host) and sends the
+    connection's token and cookies only to the API host's own server; redirects are not
+    followed (:class:`MlmdClient`).
+    """
+    with _READERS_LOCK:
+        if session.metrics_reader is None:
+            session.metrics_reader = MetricsReader(MlmdClient(session.connection))
+        return session.metrics_reader
