@@ -62,7 +62,7 @@ from kale_magics.runner.status import RunHooks, RunStatus
 from kale_magics.runner.sweep import MAXIMIZE, MINIMIZE, Sweep, Trial, run_sweep
 from kale_magics.runner.sweep import plan_sweep as _plan_trials
 from kale_magics.runner.transport import RetryPolicy
-from kale_magics.runner.watch import WatchOptions, cancel
+from kale_magics.runner.watch import WatchOptions
 from kale_magics.session import front_end
 from kale_magics.session.notebook_session import NotebookSession, StepRun
 from kale_magics.targets import kfp as kfp_target
@@ -417,7 +417,7 @@ def cancel_remote(session: KfpSession, run_id: str, *, wait_s: float = 60.0,
     ------
     RunError, KfpConnectionError, KfpAuthError
     """
-    return cancel(session, run_id, wait_s, plan, hooks, interval_s)
+    return kfp_target.cancel(session, run_id, wait_s, plan, hooks, interval_s)
 
 
 def list_schedules(session: KfpSession, experiment: str | None = None) -> list[ScheduleInfo]:

@@ -132,6 +132,7 @@ def test_cancel_a_running_run(kfp_server, session, notebook, capsys) -> None:  #
     out, err = capsys.readouterr()
     assert code == 0, out + err
     assert f"run {submission.run_id} slow" in out and ": CANCELED" in out.splitlines()[0]
+    assert "metrics" not in out  # none logged, none expected: nothing to say
     assert kfp_server.run_json(submission.run_id)["state"] == "FAILED"  # what KFP says
     fresh = api.connect(kfp_server.url)  # another process: knows only what the server reports
     status = api.remote_status(fresh, submission.run_id)

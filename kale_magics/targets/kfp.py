@@ -60,6 +60,16 @@ def follow(session: KfpSession, run_id: str, hooks: RunHooks | None = None,
     return watch.watch_run(watch.start(session, run_id, plan, reading, options.retry), options)
 
 
+def cancel(session: KfpSession, run_id: str, wait_s: float = 60.0, plan: Plan | None = None,
+           hooks: RunHooks | None = None, interval_s: float = 1.0, *,
+           metrics: MetricsReader | None = None) -> RunStatus:
+    """Terminate a run and wait up to ``wait_s`` seconds for it to end (see
+    :func:`watch.cancel`); a run that ended carries the metric values its steps logged, read
+    from ML Metadata by ``metrics`` (default: the session's reader)."""
+    reading = reading_metrics(hooks or RunHooks(), metrics or reader_of(session), plan)
+    return watch.cancel(session, run_id, wait_s, plan, reading, interval_s)
+
+
 def reading_metrics(hooks: RunHooks, reader: MetricsReader, plan: Plan | None) -> RunHooks:
     """``hooks``, but the run's metric values are read (once, by ``reader``) as it ends, before
     its final ``on_status`` and ``on_done``, so subscribers see them with the end state (or
