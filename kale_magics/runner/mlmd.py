@@ -33,7 +33,7 @@ from typing import Any
 
 from kale_magics.errors import KaleError
 from kale_magics.model import Plan, task_name
-from kale_magics.runner import grpc_web, mlmd_proto
+from kale_magics.runner import grpc_web, mlmd_proto, redirects
 from kale_magics.runner.connection import UI_ENV, Connection, KfpSession, same_server
 from kale_magics.runner.status import SUCCEEDED, RunStatus
 
@@ -48,14 +48,6 @@ TIMEOUT_S = 5.0
 _OUTPUT_EVENTS = {mlmd_proto.enum_value("Event.Type", name) for name in ("OUTPUT", "DECLARED_OUTPUT")}
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """Refuse redirects: urllib would send the token and cookies on to the new address."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # the 3xx becomes an HTTPError
-
-
-_OPENER = urllib.request.build_opener(_NoRedirects)
 #: HTTP statuses of a failure that may pass.
 _PASSING_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -139,7 +131,7 @@ class MlmdClient:
     def _post(self, request: urllib.request.Request) -> tuple[bytes, dict[str, str]]:
         """The body and lower-cased headers of a 200 gRPC-Web answer."""
         try:
-            with _OPENER.open(request, timeout=self.timeout_s) as answer:
+            with redirects.OPENER_NO_REDIRECTS.open(request, timeout=self.timeout_s) as answer:
                 body = answer.read()
                 headers = {k.lower(): v for k, v in answer.headers.items()}
         except urllib.error.HTTPError as error:
