@@ -50,7 +50,7 @@ from kale_magics.notebook.locate import locate_notebook
 from kale_magics.notebook.reader import (AnnotatedNotebook, check_notebook_body, read_notebook,
                                          with_warnings)
 from kale_magics.notebook.step_record import STEP_MIME
-from kale_magics.runner import history, remote
+from kale_magics.runner import history, mlmd, remote
 from kale_magics.runner.connection import KfpSession
 from kale_magics.runner.history import ComparedValue, LoadedValue, RunHistory, RunRecord
 from kale_magics.runner.docker import DockerOptions, chosen_docker_options, docker_options
@@ -458,7 +458,7 @@ def run_history(notebook: str | os.PathLike[str], *, pipeline_roots: Sequence[st
     if server is not None:
         try:
             plan = read_plan(notebook)
-            remote, note = history.with_remote_metrics(server.connection, plan,
+            remote, note = history.with_remote_metrics(mlmd.reader_of(server), plan,
                                                        history.remote_runs(server, plan))
             runs += remote
             notes += [note] if note else []

@@ -259,6 +259,24 @@ class MetricsReader:
         self.failure = ""
         self._lock = threading.Lock()
 
+    def read(self, run_id: str) -> dict[str, dict[str, float]]:
+        """:meth:`MlmdClient.run_metrics` of ``run_id``, unless a lasting failure was seen:
+        then that failure again, without asking.
+
+        Raises
+        ------
+        MlmdUnavailable
+            MLMD cannot be read (see :meth:`MlmdClient.call`).
+        """
+        if self.failure:
+            raise MlmdUnavailable(self.failure)
+        try:
+            return self.client.run_metrics(run_id)
+        except MlmdUnavailable as error:
+            with self._lock:
+                self.failure = self.failure or (str(error) if error.lasting else "")
+            raise
+
     def fill(self, status: RunStatus, plan: Plan | None = None) -> None:
         """Set each step's ``metrics`` from MLMD and ``metrics_note`` to "" or why values are
         missing (the reason, what to check and the run's page in the KFP UI). Never raises.
@@ -268,16 +286,10 @@ class MetricsReader:
         run followed by its id: the steps come from the run's pipeline spec) each status
         step's task name is looked up and the values come sorted by name.
         """
-        failure = self.failure
-        if not failure:
-            try:
-                per_task = self.client.run_metrics(status.run_id)
-            except MlmdUnavailable as error:
-                with self._lock:
-                    self.failure = self.failure or (str(error) if error.lasting else "")
-                failure = str(error)
-        if failure:
-            status.metrics_note = f"{failure}; see the metric values in the KFP UI: {status.url}"
+        try:
+            per_task = self.read(status.run_id)
+        except MlmdUnavailable as error:
+            status.metrics_note = f"{error}; see the metric values in the KFP UI: {status.url}"
             return
         if plan is not None:
             found = step_metrics(per_task, plan)
