@@ -50,7 +50,7 @@ from kale_magics.notebook.locate import locate_notebook
 from kale_magics.notebook.reader import (AnnotatedNotebook, check_notebook_body, read_notebook,
                                          with_warnings)
 from kale_magics.notebook.step_record import STEP_MIME
-from kale_magics.runner import history, remote
+from kale_magics.runner import history, mlmd, remote
 from kale_magics.runner.connection import KfpSession
 from kale_magics.runner.history import ComparedValue, LoadedValue, RunHistory, RunRecord
 from kale_magics.runner.docker import DockerOptions, chosen_docker_options, docker_options
@@ -62,7 +62,7 @@ from kale_magics.runner.status import RunHooks, RunStatus
 from kale_magics.runner.sweep import MAXIMIZE, MINIMIZE, Sweep, Trial, run_sweep
 from kale_magics.runner.sweep import plan_sweep as _plan_trials
 from kale_magics.runner.transport import RetryPolicy
-from kale_magics.runner.watch import WatchOptions, cancel
+from kale_magics.runner.watch import WatchOptions
 from kale_magics.session import front_end
 from kale_magics.session.notebook_session import NotebookSession, StepRun
 from kale_magics.targets import kfp as kfp_target
@@ -417,7 +417,7 @@ def cancel_remote(session: KfpSession, run_id: str, *, wait_s: float = 60.0,
     ------
     RunError, KfpConnectionError, KfpAuthError
     """
-    return cancel(session, run_id, wait_s, plan, hooks, interval_s)
+    return kfp_target.cancel(session, run_id, wait_s, plan, hooks, interval_s)
 
 
 def list_schedules(session: KfpSession, experiment: str | None = None) -> list[ScheduleInfo]:
@@ -458,7 +458,7 @@ def run_history(notebook: str | os.PathLike[str], *, pipeline_roots: Sequence[st
     if server is not None:
         try:
             plan = read_plan(notebook)
-            remote, note = history.with_remote_metrics(server.connection, plan,
+            remote, note = history.with_remote_metrics(mlmd.reader_of(server), plan,
                                                        history.remote_runs(server, plan))
             runs += remote
             notes += [note] if note else []

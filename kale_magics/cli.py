@@ -161,8 +161,6 @@ def _summary(args: argparse.Namespace, status: api.RunStatus) -> int:
         print(json.dumps(status.to_json(), default=str))
     else:
         print(run_summary(status))
-        if not status.metrics and status.metrics_note:
-            print(f"metrics: {status.metrics_note}")
     return 0 if status.state == "SUCCEEDED" else 1
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kale_magics import api, cli
-from tests.equivalence import notebook_of
+from tests.equivalence import execute, notebook_of, printed
 from tests.test_control import INNER, OUTER
 from tests.kfp_server.fixtures import kfp_server, token_env  # noqa: F401  (fixtures)
 
@@ -63,8 +63,10 @@ def test_loop_conditions_and_exit_step_on_the_server(kfp_server, token_env, cont
     assert status.steps["sweep"].items == {"#0": "SUCCEEDED", "#1": "SUCCEEDED", "#2": "SUCCEEDED"}
     assert ("never", "SKIPPED") in events and ("never", "RUNNING") not in events
     assert events.index(("never", "SKIPPED")) < events.index(("summary", "RUNNING"))  # seen live
-    assert status.metrics == {} and "not available through the KFP REST API" in status.metrics_note
-    # the fan-in's value, as its step printed it on the server (remote runs report no metric values)
+    # the fan-in's value from ML Metadata, as the notebook computes it top to bottom in a kernel
+    in_the_kernel = printed(execute(control_notebook, ["print(repr(float(best)))"]).cells[-1])
+    assert status.metrics == {"best": float(in_the_kernel[-1])} == {"best": 30.0}
+    assert status.metrics_note == ""
     log = (kfp_server.folder / submission.run_id / "log.txt").read_text(errors="replace")
     assert "best is 30" in log and "deploying 30" in log and "never ran" not in log
     assert "summary {'state': 'SUCCEEDED'" in log

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from kale_magics.errors import KaleError, KfpConnectionError
+from kale_magics.errors import KaleError, KfpAuthError, KfpConnectionError
 from kale_magics.model import PipelineSettings
 from kale_magics.redaction import redact_urls
 from kale_magics.runner import connection, transport
@@ -188,3 +188,135 @@ def test_a_password_in_the_host_never_shows_in_cli_output(notebook, capsys) -> N
     assert code == 2
     assert "Sup3rS3cretPw" not in out + err and "alice" not in out + err
     assert "http://***@127.0.0.1:9" in err
+
+
+# -- redirects: the token never follows one to another server -----------------------------------
+
+class _Listener:
+    """An HTTP server on 127.0.0.1 recording each request's path and headers; ``answer(path)``
+    gives ``(status, headers, body)`` for it."""
+
+    def __init__(self, answer) -> None:
+        self.seen: list[tuple[str, dict[str, str]]] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                owner.seen.append((self.path, dict(self.headers)))
+                status, headers, body = answer(self.path)
+                self.send_response(status)
+                for key, value in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_GET
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+HEALTHY = (200, {"Content-Type": "application/json"}, b'{"multi_user": false}')
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[_Listener]:
+    """The second server, where redirects point: a login page that records who came."""
+    server = _Listener(lambda path: (200, {"Content-Type": "text/html"}, b"<html>sign in</html>"))
+    yield server
+    server.close()
+
+
+def _leaked(seen: list[tuple[str, dict[str, str]]]) -> list[str]:
+    text = json.dumps(seen)
+    return [secret for secret in (TOKEN, "hostile-cookie-77aa") if secret in text]
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_the_health_probe_does_not_follow_a_redirect_to_another_server(elsewhere, status) -> None:
+    kfp = _Listener(lambda path: (status, {"Location": f"{elsewhere.url}/login?rd={path}"}, b""))
+    try:
+        conn = resolve_connection(kfp.url, token=TOKEN, cookies=COOKIE, environ=env())
+        with pytest.raises(KfpAuthError) as raised:
+            connection.probe(conn)
+    finally:
+        kfp.close()
+    assert [path for path, _ in kfp.seen] == ["/apis/v2beta1/healthz"]
+    assert TOKEN in kfp.seen[0][1]["Authorization"]  # the server it was meant for got it
+    assert elsewhere.seen == [] and not _leaked(elsewhere.seen)
+    message = str(raised.value)
+    assert f"redirected /apis/v2beta1/healthz (HTTP {status}) to {elsewhere.url}, which is not " \
+           "followed, so that the credentials from --token go nowhere else" in message
+    assert "--cookies" in message and TOKEN not in message and "login?rd" not in message
+
+
+def test_the_health_probe_follows_a_redirect_on_its_own_server() -> None:
+    def answer(path: str) -> tuple[int, dict[str, str], bytes]:
+        return HEALTHY if path.startswith("/pipeline/") else (302, {"Location": f"/pipeline{path}"}, b"")
+    kfp = _Listener(answer)
+    try:
+        healthz = connection.probe(resolve_connection(kfp.url, token=TOKEN, environ=env()))
+    finally:
+        kfp.close()
+    assert healthz == {"multi_user": False}
+    assert [path for path, _ in kfp.seen] == ["/apis/v2beta1/healthz", "/pipeline/apis/v2beta1/healthz"]
+    assert all(TOKEN in headers["Authorization"] for _, headers in kfp.seen)
+
+
+def test_a_chain_of_redirects_cannot_leave_the_server(elsewhere) -> None:
+    """Same origin first, then elsewhere: the second hop is refused."""
+    def answer(path: str) -> tuple[int, dict[str, str], bytes]:
+        target = f"{elsewhere.url}/login" if path.startswith("/hop") else f"/hop{path}"
+        return 302, {"Location": target}, b""
+    kfp = _Listener(answer)
+    try:
+        with pytest.raises(KfpAuthError, match=f"to {elsewhere.url}, which is not followed"):
+            connection.probe(resolve_connection(kfp.url, token=TOKEN, cookies=COOKIE, environ=env()))
+    finally:
+        kfp.close()
+    assert len(kfp.seen) == 2 and elsewhere.seen == []
+
+
+def test_kfp_client_calls_drop_the_credentials_on_a_redirect_elsewhere(elsewhere) -> None:
+    """kfp.Client's calls go through urllib3, which strips Authorization and Cookie when a
+    redirect leaves the host: the second server is asked, but sees neither."""
+    from kale_magics.runner.connection import open_session
+    from kale_magics.runner.watch import get_run
+
+    def answer(path: str) -> tuple[int, dict[str, str], bytes]:
+        if path.startswith("/apis/v2beta1/healthz"):
+            return HEALTHY
+        return 302, {"Location": f"{elsewhere.url}/login"}, b""
+    kfp = _Listener(answer)
+    try:
+        session = open_session(resolve_connection(kfp.url, token=TOKEN, cookies=COOKIE, environ=env()))
+        get_run(session, "run-1", transport.RetryPolicy(max_outage_s=0))  # a login page's answer
+    finally:
+        kfp.close()
+    assert any(path.startswith("/apis/v2beta1/runs/run-1") for path, _ in kfp.seen)
+    assert elsewhere.seen, "the redirect was followed to the second server"
+    assert _leaked(elsewhere.seen) == []
+    assert not any("Authorization" in h or "Cookie" in h for _, h in elsewhere.seen)
+
+
+def test_the_model_registry_client_does_not_follow_a_redirect_elsewhere(elsewhere) -> None:
+    from kale_magics.runner.registry import list_versions
+
+    registry = _Listener(lambda path: (302, {"Location": f"{elsewhere.url}/login"}, b""))
+    try:
+        with pytest.raises(KaleError, match=f"redirected GET .* to {elsewhere.url}, which is not "
+                                            "followed so that the token goes nowhere else"):
+            list_versions(registry.url, ["wine"], token=TOKEN, timeout_s=3)
+    finally:
+        registry.close()
+    assert registry.seen and elsewhere.seen == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 
 import pytest
 from IPython.core.error import UsageError
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.integration
 def test_run_on_the_server_then_status(shell, kfp_server, token_env, tmp_path) -> None:  # noqa: F811
     path = write_notebook(tmp_path / "remote.ipynb", (
         "%%kale parameters\nN = 2", "%%kale step make\nitems = list(range(N))",
-        "%%kale step total\nsize = sum(items)"))
+        "%%kale step total\nsize = sum(items)", "%%kale metrics\nsize"))
     with capture_output() as captured:
         shell.run_line_magic("kale", f"run --notebook {path} --host {kfp_server.url} "
                                      "--param N=4 --interval 0.3")
@@ -27,12 +28,17 @@ def test_run_on_the_server_then_status(shell, kfp_server, token_env, tmp_path) -
     run = kale(shell).last_run
     assert run.state == "SUCCEEDED" and run.run_id
     assert [s.state for s in run.steps.values()] == ["SUCCEEDED", "SUCCEEDED"]
-    assert "<svg" in captured.outputs[-1].data["text/html"]
+    assert run.metrics == {"size": float(sum(range(4)))} and run.metrics_note == ""
+    assert "\n  size = 6\n" in captured.stdout  # the summary, from ML Metadata
+    html = captured.outputs[-1].data["text/html"]
+    assert "<svg" in html and re.search(r">size</td><td [^>]*>6</td>", html)
     with capture_output() as captured:
         shell.run_line_magic("kale", "status")
     lines = captured.stdout.splitlines()
     assert lines[0].startswith(f"run {run.run_id}") and ": SUCCEEDED" in lines[0]
-    assert [line.split()[:2] for line in lines[2:]] == [["make", "SUCCEEDED"], ["total", "SUCCEEDED"]]
+    assert [line.split()[:2] for line in lines[2:]] == [["make", "SUCCEEDED"], ["total", "SUCCEEDED"],
+                                                       ["metrics:"], ["size", "="]]
+    assert lines[-1] == "  size = 6" and kale(shell).last_run.metrics == run.metrics
     assert SECRET_TOKEN not in captured.stdout
 
 

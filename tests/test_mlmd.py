@@ -262,3 +262,47 @@ def test_unreachable_mlmd_is_said_once_and_the_sweep_still_runs(kfp_server, toke
            f"{kfp_server.url}/ml_metadata.MetadataStoreService: it answered HTTP 404" in out
     assert "$KF_PIPELINES_UI_ENDPOINT" in out and out.count("succeeded") >= 2
     assert SECRET_TOKEN not in out + err
+
+
+# -- single remote runs ---------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_a_single_run_says_once_why_mlmd_is_unreadable(kfp_server, token_env, notebook,  # noqa: F811
+                                                       capsys) -> None:
+    kfp_server.faults.add(path="/ml_metadata.", status=404)
+    try:
+        code = cli.main(["run", str(notebook), "--host", kfp_server.url, "--interval", "0.3"])
+    finally:
+        kfp_server.faults.clear()
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    run_id = next(line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("run "))
+    assert out.count("cannot read metric values") == 1 and "REST API" not in out
+    note = next(line for line in out.splitlines() if line.startswith("metrics: "))
+    assert note.startswith(f"metrics: cannot read metric values from ML Metadata at {kfp_server.url}"
+                           "/ml_metadata.MetadataStoreService: it answered HTTP 404 (")
+    assert "set $KF_PIPELINES_UI_ENDPOINT" in note
+    assert note.endswith(f"; see the metric values in the KFP UI: {kfp_server.url}/#/runs/details/{run_id}")
+    assert SECRET_TOKEN not in out + err
+
+
+@pytest.mark.integration
+def test_one_reader_per_connection(kfp_server, token_env, notebook) -> None:  # noqa: F811
+    """The runs, watches and status reads of one connection share its reader: a lasting
+    failure is asked once; a new connection asks again and reads the values."""
+    from kale_magics.runner.mlmd import reader_of
+
+    session = api.connect(kfp_server.url)
+    assert reader_of(session) is reader_of(session)
+    compiled = api.compile_notebook(notebook, str(notebook.parent / "out-reader"))
+    fault = kfp_server.faults.add(path="/ml_metadata.", status=404)
+    try:
+        first = api.run(compiled, api.KfpTarget(session=session, watch_options=WatchOptions(0.3)))
+        again = api.remote_status(session, first.run_id, compiled.plan)
+    finally:
+        kfp_server.faults.clear()
+    assert fault.hits == 1 and first.metrics == again.metrics == {}
+    assert again.metrics_note == first.metrics_note and "HTTP 404" in first.metrics_note
+    fresh = api.remote_status(api.connect(kfp_server.url), first.run_id, compiled.plan)
+    assert list(fresh.metrics) == ["first", "ratio", "loss"] and fresh.metrics["first"] == 1 / 7
+    assert fresh.metrics_note == ""

@@ -8,13 +8,16 @@ every run for real with kfp.local in a worker process.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from kale_magics import api, cli
 from tests.conftest import EXAMPLES
+from tests.equivalence import execute, printed
 from tests.kfp_server.fixtures import SECRET_TOKEN, kfp_server, token_env  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
@@ -43,6 +46,22 @@ def session(kfp_server, token_env):  # noqa: F811
     return api.connect(kfp_server.url)
 
 
+WINE_METRICS = ["logreg_accuracy", "forest_accuracy", "svm_accuracy", "best_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def wine_in_the_kernel(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
+    """The wine notebook's metric values run top to bottom with nbclient, N_ESTIMATORS = 20."""
+    nb = nbformat.read(EXAMPLES / "wine.ipynb", as_version=4)
+    for cell in nb.cells:
+        if cell.source.startswith("%%kale parameters"):
+            cell.source = cell.source.replace("N_ESTIMATORS = 200", "N_ESTIMATORS = 20")
+    path = tmp_path_factory.mktemp("wine-kernel") / "wine.ipynb"
+    nbformat.write(nb, path)
+    probe = f"import json as _j\nprint(_j.dumps({{k: float(eval(k)) for k in {WINE_METRICS!r}}}))"
+    return json.loads(printed(execute(path, [probe]).cells[-1])[-1])
+
+
 def assert_no_token(*texts: str, folder: Path | None = None) -> None:
     for text in texts:
         assert SECRET_TOKEN not in text
@@ -51,8 +70,10 @@ def assert_no_token(*texts: str, folder: Path | None = None) -> None:
             assert SECRET_TOKEN not in path.read_text(errors="replace"), path
 
 
-def test_example_notebook_end_to_end_through_the_cli(kfp_server, token_env, tmp_path, capsys) -> None:  # noqa: F811
-    """The "done means" command: run URL, step states streamed to SUCCEEDED, exit 0."""
+def test_example_notebook_end_to_end_through_the_cli(kfp_server, token_env, tmp_path, capsys,  # noqa: F811
+                                                     wine_in_the_kernel) -> None:
+    """The "done means" command: run URL, step states streamed to SUCCEEDED, exit 0; the
+    summary's metric values (read from ML Metadata) are the notebook's in the kernel."""
     code = cli.main(["run", str(EXAMPLES / "wine.ipynb"), "-o", str(tmp_path / "out"),
                      "--host", kfp_server.url, "--interval", "0.5", "--param", "N_ESTIMATORS=20"])
     out, err = capsys.readouterr()
@@ -67,7 +88,13 @@ def test_example_notebook_end_to_end_through_the_cli(kfp_server, token_env, tmp_
     assert events[:2] == [("load_data", "RUNNING"), ("load_data", "SUCCEEDED")]
     assert events[-2:] == [("evaluate", "RUNNING"), ("evaluate", "SUCCEEDED")]
     assert "pipeline wine-classifier SUCCEEDED" in out
-    assert "metrics: metric values are not available through the KFP REST API" in out
+    summary = out[out.index("pipeline wine-classifier SUCCEEDED"):].splitlines()[1:5]
+    assert summary == [f"  {k} = {wine_in_the_kernel[k]:.6g}" for k in WINE_METRICS]
+    assert "metrics:" not in out
+    code = cli.main(["status", run_id, "--host", kfp_server.url, "--json"])
+    out, err = capsys.readouterr()
+    metrics = json.loads(out)["metrics"]  # without the plan: sorted by name, bit for bit
+    assert code == 0 and list(metrics.items()) == sorted(wine_in_the_kernel.items()), out + err
     parameters = kfp_server.run_json(run_id)["runtime_config"]["parameters"]
     assert parameters == {"N_ESTIMATORS": 20}
     assert_no_token(out, err, folder=tmp_path / "out")
@@ -83,7 +110,7 @@ def test_api_events_in_order_and_resubmission_adds_no_version(kfp_server, sessio
     assert events == [("make", "RUNNING"), ("make", "SUCCEEDED"),
                       ("total", "RUNNING"), ("total", "SUCCEEDED")]
     assert all(s.start and s.end and s.duration_s >= 0 for s in status.steps.values())  # whole seconds
-    assert status.metrics == {} and "KFP UI" in status.metrics_note
+    assert status.metrics == {"result": float(sum(range(4)))} and status.metrics_note == ""
     assert first.experiment == "quick-exp" and first.new_version
     again = api.submit(path, session)
     assert not again.new_version and again.version_id == first.version_id
@@ -105,6 +132,7 @@ def test_cancel_a_running_run(kfp_server, session, notebook, capsys) -> None:  #
     out, err = capsys.readouterr()
     assert code == 0, out + err
     assert f"run {submission.run_id} slow" in out and ": CANCELED" in out.splitlines()[0]
+    assert "metrics" not in out  # none logged, none expected: nothing to say
     assert kfp_server.run_json(submission.run_id)["state"] == "FAILED"  # what KFP says
     fresh = api.connect(kfp_server.url)  # another process: knows only what the server reports
     status = api.remote_status(fresh, submission.run_id)

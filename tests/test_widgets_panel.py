@@ -244,7 +244,8 @@ def test_run_on_the_kfp_test_server(shell, panels, kfp_server, token_env, tmp_pa
     assert states(panel) == {"make": "SUCCEEDED", "total": "SUCCEEDED"}
     assert status.url.startswith(f"{kfp_server.url}/#/runs/details/")
     assert f"href='{status.url}'" in panel.status_html.value
-    assert "KFP UI" in panel.metrics_html.value
+    assert status.metrics == {"size": float(sum(range(4))) * 0.5 + 2 + True}  # from ML Metadata
+    assert re.search(r"kale-metric-value'[^>]*>6</td>", panel.metrics_html.value)
     shown = panel.status_html.value + panel.message.value + panel.dag_html.value
     assert SECRET_TOKEN not in shown
 

@@ -33,7 +33,10 @@ refused, and every message has such URL parts redacted
 Before ``kfp.Client`` is built, :func:`probe` asks ``/apis/v2beta1/healthz``
 with a short timeout: ``kfp.Client``'s constructor retries a failing health
 check for about 25 s and lets urllib3 errors escape, so a wrong host would
-otherwise hang, then print a traceback.
+otherwise hang, then print a traceback. The probe follows redirects only within
+the host's own origin (:mod:`.redirects`: urllib would send the token and cookies
+on to any server); a redirect elsewhere, usually a login page, is refused with a
+message saying what to pass.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from typing import Any, Mapping, Optional
 
 from kale_magics.errors import KaleError, KfpAuthError, KfpConnectionError
 from kale_magics.redaction import redact_urls
+from kale_magics.runner import redirects
 
 HOST_ENV = "KF_PIPELINES_ENDPOINT"
 UI_ENV = "KF_PIPELINES_UI_ENDPOINT"
@@ -214,16 +218,8 @@ def _check_host(host: str, source: str) -> str:
 
 def same_server(a: str, b: str) -> bool:
     """True when URLs ``a`` and ``b`` name the same server: scheme, host name and port
-    (``http://KFP:80/x`` and ``http://kfp`` do)."""
-    def origin(url: str) -> tuple[str, str, int | None]:
-        parts = urllib.parse.urlsplit(url.strip())
-        try:
-            port = parts.port
-        except ValueError:
-            port = None
-        scheme = parts.scheme.lower()
-        return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
-    return origin(a) == origin(b)
+    (``http://KFP:80/x`` and ``http://kfp`` do; :func:`~kale_magics.runner.redirects.same_origin`)."""
+    return redirects.same_origin(a, b)
 
 
 @dataclass(frozen=True)
@@ -409,12 +405,15 @@ def probe(connection: Connection) -> dict[str, Any]:
     """
     request = urllib.request.Request(connection.host + HEALTHZ, headers=connection.headers())
     try:
-        with urllib.request.urlopen(request, timeout=connection.connect_timeout_s) as response:
+        with redirects.OPENER_SAME_ORIGIN.open(request, timeout=connection.connect_timeout_s) as response:
             body = response.read(65536)
             content_type = response.headers.get("Content-Type", "")
     except urllib.error.HTTPError as error:
         if error.code in (401, 403):
             raise KfpAuthError(auth_message(connection, error.code)) from None
+        if 300 <= error.code < 400:
+            raise KfpAuthError(redirect_message(connection, error.code,
+                                                redirects.location(error))) from None
         raise unreachable(connection, f"{HEALTHZ} answered HTTP {error.code} {error.reason}") from None
     except urllib.error.URLError as error:
         raise unreachable(connection, _reason(error.reason, connection.host)) from None
@@ -432,6 +431,19 @@ def probe(connection: Connection) -> dict[str, Any]:
                 "(--cookies), or point --host at the API (e.g. https://HOST/pipeline)") from None
         raise unreachable(connection, f"{HEALTHZ} did not answer with JSON; is this the KFP "
                           "API endpoint?") from None
+
+
+def redirect_message(connection: Connection, status: int, target: str) -> str:
+    """What to tell the user when the health check is redirected to another server
+    (``target``: its origin), which is not followed so that the credentials stay with
+    ``connection.host``."""
+    where = f"to {target}" if target else "elsewhere"
+    sent = ("so that the credentials from " + connection.auth + " go nowhere else"
+            if connection.auth != "none" else "so that no credentials go elsewhere")
+    return (f"KFP at {connection.host} redirected {HEALTHZ} (HTTP {status}) {where}, which is "
+            f"not followed, {sent}: if that is a login page, pass a token (${TOKEN_ENV} or "
+            "--token) or session cookies (--cookies) the API accepts; if the KFP API is at "
+            "that address, pass it with --host")
 
 
 def _reason(error: object, host: str) -> str:
@@ -460,12 +472,17 @@ class KfpSession:
     terminated:
         Ids of the runs this session asked KFP to terminate: KFP ends them FAILED, and they
         are reported CANCELED.
+    metrics_reader:
+        The :class:`~kale_magics.runner.mlmd.MetricsReader` of the runs read through this
+        connection, made on first use by :func:`kale_magics.runner.mlmd.reader_of` (None
+        until then).
     """
 
     connection: Connection
     client: Any = field(repr=False)
     healthz: dict[str, Any] = field(default_factory=dict)
     terminated: set[str] = field(default_factory=set)
+    metrics_reader: Any = field(default=None, repr=False, compare=False)
 
     @property
     def multi_user(self) -> bool:

@@ -41,8 +41,6 @@ RECORD_FILE = "run.json"
 RECORD_VERSION = 1
 #: Runs listed at most (newest first).
 MAX_RUNS = 100
-#: What a remote run lists instead of metrics.
-REMOTE_METRICS_NOTE = "KFP's REST API does not report metric values; see the run's page"
 
 
 @dataclass(frozen=True)
@@ -316,26 +314,27 @@ def remote_runs(session: Any, plan: Plan, limit: int = MAX_RUNS) -> list[RunReco
     return sorted(records, key=lambda r: r.start, reverse=True)
 
 
-def with_remote_metrics(connection: Any, plan: Plan,
+def with_remote_metrics(reader: Any, plan: Plan,
                         records: Sequence[RunRecord]) -> tuple[list[RunRecord], str]:
     """``records`` (a KFP server's runs, :func:`remote_runs`), each that ended with the metric
     values ML Metadata holds for it (in the notebook's order), and why they could not be read
     ("" when they were): after the first failure no other run is asked.
 
-    ``connection`` is the session's :class:`~kale_magics.runner.connection.Connection`; each run
-    costs four or five gRPC-Web calls (:meth:`~kale_magics.runner.mlmd.MlmdClient.run_metrics`).
-    Never raises.
+    ``reader`` is the session's :class:`~kale_magics.runner.mlmd.MetricsReader`
+    (:func:`~kale_magics.runner.mlmd.reader_of`), whose lasting failures the session's runs
+    share; each run read costs four or five gRPC-Web calls
+    (:meth:`~kale_magics.runner.mlmd.MlmdClient.run_metrics`). Never raises.
     """
     from kale_magics.runner import mlmd
 
-    client, note, found = mlmd.MlmdClient(connection), "", []
+    note, found = "", []
     order = [m.key for step in plan.steps for m in step.metrics]
     for record in records:
         if note or record.state not in TERMINAL_STATES:
             found.append(record)
             continue
         try:
-            per_task = client.run_metrics(record.run_id)
+            per_task = reader.read(record.run_id)
         except mlmd.MlmdUnavailable as error:
             note = str(error)
             found.append(record)

@@ -33,8 +33,8 @@ from typing import Any
 
 from kale_magics.errors import KaleError
 from kale_magics.model import Plan, task_name
-from kale_magics.runner import grpc_web, mlmd_proto
-from kale_magics.runner.connection import UI_ENV, Connection, same_server
+from kale_magics.runner import grpc_web, mlmd_proto, redirects
+from kale_magics.runner.connection import UI_ENV, Connection, KfpSession, same_server
 from kale_magics.runner.status import SUCCEEDED, RunStatus
 
 SERVICE = "ml_metadata.MetadataStoreService"
@@ -48,14 +48,6 @@ TIMEOUT_S = 5.0
 _OUTPUT_EVENTS = {mlmd_proto.enum_value("Event.Type", name) for name in ("OUTPUT", "DECLARED_OUTPUT")}
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """Refuse redirects: urllib would send the token and cookies on to the new address."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # the 3xx becomes an HTTPError
-
-
-_OPENER = urllib.request.build_opener(_NoRedirects)
 #: HTTP statuses of a failure that may pass.
 _PASSING_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -139,7 +131,7 @@ class MlmdClient:
     def _post(self, request: urllib.request.Request) -> tuple[bytes, dict[str, str]]:
         """The body and lower-cased headers of a 200 gRPC-Web answer."""
         try:
-            with _OPENER.open(request, timeout=self.timeout_s) as answer:
+            with redirects.OPENER_NO_REDIRECTS.open(request, timeout=self.timeout_s) as answer:
                 body = answer.read()
                 headers = {k.lower(): v for k, v in answer.headers.items()}
         except urllib.error.HTTPError as error:
@@ -251,9 +243,10 @@ def _reason(error: object) -> str:
 class MetricsReader:
     """Puts the metric values MLMD holds for a remote run into its status.
 
-    One reader serves all the runs of a sweep: after a lasting failure (no endpoint, refused,
-    not gRPC-Web) it asks no more, and every later run carries the same note, so the sweep
-    says once why metrics are missing.
+    One reader serves all the runs of a KFP connection (:func:`reader_of`): a sweep's trials,
+    and the single runs, watches and status reads of a kernel or command. After a lasting
+    failure (no endpoint, refused, not gRPC-Web) it asks no more, and every later run carries
+    the same note, so a sweep says once why metrics are missing.
 
     Parameters
     ----------
@@ -266,26 +259,66 @@ class MetricsReader:
         self.failure = ""
         self._lock = threading.Lock()
 
-    def fill(self, status: RunStatus, plan: Plan) -> None:
-        """Set each step's ``metrics`` from MLMD (steps by task name, :func:`task_name`), the
-        status's ``metric_order`` from ``plan``, and ``metrics_note`` to "" or why values are
-        missing. Never raises."""
-        failure = self.failure
-        if not failure:
-            try:
-                per_task = self.client.run_metrics(status.run_id)
-            except MlmdUnavailable as error:
-                with self._lock:
-                    self.failure = self.failure or (str(error) if error.lasting else "")
-                failure = str(error)
-        if failure:
-            status.metrics_note = f"{failure}; see the metric values in the KFP UI: {status.url}"
+    def read(self, run_id: str) -> dict[str, dict[str, float]]:
+        """:meth:`MlmdClient.run_metrics` of ``run_id``, unless a lasting failure was seen:
+        then that failure again, without asking.
+
+        Raises
+        ------
+        MlmdUnavailable
+            MLMD cannot be read (see :meth:`MlmdClient.call`).
+        """
+        if self.failure:
+            raise MlmdUnavailable(self.failure)
+        try:
+            return self.client.run_metrics(run_id)
+        except MlmdUnavailable as error:
+            with self._lock:
+                self.failure = self.failure or (str(error) if error.lasting else "")
+            raise
+
+    def fill(self, status: RunStatus, plan: Plan | None = None) -> None:
+        """Set each step's ``metrics`` from MLMD and ``metrics_note`` to "" or why values are
+        missing (the reason, what to check and the run's page in the KFP UI). Never raises.
+
+        With ``plan`` a step is found by its KFP task name (:func:`task_name`) and the
+        status's ``metric_order`` is the notebook's (``%%kale metrics`` lines); without it (a
+        run followed by its id: the steps come from the run's pipeline spec) each status
+        step's task name is looked up and the values come sorted by name.
+        """
+        try:
+            per_task = self.read(status.run_id)
+        except MlmdUnavailable as error:
+            status.metrics_note = f"{error}; see the metric values in the KFP UI: {status.url}"
             return
-        for step, values in step_metrics(per_task, plan).items():
+        if plan is not None:
+            found = step_metrics(per_task, plan)
+            status.metric_order = [m.key for step in plan.steps for m in step.metrics]
+        else:
+            found = {step: per_task[task_name(step)] for step in status.steps
+                     if per_task.get(task_name(step))}
+        for step, values in found.items():
             if step in status.steps:
                 status.steps[step].metrics = values
-        status.metric_order = [m.key for step in plan.steps for m in step.metrics]
-        expected = status.state == SUCCEEDED and any(step.metrics for step in plan.steps)
+        expected = status.state == SUCCEEDED and plan is not None and \
+            any(step.metrics for step in plan.steps)
         status.metrics_note = "" if status.metrics or not expected else (
             f"ML Metadata at {self.client.endpoint} holds no metric values of run "
             f"{status.run_id}; see the run's page in the KFP UI: {status.url}")
+
+
+_READERS_LOCK = threading.Lock()
+
+
+def reader_of(session: KfpSession) -> MetricsReader:
+    """The metric reader of ``session`` (made on first use, then kept on the session), so
+    every run read through one KFP connection shares one reader and its remembered failure.
+
+    The client reaches MLMD at the connection's UI host (else its host) and sends the
+    connection's token and cookies only to the API host's own server; redirects are not
+    followed (:class:`MlmdClient`).
+    """
+    with _READERS_LOCK:
+        if session.metrics_reader is None:
+            session.metrics_reader = MetricsReader(MlmdClient(session.connection))
+        return session.metrics_reader

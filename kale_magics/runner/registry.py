@@ -34,6 +34,7 @@ from typing import Any, Mapping
 from kale_magics.codegen.components import REGISTRY_PARAMETER
 from kale_magics.errors import KaleError
 from kale_magics.model import Plan
+from kale_magics.runner import redirects
 from kale_magics.runner.connection import config_path, user_config
 
 REGISTRY_ENV = "MODEL_REGISTRY_URL"
@@ -216,8 +217,8 @@ class _Rest:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                        timeout=self.timeout_s) as answer:
+            with redirects.OPENER_SAME_ORIGIN.open(urllib.request.Request(url, headers=headers),
+                                                   timeout=self.timeout_s) as answer:
                 return json.loads(answer.read() or b"null")
         except urllib.error.HTTPError as error:
             if error.code == 404 and missing_ok:
@@ -225,6 +226,11 @@ class _Rest:
             if error.code in (401, 403):
                 raise KaleError(f"the Model Registry at {self.address} refused the request (HTTP "
                                 f"{error.code}); set ${TOKEN_ENV} to a token it accepts") from None
+            if 300 <= error.code < 400:
+                raise KaleError(f"the Model Registry at {self.address} redirected GET {path} to "
+                                f"{redirects.location(error) or 'another server'}, which is not "
+                                "followed so that the token goes nowhere else; check the address "
+                                "(--model-registry, $MODEL_REGISTRY_URL)") from None
             raise KaleError(f"the Model Registry at {self.address} answered HTTP {error.code} to "
                             f"GET {path}") from None
         except (urllib.error.URLError, OSError, ValueError) as error:

@@ -155,8 +155,9 @@ class RunStatus:
         Things the user should know before the run starts (e.g. settings a
         local run ignores).
     metrics_note:
-        Why :attr:`metrics` is empty when the runner cannot read metric values
-        (a remote run: KFP's REST API does not expose them), else "".
+        Why :attr:`metrics` is empty when the runner cannot read metric values (a remote
+        run before it ends, or whose ML Metadata could not be read: KFP's REST API has none,
+        :mod:`kale_magics.runner.mlmd`), else "".
     warnings:
         What the run found that may make its results differ from the
         notebook's, e.g. a step taken from the cache whose code reads files.

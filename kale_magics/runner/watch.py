@@ -27,8 +27,9 @@ The run is over at SUCCEEDED, SKIPPED, FAILED or CANCELED (kfp's own
 ``wait_for_run_completion`` misses CANCELED, kubeflow/pipelines#14473). Transient polling
 errors are retried (:mod:`.transport`); the watch ends with an error after
 ``RetryPolicy.max_outage_s`` seconds without an answer, or when ``timeout_s`` is exceeded,
-never silently. Metric values are not part of KFP's REST API (they live in ML Metadata),
-so a remote status carries a ``metrics_note`` saying so and where to see them.
+never silently. Metric values are not part of KFP's REST API (they live in ML Metadata):
+:func:`kale_magics.targets.kfp.follow` and ``status_of`` read them when the run ends
+(:mod:`.mlmd`); until then a remote status's ``metrics_note`` says so and where to see them.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ from kale_magics.runner.task_map import seconds
 from kale_magics.runner.transport import RetryPolicy, call
 from kale_magics.runner.workflow import StepFacts, WorkflowFacts, read_facts
 
-METRICS_NOTE = ("metric values are not available through the KFP REST API (KFP keeps them in ML "
-                "Metadata); see them in the KFP UI: {url}")
+METRICS_NOTE = ("metric values are read from ML Metadata when the run ends; see them in the KFP "
+                "UI: {url}")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from kale_magics.codegen.compile import CompiledPipeline
 from kale_magics.model import PipelineSettings, Plan, counted
 from kale_magics.runner import remote, watch
 from kale_magics.runner.connection import KfpSession, open_session, resolve_connection
-from kale_magics.runner.mlmd import MetricsReader
+from kale_magics.runner.mlmd import MetricsReader, reader_of
 from kale_magics.runner.status import RunHooks, RunStatus
 from kale_magics.runner.transport import RetryPolicy
 from kale_magics.targets.target import RunTarget
@@ -41,16 +41,49 @@ def connect(host: str | None = None, namespace: str | None = None, token: str | 
 
 
 def status_of(session: KfpSession, run_id: str, plan: Plan | None = None,
-              hooks: RunHooks | None = None,
-              retry: RetryPolicy = RetryPolicy()) -> RunStatus:
-    """The current state of a run and of each step (one request, no waiting)."""
-    return watch.start(session, run_id, plan, hooks, retry).status
+              hooks: RunHooks | None = None, retry: RetryPolicy = RetryPolicy(), *,
+              metrics: MetricsReader | None = None) -> RunStatus:
+    """The current state of a run and of each step (one request, no waiting); a run that
+    has ended carries its metric values, read from ML Metadata by ``metrics`` (default: the
+    session's reader, :func:`~kale_magics.runner.mlmd.reader_of`)."""
+    reading = reading_metrics(hooks or RunHooks(), metrics or reader_of(session), plan)
+    return watch.start(session, run_id, plan, reading, retry).status
 
 
 def follow(session: KfpSession, run_id: str, hooks: RunHooks | None = None,
-           plan: Plan | None = None, options: watch.WatchOptions = watch.WatchOptions()) -> RunStatus:
-    """Follow a run to its end, calling ``hooks`` as steps change state (see :func:`watch.watch_run`)."""
-    return watch.watch_run(watch.start(session, run_id, plan, hooks, options.retry), options)
+           plan: Plan | None = None, options: watch.WatchOptions = watch.WatchOptions(), *,
+           metrics: MetricsReader | None = None) -> RunStatus:
+    """Follow a run to its end, calling ``hooks`` as steps change state (see
+    :func:`watch.watch_run`); as it ends its metric values are read from ML Metadata by
+    ``metrics`` (default: the session's reader), before the final ``on_status``/``on_done``."""
+    reading = reading_metrics(hooks or RunHooks(), metrics or reader_of(session), plan)
+    return watch.watch_run(watch.start(session, run_id, plan, reading, options.retry), options)
+
+
+def cancel(session: KfpSession, run_id: str, wait_s: float = 60.0, plan: Plan | None = None,
+           hooks: RunHooks | None = None, interval_s: float = 1.0, *,
+           metrics: MetricsReader | None = None) -> RunStatus:
+    """Terminate a run and wait up to ``wait_s`` seconds for it to end (see
+    :func:`watch.cancel`); a run that ended carries the metric values its steps logged, read
+    from ML Metadata by ``metrics`` (default: the session's reader)."""
+    reading = reading_metrics(hooks or RunHooks(), metrics or reader_of(session), plan)
+    return watch.cancel(session, run_id, wait_s, plan, reading, interval_s)
+
+
+def reading_metrics(hooks: RunHooks, reader: MetricsReader, plan: Plan | None) -> RunHooks:
+    """``hooks``, but the run's metric values are read (once, by ``reader``) as it ends, before
+    its final ``on_status`` and ``on_done``, so subscribers see them with the end state (or
+    the ``metrics_note`` saying why there are none). KFP's REST API has no metric values: they
+    are in ML Metadata (:mod:`kale_magics.runner.mlmd`)."""
+    read: list[bool] = []
+
+    def on_status(status: RunStatus) -> None:
+        if status.end is not None and not read:
+            read.append(True)
+            reader.fill(status, plan)
+        hooks.run_hook("on_status", status)
+
+    return dataclasses.replace(hooks, on_status=on_status)
 
 
 class KfpTarget(RunTarget):
@@ -75,7 +108,8 @@ class KfpTarget(RunTarget):
         False: return right after the run was created (state as first reported).
     metrics:
         Reads the run's metric values from ML Metadata when it ends (KFP's REST API has none);
-        None: the status keeps its ``metrics_note`` saying where to see them.
+        default: the session's reader (:func:`~kale_magics.runner.mlmd.reader_of`), one per
+        KFP connection.
 
     Attributes
     ----------
@@ -133,25 +167,10 @@ class KfpTarget(RunTarget):
                                      f"{submission.version_name}; experiment {submission.experiment}")
         hooks.run_hook("on_message", f"run {submission.run_id}: {submission.url}")
         if not self.follow:
-            return status_of(session, submission.run_id, plan, hooks, self.watch_options.retry)
-        return follow(session, submission.run_id, self._reading_metrics(hooks, plan), plan,
-                      self.watch_options)
-
-    def _reading_metrics(self, hooks: RunHooks, plan: Plan) -> RunHooks:
-        """``hooks``, but the run's metric values are read (once) as it ends, before its final
-        ``on_status`` and ``on_done``, so subscribers see them with the end state."""
-        reader = self.metrics
-        if reader is None:
-            return hooks
-        read: list[bool] = []
-
-        def on_status(status: RunStatus) -> None:
-            if status.end is not None and not read:
-                read.append(True)
-                reader.fill(status, plan)
-            hooks.run_hook("on_status", status)
-
-        return dataclasses.replace(hooks, on_status=on_status)
+            return status_of(session, submission.run_id, plan, hooks, self.watch_options.retry,
+                             metrics=self.metrics)
+        return follow(session, submission.run_id, hooks, plan, self.watch_options,
+                      metrics=self.metrics)
 
     @property
     def can_cancel(self) -> bool:

@@ -11,8 +11,8 @@ Remote trials share one connection; the pipeline version and the experiment are 
 before any trial starts (:func:`prepare_remote`), so parallel trials never race to upload the
 same version, and each trial is one KFP run named ``<pipeline> sweep <time> trial N``. When a
 trial's run ends its metric values are read from ML Metadata through the KFP UI's host
-(:mod:`kale_magics.runner.mlmd`; KFP's REST API has none), by one reader shared by the trials,
-so an unreachable MLMD is tried once and every trial says the same why.
+(:mod:`kale_magics.runner.mlmd`; KFP's REST API has none) by the session's reader, shared
+by the trials, so an unreachable MLMD is tried once and every trial says the same why.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Callable
 from kale_magics.codegen.compile import CompiledPipeline
 from kale_magics.runner import remote
 from kale_magics.runner.connection import KfpSession
-from kale_magics.runner.mlmd import MetricsReader, MlmdClient
+from kale_magics.runner.mlmd import reader_of
 from kale_magics.runner.sweep import Trial
 from kale_magics.runner.watch import WatchOptions
 from kale_magics.targets.kfp import KfpTarget
@@ -79,7 +79,7 @@ def remote_trials(session: KfpSession, compiled: CompiledPipeline, stamp: str, *
                   watch_options: WatchOptions = WatchOptions()) -> Callable[[Trial], KfpTarget]:
     """Targets of remote trials: trial N is the run ``<pipeline> sweep <stamp> trial N`` on the
     server of ``session``, followed to its end, then its metric values read from ML Metadata."""
-    metrics = MetricsReader(MlmdClient(session.connection))
+    metrics = reader_of(session)
 
     def target(trial: Trial) -> KfpTarget:
         return KfpTarget(session=session, experiment=experiment, enable_caching=enable_caching,

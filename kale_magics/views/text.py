@@ -189,9 +189,8 @@ def skipped_steps(status: RunStatus) -> list[StepStatus]:
 
 def run_summary(status: RunStatus) -> str:
     """The final summary: state, duration, metrics, failure details and pipeline root."""
-    lines = [f"pipeline {status.pipeline} {status.state} in {duration_text(status.duration_s)}"]
-    for key, value in status.metrics.items():
-        lines.append(f"  {key} = {value:.6g}")
+    lines = [f"pipeline {status.pipeline} {status.state} in {duration_text(status.duration_s)}",
+             *metrics_lines(status)]
     for step in status.failed_steps:
         where = f" ({step.cell}, line {step.line})" if step.cell else ""
         lines.append(f"step {step.name} failed{where}: {step.error}")
@@ -203,6 +202,17 @@ def run_summary(status: RunStatus) -> str:
     lines.extend(f"warning: {w}" for w in status.warnings)
     lines.append(f"artifacts under {status.pipeline_root}")
     return "\n".join(lines)
+
+
+def metrics_lines(status: RunStatus) -> list[str]:
+    """``  key = value`` per metric (notebook order), or, for a run that ended without any,
+    ``metrics: <why>`` when the runner said why (a remote run whose ML Metadata could not be
+    read); else nothing."""
+    if status.metrics:
+        return [f"  {key} = {value:.6g}" for key, value in status.metrics.items()]
+    if status.metrics_note and status.state in TERMINAL_STATES:
+        return [f"metrics: {status.metrics_note}"]
+    return []
 
 
 def status_text(status: RunStatus) -> str:
@@ -226,6 +236,8 @@ def status_text(status: RunStatus) -> str:
             lines.append(f"  {'':<{width}}  error: {step.error}")
     if status.error and not status.failed_steps:
         lines.append(f"error: {status.error}")
+    metrics = metrics_lines(status)
+    lines.extend(["metrics:", *metrics] if status.metrics else metrics)
     return "\n".join(lines)
 
 
