@@ -178,8 +178,8 @@ def test_without_a_server_the_client_is_kfps_executor(tmp_path: Path) -> None:
 def test_forked_steps_draw_fresh_random_numbers_exit_normally_and_match_the_notebook(
         tmp_path: Path) -> None:
     """Each step is a fork of one process that imported numpy: without a fresh seed every step
-    would draw the same numbers (in the kernel they differ); atexit handlers and non-daemon
-    threads end as in a process that exits normally."""
+    would draw the same numbers (in the kernel they differ); atexit handlers, non-daemon
+    threads and a file a module keeps open end as in a process that exits normally."""
     path = notebook_of(
         tmp_path,
         "%%kale imports\nimport random\nimport numpy as np\nimport numpy.random\nimport atexit\n"
@@ -189,19 +189,22 @@ def test_forked_steps_draw_fresh_random_numbers_exit_normally_and_match_the_note
         "%%kale step c\nprint('numpy differs', x != y)\nprint('random differs', r != s)\n"
         "def late():\n    import time\n    time.sleep(0.3)\n    open('thread.txt', 'w').write('t')\n"
         "threading.Thread(target=late).start()\n"
-        "atexit.register(lambda: open('atexit.txt', 'w').write('a'))")
+        "atexit.register(lambda: open('atexit.txt', 'w').write('a'))\n"
+        "random.kept = open('kept.txt', 'w')  # open to the end, held by a module\n"
+        "random.kept.write('k')")
     result = compare(path)
     assert result.same_prints(), result.explain()
     assert result.pipeline["c"][:2] == ["numpy differs True", "random differs True"]
     (log,) = tmp_path.rglob(prefork.LOG_NAME)
     text = log.read_text()
     assert "refused" not in text and text.count("forked pid") == 4  # a, b, c and kale_runtime
-    for name in ("atexit.txt", "thread.txt"):  # the kernel wrote them too: once more, alone
+    for name in ("atexit.txt", "thread.txt", "kept.txt"):  # the kernel wrote them at its end
         (tmp_path / name).unlink()
     status = api.run_local(api.compile_notebook(path), enable_caching=False)
     assert status.state == "SUCCEEDED", status.error
     assert (tmp_path / "atexit.txt").read_text() == "a"
     assert (tmp_path / "thread.txt").read_text() == "t"
+    assert (tmp_path / "kept.txt").read_text() == "k"
 
 
 @linux_only
