@@ -66,10 +66,13 @@ def test_the_local_ir_starts_each_step_through_the_client_and_keeps_kfps_markers
     script = ('program_path=$(mktemp -d)\n\nprintf "%s" "$0" > "$program_path/ephemeral_component.py"'
               '\n_KFP_RUNTIME=true python3 -m kfp.dsl.executor_main --component_module_path '
               '"$program_path/ephemeral_component.py" "$@"\n')
-    ir = {"pipelineInfo": {"name": "p"}, "deploymentSpec": {"executors": {"exec-a": {"container": {
-        "command": ["sh", "-ec", script, "def a(): ..."], "args": ["--executor_input", "{{$}}"],
-        "image": "python:3.11"}}}}}
-    command = local_ir(ir, {})["deploymentSpec"]["executors"]["exec-a"]["container"]["command"]
+    ir = {"pipelineInfo": {"name": "p"}, "deploymentSpec": {"executors": {
+        name: {"container": {"command": ["sh", "-ec", script, "def a(): ..."],
+                             "args": ["--executor_input", "{{$}}"], "image": "python:3.11"}}
+        for name in ("exec-a", "exec-kale-runtime")}}}
+    executors = local_ir(ir, {})["deploymentSpec"]["executors"]
+    assert executors["exec-kale-runtime"]["container"]["command"][2] == script  # unforked
+    command = executors["exec-a"]["container"]["command"]
     assert command[3] == "def a(): ..."
     assert "python3 ${KALE_MAGICS_STEP_LAUNCH:--m} kfp.dsl.executor_main" in command[2]
     # kfp.local accepts only commands naming its executor module, and finds the user's code
@@ -197,7 +200,7 @@ def test_forked_steps_draw_fresh_random_numbers_exit_normally_and_match_the_note
     assert result.pipeline["c"][:2] == ["numpy differs True", "random differs True"]
     (log,) = tmp_path.rglob(prefork.LOG_NAME)
     text = log.read_text()
-    assert "refused" not in text and text.count("forked pid") == 4  # a, b, c and kale_runtime
+    assert "refused" not in text and text.count("forked pid") == 3  # a, b, c (not the runtime task)
     for name in ("atexit.txt", "thread.txt", "kept.txt"):  # the kernel wrote them at its end
         (tmp_path / name).unlink()
     status = api.run_local(api.compile_notebook(path), enable_caching=False)
@@ -270,4 +273,4 @@ def test_forked_steps_fit_boosted_models_with_threads_as_the_notebook_does(tmp_p
     assert result.status.state == "SUCCEEDED", result.explain()
     assert result.same_metrics() and len(result.pipeline_metrics) == 2, result.explain()
     (log,) = tmp_path.rglob(prefork.LOG_NAME)
-    assert "refused" not in log.read_text() and log.read_text().count("forked pid") == 4
+    assert "refused" not in log.read_text() and log.read_text().count("forked pid") == 3

@@ -46,6 +46,7 @@ from typing import Any, Iterator, Mapping, TextIO
 
 from kale_magics.codegen.cell_code import python_sources
 from kale_magics.codegen.compile import CompiledPipeline, dump_ir, read_ir
+from kale_magics.codegen.embedding import RUNTIME_COMPONENT
 from kale_magics.codegen.packages import sure_imports
 from kale_magics.codegen.settings import local_noops
 from kale_magics.errors import RunError
@@ -59,6 +60,8 @@ from kale_magics.runtime.channel import CHANNEL_ENV, EVENTS_FILE, log_path
 from kale_magics.runtime.step import WORKDIR_ENV
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+#: The executor of the step runtime's task (``codegen.embedding``), as KFP names it.
+RUNTIME_EXECUTOR = "exec-" + RUNTIME_COMPONENT.replace("_", "-")
 #: Lines of each step's log kept in memory (the whole log is in its file).
 LOG_TAIL_LINES = 200
 #: Bytes read from the end of a step's log file for its tail.
@@ -70,7 +73,8 @@ LINE_LIMIT = 4096
 def local_ir(ir: dict[str, Any], env: Mapping[str, str], installs: bool = False) -> dict[str, Any]:
     """Return a copy of the IR for a local run: no pip installs, extra environment variables,
     and (unless ``installs``) each step started through the step server's client
-    (``runner.prefork``).
+    (``runner.prefork``), but the runtime task (it imports nothing of the notebook's, so it
+    runs unforked at once, while the server imports).
 
     Parameters
     ----------
@@ -84,7 +88,7 @@ def local_ir(ir: dict[str, Any], env: Mapping[str, str], installs: bool = False)
     """
     local = copy.deepcopy(ir)
     local["pipelineInfo"]["name"] = _unambiguous_name(local)
-    for executor in local.get("deploymentSpec", {}).get("executors", {}).values():
+    for name, executor in local.get("deploymentSpec", {}).get("executors", {}).items():
         container = executor.get("container")
         if not container:
             continue
@@ -93,7 +97,7 @@ def local_ir(ir: dict[str, Any], env: Mapping[str, str], installs: bool = False)
         if not installs and command[:2] == ["sh", "-c"] and "pip install" in command[2] \
                 and command[3:4] == ["sh"]:
             container["command"] = command = command[3:]
-        if not installs and command[:2] == ["sh", "-ec"]:
+        if not installs and command[:2] == ["sh", "-ec"] and name != RUNTIME_EXECUTOR:
             container["command"] = [*command[:2], prefork.client_command(command[2]),
                                     *command[3:]]
         container["env"] = [*container.get("env", []),
