@@ -9,6 +9,9 @@ locally, applied to a copy (:func:`local_ir`):
   every ``packages_to_install`` into the current environment, about 0.3 s per
   step even when nothing changes);
 - steps run in the notebook's folder (``KALE_MAGICS_WORKDIR``), as the notebook does;
+- each step's command asks the run's step server for its process (a fork of one process that
+  imported KFP's executor and the notebook's leading imports once, ``runner.prefork``), and
+  runs KFP's executor itself where there is no server;
 - steps bypass the cache from ``--from STEP`` on (see ``runner.local_cache``);
 - a pipeline named like one of its steps is renamed, or KFP would load it as
   that one step.
