@@ -144,3 +144,16 @@ def test_watch_timeout_leaves_the_run_going(server, notebook) -> None:
     with pytest.raises(RunError, match=r"still (PENDING|RUNNING) after 1 s.*kale-magics status"):
         api.watch_remote(session, submission.run_id, interval_s=0.2, timeout_s=1)
     assert server.run_json(submission.run_id)["state"] in ("PENDING", "RUNNING")
+
+
+def test_a_page_that_is_no_run_ends_the_watch_in_one_line(server, notebook) -> None:
+    """A login page (200, HTML) where the run should be: the generated client reads it as a run
+    with every field empty, which would stay PENDING for ever."""
+    session = api.connect(server.url)
+    submission = api.submit(notebook(*QUICK), session)
+    server.faults.add(method="GET", path="/runs/", status=200, content_type="text/html",
+                      body=b"<html><body>Sign in</body></html>")
+    started = time.monotonic()
+    with pytest.raises(KfpConnectionError, match="answered reading run .* with no run"):
+        api.watch_remote(session, submission.run_id, interval_s=0.2)
+    assert time.monotonic() - started < 10

@@ -40,8 +40,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from kale_magics.codegen.embedding import RUNTIME_COMPONENT
-from kale_magics.errors import KaleError, RunError
+from kale_magics.errors import KaleError, KfpConnectionError, RunError
 from kale_magics.model import Plan, task_name
+from kale_magics.redaction import redact_urls
 from kale_magics.runner import remote, task_map
 from kale_magics.runner.connection import KfpSession
 from kale_magics.runner.status import (
@@ -86,9 +87,23 @@ class WatchOptions:
 
 def get_run(session: KfpSession, run_id: str, retry: RetryPolicy = RetryPolicy(),
             sleep: Callable[[float], None] = time.sleep) -> Any:
-    """``GET`` the run (a ``V2beta1Run``), riding out transient failures."""
-    return call(session.connection, f"reading run {run_id}", session.client.runs.run_service_get_run,
-                run_id=run_id, policy=retry, sleep=sleep)
+    """``GET`` the run (a ``V2beta1Run``), riding out transient failures.
+
+    Raises
+    ------
+    KfpConnectionError
+        The answer is no run (an HTML page, e.g. a login page the request was redirected to:
+        the generated client reads any body as a run with every field empty), as a run that
+        stayed PENDING would never end.
+    """
+    run = call(session.connection, f"reading run {run_id}", session.client.runs.run_service_get_run,
+               run_id=run_id, policy=retry, sleep=sleep)
+    if not getattr(run, "run_id", None):
+        raise KfpConnectionError(
+            f"KFP at {redact_urls(session.connection.host)} answered reading run {run_id} with no "
+            "run (a login page or another service?): check that --host is KFP's API address and "
+            "pass the credentials it needs (--token or --cookies)")
+    return run
 
 
 def run_spec(session: KfpSession, run: Any) -> dict[str, Any]:
