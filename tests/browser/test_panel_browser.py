@@ -239,9 +239,16 @@ def test_remote_run_on_the_kfp_test_server(jupyter, browser, kfp_server,  # noqa
         _press_run_and_wait(page, "remote", browser_report)
         link = panel.locator("a.kale-run-link")
         assert link.get_attribute("href").startswith(f"{kfp_server.url}/#/runs/details/")
-        note = panel.locator(".kale-metrics-note")
-        note.wait_for(timeout=30_000)
-        assert "KFP UI" in note.inner_text()
+        # the metric values come from the server's ML Metadata, equal to the kernel's
+        page.wait_for_selector(".kale-panel table.kale-metrics", timeout=30_000)
+        shown = {row.locator(".kale-metric-name").inner_text():
+                 float(row.locator(".kale-metric-value").inner_text())
+                 for row in panel.locator("table.kale-metrics tbody tr").all()}
+        expected = _expected_metrics(page)
+        assert set(shown) == set(WINE_METRICS)
+        for name in WINE_METRICS:
+            assert shown[name] == pytest.approx(expected[name], rel=1e-5), name
+        assert panel.locator(".kale-metrics-note").count() == 0
         _shot(panel, "remote-done", browser_report)
         assert SECRET_TOKEN not in page.content()
         assert panel.locator(".kale-error").count() == 0
