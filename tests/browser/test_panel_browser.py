@@ -182,6 +182,17 @@ def _expected_metrics(page: object) -> dict[str, float]:
     return json.loads(text.split("EXPECTED=", 1)[1].strip().splitlines()[0])
 
 
+def _assert_kernels_metrics(page: object) -> None:
+    """The panel's metrics table holds Wine's metrics with the values the kernel printed."""
+    rows = page.locator(".kale-panel table.kale-metrics tbody tr").all()  # type: ignore[attr-defined]
+    shown = {row.locator(".kale-metric-name").inner_text():
+             float(row.locator(".kale-metric-value").inner_text()) for row in rows}
+    expected = _expected_metrics(page)
+    assert set(shown) == set(WINE_METRICS)
+    for name in WINE_METRICS:
+        assert shown[name] == pytest.approx(expected[name], rel=1e-5), name
+
+
 def _press_run_and_wait(page: object, label: str, report: list) -> float:
     """Press Run; screenshot while a step runs and when done; return seconds to all green."""
     panel = page.locator(".kale-panel")  # type: ignore[attr-defined]
@@ -214,13 +225,7 @@ def test_local_run_in_notebook7(jupyter, browser, browser_report) -> None:
         detail.wait_for(timeout=30_000)
         assert "X_test (from split_data)" in detail.inner_text()
         _shot(panel, "local-done", browser_report)
-        shown = {row.locator(".kale-metric-name").inner_text():
-                 float(row.locator(".kale-metric-value").inner_text())
-                 for row in panel.locator("table.kale-metrics tbody tr").all()}
-        expected = _expected_metrics(page)
-        assert set(shown) == set(WINE_METRICS)
-        for name in WINE_METRICS:
-            assert shown[name] == pytest.approx(expected[name], rel=1e-5), name
+        _assert_kernels_metrics(page)
         assert panel.locator(".kale-error").count() == 0
     finally:
         page.close()
@@ -241,13 +246,7 @@ def test_remote_run_on_the_kfp_test_server(jupyter, browser, kfp_server,  # noqa
         assert link.get_attribute("href").startswith(f"{kfp_server.url}/#/runs/details/")
         # the metric values come from the server's ML Metadata, equal to the kernel's
         page.wait_for_selector(".kale-panel table.kale-metrics", timeout=30_000)
-        shown = {row.locator(".kale-metric-name").inner_text():
-                 float(row.locator(".kale-metric-value").inner_text())
-                 for row in panel.locator("table.kale-metrics tbody tr").all()}
-        expected = _expected_metrics(page)
-        assert set(shown) == set(WINE_METRICS)
-        for name in WINE_METRICS:
-            assert shown[name] == pytest.approx(expected[name], rel=1e-5), name
+        _assert_kernels_metrics(page)
         assert panel.locator(".kale-metrics-note").count() == 0
         _shot(panel, "remote-done", browser_report)
         assert SECRET_TOKEN not in page.content()
