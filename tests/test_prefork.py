@@ -3,6 +3,7 @@ and server protocol, and that a forked step computes what the notebook computes.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -208,6 +209,83 @@ def test_forked_steps_draw_fresh_random_numbers_exit_normally_and_match_the_note
     assert (tmp_path / "atexit.txt").read_text() == "a"
     assert (tmp_path / "thread.txt").read_text() == "t"
     assert (tmp_path / "kept.txt").read_text() == "k"
+
+
+LEFT_OPEN = """%%kale step a
+random.text = open("kept.txt", "w")  # open to the end, held by a module the server imported
+random.text.write("k")
+random.zipped = gzip.open("kept.gz", "wt")  # a wrapper in a wrapper: closed outermost first
+random.zipped.write("z")
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fputs(b"c", ctypes.c_void_p(libc.fopen(b"kept-c.txt", b"w")))  # the C library's buffer
+print("left open")"""
+
+
+def files_left_open(folder: Path) -> dict[str, str]:
+    """The contents of LEFT_OPEN's files (gone afterwards): what a process's end wrote out."""
+    found = {}
+    for name in ("kept.txt", "kept.gz", "kept-c.txt"):
+        path = folder / name
+        if path.exists():
+            found[name] = (gzip.decompress(path.read_bytes()).decode() if name.endswith(".gz")
+                           else path.read_text())
+            path.unlink()
+    return found
+
+
+@linux_only
+def test_files_a_forked_step_leaves_open_are_written_out_as_a_python_process_writes_them(
+        tmp_path: Path) -> None:
+    """A forked step's process ends without the interpreter's teardown when nothing alive needs
+    finalizing; the files it leaves open (Python's, the C library's) are still written out, as
+    when the step's code runs as a Python script. (A kernel writes none of them while it lives,
+    and nbclient's kernel none when it ends.) A gzip file is closed before the file under it, so
+    it is whole; a script's teardown may close them in either order and cut the gzip file short."""
+    imports = "import ctypes\nimport gzip\nimport random"
+    script = imports + "\n" + LEFT_OPEN.split("\n", 1)[1]
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True, capture_output=True)
+    (tmp_path / "kept.gz").unlink()
+    python = files_left_open(tmp_path)
+    assert python == {"kept.txt": "k", "kept-c.txt": "c"}
+    path = notebook_of(tmp_path, "%%kale imports\n" + imports, LEFT_OPEN)
+    result = compare(path)
+    assert result.same_prints(), result.explain()
+    assert files_left_open(tmp_path) == {**python, "kept.gz": "z"}
+    (log,) = tmp_path.rglob(prefork.LOG_NAME)
+    assert log.read_text().count("forked pid") == 1
+
+
+HOLDER = """import os
+
+
+class Noisy:
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+
+    def __del__(self, write=os.write):  # what it needs kept: the teardown clears modules
+        write(self.fd, b"finalized")
+"""
+
+
+@linux_only
+def test_an_object_a_forked_step_leaves_to_finalize_is_finalized_as_in_a_python_script(
+        tmp_path: Path) -> None:
+    """An object with ``__del__`` still alive when the step ends (held by a module of the
+    notebook's folder, which the server never imports) makes the forked process end through the
+    interpreter's teardown, which finalizes it as it does when the code runs as a script."""
+    (tmp_path / "holder.py").write_text(HOLDER)
+    subprocess.run([sys.executable, "-c", "import holder\nholder.kept = holder.Noisy('del.txt')"],
+                   cwd=tmp_path, check=True)
+    assert (tmp_path / "del.txt").read_text() == "finalized"
+    (tmp_path / "del.txt").unlink()
+    path = notebook_of(tmp_path, "%%kale imports\nimport holder",
+                       "%%kale step a\nholder.kept = holder.Noisy('del.txt')")
+    status = api.run_local(api.compile_notebook(path), enable_caching=False)
+    assert status.state == "SUCCEEDED", status.error
+    assert (tmp_path / "del.txt").read_text() == "finalized"
+    (log,) = tmp_path.rglob(prefork.LOG_NAME)
+    assert log.read_text().count("forked pid") == 1
 
 
 @linux_only

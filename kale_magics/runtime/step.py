@@ -70,8 +70,8 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
     and functions cells) runs first, then the replayed ``imports``, then the
     parameters and ``inputs`` are bound (so they win over the prelude), then
     ``code`` runs. When the process is KFP's executor (``python -m
-    kfp.dsl.executor_main``, which ends once the step returns),
-    :func:`prepare_exit` runs after a successful step.
+    kfp.dsl.executor_main``, which ends once the step returns) and not a forked
+    step of a local run, :func:`prepare_exit` runs after a successful step.
 
     Parameters
     ----------
@@ -133,14 +133,19 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
         With status 1 when the step fails, after printing what failed.
     """
     blocks = _Blocks(tuple(prelude), tuple(imports), tuple(code))
+    # A fork of a local run's step server (runner/prefork_server) starts with the server's
+    # objects frozen; its exit looks among the objects it made for any that need finalizing,
+    # so none may be frozen here. A process of its own freezes to make its exit cheap.
+    freeze = _main_module() == "kfp.dsl.executor_main" and not gc.get_freeze_count()
     try:
         items = _run_step(step, blocks, parameters, inputs, outputs, metrics, metrics_artifact,
                           json_parameters, position,
                           _Control(loop, returns, scalars or {}, final_status, tuple(run_steps)),
-                          _Registering(tuple(registrations), model_registry, dict(run or {})))
+                          _Registering(tuple(registrations), model_registry, dict(run or {})),
+                          freeze)
     finally:  # an error the runtime did not expect: its traceback goes to the real stderr
         channel.OutputRelay.stop_active()
-    if _main_module() == "kfp.dsl.executor_main":
+    if freeze:
         prepare_exit()
     return items
 
@@ -383,14 +388,15 @@ def _run_step(step: str, blocks: _Blocks, parameters: Mapping[str, Any],
               inputs: Mapping[str, Any], outputs: Mapping[str, Any],
               metrics: Mapping[str, str], metrics_artifact: Any, json_parameters: Sequence[str],
               position: int, control: "_Control",
-              registering: "_Registering") -> Optional[list[str]]:
-    """The body of :func:`run_step`: the step runs here, in one namespace that ends with it."""
+              registering: "_Registering", freeze: bool = False) -> Optional[list[str]]:
+    """The body of :func:`run_step`: the step runs here, in one namespace that ends with it.
+    With ``freeze``, what the process holds before the step is frozen first."""
     workdir = os.environ.get(WORKDIR_ENV)
     if workdir:
         os.chdir(workdir)
     if "" not in sys.path:  # as in a kernel: modules in the working directory import
         sys.path.insert(0, "")
-    if _main_module() == "kfp.dsl.executor_main":
+    if freeze:
         # What the process imported before the step (KFP's executor, this runtime) stays to the
         # end: later collections, prepare_exit's included, skip it. Not later: the step's
         # namespace must stay collectable (a file left open in a reference cycle is flushed).
