@@ -17,14 +17,16 @@ cell runs. A step whose environment or working directory differs from this proce
 refused and its client runs the step itself, unforked (``runner.prefork_client``).
 
 Protocol, one connection per step on the Unix socket listening on descriptor ``FD`` (bound
-by the local run before this starts, so no client finds it missing): the client sends a
-4-byte big-endian length with its standard input, output and error attached
-(``SCM_RIGHTS``), then that many bytes of JSON ``{"argv": [...], "env": {...}, "cwd":
-"...", "executable": "..."}`` (``argv``: the module to run, then its arguments); the server
-answers one JSON line, ``{"pid": N}`` or ``{"refused": "why"}``, and, when the step's
-process ends, ``{"exit": CODE}`` (:func:`os.waitstatus_to_exitcode`: negative when a
-signal ended it). A client that goes away first takes its step's process with it
-(``SIGKILL``). The server ends when its standard input (held by the local run) closes.
+by the local run before this starts, in a folder only its user can enter, so no client finds
+it missing and no other user connects): the client sends a 4-byte big-endian length with its
+standard input, output and error attached (``SCM_RIGHTS``), then that many bytes of
+:mod:`marshal` data, ``{"argv": [...], "env": {...}, "cwd": "...", "executable": "..."}``
+(``argv``: the module to run, then its arguments; marshal because the client imports
+nothing it does not have built in); the server answers one line, ``pid N`` or ``refused
+WHY``, and, when the step's process ends, ``exit CODE`` (:func:`os.waitstatus_to_exitcode`:
+negative when a signal ended it). A client that goes away first takes its step's process
+with it (``SIGKILL``). The server ends when its standard input (held by the local run)
+closes.
 
 Linux only (``os.pidfd_open``): elsewhere the local run starts no server.
 """
@@ -34,7 +36,7 @@ from __future__ import annotations
 import atexit
 import gc
 import io
-import json
+import marshal
 import os
 import runpy
 import selectors
@@ -124,8 +126,11 @@ def read_request(conn: socket.socket) -> tuple[dict, list[int]]:
             if not chunk:
                 raise OSError("incomplete request")
             body += chunk
-        request = json.loads(body)
-    except (OSError, ValueError):
+        request = marshal.loads(body)
+        if not (isinstance(request, dict) and isinstance(request.get("argv"), list)
+                and isinstance(request.get("env"), dict)):
+            raise ValueError("not a step request")
+    except (OSError, ValueError, EOFError, TypeError):
         for fd in fds:
             os.close(fd)
         raise
@@ -195,7 +200,7 @@ class Server:
             log(f"refused: {why}")
             for fd in fds:
                 os.close(fd)
-            send(conn, {"refused": why})
+            send(conn, "refused", why)
             conn.close()
             return None
         sys.stdout.flush()
@@ -211,7 +216,7 @@ class Server:
         self.steps[pid] = (conn, pidfd)
         self.selector.register(pidfd, selectors.EVENT_READ, ("step", pid))
         self.selector.register(conn, selectors.EVENT_READ, ("client", pid))
-        send(conn, {"pid": pid})
+        send(conn, "pid", pid)
         log(f"forked pid {pid}: {request['argv'][-1]}")
         return None
 
@@ -235,7 +240,7 @@ class Server:
             self.selector.unregister(conn)
         except KeyError:
             pass
-        send(conn, {"exit": code})
+        send(conn, "exit", code)
         conn.close()
 
     def close(self) -> None:
@@ -346,10 +351,11 @@ def _closed(file: io.IOBase) -> bool:
         return True
 
 
-def send(conn: socket.socket, message: dict) -> None:
-    """One JSON line to a client; a client that went away is not an error."""
+def send(conn: socket.socket, kind: str, value: object) -> None:
+    """One reply line, ``KIND VALUE``, to a client; a client that went away is not an error."""
+    text = " ".join(f"{value}".split())  # one line
     try:
-        conn.sendall(json.dumps(message).encode() + b"\n")
+        conn.sendall(f"{kind} {text}\n".encode(errors="replace"))
     except OSError:
         pass
 
