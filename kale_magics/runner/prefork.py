@@ -15,9 +15,11 @@ the same state:
   can change before a step runs);
 - in the steps' working directory, with the run's environment and ``sys.path``; a step
   whose environment differs (``--env`` on the step) runs unforked;
+- besides, the standard-library modules the step runtime imports (:func:`runtime_imports`),
+  which every step imports before or after its code;
 - numpy's global random generator is seeded afresh in each step process, as at import
   (Python's ``random`` reseeds itself on fork);
-- the step process ends through the normal interpreter exit.
+- the step process ends as the interpreter's exit does (``prefork_server.finish``).
 
 What differs: output printed or warnings shown while the leading imports run go to the
 server's log (``step-server.log`` in the run's log folder), not the step's log; a step
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import importlib.machinery
 import os
 import re
@@ -40,6 +43,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from kale_magics import runtime
 from kale_magics.codegen.cell_code import python_sources
 from kale_magics.model import Plan
 from kale_magics.runner.prefork_client import SERVER_ENV
@@ -70,6 +74,24 @@ SERVER_SOURCE = Path(__file__).with_name("prefork_server.py")
 #: script's folder first, as ``python SCRIPT`` would: the steps inherit it).
 SERVER_BOOT = "import runpy, sys; runpy.run_path(sys.argv.pop(1), run_name='__main__')"
 CLIENT_SOURCE = Path(__file__).with_name("prefork_client.py")
+
+
+@functools.cache
+def runtime_imports() -> tuple[str, ...]:
+    """The standard-library modules the step runtime (``kale_magics.runtime``, which every step
+    loads from the run's bundle) imports anywhere in its code, e.g. ``("base64", ...,
+    "importlib.metadata", ...)``; a name imported from a package is listed as a possible
+    submodule too (the server skips the names that are not modules)."""
+    names: set[str] = set()
+    for path in sorted(Path(runtime.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module)
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return tuple(sorted(name for name in names if name.partition(".")[0] in
+                        sys.stdlib_module_names - {"__future__"}))
 
 
 def client_command(script: str) -> str:
@@ -172,7 +194,7 @@ def _start(path: str, plan: Plan, env: Mapping[str, str], workdir: str,
         listener.listen(64)
         return subprocess.Popen(
             [sys.executable, "-c", SERVER_BOOT, str(SERVER_SOURCE), str(listener.fileno()),
-             preload_source(plan, workdir)],
+             preload_source(plan, workdir), " ".join(runtime_imports())],
             stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, **env}, pass_fds=(listener.fileno(),))
 

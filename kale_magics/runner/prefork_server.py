@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import importlib
 import io
 import marshal
 import os
@@ -63,19 +64,27 @@ def log(message: str) -> None:
           flush=True)
 
 
-def preload(source: str) -> None:
+def preload(source: str, runtime_modules: list[str]) -> None:
     """Import what the steps import first: KFP's executor with ``_KFP_RUNTIME=true`` (as the
-    steps' command runs it), then ``source`` as their imports cell does, in the steps' working
+    steps' command runs it) and ``runtime_modules``, the standard-library modules the step
+    runtime imports; then ``source`` as their imports cell does, in the steps' working
     directory with ``""`` first on ``sys.path`` (``runtime.step``); then back.
 
-    An import that fails ends the preload there; the step meets the same error itself.
+    A name of ``runtime_modules`` that is not a module is skipped. An import of ``source``
+    that fails ends the preload there; the step meets the same error itself.
     """
     start, cwd = time.perf_counter(), os.getcwd()
     sys.path[0] = cwd  # python -m puts the working directory first, as an absolute path
     os.environ["_KFP_RUNTIME"] = "true"  # as the steps' command sets it: KFP without its client
     import kfp.dsl.executor_main  # noqa: F401 (what every step runs)
 
-    log(f"imported KFP's executor in {time.perf_counter() - start:.3f} s")
+    for name in runtime_modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    log(f"imported KFP's executor and the step runtime's standard modules in "
+        f"{time.perf_counter() - start:.3f} s")
     start = time.perf_counter()
     workdir = os.environ.get(WORKDIR_ENV)
     if workdir:
@@ -361,12 +370,13 @@ def send(conn: socket.socket, kind: str, value: object) -> None:
 
 
 def main() -> None:
-    """Start serving (``sys.argv``: the listening socket's descriptor, the preload source); in
+    """Start serving (``sys.argv``: the listening socket's descriptor, the preload source, the
+    runtime's standard modules separated by spaces); in
     a forked step process run the module the client names (KFP's executor) as ``python -m
     MODULE ARGS`` would, then exit normally."""
-    listener, source = int(sys.argv[1]), sys.argv[2]
+    listener, source, runtime_modules = int(sys.argv[1]), sys.argv[2], sys.argv[3].split()
     server = Server(listener)  # clients may connect (and wait) while the preload runs
-    preload(source)
+    preload(source, runtime_modules)
     request, fds = server.serve()
     del server
     become_step(request, fds)
