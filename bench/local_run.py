@@ -3,7 +3,8 @@
 For each notebook, each contender runs as its own process, as a user starts it:
 
 - ``ours``: this module as a worker (``python -m bench.local_run NOTEBOOK OUTDIR``):
-  import kale-magics, compile, ``api.run_local``; it reports the compile and run
+  import kale-magics, start the local target's process and compile meanwhile (as
+  ``kale-magics run`` and ``%kale run`` do), run; it reports the compile and run
   times, each step's ``duration_s`` and the step runtime's bookkeeping;
 - ``nbclient``: the notebook executed top to bottom in a fresh ``python3`` kernel
   of the same environment (what papermill does, without papermill's extras);
@@ -151,10 +152,15 @@ def worker(notebook: Path, out: Path) -> dict[str, Any]:
     from kale_magics import api
 
     imported = time.perf_counter()
+    target = api.LocalTarget(str(out / "root"))
+    target.prepare()  # as `kale-magics run` and `%kale run` do: the run's process starts now
     compiled = api.compile_notebook(notebook, str(out))
     compiled_at = time.perf_counter()
     run_start_epoch = time.time()
-    status = api.run_local(compiled, pipeline_root=str(out / "root"))
+    try:
+        status = api.run(compiled, target)
+    finally:
+        target.close()
     run_s = time.perf_counter() - compiled_at
     run_end_epoch = time.time()
     steps = len(status.steps)

@@ -332,21 +332,23 @@ class KaleMagics(Magics):
 
     def _run(self, args: argparse.Namespace) -> None:
         arguments = dict(api.parse_param(p) for p in args.param)
-        compiled = api.compile_notebook(self._notebook(args), args.output)
-        api.coerce_arguments(compiled.plan, arguments)  # a bad value: refused before any output
         target = self._target(args)
-        for warning in compiled.warnings:
-            print(f"warning: {warning}")
-        for notice in target.notices(compiled):
-            print(f"notice: {notice}")
-        handle = display({"text/plain": f"running {compiled.plan.name}"}, raw=True, display_id=True)
-
-        def show(status: api.RunStatus) -> None:
-            handle.update({"text/plain": "\n".join(step_line(s) for s in status.steps.values()),
-                           "text/html": rich.run_html(status, compiled.plan, time.time())},
-                          raw=True)
-
+        target.prepare()  # a local run's process starts while the notebook compiles
         try:
+            compiled = api.compile_notebook(self._notebook(args), args.output)
+            api.coerce_arguments(compiled.plan, arguments)  # a bad value: refused before output
+            for warning in compiled.warnings:
+                print(f"warning: {warning}")
+            for notice in target.notices(compiled):
+                print(f"notice: {notice}")
+            handle = display({"text/plain": f"running {compiled.plan.name}"}, raw=True,
+                             display_id=True)
+
+            def show(status: api.RunStatus) -> None:
+                handle.update({"text/plain": "\n".join(step_line(s) for s in status.steps.values()),
+                               "text/html": rich.run_html(status, compiled.plan, time.time())},
+                              raw=True)
+
             status = api.run(compiled, target, api.RunHooks(on_status=show, on_message=print),
                              arguments=arguments)
         finally:

@@ -299,9 +299,11 @@ def _plain_print(original: Any) -> Iterator[None]:
         builtins.print = patched
 
 
-def local_notices(compiled: CompiledPipeline) -> list[str]:
+def local_notices(compiled: CompiledPipeline,
+                  versions: Mapping[str, str | None] | None = None) -> list[str]:
     """What a local run cannot honour: the settings ``kfp.local`` ignores, and package versions
-    that differ from the ones installed here.
+    that differ from the ones installed here (``versions``: :func:`installed_versions`, read
+    here when not given).
 
     Retries, caching options and environment variables are applied locally
     (``kfp.local`` honours them from the IR); resources, images, timeouts,
@@ -311,21 +313,33 @@ def local_notices(compiled: CompiledPipeline) -> list[str]:
                if (noops := local_noops(step))]
     notices = [f"ignored locally (kfp.local runs every step here, in this Python): "
                f"{'; '.join(ignored)}"] if ignored else []
+    versions = installed_versions(compiled) if versions is None else versions
     for step, requirements in compiled.packages.items():
         for requirement in requirements:
             wanted = requirement.partition("==")[2]
-            installed = _installed_version(requirement_name(requirement))
+            installed = versions[requirement_name(requirement)]
             if wanted and installed and installed != wanted:
                 notices.append(f"step {step} wants {requirement}; the local run uses "
                                f"{installed}, installed here")
     return notices
 
 
-def missing_packages(compiled: CompiledPipeline) -> dict[str, list[str]]:
-    """Requirements of each step that are not installed here (a local run installs nothing)."""
-    missing = {step: [r for r in requirements if _installed_version(requirement_name(r)) is None]
+def missing_packages(compiled: CompiledPipeline,
+                     versions: Mapping[str, str | None] | None = None) -> dict[str, list[str]]:
+    """Requirements of each step that are not installed here (a local run installs nothing);
+    ``versions`` as for :func:`local_notices`."""
+    versions = installed_versions(compiled) if versions is None else versions
+    missing = {step: [r for r in requirements if versions[requirement_name(r)] is None]
                for step, requirements in compiled.packages.items()}
     return {step: reqs for step, reqs in missing.items() if reqs}
+
+
+def installed_versions(compiled: CompiledPipeline) -> dict[str, str | None]:
+    """The installed version of each distribution the steps of ``compiled`` require, by name
+    (None: not installed), each read once (``importlib.metadata`` scans ``sys.path``, about
+    2 ms a name; the steps of a notebook mostly share their requirements)."""
+    names = {requirement_name(r) for reqs in compiled.packages.values() for r in reqs}
+    return {name: _installed_version(name) for name in sorted(names)}
 
 
 def _installed_version(distribution: str) -> str | None:
@@ -335,8 +349,9 @@ def _installed_version(distribution: str) -> str | None:
         return None
 
 
-def _check_packages(compiled: CompiledPipeline) -> None:
-    missing = missing_packages(compiled)
+def _check_packages(compiled: CompiledPipeline,
+                    versions: Mapping[str, str | None] | None = None) -> None:
+    missing = missing_packages(compiled, versions)
     if missing:
         listed = "; ".join(f"{step}: {', '.join(reqs)}" for step, reqs in missing.items())
         every = sorted({r for reqs in missing.values() for r in reqs})
@@ -429,13 +444,14 @@ def run_local(compiled: CompiledPipeline, arguments: Mapping[str, Any] | None = 
         installed; the message lists them), or the run's log folder cannot be
         created under the pipeline root.
     """
-    _check_packages(compiled)
+    versions = installed_versions(compiled)
+    _check_packages(compiled, versions)
     plan = compiled.plan
     workdir = os.path.abspath(workdir or os.path.dirname(plan.notebook) or ".")
     _check_modules(plan, workdir)
     root = os.path.abspath(pipeline_root or os.path.join(os.path.dirname(compiled.yaml_path),
                                                          "local_runs"))
-    status = plan_status(plan, root, hooks, local_notices(compiled))
+    status = plan_status(plan, root, hooks, local_notices(compiled, versions))
     ir, _ = read_ir(compiled)  # the platform spec (kfp-kubernetes) has no local effect
     if from_step is not None:
         ir = local_cache.rerun(ir, local_cache.downstream(plan, from_step))
