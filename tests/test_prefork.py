@@ -104,6 +104,16 @@ sys.exit(int(mode))
 """
 
 
+def test_the_server_the_client_and_the_runtime_name_the_same_variables() -> None:
+    """The client and the server run as scripts and the runtime from the run's bundle: each
+    holds its own copy of the variables' names."""
+    from kale_magics.runner import prefork_client, prefork_server
+    from kale_magics.runtime import step
+
+    assert prefork_client.SERVER_ENV == step.STEP_SERVER_ENV
+    assert prefork_server.WORKDIR_ENV == step.WORKDIR_ENV
+
+
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A step server with nothing preloaded; ``stepmod`` importable through PYTHONPATH."""
