@@ -105,9 +105,10 @@ def find(value: object) -> Backend | None:
     Looks at built-in backends and entry points by class name only; the
     backend's library and the entry point's module are not imported here.
     """
-    plugins = _plugins()
     for name in class_names(type(value)):
-        backend = _BUILTINS.get(name) or (_plugin(name) if name in plugins else None)
+        backend = _BUILTINS.get(name)
+        if backend is None and name in _plugins():  # scanned only past a built-in's classes
+            backend = _plugin(name)
         if backend is not None:
             return backend if backend.wants is None or backend.wants(value) else None
     return None
