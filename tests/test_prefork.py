@@ -3,6 +3,7 @@ and server protocol, and that a forked step computes what the notebook computes.
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import os
@@ -114,6 +115,40 @@ def test_the_server_the_client_and_the_runtime_name_the_same_variables() -> None
     assert prefork_server.WORKDIR_ENV == step.WORKDIR_ENV
 
 
+def test_the_server_imports_the_runtime_from_the_folder_the_steps_name_and_only_that(
+        tmp_path: Path) -> None:
+    """The step server imports the runtime from the bundle folder a step's executor input
+    names; a step naming another folder gets it forgotten, and imports its own."""
+    from kale_magics.runner.prefork_server import RuntimeBundle
+
+    def bundle(name: str) -> Path:
+        (tmp_path / name / "kmbundle").mkdir(parents=True)
+        (tmp_path / name / "kmbundle" / "__init__.py").write_text("")
+        (tmp_path / name / "kmbundle" / "runtime.py").write_text(f"FOLDER = {name!r}\n")
+        return tmp_path / name
+
+    def request(folder: Path) -> dict:
+        given = {"inputs": {"artifacts": {"rt": {"artifacts": [{"uri": str(folder)}]}}}}
+        return {"argv": ["kfp.dsl.executor_main", "--executor_input", json.dumps(given)]}
+
+    first, second = bundle("first"), bundle("second")
+    runtime = RuntimeBundle("rt", "kmbundle.runtime")
+    path = list(sys.path)
+    try:
+        assert runtime.folder({"argv": ["kfp.dsl.executor_main"]}) == ""
+        runtime.preload(request(first))
+        assert sys.modules["kmbundle.runtime"].FOLDER == "first" and sys.path == path
+        runtime.suit(request(first))
+        assert "kmbundle.runtime" in sys.modules
+        runtime.preload(request(second))  # one folder per run: the first stays
+        assert sys.modules["kmbundle.runtime"].FOLDER == "first"
+        runtime.suit(request(second))
+        assert not [name for name in sys.modules if name.startswith("kmbundle")]
+    finally:
+        runtime.forget()
+        gc.unfreeze()  # preload froze this process's objects, as it does the server's
+
+
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A step server with nothing preloaded; ``stepmod`` importable through PYTHONPATH."""
@@ -212,6 +247,7 @@ def test_forked_steps_draw_fresh_random_numbers_exit_normally_and_match_the_note
     (log,) = tmp_path.rglob(prefork.LOG_NAME)
     text = log.read_text()
     assert "refused" not in text and text.count("forked pid") == 3  # a, b, c (not the runtime task)
+    assert "imported the step runtime from" in text
     for name in ("atexit.txt", "thread.txt", "kept.txt"):  # the kernel wrote them at its end
         (tmp_path / name).unlink()
     status = api.run_local(api.compile_notebook(path), enable_caching=False)

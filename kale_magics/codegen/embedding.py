@@ -53,9 +53,11 @@ BLOB_LINE = 1024
 #: (``bundle.run_step`` takes the folder off ``sys.path`` again before the step's code runs).
 #: The local names :data:`LOADER` binds in a step's component (no parameter may be called so).
 LOADER_NAMES = ("sys", "run_step")
+#: The module of the bundle a step imports (``runtime.bundle``).
+RUNTIME_MODULE = "kale_magics.runtime.bundle"
 LOADER = (f"    import sys\n"
           f"    sys.path.insert(0, {RUNTIME_INPUT}.path)\n"
-          f"    from kale_magics.runtime.bundle import run_step\n")
+          f"    from {RUNTIME_MODULE} import run_step\n")
 
 _WRITER = '''\
 def {name}({output}: Output[Artifact]):

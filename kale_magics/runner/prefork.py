@@ -16,7 +16,8 @@ the same state:
 - in the steps' working directory, with the run's environment and ``sys.path``; a step
   whose environment differs (``--env`` on the step) runs unforked;
 - besides, the standard-library modules the step runtime imports (:func:`runtime_imports`),
-  which every step imports before or after its code;
+  which every step imports before or after its code, and, once the run's first task wrote it,
+  the runtime itself from the bundle folder every step imports it from;
 - numpy's global random generator is seeded afresh in each step process, as at import
   (Python's ``random`` reseeds itself on fork);
 - the step process ends as the interpreter's exit does (``prefork_server.finish``).
@@ -45,6 +46,7 @@ from typing import Iterator, Mapping
 
 from kale_magics import runtime
 from kale_magics.codegen.cell_code import python_sources
+from kale_magics.codegen.embedding import RUNTIME_INPUT, RUNTIME_MODULE
 from kale_magics.model import Plan
 from kale_magics.runner.prefork_client import SERVER_ENV
 
@@ -194,7 +196,8 @@ def _start(path: str, plan: Plan, env: Mapping[str, str], workdir: str,
         listener.listen(64)
         return subprocess.Popen(
             [sys.executable, "-c", SERVER_BOOT, str(SERVER_SOURCE), str(listener.fileno()),
-             preload_source(plan, workdir), " ".join(runtime_imports())],
+             preload_source(plan, workdir), " ".join(runtime_imports()), RUNTIME_INPUT,
+             RUNTIME_MODULE],
             stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, **env}, pass_fds=(listener.fileno(),))
 
