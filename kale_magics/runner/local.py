@@ -57,6 +57,7 @@ from kale_magics.model import Plan, requirement_name
 from kale_magics.redaction import redact_urls
 from kale_magics.runner import history, local_cache, prefork
 from kale_magics.runner.local_dag import ordered_dag
+from kale_magics.runner.process_env import environment_variables
 from kale_magics.runner.status import (FAILED, PENDING, RUNNING, SKIPPED, SUCCEEDED, RunHooks,
                                       RunStatus, StepStatus)
 from kale_magics.runtime.channel import CHANNEL_ENV, EVENTS_FILE, log_path
@@ -530,17 +531,10 @@ def _run_environment(channel: str) -> Iterator[None]:
     kfp.local's cache keys.
     """
     tmp = tempfile.mkdtemp(prefix="kale-magics-run-")
-    changes = {"TMPDIR": tmp, CHANNEL_ENV: channel}
-    previous = {name: os.environ.get(name) for name in changes}
-    os.environ.update(changes)
     try:
-        yield
+        with environment_variables({"TMPDIR": tmp, CHANNEL_ENV: channel}):
+            yield
     finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         shutil.rmtree(tmp, ignore_errors=True)
 
 

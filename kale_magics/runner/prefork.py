@@ -49,6 +49,7 @@ from kale_magics.codegen.cell_code import python_sources
 from kale_magics.codegen.embedding import RUNTIME_INPUT, RUNTIME_MODULE
 from kale_magics.model import Plan
 from kale_magics.runner.prefork_client import SERVER_ENV
+from kale_magics.runner.process_env import environment_variables
 
 #: Environment variable that turns the step server off when "0".
 PREFORK_ENV = "KALE_MAGICS_PREFORK"
@@ -164,32 +165,26 @@ def step_server(plan: Plan, env: Mapping[str, str], workdir: str, log_folder: st
     for the block only, as the run's other variables (``runner.local``); otherwise nothing is
     and the steps start unforked.
     """
-    previous = {name: os.environ.get(name) for name in (LAUNCH_ENV, SERVER_ENV)}
-    usable = supported() and not re.search(r"[\s*?\[\]]", str(CLIENT_SOURCE))  # one shell word
-    folder = tempfile.mkdtemp(prefix="kale-magics-steps-") if usable else None
-    process = None
-    try:
-        if folder is not None:
-            process = _start(os.path.join(folder, "socket"), plan, env, workdir, log_folder)
+    if not supported() or re.search(r"[\s*?\[\]]", str(CLIENT_SOURCE)):  # not one shell word
         yield
+        return
+    folder = tempfile.mkdtemp(prefix="kale-magics-steps-")
+    path = os.path.join(folder, "socket")
+    try:
+        with environment_variables({SERVER_ENV: path, LAUNCH_ENV: f"-S {CLIENT_SOURCE}"}):
+            process = _start(path, plan, env, workdir, log_folder)
+            try:
+                yield
+            finally:
+                _stop(process)
     finally:
-        if process is not None:
-            _stop(process)
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _start(path: str, plan: Plan, env: Mapping[str, str], workdir: str,
            log_folder: str) -> subprocess.Popen:
     """Bind and listen on ``path`` here (a step that starts before the server is ready waits
     in the backlog), then start the server with the socket."""
-    os.environ[SERVER_ENV] = path
-    os.environ[LAUNCH_ENV] = f"-S {CLIENT_SOURCE}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener, \
             open(os.path.join(log_folder, LOG_NAME), "ab") as log:
         listener.bind(path)
