@@ -98,7 +98,7 @@ def test_the_local_ir_starts_each_step_through_the_client_and_keeps_kfps_markers
 STEP_MODULE = """import os, sys, time
 mode = sys.argv[1]
 print("pid", os.getpid(), "ppid", os.getppid(), "runtime", os.environ.get("_KFP_RUNTIME"),
-      "pwd", os.environ.get("PWD"), flush=True)
+      "pwd", os.environ.get("PWD"), "server", "KALE_MAGICS_STEP_SERVER" in os.environ, flush=True)
 if mode == "sleep":
     time.sleep(60)
 sys.exit(int(mode))
@@ -180,6 +180,7 @@ def test_a_forked_step_gets_the_clients_output_and_exit_status_and_its_own_envir
     assert process.returncode == 3
     fields = out.decode().split()
     assert fields[0] == "pid" and fields[5] == "true" and fields[7] == "/shell/said"
+    assert fields[9] == "True"  # a forked step: the runtime leaves the end to the server
     assert f"forked pid {fields[1]}" in server.log.read_text()  # the server's child, not the client's
     assert fields[3] != str(process.pid)
 
@@ -189,7 +190,9 @@ def test_a_step_whose_environment_differs_runs_unforked(server: SimpleNamespace)
     process = client({**server.env, "OMP_NUM_THREADS": "1"}, "4")
     out, _ = process.communicate(timeout=60)
     assert process.returncode == 4
-    assert out.decode().split()[1] == str(process.pid)  # os.execv: the client became the step
+    fields = out.decode().split()
+    assert fields[1] == str(process.pid)  # os.execve: the client became the step
+    assert fields[9] == "False"  # ends as a process of its own
     assert "refused: environment variables differ: OMP_NUM_THREADS" in server.log.read_text()
 
 

@@ -26,9 +26,12 @@ FORWARDED = {_signal.SIGTERM, _signal.SIGINT}
 
 
 def run_unforked() -> None:
-    """Become ``python3 -m MODULE ARGS`` (``sys.argv[1:]``), the command this client stands for."""
+    """Become ``python3 -m MODULE ARGS`` (``sys.argv[1:]``), the command this client stands for,
+    without ``$KALE_MAGICS_STEP_SERVER`` (the step runtime reads it as "forked": a process of
+    its own ends as any does, ``runtime.step.run_step``)."""
     _signal.pthread_sigmask(_signal.SIG_UNBLOCK, FORWARDED)
-    os.execv(sys.executable, [sys.executable, "-m", *sys.argv[1:]])
+    env = {name: value for name, value in os.environ.items() if name != SERVER_ENV}
+    os.execve(sys.executable, [sys.executable, "-m", *sys.argv[1:]], env)
 
 
 class Replies:

@@ -39,8 +39,9 @@ WORKDIR_ENV = "KALE_MAGICS_WORKDIR"
 TERMINATION_LOG = "/dev/termination-log"
 #: Environment variable naming that file elsewhere (the KFP test server gives each task one).
 TERMINATION_LOG_ENV = "KALE_MAGICS_TERMINATION_LOG"
-#: Set while a local run's step server serves its steps (``runner.prefork_client.SERVER_ENV``):
-#: the step's process may be a fork of it, which ends through ``runner.prefork_server.finish``.
+#: Set in a step's process forked by a local run's step server (``runner.prefork_client``
+#: takes it out of a step it runs unforked): that process ends through
+#: ``runner.prefork_server.finish``.
 STEP_SERVER_ENV = "KALE_MAGICS_STEP_SERVER"
 #: Starts the step's error summary in its termination message.
 ERROR_MARKER = "kale-magics-step-error:"
@@ -137,9 +138,8 @@ def run_step(step: str, code: Sequence[tuple[str, str]], parameters: Mapping[str
     """
     blocks = _Blocks(tuple(prelude), tuple(imports), tuple(code))
     # A fork of a local run's step server (runner/prefork_server) ends by looking among the
-    # objects it made for any that need finalizing, so none may be frozen here (a step the
-    # server refused runs unforked, only its exit is slower). A process of its own freezes
-    # to make its exit cheap.
+    # objects it made for any that need finalizing, so none may be frozen here. A process of
+    # its own freezes to make its exit cheap.
     freeze = _main_module() == "kfp.dsl.executor_main" and STEP_SERVER_ENV not in os.environ
     try:
         items = _run_step(step, blocks, parameters, inputs, outputs, metrics, metrics_artifact,
