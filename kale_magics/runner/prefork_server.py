@@ -9,12 +9,14 @@ exactly as ``python -m`` does (:func:`runpy.run_module`), and exits as the inter
 (:func:`finish`: threads joined, ``atexit``, streams flushed, then module teardown only when
 something the step left alive would notice it).
 
-It runs as a script, ``python -c "<runpy.run_path>" <this file> FD PRELOAD``, with the standard
-library only, so nothing of kale-magics is imported into the steps' processes. ``PRELOAD``
-is Python source of import statements only (``runner.prefork.preload_source`` chooses
-them); it runs with the working directory and ``sys.path`` a step has when its imports
-cell runs. A step whose environment or working directory differs from this process's is
-refused and its client runs the step itself, unforked (``runner.prefork_client``).
+It runs as a script, ``python -c "<runpy.run_path>" <this file> FD PRELOAD RUNTIME_MODULES
+INPUT MODULE``, with the standard library only, so nothing of kale-magics is imported into the
+steps' processes but the step runtime they import themselves, from the same folder
+(:class:`RuntimeBundle`). ``PRELOAD`` is Python source of import statements only
+(``runner.prefork.preload_source`` chooses them); it runs with the working directory and
+``sys.path`` a step has when its imports cell runs. A step whose environment or working
+directory differs from this process's is refused and its client runs the step itself,
+unforked (``runner.prefork_client``).
 
 Protocol, one connection per step on the Unix socket listening on descriptor ``FD`` (bound
 by the local run before this starts, in a folder only its user can enter, so no client finds
