@@ -105,6 +105,28 @@ sys.exit(int(mode))
 """
 
 
+def test_the_server_imports_every_standard_module_the_runtime_imports() -> None:
+    """``RUNTIME_IMPORTS`` is the standard-library modules ``kale_magics/runtime`` imports
+    anywhere (a name imported from a package counts when it is a module)."""
+    import ast
+    import importlib.util
+
+    from kale_magics import runtime
+
+    names: set[str] = set()
+    for path in Path(runtime.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module)
+                names.update(f"{node.module}.{alias.name}" for alias in node.names
+                             if importlib.util.find_spec(node.module).submodule_search_locations
+                             and importlib.util.find_spec(f"{node.module}.{alias.name}"))
+    stdlib = {n for n in names if n.partition(".")[0] in sys.stdlib_module_names - {"__future__"}}
+    assert set(prefork.RUNTIME_IMPORTS) == stdlib
+
+
 def test_the_server_the_client_and_the_runtime_name_the_same_variables() -> None:
     """The client and the server run as scripts and the runtime from the run's bundle: each
     holds its own copy of the variables' names."""

@@ -15,7 +15,7 @@ the same state:
   can change before a step runs);
 - in the steps' working directory, with the run's environment and ``sys.path``; a step
   whose environment differs (``--env`` on the step) runs unforked;
-- besides, the standard-library modules the step runtime imports (:func:`runtime_imports`),
+- besides, the standard-library modules the step runtime imports (:data:`RUNTIME_IMPORTS`),
   which every step imports before or after its code, and, once the run's first task wrote it,
   the runtime itself from the bundle folder every step imports it from;
 - numpy's global random generator is seeded afresh in each step process, as at import
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import functools
 import importlib.machinery
 import os
 import re
@@ -44,7 +43,6 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from kale_magics import runtime
 from kale_magics.codegen.cell_code import python_sources
 from kale_magics.codegen.embedding import RUNTIME_INPUT, RUNTIME_MODULE
 from kale_magics.model import Plan
@@ -79,22 +77,15 @@ SERVER_BOOT = "import runpy, sys; runpy.run_path(sys.argv.pop(1), run_name='__ma
 CLIENT_SOURCE = Path(__file__).with_name("prefork_client.py")
 
 
-@functools.cache
-def runtime_imports() -> tuple[str, ...]:
-    """The standard-library modules the step runtime (``kale_magics.runtime``, which every step
-    loads from the run's bundle) imports anywhere in its code, e.g. ``("base64", ...,
-    "importlib.metadata", ...)``; a name imported from a package is listed as a possible
-    submodule too (the server skips the names that are not modules)."""
-    names: set[str] = set()
-    for path in sorted(Path(runtime.__file__).parent.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                names.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names.add(node.module)
-                names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return tuple(sorted(name for name in names if name.partition(".")[0] in
-                        sys.stdlib_module_names - {"__future__"}))
+#: The standard-library modules the step runtime (``kale_magics.runtime``, which every step
+#: loads from the run's bundle) imports anywhere in its code: the step server imports them
+#: before forking. Written out (reading them from the runtime's source in each run's process
+#: took 0.1 s); ``tests/test_prefork.py`` checks the list against the source.
+RUNTIME_IMPORTS = ("ast", "base64", "builtins", "concurrent.futures", "contextlib", "dataclasses",
+                   "functools", "gc", "importlib", "importlib.metadata", "io", "json",
+                   "linecache", "logging", "lzma", "math", "mmap", "os", "pickle", "platform",
+                   "re", "select", "string", "subprocess", "sys", "threading", "time",
+                   "traceback", "types", "typing", "warnings")
 
 
 def client_command(script: str) -> str:
@@ -191,7 +182,7 @@ def _start(path: str, plan: Plan, env: Mapping[str, str], workdir: str,
         listener.listen(64)
         return subprocess.Popen(
             [sys.executable, "-c", SERVER_BOOT, str(SERVER_SOURCE), str(listener.fileno()),
-             preload_source(plan, workdir), " ".join(runtime_imports()), RUNTIME_INPUT,
+             preload_source(plan, workdir), " ".join(RUNTIME_IMPORTS), RUNTIME_INPUT,
              RUNTIME_MODULE],
             stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, **env}, pass_fds=(listener.fileno(),))

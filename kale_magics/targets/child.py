@@ -81,6 +81,10 @@ def main() -> int:
     os.dup2(2, 1)
     import_kfp_dsl()  # KFP without its client (kfp.local does not use it): 0.05 s, not 0.9 s
     import kfp.local  # noqa: F401  (paid while waiting: the reason to start ahead of time)
+    from kale_magics.analysis.names import python_source
+    from kale_magics.runner import local  # noqa: F401  (the local runner, also while waiting)
+
+    python_source("pass")  # IPython's cell transformer, which a local run reads the cells with
 
     try:
         job: Job = pickle.load(sys.stdin.buffer)
