@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import nbformat
@@ -19,6 +18,7 @@ import pytest
 
 from kale_magics import api
 from kale_magics.runtime import marshal
+from tests.kale_cli import KaleResult, run_kale
 from tests.test_kale_rules import canonical, notebook_values
 
 CORPUS = Path(__file__).parent / "kale_corpus"
@@ -118,14 +118,21 @@ KALE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / \
     "kale-magics-bench" / "kale-venv" / "bin" / "kale"
 
 
+@pytest.fixture(scope="module")
+def kale_verdicts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KaleResult]:
+    """``kale --nb`` on every listed notebook, each in a copy of the corpus of its own (one
+    import of Kale for them all: tests/kale_cli.py)."""
+    names = sorted(LISTED)
+    paths = [copy(name, tmp_path_factory.mktemp("kale-verdict")) for name in names]
+    return dict(zip(names, run_kale(KALE, paths)))
+
+
 @pytest.mark.integration
 @pytest.mark.skipif(not KALE.exists(), reason=f"Kale 2.3 is not installed at {KALE} "
                                               "(python -m bench creates it)")
 @pytest.mark.parametrize("name", sorted(LISTED))
-def test_kale_verdicts_are_as_recorded(tmp_path, name) -> None:
-    path = copy(name, tmp_path)
-    result = subprocess.run([str(KALE), "--nb", path.name], cwd=path.parent, capture_output=True,
-                            text=True, timeout=600)
+def test_kale_verdicts_are_as_recorded(kale_verdicts, name) -> None:
+    result = kale_verdicts[name]
     if LISTED[name]["kale23"] == "accepts":
         assert result.returncode == 0, result.stderr[-1000:]
     else:

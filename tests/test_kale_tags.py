@@ -15,6 +15,7 @@ from kale_magics import api
 from kale_magics.errors import AnnotationError, NotebookError
 from kale_magics.model import StepSettings
 from tests.conftest import EXAMPLES
+from tests.kale_cli import KaleResult, run_kale
 
 
 def tagged(path: Path, cells: list[tuple[str, list[str]]], meta: dict | None = None) -> Path:
@@ -207,12 +208,23 @@ def kale_executable() -> Path:
     return kale
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("name", ["wine", "titanic"])
-def test_kale_accepts_the_exported_notebook(tmp_path, name) -> None:
+KALE_EXAMPLES = ("wine", "titanic")
+
+
+@pytest.fixture(scope="module")
+def kale_on_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KaleResult]:
+    """``kale --nb`` on each example exported to Kale's tags, each in a folder of its own (one
+    import of Kale for them all: tests/kale_cli.py)."""
     kale = kale_executable()
-    tags, _ = api.convert(EXAMPLES / f"{name}.ipynb", tmp_path / f"{name}_tags.ipynb", "kale-tags")
-    result = subprocess.run([str(kale), "--nb", str(tags)], capture_output=True, text=True,
-                            cwd=tmp_path, timeout=300)
+    exported = [Path(api.convert(EXAMPLES / f"{name}.ipynb",
+                                 tmp_path_factory.mktemp("kale-export") / f"{name}_tags.ipynb",
+                                 "kale-tags")[0]) for name in KALE_EXAMPLES]
+    return dict(zip(KALE_EXAMPLES, run_kale(kale, exported, timeout_s=300)))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", KALE_EXAMPLES)
+def test_kale_accepts_the_exported_notebook(kale_on_exports, name) -> None:
+    result = kale_on_exports[name]
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Successfully saved generated code" in result.stdout + result.stderr

@@ -15,6 +15,9 @@ import pytest
 
 from kale_magics import api, cli
 from kale_magics.errors import KfpAuthError, KfpConnectionError, RunError
+from kale_magics.runner.transport import RetryPolicy
+from kale_magics.runner.watch import WatchOptions
+from kale_magics.targets import kfp as kfp_target
 from tests.kfp_server import KfpTestServer
 
 pytestmark = pytest.mark.integration
@@ -94,17 +97,23 @@ def test_401_while_polling_ends_the_watch_with_an_auth_error(server, notebook) -
 def test_watch_survives_503_500_and_dropped_connections(server, notebook) -> None:
     session = api.connect(server.url)
     submission = api.submit(notebook(*QUICK), session)
-    server.faults.add(method="GET", path="/runs/", status=503, for_s=2.0)
-    server.faults.add(method="GET", path="/runs/", status=500, times=2)
-    server.faults.add(method="GET", path="/runs/", reset=True, times=2)
-    server.faults.add(method="GET", path="/runs/", delay_s=0.5, times=2)  # slow, still answers
+    faults = [server.faults.add(method="GET", path="/runs/", status=503, for_s=2.0),
+              server.faults.add(method="GET", path="/runs/", status=500, times=2),
+              server.faults.add(method="GET", path="/runs/", reset=True, times=2),
+              server.faults.add(method="GET", path="/runs/", delay_s=0.5, times=2)]  # slow, answers
     events = []
-    status = api.watch_remote(session, submission.run_id, api.RunHooks(
-        on_step=lambda s: events.append((s.name, s.state))), interval_s=0.2, max_outage_s=30)
+    # as api.watch_remote(..., interval_s=0.2, max_outage_s=30), but the tries of one read are
+    # 0.1 s apart at first (not 1 s), doubling up to 0.5 s (not 7.5 s): the same faults, ridden
+    # out in a few seconds instead of 15
+    options = WatchOptions(interval_s=0.2, retry=RetryPolicy(
+        max_outage_s=30, backoff_start_s=0.1, backoff_max_s=0.5))
+    status = kfp_target.follow(session, submission.run_id, api.RunHooks(
+        on_step=lambda s: events.append((s.name, s.state))), options=options)
     assert status.state == "SUCCEEDED"
     assert events == [("make", "RUNNING"), ("make", "SUCCEEDED"), ("total", "RUNNING"),
                       ("total", "SUCCEEDED")]
     assert server.store.run_creations == 1
+    assert faults[0].hits >= 2 and [f.hits for f in faults[1:]] == [2, 2, 2]  # each one was met
 
 
 def test_server_dies_mid_run_clear_error_no_hang(server, notebook) -> None:

@@ -57,9 +57,16 @@ def _get(port: int, path: str) -> None:
         pass
 
 
+def _chromium_or_skip() -> None:
+    """Skip where there is no Chromium to drive (checked before a server is started for it)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM}; apt-get install chromium (or set KALE_CHROMIUM)")
+
+
 @pytest.fixture(scope="module")
 def jupyter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A Notebook 7 server on 127.0.0.1 with token auth; its kernels get the KFP test token."""
+    _chromium_or_skip()  # the server is for the browser only
     base = tmp_path_factory.mktemp("jupyter")
     root = base / "root"
     root.mkdir()
@@ -103,8 +110,7 @@ def _wait_for_server(port: int, process: subprocess.Popen, log: Path) -> None:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     """Debian's headless Chromium (no Playwright browser download)."""
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM}; apt-get install chromium (or set KALE_CHROMIUM)")
+    _chromium_or_skip()
     with playwright_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
